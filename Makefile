@@ -1,0 +1,26 @@
+# `make train` and `make test` work on a fresh machine: they create .venv and
+# install the project (with the pinned torch/torchvision from constraints.txt)
+# whenever .venv is missing or older than pyproject.toml / constraints.txt.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: train test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/mnistlab train $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""mnistlab: train, compare and use CNNs on MNIST-family images."""

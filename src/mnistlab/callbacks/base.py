@@ -1,0 +1,183 @@
+"""The callback API.
+
+A callback overrides any of the no-op hooks of :class:`Callback`. Each hook gets
+the epoch (or global step), a plain ``metrics`` dict and a :class:`TrainerHandle`
+through which it may ask training to stop, change the learning rate, save a
+checkpoint or read and load weights -- never the trainer's internals.
+
+Metrics passed to ``on_epoch_end`` (all floats, epoch is 1-based)::
+
+    epoch, train_loss, train_accuracy, train_error, val_loss, val_accuracy,
+    val_error, lr, seconds
+
+Example: stop as soon as validation accuracy reaches 99%::
+
+    class StopAt(Callback):
+        def __init__(self, target):
+            self.target = target
+
+        def on_epoch_end(self, epoch, metrics, trainer):
+            if metrics["val_accuracy"] >= self.target:
+                trainer.request_stop(f"val_accuracy {metrics['val_accuracy']:.4f} >= {self.target}")
+
+    fit(model, data, cfg, callbacks=[StopAt(0.99)])
+
+Stateful callbacks implement ``state_dict`` / ``load_state_dict``. Their state
+(counters, best values, never settings) is stored in every checkpoint, so a
+resumed run makes exactly the decisions an uninterrupted one would, while the
+settings given when resuming (say a new patience) win over the stored ones.
+``on_train_begin`` resets the state; on resume the trainer loads the stored
+state right after ``on_train_begin``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import torch
+from torch import nn
+
+
+class TrainerHandle(Protocol):
+    """What a callback may see and do. The trainer implements it."""
+
+    @property
+    def epoch(self) -> int:
+        """The current (or last finished) epoch, 1-based."""
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far."""
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder, or None when the run writes no files."""
+
+    @property
+    def model(self) -> nn.Module:
+        """The model (read it; change weights only through ``set_weights``)."""
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in effect now."""
+
+    def set_lr(self, lr: float) -> None:
+        """Scale the schedule so that the learning rate becomes ``lr`` from the next step on."""
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after this epoch; ``reason`` is printed and stored in summary.json."""
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the model's state_dict, on the CPU."""
+
+    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights returned by ``get_weights``."""
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a complete, resumable checkpoint atomically; relative paths are under run_dir."""
+
+    def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation images (uint8, N x C x H x W) and labels (int64)."""
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the model, in eval mode, for uint8 or [0, 1] float images."""
+
+
+class Callback:
+    """Base class with no-op hooks; see the module docstring."""
+
+    def on_train_begin(self, trainer: TrainerHandle) -> None:
+        pass
+
+    def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
+        """``metrics`` holds the last epoch's metrics and ``stop_reason``."""
+
+    def on_epoch_begin(self, epoch: int, trainer: TrainerHandle) -> None:
+        pass
+
+    def on_batch_begin(self, step: int, trainer: TrainerHandle) -> None:
+        pass
+
+    def on_batch_end(self, step: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        """``metrics`` holds ``loss`` (of this batch) and ``lr``."""
+
+    def on_validation_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        """``metrics`` holds ``val_loss``, ``val_accuracy`` and ``val_error``."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class MonitorMixin:
+    """monitor / mode / min_delta logic shared by the callbacks that watch one metric."""
+
+    def _init_monitor(self, monitor: str, mode: str = "auto", min_delta: float = 0.0) -> None:
+        if mode == "auto":
+            mode = "max" if ("acc" in monitor or monitor.startswith("fmeasure")) else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be min, max or auto, got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.min_delta = abs(min_delta)
+
+    def _value(self, metrics: dict[str, Any]) -> float:
+        if self.monitor not in metrics:
+            raise KeyError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which is not among the metrics: "
+                f"{', '.join(sorted(metrics))}"
+            )
+        return float(metrics[self.monitor])
+
+    def _is_improvement(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        if self.mode == "min":
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+
+class CallbackList:
+    """Calls each hook on every callback in order, and gathers their states."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self.callbacks = list(callbacks)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def _keys(self) -> list[str]:
+        seen: dict[str, int] = {}
+        keys = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            keys.append(f"{name}" if name not in seen else f"{name}_{seen[name]}")
+            seen[name] = seen.get(name, 0) + 1
+        return keys
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks)}
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        for key, cb in zip(self._keys(), self.callbacks):
+            if key in states:
+                cb.load_state_dict(states[key])
+
+    def __getattr__(self, hook: str):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def call(*args, **kwargs):
+            for cb in self.callbacks:
+                getattr(cb, hook)(*args, **kwargs)
+
+        return call

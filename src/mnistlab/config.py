@@ -1,0 +1,449 @@
+"""Every hyperparameter in one typed place.
+
+A :class:`Config` is a tree of frozen dataclasses. It is loaded from TOML
+(:func:`load_config`), changed by ``--set section.key=value`` overrides
+(:func:`apply_overrides`), checked for unknown keys, wrong types and bad values
+(each a :class:`~mnistlab.errors.ConfigError` that lists the valid choices), and
+written back as TOML into every run folder and as a dict into every checkpoint.
+
+>>> cfg = apply_overrides(Config(), ["train.epochs=3", "optimizer.name=sgd"])
+>>> cfg.train.epochs, cfg.optimizer.name
+(3, 'sgd')
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Union
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import ConfigError
+
+DATASETS = ("mnist", "fashion-mnist", "kmnist")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
+MODES = ("auto", "min", "max")
+
+
+def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _positive(section: str, obj: Any, *keys: str, allow_zero: bool = False) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
+        if value < 0 or (value == 0 and not allow_zero):
+            need = "zero or more" if allow_zero else "greater than zero"
+            raise ConfigError(f"{section}.{key} must be {need}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, and its shape. ``None`` keeps the model's own default."""
+
+    name: str = "fast"  # a name from `mnistlab models`
+    channels: tuple[Union[int, str], ...] | None = None  # conv kernel counts; VGG-style lists may hold "M" (max-pool)
+    kernel_size: int | None = None  # conv kernel size in pixels
+    stride: int | None = None  # conv stride
+    padding: int | None = None  # conv zero padding in pixels
+    width: float | None = None  # multiplier on every channel count (0.25 = a quarter as wide)
+    hidden: tuple[int, ...] | None = None  # widths of the hidden linear layers of the classifier
+    dropout: float | None = None  # dropout probability before linear layers
+    batch_norm: bool | None = None  # batch norm after each conv
+
+    def __post_init__(self) -> None:
+        _positive("model", self, "kernel_size", "stride", "width")
+        _positive("model", self, "padding", allow_zero=True)
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for c in self.channels or ():
+            if not (c == "M" or (isinstance(c, int) and not isinstance(c, bool) and c > 0)):
+                raise ConfigError(f"model.channels entries must be positive integers or \"M\", got {c!r}")
+        for h in self.hidden or ():
+            if h <= 0:
+                raise ConfigError(f"model.hidden entries must be positive, got {h}")
+
+    def options(self) -> dict[str, Any]:
+        """The model options to pass to ``build_model`` (``None`` ones are dropped there)."""
+        opts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        for key in ("channels", "hidden"):
+            if opts[key] is not None:
+                opts[key] = list(opts[key])
+        return opts
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"  # mnist | fashion-mnist | kmnist
+    dir: str | None = None  # data folder; else $MNISTLAB_DATA, else the user's cache folder
+    val_size: int = 5000  # images carved from the training set for validation
+    split_seed: int = 0  # fixed seed of the train/validation split (independent of train.seed)
+    train_limit: int | None = None  # train on the first N training images only (quick runs)
+    download: bool = True  # download (with checksum checks) when files are missing
+
+    def __post_init__(self) -> None:
+        _choice("data", "dataset", self.dataset, DATASETS)
+        _positive("data", self, "val_size", "split_seed", allow_zero=True)
+        _positive("data", self, "train_limit")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"  # sgd | adam | adamw
+    lr: float = 0.01  # peak learning rate (the schedule scales it)
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    betas: tuple[float, float] = (0.7, 0.9)  # Adam/AdamW; short memories suit a one-epoch recipe
+    eps: float = 1e-8  # Adam/AdamW
+    weight_decay: float = 0.0  # L2 (SGD, Adam) or decoupled (AdamW)
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", "name", self.name, OPTIMIZERS)
+        _positive("optimizer", self, "lr", "eps")
+        _positive("optimizer", self, "momentum", "weight_decay", allow_zero=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("optimizer.nesterov needs optimizer.momentum > 0")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, a pure function of the step (see training/schedules.py)."""
+
+    name: str = "onecycle"  # constant | step | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (constant, step, cosine)
+    step_epochs: int = 1  # step: multiply by gamma every this many epochs
+    gamma: float = 0.1  # step: factor
+    min_lr: float = 0.0  # cosine: final learning rate
+    pct_start: float = 0.25  # onecycle: fraction of steps spent rising
+    div_factor: float = 10.0  # onecycle: start at lr / div_factor
+    final_div_factor: float = 100.0  # onecycle: end at lr / div_factor / final_div_factor
+
+    def __post_init__(self) -> None:
+        _choice("schedule", "name", self.name, SCHEDULES)
+        _positive("schedule", self, "step_epochs", "gamma", "div_factor", "final_div_factor")
+        _positive("schedule", self, "warmup_epochs", "min_lr", allow_zero=True)
+        if not 0.0 < self.pct_start < 1.0:
+            raise ConfigError(f"schedule.pct_start must be in (0, 1), got {self.pct_start}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 2  # passes over the training split
+    batch_size: int = 256  # images per step
+    eval_batch_size: int = 2000  # images per forward pass when evaluating
+    seed: int = 0  # weights, shuffling and dropout; CPU runs with the same seed repeat exactly
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | mps
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    grad_clip: float | None = None  # clip the global gradient norm to this
+    threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
+    channels_last: bool = False  # NHWC memory format (helps convs on CUDA)
+    compile: bool = False  # torch.compile the model (compile time is reported separately)
+    progress: bool = True  # progress bar when the output is a terminal
+
+    def __post_init__(self) -> None:
+        _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads")
+        _positive("train", self, "seed", allow_zero=True)
+        _choice("train", "device", self.device, DEVICES)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Early stopping: Keras-style patience or Prechelt's GL / PQ / UP criteria."""
+
+    criterion: str = "none"  # none | patience | gl | pq | up
+    monitor: str = "val_loss"  # patience: metric to watch
+    mode: str = "auto"  # patience: min | max | auto (max for accuracy, else min)
+    patience: int = 10  # patience: epochs without improvement before stopping
+    min_delta: float = 0.0  # patience: smallest change that counts as improvement
+    baseline: float | None = None  # patience: stop if the monitor does not beat this
+    start_epoch: int = 1  # no stop decision before this epoch
+    alpha: float = 5.0  # GL: stop when GL > alpha (percent); PQ: when GL/P_k > alpha
+    strip: int = 5  # Prechelt's strip length k in epochs (PQ, UP)
+    strips: int = 3  # UP: s successive strips of rising validation error
+    error: str = "loss"  # what Prechelt's E means: loss (validation/training loss) or error (1 - accuracy)
+    divergence_threshold: float | None = None  # stop at once when the monitor is worse than this
+    stop_on_nonfinite: bool = True  # stop when the monitored value is NaN or infinite
+    restore_best_weights: bool = False  # at the end of training, load the weights of the best epoch
+
+    def __post_init__(self) -> None:
+        _choice("early_stopping", "criterion", self.criterion, STOP_CRITERIA)
+        _choice("early_stopping", "mode", self.mode, MODES)
+        _choice("early_stopping", "error", self.error, ("loss", "error"))
+        _positive("early_stopping", self, "patience", "min_delta", "alpha", allow_zero=True)
+        _positive("early_stopping", self, "strip", "strips", "start_epoch")
+
+
+@dataclass(frozen=True)
+class ReduceLROnPlateauConfig:
+    enabled: bool = False
+    monitor: str = "val_loss"
+    mode: str = "auto"  # min | max | auto
+    factor: float = 0.1  # new lr = lr * factor
+    patience: int = 10  # epochs without improvement before reducing
+    threshold: float = 1e-4  # smallest improvement that counts
+    threshold_mode: str = "rel"  # rel: relative to the best value; abs: absolute
+    cooldown: int = 0  # epochs to wait after a reduction before counting again
+    min_lr: float = 0.0  # never go below this
+
+    def __post_init__(self) -> None:
+        _choice("reduce_lr", "mode", self.mode, MODES)
+        _choice("reduce_lr", "threshold_mode", self.threshold_mode, ("rel", "abs"))
+        if not 0.0 < self.factor < 1.0:
+            raise ConfigError(f"reduce_lr.factor must be in (0, 1), got {self.factor}")
+        _positive("reduce_lr", self, "patience", "threshold", "cooldown", "min_lr", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """best.ckpt and extra checkpoints; last.ckpt (the resume state) is always written."""
+
+    monitor: str = "val_accuracy"
+    mode: str = "auto"  # min | max | auto
+    save_top_k: int = 1  # keep the k best checkpoints (0: none besides best.ckpt)
+    every_n_epochs: int = 0  # also keep a checkpoint every n epochs (0: off)
+    filename: str = "epoch{epoch:03d}-{val_accuracy:.4f}.ckpt"  # template for top-k and periodic files
+
+    def __post_init__(self) -> None:
+        _choice("checkpoint", "mode", self.mode, MODES)
+        _positive("checkpoint", self, "save_top_k", "every_n_epochs", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class TensorBoardConfig:
+    enabled: bool = True
+    histograms: bool = True  # per-epoch histograms of weights and gradients
+    graph: bool = True  # the model graph
+    images: bool = True  # sample inputs and misclassified validation images
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    reduce_lr: ReduceLROnPlateauConfig = field(default_factory=ReduceLROnPlateauConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+
+
+# ---------------------------------------------------------------------------
+# dict <-> Config with type checks
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a list ({_type_name(tp)})")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key} needs {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts (as read from TOML), rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a table of sections, got {type(data).__name__}")
+    sections = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid sections: {', '.join(sections)}")
+    built = {}
+    hints = _section_types(Config)
+    for name, value in data.items():
+        cls = hints[name]
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table of keys, got {value!r}")
+        types_ = _section_types(cls)
+        bad = sorted(set(value) - set(types_))
+        if bad:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(f'{name}.{k}' for k in bad)}; valid keys in [{name}]: {', '.join(types_)}"
+            )
+        kwargs = {k: _coerce(v, types_[k], f"{name}.{k}") for k, v in value.items()}
+        built[name] = cls(**kwargs)
+    return Config(**built)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dicts of the config (tuples become lists; None values are kept)."""
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return {
+        f.name: {k.name: plain(getattr(getattr(cfg, f.name), k.name)) for k in fields(getattr(cfg, f.name))}
+        for f in fields(cfg)
+    }
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML config file; missing sections and keys keep their defaults."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value is read as a TOML value (3, 0.1, true, [32, "M"]); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if text.lower() in ("none", "null"):
+            return None
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply ``section.key=value`` overrides (or a ``{"section.key": value}`` dict).
+
+    A value of ``none`` resets an optional key to ``None``.
+    """
+    items = (
+        list(overrides.items())
+        if isinstance(overrides, dict)
+        else [_split_override(o) for o in overrides]
+    )
+    hints = _section_types(Config)
+    for dotted, value in items:
+        section, _, key = dotted.partition(".")
+        if section not in hints or not key:
+            raise ConfigError(
+                f"override {dotted!r} must look like section.key=value; valid sections: {', '.join(hints)}"
+            )
+        cls = hints[section]
+        types_ = _section_types(cls)
+        if key not in types_:
+            raise ConfigError(f"unknown key {dotted!r}; valid keys in [{section}]: {', '.join(types_)}")
+        value = _coerce(value, types_[key], dotted)
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
+    return cfg
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.batch_size=128)")
+    return key.strip(), _parse_value(value.strip())
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def config_to_toml(cfg: Config) -> str:
+    """The config as TOML text; keys set to None (model defaults) are written as comments."""
+    lines: list[str] = []
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"# {key} = (default)" if value is None else f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def diff_from_default(cfg: Config) -> dict[str, Any]:
+    """``section.key -> value`` for every key that differs from the defaults."""
+    base, mine = config_to_dict(Config()), config_to_dict(cfg)
+    return {
+        f"{s}.{k}": v for s in mine for k, v in mine[s].items() if base[s][k] != v
+    }
+
+
+__all__ = [
+    "Config",
+    "ModelConfig",
+    "DataConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "EarlyStoppingConfig",
+    "ReduceLROnPlateauConfig",
+    "CheckpointConfig",
+    "TensorBoardConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_toml",
+    "diff_from_default",
+]

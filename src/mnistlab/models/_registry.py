@@ -1,0 +1,93 @@
+"""Model registry: builders file themselves under a name with ``@register``.
+
+A builder is a function ``builder(*, num_classes, in_channels, image_size, **options)``
+returning a :class:`~mnistlab.models.base.Net`. ``build_model`` drops options
+that are ``None`` so that each model's own defaults hold, and rejects options a
+model does not take with the list of those it does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from ..errors import ConfigError
+from .base import Net
+
+Builder = Callable[..., Net]
+_REGISTRY: dict[str, Builder] = {}
+# Options every builder receives from build_model; they are not user options.
+_STRUCTURAL = ("num_classes", "in_channels", "image_size")
+
+
+def register(name: str | None = None) -> Callable[[Builder], Builder]:
+    """File a builder under ``name`` (default: the function's name).
+
+    >>> @register("tiny")                       # doctest: +SKIP
+    ... def tiny(**kw): return CNN(channels=[4, 8], **kw)
+    """
+
+    def deco(fn: Builder) -> Builder:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is registered twice ({_REGISTRY[key].__module__} and {fn.__module__})")
+        _REGISTRY[key] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_options(name: str) -> list[str]:
+    """The user-settable options a model's builder accepts."""
+    params = inspect.signature(_get(name)).parameters
+    return [p for p in params if p not in _STRUCTURAL and params[p].kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _get(name: str) -> Builder:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: tuple[int, int] = (28, 28),
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    **options,
+) -> Net:
+    """Build a registered model.
+
+    ``mean`` / ``std`` are the training split's per-channel statistics; they are
+    stored in the model as buffers so a checkpoint carries its normalization.
+
+    >>> from mnistlab import build_model
+    >>> net = build_model("cnn", num_classes=10)
+    >>> net(torch.rand(2, 1, 28, 28)).shape          # doctest: +SKIP
+    torch.Size([2, 10])
+    """
+    builder = _get(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = model_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(accepted) or '(none)'}"
+        )
+    if num_classes < 1 or in_channels < 1 or min(image_size) < 1:
+        raise ConfigError(
+            f"num_classes, in_channels and image_size must be positive, got {num_classes}, {in_channels}, {image_size}"
+        )
+    net = builder(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **options)
+    net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
+    return net

@@ -1,0 +1,98 @@
+"""The common shape of every zoo model: normalize -> features -> flatten -> classifier."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class Net(nn.Module):
+    """A classifier made of a ``features`` extractor and a ``classifier`` head.
+
+    The input is a float image batch in [0, 1] of shape (N, C, H, W). The
+    training split's mean and std are buffers of the model (so they travel in
+    its ``state_dict`` and every checkpoint); ``forward`` normalizes with them.
+
+    ``make_classifier(n)`` builds the head for ``n`` flattened features; ``n`` is
+    found by a dry forward pass of ``features`` on the model's image size, so no
+    layer size is ever hard-coded. A feature extractor that shrinks the image
+    below 1x1 is reported as a ConfigError naming the model and the size.
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        make_classifier: Callable[[int], nn.Module],
+        *,
+        in_channels: int,
+        image_size: Sequence[int],
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.image_size = tuple(image_size)
+        self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
+        self.features = features
+        self.num_features = self._feature_size(name)
+        self.classifier = make_classifier(self.num_features)
+
+    def _feature_size(self, name: str) -> int:
+        dummy = torch.zeros(2, self.in_channels, *self.image_size)
+        was_training = self.features.training
+        self.features.eval()  # batch norm statistics must not move during the dry run
+        try:
+            with torch.no_grad():
+                out = self.features(dummy)
+        except RuntimeError as e:
+            raise ConfigError(
+                f"model {name or type(self).__name__} does not fit {self.image_size[0]}x{self.image_size[1]} images: "
+                f"its layers shrink the image below 1x1 ({str(e).splitlines()[0]}); "
+                "use fewer pooling stages, a smaller kernel or more padding"
+            ) from None
+        finally:
+            self.features.train(was_training)
+        if out[0].numel() == 0:
+            raise ConfigError(
+                f"model {name or type(self).__name__} does not fit {self.image_size[0]}x{self.image_size[1]} images: "
+                f"its feature map is {tuple(out.shape[1:])}; use fewer pooling stages, a smaller kernel or more padding"
+            )
+        return int(out[0].numel())
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Set the per-channel input statistics (from the training split)."""
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if mean_t.shape[1] != self.in_channels or std_t.shape[1] != self.in_channels:
+            raise ConfigError(f"mean/std need {self.in_channels} value(s), got {list(mean)} / {list(std)}")
+        if not torch.all(std_t > 0):
+            raise ConfigError(f"std must be positive, got {list(std)}")
+        self.mean.copy_(mean_t)
+        self.std.copy_(std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers ``in -> hidden... -> num_classes`` with ReLU (and dropout) between."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    if dropout and hidden:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def scaled(channels: int, width: float) -> int:
+    """A channel count times the width multiplier, at least 1."""
+    return max(1, int(round(channels * width)))
