@@ -79,20 +79,6 @@ class Net(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers ``in -> hidden... -> num_classes`` with ReLU (and dropout) between."""
-    layers: list[nn.Module] = []
-    for width in hidden:
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
-        in_features = width
-    if dropout and hidden:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(in_features, num_classes))
-    return nn.Sequential(*layers)
-
-
 def scaled(channels: int, width: float) -> int:
     """A channel count times the width multiplier, at least 1."""
     return max(1, int(round(channels * width)))

@@ -1,0 +1,108 @@
+"""Batches straight from tensors on the device: no DataLoader, no per-sample Python.
+
+A whole MNIST-family split is a few tens of MB of uint8, so it lives on the
+device once (see :func:`~mnistlab.data.datasets.load_data`) and a batch is one
+``index_select`` plus one conversion to float. The shuffle order of an epoch is
+a pure function of ``(seed, epoch)``, so a resumed run regenerates it instead
+of storing a generator state, and it is the same on every device.
+
+>>> import torch
+>>> from mnistlab.data.datasets import Split
+>>> split = Split(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), torch.arange(5))
+>>> order = epoch_permutation(len(split), seed=0, epoch=1)
+>>> [y.tolist() for _, y in iterate_batches(split, 2, order=order)] == [order[i : i + 2].tolist() for i in (0, 2, 4)]
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+
+from .datasets import Split
+
+__all__ = ["epoch_permutation", "to_float", "iterate_batches", "num_batches"]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # A hash rather than e.g. seed * 1000 + epoch: no two (seed, epoch) pairs collide in
+    # practice, and the stream differs from torch.manual_seed(seed) used for the weights.
+    digest = hashlib.sha256(f"mnistlab.epoch_permutation:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The shuffle order of ``n`` examples for one epoch: depends only on ``(seed, epoch)``.
+
+    Generated on the CPU with its own ``torch.Generator`` (the global RNG is not
+    touched) and then moved to ``device``, so CPU and GPU runs see the same order.
+
+    >>> torch.equal(epoch_permutation(10, 0, 3), epoch_permutation(10, 0, 3))
+    True
+    """
+    if n < 0:
+        raise ValueError(f"epoch_permutation needs n >= 0, got {n}")
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1], on the same device.
+
+    >>> to_float(torch.tensor([0, 51, 255], dtype=torch.uint8)).tolist()
+    [0.0, 0.20000000298023224, 1.0]
+    """
+    return images.float().div_(255)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Batches per pass over ``n`` examples; the last, partial batch counts.
+
+    >>> num_batches(10, 4)
+    3
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if n < 0:
+        raise ValueError(f"n must be at least 0, got {n}")
+    return -(-n // batch_size)
+
+
+def iterate_batches(
+    split: Split, batch_size: int, *, order: torch.Tensor | None = None, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(images as float in [0, 1], int64 labels)`` for batches ``start, start + 1, ...``.
+
+    Batch ``b`` holds the examples ``order[b * batch_size : (b + 1) * batch_size]``
+    (``order`` defaults to ``0 .. len(split) - 1``); the last batch may be smaller.
+    ``start`` skips whole batches, so a run resumed mid-epoch continues where it
+    stopped. Arguments are checked when this is called, not at the first batch.
+
+    >>> split = Split(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), torch.arange(5))
+    >>> [y.tolist() for _, y in iterate_batches(split, 2, start=1)]
+    [[2, 3], [4]]
+    """
+    n = len(split) if order is None else order.shape[0]
+    total = num_batches(n, batch_size)
+    if order is not None:
+        if order.dim() != 1 or order.dtype != torch.int64:
+            raise ValueError(f"order must be a 1-D int64 tensor of indices, got {order.dtype} {tuple(order.shape)}")
+        order = order.to(split.images.device)  # a no-op when the caller made it there
+    if not 0 <= start <= total:
+        raise ValueError(f"start must be a batch number in [0, {total}], got {start}")
+    return _batches(split, batch_size, order, start, total)
+
+
+def _batches(
+    split: Split, batch_size: int, order: torch.Tensor | None, start: int, total: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for b in range(start, total):
+        lo, hi = b * batch_size, (b + 1) * batch_size
+        if order is None:
+            # Contiguous slices are views: no gather needed.
+            yield to_float(split.images[lo:hi]), split.labels[lo:hi]
+        else:
+            idx = order[lo:hi]
+            yield to_float(split.images.index_select(0, idx)), split.labels.index_select(0, idx)

@@ -1,0 +1,478 @@
+"""MNIST-family datasets: find (or download), verify and load them as tensors.
+
+The raw files are the four uncompressed IDX files in torchvision's layout,
+``<root>/<Folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, so a folder
+that torchvision already filled works as it is. Every load checks the IDX
+headers and sizes strictly, the MD5 of each file where it is known, the label
+range and that images and labels agree; a failed check is a
+:class:`~mnistlab.errors.DataError` that names the file and says how to fix it.
+
+:func:`load_data` turns a :class:`~mnistlab.config.DataConfig` into a
+:class:`DataBundle`: train / validation / test splits as uint8 tensors on the
+device (converted to floats batch by batch, see :mod:`mnistlab.data.batching`),
+plus what a model needs to know (classes, image size, mean and std).
+
+>>> from mnistlab.config import DataConfig
+>>> data = load_data(DataConfig(val_size=5000, train_limit=2000), device="cpu")  # doctest: +SKIP
+>>> len(data.train), len(data.val), len(data.test), data.image_size              # doctest: +SKIP
+(2000, 5000, 10000, (28, 28))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "Split",
+    "DataBundle",
+    "resolve_data_dir",
+    "read_idx",
+    "load_raw",
+    "split_indices",
+    "channel_stats",
+    "load_data",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What mnistlab knows about one dataset of the MNIST family."""
+
+    name: str  # the name in configs (data.dataset)
+    folder: str  # torchvision's folder under the root; torchvision names it after the class, so also the class name
+    classes: tuple[str, ...]  # class names, indexed by label
+    md5: Mapping[str, str | None]  # uncompressed raw file name -> MD5 (None: not known, see DATASETS)
+    image_size: tuple[int, int] = (28, 28)  # (H, W) of every image
+    in_channels: int = 1  # grayscale
+
+    @property
+    def torchvision_class(self) -> Any:
+        """The ``torchvision.datasets`` class that downloads this dataset.
+
+        Imported on first use: ``import torchvision`` costs about a second (it
+        pulls in torch._dynamo), which a run on files that are already present
+        should not pay.
+        """
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.folder)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def files(self, train: bool) -> tuple[str, str]:
+        """The (images, labels) raw file names of the training or test split."""
+        prefix = "train" if train else "t10k"
+        return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+    def raw_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.folder / "raw"
+
+
+_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        folder="MNIST",
+        classes=tuple(str(d) for d in range(10)),
+        # The published MD5s of the original uncompressed files (also in /work/shared/data/README.md).
+        md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+    ),
+    # For Fashion-MNIST and KMNIST we do not know the MD5s of the *uncompressed* files
+    # with certainty, so none are invented here. Those files are checked by torchvision's
+    # MD5 of each .gz archive when they are downloaded, and by the strict IDX header and
+    # size checks, label range and count checks on every load.
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        folder="FashionMNIST",
+        classes=(
+            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+        ),
+        md5=dict.fromkeys(_FILES),
+    ),
+    "kmnist": DatasetSpec(
+        name="kmnist",
+        folder="KMNIST",
+        # Romanized names of the ten hiragana (Kuzushiji-MNIST's classmap), as torchvision lists them.
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+        md5=dict.fromkeys(_FILES),
+    ),
+}
+
+
+def _spec(dataset: str) -> DatasetSpec:
+    try:
+        return DATASETS[dataset]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}") from None
+
+
+# ---------------------------------------------------------------------------
+# where the files live
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
+    """The data root: ``data_dir`` if given, else ``$MNISTLAB_DATA``, else the user's cache folder.
+
+    The cache folder is ``$XDG_CACHE_HOME/mnistlab`` or ``~/.cache/mnistlab`` on Linux,
+    ``~/Library/Caches/mnistlab`` on macOS and ``%LOCALAPPDATA%\\mnistlab`` on Windows.
+
+    >>> resolve_data_dir("/data")
+    PosixPath('/data')
+    """
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get("MNISTLAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    return _user_cache_dir() / "mnistlab"
+
+
+def _user_cache_dir() -> Path:
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return Path(local) if local else Path.home() / "AppData" / "Local"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec says a relative path in $XDG_CACHE_HOME is invalid and must be ignored.
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg)
+    return Path.home() / ".cache"
+
+
+# ---------------------------------------------------------------------------
+# IDX files
+
+
+def _read_bytes(path: Path) -> bytearray:
+    """The whole file in a writable buffer (so torch.from_numpy can share it without a copy or a warning)."""
+    try:
+        with open(path, "rb") as f:
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            got = f.readinto(buf)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    del buf[got:]  # in case the file shrank between fstat and read
+    return buf
+
+
+def _parse_idx(buf: bytearray, path: Path, expected_ndim: int) -> torch.Tensor:
+    size = len(buf)
+    if size < 4:
+        raise DataError(f"{path} is truncated: expected at least 4 bytes of IDX header, found {size}")
+    magic = bytes(buf[:4])
+    want = bytes((0, 0, 0x08, expected_ndim))
+    if magic[:3] != want[:3]:
+        hint = " (it looks gzip-compressed: uncompress it with gunzip)" if magic[:2] == b"\x1f\x8b" else ""
+        raise DataError(
+            f"{path} is not an IDX file of unsigned bytes: its magic number is {magic.hex(' ')}, "
+            f"expected {want.hex(' ')}{hint}"
+        )
+    ndim = magic[3]
+    if ndim != expected_ndim:
+        raise DataError(f"{path} has {ndim} dimension(s) in its IDX header, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    if size < header:
+        raise DataError(f"{path} is truncated: expected {header} bytes of IDX header, found {size}")
+    dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims, dtype=np.int64))
+    found = size - header
+    shape = " x ".join(map(str, dims))
+    if found < expected:
+        raise DataError(
+            f"{path} is truncated: its header announces {shape} values, so expected {expected} bytes of data, "
+            f"found {found}"
+        )
+    if found > expected:
+        raise DataError(
+            f"{path} has {found - expected} trailing byte(s) after the {expected} bytes of data "
+            f"its header announces ({shape})"
+        )
+    array = np.frombuffer(buf, dtype=np.uint8, count=expected, offset=header).reshape(dims)
+    return torch.from_numpy(array)
+
+
+def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
+    """Read an IDX file of unsigned bytes, strictly, into a uint8 tensor of the dims in its header.
+
+    The file must be: magic ``00 00 08 <ndim>`` with ``ndim == expected_ndim``,
+    ``ndim`` big-endian uint32 dims, then exactly ``prod(dims)`` bytes. Anything
+    else raises a :class:`DataError` naming the file and what is wrong.
+
+    >>> read_idx("MNIST/raw/t10k-labels-idx1-ubyte", 1).shape   # doctest: +SKIP
+    torch.Size([10000])
+    """
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), path, expected_ndim)
+
+
+# ---------------------------------------------------------------------------
+# raw files -> verified tensors
+
+
+def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str) -> DataError:
+    missing = [name for name in _FILES if not (raw_dir / name).is_file()]
+    return DataError(
+        f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, either "
+        f"(1) put the four uncompressed IDX files ({', '.join(_FILES)}) in {raw_dir}, "
+        f"or pass --data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/; "
+        f"or (2) allow the download: connect to the network and set data.download=true."
+    )
+
+
+def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
+    """Download with torchvision, which checks the MD5 of each archive and fetches all four files."""
+    try:
+        spec.torchvision_class(str(root), train=train, download=True)
+    # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
+    # archive checksum, a full disk) means the same to the user: the files are not there.
+    # BaseException (KeyboardInterrupt) is not caught.
+    except Exception as e:  # noqa: BLE001
+        message = " ".join(f"{type(e).__name__}: {e}".split())
+        raw_dir = spec.raw_dir(root)
+        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})") from e
+
+
+def _md5(buf: bytearray) -> str:
+    return hashlib.md5(buf, usedforsecurity=False).hexdigest()
+
+
+def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
+    buf = _read_bytes(path)
+    tensor = _parse_idx(buf, path, ndim)  # header and size first: their messages are the more specific
+    expected = spec.md5.get(path.name)
+    if expected is not None:
+        actual = _md5(buf)
+        if actual != expected:
+            raise DataError(
+                f"{path} is corrupted: its MD5 checksum is {actual}, expected {expected}. "
+                f"Delete it so it is downloaded again (with data.download=true), or replace it with a good copy."
+            )
+    return tensor
+
+
+def load_raw(
+    dataset: str, root: str | os.PathLike[str], *, train: bool, download: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (uint8, N x 1 x H x W) and labels (int64, N) of one split, verified.
+
+    Reads ``root/<Folder>/raw/``; when files are missing and ``download`` is true,
+    torchvision downloads them first.
+
+    >>> images, labels = load_raw("mnist", "/work/shared/data", train=False, download=False)  # doctest: +SKIP
+    >>> images.shape, labels.dtype                                                              # doctest: +SKIP
+    (torch.Size([10000, 1, 28, 28]), torch.int64)
+    """
+    spec = _spec(dataset)
+    root = Path(root).expanduser()
+    raw_dir = spec.raw_dir(root)
+    image_name, label_name = spec.files(train)
+    image_path, label_path = raw_dir / image_name, raw_dir / label_name
+
+    if not (image_path.is_file() and label_path.is_file()):
+        if not download:
+            raise _missing_error(spec, raw_dir, "files not found and data.download is false")
+        _download(spec, root, train)
+        if not (image_path.is_file() and label_path.is_file()):
+            raise _missing_error(spec, raw_dir, "the download finished but files are still missing")
+
+    images = _verified_idx(spec, image_path, 3)
+    labels = _verified_idx(spec, label_path, 1)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels; "
+            f"they must be the same split of the same dataset"
+        )
+    if tuple(images.shape[1:]) != spec.image_size:
+        h, w = spec.image_size
+        raise DataError(
+            f"{image_path} holds {images.shape[1]}x{images.shape[2]} images, expected {h}x{w} for {spec.name}"
+        )
+    if labels.numel() and int(labels.max()) >= spec.num_classes:  # uint8: never below 0
+        bad = int((labels >= spec.num_classes).nonzero()[0, 0])
+        raise DataError(
+            f"{label_path} has label {int(labels[bad])} at index {bad}; labels must be in "
+            f"[0, {spec.num_classes}) for {spec.name}"
+        )
+    return images.unsqueeze(1), labels.long()
+
+
+# ---------------------------------------------------------------------------
+# splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: uint8 images (N x C x H x W) and int64 labels (N), on one device.
+
+    ``indices`` are the positions of these examples in the file they came from
+    (the training file for train and validation, the test file for test).
+    A split may be empty (``val_size = 0``).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            got = f"{self.images.dtype} {tuple(self.images.shape)}"
+            raise ValueError(f"Split.images must be uint8 N x C x H x W, got {got}")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            got = f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            raise ValueError(f"Split.labels must be int64 of shape (N,), got {got}")
+        n = self.images.shape[0]
+        if self.labels.shape[0] != n or (self.indices is not None and self.indices.shape != (n,)):
+            raise ValueError(
+                f"Split parts disagree in length: {n} images, {self.labels.shape[0]} labels"
+                + ("" if self.indices is None else f", {self.indices.shape[0]} indices")
+            )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: str | torch.device) -> Split:
+        return Split(
+            self.images.to(device),
+            self.labels.to(device),
+            None if self.indices is None else self.indices.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Everything the trainer and the model factory need about the data of a run."""
+
+    train: Split
+    val: Split  # may be empty (val_size = 0)
+    test: Split
+    dataset: str  # name from DATASETS
+    classes: list[str]  # class names, indexed by label
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]  # (H, W)
+    mean: tuple[float, ...]  # per channel, of images / 255, from this bundle's training split
+    std: tuple[float, ...]  # per channel (population std), likewise
+
+
+def split_indices(
+    n: int, val_size: int, split_seed: int, train_limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) positions among ``n`` training images.
+
+    One random permutation from a CPU generator seeded with ``split_seed``:
+    validation is its first ``val_size`` entries, training the rest, then cut to
+    the first ``train_limit``. Both stay in permutation order, so ``train_limit``
+    picks a uniform random subset whatever the order of the file, and a smaller
+    ``val_size`` gives a subset of a larger one's validation split.
+
+    >>> train, val = split_indices(10, 3, split_seed=0)
+    >>> len(train), len(val), sorted(train.tolist() + val.tolist()) == list(range(10))
+    (7, 3, True)
+    """
+    if not 0 <= val_size < n:
+        raise ConfigError(
+            f"data.val_size = {val_size} must be at least 0 and less than the {n} training images, "
+            f"so that some are left for training"
+        )
+    if train_limit is not None and train_limit < 1:
+        raise ConfigError(f"data.train_limit must be at least 1, got {train_limit}")
+    generator = torch.Generator().manual_seed(split_seed)
+    perm = torch.randperm(n, generator=generator)
+    train = perm[val_size:]
+    if train_limit is not None:
+        train = train[:train_limit]  # a limit above what is left keeps all of it
+    return train.clone(), perm[:val_size].clone()
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of ``images / 255`` for uint8 N x C x H x W images.
+
+    Exact, from a 256-bin histogram per channel in float64, so the whole training
+    set never needs a float copy.
+
+    >>> channel_stats(torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1))
+    ((0.5,), (0.5,))
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"channel_stats needs uint8 N x C x H x W images, got {images.dtype} {tuple(images.shape)}")
+    if images.numel() == 0:
+        raise ValueError("channel_stats needs at least one image")
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).cpu().to(torch.float64)
+        total = counts.sum()
+        mean = (counts * values).sum() / total
+        var = (counts * values.square()).sum() / total - mean.square()
+        means.append(float(mean) / 255.0)
+        stds.append(float(var.clamp_min(0.0).sqrt()) / 255.0)
+    return tuple(means), tuple(stds)
+
+
+def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle:
+    """Load, verify and split a dataset as ``cfg`` says.
+
+    The training file is split into train and validation by :func:`split_indices`
+    (seeded by ``cfg.split_seed``, independent of the training seed), then
+    ``cfg.train_limit`` applies. Mean and std come from the resulting training
+    split only. All splits are moved to ``device`` once, as uint8.
+
+    With ``val_size = 0`` the validation split is empty; code that evaluates on it
+    must check ``len(data.val)``.
+
+    >>> from mnistlab.config import DataConfig
+    >>> data = load_data(DataConfig(dir="/work/shared/data", train_limit=2000))  # doctest: +SKIP
+    >>> len(data.train), len(data.val), [round(m, 4) for m in data.mean]          # doctest: +SKIP
+    (2000, 5000, [0.1318])
+    """
+    spec = _spec(cfg.dataset)
+    root = resolve_data_dir(cfg.dir)
+    train_images, train_labels = load_raw(spec.name, root, train=True, download=cfg.download)
+    test_images, test_labels = load_raw(spec.name, root, train=False, download=cfg.download)
+
+    n = train_labels.shape[0]
+    if not cfg.val_size < n:
+        raise ConfigError(
+            f"data.val_size = {cfg.val_size} leaves no training images: the {spec.name} training set "
+            f"has {n} images; choose a val_size below {n}"
+        )
+    train_idx, val_idx = split_indices(n, cfg.val_size, cfg.split_seed, cfg.train_limit)
+    train = Split(train_images.index_select(0, train_idx), train_labels.index_select(0, train_idx), train_idx)
+    val = Split(train_images.index_select(0, val_idx), train_labels.index_select(0, val_idx), val_idx)
+    test = Split(test_images, test_labels, torch.arange(test_labels.shape[0]))
+    mean, std = channel_stats(train.images)  # on the CPU, before the move: cheap and device-independent
+    return DataBundle(
+        train=train.to(device),
+        val=val.to(device),
+        test=test.to(device),
+        dataset=spec.name,
+        classes=list(spec.classes),
+        num_classes=spec.num_classes,
+        in_channels=spec.in_channels,
+        image_size=spec.image_size,
+        mean=mean,
+        std=std,
+    )

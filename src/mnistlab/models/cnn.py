@@ -1,0 +1,109 @@
+"""Small plain CNNs: conv -> ReLU -> 2x2 max-pool blocks, then a linear classifier.
+
+``cnn`` is the textbook two-layer MNIST network; ``fast`` is the speed-oriented
+default model of ``mnistlab train``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from ._layers import Activation, check_options, classifier_head, conv_pool_stack
+from ._registry import register
+from .base import Net, scaled
+
+
+def make_cnn(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    channels: Sequence[int],
+    kernel_sizes: Sequence[int],
+    paddings: Sequence[int | tuple[int, int]],
+    stride: int = 1,
+    width: float = 1.0,
+    hidden: Sequence[int] = (),
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+    activation: Activation = nn.ReLU,
+    pool: type[nn.Module] = nn.MaxPool2d,
+) -> Net:
+    """(conv -> [BN] -> activation -> 2x2 pool) per entry of ``channels``, then linear ``hidden`` layers.
+
+    ``kernel_sizes`` and ``paddings`` hold one entry per conv.
+
+    >>> net = make_cnn("tiny", num_classes=10, in_channels=1, image_size=(28, 28), channels=[4],
+    ...                kernel_sizes=[3], paddings=[1])
+    >>> net.num_features                         # 4 kernels x 14 x 14 after one pool
+    784
+    """
+    flat_paddings = [q for p in paddings for q in ((p,) if isinstance(p, int) else p)]
+    check_options(name, channels=channels, width=width, hidden=hidden, dropout=dropout,
+                  kernel_size=min(kernel_sizes, default=1), stride=stride, padding=min(flat_paddings, default=0))
+    features = conv_pool_stack(
+        in_channels, [scaled(c, width) for c in channels], kernel_sizes, paddings,
+        stride=stride, batch_norm=batch_norm, activation=activation, pool=pool,
+    )
+    return Net(
+        features,
+        lambda n: classifier_head(n, hidden, num_classes, dropout=dropout, activation=activation),
+        in_channels=in_channels,
+        image_size=image_size,
+        name=name,
+    )
+
+
+@register("cnn")
+def cnn(
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    channels: Sequence[int] = (16, 32),
+    kernel_size: int = 5,
+    stride: int = 1,
+    padding: int | None = None,
+    width: float = 1.0,
+    hidden: Sequence[int] = (),
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> Net:
+    """Two 5x5 convs (16, 32 kernels, "same" padding), each ReLU + 2x2 max-pool, one linear layer.
+
+    ``padding`` defaults to ``kernel_size // 2`` so the convs keep the image size.
+    """
+    padding = kernel_size // 2 if padding is None else padding
+    return make_cnn(
+        "cnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
+        kernel_sizes=[kernel_size] * len(channels), paddings=[padding] * len(channels), stride=stride,
+        width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
+    )
+
+
+@register("fast")
+def fast(
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    channels: Sequence[int] = (24, 32),
+    kernel_size: int = 5,
+    width: float = 1.0,
+    hidden: Sequence[int] = (256,),
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> Net:
+    """The default model: conv 24 5x5 -> pool -> conv 32 3x3 -> pool -> linear 256 -> classes (no padding).
+
+    ``kernel_size`` sets the first conv only; later convs are 3x3 (the first one
+    sees raw pixels and profits from a wider view; the later ones are cheaper small).
+    """
+    return make_cnn(
+        "fast", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
+        kernel_sizes=[kernel_size] + [3] * (len(channels) - 1), paddings=[0] * len(channels),
+        width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
+    )

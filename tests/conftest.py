@@ -1,0 +1,62 @@
+"""Shared fixtures: where real MNIST lives, a small cached bundle of it, and no downloads.
+
+Real MNIST (the four uncompressed IDX files) is looked for in ``$MNISTLAB_TEST_DATA``,
+else in ``<repo>/../shared/data``, as ``MNIST/raw/<file>``. Where it is missing, tests
+that need it are skipped, except on CI (``CI=true``), where they fail: a CI job that
+silently skipped every real-data test would look green while testing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.fixture(autouse=True)
+def _no_dataset_downloads(monkeypatch):
+    """Nothing may be downloaded in tests: torchvision's MNIST-family download fails the test.
+
+    ``pytest.fail`` raises a BaseException, so no ``except Exception`` in the code under
+    test can turn it into an ordinary error. Tests of the download path patch it again.
+    """
+    import torchvision.datasets
+
+    def refuse(self, *args, **kwargs):
+        pytest.fail(f"a test tried to download {type(self).__name__} into {self.root}; tests must not use the network")
+
+    # FashionMNIST and KMNIST inherit download() from MNIST.
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", refuse)
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The data root holding ``MNIST/raw/`` with the four original files (read-only: copy before corrupting)."""
+    env = os.environ.get("MNISTLAB_TEST_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    raw = root / "MNIST" / "raw"
+    missing = [name for name in MNIST_FILES if not (raw / name).is_file()]
+    if missing:
+        message = (
+            f"real MNIST is missing from {raw} ({', '.join(missing)}); put the four uncompressed IDX files "
+            f"there, or set MNISTLAB_TEST_DATA to a folder that has them under MNIST/raw/"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_small(mnist_root):
+    """A DataBundle of real MNIST on the CPU: 2,000 training and 500 validation images, full test set.
+
+    Session-scoped and shared by all tests: treat its tensors as read-only.
+    """
+    from mnistlab.config import DataConfig
+    from mnistlab.data import load_data
+
+    return load_data(DataConfig(dataset="mnist", dir=str(mnist_root), val_size=500, train_limit=2000, download=False))

@@ -1,0 +1,375 @@
+"""Loading, verifying and splitting MNIST-family data; real MNIST plus small synthetic IDX files.
+
+Corruption tests work on copies in tmp_path (the shared files are read-only).
+Checks that MNIST's MD5 would catch first (label range, count mismatch, image size)
+use synthetic files in the KMNIST / Fashion-MNIST layout, whose MD5s are not known.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import struct
+from dataclasses import replace
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets
+
+from mnistlab.config import DataConfig
+from mnistlab.data import DATASETS, channel_stats, load_data, load_raw, read_idx, resolve_data_dir, split_indices
+from mnistlab.errors import ConfigError, DataError
+
+MNIST_FILES = tuple(DATASETS["mnist"].md5)
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """An IDX file of unsigned bytes: magic 00 00 08 ndim, big-endian dims, data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes((0, 0, 8, array.ndim)) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+    return path
+
+
+def fake_dataset(root: Path, dataset: str = "kmnist", *, n_train=6, n_test=4, labels=None, size=(28, 28)) -> Path:
+    """Synthetic train and test IDX files in torchvision's layout for ``dataset``; returns the raw folder."""
+    raw = root / DATASETS[dataset].folder / "raw"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, *size)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10 if labels is None else labels)
+    return raw
+
+
+def copy_mnist(mnist_root: Path, tmp_path: Path, *names: str) -> Path:
+    """Writable copies of some real MNIST files under tmp_path/MNIST/raw; returns that folder."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in names:
+        shutil.copyfile(mnist_root / "MNIST" / "raw" / name, raw / name)
+    return raw
+
+
+TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")  # the small split: quick to copy
+
+
+@pytest.fixture
+def download_calls(monkeypatch):
+    """Replaces torchvision's download with one that records its calls and fails like a machine offline."""
+    calls = []
+
+    def offline(self):
+        calls.append((type(self).__name__, Path(self.root)))
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    return calls
+
+
+# ---------------------------------------------------------------------------
+# real MNIST
+
+
+@pytest.fixture(scope="module")
+def mnist_full(mnist_root):
+    """All 60,000 training images as the train split (no validation)."""
+    return load_data(DataConfig(dataset="mnist", dir=str(mnist_root), val_size=0, download=False))
+
+
+def test_real_mnist_files_match_their_published_md5(mnist_root):
+    for name in MNIST_FILES:
+        digest = hashlib.md5((mnist_root / "MNIST" / "raw" / name).read_bytes()).hexdigest()
+        assert digest == DATASETS["mnist"].md5[name], name
+
+
+def test_real_mnist_loads_with_the_right_shapes_and_label_counts(mnist_root, mnist_full):
+    images, labels = load_raw("mnist", mnist_root, train=False, download=False)
+    assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (10000,) and labels.dtype == torch.int64
+
+    train = mnist_full.train
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.labels.dtype == torch.int64
+    counts = torch.bincount(train.labels, minlength=10)
+    assert counts.sum() == 60000
+    assert int(counts.argmax()) == 1 and int(counts[1]) == 6742  # '1' is the most common digit
+    assert len(mnist_full.val) == 0 and mnist_full.val.images.shape == (0, 1, 28, 28)
+    assert len(mnist_full.test) == 10000
+
+
+def test_mean_and_std_of_the_full_training_set_are_the_well_known_ones(mnist_full):
+    assert mnist_full.mean == pytest.approx((0.1307,), abs=1e-4)
+    assert mnist_full.std == pytest.approx((0.3081,), abs=1e-4)
+    # channel_stats is exact: compare with a float64 computation on a slice.
+    x = mnist_full.train.images[:1000].double() / 255
+    mean, std = channel_stats(mnist_full.train.images[:1000])
+    assert mean[0] == pytest.approx(float(x.mean()), abs=1e-12)
+    assert std[0] == pytest.approx(float(x.std(unbiased=False)), abs=1e-12)
+
+
+def test_small_bundle_describes_itself_and_takes_stats_from_its_own_train_split(mnist_small):
+    data = mnist_small
+    assert (len(data.train), len(data.val), len(data.test)) == (2000, 500, 10000)
+    assert data.dataset == "mnist" and data.classes == [str(d) for d in range(10)] and data.num_classes == 10
+    assert data.in_channels == 1 and data.image_size == (28, 28)
+    assert (data.mean, data.std) == channel_stats(data.train.images)
+    assert data.mean != channel_stats(data.val.images)[0]
+    assert data.mean != pytest.approx((0.1307,), abs=1e-6)  # not hard-coded
+    for split in (data.train, data.val, data.test):
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+        assert split.images.device.type == "cpu"
+
+
+def test_splits_hold_the_right_images(mnist_root, mnist_small):
+    images, labels = load_raw("mnist", mnist_root, train=True, download=False)
+    for split in (mnist_small.train, mnist_small.val):
+        assert torch.equal(split.images, images[split.indices])
+        assert torch.equal(split.labels, labels[split.indices])
+    assert not set(mnist_small.train.indices.tolist()) & set(mnist_small.val.indices.tolist())
+
+
+def test_validation_split_is_fixed_by_split_seed(mnist_root, mnist_small):
+    cfg = DataConfig(dataset="mnist", dir=str(mnist_root), val_size=500, train_limit=2000, download=False)
+    again = load_data(cfg)
+    assert torch.equal(again.val.indices, mnist_small.val.indices)
+    assert torch.equal(again.train.indices, mnist_small.train.indices)
+    other = load_data(replace(cfg, split_seed=1))
+    assert not torch.equal(other.val.indices, mnist_small.val.indices)
+
+
+def test_loading_present_files_with_download_allowed_does_not_download(mnist_root, download_calls):
+    images, _ = load_raw("mnist", mnist_root, train=False, download=True)
+    assert len(images) == 10000 and download_calls == []
+
+
+# ---------------------------------------------------------------------------
+# split_indices
+
+
+def test_split_indices_is_deterministic_disjoint_and_seed_dependent():
+    train, val = split_indices(60000, 5000, split_seed=0)
+    train2, val2 = split_indices(60000, 5000, split_seed=0)
+    assert torch.equal(train, train2) and torch.equal(val, val2)
+    assert len(train) == 55000 and len(val) == 5000
+    assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(60000))  # disjoint, covers all
+    _, val_other = split_indices(60000, 5000, split_seed=1)
+    assert not torch.equal(val, val_other)
+    # A smaller validation split is a prefix of a larger one with the same seed.
+    assert torch.equal(split_indices(60000, 100, split_seed=0)[1], val[:100])
+
+
+def test_train_limit_takes_the_first_n_of_what_is_left():
+    train, val = split_indices(1000, 100, split_seed=3)
+    limited, val_limited = split_indices(1000, 100, split_seed=3, train_limit=50)
+    assert torch.equal(limited, train[:50]) and torch.equal(val_limited, val)
+    everything, _ = split_indices(1000, 100, split_seed=3, train_limit=10_000)  # more than there is: all of it
+    assert torch.equal(everything, train)
+
+
+def test_val_size_zero_gives_an_empty_validation_split():
+    train, val = split_indices(10, 0, split_seed=0)
+    assert len(train) == 10 and len(val) == 0 and val.dtype == torch.int64
+
+
+@pytest.mark.parametrize("val_size", [6, 7])
+def test_val_size_must_leave_training_images(tmp_path, val_size):
+    fake_dataset(tmp_path, n_train=6)
+    with pytest.raises(ConfigError, match=rf"val_size = {val_size}.*has 6 images"):
+        load_data(DataConfig(dataset="kmnist", dir=str(tmp_path), val_size=val_size, download=False))
+
+
+# ---------------------------------------------------------------------------
+# read_idx
+
+
+def test_read_idx_reads_big_endian_dims_in_order(tmp_path):
+    array = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
+    out = read_idx(write_idx(tmp_path / "x", array), 3)
+    assert out.dtype == torch.uint8 and out.shape == (2, 3, 5)
+    assert torch.equal(out, torch.from_numpy(array))
+
+
+def test_read_idx_rejects_the_wrong_number_of_dims(mnist_root):
+    path = mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte has 1 dimension\(s\).*expected 3"):
+        read_idx(path, 3)
+
+
+def test_read_idx_spots_a_gzip_file(tmp_path):
+    path = tmp_path / "train-labels-idx1-ubyte"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x00"))
+    with pytest.raises(DataError, match=r"magic number is 1f 8b .*gzip-compressed"):
+        read_idx(path, 1)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\x00", b"\x00\x00\x08\x03\x00\x00"])
+def test_read_idx_rejects_a_truncated_header(tmp_path, data):
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=r"x-idx3-ubyte is truncated: expected (at least )?\d+ bytes of IDX header"):
+        read_idx(path, 3)
+
+
+def test_read_idx_names_a_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"cannot read .*nothing-here"):
+        read_idx(tmp_path / "nothing-here", 1)
+
+
+# ---------------------------------------------------------------------------
+# corrupted copies of real MNIST
+
+
+def test_one_flipped_byte_fails_the_checksum(mnist_root, tmp_path):
+    raw = copy_mnist(mnist_root, tmp_path, *TEST_FILES)
+    path = raw / "t10k-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[16 + 28 * 14 + 14] ^= 0xFF  # a pixel of the first image: headers and sizes stay valid
+    path.write_bytes(data)
+    with pytest.raises(DataError) as err:
+        load_raw("mnist", tmp_path, train=False, download=False)
+    message = str(err.value)
+    assert str(path) in message and "MD5 checksum" in message
+    assert DATASETS["mnist"].md5["t10k-images-idx3-ubyte"] in message and "Delete it" in message
+
+
+def test_wrong_magic_number(mnist_root, tmp_path):
+    raw = copy_mnist(mnist_root, tmp_path, *TEST_FILES)
+    path = raw / "t10k-labels-idx1-ubyte"
+    data = bytearray(path.read_bytes())
+    data[2] = 0x0D  # float instead of unsigned byte
+    path.write_bytes(data)
+    expected = r"t10k-labels-idx1-ubyte is not an IDX file of unsigned bytes.*00 00 0d 01.*expected 00 00 08 01"
+    with pytest.raises(DataError, match=expected):
+        load_raw("mnist", tmp_path, train=False, download=False)
+
+
+def test_truncated_file(mnist_root, tmp_path):
+    raw = copy_mnist(mnist_root, tmp_path, *TEST_FILES)
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:5008])
+    expected = r"t10k-labels-idx1-ubyte is truncated.*expected 10000 bytes of data, found 5000"
+    with pytest.raises(DataError, match=expected):
+        load_raw("mnist", tmp_path, train=False, download=False)
+
+
+def test_trailing_bytes(mnist_root, tmp_path):
+    raw = copy_mnist(mnist_root, tmp_path, *TEST_FILES)
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes() + b"\x00\x00\x00")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte has 3 trailing byte\(s\) after the 10000 bytes"):
+        load_raw("mnist", tmp_path, train=False, download=False)
+
+
+# ---------------------------------------------------------------------------
+# synthetic files: checks beyond the header (no MD5 known for KMNIST / Fashion-MNIST)
+
+
+def test_synthetic_kmnist_and_fashion_mnist_load(tmp_path):
+    fake_dataset(tmp_path, "kmnist", n_train=12)
+    fake_dataset(tmp_path, "fashion-mnist", n_train=12)
+    data = load_data(DataConfig(dataset="kmnist", dir=str(tmp_path), val_size=2, train_limit=5, download=False))
+    assert (len(data.train), len(data.val), len(data.test)) == (5, 2, 4)
+    assert data.classes == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+    fashion = load_data(DataConfig(dataset="fashion-mnist", dir=str(tmp_path), val_size=0, download=False))
+    assert fashion.classes[0] == "T-shirt/top" and fashion.classes[9] == "Ankle boot" and fashion.num_classes == 10
+
+
+def test_labels_out_of_range(tmp_path):
+    raw = fake_dataset(tmp_path, "kmnist", n_train=6, labels=np.array([0, 1, 2, 10, 3, 4]))
+    with pytest.raises(DataError) as err:
+        load_raw("kmnist", tmp_path, train=True, download=False)
+    message = str(err.value)
+    assert str(raw / "train-labels-idx1-ubyte") in message
+    assert "label 10 at index 3" in message and "[0, 10)" in message
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    raw = fake_dataset(tmp_path, "fashion-mnist", n_train=6)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(5))
+    with pytest.raises(DataError, match=r"has 6 images but .*train-labels-idx1-ubyte has 5 labels"):
+        load_raw("fashion-mnist", tmp_path, train=True, download=False)
+
+
+def test_images_must_be_28x28(tmp_path):
+    fake_dataset(tmp_path, "kmnist", size=(32, 32))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte holds 32x32 images, expected 28x28 for kmnist"):
+        load_raw("kmnist", tmp_path, train=True, download=False)
+
+
+# ---------------------------------------------------------------------------
+# missing files and downloads (never the network)
+
+
+def test_missing_files_without_download_say_how_to_fix_it(tmp_path, download_calls):
+    with pytest.raises(DataError) as err:
+        load_raw("mnist", tmp_path, train=True, download=False)
+    message = str(err.value)
+    raw = tmp_path / "MNIST" / "raw"
+    assert "train-images-idx3-ubyte" in message and "train-labels-idx1-ubyte" in message
+    assert str(raw) in message
+    assert "--data-dir" in message and "MNISTLAB_DATA" in message  # fix 1: point at the files
+    assert "network" in message and "data.download=true" in message  # fix 2: allow the download
+    assert download_calls == []
+
+
+def test_only_the_missing_files_are_named(mnist_root, tmp_path):
+    copy_mnist(mnist_root, tmp_path, "t10k-images-idx3-ubyte")
+    expected = r"missing train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-labels-idx1-ubyte in"
+    with pytest.raises(DataError, match=expected):
+        load_raw("mnist", tmp_path, train=False, download=False)
+
+
+def test_a_failed_download_is_a_data_error(tmp_path, download_calls):
+    with pytest.raises(DataError) as err:
+        load_raw("kmnist", tmp_path, train=True, download=True)
+    message = str(err.value)
+    assert download_calls == [("KMNIST", tmp_path)]
+    assert "downloading into" in message and "URLError" in message and "name resolution" in message
+    assert str(tmp_path / "KMNIST" / "raw") in message and "--data-dir" in message
+    assert isinstance(err.value.__cause__, URLError)
+
+
+def test_a_successful_download_is_then_verified_and_loaded(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(self):
+        calls.append(Path(self.root))
+        fake_dataset(Path(self.root), "kmnist", n_train=8, n_test=3)
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", fake_download)
+    data = load_data(DataConfig(dataset="kmnist", dir=str(tmp_path), val_size=3, download=True))
+    assert calls == [tmp_path]  # the test split found the files the first call fetched
+    assert (len(data.train), len(data.val), len(data.test)) == (5, 3, 3)
+
+
+def test_a_download_that_leaves_files_missing_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: None)
+    # torchvision itself raises "Dataset not found" after such a download: reported with our fixes.
+    with pytest.raises(DataError, match=r"downloading into .*failed.*Dataset not found.*data\.download=true"):
+        load_raw("fashion-mnist", tmp_path, train=False, download=True)
+
+
+# ---------------------------------------------------------------------------
+# where the data lives
+
+
+def test_resolve_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path / "env"))
+    assert resolve_data_dir(str(tmp_path / "given")) == tmp_path / "given"
+    assert resolve_data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("MNISTLAB_DATA")
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_data_dir(None) == tmp_path / "xdg" / "mnistlab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_data_dir(None) == tmp_path / "home" / ".cache" / "mnistlab"
+
+
+def test_unknown_dataset_lists_the_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'emnist'; choose one of: mnist, fashion-mnist, kmnist"):
+        load_raw("emnist", tmp_path, train=True, download=False)

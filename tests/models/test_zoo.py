@@ -1,0 +1,150 @@
+"""Every registered model: builds at several image sizes, runs forward and backward; options are checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnistlab.config import ModelConfig
+from mnistlab.errors import ConfigError
+from mnistlab.models import build_model, count_parameters, list_models, model_options
+
+# Narrow versions keep the whole file to seconds on one core; every model takes what it accepts of these.
+SMALL = {"width": 0.125, "hidden": [16]}
+USER_VGG = [8, "M", 16, "M"]
+SHAPES = [  # (in_channels, image_size, num_classes)
+    (1, (28, 28), 10),
+    (3, (32, 32), 5),
+    (2, (20, 24), 3),  # smaller and not square
+]
+
+
+def small_options(name: str) -> dict:
+    opts = {k: v for k, v in SMALL.items() if k in model_options(name)}
+    if name == "vgg":
+        opts["channels"] = USER_VGG
+    return opts
+
+
+def test_the_zoo_is_complete():
+    expected = {"cnn", "fast", "lenet", "lenet5", "alexnet", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
+                "resnet18", "resnet50"}
+    assert expected <= set(list_models())
+
+
+@pytest.mark.parametrize("in_channels,image_size,num_classes", SHAPES, ids=[f"{c}x{h}x{w}" for c, (h, w), _ in SHAPES])
+@pytest.mark.parametrize("name", list_models())
+def test_model_forward_and_backward(name, in_channels, image_size, num_classes):
+    torch.manual_seed(0)
+    model = build_model(
+        name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **small_options(name)
+    )
+    model.train()
+    x = torch.rand(2, in_channels, *image_size)
+    out = model(x)
+    assert out.shape == (2, num_classes)
+    assert torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([0, num_classes - 1])).backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name}: {pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_builds_from_a_model_config(name):
+    """A ModelConfig's options (None for unset keys) reach the builder, so model defaults hold."""
+    channels = tuple(USER_VGG) if name == "vgg" else None
+    cfg = ModelConfig(name=name, channels=channels, width=0.125 if "width" in model_options(name) else None)
+    model = build_model(cfg.name, **cfg.options())
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "name,in_channels,params",
+    [
+        ("lenet5", 1, 61_706),  # the paper's count: C1 156, C3 2,416, C5 48,120, F6 10,164, output 850
+        ("cnn", 1, 28_938),  # 16*25+16 + 32*16*25+32 + 32*7*7*10+10
+        ("resnet18", 3, 11_173_962),  # the usual CIFAR ResNet-18 with a 3x3 stem
+        ("resnet50", 3, 23_520_842),  # the usual CIFAR ResNet-50
+    ],
+)
+def test_known_parameter_counts(name, in_channels, params):
+    assert count_parameters(build_model(name, in_channels=in_channels)) == params
+
+
+def test_default_vgg_layouts_drop_only_the_pools_the_image_is_too_small_for():
+    def pools(model):
+        return sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features)
+
+    # 28 -> 14 -> 7 -> 3 -> 1, the fifth pool is dropped; 32 keeps all five; 20 -> 10 -> 5 -> 2 -> 1
+    assert pools(build_model("vgg16", width=0.125)) == 4
+    assert pools(build_model("vgg16", width=0.125, in_channels=3, image_size=(32, 32))) == 5
+    assert pools(build_model("vgg11", width=0.125, image_size=(20, 20))) == 4
+    assert build_model("vgg19", width=0.125).num_features == 64  # a 1x1 map of 512/8 kernels
+
+
+def test_a_user_vgg_layout_is_placed_as_written():
+    model = build_model("vgg", channels=[8, "M", 8, "M", 8, "M", 8, "M"], hidden=[16])  # 28 -> 14 -> 7 -> 3 -> 1
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 4
+    assert model.num_features == 8
+
+
+def test_a_user_vgg_layout_that_pools_below_1x1_names_the_image_size():
+    with pytest.raises(ConfigError, match="28x28"):
+        build_model("vgg", channels=[8, "M"] * 5)
+
+
+def test_vgg_needs_a_layout():
+    with pytest.raises(ConfigError, match="channels"):
+        build_model("vgg")
+
+
+def test_unknown_option_lists_the_accepted_ones():
+    with pytest.raises(ConfigError) as e:
+        build_model("resnet18", kernel_size=5)
+    message = str(e.value)
+    assert "kernel_size" in message
+    for option in model_options("resnet18"):
+        assert option in message
+
+
+def test_unknown_model_lists_the_models():
+    with pytest.raises(ConfigError) as e:
+        build_model("resnet1000")
+    assert all(name in str(e.value) for name in list_models())
+
+
+@pytest.mark.parametrize(
+    "name,options,fragment",
+    [
+        ("cnn", {"channels": [16, "M", 32]}, "positive integers"),  # pools are implied in a plain CNN
+        ("resnet18", {"channels": [64, 128, 256]}, "4 stage widths"),
+        ("fast", {"width": 0}, "width"),
+        ("lenet", {"dropout": 1.0}, "dropout"),
+        ("alexnet", {"hidden": [0]}, "hidden"),
+        ("vgg", {"channels": ["M"]}, "at least one conv"),
+    ],
+)
+def test_bad_option_values_are_config_errors(name, options, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build_model(name, **options)
+
+
+def test_normalization_is_stored_and_applied():
+    torch.manual_seed(0)
+    model = build_model("cnn", mean=(0.1307,), std=(0.3081,)).eval()
+    state = model.state_dict()
+    assert state["mean"].flatten().tolist() == pytest.approx([0.1307])
+    assert state["std"].flatten().tolist() == pytest.approx([0.3081])
+
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        manual = model.classifier(torch.flatten(model.features((x - 0.1307) / 0.3081), 1))
+        assert torch.allclose(model(x), manual, atol=1e-6)
+
+        other = build_model("cnn").eval()  # mean 0, std 1 until the checkpoint's state arrives
+        assert not torch.allclose(other(x), manual)
+        other.load_state_dict(state)
+        assert torch.allclose(other(x), manual, atol=1e-6)
