@@ -1,0 +1,193 @@
+"""The ``mnistlab`` command: parse, build, call. No training logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import MnistlabError
+
+_FLAG_KEYS = {
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "optimizer": "optimizer.name",
+    "lr": "optimizer.lr",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "device": "train.device",
+    "threads": "train.threads",
+    "dataset": "data.dataset",
+    "data_dir": "data.dir",
+}
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="dataset folder (default: $MNISTLAB_DATA, else the user's cache folder); "
+        "MNIST is looked for in DIR/MNIST/raw",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnistlab",
+        description="Train, compare and use convolutional networks on MNIST, Fashion-MNIST and KMNIST.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a model (default: the fast recipe on MNIST)",
+        description="Train a model into a run folder holding config.toml, metrics.csv, summary.json, "
+        "best.ckpt, last.ckpt and TensorBoard logs. Settings come from the defaults, then --config, "
+        "then the flags, then --set, later ones winning.",
+    )
+    t.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.batch_size=128 (repeatable)")
+    t.add_argument("--model", help="model name (see `mnistlab models`)")
+    t.add_argument("--epochs", type=int, help="number of epochs")
+    t.add_argument("--optimizer", help="sgd, adam or adamw")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--batch-size", type=int, help="training batch size")
+    t.add_argument("--seed", type=int, help="random seed (weights, shuffling, dropout)")
+    t.add_argument("--device", help="auto, cpu, cuda or mps")
+    t.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    t.add_argument("--dataset", help="mnist, fashion-mnist or kmnist")
+    _add_data_dir(t)
+    t.add_argument("--early-stopping", metavar="SPEC",
+                   help="none, patience:N, gl:ALPHA, pq:ALPHA or up:S (Prechelt's criteria; strip length "
+                        "with --set early_stopping.strip=K)")
+    t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date>-<time>-<model>)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.ckpt; "
+                   "flags and --set change the stored config (e.g. --epochs to train further)")
+    t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
+                       "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "
+                       "first ten predictions.")
+    e.add_argument("checkpoint", help="a .ckpt file or a run folder")
+    _add_data_dir(e)
+    e.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    m = sub.add_parser("models", help="list the model zoo", description="List every registered model with its "
+                       "parameters and multiply-accumulates per image.")
+    m.add_argument("--dataset", default="mnist", help="size the models for this dataset's images (default mnist)")
+    m.add_argument("--details", metavar="NAME", help="print the layer table of one model")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from .callbacks import parse_early_stopping
+    from .config import Config, apply_overrides, config_from_dict, load_config
+    from .training.checkpoint import read_checkpoint
+
+    if args.resume:
+        if args.config:
+            raise MnistlabError("--config cannot be combined with --resume: the run's stored config is used; "
+                                "change it with flags or --set")
+        run = Path(args.resume)
+        payload = read_checkpoint(run / "last.ckpt" if run.is_dir() else run)
+        cfg = config_from_dict(payload["config"])
+    else:
+        cfg = load_config(args.config) if args.config else Config()
+    flags: dict[str, Any] = {
+        key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None
+    }
+    if args.early_stopping:
+        flags.update(parse_early_stopping(args.early_stopping))
+    cfg = apply_overrides(cfg, flags)
+    return apply_overrides(cfg, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.fit import TrainingInterrupted
+    from .training.run import train
+
+    cfg = _train_config(args)
+    try:
+        train(cfg, out=args.out, resume=args.resume, quiet=args.quiet)
+    except TrainingInterrupted as e:
+        return e.exit_code
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import config_from_dict
+    from .data import load_data
+    from .training.checkpoint import model_from_checkpoint, read_checkpoint
+    from .training.evaluate import evaluate
+
+    payload = read_checkpoint(args.checkpoint)
+    cfg = config_from_dict(payload["config"])
+    data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
+    data = load_data(data_cfg)
+    model = model_from_checkpoint(payload)
+    result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes)
+    report = {"checkpoint": str(args.checkpoint), "model": payload["model_name"], "epoch": payload["epoch"],
+              **result.to_dict(list(data.classes))}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['model']} from {args.checkpoint} (epoch {report['epoch']}) on {data.dataset} test, "
+          f"{report['examples']:,} images")
+    print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
+    print("\nper-class accuracy:")
+    for name, acc in report["per_class_accuracy"].items():
+        print(f"  {name:>12}  {'-' if acc is None else f'{100 * acc:.2f}%'}")
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    width = max(5, len(str(int(result.confusion.max()))) + 1)
+    print(" " * 4 + "".join(f"{i:>{width}}" for i in range(len(data.classes))))
+    for i, row in enumerate(result.confusion.tolist()):
+        print(f"{i:>4}" + "".join(f"{v:>{width}}" for v in row))
+    print("\nfirst predictions:")
+    for p in report["first_predictions"]:
+        mark = "" if p["label"] == p["predicted"] else "   <- wrong"
+        print(f"  #{p['index']:<3} label {data.classes[p['label']]:>8}  predicted {data.classes[p['predicted']]:>8}{mark}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .data.datasets import DATASETS
+    from .models import build_model, list_models, model_options
+    from .models.summary import count_macs, count_parameters, format_layer_table, layer_table
+
+    if args.dataset not in DATASETS:
+        raise MnistlabError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    size = (1, 28, 28)  # every dataset of the family has 28x28 grayscale images
+    kwargs = dict(num_classes=10, in_channels=size[0], image_size=size[1:])
+    if args.details:
+        model = build_model(args.details, **kwargs)
+        print(format_layer_table(layer_table(model)))
+        return 0
+    print(f"{'model':<10} {'parameters':>12} {'MACs/image':>14}  {'input':<9} options")
+    for name in list_models():
+        opts = {"channels": [32, "M", 64, "M"]} if name == "vgg" else {}
+        model = build_model(name, **kwargs, **opts)
+        note = " (example list)" if opts else ""
+        print(f"{name:<10} {count_parameters(model):>12,} {count_macs(model):>14,}  "
+              f"{'x'.join(map(str, size)):<9} {', '.join(model_options(name))}{note}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "models": _cmd_models}[args.command]
+    try:
+        return handler(args)
+    except MnistlabError as e:
+        print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Checkpoint I/O: atomic writes, ``weights_only`` reads, a SHA-256 of the weights.
+
+A checkpoint is a ``torch.save``-d dict holding only tensors, numbers, strings,
+lists and dicts, so it is read with ``torch.load(weights_only=True)``: a file
+that would need to unpickle arbitrary objects (and so could run code) is
+refused. ``load_model`` rebuilds the architecture from the model registry and
+the stored config, so a checkpoint is a complete model without pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+FORMAT_VERSION = 1
+_REQUIRED = ("format_version", "model_name", "config", "model", "weights_sha256")
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A crash or kill at any moment leaves either the old file or the new one,
+    never a mix: the rename is atomic, and the data is fsync-ed before it.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (which must hold ``model``: a state_dict) atomically, with format version and digest."""
+    path = Path(path)
+    payload = dict(payload)
+    payload["format_version"] = FORMAT_VERSION
+    payload["model"] = {k: v.detach().to("cpu") for k, v in payload["model"].items()}
+    payload["weights_sha256"] = weights_digest(payload["model"])
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and verify a checkpoint; every problem is a CheckpointError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.ckpt" if (path / "best.ckpt").exists() else path / "last.ckpt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it needs to unpickle objects other than tensors and plain data, "
+            f"which could run code ({first}). mnistlab only reads checkpoints with weights_only=True."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a checkpoint: {e})") from None
+    except Exception as e:  # torch raises assorted types on garbage; none may escape as a traceback
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (missing keys)")
+    version = payload["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, newer than this mnistlab reads ({FORMAT_VERSION}); "
+            "upgrade mnistlab to load it"
+        )
+    state = payload["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its weights are not a dict of tensors)")
+    if weights_digest(state) != payload["weights_sha256"]:
+        raise CheckpointError(f"{path} is corrupted: the SHA-256 of its weights does not match the stored one")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]):
+    """Rebuild the model a checkpoint payload describes and load its weights."""
+    from ..config import config_from_dict
+    from ..models import build_model
+
+    try:
+        cfg = config_from_dict(payload["config"])
+        model = build_model(
+            payload["model_name"],
+            num_classes=int(payload["num_classes"]),
+            in_channels=int(payload["in_channels"]),
+            image_size=tuple(payload["image_size"]),
+            **cfg.model.options(),
+        )
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint lacks what is needed to rebuild its model ({e})") from None
+    load_weights(model, payload["model"], source=payload["model_name"])
+    model.classes = list(payload.get("classes") or [str(i) for i in range(int(payload["num_classes"]))])
+    model.dataset = payload.get("dataset", "")
+    return model
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``load_state_dict`` with an error that says which shapes or names do not fit."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shapes differ: " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
+        if missing:
+            parts.append("missing: " + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append("unexpected: " + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else ""))
+        raise CheckpointError(
+            f"the weights from {source} do not fit this model (another architecture or class count?): " + "; ".join(parts)
+        )
+    model.load_state_dict(state)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a complete model from a checkpoint (or a run folder) in eval mode.
+
+    >>> model = load_model("runs/my-run/best.ckpt")       # doctest: +SKIP
+    >>> model.classes[model(images).argmax(1)[0]]          # doctest: +SKIP
+    """
+    model = model_from_checkpoint(read_checkpoint(path))
+    return model.to(device).eval()

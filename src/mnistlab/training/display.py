@@ -1,0 +1,54 @@
+"""What a run prints: a progress bar per epoch and one table row per epoch."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+COLUMNS = [
+    ("epoch", "{:>5}", "{:>5d}"),
+    ("train_loss", "{:>10}", "{:>10.4f}"),
+    ("train_acc", "{:>9}", "{:>8.2f}%"),
+    ("val_loss", "{:>9}", "{:>9.4f}"),
+    ("val_acc", "{:>8}", "{:>7.2f}%"),
+    ("lr", "{:>9}", "{:>9.2e}"),
+    ("seconds", "{:>7}", "{:>7.1f}"),
+]
+
+
+class Display:
+    """Prints the epoch table to ``out``; the progress bar only when ``out`` is a terminal."""
+
+    def __init__(self, quiet: bool = False, progress: bool = True, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.quiet = quiet
+        self.bar = progress and not quiet and self.out.isatty()
+        self._header_done = False
+        self._last_draw = 0.0
+
+    def log(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.out, flush=True)
+
+    def progress(self, epoch: int, epochs: int, done: int, total: int, loss: float, acc: float) -> None:
+        now = time.monotonic()
+        if not self.bar or (now - self._last_draw < 0.1 and done < total):
+            return
+        self._last_draw = now
+        width = 30
+        filled = int(width * done / max(total, 1))
+        self.out.write(
+            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+            f"  loss {loss:.4f}  acc {100 * acc:.2f}%"
+        )
+        self.out.flush()
+
+    def epoch_row(self, m: dict) -> None:
+        if self.bar:
+            self.out.write("\r\033[K")  # clear the progress bar line
+        if not self._header_done:
+            self.log("  ".join(h.format(name) for name, h, _ in COLUMNS))
+            self._header_done = True
+        values = [int(m["epoch"]), m["train_loss"], 100 * m["train_accuracy"], m["val_loss"], 100 * m["val_accuracy"], m["lr"], m["seconds"]]
+        self.log("  ".join(fmt.format(v) for (_, _, fmt), v in zip(COLUMNS, values)))

@@ -1,0 +1,360 @@
+"""The training loop.
+
+:class:`Trainer` runs it and is also the handle callbacks talk to (see
+``callbacks/base.py``). ``Trainer.fit`` reads top to bottom: for each epoch,
+for each batch: learning rate, forward, backward, step; then validation,
+callbacks, checkpoint, stop check.
+
+Resume is exact on CPU because nothing in the loop depends on hidden state:
+the batch order is a function of (seed, epoch), the learning rate a function
+of the step, and the checkpoint holds the weights, optimizer, callback states,
+the global RNG state (dropout) and, after an interrupt, the position inside
+the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..callbacks.base import Callback, CallbackList
+from ..config import Config, config_to_dict
+from ..data.batching import epoch_permutation, iterate_batches, num_batches
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import load_weights, save_checkpoint
+from .display import Display
+from .evaluate import evaluate, predict_logits
+from .optim import build_optimizer
+from .schedules import lr_at
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a SIGINT/SIGTERM once the resumable checkpoint is written."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, float]]  # one metrics dict per epoch
+    stop_reason: str
+    stopped_by: str  # max_epochs | early_stopping | non_finite_loss | callback
+    epochs: int  # epochs completed
+    steps: int
+    train_seconds: float  # time spent in training steps (no validation, no checkpoint writes)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+class _SignalGuard:
+    """First SIGINT/SIGTERM asks the loop to stop at the next step; a second one exits at once.
+
+    Exiting at once is safe: every file is written atomically (temp file, then rename).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalGuard":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` as ``cfg`` says; implements ``TrainerHandle`` for callbacks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        cfg: Config,
+        *,
+        callbacks: Iterable[Callback] = (),
+        run_dir: str | Path | None = None,
+        display: Display | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        if len(data.val) == 0:
+            raise ConfigError(
+                "data.val_size must be at least 1: the best epoch, early stopping and checkpoints are chosen on it"
+            )
+        self.cfg = cfg
+        self.data = data
+        self.device = device or resolve_device(cfg.train.device)
+        self._model = model.to(self.device)
+        if cfg.train.channels_last:
+            self._model = self._model.to(memory_format=torch.channels_last)
+        # torch.compile wraps the module; weights and checkpoints always go through the original.
+        self._forward = torch.compile(self._model) if cfg.train.compile else self._model
+        self.callbacks = CallbackList(callbacks)
+        self.optimizer = build_optimizer(self._model.parameters(), cfg.optimizer, self.device)
+        self._run_dir = Path(run_dir) if run_dir is not None else None
+        self.display = display or Display(quiet=True)
+        self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self._epoch = 0  # epochs completed
+        self._step = 0  # optimizer steps taken
+        self.lr_scale = 1.0  # set by callbacks through set_lr (ReduceLROnPlateau)
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.stop_reason: str | None = None
+        self.stopped_by: str | None = None
+        self._resume: dict[str, Any] | None = None
+        self._signals = _SignalGuard()
+
+    # ---- the loop -------------------------------------------------------------
+
+    def fit(self) -> FitResult:
+        cb = self.callbacks
+        cb.on_train_begin(self)
+        if self._resume is not None:
+            cb.load_state_dict(self._resume.get("callbacks", {}))
+        with self._signals:
+            for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
+                cb.on_epoch_begin(epoch, self)
+                train_metrics, seconds = self._train_epoch(epoch)
+                if train_metrics is None:  # non-finite loss: stop_reason is set
+                    break
+                val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+                val_metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
+                cb.on_validation_end(epoch, val_metrics, self)
+                self._epoch = epoch
+                metrics = {"epoch": epoch, **train_metrics, **val_metrics, "lr": self.lr, "seconds": seconds}
+                self.history.append(metrics)
+                self.display.epoch_row(metrics)
+                cb.on_epoch_end(epoch, metrics, self)
+                self._save_last()
+                if self.stop_reason is not None:
+                    break
+        if self.stop_reason is None:
+            self.stop_reason, self.stopped_by = f"max epochs reached ({self.cfg.train.epochs})", "max_epochs"
+        last = dict(self.history[-1]) if self.history else {}
+        cb.on_train_end({**last, "stop_reason": self.stop_reason}, self)
+        return FitResult(
+            model=self._model,
+            history=self.history,
+            stop_reason=self.stop_reason,
+            stopped_by=self.stopped_by or "callback",
+            epochs=self._epoch,
+            steps=self._step,
+            train_seconds=self.train_seconds,
+        )
+
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float] | None, float]:
+        cfg, model, opt = self.cfg.train, self._model, self.optimizer
+        model.train()
+        start, sums = 0, torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+        if self._resume is not None and self._resume.get("batch", 0) and self._resume["epoch"] == epoch - 1:
+            start, sums = self._resume["batch"], self._resume["partial"].clone()
+        self._resume = None
+        order = epoch_permutation(len(self.data.train), cfg.seed, epoch, self.device)
+        t0 = time.perf_counter()
+        for batch, (x, y) in enumerate(iterate_batches(self.data.train, cfg.batch_size, order=order, start=start), start):
+            self.callbacks.on_batch_begin(self._step, self)
+            lr = self._scheduled_lr(self._step) * self.lr_scale
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = self._forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                self.train_seconds += time.perf_counter() - t0
+                self.stop_reason = (
+                    f"non-finite loss ({loss_value}) at epoch {epoch}, step {self._step + 1} "
+                    f"(batch {batch + 1} of {self.steps_per_epoch}); the weights were not updated with it"
+                )
+                self.stopped_by = "non_finite_loss"
+                return None, time.perf_counter() - t0
+            opt.zero_grad(set_to_none=True)  # before backward, so the last batch's gradients stay readable
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            self._step += 1
+            n = y.shape[0]
+            sums += torch.tensor([loss_value * n, float((logits.argmax(1) == y).sum()), n], dtype=torch.float64)
+            self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
+            self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
+            if self._signals.signum is not None:
+                self.train_seconds += time.perf_counter() - t0
+                self._interrupted(epoch, batch + 1, sums)
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+        return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, seconds
+
+    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor) -> None:
+        path = None
+        if self._run_dir is not None:
+            path = self._write(self._run_dir / "last.ckpt", batch=batches_done, partial=sums)
+        self.stop_reason, self.stopped_by = (
+            f"interrupted by {signal.Signals(self._signals.signum).name} at epoch {epoch}, "
+            f"batch {batches_done} of {self.steps_per_epoch}",
+            "interrupted",
+        )
+        raise TrainingInterrupted(self._signals.signum, path)
+
+    def _scheduled_lr(self, step: int) -> float:
+        return lr_at(
+            step,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            base_lr=self.cfg.optimizer.lr,
+            cfg=self.cfg.schedule,
+        )
+
+    # ---- checkpoints ------------------------------------------------------------
+
+    def _payload(self, batch: int = 0, partial: torch.Tensor | None = None) -> dict[str, Any]:
+        data = self.data
+        return {
+            "model_name": self.cfg.model.name,
+            "config": config_to_dict(self.cfg),
+            "model": self._model.state_dict(),
+            "num_classes": data.num_classes,
+            "in_channels": data.in_channels,
+            "image_size": list(data.image_size),
+            "classes": list(data.classes),
+            "dataset": data.dataset,
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scale": self.lr_scale,
+            "epoch": self._epoch,
+            "step": self._step,
+            "batch": batch,
+            "partial": partial if partial is not None else torch.zeros(3, dtype=torch.float64),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "callbacks": self.callbacks.state_dict(),
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "stop_reason": self.stop_reason,
+        }
+
+    def _write(self, path: Path, **kw) -> Path:
+        return save_checkpoint(path, self._payload(**kw))
+
+    def _save_last(self) -> None:
+        if self._run_dir is not None:
+            self._write(self._run_dir / "last.ckpt")
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by this trainer (``last.ckpt``)."""
+        if payload["model_name"] != self.cfg.model.name:
+            raise CheckpointError(
+                f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
+            )
+        load_weights(self._model, payload["model"], source="the checkpoint")
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the optimizer state in the checkpoint does not fit this config ({e})") from None
+        self.lr_scale = float(payload["lr_scale"])
+        self._epoch, self._step = int(payload["epoch"]), int(payload["step"])
+        self.history = list(payload["history"])
+        self.train_seconds = float(payload["train_seconds"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if payload["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        self._resume = payload
+
+    # ---- TrainerHandle ------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run_dir
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def lr(self) -> float:
+        return self._scheduled_lr(max(self._step - 1, 0)) * self.lr_scale
+
+    def set_lr(self, lr: float) -> None:
+        scheduled = self._scheduled_lr(self._step)
+        self.lr_scale = lr / scheduled if scheduled > 0 else 0.0
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else "callback"
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self._model.state_dict().items()}
+
+    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        load_weights(self._model, state, source="set_weights")
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        path = Path(path)
+        if not path.is_absolute():
+            if self._run_dir is None:
+                raise ValueError("save_checkpoint needs an absolute path when the run has no folder")
+            path = self._run_dir / path
+        return self._write(path)
+
+    def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.val.images, self.data.val.labels
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(self._model, images, self.cfg.train.eval_batch_size)
+

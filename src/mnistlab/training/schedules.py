@@ -1,0 +1,49 @@
+"""Learning-rate schedules as pure functions of the step (easy to plot and to test).
+
+>>> from mnistlab.config import ScheduleConfig
+>>> lr_at(0, total_steps=100, steps_per_epoch=10, base_lr=0.1, cfg=ScheduleConfig(name="constant"))
+0.1
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..config import ScheduleConfig
+
+
+def _cos_interp(start: float, end: float, frac: float) -> float:
+    """Cosine interpolation from ``start`` (frac=0) to ``end`` (frac=1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+
+
+def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: ScheduleConfig) -> float:
+    """The learning rate for optimizer step ``step`` (0-based) of a run of ``total_steps``.
+
+    - constant: ``base_lr`` (after an optional linear warm-up);
+    - step: ``base_lr * gamma ** (epoch // step_epochs)``;
+    - cosine: from ``base_lr`` down to ``min_lr`` over the run;
+    - onecycle: as PyTorch's OneCycleLR with cosine annealing: from
+      ``base_lr / div_factor`` up to ``base_lr`` over the first ``pct_start`` of the
+      steps, then down to ``base_lr / div_factor / final_div_factor``.
+    """
+    total_steps = max(total_steps, 1)
+    if cfg.name == "onecycle":
+        start = base_lr / cfg.div_factor
+        end = start / cfg.final_div_factor
+        peak_step = max(cfg.pct_start * total_steps - 1, 1.0)
+        if step <= peak_step:
+            return _cos_interp(start, base_lr, step / peak_step)
+        return _cos_interp(base_lr, end, (step - peak_step) / max(total_steps - 1 - peak_step, 1.0))
+
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if cfg.name == "constant":
+        return base_lr
+    if cfg.name == "step":
+        return base_lr * cfg.gamma ** (step // (steps_per_epoch * cfg.step_epochs))
+    if cfg.name == "cosine":
+        frac = (step - warmup_steps) / max(total_steps - warmup_steps - 1, 1)
+        return _cos_interp(base_lr, cfg.min_lr, frac)
+    raise ValueError(f"unknown schedule {cfg.name!r}")

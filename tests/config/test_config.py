@@ -1,0 +1,80 @@
+import math
+
+import pytest
+
+from mnistlab.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+    load_config,
+)
+from mnistlab.errors import ConfigError
+
+
+def test_defaults_round_trip_through_toml(tmp_path):
+    cfg = apply_overrides(Config(), ["model.channels=[8, \"M\", 16]", "train.grad_clip=1.5", "optimizer.betas=[0.9, 0.99]"])
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(cfg))
+    assert load_config(path) == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_override_parses_toml_values_and_none():
+    cfg = apply_overrides(Config(), ["train.epochs=3", "optimizer.nesterov=true", "optimizer.lr=0.5", "data.dir=some/where"])
+    assert (cfg.train.epochs, cfg.optimizer.nesterov, cfg.optimizer.lr, cfg.data.dir) == (3, True, 0.5, "some/where")
+    cfg = apply_overrides(cfg, ["data.dir=none"])
+    assert cfg.data.dir is None
+    # ints are accepted where floats are expected, and become floats
+    assert apply_overrides(Config(), ["optimizer.lr=1"]).optimizer.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "valid keys in [train]: epochs, batch_size"),
+        ("trian.epochs=3", "valid sections: model, data"),
+        ("train.epochs=\"three\"", "train.epochs = 'three' has the wrong type; expected int"),
+        ("train.epochs=2.5", "expected int"),
+        ("train.epochs=0", "train.epochs must be greater than zero, got 0"),
+        ("train.batch_size=-8", "train.batch_size must be greater than zero, got -8"),
+        ("optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
+        ("optimizer.lr=inf", "optimizer.lr must be a finite number"),
+        ("optimizer.name=rmsprop", "choose one of: sgd, adam, adamw"),
+        ("model.channels=[8, \"X\"]", "model.channels entries must be positive integers or \"M\""),
+        ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+        ("optimizer.betas=[0.9]", "optimizer.betas needs 2 values"),
+        ("train.device=tpu", "choose one of: auto, cpu, cuda, mps"),
+        ("epochs", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_are_clear(override, message):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(Config(), [override])
+    assert message in str(err.value)
+
+
+def test_unknown_keys_in_a_file_list_the_valid_ones(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nepochs = 2\nbatchsize = 64\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) train.batchsize; valid keys in \[train\]: epochs, batch_size"):
+        load_config(path)
+    path.write_text("[training]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match=r"unknown config section\(s\) training"):
+        load_config(path)
+    path.write_text("[train\nepochs = 2\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_every_preset_loads():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+    assert presets, "configs/ has no presets"
+    for path in presets:
+        cfg = load_config(path)
+        assert math.isfinite(cfg.optimizer.lr)

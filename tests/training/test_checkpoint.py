@@ -1,0 +1,153 @@
+"""Checkpoint I/O: round trip, atomic writes, and every kind of bad file."""
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from mnistlab.config import Config, config_to_dict
+from mnistlab.errors import CheckpointError
+from mnistlab.models import build_model
+from mnistlab.training.checkpoint import (
+    FORMAT_VERSION,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+    weights_digest,
+)
+
+
+def payload(name="cnn", num_classes=10, **opts):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=num_classes, mean=(0.13,), std=(0.31,), **opts)
+    cfg = Config()
+    cfg_dict = config_to_dict(cfg)
+    cfg_dict["model"]["name"] = name
+    return model, {
+        "model_name": name,
+        "config": cfg_dict,
+        "model": model.state_dict(),
+        "num_classes": num_classes,
+        "in_channels": 1,
+        "image_size": [28, 28],
+        "classes": [str(i) for i in range(num_classes)],
+        "dataset": "mnist",
+        "epoch": 1,
+    }
+
+
+def test_round_trip_rebuilds_the_model_from_the_registry(tmp_path):
+    model, p = payload()
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    loaded = load_model(path)
+    x = torch.rand(3, 1, 28, 28)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+    assert loaded.classes == [str(i) for i in range(10)]
+    assert torch.allclose(loaded.mean, torch.tensor(0.13))  # normalization travels with the weights
+    assert not loaded.training
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    _, p = payload()
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_checkpoint(path, p)
+    assert path.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["a.ckpt"]  # no temp file left behind
+
+
+def test_truncated_and_random_files_are_refused(tmp_path):
+    _, p = payload()
+    good = save_checkpoint(tmp_path / "a.ckpt", p).read_bytes()
+    truncated = tmp_path / "t.ckpt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="t.ckpt is not a readable checkpoint"):
+        read_checkpoint(truncated)
+    rand = tmp_path / "r.ckpt"
+    rand.write_bytes(os.urandom(5000))
+    with pytest.raises(CheckpointError, match="r.ckpt is not a readable checkpoint"):
+        read_checkpoint(rand)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "none.ckpt")
+
+
+def test_flipped_weight_byte_fails_the_sha256(tmp_path):
+    _, p = payload()
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    # Rewrite the archive with one weight changed but the old digest kept.
+    stored = torch.load(path, weights_only=True)
+    key = next(iter(stored["model"]))
+    stored["model"][key].view(-1)[0] += 1.0
+    torch.save(stored, path)
+    with pytest.raises(CheckpointError, match="SHA-256 of its weights does not match"):
+        read_checkpoint(path)
+
+
+def test_newer_format_is_refused(tmp_path):
+    _, p = payload()
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    stored = torch.load(path, weights_only=True)
+    stored["format_version"] = FORMAT_VERSION + 1
+    torch.save(stored, path)
+    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1}, newer than this mnistlab reads"):
+        read_checkpoint(path)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    _, p = payload()
+    p["model"] = dict(p["model"])
+    p["format_version"] = FORMAT_VERSION
+    p["weights_sha256"] = weights_digest(p["model"])
+    p["extra"] = _Exploit(str(marker))
+    path = tmp_path / "evil.ckpt"
+    torch.save(p, path)
+    with pytest.raises(CheckpointError, match="refusing to load .*evil.ckpt.*could run code"):
+        load_model(path)
+    assert not marker.exists()
+    # A bare pickle (not even a torch zip) is refused the same way, and runs nothing.
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps(_Exploit(str(marker))))
+    with pytest.raises(CheckpointError):
+        load_model(raw)
+    assert not marker.exists()
+
+
+def test_another_architecture_or_class_count_is_a_clear_error(tmp_path):
+    _, p = payload("cnn", num_classes=10)
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    stored = read_checkpoint(path)
+    other = build_model("cnn", num_classes=5)
+    from mnistlab.training.checkpoint import load_weights
+
+    with pytest.raises(CheckpointError, match="do not fit this model .*shapes differ: classifier"):
+        load_weights(other, stored["model"])
+    with pytest.raises(CheckpointError, match="missing: "):
+        load_weights(build_model("lenet5"), stored["model"])
+
+
+def test_checkpoints_are_plain_zip_archives_without_code(tmp_path):
+    _, p = payload()
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    assert zipfile.is_zipfile(path)
+    stored = read_checkpoint(path)
+    assert stored["format_version"] == FORMAT_VERSION
+    assert stored["weights_sha256"] == weights_digest(stored["model"])
