@@ -35,12 +35,6 @@ def test_epoch_permutation_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_epoch_permutation_is_the_same_on_cuda():
-    cuda = epoch_permutation(1000, 0, 1, "cuda")
-    assert cuda.device.type == "cuda" and torch.equal(cuda.cpu(), epoch_permutation(1000, 0, 1, "cpu"))
-
-
 def test_to_float():
     x = to_float(torch.tensor([0, 128, 255], dtype=torch.uint8))
     assert x.dtype == torch.float32 and x.tolist() == pytest.approx([0.0, 128 / 255, 1.0])
