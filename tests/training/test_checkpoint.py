@@ -151,3 +151,13 @@ def test_checkpoints_are_plain_zip_archives_without_code(tmp_path):
     stored = read_checkpoint(path)
     assert stored["format_version"] == FORMAT_VERSION
     assert stored["weights_sha256"] == weights_digest(stored["model"])
+
+
+def test_batch_norm_models_round_trip(tmp_path):
+    # num_batches_tracked is a 0-dim int64 tensor: the digest must handle it.
+    model, p = payload("vgg", channels=[4, "M"], hidden=[8], batch_norm=True)
+    path = save_checkpoint(tmp_path / "bn.ckpt", p)
+    loaded = load_model(path)
+    x = torch.rand(2, 1, 28, 28)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))

@@ -28,6 +28,18 @@ resumed run makes exactly the decisions an uninterrupted one would, while the
 settings given when resuming (say a new patience) win over the stored ones.
 ``on_train_begin`` resets the state; on resume the trainer loads the stored
 state right after ``on_train_begin``.
+
+The order in which the trainer calls the hooks::
+
+    on_train_begin                    # then load_state_dict(stored) on resume
+    for each epoch:
+        on_epoch_begin
+        for each batch: on_batch_begin, forward, backward, step, on_batch_end
+        on_validation_end
+        on_epoch_end                  # then last.ckpt is written, then the stop check
+    on_train_end                      # also after an early stop or a non-finite loss
+
+No callback may rely on running before or after another one.
 """
 
 from __future__ import annotations
@@ -38,6 +50,21 @@ from typing import Any, Iterable, Protocol
 
 import torch
 from torch import nn
+
+from ..errors import ConfigError
+
+# The keys of the metrics dict passed to ``on_epoch_end`` (see the module docstring).
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "train_error",
+    "val_loss",
+    "val_accuracy",
+    "val_error",
+    "lr",
+    "seconds",
+)
 
 
 class TrainerHandle(Protocol):
@@ -117,16 +144,27 @@ class Callback:
 
 
 class MonitorMixin:
-    """monitor / mode / min_delta logic shared by the callbacks that watch one metric."""
+    """monitor / mode / min_delta logic shared by the callbacks that watch one metric.
 
-    def _init_monitor(self, monitor: str, mode: str = "auto", min_delta: float = 0.0) -> None:
+    ``threshold_mode="abs"`` (Keras' ``min_delta``): in min mode a value improves
+    on ``best`` when it is below ``best - min_delta``. ``"rel"`` (PyTorch's
+    ``threshold_mode="rel"``): below ``best - |best| * min_delta``. NaN and
+    infinite values never improve.
+    """
+
+    def _init_monitor(
+        self, monitor: str, mode: str = "auto", min_delta: float = 0.0, threshold_mode: str = "abs"
+    ) -> None:
         if mode == "auto":
             mode = "max" if ("acc" in monitor or monitor.startswith("fmeasure")) else "min"
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be min, max or auto, got {mode!r}")
+            raise ConfigError(f"mode must be min, max or auto, got {mode!r}")
+        if threshold_mode not in ("abs", "rel"):
+            raise ConfigError(f"threshold_mode must be abs or rel, got {threshold_mode!r}")
         self.monitor = monitor
         self.mode = mode
         self.min_delta = abs(min_delta)
+        self.threshold_mode = threshold_mode
 
     def _value(self, metrics: dict[str, Any]) -> float:
         if self.monitor not in metrics:
@@ -141,9 +179,14 @@ class MonitorMixin:
             return False
         if best is None:
             return True
+        delta = self.min_delta * abs(best) if self.threshold_mode == "rel" else self.min_delta
         if self.mode == "min":
-            return value < best - self.min_delta
-        return value > best + self.min_delta
+            return value < best - delta
+        return value > best + delta
+
+    def _is_worse(self, value: float, reference: float) -> bool:
+        """Strictly worse than ``reference`` in this mode (no min_delta)."""
+        return value > reference if self.mode == "min" else value < reference
 
 
 class CallbackList:
