@@ -25,6 +25,7 @@ def payload(name="cnn", num_classes=10, **opts):
     cfg = Config()
     cfg_dict = config_to_dict(cfg)
     cfg_dict["model"]["name"] = name
+    cfg_dict["model"].update(opts)
     return model, {
         "model_name": name,
         "config": cfg_dict,
@@ -73,6 +74,11 @@ def test_truncated_and_random_files_are_refused(tmp_path):
     truncated.write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="t.ckpt is not a readable checkpoint"):
         read_checkpoint(truncated)
+    # A complete zip whose data was cut inside: still a CheckpointError.
+    cut = tmp_path / "c.ckpt"
+    cut.write_bytes(good[:100] + bytes(len(good) - 100))
+    with pytest.raises(CheckpointError, match="c.ckpt"):
+        read_checkpoint(cut)
     rand = tmp_path / "r.ckpt"
     rand.write_bytes(os.urandom(5000))
     with pytest.raises(CheckpointError, match="r.ckpt is not a readable checkpoint"):

@@ -1,5 +1,80 @@
-"""Callbacks: the API (base.py) and one file per callback."""
+"""Callbacks: the API (base.py) and one file per callback.
 
-from .base import Callback, CallbackList, TrainerHandle
+As in Keras' ``fit(callbacks=[...])``::
 
-__all__ = ["Callback", "CallbackList", "TrainerHandle"]
+    from mnistlab.callbacks import EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, GL
+
+    fit(model, data, cfg, callbacks=[GL(alpha=5, restore_best_weights=True),
+                                     ReduceLROnPlateau(patience=2)])
+
+A run (``mnistlab train``) builds its callbacks from the config with
+:func:`build_callbacks`; callbacks passed by the user are added to those.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config, config_to_dict
+from .base import EPOCH_METRICS, Callback, CallbackList, MonitorMixin, TrainerHandle
+from .checkpoint import ModelCheckpoint
+from .early_stopping import GL, PQ, UP, EarlyStopping, PrecheltStopping, early_stopping_from_config, parse_early_stopping
+from .history import History
+from .lr_plateau import ReduceLROnPlateau
+from .tensorboard import TensorBoard
+
+
+def flat_config(cfg: Config) -> dict[str, object]:
+    """``{"section.key": value}`` for every key of the config (the hyperparameters of a run)."""
+    return {f"{s}.{k}": v for s, keys in config_to_dict(cfg).items() for k, v in keys.items()}
+
+
+def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
+    """The callbacks a run's config asks for.
+
+    With a run folder: History (metrics.csv, always), ModelCheckpoint (best.ckpt
+    and the ``[checkpoint]`` files) and, if ``tensorboard.enabled``,
+    TensorBoard. Always: the ``[early_stopping]`` rule unless its criterion is
+    "none", and ReduceLROnPlateau if ``reduce_lr.enabled``. The callbacks write
+    under ``trainer.run_dir``, which must be ``run_dir``.
+
+    >>> [type(cb).__name__ for cb in build_callbacks(Config(), None)]
+    []
+    """
+    callbacks: list[Callback] = []
+    if run_dir is not None:
+        callbacks.append(History())
+        callbacks.append(ModelCheckpoint.from_config(cfg.checkpoint))
+    stopper = early_stopping_from_config(cfg.early_stopping)
+    if stopper is not None:
+        callbacks.append(stopper)
+    if cfg.reduce_lr.enabled:
+        callbacks.append(ReduceLROnPlateau.from_config(cfg.reduce_lr))
+    if run_dir is not None and cfg.tensorboard.enabled:
+        tb = cfg.tensorboard
+        callbacks.append(
+            TensorBoard(histograms=tb.histograms, graph=tb.graph, images=tb.images, hparams=flat_config(cfg))
+        )
+    return callbacks
+
+
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "EPOCH_METRICS",
+    "EarlyStopping",
+    "GL",
+    "History",
+    "ModelCheckpoint",
+    "MonitorMixin",
+    "PQ",
+    "PrecheltStopping",
+    "ReduceLROnPlateau",
+    "TensorBoard",
+    "TrainerHandle",
+    "UP",
+    "build_callbacks",
+    "early_stopping_from_config",
+    "flat_config",
+    "parse_early_stopping",
+]

@@ -82,10 +82,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "best.ckpt" if (path / "best.ckpt").exists() else path / "last.ckpt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # every checkpoint mnistlab writes is torch's zip format
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, or not a torch checkpoint at all)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else type(e).__name__)
         raise CheckpointError(
             f"refusing to load {path}: it needs to unpickle objects other than tensors and plain data, "
             f"which could run code ({first}). mnistlab only reads checkpoints with weights_only=True."
