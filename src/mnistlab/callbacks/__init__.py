@@ -18,7 +18,15 @@ from pathlib import Path
 from ..config import Config, config_to_dict
 from .base import EPOCH_METRICS, Callback, CallbackList, MonitorMixin, TrainerHandle
 from .checkpoint import ModelCheckpoint
-from .early_stopping import GL, PQ, UP, EarlyStopping, PrecheltStopping, early_stopping_from_config, parse_early_stopping
+from .early_stopping import (
+    GL,
+    PQ,
+    UP,
+    EarlyStopping,
+    PrecheltStopping,
+    early_stopping_from_config,
+    parse_early_stopping,
+)
 from .history import History
 from .lr_plateau import ReduceLROnPlateau
 from .tensorboard import TensorBoard

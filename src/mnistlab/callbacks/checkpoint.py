@@ -1,0 +1,153 @@
+"""Keep the best checkpoint, the k best, and one every n epochs."""
+
+from __future__ import annotations
+
+import math
+import string
+from pathlib import Path
+from typing import Any
+
+from ..config import CheckpointConfig
+from ..errors import ConfigError
+from .base import EPOCH_METRICS, Callback, MonitorMixin, TrainerHandle
+
+
+def _template_fields(template: str) -> list[str]:
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"checkpoint file name template {template!r} is not valid: {e}") from None
+
+
+class ModelCheckpoint(MonitorMixin, Callback):
+    """Save checkpoints chosen by a monitored metric, as Keras' and Lightning's callbacks do.
+
+    After every epoch:
+
+    * if ``monitor`` improved on its best value, the checkpoint is written to
+      ``save_best_as`` (``best.ckpt``; None: not written);
+    * ``save_top_k`` > 0: the k best epochs are kept as files named by the
+      ``filename`` template (any metric of the epoch, e.g.
+      ``"epoch{epoch:03d}-{val_loss:.4f}.ckpt"``); a file that falls out of the
+      top k is deleted (ties keep the earlier epoch);
+    * ``every_n_epochs`` > 0: every n-th epoch is also kept under the template
+      name, and never deleted.
+
+    "Keep the last" is the trainer's job: it writes ``last.ckpt`` (the resume
+    state) after every epoch. Files go to ``dirpath`` (default: the run folder);
+    every write goes through ``trainer.save_checkpoint``, which is atomic.
+
+    >>> cb = ModelCheckpoint(monitor="val_loss", save_top_k=3, filename="epoch{epoch:03d}-{val_loss:.4f}.ckpt")
+    >>> cb.mode
+    'min'
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        monitor: str = "val_accuracy",
+        mode: str = "auto",
+        save_best_as: str | None = "best.ckpt",
+        save_top_k: int = 1,
+        every_n_epochs: int = 0,
+        filename: str = "epoch{epoch:03d}-{val_accuracy:.4f}.ckpt",
+    ) -> None:
+        if save_top_k < 0 or every_n_epochs < 0:
+            raise ConfigError(f"save_top_k and every_n_epochs must be 0 or more, got {save_top_k} and {every_n_epochs}")
+        unknown = sorted(set(_template_fields(filename)) - set(EPOCH_METRICS))
+        if unknown:
+            raise ConfigError(
+                f"checkpoint file name template {filename!r} uses unknown field(s) {', '.join(unknown)}; "
+                f"valid fields: {', '.join(EPOCH_METRICS)}"
+            )
+        self._init_monitor(monitor, mode)
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.save_best_as = save_best_as
+        self.save_top_k = int(save_top_k)
+        self.every_n_epochs = int(every_n_epochs)
+        self.filename = filename
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.kept: list[tuple[float, int, str]] = []  # (value, epoch, path) of the top k, best first
+        self.periodic: list[str] = []  # paths of the every-n-epochs files
+
+    def on_train_begin(self, trainer: TrainerHandle) -> None:
+        self._reset()
+
+    def _path(self, name: str) -> Path:
+        # A relative path is taken under the run folder by trainer.save_checkpoint.
+        return self.dirpath / name if self.dirpath is not None else Path(name)
+
+    def _name(self, epoch: int, metrics: dict[str, float]) -> str:
+        fields = {**metrics, "epoch": int(epoch)}
+        try:
+            return self.filename.format(**fields)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(
+                f"checkpoint file name template {self.filename!r} does not fit the metrics ({e}); "
+                f"valid fields: {', '.join(sorted(fields))}"
+            ) from None
+
+    def _ranks_above(self, value: float, other: float) -> bool:
+        return value < other if self.mode == "min" else value > other
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        value = self._value(metrics)
+        if self._is_improvement(value, self.best_value):
+            self.best_value, self.best_epoch = value, epoch
+            if self.save_best_as:
+                trainer.save_checkpoint(self._path(self.save_best_as))
+        saved: str | None = None  # this epoch's template file, written at most once
+
+        def save() -> str:
+            nonlocal saved
+            if saved is None:
+                saved = str(trainer.save_checkpoint(self._path(self._name(epoch, metrics))))
+            return saved
+
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            path = save()
+            if path not in self.periodic:
+                self.periodic.append(path)
+        if self.save_top_k and math.isfinite(value):
+            if len(self.kept) < self.save_top_k or self._ranks_above(value, self.kept[-1][0]):
+                self.kept.append((value, epoch, save()))
+        # Stable sort: among equal values the earlier epoch ranks first and stays.
+        self.kept.sort(key=lambda item: item[0], reverse=self.mode == "max")
+        # Drop what is beyond k (also after a resume with a smaller save_top_k); new files are written first.
+        dropped, self.kept = self.kept[self.save_top_k :], self.kept[: self.save_top_k]
+        keep = {p for _, _, p in self.kept} | set(self.periodic)
+        for _, _, path in dropped:
+            if path not in keep:
+                Path(path).unlink(missing_ok=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "kept": [[v, e, p] for v, e, p in self.kept],
+            "periodic": list(self.periodic),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.kept = [(float(v), int(e), str(p)) for v, e, p in state["kept"]]
+        self.periodic = [str(p) for p in state["periodic"]]
+
+    @classmethod
+    def from_config(cls, cfg: CheckpointConfig, dirpath: str | Path | None = None) -> "ModelCheckpoint":
+        return cls(
+            dirpath=dirpath,
+            monitor=cfg.monitor,
+            mode=cfg.mode,
+            save_top_k=cfg.save_top_k,
+            every_n_epochs=cfg.every_n_epochs,
+            filename=cfg.filename,
+        )
+
+
+__all__ = ["ModelCheckpoint"]

@@ -1,0 +1,75 @@
+"""The metrics of every epoch, in memory and as metrics.csv in the run folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import Callback, TrainerHandle
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over ``path``: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class History(Callback):
+    """One row of metrics per epoch: ``rows`` in memory, and ``metrics.csv`` in the run folder.
+
+    The columns are the keys of the first epoch's metrics (keys that appear
+    later are appended). The rows are part of the checkpointed state and the
+    whole file is rewritten atomically after every epoch, so a resumed run
+    rewrites exactly the epochs it has (rows of epochs the checkpoint did not
+    reach are dropped, none is written twice). Floats are written with full
+    precision. Without ``path`` and without a run folder, only ``rows`` is kept.
+
+    >>> h = History()
+    >>> h.rows            # after fit: [{"epoch": 1, "train_loss": ..., ...}, ...]
+    []
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.rows: list[dict[str, Any]] = []
+        self._file: Path | None = None
+
+    def on_train_begin(self, trainer: TrainerHandle) -> None:
+        self.rows = []
+        run_dir = trainer.run_dir
+        self._file = self.path if self.path is not None else (Path(run_dir) / "metrics.csv" if run_dir else None)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + [{**metrics, "epoch": int(epoch)}]
+        if self._file is not None:
+            _atomic_write_text(self._file, self.to_csv())
+
+    def to_csv(self) -> str:
+        columns: dict[str, None] = {}
+        for row in self.rows:
+            columns.update(dict.fromkeys(row))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state["rows"]]
+
+
+__all__ = ["History"]

@@ -1,0 +1,214 @@
+"""TensorBoard logging through ``torch.utils.tensorboard`` (no TensorFlow needed).
+
+What one run writes into ``<run>/tensorboard`` (so ``tensorboard --logdir runs``
+shows every run, named ``<run>/tensorboard``):
+
+* scalars per epoch: ``loss/train``, ``loss/val``, ``accuracy/train``,
+  ``accuracy/val``, ``lr``;
+* histograms per epoch: ``weights/<parameter>`` and ``gradients/<parameter>``
+  (the gradient of the epoch's last batch);
+* the model graph (traced once on two validation images);
+* images: ``inputs/samples`` (the first 64 validation images, at step 0) and,
+  per epoch, ``misclassified/val`` (up to 64 misclassified validation images)
+  with their true and predicted labels as text ``misclassified/labels``;
+* at the end: the hyperparameters with the final metrics (HParams dashboard,
+  metric tags ``final/...``) and the stop reason as text ``stop_reason``.
+
+Every step is the epoch number. On resume the writer purges events of the
+epochs after the checkpoint, so an interrupted epoch never appears twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import Callback, TrainerHandle
+
+log = logging.getLogger("mnistlab")
+
+_SCALARS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "train_accuracy": "accuracy/train",
+    "val_accuracy": "accuracy/val",
+    "lr": "lr",
+}
+_FINAL = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch")
+
+
+def _hparam_value(v: Any) -> bool | int | float | str:
+    """The HParams plugin takes numbers, strings and bools; lists and None are written as text."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return str(v)
+
+
+def _as_float_images(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div(255) if images.dtype == torch.uint8 else images.float()
+
+
+class TensorBoard(Callback):
+    """Write scalars, histograms, the graph, image grids and hyperparameters for TensorBoard.
+
+    ``log_dir`` defaults to ``<run folder>/tensorboard`` (nothing is written
+    when neither exists). ``hparams`` is a flat ``{name: value}`` dict (e.g.
+    ``{"optimizer.lr": 0.01}``); :func:`~mnistlab.callbacks.build_callbacks`
+    passes the whole resolved config.
+
+    Gradients: the hook ``on_batch_end`` keeps *references* (no copy, no
+    device sync) to the parameters' ``.grad`` tensors after each optimizer
+    step, and drops them in ``on_batch_begin``, so at ``on_epoch_end`` it holds
+    the gradients of the epoch's last batch whatever the trainer does with
+    ``.grad`` afterwards (``zero_grad(set_to_none=True)`` replaces the tensors
+    and leaves the referenced ones intact). Only an in-place zeroing between
+    the last ``on_batch_end`` and ``on_epoch_end`` would hide them.
+
+    >>> cb = TensorBoard(hparams={"model.name": "cnn", "optimizer.lr": 0.01})
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path | None = None,
+        histograms: bool = True,
+        graph: bool = True,
+        images: bool = True,
+        hparams: dict[str, Any] | None = None,
+        max_images: int = 64,
+    ) -> None:
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.histograms = histograms
+        self.graph = graph
+        self.images = images
+        self.hparams = dict(hparams or {})
+        self.max_images = max_images
+        self.writer = None
+        self._grads: dict[str, torch.Tensor] | None = None
+
+    # -- hooks ------------------------------------------------------------------
+
+    def on_train_begin(self, trainer: TrainerHandle) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+        log_dir = self.log_dir or (Path(trainer.run_dir) / "tensorboard" if trainer.run_dir else None)
+        if log_dir is None:
+            log.warning("TensorBoard: the run has no folder and no log_dir was given; nothing is written")
+            return
+        # Resuming after epoch e: drop any events of epochs > e left by the interrupted run.
+        purge = trainer.epoch + 1 if trainer.epoch > 0 else None
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+        if trainer.epoch == 0:  # a fresh run; a resumed one has these already
+            if self.graph:
+                self._add_graph(trainer)
+            if self.images:
+                images, _ = trainer.validation_data()
+                self._add_grid("inputs/samples", images[: self.max_images], step=0)
+        self.writer.flush()
+
+    def on_batch_begin(self, step: int, trainer: TrainerHandle) -> None:
+        self._grads = None  # let the previous batch's gradients go before this backward pass
+
+    def on_batch_end(self, step: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        if self.writer is not None and self.histograms:
+            self._grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        if self.writer is None:
+            return
+        for key, tag in _SCALARS.items():
+            if key in metrics:
+                self.writer.add_scalar(tag, float(metrics[key]), epoch)
+        if self.histograms:
+            for name, p in trainer.model.named_parameters():
+                self._add_histogram(f"weights/{name}", p, epoch)
+            for name, g in (self._grads or {}).items():
+                self._add_histogram(f"gradients/{name}", g, epoch)
+            self._grads = None
+        if self.images:
+            self._add_misclassified(trainer, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        step = int(metrics.get("epoch", trainer.epoch))
+        final = {
+            f"final/{k}": float(metrics[k])
+            for k in _FINAL
+            if k in metrics and isinstance(metrics[k], (int, float)) and math.isfinite(float(metrics[k]))
+        }
+        # What SummaryWriter.add_hparams does, but into this writer's own folder: one run, one event stream.
+        exp, ssi, sei = hparams({k: _hparam_value(v) for k, v in self.hparams.items()}, final)
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary, step)
+        for tag, value in final.items():
+            self.writer.add_scalar(tag, value, step)
+        if metrics.get("stop_reason"):
+            self.writer.add_text("stop_reason", str(metrics["stop_reason"]), step)
+        self.writer.close()
+        self.writer = None
+
+    # -- pieces -------------------------------------------------------------------
+
+    def _add_graph(self, trainer: TrainerHandle) -> None:
+        model = trainer.model
+        images, _ = trainer.validation_data()
+        try:
+            device = next(model.parameters()).device
+            sample = _as_float_images(images[:2].to(device))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer and deprecation warnings are not the user's business
+                self.writer.add_graph(model, sample)  # traces in eval mode; model.training is restored
+        except Exception as e:  # a model that cannot be traced must not stop training
+            log.warning("TensorBoard: could not trace the model graph (%s: %s); skipping it", type(e).__name__, e)
+
+    def _add_histogram(self, tag: str, tensor: torch.Tensor, step: int) -> None:
+        values = tensor.detach().float().cpu()
+        if values.numel() == 0:
+            return
+        if not torch.isfinite(values).all():
+            log.warning("TensorBoard: %s has non-finite values at epoch %d; histogram skipped", tag, step)
+            return
+        self.writer.add_histogram(tag, values, step)
+
+    def _add_grid(self, tag: str, images: torch.Tensor, step: int) -> None:
+        from torchvision.utils import make_grid
+
+        if images.shape[0] == 0:
+            return
+        grid = make_grid(_as_float_images(images.cpu()), nrow=8, padding=2, pad_value=0.5)
+        self.writer.add_image(tag, grid, step)
+
+    def _add_misclassified(self, trainer: TrainerHandle, epoch: int, chunk: int = 2000) -> None:
+        images, labels = trainer.validation_data()
+        wrong_x, wrong_y, wrong_p, found = [], [], [], 0
+        # Chunk by chunk, so an early epoch with many errors does not predict the whole split.
+        for i in range(0, images.shape[0], chunk):
+            pred = trainer.predict(images[i : i + chunk]).argmax(1).cpu()
+            y = labels[i : i + chunk].cpu()
+            bad = (pred != y).nonzero().flatten()[: self.max_images - found]
+            wrong_x.append(images[i : i + chunk][bad.to(images.device)].cpu())
+            wrong_y.append(y[bad])
+            wrong_p.append(pred[bad])
+            found += bad.numel()
+            if found >= self.max_images:
+                break
+        if not found:
+            return
+        self._add_grid("misclassified/val", torch.cat(wrong_x), epoch)
+        pairs = ", ".join(f"{int(t)}→{int(p)}" for t, p in zip(torch.cat(wrong_y), torch.cat(wrong_p)))
+        self.writer.add_text("misclassified/labels", f"true→predicted, row by row: {pairs}", epoch)
+
+
+__all__ = ["TensorBoard"]

@@ -1,0 +1,77 @@
+"""ReduceLROnPlateau driven with literal metric sequences."""
+
+import logging
+
+import pytest
+
+from fake_trainer import FakeTrainer, drive, epochs, roundtrip
+from mnistlab.callbacks import CallbackList, ReduceLROnPlateau
+
+
+def test_cooldown_and_min_lr(caplog):
+    # lr 0.1, factor 0.1, patience 2, cooldown 1, min_lr 1e-4; val_loss never improves after epoch 1.
+    # t=1 best; t=2 wait 1; t=3 wait 2 -> 0.1 -> 0.01, cooldown 1
+    # t=4 cooldown (not counted); t=5 wait 1; t=6 wait 2 -> 0.001
+    # t=7 cooldown; t=8, 9 -> 1e-4 (= min_lr)
+    # t=10 cooldown; t=11, 12 -> max(1e-5, 1e-4) = 1e-4: no change, nothing logged
+    trainer = FakeTrainer(lr=0.1)
+    cb = ReduceLROnPlateau(factor=0.1, patience=2, cooldown=1, min_lr=1e-4)
+    with caplog.at_level(logging.INFO, logger="mnistlab"):
+        drive([cb], epochs(val_loss=[1.0] * 12), trainer)
+    assert [c["epoch"] for c in cb.changes] == [3, 6, 9]
+    assert trainer.lrs_set == pytest.approx([1e-2, 1e-3, 1e-4])
+    assert trainer.lr == pytest.approx(1e-4)
+    assert "epoch 3: reducing learning rate 1.0e-01 -> 1.0e-02 (val_loss did not improve for 2 epochs)" in caplog.text
+    assert caplog.text.count("reducing learning rate") == 3
+
+
+def test_without_cooldown_counting_restarts_at_once():
+    # patience 2, cooldown 0: reductions at 3, 5, 7
+    trainer = FakeTrainer(lr=1.0)
+    cb = ReduceLROnPlateau(factor=0.5, patience=2)
+    drive([cb], epochs(val_loss=[1.0] * 7), trainer)
+    assert [c["epoch"] for c in cb.changes] == [3, 5, 7]
+    assert trainer.lrs_set == [0.5, 0.25, 0.125]
+
+
+def test_an_improvement_restarts_the_count():
+    # patience 2: t=2 bad (1), t=3 improves (0), t=4 bad (1), t=5 bad (2) -> reduce at 5
+    cb = ReduceLROnPlateau(patience=2, threshold=0)
+    drive([cb], epochs(val_loss=[1.0, 1.1, 0.9, 0.95, 0.92]), FakeTrainer())
+    assert [c["epoch"] for c in cb.changes] == [5]
+
+
+@pytest.mark.parametrize("mode, reductions", [("rel", [2]), ("abs", [])])
+def test_relative_and_absolute_threshold(mode, reductions):
+    # best 1.0, then 0.95. rel 0.1: must go below 1.0 * (1 - 0.1) = 0.9 -> no improvement -> reduce (patience 1);
+    # abs 0.01: must go below 1.0 - 0.01 = 0.99 -> improvement.
+    threshold = 0.1 if mode == "rel" else 0.01
+    cb = ReduceLROnPlateau(patience=1, threshold=threshold, threshold_mode=mode)
+    drive([cb], epochs(val_loss=[1.0, 0.95]), FakeTrainer())
+    assert [c["epoch"] for c in cb.changes] == reductions
+
+
+def test_max_mode_for_accuracy():
+    cb = ReduceLROnPlateau(monitor="val_accuracy", patience=1, threshold=0)
+    assert cb.mode == "max"
+    drive([cb], epochs(val_accuracy=[0.9, 0.95, 0.94]), FakeTrainer())
+    assert [c["epoch"] for c in cb.changes] == [3]
+
+
+def test_resume_in_cooldown_decides_as_uninterrupted():
+    # patience 2, cooldown 2: reductions at 3 and 7 (t=4, 5 cooldown; t=6, 7 count).
+    rows = epochs(val_loss=[1.0] * 9)
+    make = lambda: ReduceLROnPlateau(factor=0.1, patience=2, cooldown=2)  # noqa: E731
+    full_cb, full = make(), FakeTrainer(lr=0.1)
+    drive([full_cb], rows, full)
+    assert [c["epoch"] for c in full_cb.changes] == [3, 7]
+
+    cb, first = make(), FakeTrainer(lr=0.1)
+    drive([cb], rows[:4], first)  # stopped inside the cooldown: one epoch of it left
+    state = roundtrip(CallbackList([cb]).state_dict())
+    resumed = FakeTrainer(lr=first.lr)  # the trainer restores its own lr scale
+    resumed.epoch = 4
+    cb2 = make()
+    drive([cb2], rows[4:], resumed, state=state)
+    assert cb2.changes == full_cb.changes
+    assert resumed.lr == full.lr

@@ -1,0 +1,82 @@
+"""ModelCheckpoint: best.ckpt, the top k files and periodic files."""
+
+import pytest
+
+from fake_trainer import FakeTrainer, drive, epochs, roundtrip
+from mnistlab.callbacks import CallbackList, ModelCheckpoint
+from mnistlab.errors import ConfigError
+
+
+def files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_best_and_top_k(trainer, tmp_path):
+    # val_accuracy 0.5, 0.7, 0.6, 0.8, 0.65 with k = 2:
+    # t1 keep {1}; t2 keep {2, 1}; t3 0.6 > 0.5 -> keep {2, 3}, delete 1; t4 keep {4, 2}, delete 3;
+    # t5 0.65 < 0.7 (the worst kept) -> not written.
+    cb = ModelCheckpoint(save_top_k=2)
+    drive([cb], epochs(val_accuracy=[0.5, 0.7, 0.6, 0.8, 0.65]), trainer)
+    assert files(tmp_path) == ["best.ckpt", "epoch002-0.7000.ckpt", "epoch004-0.8000.ckpt"]
+    assert (tmp_path / "best.ckpt").read_text() == "epoch 4\n"
+    assert cb.best_epoch == 4 and cb.best_value == 0.8
+    assert [(v, e) for v, e, _ in cb.kept] == [(0.8, 4), (0.7, 2)]
+
+
+def test_min_mode_and_template_with_other_metric(trainer, tmp_path):
+    cb = ModelCheckpoint(monitor="val_loss", save_top_k=1, filename="e{epoch}-loss{val_loss:.2f}.ckpt")
+    drive([cb], epochs(val_loss=[0.5, 0.3, 0.4]), trainer)
+    assert files(tmp_path) == ["best.ckpt", "e2-loss0.30.ckpt"]
+    assert (tmp_path / "best.ckpt").read_text() == "epoch 2\n"
+
+
+def test_periodic_files_are_never_deleted(trainer, tmp_path):
+    # k = 1, every 2 epochs. t1 top {1}; t2 periodic 2 and top {2} (one file), delete 1;
+    # t3 top {3}; 2 stays as periodic; t4 periodic 4 (0.6 is not top).
+    cb = ModelCheckpoint(save_top_k=1, every_n_epochs=2)
+    drive([cb], epochs(val_accuracy=[0.5, 0.7, 0.9, 0.6]), trainer)
+    assert files(tmp_path) == ["best.ckpt", "epoch002-0.7000.ckpt", "epoch003-0.9000.ckpt", "epoch004-0.6000.ckpt"]
+
+
+def test_top_k_zero_writes_only_best(trainer, tmp_path):
+    drive([ModelCheckpoint(save_top_k=0)], epochs(val_accuracy=[0.5, 0.7]), trainer)
+    assert files(tmp_path) == ["best.ckpt"]
+
+
+def test_ties_keep_the_earlier_epoch(trainer, tmp_path):
+    drive([ModelCheckpoint(save_top_k=1)], epochs(val_accuracy=[0.7, 0.7]), trainer)
+    assert files(tmp_path) == ["best.ckpt", "epoch001-0.7000.ckpt"]
+    assert (tmp_path / "best.ckpt").read_text() == "epoch 1\n"
+
+
+def test_nan_is_never_best(trainer, tmp_path):
+    drive([ModelCheckpoint(save_top_k=2)], epochs(val_accuracy=[float("nan"), 0.5]), trainer)
+    assert files(tmp_path) == ["best.ckpt", "epoch002-0.5000.ckpt"]
+
+
+def test_dirpath(trainer, tmp_path):
+    (tmp_path / "ckpts").mkdir()
+    drive([ModelCheckpoint(dirpath=tmp_path / "ckpts")], epochs(val_accuracy=[0.5]), trainer)
+    assert files(tmp_path / "ckpts") == ["best.ckpt", "epoch001-0.5000.ckpt"]
+
+
+def test_resume_continues_the_top_k_and_a_smaller_k_prunes(tmp_path):
+    rows = epochs(val_accuracy=[0.5, 0.7, 0.6, 0.8])
+    cb = ModelCheckpoint(save_top_k=3)
+    first = FakeTrainer(run_dir=tmp_path)
+    drive([cb], rows[:3], first)
+    assert files(tmp_path) == ["best.ckpt", "epoch001-0.5000.ckpt", "epoch002-0.7000.ckpt", "epoch003-0.6000.ckpt"]
+    state = roundtrip(CallbackList([cb]).state_dict())
+
+    # Resumed with save_top_k = 2 (the new setting wins): after epoch 4 the two best are 4 and 2.
+    resumed = FakeTrainer(run_dir=tmp_path)
+    resumed.epoch = 3
+    cb2 = ModelCheckpoint(save_top_k=2)
+    drive([cb2], rows[3:], resumed, state=state)
+    assert files(tmp_path) == ["best.ckpt", "epoch002-0.7000.ckpt", "epoch004-0.8000.ckpt"]
+    assert cb2.best_epoch == 4
+
+
+def test_bad_template_is_reported_at_construction():
+    with pytest.raises(ConfigError, match="unknown field.*val_acc.*valid fields: epoch"):
+        ModelCheckpoint(filename="{epoch}-{val_acc:.2f}.ckpt")
