@@ -54,3 +54,64 @@ def test_a_second_run_into_the_same_folder_is_refused(mnist_root, tmp_path):
     train(cfg, out=tmp_path / "run", quiet=True)
     with pytest.raises(RunDirError, match="already holds a run; continue it with `mnistlab train --resume"):
         train(cfg, out=tmp_path / "run", quiet=True)
+
+
+class InterruptAt:
+    """Sends this process SIGINT when the global step reaches ``step`` (as Ctrl-C would)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, hook):  # every other hook is a no-op
+        if hook.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(hook)
+
+    def on_batch_end(self, step, metrics, trainer):
+        if step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_interrupted_run_with_early_stopping_and_reduce_lr_resumes_identically(mnist_root, tmp_path):
+    from mnistlab.training import TrainingInterrupted
+
+    # Large min_delta / threshold so both callbacks act within a few tiny epochs.
+    cfg = small_cfg(
+        mnist_root, "train.epochs=8", "data.train_limit=600", "schedule.name=constant",
+        "early_stopping.criterion=patience", "early_stopping.monitor=val_loss", "early_stopping.patience=2",
+        "early_stopping.min_delta=0.1", "early_stopping.restore_best_weights=true",
+        "reduce_lr.enabled=true", "reduce_lr.patience=1", "reduce_lr.threshold=0.3", "reduce_lr.factor=0.5",
+    )
+    full = train(cfg, out=tmp_path / "full", quiet=True)
+    assert full.fit.stopped_by == "early_stopping", full.fit.stop_reason
+    assert full.fit.epochs < 8
+    lrs = [row["lr"] for row in full.fit.history]
+    assert min(lrs) < lrs[0], "ReduceLROnPlateau never acted; the test would not test it"
+
+    # Interrupt twice, mid-epoch (6 batches per epoch), then resume to the end.
+    for step in (9, 20):
+        with pytest.raises(TrainingInterrupted):
+            resume = tmp_path / "cut" if (tmp_path / "cut").exists() else None
+            train(cfg, out=None if resume else tmp_path / "cut", resume=resume, quiet=True,
+                  callbacks=[InterruptAt(step)])
+    cut = train(cfg, resume=tmp_path / "cut", quiet=True)
+
+    assert cut.fit.stop_reason == full.fit.stop_reason
+    assert cut.fit.epochs == full.fit.epochs
+    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert drop(cut.fit.history) == drop(full.fit.history)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # restore_best_weights acted at the end of both runs the same way
+    fa, fb = full.fit.model.state_dict(), cut.fit.model.state_dict()
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert full.summary["test_accuracy"] == cut.summary["test_accuracy"]
