@@ -5,6 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# A local MNIST copy beside the checkout (as on the team's machines and in CI) is
+# used instead of downloading; otherwise mnistlab's own rule applies: --data-dir,
+# else $MNISTLAB_DATA, else the user's cache folder (downloaded there if missing).
+ifneq ($(wildcard ../shared/data/MNIST/raw/train-images-idx3-ubyte),)
+export MNISTLAB_DATA ?= $(abspath ../shared/data)
+endif
 
 .PHONY: train test install clean
 
