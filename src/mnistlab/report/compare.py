@@ -1,0 +1,154 @@
+"""``mnistlab compare``: which of several runs is worth it, from their run folders alone.
+
+Each run contributes one row (model, parameters, epochs, training seconds, best
+validation accuracy, test accuracy, stop reason), read from its summary.json
+(and metrics.csv for a run that has no summary yet). Rows are sorted by test
+accuracy, best first; runs without a test result come last. The plot puts test
+accuracy against training time and joins the runs no faster run beats.
+
+>>> rows = compare_runs(["runs/"])                 # every run under runs/   # doctest: +SKIP
+>>> print(format_table(rows))                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .runfolder import RunFolderError, finite, is_run_folder, read_run
+
+
+@dataclass
+class RunRow:
+    run: str  # the folder, as given or found
+    model: str
+    dataset: str
+    parameters: int | None
+    epochs: int | None
+    train_seconds: float | None
+    best_val_accuracy: float | None
+    test_accuracy: float | None
+    stop_reason: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Each path is a run folder, or a folder searched (recursively) for run folders; no duplicates."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise RunFolderError(f"{p} does not exist")
+        if is_run_folder(p):
+            runs = [p]
+        elif p.is_dir():
+            runs = sorted({f.parent for f in p.rglob("summary.json")} | {f.parent for f in p.rglob("metrics.csv")})
+            if not runs:
+                raise RunFolderError(f"{p} holds no run folders (none has a summary.json or metrics.csv)")
+        else:
+            raise RunFolderError(f"{p} is a file; give run folders or a folder of runs")
+        for r in runs:
+            if r.resolve() not in {f.resolve() for f in found}:
+                found.append(r)
+    return found
+
+
+def run_row(path: Path) -> RunRow:
+    run = read_run(path, checkpoint_state=False)
+    s = run.summary
+    epochs = s.get("epochs")
+    if epochs is None and run.metrics:
+        epochs = int(run.metrics[-1]["epoch"])
+    best_val = finite(s.get("best_val_accuracy"))
+    if best_val is None and run.metrics:
+        vals = [finite(r.get("val_accuracy")) for r in run.metrics]
+        best_val = max((v for v in vals if v is not None), default=None)
+    train_seconds = finite(s.get("train_seconds"))
+    if train_seconds is None and run.metrics:
+        train_seconds = sum(finite(r.get("seconds")) or 0.0 for r in run.metrics) or None
+    model = s.get("model") or (run.config.get("model") or {}).get("name") or "?"
+    dataset = s.get("dataset") or (run.config.get("data") or {}).get("dataset") or "?"
+    stop = s.get("stop_reason") or ("not finished (no summary.json)" if not s else "-")
+    params = s.get("parameters")
+    return RunRow(
+        run=str(path),
+        model=str(model),
+        dataset=str(dataset),
+        parameters=int(params) if isinstance(params, int) else None,
+        epochs=int(epochs) if epochs is not None else None,
+        train_seconds=train_seconds,
+        best_val_accuracy=best_val,
+        test_accuracy=finite(s.get("test_accuracy")),
+        stop_reason=str(stop),
+        device=str(s.get("device") or "?"),
+    )
+
+
+def compare_runs(paths: Sequence[str | Path]) -> list[RunRow]:
+    """One row per run found under ``paths``, best test accuracy first (runs without one last)."""
+    rows = [run_row(p) for p in find_runs(paths)]
+    return sorted(rows, key=lambda r: (r.test_accuracy is None, -(r.test_accuracy or 0.0), r.train_seconds or 0.0))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def format_table(rows: Sequence[RunRow]) -> str:
+    """An aligned text table of ``rows``; a note follows when runs come from different devices or datasets."""
+    header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
+    body = [
+        (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),
+         "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", _pct(r.best_val_accuracy), _pct(r.test_accuracy),
+         r.stop_reason)
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    left = {0, 1, 7}
+
+    def fmt(line: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
+    devices = sorted({r.device for r in rows})
+    if len(devices) > 1:
+        lines.append(f"note: the runs come from different devices ({', '.join(devices)}); "
+                     "their training times are not comparable")
+    datasets = sorted({r.dataset for r in rows})
+    if len(datasets) > 1:
+        lines.append(f"note: the runs are on different datasets ({', '.join(datasets)}); "
+                     "their accuracies are not comparable")
+    return "\n".join(lines)
+
+
+def write_compare_plot(rows: Sequence[RunRow], path: str | Path) -> Path:
+    """Write the test-accuracy-against-training-time plot of ``rows`` to ``path`` (PNG)."""
+    from ..training.checkpoint import atomic_write
+    from . import plots
+
+    labels = _short_labels([r.run for r in rows])
+    points = [
+        {"label": f"{lab} ({r.model})" if r.model not in lab else lab, "train_seconds": r.train_seconds,
+         "test_accuracy": r.test_accuracy}
+        for lab, r in zip(labels, rows)
+    ]
+    png = plots.compare_png(points)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(png))
+    except OSError as e:
+        raise RunFolderError(f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE") from None
+    return path
+
+
+def _short_labels(runs: Sequence[str]) -> list[str]:
+    """Folder names, or longer paths where two runs share a name."""
+    names = [Path(r).name or r for r in runs]
+    return [r if names.count(n) > 1 else n for n, r in zip(names, runs)]
+
+
+__all__ = ["RunRow", "compare_runs", "find_runs", "format_table", "run_row", "write_compare_plot"]

@@ -1,0 +1,248 @@
+"""The report's figures, each returned as PNG bytes.
+
+Drawn with matplotlib's object API (``matplotlib.figure.Figure``), never
+``pyplot``: no display, no GUI backend and no global state are involved, so
+this works on a headless server and does not disturb a notebook's own plots.
+
+>>> png = curves_png(run.metrics, best_epoch=3)        # doctest: +SKIP
+>>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"                    # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+DPI = 100
+TRAIN, VAL, LR = "#1f77b4", "#ff7f0e", "#2ca02c"
+BEST, STOP, CHOSEN = "#2a9d3a", "#d62728", "#9467bd"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def _column(rows: Sequence[dict[str, float]], key: str) -> np.ndarray | None:
+    if not rows or not any(key in r for r in rows):
+        return None
+    return np.array([r.get(key, math.nan) for r in rows], dtype=np.float64)
+
+
+def curves_png(
+    rows: Sequence[dict[str, float]],
+    *,
+    best_epoch: int | None = None,
+    stopped_epoch: int | None = None,
+    chosen_epoch: int | None = None,
+    chosen_label: str = "early stopping's best epoch",
+) -> bytes:
+    """Loss, accuracy (train and validation) and learning rate per epoch, side by side.
+
+    Vertical lines mark ``best_epoch`` (the checkpoint that was tested),
+    ``stopped_epoch`` (where early stopping ended training) and ``chosen_epoch``
+    (the epoch early stopping judged best, when it differs from ``best_epoch``).
+    """
+    epochs = _column(rows, "epoch")
+    fig = _figure(13, 3.8)
+    axes = fig.subplots(1, 3)
+    panels = [
+        (axes[0], "loss", [("train_loss", "train", TRAIN), ("val_loss", "validation", VAL)], 1.0),
+        (axes[1], "accuracy (%)", [("train_accuracy", "train", TRAIN), ("val_accuracy", "validation", VAL)], 100.0),
+        (axes[2], "learning rate (end of epoch)", [("lr", "learning rate", LR)], 1.0),
+    ]
+    marker = "o" if epochs is not None and len(epochs) <= 30 else None
+    for ax, title, series, scale in panels:
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        for key, label, color in series:
+            values = _column(rows, key)
+            if values is not None and epochs is not None:
+                ax.plot(epochs, values * scale, marker=marker, ms=4, color=color, label=label)
+        lines = [
+            (best_epoch, BEST, "--", f"best.ckpt, tested (epoch {best_epoch})"),
+            (stopped_epoch, STOP, ":", f"early stop (after epoch {stopped_epoch})"),
+            (chosen_epoch if chosen_epoch != best_epoch else None, CHOSEN, "-.", f"{chosen_label} ({chosen_epoch})"),
+        ]
+        for epoch, color, style, label in lines:
+            if epoch is not None:
+                ax.axvline(epoch, color=color, ls=style, lw=1.5, label=label)
+        if epochs is not None and len(epochs):
+            lo, hi = float(np.nanmin(epochs)), float(np.nanmax(epochs))
+            ax.set_xlim(lo - 0.5, hi + 0.5)
+            if hi - lo < 12:
+                ax.set_xticks(np.arange(lo, hi + 1))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    lr = _column(rows, "lr")
+    if lr is not None and np.nanmin(lr) > 0 and np.nanmax(lr) / np.nanmin(lr) > 20:
+        axes[2].set_yscale("log")
+    elif lr is not None and np.isfinite(lr).any():
+        axes[2].set_ylim(0, 1.15 * float(np.nanmax(lr)) or 1.0)  # from 0, so a constant rate reads as one
+    if epochs is None:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
+    return _png(fig)
+
+
+def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
+    """The confusion matrix with counts; colour is the fraction of the true class (square-root scale, so errors show)."""
+    from matplotlib.colors import PowerNorm
+
+    k = len(classes)
+    cm = np.asarray(confusion, dtype=np.int64)
+    totals = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, totals, out=np.zeros(cm.shape, dtype=np.float64), where=totals > 0)
+    size = max(5.2, 0.45 * k + 1.7)  # 10 classes: 6.2 x 6.2 in, so that it fits beside the per-class chart
+    fig = _figure(size, size)
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
+    fig.colorbar(im, ax=ax, shrink=0.7, label="fraction of the true class")
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=45 if max(map(len, classes), default=1) > 2 else 0,
+                  ha="right" if max(map(len, classes), default=1) > 2 else "center")
+    ax.set_yticks(range(k), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({int(cm.sum()):,} test images)")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=8,
+                        color="white" if frac[i, j] > 0.5 else "black")
+    return _png(fig)
+
+
+def per_class_png(accuracy: Sequence[float | None], classes: Sequence[str], overall: float | None = None) -> bytes:
+    """Horizontal bars of the test accuracy of each class, worst highlighted, overall accuracy as a line."""
+    acc = np.array([math.nan if a is None else float(a) for a in accuracy], dtype=np.float64) * 100
+    k = len(classes)
+    fig = _figure(5.6, max(3.5, 0.45 * k + 1.7))  # as tall as the confusion matrix beside it
+    ax = fig.subplots()
+    y = np.arange(k)
+    finite = np.isfinite(acc)
+    # the worst class in red, unless all are equal
+    worst = int(np.nanargmin(acc)) if finite.any() and np.nanmin(acc) < np.nanmax(acc) else -1
+    colors = ["#d62728" if i == worst else "#1f77b4" for i in range(k)]
+    ax.barh(y, np.where(finite, acc, 0), color=colors)
+    ax.set_yticks(y, [str(c) for c in classes])
+    ax.invert_yaxis()
+    low = float(np.nanmin(acc)) if finite.any() else 0.0
+    left = max(0.0, math.floor((low - 5) / 5) * 5)
+    ax.set_xlim(left, 100.5)
+    for i, a in enumerate(acc):  # the value inside the end of its bar
+        if math.isfinite(a):
+            ax.text(a - 0.15, i, f"{a:.2f}%", va="center", ha="right", fontsize=8, color="white")
+        else:
+            ax.text(left + 0.15, i, "no test images", va="center", fontsize=8)
+    if overall is not None:
+        ax.axvline(100 * overall, color="black", ls="--", lw=1, label=f"all classes {100 * overall:.2f}%")
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("per-class test accuracy")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def misclassified_png(
+    images: np.ndarray,
+    labels: Sequence[int],
+    predicted: Sequence[int],
+    p_predicted: Sequence[float],
+    p_true: Sequence[float],
+    classes: Sequence[str],
+    indices: Sequence[int],
+    columns: int = 8,
+) -> bytes:
+    """A grid of test images, each titled with its index, true and predicted class and probabilities."""
+    n = len(images)
+    rows = max(1, math.ceil(n / columns))
+    fig = _figure(1.6 * columns, 1.8 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for i in range(n):
+        ax = axes[i]
+        img = np.asarray(images[i])
+        img = img[0] if img.ndim == 3 and img.shape[0] == 1 else np.moveaxis(img, 0, -1) if img.ndim == 3 else img
+        ax.imshow(img, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(
+            f"#{int(indices[i])}  true {classes[int(labels[i])]} ({_p(p_true[i])})\n"
+            f"predicted {classes[int(predicted[i])]} ({_p(p_predicted[i])})",
+            fontsize=8.5, color="#b00020", linespacing=1.15,
+        )
+    if n == 0:
+        axes[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center", transform=axes[0].transAxes)
+    return _png(fig)
+
+
+def _p(p: float) -> str:
+    """A probability as a short percentage: 97%, <1%, >99%."""
+    if not math.isfinite(p):
+        return "?"
+    if 0 < p < 0.01:
+        return "<1%"
+    return ">99%" if 0.99 < p < 1 else f"{100 * p:.0f}%"
+
+
+def compare_png(points: Sequence[dict[str, Any]]) -> bytes:
+    """Test accuracy against training seconds, one labelled point per run, the Pareto front joined.
+
+    ``points``: dicts with ``label``, ``train_seconds`` and ``test_accuracy`` (a fraction).
+    The front is the runs that no faster run beats in accuracy: the ones worth their time.
+    """
+    pts = [p for p in points if p.get("train_seconds") and p.get("test_accuracy") is not None]
+    fig = _figure(8, 5)
+    ax = fig.subplots()
+    if not pts:
+        ax.text(0.5, 0.5, "no run has both a test accuracy and a training time", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return _png(fig)
+    xs = np.array([float(p["train_seconds"]) for p in pts])
+    ys = np.array([100 * float(p["test_accuracy"]) for p in pts])
+    front = pareto_front(list(zip(xs, ys)))
+    ax.scatter(xs, ys, s=40, color="#1f77b4", zorder=3)
+    fx, fy = zip(*sorted((xs[i], ys[i]) for i in front))
+    ax.plot(fx, fy, color="#2a9d3a", ls="--", lw=1.2, zorder=2, label="best accuracy for the time (Pareto front)")
+    for x, y, p in zip(xs, ys, pts):
+        ax.annotate(str(p["label"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if xs.max() / max(xs.min(), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("test accuracy against training time")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.15, y=0.15)
+    return _png(fig)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (time, accuracy) that no other point beats: faster-or-equal and more accurate.
+
+    >>> pareto_front([(1, 90), (2, 95), (3, 93), (4, 99)])
+    [0, 1, 3]
+    """
+    front = []
+    for i, (t, a) in enumerate(points):
+        beaten = any(
+            (t2 <= t and a2 >= a) and (t2 < t or a2 > a) for j, (t2, a2) in enumerate(points) if j != i
+        )
+        if not beaten:
+            front.append(i)
+    return front
+
+
+__all__ = ["curves_png", "confusion_png", "per_class_png", "misclassified_png", "compare_png", "pareto_front"]

@@ -1,0 +1,303 @@
+"""What reports and comparisons read: the files of one run folder, and nothing else.
+
+A run folder holds (see :mod:`mnistlab.training.run`)::
+
+    config.toml           the resolved config
+    metrics.csv           one row per epoch (History callback)
+    summary.json          model, parameters, test accuracy, best epoch, stop reason, ...
+    test_predictions.npz  what the report needs from the final test (written here, see below)
+    last.ckpt             the resume state; its callback states say what early stopping decided
+
+``test_predictions.npz`` is written at the end of a run by
+:func:`save_test_predictions`, so that ``mnistlab report`` needs neither the
+dataset nor a model: the confusion matrix and the worst misclassified images
+are drawn from it on any machine. It is a plain NumPy archive (no pickles;
+``np.load`` reads it with ``allow_pickle=False``) of:
+
+==================  ==========================  =========================================================
+``labels``          int64 (N,)                  true class of every test image
+``predictions``     int64 (N,)                  predicted class
+``probabilities``   float32 (N, classes)        softmax output (400 KB for MNIST's 10,000 images)
+``confusion``       int64 (classes, classes)    [true, predicted] counts
+``classes``         str (classes,)              class names
+``worst_index``     int64 (M,)                  test-set index of the M most confidently wrong images
+``worst_images``    uint8 (M, C, H, W)          those images (M = ``WORST``, fewer if fewer are wrong)
+==================  ==========================  =========================================================
+
+"Most confidently wrong" means the lowest probability given to the true class.
+
+:func:`read_run` gathers everything into a :class:`RunFolder`; a missing or
+unreadable file is not an error but an entry in ``RunFolder.missing`` saying
+what it means for the report, so an interrupted run still gets what it has.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from ..errors import MnistlabError
+
+PREDICTIONS_FILE = "test_predictions.npz"
+WORST = 40  # misclassified test images kept for the report's grid
+STOPPING_RULES = ("EarlyStopping", "GL", "PQ", "UP")  # callback state keys of the early-stopping rules
+
+
+class RunFolderError(MnistlabError):
+    """The path is not a run folder (or holds none)."""
+
+
+def save_test_predictions(run_dir: str | Path, evaluation, images, classes) -> Path:
+    """Write ``test_predictions.npz`` from a test :class:`~mnistlab.training.evaluate.Evaluation`.
+
+    ``images`` are the test split's uint8 images (any device), in the order the
+    evaluation saw them; only the ``WORST`` misclassified ones are stored.
+
+    >>> save_test_predictions("runs/demo", test, data.test.images, data.classes)   # doctest: +SKIP
+    PosixPath('runs/demo/test_predictions.npz')
+    """
+    import torch
+
+    from ..training.checkpoint import atomic_write
+
+    labels = evaluation.labels.cpu().numpy().astype(np.int64)
+    predictions = evaluation.predictions.cpu().numpy().astype(np.int64)
+    probabilities = evaluation.probabilities.cpu().numpy().astype(np.float32)
+    wrong = np.flatnonzero(labels != predictions)
+    p_true = probabilities[wrong, labels[wrong]] if len(wrong) else np.zeros(0, np.float32)
+    worst = wrong[np.argsort(p_true, kind="stable")[:WORST]].astype(np.int64)
+    worst_images = images.index_select(0, torch.as_tensor(worst, device=images.device)).cpu().numpy()
+    arrays = dict(
+        labels=labels,
+        predictions=predictions,
+        probabilities=probabilities,
+        confusion=evaluation.confusion.cpu().numpy().astype(np.int64),
+        classes=np.array([str(c) for c in classes]),
+        worst_index=worst,
+        worst_images=worst_images.astype(np.uint8),
+    )
+    path = Path(run_dir) / PREDICTIONS_FILE
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    return path
+
+
+@dataclass
+class EarlyStoppingInfo:
+    """What the early-stopping rule of a run decided (from last.ckpt and summary.json)."""
+
+    rule: str  # EarlyStopping, GL, PQ or UP
+    monitor: str  # the metric it watched
+    best_epoch: int | None  # the epoch it judged best (the one restore_best_weights loads)
+    stopped_epoch: int | None  # the epoch after which it stopped training, None if it never did
+    restored: bool  # restore_best_weights was on and there was a best epoch
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    config_text: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, np.ndarray] | None = None
+    early_stopping: EarlyStoppingInfo | None = None
+    missing: list[str] = field(default_factory=list)  # one sentence per missing piece
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def classes(self) -> list[str]:
+        if self.predictions is not None:
+            return [str(c) for c in self.predictions["classes"]]
+        per_class = self.summary.get("per_class_accuracy")
+        return list(per_class) if isinstance(per_class, dict) else []
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in ("summary.json", "metrics.csv", "config.toml"))
+
+
+def read_run(path: str | Path, *, checkpoint_state: bool = True) -> RunFolder:
+    """Read a run folder. Missing files are listed in ``missing``; a folder with none of them is an error.
+
+    ``checkpoint_state``: also read the early-stopping decision from ``last.ckpt``
+    (memory-mapped, so only the few numbers needed are read, not the weights).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"{path} is not a folder; give a run folder (holding summary.json, metrics.csv, ...)")
+    if not is_run_folder(path):
+        raise RunFolderError(
+            f"{path} is not a run folder: it has none of summary.json, metrics.csv, config.toml "
+            "(runs are written by `mnistlab train --out DIR`)"
+        )
+    run = RunFolder(path=path)
+    _read_config(run)
+    _read_metrics(run)
+    _read_summary(run)
+    _read_predictions(run)
+    if checkpoint_state:
+        _read_early_stopping(run)
+    return run
+
+
+def _read_config(run: RunFolder) -> None:
+    f = run.path / "config.toml"
+    try:
+        run.config_text = f.read_text(encoding="utf-8")
+        run.config = tomllib.loads(run.config_text)
+    except FileNotFoundError:
+        run.missing.append("config.toml is missing: the run's settings cannot be shown.")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        run.missing.append(f"config.toml cannot be read ({e}): its text is shown as it is, if at all.")
+
+
+def _read_metrics(run: RunFolder) -> None:
+    f = run.path / "metrics.csv"
+    try:
+        text = f.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        run.missing.append("metrics.csv is missing: no training curves (the run ended before its first epoch?).")
+        return
+    except (OSError, UnicodeDecodeError) as e:
+        run.missing.append(f"metrics.csv cannot be read ({e}): no training curves.")
+        return
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        parsed = {}
+        for key, value in row.items():
+            if key is None or value in (None, ""):
+                continue
+            try:
+                parsed[key] = float(value)
+            except ValueError:
+                pass
+        if "epoch" in parsed:
+            rows.append(parsed)
+    if not rows:
+        run.missing.append("metrics.csv holds no epochs: no training curves.")
+    run.metrics = rows
+
+
+def _read_summary(run: RunFolder) -> None:
+    f = run.path / "summary.json"
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        run.missing.append("summary.json is missing: no test results (the run has not finished).")
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        run.missing.append(f"summary.json cannot be read ({e}): no test results.")
+        return
+    if not isinstance(data, dict):
+        run.missing.append("summary.json is not a JSON object: no test results.")
+        return
+    run.summary = data
+    if data.get("test_accuracy") is None:
+        why = data.get("stop_reason") or "it did not finish"
+        run.missing.append(f"the run has no test result ({why}).")
+
+
+def _read_predictions(run: RunFolder) -> None:
+    f = run.path / PREDICTIONS_FILE
+    if not f.is_file():
+        run.missing.append(
+            f"{PREDICTIONS_FILE} is missing (the run did not finish, or an older mnistlab wrote it): "
+            "no confusion matrix, per-class chart from the test predictions or misclassified images. "
+            "`mnistlab evaluate RUN` prints the confusion matrix from the dataset."
+        )
+        return
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        needed = ("labels", "predictions", "confusion", "classes", "worst_index", "worst_images")
+        lacking = [k for k in needed if k not in data]
+        if lacking:
+            raise ValueError(f"it lacks {', '.join(lacking)}")
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        run.missing.append(f"{PREDICTIONS_FILE} cannot be read ({e}): no confusion matrix or misclassified images.")
+        return
+    run.predictions = data
+
+
+def _read_early_stopping(run: RunFolder) -> None:
+    es = run.config.get("early_stopping", {}) if isinstance(run.config.get("early_stopping"), dict) else {}
+    criterion = es.get("criterion", "none")
+    if criterion in (None, "none"):
+        return
+    monitor = es.get("monitor", "val_loss") if criterion == "patience" else f"val_{es.get('error', 'loss')}"
+    stopped = run.summary.get("epochs") if run.summary.get("stopped_by") == "early_stopping" else None
+    info = EarlyStoppingInfo(
+        rule={"patience": "EarlyStopping"}.get(criterion, str(criterion).upper()),
+        monitor=monitor,
+        best_epoch=None,
+        stopped_epoch=int(stopped) if stopped is not None else None,
+        restored=False,
+    )
+    state = _stopping_state(run)
+    if state is not None:
+        best = state.get("best_epoch")
+        info.best_epoch = int(best) if best is not None else None
+        if state.get("stopped_epoch") is not None:
+            info.stopped_epoch = int(state["stopped_epoch"])
+    info.restored = bool(es.get("restore_best_weights")) and info.best_epoch is not None
+    run.early_stopping = info
+
+
+def _stopping_state(run: RunFolder) -> dict[str, Any] | None:
+    """The early-stopping rule's state in last.ckpt, or None (with a note in ``missing``)."""
+    f = run.path / "last.ckpt"
+    if not f.is_file():
+        run.missing.append("last.ckpt is missing: the epoch early stopping judged best is unknown.")
+        return None
+    try:
+        import torch
+
+        # mmap: the weights are not read; weights_only: nothing but tensors and plain data is unpickled.
+        payload = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        states = payload.get("callbacks", {}) if isinstance(payload, dict) else {}
+    except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint means the same here
+        run.missing.append(f"last.ckpt cannot be read ({type(e).__name__}): the epoch early stopping judged best is unknown.")
+        return None
+    for key in STOPPING_RULES:
+        if isinstance(states.get(key), dict):
+            return states[key]
+    run.missing.append("last.ckpt holds no early-stopping state: the epoch it judged best is unknown.")
+    return None
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float, or None when it is missing or not a finite number."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+__all__ = [
+    "PREDICTIONS_FILE",
+    "WORST",
+    "EarlyStoppingInfo",
+    "RunFolder",
+    "RunFolderError",
+    "finite",
+    "is_run_folder",
+    "read_run",
+    "save_test_predictions",
+]

@@ -1,0 +1,265 @@
+"""`mnistlab predict`: preprocessing the way MNIST was made, on drawn digits, MNIST PNGs and bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mnistlab.cli import main
+from mnistlab.data.datasets import DATASETS
+from mnistlab.predict import (
+    MAX_PIXELS,
+    ImageFileError,
+    format_prediction,
+    predict_files,
+    preprocess,
+    read_grayscale,
+)
+
+
+def ink_box(img: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(img.any(1)), np.flatnonzero(img.any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    f = img.astype(np.float64)
+    yy, xx = np.mgrid[: f.shape[0], : f.shape[1]]
+    return float((f * yy).sum() / f.sum()), float((f * xx).sum() / f.sum())
+
+
+def write_mnist_pngs(images: torch.Tensor, folder) -> list:
+    paths = []
+    for i, img in enumerate(images):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(img[0].numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------
+# preprocessing
+
+
+def test_mnist_pngs_come_out_as_they_went_in(mnist_small, tmp_path):
+    """A 28x28 MNIST test image is already made the MNIST way: preprocessing must (nearly) keep it.
+
+    On all 10,000 test images: 8,977 identical, 1,020 off by at most 1 grey level
+    (brightest pixel 254, stretched to 255), 3 with ink only 19 pixels tall rescaled to 20.
+    """
+    images = mnist_small.test.images[:200]
+    paths = write_mnist_pngs(images, tmp_path)
+    identical = 0
+    for img, path in zip(images, paths):
+        original = img[0].numpy()
+        out = preprocess(read_grayscale(path))
+        assert out.shape == (28, 28) and out.dtype == np.uint8
+        if max(ink_box(original)) == 20:  # all 200 of these; the recipe rescales any other size
+            assert np.abs(out.astype(int) - original.astype(int)).max() <= 1
+        identical += np.array_equal(out, original)
+    assert identical >= 170  # 176 of these 200 (the other 24 have 254 as their brightest pixel)
+
+
+def test_predictions_from_mnist_pngs_match_the_tensors(digit_model, mnist_small, tmp_path):
+    """Measured: 10,000 of 10,000 test images agree, for three models trained on 2,000 to 10,000 images."""
+    index = torch.arange(0, 10000, 50)  # 200 images from all over the test set
+    images = mnist_small.test.images[index]
+    paths = write_mnist_pngs(images, tmp_path)
+    with torch.no_grad():
+        expected = digit_model(images.float() / 255).argmax(1).tolist()
+    got = [p.index for p in predict_files(digit_model, paths)]
+    assert got == expected
+
+
+def test_drawn_digits_are_centred_and_sized_like_mnist(drawn_digits):
+    for (digit, variant), path in drawn_digits.items():
+        out = preprocess(read_grayscale(path))
+        h, w = ink_box(out)
+        # The box is 20; its outermost line may round to black (a JPEG's faint edge shrinks to nearly nothing).
+        assert max(h, w) in (19, 20), (digit, variant, h, w)
+        cy, cx = centre_of_mass(out)
+        assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75, (digit, variant, cy, cx)
+        assert out[0].max() == 0 and out[:, 0].max() == 0  # the background is black, whatever it was
+
+
+def test_the_same_digit_drawn_differently_gives_the_same_input(drawn_digits):
+    """Dark on white or light on black, large or small, RGB, RGBA or JPEG: the model sees (nearly) one image."""
+    variants = sorted({v for _, v in drawn_digits})
+    for digit in range(10):
+        inputs = [preprocess(read_grayscale(drawn_digits[digit, v])).astype(float) for v in variants]
+        for other in inputs[1:]:
+            # Measured at most 29 grey levels (mean over the image; the thin 1, the JPEG's blur); a
+            # different digit differs by 40 to 110.
+            assert np.abs(inputs[0] - other).mean() < 35, digit
+
+
+def test_drawn_digits_are_read(digit_model, drawn_digits):
+    """Measured: 39 of 40 right (the JPEG 6 is read as a 5) with this 95% model."""
+    files = list(drawn_digits)
+    results = predict_files(digit_model, [drawn_digits[k] for k in files], top_k=3)
+    wrong = [(d, v, r.name, round(r.top_k[0]["probability"], 2)) for (d, v), r in zip(files, results) if r.index != d]
+    assert len(wrong) <= 2, wrong
+    for r in results:
+        probs = [t["probability"] for t in r.top_k]
+        assert len(r.top_k) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_fashion_mnist_recipe_fills_the_field():
+    """Fashion-MNIST scaled the longer side to 28 and centred the box, not the mass."""
+    img = np.ones((300, 200), dtype=np.float32)
+    img[20:280, 30:120] = 0.0  # a dark block, left of centre, on white
+    out = preprocess(img, "fashion-mnist")
+    assert ink_box(out) == (28, 10)
+    cols = np.flatnonzero(out.any(0))
+    assert (cols[0], cols[-1]) == (9, 18)  # (28 - 10) // 2 = 9 from the left
+    assert ink_box(preprocess(img, "mnist"))[0] == 20
+
+
+def test_image_modes_are_read_as_grayscale(tmp_path):
+    # light ink on a transparent canvas goes onto black; dark ink onto white
+    for ink, expected_background in (((255, 255, 255, 255), 0.0), ((0, 0, 0, 255), 1.0)):
+        img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+        ImageDraw.Draw(img).rectangle([10, 5, 20, 35], fill=ink)
+        img.save(tmp_path / "a.png")
+        g = read_grayscale(tmp_path / "a.png")
+        assert g[0, 0] == expected_background and g[20, 15] == ink[0] / 255
+    # 16-bit grayscale
+    a = np.zeros((30, 30), dtype=np.uint16)
+    a[5:25, 12:18] = 65535
+    Image.fromarray(a).save(tmp_path / "b.png")
+    g = read_grayscale(tmp_path / "b.png")
+    assert g.max() == 1.0 and g.min() == 0.0
+    # palette with a transparent index
+    p = Image.new("P", (30, 30), 0)
+    p.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
+    ImageDraw.Draw(p).rectangle([10, 5, 18, 25], fill=1)
+    p.info["transparency"] = 0
+    p.save(tmp_path / "c.png", transparency=0)
+    g = read_grayscale(tmp_path / "c.png")
+    assert g[0, 0] == 1.0 and g[15, 14] == 0.0
+    out = preprocess(g)
+    assert max(ink_box(out)) == 20
+
+
+# ---------------------------------------------------------------------------
+# bad files
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height (with a valid CRC) and whose data is one pixel: nothing decodes."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # chunk type and the 13 bytes of IHDR data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    files = {}
+
+    def add(name, content):
+        files[name] = tmp_path / name
+        files[name].write_bytes(content)
+
+    add("empty.png", b"")
+    add("notes.png", b"this is a text file, not a picture\n")
+    buf = io.BytesIO()
+    Image.effect_noise((200, 200), 60).save(buf, "PNG")
+    add("truncated.png", buf.getvalue()[: len(buf.getvalue()) // 2])
+    add("zero.png", png_claiming_size(0, 28))
+    add("huge.png", png_claiming_size(10_000, 6_000))  # 60 megapixels
+    add("bomb.png", png_claiming_size(20_000, 20_000))  # past Pillow's own decompression-bomb limit
+    buf = io.BytesIO()
+    Image.new("L", (50, 50), 255).save(buf, "PNG")
+    add("blank.png", buf.getvalue())
+    files["folder"] = tmp_path / "folder"
+    files["folder"].mkdir()
+    files["missing.png"] = tmp_path / "missing.png"
+    return files
+
+
+EXPECTED_ERRORS = {
+    "empty.png": "is empty (0 bytes)",
+    "notes.png": "is not an image Pillow can read",
+    "truncated.png": "is a damaged or truncated image",
+    "zero.png": "zero width or height",
+    "huge.png": f"10000x6000 = 60 megapixels, more than the {MAX_PIXELS // 1_000_000} megapixels",
+    "bomb.png": "is too large to decode safely",
+    "blank.png": "no digit found: the image is blank",
+    "folder": "is a folder, not an image file",
+    "missing.png": "does not exist",
+}
+
+
+def test_each_bad_file_gets_its_own_error_and_the_rest_are_classified(digit_model, drawn_digits, bad_files):
+    good = drawn_digits[7, "paper.png"]
+    paths = [bad_files["empty.png"], good, *[bad_files[n] for n in EXPECTED_ERRORS if n != "empty.png"], good]
+    results = predict_files(digit_model, paths)
+    assert [r.file for r in results] == [str(p) for p in paths]
+    assert results[1].error is None and results[1].index == 7 and results[-1].index == 7
+    for r, path in zip(results, paths):
+        if path == good:
+            continue
+        assert r.error is not None and str(path) in r.error, r.error
+        assert EXPECTED_ERRORS[path.name] in r.error, r.error
+        assert r.to_dict() == {"file": str(path), "error": r.error}
+    with pytest.raises(ImageFileError, match="no digit found"):
+        preprocess(np.full((30, 30), 0.5, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------
+# the command
+
+
+def test_cli_prints_json_saves_inputs_and_reports_bad_files(digit_run, drawn_digits, bad_files, tmp_path, capsys):
+    files = [drawn_digits[3, "photo.jpg"], drawn_digits[8, "night.bmp"], bad_files["notes.png"]]
+    saved = tmp_path / "seen"
+    code = main(["predict", str(digit_run), *map(str, files), "--json", "--top-k", "4", "--save-preprocessed", str(saved)])
+    out, err = capsys.readouterr()
+    assert code == 1  # one file failed; the others were classified
+    assert "mnistlab predict: error:" in err and "notes.png is not an image" in err and "Traceback" not in err
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(f) for f in files]
+    for r, digit in zip(results[:2], (3, 8)):
+        assert set(r) >= {"file", "class", "name", "top_k"}
+        assert r["class"] == digit and r["name"] == str(digit)
+        assert [set(t) for t in r["top_k"]] == [{"class", "name", "probability"}] * 4
+        assert r["top_k"][0]["class"] == r["class"]
+        seen = np.asarray(Image.open(r["preprocessed"]))
+        assert seen.shape == (28, 28) and np.array_equal(seen, preprocess(read_grayscale(r["file"])))
+    assert results[2] == {"file": str(files[2]), "error": results[2]["error"]} and "not an image" in results[2]["error"]
+    assert sorted(p.name for p in saved.iterdir()) == ["3-photo.png", "8-night.png"]
+
+    code = main(["predict", str(digit_run / "best.ckpt"), str(files[0]), str(files[1])])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{files[0]}: 3 ") and "top 3: 3 " in lines[0]
+
+    assert main(["predict", str(digit_run), str(files[0]), "--top-k", "0"]) == 2
+    assert "--top-k must be 1 or more" in capsys.readouterr().err
+
+
+def test_class_names_come_from_the_checkpoint(digit_model, drawn_digits):
+    """A Fashion-MNIST model prints its class names (and uses Fashion-MNIST's recipe)."""
+    classes, dataset = digit_model.classes, digit_model.dataset
+    digit_model.classes, digit_model.dataset = list(DATASETS["fashion-mnist"].classes), "fashion-mnist"
+    try:
+        (r,) = predict_files(digit_model, [drawn_digits[7, "paper.png"]], top_k=2)
+    finally:
+        digit_model.classes, digit_model.dataset = classes, dataset
+    assert r.name == DATASETS["fashion-mnist"].classes[r.index]
+    assert [t["name"] for t in r.top_k] == [DATASETS["fashion-mnist"].classes[t["class"]] for t in r.top_k]
+    assert max(ink_box(r.image[0].numpy() > 0)) == 28
+    assert f"{r.name} (class {r.index})" in format_prediction(r)

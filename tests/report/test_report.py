@@ -1,0 +1,162 @@
+"""report.html and test_predictions.npz: written at the end of a run, rebuilt from the run folder alone."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from mnistlab.report import PREDICTIONS_FILE, RunFolderError, read_run, write_report
+from mnistlab.report.runfolder import WORST
+
+FIGURES = ("curves", "confusion", "per_class", "misclassified")
+
+
+def embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_a_run_ends_with_its_report_and_test_predictions(finished_run, mnist_small):
+    run_dir, result = finished_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_by"] == "early_stopping" and summary["epochs"] == 2
+    assert (run_dir / "report.html").is_file()
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(f"{n}.png" for n in FIGURES)
+
+    with np.load(run_dir / PREDICTIONS_FILE, allow_pickle=False) as z:  # plain arrays, no pickles
+        p = {k: z[k] for k in z.files}
+    labels = mnist_small.test.labels.numpy()
+    assert np.array_equal(p["labels"], labels)
+    assert np.array_equal(p["predictions"], result.test.predictions.numpy())
+    assert (p["predictions"] == labels).mean() == pytest.approx(summary["test_accuracy"], abs=0)
+    assert np.array_equal(p["confusion"], np.bincount(labels * 10 + p["predictions"], minlength=100).reshape(10, 10))
+    assert p["probabilities"].shape == (10000, 10) and np.allclose(p["probabilities"].sum(1), 1, atol=1e-5)
+    assert list(p["classes"]) == [str(d) for d in range(10)]
+    worst = p["worst_index"]
+    assert len(worst) == WORST and (p["predictions"][worst] != labels[worst]).all()
+    p_true = p["probabilities"][worst, labels[worst]]
+    assert (np.diff(p_true) >= 0).all()  # most confidently wrong first
+    wrong = p["predictions"] != labels
+    assert p_true[-1] <= np.sort(p["probabilities"][wrong, labels[wrong]])[WORST - 1]
+    assert np.array_equal(p["worst_images"], mnist_small.test.images[worst].numpy())
+
+
+def test_the_report_needs_only_the_run_folder(copy_run, monkeypatch, tmp_path):
+    import mnistlab.data.datasets as datasets
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the report read the dataset")
+
+    monkeypatch.setattr(datasets, "load_raw", no_data)
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path / "nowhere"))
+    run = copy_run()
+    for f in ("report.html", "best.ckpt"):  # no model is needed either
+        (run / f).unlink()
+    report = write_report(run)
+    assert report.missing == []
+    page = report.path.read_text()
+    images = embedded_images(page)
+    assert len(images) == 4 and all(img.startswith(b"\x89PNG\r\n\x1a\n") for img in images)
+    assert images == [(run / "plots" / f"{n}.png").read_bytes() for n in FIGURES]
+    assert not re.search(r'(src|href)="(?!data:)', page)  # self-contained: nothing loaded from elsewhere
+    assert "<script" not in page
+    # what early stopping decided, from last.ckpt
+    assert "ended training after epoch 2" in page and "restored the weights of epoch 1" in page
+    best = json.loads((run / "summary.json").read_text())["best_epoch"]
+    assert f"Dashed green: epoch {best}, whose weights (best.ckpt) were tested" in page
+    # config and summary
+    assert 'monitor = &quot;epoch&quot;' in page and "<th>stop_reason</th>" in page
+    assert "Not in this report" not in page
+
+
+def test_an_unfinished_run_gets_what_it_has_and_a_list_of_what_is_missing(copy_run):
+    run = copy_run()
+    (run / PREDICTIONS_FILE).unlink()
+    (run / "last.ckpt").unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    interrupted = {k: summary[k] for k in ("model", "dataset", "parameters", "device", "train_images", "val_images")}
+    interrupted.update(stop_reason="interrupted by SIGINT at epoch 2, batch 3 of 8", stopped_by="interrupted", epochs=1)
+    (run / "summary.json").write_text(json.dumps(interrupted))
+    report = write_report(run)
+    page = report.path.read_text()
+    assert len(embedded_images(page)) == 1 and list(report.images) == ["curves"]
+    assert "Not in this report" in page
+    missing = " ".join(report.missing)
+    assert PREDICTIONS_FILE in missing and "no confusion matrix" in missing
+    assert "no test result (interrupted by SIGINT" in missing and "last.ckpt is missing" in missing
+
+    for name in ("metrics.csv", "summary.json"):  # a folder with only config.toml still gets a page
+        (run / name).unlink()
+    report = write_report(run)
+    assert report.images == {} and "metrics.csv is missing" in " ".join(report.missing)
+    assert "<h2>Config</h2>" in report.path.read_text()
+
+    (run / "config.toml").unlink()
+    with pytest.raises(RunFolderError, match="is not a run folder"):
+        write_report(run)
+
+
+def test_damaged_files_are_reported_not_raised(copy_run):
+    run = copy_run()
+    (run / PREDICTIONS_FILE).write_bytes(b"not a zip")
+    (run / "summary.json").write_text("{ broken")
+    (run / "last.ckpt").write_bytes(b"garbage")
+    report = write_report(run)
+    missing = " ".join(report.missing)
+    assert f"{PREDICTIONS_FILE} cannot be read" in missing and "summary.json cannot be read" in missing
+    assert "last.ckpt cannot be read" in missing
+    assert list(report.images) == ["curves"]
+
+
+def test_read_run_marks_the_epochs(finished_run):
+    run = read_run(finished_run[0])
+    es = run.early_stopping
+    assert (es.rule, es.monitor, es.best_epoch, es.stopped_epoch, es.restored) == ("EarlyStopping", "epoch", 1, 2, True)
+    assert [int(r["epoch"]) for r in run.metrics] == [1, 2]
+    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= set(run.metrics[0])
+
+
+def test_a_perfect_test_set_and_other_class_names(copy_run):
+    import torch
+
+    from mnistlab.data.datasets import DATASETS
+    from mnistlab.report import save_test_predictions
+    from mnistlab.training.evaluate import Evaluation
+
+    run = copy_run()
+    classes = list(DATASETS["fashion-mnist"].classes)
+    labels = torch.arange(50) % 10
+    perfect = Evaluation(loss=0.0, accuracy=1.0, per_class_accuracy=[1.0] * 10,
+                         confusion=torch.diag(torch.full((10,), 5)), predictions=labels, labels=labels,
+                         probabilities=torch.nn.functional.one_hot(labels, 10).float())
+    save_test_predictions(run, perfect, torch.zeros(50, 1, 28, 28, dtype=torch.uint8), classes)
+    report = write_report(run)
+    page = report.path.read_text()
+    assert list(report.images) == ["curves", "confusion", "per_class"]
+    assert "None: every test image was classified correctly." in page
+    assert read_run(run).classes == classes
+
+
+def test_a_report_that_fails_does_not_lose_the_run(mnist_root, tmp_path, monkeypatch, capsys):
+    import mnistlab.report
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.training.run import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib exploded")
+
+    monkeypatch.setattr(mnistlab.report, "write_run_report", broken)
+    cfg = apply_overrides(Config(), {
+        "data.dir": str(mnist_root), "data.download": False, "data.train_limit": 1000, "data.val_size": 200,
+        "train.epochs": 1, "train.threads": 2, "train.progress": False, "tensorboard.enabled": False,
+    })
+    result = train(cfg, out=tmp_path / "run", quiet=True)
+    assert result.summary["test_accuracy"] > 0.2  # one short epoch: the run only has to finish
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_accuracy"] == result.summary["test_accuracy"]
+    assert not (tmp_path / "run" / "report.html").exists()
+    err = capsys.readouterr().err
+    assert "warning: could not write the report (RuntimeError: matplotlib exploded)" in err
+    assert f"mnistlab report {tmp_path / 'run'}" in err

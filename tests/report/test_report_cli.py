@@ -1,0 +1,132 @@
+"""The commands: `mnistlab report`, `mnistlab compare` and `mnistlab models --details`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from mnistlab.cli import main
+from mnistlab.report.compare import compare_runs, format_table
+from mnistlab.report.plots import pareto_front
+
+
+def fake_run(folder, **summary):
+    """A run folder holding only a summary.json (what a run from another machine may look like)."""
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def zoo(root):
+    """Runs of four models as a user would compare them, plus an unfinished one."""
+    common = dict(dataset="mnist", device="cpu", stopped_by="max_epochs")
+    fake_run(root / "lenet", model="lenet5", parameters=61_706, epochs=10, train_seconds=40.0, best_val_accuracy=0.989,
+             test_accuracy=0.9891, stop_reason="max epochs reached (10)", **common)
+    fake_run(root / "alexnet", model="alexnet", parameters=71_988_682, epochs=10, train_seconds=2400.0,
+             best_val_accuracy=0.993, test_accuracy=0.9921, stop_reason="max epochs reached (10)", **common)
+    fake_run(root / "vgg", model="vgg11", parameters=9_750_922, epochs=6, train_seconds=1500.0, best_val_accuracy=0.994,
+             test_accuracy=0.9935, stop_reason="early stopping: val_loss did not improve for 3 epochs at epoch 6",
+             **common)
+    fake_run(root / "resnet", model="resnet18", parameters=11_172_810, epochs=10, train_seconds=900.0,
+             best_val_accuracy=0.995, test_accuracy=0.9948, stop_reason="max epochs reached (10)", **common)
+    unfinished = root / "more" / "unfinished"
+    unfinished.mkdir(parents=True)
+    (unfinished / "metrics.csv").write_text(
+        "epoch,train_loss,train_accuracy,train_error,val_loss,val_accuracy,val_error,lr,seconds\n"
+        "1,0.5,0.9,0.1,0.2,0.95,0.05,0.01,12.5\n2,0.2,0.95,0.05,0.1,0.97,0.03,0.01,12.0\n"
+    )
+    return root
+
+
+def test_compare_sorts_by_test_accuracy_and_plots(tmp_path, capsys):
+    root = zoo(tmp_path / "runs")
+    plot = tmp_path / "out" / "compare.png"
+    assert main(["compare", str(root), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["run", "model", "parameters", "epochs", "train", "s", "best", "val", "acc", "test", "acc",
+                                "stop", "reason"]
+    order = [line.split()[1] for line in lines[2:7]]
+    assert order == ["resnet18", "vgg11", "alexnet", "lenet5", "?"]
+    assert "99.48%" in lines[2] and "71,988,682" in lines[4] and "2400.0" in lines[4]
+    assert "early stopping: val_loss did not improve" in lines[3]
+    assert "not finished (no summary.json)" in lines[6] and "24.5" in lines[6] and "97.00%" in lines[6]
+    assert f"plot of test accuracy against training time: {plot}" in out
+    with Image.open(plot) as img:
+        assert img.format == "PNG" and img.size[0] > 400
+
+    assert main(["compare", str(root / "lenet"), str(root / "vgg"), str(root / "vgg"), "--json",
+                 "--plot", str(tmp_path / "c2.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["vgg11", "lenet5"]  # a run given twice counts once
+    assert set(rows[0]) == {"run", "model", "dataset", "parameters", "epochs", "train_seconds", "best_val_accuracy",
+                            "test_accuracy", "stop_reason", "device"}
+
+
+def test_compare_warns_when_runs_are_not_comparable(tmp_path):
+    a = fake_run(tmp_path / "a", model="cnn", dataset="mnist", device="cuda", test_accuracy=0.99, train_seconds=5.0)
+    b = fake_run(tmp_path / "b", model="cnn", dataset="kmnist", device="cpu", test_accuracy=0.95, train_seconds=50.0)
+    text = format_table(compare_runs([a, b]))
+    assert "different devices (cpu, cuda)" in text and "different datasets (kmnist, mnist)" in text
+
+
+def test_compare_errors(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "empty")]) == 2
+    assert "holds no run folders" in capsys.readouterr().err
+
+
+def test_pareto_front():
+    # time, accuracy: the 3rd is slower and worse than the 2nd; the 5th ties the 4th but is slower
+    assert pareto_front([(1, 90), (2, 95), (3, 93), (4, 99), (5, 99)]) == [0, 1, 3]
+
+
+def test_report_command_with_a_real_run(finished_run, tmp_path, capsys):
+    run = tmp_path / "copied-from-another-machine"
+    shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("*.ckpt", "report.html", "plots"))
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run / 'report.html'} (4 figures)" in out
+    assert "last.ckpt is missing: the epoch early stopping judged best is unknown" in out
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion.png", "curves.png", "misclassified.png",
+                                                                 "per_class.png"]
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    # compare reads the real run too
+    assert main(["compare", str(run), "--plot", str(tmp_path / "c.png")]) == 0
+    assert "fast" in capsys.readouterr().out
+
+
+def test_models_details_prints_a_keras_style_layer_table(capsys):
+    from mnistlab.models import build_model
+    from mnistlab.models.summary import count_parameters, layer_table
+
+    assert main(["models", "--details", "lenet5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "model lenet5: input 1x28x28 (mnist), 10 classes"
+    assert lines[1].split() == ["layer", "type", "output", "shape", "parameters", "MACs"]
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28))
+    rows = layer_table(model)
+    body = lines[3 : 3 + len(rows)]
+    for row, line in zip(rows, body):
+        name, kind, shape, params = line.split()[:4]
+        assert (name, kind) == (row["name"], row["type"])
+        assert shape == "x".join(map(str, row["output_shape"]))
+        assert int(params.replace(",", "")) == row["params"]
+    assert body[-1].split()[2] == "10"  # the last layer gives the 10 class scores
+    assert lines[-1].startswith(f"total: {count_parameters(model):,} parameters")
+
+    assert main(["models", "--details", "nonet"]) == 2
+    assert "unknown model 'nonet'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["fast", "resnet18"])
+def test_models_details_for_other_families(name, capsys):
+    assert main(["models", "--details", name]) == 0
+    out = capsys.readouterr().out
+    assert "output shape" in out and "total:" in out
