@@ -70,6 +70,14 @@ def test_unknown_keys_in_a_file_list_the_valid_ones(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
+def test_a_config_dict_with_non_string_keys_is_a_config_error():
+    # TOML keys are strings; a dict stored in a crafted checkpoint need not be.
+    with pytest.raises(ConfigError, match=r"unknown config section\(s\) 1; valid sections: model"):
+        config_from_dict({1: {}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) train.1, train.a; valid keys in \[train\]"):
+        config_from_dict({"train": {1: 2, "a": 3}})
+
+
 def test_every_preset_loads():
     from pathlib import Path
 

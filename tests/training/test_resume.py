@@ -115,3 +115,24 @@ def test_interrupted_run_with_early_stopping_and_reduce_lr_resumes_identically(m
     fa, fb = full.fit.model.state_dict(), cut.fit.model.state_dict()
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
     assert full.summary["test_accuracy"] == cut.summary["test_accuracy"]
+
+
+def test_an_early_stopped_run_trains_on_only_when_resumed_with_new_settings(mnist_root, tmp_path):
+    # min_delta larger than any loss change: no epoch after the first counts as an improvement,
+    # so patience 1 stops the run after epoch 2 of 4.
+    cfg = small_cfg(
+        mnist_root, "data.train_limit=300", "train.epochs=4", "early_stopping.criterion=patience",
+        "early_stopping.patience=1", "early_stopping.min_delta=100",
+    )
+    run = tmp_path / "run"
+    first = train(cfg, out=run, quiet=True)
+    assert (first.summary["stopped_by"], first.summary["epochs"]) == ("early_stopping", 2)
+
+    as_it_was = train(cfg, resume=run, quiet=True)  # what the stored config says: the stop stands
+    assert (as_it_was.summary["stopped_by"], as_it_was.summary["epochs"]) == ("early_stopping", 2)
+    assert as_it_was.fit.history == first.fit.history
+
+    # A new patience given on resume wins over the stored one; the counters continue from the checkpoint.
+    patient = train(apply_overrides(cfg, ["early_stopping.patience=5"]), resume=run, quiet=True)
+    assert (patient.summary["stopped_by"], patient.summary["epochs"]) == ("max_epochs", 4)
+    assert [h["epoch"] for h in patient.fit.history] == [1, 2, 3, 4]

@@ -21,6 +21,7 @@ plus what a model needs to know (classes, image size, mean and std).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -197,7 +198,7 @@ def _parse_idx(buf: bytearray, path: Path, expected_ndim: int) -> torch.Tensor:
     if size < header:
         raise DataError(f"{path} is truncated: expected {header} bytes of IDX header, found {size}")
     dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: np.prod of large dims would overflow int64
     found = size - header
     shape = " x ".join(map(str, dims))
     if found < expected:

@@ -106,32 +106,75 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "upgrade mnistlab to load it"
         )
     state = payload["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its weights are not a dict of tensors)")
-    if weights_digest(state) != payload["weights_sha256"]:
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its weights are not a dict of named tensors)")
+    config = payload["config"]
+    if not isinstance(config, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) and all(isinstance(key, str) for key in v) for k, v in config.items()
+    ):
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its config is not a table of sections)")
+    try:
+        digest = weights_digest(state)
+    except (RuntimeError, TypeError, ValueError) as e:  # a tensor that cannot be read as bytes (sparse, meta, ...)
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its weights cannot be hashed: {e})") from None
+    if digest != payload["weights_sha256"]:
         raise CheckpointError(f"{path} is corrupted: the SHA-256 of its weights does not match the stored one")
     return payload
+
+
+# Bounds on what a checkpoint may ask model_from_checkpoint to build: a crafted file must not
+# make it allocate a model for gigapixel images. The MNIST family is 1 x 28 x 28, 10 classes.
+_MAX_IMAGE_SIDE, _MAX_CHANNELS, _MAX_CLASSES = 1024, 4, 100_000
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def model_from_checkpoint(payload: dict[str, Any]):
     """Rebuild the model a checkpoint payload describes and load its weights."""
     from ..config import config_from_dict
+    from ..errors import ConfigError
     from ..models import build_model
 
+    num_classes, in_channels, size = (payload.get(k) for k in ("num_classes", "in_channels", "image_size"))
+    if not (
+        _int_in(num_classes, 1, _MAX_CLASSES)
+        and _int_in(in_channels, 1, _MAX_CHANNELS)
+        and isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(_int_in(s, 1, _MAX_IMAGE_SIDE) for s in size)
+    ):
+        raise CheckpointError(
+            "checkpoint lacks what is needed to rebuild its model: num_classes, in_channels and image_size (two "
+            f"sides) must be positive integers, got {num_classes!r}, {in_channels!r} and {size!r}"
+        )
     try:
         cfg = config_from_dict(payload["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"the config stored in the checkpoint is not valid: {e}") from None
+    if not isinstance(payload["model_name"], str):
+        raise CheckpointError(f"the checkpoint's model name is not a string: {payload['model_name']!r}")
+    try:
         model = build_model(
             payload["model_name"],
-            num_classes=int(payload["num_classes"]),
-            in_channels=int(payload["in_channels"]),
-            image_size=tuple(payload["image_size"]),
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=tuple(size),
             **cfg.model.options(),
         )
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint lacks what is needed to rebuild its model ({e})") from None
+    # A model the stored options cannot build is a bad checkpoint, whatever the builder raised.
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"the checkpoint describes a model that cannot be built ({type(e).__name__}: {e})"
+        ) from None
     load_weights(model, payload["model"], source=payload["model_name"])
-    model.classes = list(payload.get("classes") or [str(i) for i in range(int(payload["num_classes"]))])
-    model.dataset = payload.get("dataset", "")
+    classes = payload.get("classes")
+    ok = isinstance(classes, (list, tuple)) and len(classes) == num_classes
+    model.classes = [str(c) for c in classes] if ok else [str(i) for i in range(num_classes)]
+    model.dataset = str(payload.get("dataset", ""))
     return model
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +21,7 @@ from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import load_data
 from ..errors import RunDirError
-from ..models import build_model
+from ..models import build_model, model_options
 from ..models.summary import count_parameters
 from .checkpoint import atomic_write, model_from_checkpoint, read_checkpoint
 from .display import Display
@@ -36,14 +38,23 @@ class RunResult:
 
 
 def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
-    """``runs/<date>-<time>-<model>``, with a counter if that exists already."""
+    """Create and return ``runs/<date>-<time>-<model>``, with a counter if that exists already.
+
+    The folder is created here, atomically, so that two runs started in the same
+    second get distinct folders rather than one of them being refused.
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{stamp}-{model_name}"
     path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+        except OSError as e:
+            raise RunDirError(f"cannot create run folder {path}: {e.strerror or e}") from None
 
 
 class RunLock:
@@ -60,12 +71,11 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
+                self.refuse_if_held()
                 pid = self._owner()
-                if pid is not None and pid != os.getpid() and _alive(pid):
-                    raise RunDirError(
-                        f"{self.path.parent} is in use by another mnistlab run (pid {pid}); "
-                        "wait for it to finish or choose another --out"
-                    ) from None
+                if pid is not None:  # a killed run may have left half-written temporary files
+                    for tmp in self.path.parent.glob(f".*.tmp-{pid}"):
+                        tmp.unlink(missing_ok=True)
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             except OSError as e:
@@ -74,6 +84,15 @@ class RunLock:
                 f.write(str(os.getpid()))
             return self
         raise RunDirError(f"could not take the lock {self.path}")
+
+    def refuse_if_held(self) -> None:
+        """Raise RunDirError if a live process other than this one holds the lock."""
+        pid = self._owner()
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            raise RunDirError(
+                f"{self.path.parent} is in use by another mnistlab run (pid {pid}); "
+                "wait for it to finish or choose another --out"
+            )
 
     def _owner(self) -> int | None:
         try:
@@ -96,8 +115,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Files a run writes besides last.ckpt: a folder holding any of them holds (part of) another run.
+_RUN_FILES = ("config.toml", "metrics.csv", "summary.json", "best.ckpt")
+
+
 def prepare_run_dir(path: Path, resume: bool) -> None:
-    """Create the folder and check, before any training, that it is writable and free."""
+    """Create the folder and check, before any training, that it is writable and free.
+
+    Free means: no live run holds its lock and, unless resuming, no earlier run
+    left files in it -- two runs are never mixed in one folder.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -105,14 +132,49 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise RunDirError(f"cannot write to run folder {path}: {e.strerror or e}") from None
-    if not resume and (path / "last.ckpt").exists():
+    RunLock(path).refuse_if_held()
+    if resume:
+        return
+    if (path / "last.ckpt").exists():
         raise RunDirError(
             f"{path} already holds a run; continue it with `mnistlab train --resume {path}` or choose another --out"
         )
+    leftovers = [name for name in _RUN_FILES if (path / name).exists()]
+    if leftovers:
+        raise RunDirError(
+            f"{path} already holds files of another run ({', '.join(leftovers)}) but no last.ckpt to continue from "
+            "(it stopped before finishing an epoch); delete them or choose another --out"
+        )
+
+
+def check_free_space(path: Path, model: torch.nn.Module, save_top_k: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints this run will surely write.
+
+    A checkpoint holds the weights and up to two optimizer moments (Adam); the
+    run keeps last.ckpt, best.ckpt and ``save_top_k`` files, plus one temporary
+    file while one of them is rewritten. Files kept every n epochs are not
+    counted: their number is not known in advance.
+    """
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    need = (3 * weights + (1 << 20)) * (3 + save_top_k)  # + 1 MiB each for the config, history and metadata
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise RunDirError(
+            f"not enough free space for run folder {path}: {free / 2**20:.1f} MiB free, but its checkpoints "
+            f"need about {need / 2**20:.1f} MiB; free some space or choose another --out"
+        )
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically into the run folder; a failure is a RunDirError naming the file."""
+    try:
+        atomic_write(path, lambda f: f.write(data))
+    except OSError as e:
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode() + b"\n"))
+    write_file(path, json.dumps(obj, indent=2).encode() + b"\n")
 
 
 def train(
@@ -133,95 +195,150 @@ def train(
     0.9912
     """
     wall0 = time.perf_counter()
-    payload = None
+    model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
+    payload, created = None, False
     if resume is not None:
         resume = Path(resume)
         ckpt = resume / "last.ckpt" if resume.is_dir() else resume
         payload = read_checkpoint(ckpt)
         run_dir = ckpt.parent
+    elif out is not None:
+        run_dir = Path(out)
+        created = not run_dir.exists()
     else:
-        run_dir = Path(out) if out is not None else default_run_dir(cfg.model.name)
-    prepare_run_dir(run_dir, resume=payload is not None)
-    display = Display(quiet=quiet, progress=cfg.train.progress)
-    with RunLock(run_dir):
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        device = resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
-        data = load_data(cfg.data, device=device)
-        model = build_model(
-            cfg.model.name,
-            num_classes=data.num_classes,
-            in_channels=data.in_channels,
-            image_size=data.image_size,
-            mean=data.mean,
-            std=data.std,
-            **cfg.model.options(),
-        )
-        atomic_write(run_dir / "config.toml", lambda f: f.write(config_to_toml(cfg).encode()))
-        cbs = build_callbacks(cfg, run_dir) + list(callbacks)
-        trainer = Trainer(model, data, cfg, callbacks=cbs, run_dir=run_dir, display=display, device=device)
-        if payload is not None:
-            trainer.restore(payload)
-            display.log(f"resuming {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
-        params = count_parameters(model)
-        display.log(
-            f"training {cfg.model.name} ({params:,} parameters) on {data.dataset}: "
-            f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
-            f"{torch.get_num_threads()} threads -> {run_dir}"
-        )
-        summary: dict[str, Any] = {
-            "model": cfg.model.name,
-            "dataset": data.dataset,
-            "parameters": params,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "train_images": len(data.train),
-            "val_images": len(data.val),
-        }
-        try:
-            result = trainer.fit()
-        except TrainingInterrupted as e:
-            summary.update(
-                stop_reason=trainer.stop_reason,
-                stopped_by="interrupted",
-                epochs=trainer.epoch,
-                train_seconds=trainer.train_seconds,
-                resume_with=f"mnistlab train --resume {run_dir}",
-            )
-            write_json(run_dir / "summary.json", summary)
-            display.log(f"\n{trainer.stop_reason}; progress saved to {e.checkpoint}")
-            display.log(f"resume with: mnistlab train --resume {run_dir}")
-            raise
+        run_dir, created = default_run_dir(cfg.model.name), True
+    try:
+        prepare_run_dir(run_dir, resume=payload is not None)
+        with RunLock(run_dir):
+            return _run(cfg, run_dir, payload, callbacks, Display(quiet=quiet, progress=cfg.train.progress), wall0)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise
 
-        best_path = run_dir / "best.ckpt"
-        if best_path.exists():
-            best = read_checkpoint(best_path)
-            test_model = model_from_checkpoint(best).to(device)
-            evaluated, best_epoch = "best.ckpt", int(best["epoch"])
-        else:  # no validated epoch was ever better than nothing (e.g. non-finite loss in epoch 1)
-            test_model, evaluated, best_epoch = result.model, "final weights", result.epochs
-        test = evaluate(test_model, data.test, cfg.train.eval_batch_size, data.num_classes)
-        best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
+
+def _run(
+    cfg: Config,
+    run_dir: Path,
+    payload: dict[str, Any] | None,
+    callbacks: Iterable[Callback],
+    display: Display,
+    wall0: float,
+) -> RunResult:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data = load_data(cfg.data, device=device)
+    model = build_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        mean=data.mean,
+        std=data.std,
+        **cfg.model.options(),
+    )
+    check_free_space(run_dir, model, cfg.checkpoint.save_top_k)
+    cbs = build_callbacks(cfg, run_dir) + list(callbacks)
+    trainer = Trainer(model, data, cfg, callbacks=cbs, run_dir=run_dir, display=display, device=device)
+    if payload is not None:
+        trainer.restore(payload)  # before anything is written: a checkpoint that does not fit changes nothing
+        display.log(f"resuming {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
+        if trainer.stop_reason is not None:
+            display.log(
+                f"the run had stopped ({trainer.stop_reason}): nothing is left to train; to train on, "
+                "resume with new settings (e.g. --epochs, --set early_stopping.patience=...)"
+            )
+    write_file(run_dir / "config.toml", config_to_toml(cfg).encode())
+    params = count_parameters(model)
+    display.log(
+        f"training {cfg.model.name} ({params:,} parameters) on {data.dataset}: "
+        f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
+        f"{torch.get_num_threads()} threads -> {run_dir}"
+    )
+    summary: dict[str, Any] = {
+        "model": cfg.model.name,
+        "dataset": data.dataset,
+        "parameters": params,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+    }
+    try:
+        result = trainer.fit()
+    except TrainingInterrupted as e:
         summary.update(
-            test_accuracy=test.accuracy,
-            test_loss=test.loss,
-            evaluated=evaluated,
-            best_epoch=best_epoch,
-            best_val_accuracy=best_row["val_accuracy"] if best_row else None,
-            epochs=result.epochs,
-            steps=result.steps,
-            train_seconds=result.train_seconds,
-            wall_seconds=time.perf_counter() - wall0,
-            stop_reason=result.stop_reason,
-            stopped_by=result.stopped_by,
-            per_class_accuracy=dict(zip(data.classes, test.per_class_accuracy)),
+            stop_reason=trainer.stop_reason,
+            stopped_by="interrupted",
+            epochs=trainer.epoch,
+            train_seconds=trainer.train_seconds,
+            resume_with=f"mnistlab train --resume {run_dir}",
         )
         write_json(run_dir / "summary.json", summary)
-        display.log(f"stopped: {result.stop_reason}")
-        display.log(
-            f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}; "
-            f"{result.train_seconds:.1f} s of training; run folder: {run_dir}"
+        # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
+        print(f"\n{trainer.stop_reason}; progress saved to {e.checkpoint}", file=sys.stderr)
+        print(f"resume with: mnistlab train --resume {run_dir}", file=sys.stderr, flush=True)
+        raise
+    except OSError as e:  # metrics.csv or another file of the run could not be written (disk full, folder gone)
+        raise RunDirError(
+            f"cannot write to run folder {run_dir}: {e.strerror or e}"
+            + (f" ({e.filename})" if e.filename else "")
+            + f"; the checkpoints written before are intact: continue with `mnistlab train --resume {run_dir}`"
+        ) from None
+
+    best_path = run_dir / "best.ckpt"
+    if best_path.exists():
+        best = read_checkpoint(best_path)
+        test_model = model_from_checkpoint(best).to(device)
+        evaluated, best_epoch = "best.ckpt", int(best["epoch"])
+    else:  # no validated epoch was ever better than nothing (e.g. non-finite loss in epoch 1)
+        test_model, evaluated, best_epoch = result.model, "final weights", result.epochs
+    test = evaluate(test_model, data.test, cfg.train.eval_batch_size, data.num_classes)
+    best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
+    summary.update(
+        test_accuracy=test.accuracy,
+        test_loss=test.loss,
+        evaluated=evaluated,
+        # The checkpoint to use for predictions; None when no epoch ended with finite validation metrics.
+        use_checkpoint="best.ckpt" if best_path.exists() else None,
+        best_epoch=best_epoch,
+        best_val_accuracy=best_row["val_accuracy"] if best_row else None,
+        epochs=result.epochs,
+        steps=result.steps,
+        train_seconds=result.train_seconds,
+        wall_seconds=time.perf_counter() - wall0,
+        stop_reason=result.stop_reason,
+        stopped_by=result.stopped_by,
+        per_class_accuracy=dict(zip(data.classes, test.per_class_accuracy)),
+    )
+    write_json(run_dir / "summary.json", summary)
+    try:  # the results are saved by now: a report that fails (a plotting error, a full disk) must not lose the run
+        from ..report import write_run_report
+
+        display.log(f"report: {write_run_report(run_dir, test, data.test.images, data.classes).path}")
+    except Exception as e:  # noqa: BLE001
+        print(f"mnistlab train: warning: could not write the report ({type(e).__name__}: {e}); "
+              f"the run is complete; retry with `mnistlab report {run_dir}`", file=sys.stderr)
+    display.log(f"stopped: {result.stop_reason}")
+    if result.stopped_by == "non_finite_loss":  # a failed run, even though it ends normally: say it on stderr too
+        kept = (
+            f"last.ckpt holds the state after epoch {result.epochs}; use best.ckpt (epoch {best_epoch})"
+            if best_path.exists()
+            else "no epoch finished, so no checkpoint was written"
         )
+        print(
+            f"mnistlab train: warning: training diverged: {result.stop_reason}; {kept}; "
+            "try a lower learning rate (optimizer.lr)",
+            file=sys.stderr,
+        )
+    display.log(
+        f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}; "
+        f"{result.train_seconds:.1f} s of training; run folder: {run_dir}"
+    )
     return RunResult(run_dir=run_dir, fit=result, test=test, summary=summary)

@@ -1,0 +1,243 @@
+"""Bad input at the command line: one clear error line, exit status 2, and nothing written or lost.
+
+The unit tests of each check are in tests/config, tests/data and tests/training;
+these go through ``mnistlab train`` / ``evaluate`` (``mnistlab.cli.main``, in this
+process) and check what the user sees and what is left on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlab.cli import main
+from mnistlab.config import Config, apply_overrides
+from mnistlab.models import build_model
+from mnistlab.training import train
+from mnistlab.training.checkpoint import FORMAT_VERSION, save_checkpoint, weights_digest
+from reliability_helpers import small_args, small_overrides, snapshot, write_idx
+
+
+def fails_cleanly(capsys, argv: list[str], message: str) -> str:
+    """Run ``mnistlab ARGV``: exit status 2, one line on stderr holding ``message``, nothing on stdout."""
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    assert captured.err.startswith(f"mnistlab {argv[0]}: error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err, captured.err
+    assert captured.out == ""
+    return captured.err
+
+
+# ---------------------------------------------------------------------------
+# config
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.batch_size=0"], "train.batch_size must be greater than zero, got 0"),
+        (["--batch-size", "-5"], "train.batch_size must be greater than zero, got -5"),
+        (["--lr", "nan"], "optimizer.lr must be a finite number, got nan"),
+        (["--set", "train.bogus=1"], "unknown key 'train.bogus'; valid keys in [train]: epochs, batch_size"),
+        (["--set", 'train.epochs="two"'], "train.epochs = 'two' has the wrong type; expected int"),
+        (["--set", "data.val_size=-1"], "data.val_size must be zero or more, got -1"),
+        (["--set", "model.width=0"], "model.width must be greater than zero, got 0"),
+        (["--model", "nonet"], "unknown model 'nonet'; choose one of: alexnet, cnn"),
+        (["--early-stopping", "sometimes"], "--early-stopping 'sometimes' is not valid; use one of: none, patience:N"),
+        # These two are found only once the data is known: the run folder was made, and is removed again.
+        (["--set", "data.val_size=2000"], "data.val_size = 2000 leaves no training images"),
+        (["--model", "vgg", "--set", 'model.channels=[8, "M", "M", "M", "M", "M"]'],
+         "model vgg does not fit 28x28 images: its layers shrink the image below 1x1"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    fails_cleanly(capsys, ["train", *small_args(mini_root), *args, "--out", str(out)], message)
+    assert not out.exists()
+
+
+def test_a_bad_config_file_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nepochs = 2\nbatchsize = 64\n")
+    out = tmp_path / "run"
+    fails_cleanly(capsys, ["train", "--config", str(config), *small_args(mini_root), "--out", str(out)],
+                  f"{config}: unknown key(s) train.batchsize; valid keys in [train]: epochs, batch_size")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+def _labels(raw: Path) -> Path:
+    return raw / "train-labels-idx1-ubyte"
+
+
+def _images(raw: Path) -> Path:
+    return raw / "train-images-idx3-ubyte"
+
+
+def _truncate(raw: Path) -> None:
+    data = _images(raw).read_bytes()
+    _images(raw).write_bytes(data[: len(data) - 1000])
+
+
+def _wrong_magic(raw: Path) -> None:
+    data = bytearray(_images(raw).read_bytes())
+    data[2] = 0x0D  # 0x08 is unsigned bytes; 0x0D is float
+    _images(raw).write_bytes(bytes(data))
+
+
+def _wrong_dims(raw: Path) -> None:
+    labels = _labels(raw).read_bytes()[8:]
+    write_idx(_labels(raw), torch.tensor(list(labels), dtype=torch.uint8).view(-1, 1).numpy())
+
+
+def _label_out_of_range(raw: Path) -> None:
+    data = bytearray(_labels(raw).read_bytes())
+    data[8 + 123] = 10
+    _labels(raw).write_bytes(bytes(data))
+
+
+def _counts_disagree(raw: Path) -> None:
+    labels = _labels(raw).read_bytes()[8:]
+    write_idx(_labels(raw), torch.tensor(list(labels[:-1]), dtype=torch.uint8).numpy())
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda raw: _labels(raw).unlink(), "missing train-labels-idx1-ubyte in"),
+        (_truncate, "train-images-idx3-ubyte is truncated: its header announces 2000 x 28 x 28 values"),
+        (_wrong_magic, "train-images-idx3-ubyte is not an IDX file of unsigned bytes: its magic number is 00 00 0d 03"),
+        (_wrong_dims, "train-labels-idx1-ubyte has 2 dimension(s) in its IDX header, expected 1"),
+        (_label_out_of_range, "train-labels-idx1-ubyte has label 10 at index 123; labels must be in [0, 10)"),
+        (_counts_disagree, "has 2000 images but"),
+    ],
+    ids=["missing", "truncated", "magic", "dims", "label-range", "counts"],
+)
+def test_a_bad_data_file_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys, corrupt, message):
+    root = tmp_path / "data"
+    shutil.copytree(mini_root, root)
+    corrupt(root / "KMNIST" / "raw")
+    before = snapshot(root)
+    out = tmp_path / "run"
+    fails_cleanly(capsys, ["train", *small_args(root), "--out", str(out)], message)
+    assert not out.exists()
+    assert snapshot(root) == before  # the data files are read, never "repaired"
+
+
+# ---------------------------------------------------------------------------
+# checkpoints given to --resume and evaluate
+
+
+@pytest.fixture(scope="module")
+def finished_run(mini_root, tmp_path_factory) -> Path:
+    import types
+
+    import mnistlab.report
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as mp:  # no report.html, as in conftest._no_report
+        mp.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="-"))
+        train(apply_overrides(Config(), small_overrides(mini_root, "train.epochs=1")), out=out, quiet=True)
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def _rewrite(path: Path, change) -> None:
+    """Load a checkpoint without checks, change it, and store it again with a matching digest."""
+    stored = torch.load(path, weights_only=True)
+    change(stored)
+    stored["weights_sha256"] = weights_digest(stored["model"])
+    torch.save(stored, path)
+
+
+def _truncate_ckpt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _random_ckpt(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+def _newer_format(path: Path) -> None:
+    _rewrite(path, lambda p: p.update(format_version=FORMAT_VERSION + 1))
+
+
+def _other_class_count(path: Path) -> None:
+    # The weights of a 5-class cnn under a config that says 10 classes (the dataset's).
+    _rewrite(path, lambda p: p.update(model=build_model("cnn", num_classes=5).state_dict()))
+
+
+def _other_architecture(path: Path) -> None:
+    _rewrite(path, lambda p: p.update(model=build_model("lenet5", num_classes=10).state_dict()))
+
+
+def _not_resumable(path: Path) -> None:
+    # A checkpoint with weights and config only, as another tool might write it.
+    stored = torch.load(path, weights_only=True)
+    keep = ("model_name", "config", "model", "num_classes", "in_channels", "image_size")
+    save_checkpoint(path, {k: stored[k] for k in keep})
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncate_ckpt, "last.ckpt is not a readable checkpoint"),
+        (_random_ckpt, "last.ckpt is not a readable checkpoint"),
+        (_newer_format,
+         f"has checkpoint format {FORMAT_VERSION + 1}, newer than this mnistlab reads ({FORMAT_VERSION})"),
+        (_other_class_count, "do not fit this model (another architecture or class count?): shapes differ: classifier"),
+        (_other_architecture, "do not fit this model (another architecture or class count?)"),
+        (_not_resumable, "the checkpoint cannot be resumed from: it lacks optimizer, lr_scale"),
+    ],
+    ids=["truncated", "random", "newer-format", "class-count", "architecture", "not-resumable"],
+)
+def test_resuming_from_a_bad_checkpoint_changes_nothing(run_copy, capsys, damage, message):
+    damage(run_copy / "last.ckpt")
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy)], message)
+    assert snapshot(run_copy) == before
+
+
+def test_resuming_with_another_model_changes_nothing(run_copy, capsys):
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--model", "lenet5"],
+                  "the checkpoint holds a 'cnn' model, but the config asks for 'lenet5'")
+    assert snapshot(run_copy) == before  # config.toml still says cnn
+
+
+class _Exploit:
+    """Unpickling this creates ``marker``: what a malicious checkpoint would do instead."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused_by_train_and_evaluate(run_copy, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    stored = torch.load(run_copy / "last.ckpt", weights_only=True)
+    stored["callbacks"] = {"History": _Exploit(str(marker))}  # a valid checkpoint otherwise, with a good digest
+    torch.save(stored, run_copy / "last.ckpt")
+    torch.save(stored, run_copy / "best.ckpt")
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy)], "refusing to load")
+    fails_cleanly(capsys, ["evaluate", str(run_copy / "best.ckpt")], "could run code")
+    fails_cleanly(capsys, ["evaluate", str(run_copy)], "mnistlab only reads checkpoints with weights_only=True")
+    assert not marker.exists()
+    assert snapshot(run_copy) == before

@@ -1,0 +1,245 @@
+"""Faults during a run: divergence, a full disk, an unusable run folder, two runs into one folder.
+
+These run in this process (``mnistlab.cli.main`` or ``train``) on ``mini_root``;
+the signal and kill -9 faults, which need a process to kill, are in test_interrupts.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+
+import mnistlab.training.run as run_module
+from mnistlab.callbacks import Callback
+from mnistlab.cli import main
+from mnistlab.config import Config, apply_overrides
+from mnistlab.errors import CheckpointError, RunDirError
+from mnistlab.training import train
+from mnistlab.training.checkpoint import read_checkpoint
+from reliability_helpers import finish, small_args, small_overrides, snapshot, start_cli, wait_for_lines
+
+
+def cfg(root: Path, *extra: str) -> Config:
+    return apply_overrides(Config(), small_overrides(root, *extra))
+
+
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+# ---------------------------------------------------------------------------
+# non-finite loss
+
+
+def test_a_huge_learning_rate_in_epoch_2_stops_at_once_and_keeps_epoch_1(mini_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    # SGD at 0.05 for epoch 1, then the step schedule multiplies it by a million: epoch 2 diverges.
+    rc = main(["train", *small_args(mini_root), "--epochs", "4", "--optimizer", "sgd", "--lr", "0.05",
+               "--set", "schedule.name=step", "--set", "schedule.gamma=1e6", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0  # the run ends normally, with the reason printed and in summary.json
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "non_finite_loss"
+    assert summary["stop_reason"].startswith("non-finite loss (nan) at epoch 2, step ")
+    step = int(summary["stop_reason"].split("step ")[1].split()[0])
+    assert 6 <= step <= 10  # epoch 2 is steps 6-10 (5 batches an epoch)
+    assert summary["use_checkpoint"] == "best.ckpt" and summary["best_epoch"] == 1 and summary["epochs"] == 1
+    assert f"stopped: {summary['stop_reason']}" in captured.out
+    assert "training diverged: non-finite loss (nan) at epoch 2" in captured.err
+    assert "use best.ckpt (epoch 1)" in captured.err
+    # The last good state is kept: last.ckpt and best.ckpt both hold epoch 1, with finite weights.
+    for name in ("last.ckpt", "best.ckpt"):
+        ckpt = read_checkpoint(out / name)
+        assert ckpt["epoch"] == 1 and all_finite(ckpt["model"]), name
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+
+
+def test_divergence_in_the_first_steps_says_no_checkpoint_is_usable(mini_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", *small_args(mini_root), "--epochs", "2", "--optimizer", "sgd", "--lr", "1e6",
+               "--set", "schedule.name=constant", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "non_finite_loss" and summary["stop_reason"].startswith("non-finite loss")
+    assert "at epoch 1, step " in summary["stop_reason"]
+    assert summary["use_checkpoint"] is None and summary["epochs"] == 0
+    assert "no epoch finished, so no checkpoint was written" in err
+    assert not (out / "last.ckpt").exists() and not (out / "best.ckpt").exists()
+
+
+class _BlowUpAtEndOfEpoch(Callback):
+    """Makes the weights infinite after the last step of ``epoch``: the loss of every step stays finite."""
+
+    def __init__(self, epoch: int, steps_per_epoch: int) -> None:
+        self.step = epoch * steps_per_epoch
+
+    def on_batch_end(self, step, metrics, trainer):
+        if step == self.step:
+            state = trainer.get_weights()
+            trainer.set_weights({k: v * math.inf if v.is_floating_point() else v for k, v in state.items()})
+
+
+def test_weights_that_diverge_on_the_last_step_of_an_epoch_are_not_saved(mini_root, tmp_path):
+    out = tmp_path / "run"
+    result = train(cfg(mini_root, "train.epochs=3"), out=out, quiet=True, callbacks=[_BlowUpAtEndOfEpoch(2, 5)])
+    assert result.fit.stopped_by == "non_finite_loss"
+    assert result.fit.stop_reason.startswith("non-finite validation loss (nan) at epoch 2, after step 10")
+    last = read_checkpoint(out / "last.ckpt")
+    assert last["epoch"] == 1 and all_finite(last["model"])
+    assert result.summary["use_checkpoint"] == "best.ckpt"
+
+
+# ---------------------------------------------------------------------------
+# disk full, unwritable folder
+
+
+def _fail_nth_write(monkeypatch, name: str, n: int) -> None:
+    """torch.save writes half of the n-th checkpoint ``name``, then fails as a full disk does."""
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        if os.path.basename(getattr(f, "name", "")).startswith(f".{name}.tmp-"):
+            calls.append(1)
+            if len(calls) == n:
+                f.write(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_at_a_checkpoint_write_is_a_clear_error_and_keeps_the_earlier_ones(
+    mini_root, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    _fail_nth_write(monkeypatch, "last.ckpt", 2)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last.ckpt: No space left on device"):
+        train(cfg(mini_root, "train.epochs=3"), out=out, quiet=True)
+    assert read_checkpoint(out / "last.ckpt")["epoch"] == 1
+    assert read_checkpoint(out / "best.ckpt")["epoch"] in (1, 2)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") or p.name == "run.lock") == []
+    monkeypatch.undo()  # space is free again: the run continues from epoch 1
+    resumed = train(cfg(mini_root, "train.epochs=3"), resume=out, quiet=True)
+    assert resumed.fit.epochs == 3
+
+
+def test_a_full_disk_at_metrics_csv_is_a_run_folder_error_naming_the_file(mini_root, tmp_path, monkeypatch):
+    import mnistlab.callbacks.history as history
+
+    out, real, calls = tmp_path / "run", history._atomic_write_text, []
+
+    def write(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, text)
+
+    monkeypatch.setattr(history, "_atomic_write_text", write)
+    with pytest.raises(RunDirError) as err:
+        train(cfg(mini_root, "train.epochs=3"), out=out, quiet=True)
+    message = str(err.value)
+    assert f"cannot write to run folder {out}: No space left on device ({out / 'metrics.csv'})" in message
+    assert f"continue with `mnistlab train --resume {out}`" in message
+    assert read_checkpoint(out / "last.ckpt")["epoch"] == 1
+
+
+def test_too_little_free_space_is_refused_before_training(mini_root, tmp_path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**20, 10 * 2**20 - 2**19, 2**19))
+    out = tmp_path / "run"
+    rc = main(["train", *small_args(mini_root), "--epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"error: not enough free space for run folder {out}: 0.5 MiB free, but its checkpoints need about" in err
+    assert not out.exists()  # nothing was written, and the folder this run created is gone again
+
+
+def test_a_run_folder_that_cannot_be_created_fails_before_any_data_is_read(mini_root, tmp_path, monkeypatch, capsys):
+    # chmod does not stop root, so the folder is put under a regular file: that fails for every user.
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "run"
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the run folder was checked")
+
+    monkeypatch.setattr(run_module, "load_data", no_data)
+    rc = main(["train", *small_args(mini_root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"mnistlab train: error: cannot write to run folder {out}: Not a directory" in err
+    with pytest.raises(RunDirError, match="cannot write to run folder"):
+        train(cfg(mini_root), out=out, quiet=True)
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_read_only_run_folder_fails_before_any_data_is_read(mini_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    out.chmod(0o500)
+    if os.geteuid() == 0:
+        # chmod does not bind root (CI runs as root): make the kernel's answer for a
+        # non-root user happen here too, for writes into that folder only.
+        real_write_bytes = Path.write_bytes
+
+        def refusing_write_bytes(self, data):
+            if self.parent == out:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_write_bytes(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", refusing_write_bytes)
+    monkeypatch.setattr(run_module, "load_data", lambda *a, **k: pytest.fail("data loaded"))
+    try:
+        with pytest.raises(RunDirError, match=f"cannot write to run folder {out}: Permission denied"):
+            train(cfg(mini_root), out=out, quiet=True)
+    finally:
+        out.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------
+# two runs, one folder
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_goes_on(mini_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = start_cli("train", *small_args(mini_root), "--epochs", "30", "--out", str(out))
+    try:
+        wait_for_lines(first, 2)  # so epoch 1's last.ckpt exists, for the --resume
+        for args in (["--out", str(out), *small_args(mini_root)], ["--resume", str(out)]):
+            rc = main(["train", *args])
+            err = capsys.readouterr().err
+            assert rc == 2, err
+            assert f"{out} is in use by another mnistlab run (pid {first.pid})" in err
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        first.send_signal(signal.SIGINT)
+        rc, _, stderr = finish(first)
+    assert rc == 130, stderr
+    read_checkpoint(out / "last.ckpt")
+
+
+def test_runs_without_out_started_in_the_same_second_get_distinct_folders(tmp_path):
+    folders = [run_module.default_run_dir("cnn", tmp_path / "runs") for _ in range(3)]
+    assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)  # each one claimed by creating it
+
+
+def test_a_folder_with_files_of_a_run_that_never_finished_an_epoch_is_refused(mini_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.toml").write_text("# the run that wrote this was killed in its first epoch\n")
+    (out / "run.lock").write_text("999999999")  # ... and left its lock (no such process)
+    before = snapshot(out)
+    rc = main(["train", *small_args(mini_root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{out} already holds files of another run (config.toml) but no last.ckpt to continue from" in err
+    assert snapshot(out) == before

@@ -1,0 +1,236 @@
+"""Ctrl-C, SIGTERM and kill -9 at any moment lose nothing, and a resumed run ends exactly like an uninterrupted one.
+
+Every run here is a real ``mnistlab train`` subprocess on ``mini_root`` (real MNIST
+digits, 500 training images), with dropout, early stopping and ReduceLROnPlateau
+so that the RNG state, the callbacks' state and the learning-rate scale all have
+to survive each interruption. The uninterrupted run of the same config is made
+once per module (``reference``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlab.training.checkpoint import read_checkpoint
+
+from reliability_helpers import (
+    SIGNAL_CODES,
+    assert_same_weights,
+    finish,
+    is_epoch_row,
+    metrics_rows,
+    run_cli,
+    send,
+    small_args,
+    start_cli,
+    wait_for_lines,
+    wait_for_start,
+)
+
+EPOCHS = 10
+
+
+def kill_args(root: Path) -> list[str]:
+    # Measured on mini_root: early stopping ends this run at epoch 6 of 10, after a
+    # learning-rate reduction at epoch 5; the reference fixture checks that both happen.
+    return small_args(
+        root,
+        "--epochs", str(EPOCHS), "--optimizer", "adam", "--lr", "0.005", "--set", "schedule.name=constant",
+        "--set", "model.dropout=0.25", "--early-stopping", "patience:2", "--set", "early_stopping.min_delta=0.05",
+        "--set", "reduce_lr.enabled=true", "--set", "reduce_lr.patience=1", "--set", "reduce_lr.threshold=0.1",
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(mini_root, tmp_path_factory) -> tuple[Path, float]:
+    """The uninterrupted run, and the seconds an epoch takes on this machine now (from its output)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = start_cli("train", *kill_args(mini_root), "--out", str(out))
+    rows = []
+    for line in proc.stdout:
+        if is_epoch_row(line):
+            rows.append(time.monotonic())
+    rc, _, stderr = finish(proc)
+    assert rc == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # The run must exercise what resume has to restore: an early stop and learning-rate reductions.
+    assert summary["stopped_by"] == "early_stopping" and summary["epochs"] < EPOCHS, summary["stop_reason"]
+    lrs = [float(r["lr"]) for r in metrics_rows(out)]
+    assert lrs[-1] < lrs[0], lrs
+    return out, (rows[-1] - rows[0]) / (len(rows) - 1)
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Final weights, best weights, every metric but the seconds, and how and when it stopped."""
+    assert_same_weights(run / "last.ckpt", reference / "last.ckpt")
+    assert_same_weights(run / "best.ckpt", reference / "best.ckpt")
+    assert metrics_rows(run) == metrics_rows(reference)
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (run, reference))
+    same = ("epochs", "steps", "stop_reason", "stopped_by", "best_epoch", "test_accuracy", "test_loss",
+            "use_checkpoint")
+    assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    leftovers = sorted(p.name for p in run.iterdir() if p.name.startswith(".") or p.name == "run.lock")
+    assert leftovers == [], leftovers  # no lock, no temporary file
+
+
+def training_done(last: dict) -> bool:
+    return last["stop_reason"] is not None or last["epoch"] == EPOCHS
+
+
+def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, reference, tmp_path):
+    reference, epoch_seconds = reference
+    rng = random.Random(20261128)
+    kinds = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
+    rng.shuffle(kinds)  # each kind once, in a seeded order; then random kinds
+    out = tmp_path / "run"
+    sent, mid_epoch_saves = [], 0
+    for attempt in range(20):
+        if out.exists() and not (out / "last.ckpt").exists():
+            shutil.rmtree(out)  # killed before its first checkpoint: start again, as the refusal message says
+        resume = out.exists()
+        if resume and training_done(read_checkpoint(out / "last.ckpt")):
+            # Only the final test is left: let it run (earlier attempts may have been signalled during it).
+            proc = run_cli("train", "--resume", str(out))
+            assert proc.returncode == 0 and "nothing is left to train" in proc.stdout, proc.stderr
+            break
+        args = ["--resume", str(out)] if resume else [*kill_args(mini_root), "--out", str(out)]
+        proc = start_cli("train", *args)
+        # A random moment: 0.6 to 1.8 epochs after training (re)started, whatever this machine's speed.
+        wait_for_start(proc)
+        time.sleep(rng.uniform(0.6, 1.8) * epoch_seconds)
+        signum = kinds[attempt] if attempt < len(kinds) else rng.choice(kinds)
+        send(proc, signum)
+        rc, stdout, stderr = finish(proc)
+        if rc == 0:
+            break  # it finished before the signal came
+        sent.append(signum)
+        if not (out / "last.ckpt").exists():
+            assert signum == signal.SIGKILL and rc == -signal.SIGKILL, (signum, rc, stderr)
+            continue
+        last = read_checkpoint(out / "last.ckpt")  # whatever the moment, last.ckpt loads
+        if "resume with: mnistlab train --resume" in stderr:
+            # During training: the position inside the epoch is saved, and the message says how to go on.
+            assert rc == SIGNAL_CODES[signum] and f"mnistlab train --resume {out}" in stderr, (rc, stderr)
+            assert last["batch"] >= 1
+            assert json.loads((out / "summary.json").read_text())["stopped_by"] == "interrupted"
+            mid_epoch_saves += 1
+        elif signum == signal.SIGKILL:
+            assert rc == -signal.SIGKILL, (rc, stderr)
+        else:
+            # After training, during the final test or the exit: the default action of the signal (the
+            # shell shows 130 / 143 all the same); the last epoch is saved, so nothing is lost.
+            assert rc in (SIGNAL_CODES[signum], -signum), (rc, stderr)
+            assert training_done(last), stdout
+    else:
+        pytest.fail(f"the run did not finish after {len(sent)} interruptions")
+    assert len(sent) >= 3 and set(sent) == set(kinds), sent
+    assert mid_epoch_saves >= 1
+    assert_same_run(out, reference)
+
+
+# torch.save patched: the nth write of sys.argv[1] stops halfway with a kill -9 (sys.argv[2] is n).
+KILL_DURING_SAVE = r"""
+import io, os, signal
+import torch
+target, nth = sys.argv.pop(1), int(sys.argv.pop(1))
+real_save, count = torch.save, 0
+def save(obj, f, *args, **kwargs):
+    global count
+    if os.path.basename(getattr(f, "name", "")).startswith(f".{target}.tmp-"):
+        count += 1
+        if count == nth:
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
+def test_kill_9_halfway_through_a_checkpoint_write_keeps_the_previous_one(mini_root, reference, tmp_path):
+    reference, _ = reference
+    out = tmp_path / "run"
+    # 1. Killed while writing epoch 2's last.ckpt: epoch 1's stays.
+    proc = start_cli("last.ckpt", "2", "train", *kill_args(mini_root), "--out", str(out), patch=KILL_DURING_SAVE)
+    rc, _, stderr = finish(proc)
+    assert rc == -signal.SIGKILL, stderr
+    half = list(out.glob(".last.ckpt.tmp-*"))
+    assert len(half) == 1 and half[0].stat().st_size > 0  # the kill really came in the middle of the write
+    assert read_checkpoint(out / "last.ckpt")["epoch"] == 1
+    best_before = (out / "best.ckpt").read_bytes()
+    read_checkpoint(out / "best.ckpt")
+
+    # 2. Resumed, and killed while writing the next best.ckpt: the previous best.ckpt stays, byte for byte.
+    rc, stdout, stderr = finish(start_cli("best.ckpt", "1", "train", "--resume", str(out), patch=KILL_DURING_SAVE))
+    assert rc == -signal.SIGKILL and "resuming" in stdout and "after epoch 1" in stdout, stderr
+    assert len(list(out.glob(".best.ckpt.tmp-*"))) == 1
+    assert not list(out.glob(".last.ckpt.tmp-*"))  # the killed run's half file was cleaned up on resume
+    assert (out / "best.ckpt").read_bytes() == best_before
+    read_checkpoint(out / "last.ckpt")
+
+    # 3. Resumed to the end: the same run as one that was never killed.
+    proc = run_cli("train", "--resume", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(out, reference)  # which also checks that no temporary file is left
+
+
+# torch.save patched: the checkpoint written after a signal (the only one with a position in the epoch) is slow.
+SLOW_INTERRUPT_SAVE = r"""
+import time
+import torch
+real_save = torch.save
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("batch"):
+        time.sleep(60)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path):
+    out = tmp_path / "run"
+    proc = start_cli("train", *kill_args(mini_root), "--out", str(out), patch=SLOW_INTERRUPT_SAVE)
+    wait_for_lines(proc, 2)
+    send(proc, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".last.ckpt.tmp-*")):  # the (slow) interrupt checkpoint is being written
+        assert time.monotonic() < deadline and proc.poll() is None, "the interrupt checkpoint was never started"
+        time.sleep(0.02)
+    before = (out / "last.ckpt").read_bytes()  # nothing else is written while the loop waits on this write
+    t0 = time.monotonic()
+    send(proc, signal.SIGINT)
+    rc, _, _ = finish(proc, timeout=30)
+    assert rc == 130 and time.monotonic() - t0 < 10  # not the 60 s the write would have taken
+    assert (out / "last.ckpt").read_bytes() == before  # the last complete checkpoint, untouched
+    assert read_checkpoint(out / "last.ckpt")["epoch"] >= 1
+
+
+def test_sigterm_during_the_first_epoch_saves_a_resumable_position(mini_root, tmp_path):
+    # Before any epoch has finished there is no last.ckpt yet; the interrupt writes the first one.
+    out = tmp_path / "run"
+    proc = start_cli("train", *kill_args(mini_root), "--out", str(out), "--set", "data.train_limit=1500",
+                     "--batch-size", "10")
+    deadline = time.monotonic() + 60
+    while not (out / "config.toml").exists():  # written just before training starts
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.3)  # epoch 1 (150 batches) takes over a second
+    send(proc, signal.SIGTERM)
+    rc, _, stderr = finish(proc)
+    assert rc == 143, stderr
+    assert "interrupted by SIGTERM at epoch 1, batch" in stderr
+    assert f"resume with: mnistlab train --resume {out}" in stderr
+    last = read_checkpoint(out / "last.ckpt")
+    assert last["epoch"] == 0 and last["batch"] >= 1
+    assert torch.equal(last["partial"][2], torch.tensor(10.0 * last["batch"], dtype=torch.float64))  # images seen
