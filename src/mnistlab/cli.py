@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,51 @@ def _parser() -> argparse.ArgumentParser:
                        "parameters and multiply-accumulates per image.")
     m.add_argument("--dataset", default="mnist", help="size the models for this dataset's images (default mnist)")
     m.add_argument("--details", metavar="NAME", help="print the layer table of one model")
+
+    pr = sub.add_parser(
+        "predict", help="classify your own images",
+        description="Classify image files (PNG, JPEG, BMP, ...; any size; dark ink on light paper or light on dark) "
+        "with a trained model. Each image is preprocessed the way MNIST was made: grayscale, inverted if the "
+        "background is light, cropped to the ink, scaled into a 20x20 box and centred by its centre of mass in "
+        "28x28. A file that cannot be read gets an error line and the others are still classified; the exit "
+        "status is then 1.")
+    pr.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder (its best.ckpt) or a .ckpt file")
+    pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    pr.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default 3)")
+    pr.add_argument("--json", action="store_true", help="print a JSON list with one object per file")
+    pr.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 input of each image there as PNG")
+
+    r = sub.add_parser("report", help="write a run's report.html",
+                       description="Write report.html (self-contained, images embedded) and its PNGs under plots/ "
+                       "from the files of a run folder alone: curves, confusion matrix, per-class accuracy, worst "
+                       "misclassified test images, config and summary. Runs write it themselves when they end.")
+    r.add_argument("run", metavar="RUN", help="a run folder")
+    r.add_argument("--out", metavar="DIR", help="write into DIR instead of the run folder")
+
+    c = sub.add_parser("compare", help="compare runs: accuracy against training time",
+                       description="Print a table of runs (model, parameters, epochs, training seconds, best "
+                       "validation accuracy, test accuracy, stop reason), best test accuracy first, and plot test "
+                       "accuracy against training time. Reads only the run folders.")
+    c.add_argument("runs", metavar="RUN", nargs="+", help="run folders, or folders holding run folders")
+    c.add_argument("--plot", metavar="FILE", default="compare.png", help="where to write the plot (default compare.png)")
+    c.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+
+    bn = sub.add_parser("bench", help="measure training and evaluation speed on this machine",
+                        description="Time a recipe to accuracy against the public recipe (same run, interleaved; "
+                        "the ratio is the number to read on a shared machine), the training rate of models against "
+                        "the machine's fp32 matmul rate, and the evaluation of the test split. The full versions "
+                        "are the scripts in benchmarks/.")
+    bn.add_argument("--config", metavar="FILE", help="the recipe to time, e.g. configs/fast.toml (default: the "
+                    "default recipe of `mnistlab train`)")
+    bn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key (repeatable)")
+    _add_data_dir(bn)
+    bn.add_argument("--seeds", type=int, default=1, help="seeds of the time-to-accuracy runs (default 1)")
+    bn.add_argument("--models", nargs="+", default=["cnn", "fast"], metavar="NAME",
+                    help="models of the training-rate table (default: cnn fast)")
+    bn.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
+    bn.add_argument("--train-limit", type=int, metavar="N", help="time to accuracy on the first N training images "
+                    "only (a quick smoke run, not a measurement)")
     return parser
 
 
@@ -110,10 +156,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training.run import train
 
     cfg = _train_config(args)
+    # Callbacks report learning-rate changes and restored weights on this logger. The handler
+    # is removed again so that calling main() repeatedly (tests, notebooks) prints each line once.
+    log = logging.getLogger("mnistlab")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    if not args.quiet:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         train(cfg, out=args.out, resume=args.resume, quiet=args.quiet)
     except TrainingInterrupted as e:
         return e.exit_code
+    finally:
+        log.removeHandler(handler)
     return 0
 
 
@@ -165,6 +221,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     kwargs = dict(num_classes=10, in_channels=size[0], image_size=size[1:])
     if args.details:
         model = build_model(args.details, **kwargs)
+        print(f"model {args.details}: input {'x'.join(map(str, size))} ({args.dataset}), {kwargs['num_classes']} classes")
         print(format_layer_table(layer_table(model)))
         return 0
     print(f"{'model':<10} {'parameters':>12} {'MACs/image':>14}  {'input':<9} options")
@@ -177,9 +234,68 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_prediction, predict_files
+    from .training.checkpoint import load_model
+
+    model = load_model(args.checkpoint)
+    results = predict_files(model, args.images, top_k=args.top_k, save_preprocessed=args.save_preprocessed)
+    for p in results:
+        if p.error is not None:
+            print(f"mnistlab predict: error: {p.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in results], indent=2))
+    else:
+        for p in results:
+            if p.error is None:
+                print(format_prediction(p))
+    return 1 if any(p.error is not None for p in results) else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    report = write_report(args.run, out=args.out)
+    print(f"wrote {report.path} ({len(report.images)} figures)")
+    for note in report.missing:
+        print(f"  not in the report: {note}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_runs, format_table, write_compare_plot
+
+    rows = compare_runs(args.runs)
+    plot = write_compare_plot(rows, args.plot)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(format_table(rows))
+        print(f"\nplot of test accuracy against training time: {plot}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    from .config import Config, apply_overrides, load_config
+
+    cfg = load_config(args.config) if args.config else Config()
+    cfg = apply_overrides(cfg, ([f"data.dir={args.data_dir}"] if args.data_dir else []) + args.overrides)
+    run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, train_limit=args.train_limit)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "models": _cmd_models}[args.command]
+    handler = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "models": _cmd_models,
+        "predict": _cmd_predict,
+        "report": _cmd_report,
+        "compare": _cmd_compare,
+        "bench": _cmd_bench,
+    }[args.command]
     try:
         return handler(args)
     except MnistlabError as e:

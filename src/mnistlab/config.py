@@ -153,14 +153,16 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     grad_clip: float | None = None  # clip the global gradient norm to this
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
-    channels_last: bool = False  # NHWC memory format (helps convs on CUDA)
+    channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)
     compile: bool = False  # torch.compile the model (compile time is reported separately)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere: this CPU has no bf16 units) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
 
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads")
         _positive("train", self, "seed", allow_zero=True)
         _choice("train", "device", self.device, DEVICES)
+        _choice("train", "precision", self.precision, ("auto", "fp32", "bf16"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -304,9 +306,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a table of sections, got {type(data).__name__}")
     sections = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(data) - set(sections))
+    # key=str: a dict from elsewhere than TOML (a crafted checkpoint) may have non-string keys
+    unknown = sorted(set(data) - set(sections), key=str)
     if unknown:
-        raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid sections: {', '.join(sections)}")
+        raise ConfigError(f"unknown config section(s) {', '.join(map(str, unknown))}; valid sections: {', '.join(sections)}")
     built = {}
     hints = _section_types(Config)
     for name, value in data.items():
@@ -314,7 +317,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {value!r}")
         types_ = _section_types(cls)
-        bad = sorted(set(value) - set(types_))
+        bad = sorted(set(value) - set(types_), key=str)
         if bad:
             raise ConfigError(
                 f"unknown key(s) {', '.join(f'{name}.{k}' for k in bad)}; valid keys in [{name}]: {', '.join(types_)}"

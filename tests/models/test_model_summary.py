@@ -56,7 +56,7 @@ def test_counting_leaves_batch_norm_statistics_and_modes_alone():
 def test_layer_table_rows_add_up():
     model = build_model("cnn")
     rows = layer_table(model)
-    assert [r["type"] for r in rows] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Linear"]
+    assert [r["type"] for r in rows] == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Linear"]  # pool first: see conv_pool_stack
     assert rows[0] == {
         "name": "features.0", "type": "Conv2d", "output_shape": (16, 28, 28), "params": 416, "macs": 313_600
     }

@@ -89,13 +89,22 @@ def conv_pool_stack(
     activation: Activation = nn.ReLU,
     pool: Callable[[int], nn.Module] = nn.MaxPool2d,
 ) -> nn.Sequential:
-    """The classic small-CNN trunk: (conv -> [BN] -> activation -> 2x2 pool) for each entry of ``channels``."""
+    """The classic small-CNN trunk: (conv -> [BN] -> activation -> 2x2 pool) for each entry of ``channels``.
+
+    With ReLU and max-pooling the pool comes first (conv -> [BN] -> pool -> ReLU):
+    the two commute (ReLU is monotonic), so the outputs and gradients are the same,
+    but ReLU and its backward then touch a quarter of the values. On a CPU these
+    elementwise passes, not the convs, dominate a small CNN's step (0.7x the step
+    time for the ``fast`` model, benchmarks/roofline.py). Parameter names do not
+    change, so checkpoints load either way.
+    """
+    pool_first = activation is nn.ReLU and pool is nn.MaxPool2d
     layers: list[nn.Module] = []
     for out_channels, k, p in zip(channels, kernel_sizes, paddings, strict=True):
-        layers += conv_act(
+        block = conv_act(
             in_channels, out_channels, k, stride=stride, padding=p, batch_norm=batch_norm, activation=activation
         )
-        layers.append(pool(2))
+        layers += block[:-1] + [pool(2), block[-1]] if pool_first else block + [pool(2)]
         in_channels = out_channels
     return nn.Sequential(*layers)
 

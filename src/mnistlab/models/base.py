@@ -23,6 +23,12 @@ class Net(nn.Module):
     below 1x1 is reported as a ConfigError naming the model and the size.
     """
 
+    # Whether NHWC (channels-last) memory speeds up this model's training on a CPU;
+    # train.channels_last = none (auto) reads it. On CUDA auto always uses NHWC.
+    # Measured per zoo model by benchmarks/roofline.py: faster for the small
+    # conv-pool CNNs and ResNet-50, slower for AlexNet, VGG and ResNet-18.
+    channels_last_on_cpu: bool = False
+
     def __init__(
         self,
         features: nn.Module,

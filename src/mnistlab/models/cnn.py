@@ -48,13 +48,15 @@ def make_cnn(
         in_channels, [scaled(c, width) for c in channels], kernel_sizes, paddings,
         stride=stride, batch_norm=batch_norm, activation=activation, pool=pool,
     )
-    return Net(
+    net = Net(
         features,
         lambda n: classifier_head(n, hidden, num_classes, dropout=dropout, activation=activation),
         in_channels=in_channels,
         image_size=image_size,
         name=name,
     )
+    net.channels_last_on_cpu = True  # 1.2-1.9x the training rate of NCHW (benchmarks/roofline.txt)
+    return net
 
 
 @register("cnn")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..callbacks.base import Callback, CallbackList
-from ..config import Config, config_to_dict
+from ..config import Config, config_from_dict, config_to_dict
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import load_weights, save_checkpoint
@@ -36,6 +36,24 @@ from .display import Display
 from .evaluate import evaluate, predict_logits
 from .optim import build_optimizer
 from .schedules import lr_at
+
+
+# What restore() reads besides the weights; read_checkpoint has checked the rest.
+_RESUME_KEYS = ("optimizer", "lr_scale", "epoch", "step", "history", "train_seconds", "rng")
+
+
+def use_channels_last(setting: bool | None, model: nn.Module, device: torch.device) -> bool:
+    """Resolve ``train.channels_last``: an explicit true/false wins; none (auto) means NHWC
+    on CUDA, and on a CPU only for models that declare it faster there."""
+    if setting is not None:
+        return setting
+    return device.type == "cuda" or bool(getattr(model, "channels_last_on_cpu", False))
+
+
+def _training_settings(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A config dict without the keys that do not change what is trained (where data lives, the progress bar)."""
+    ignored = {("data", "dir"), ("train", "progress")}
+    return {s: {k: v for k, v in keys.items() if (s, k) not in ignored} for s, keys in config.items()}
 
 
 class TrainingInterrupted(Exception):
@@ -126,10 +144,13 @@ class Trainer:
         self.data = data
         self.device = device or resolve_device(cfg.train.device)
         self._model = model.to(self.device)
-        if cfg.train.channels_last:
+        self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
+        if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
         # torch.compile wraps the module; weights and checkpoints always go through the original.
         self._forward = torch.compile(self._model) if cfg.train.compile else self._model
+        # bf16 autocast for the forward pass and loss; the weights and optimizer stay fp32.
+        self._bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
         self.callbacks = CallbackList(callbacks)
         self.optimizer = build_optimizer(self._model.parameters(), cfg.optimizer, self.device)
         self._run_dir = Path(run_dir) if run_dir is not None else None
@@ -155,11 +176,20 @@ class Trainer:
             cb.load_state_dict(self._resume.get("callbacks", {}))
         with self._signals:
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
+                if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early
+                    break
                 cb.on_epoch_begin(epoch, self)
                 train_metrics, seconds = self._train_epoch(epoch)
                 if train_metrics is None:  # non-finite loss: stop_reason is set
                     break
                 val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+                if not math.isfinite(val.loss):  # the epoch's last steps diverged: keep last.ckpt as it is
+                    self.stop_reason = (
+                        f"non-finite validation loss ({val.loss}) at epoch {epoch}, after step {self._step}; "
+                        "the weights of this epoch were not saved"
+                    )
+                    self.stopped_by = "non_finite_loss"
+                    break
                 val_metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
                 cb.on_validation_end(epoch, val_metrics, self)
                 self._epoch = epoch
@@ -198,10 +228,11 @@ class Trainer:
             lr = self._scheduled_lr(self._step) * self.lr_scale
             for group in opt.param_groups:
                 group["lr"] = lr
-            if cfg.channels_last:
+            if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = self._forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+                logits = self._forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 self.train_seconds += time.perf_counter() - t0
@@ -278,6 +309,7 @@ class Trainer:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "stop_reason": self.stop_reason,
+            "stopped_by": self.stopped_by,
         }
 
     def _write(self, path: Path, **kw) -> Path:
@@ -289,6 +321,12 @@ class Trainer:
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint written by this trainer (``last.ckpt``)."""
+        missing = [k for k in _RESUME_KEYS if k not in payload]
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint cannot be resumed from: it lacks {', '.join(missing)} "
+                "(it was not written by `mnistlab train`)"
+            )
         if payload["model_name"] != self.cfg.model.name:
             raise CheckpointError(
                 f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
@@ -302,6 +340,14 @@ class Trainer:
         self._epoch, self._step = int(payload["epoch"]), int(payload["step"])
         self.history = list(payload["history"])
         self.train_seconds = float(payload["train_seconds"])
+        # A run that stopped early (and was, say, killed during its final test) does not train on when
+        # resumed as it was: that would not be the run the user started. Given new settings (more
+        # epochs, another patience or criterion), it trains on under them.
+        self.stop_reason, self.stopped_by = payload.get("stop_reason"), payload.get("stopped_by")
+        if self.stop_reason is not None and _training_settings(config_to_dict(self.cfg)) != _training_settings(
+            config_to_dict(config_from_dict(payload["config"]))
+        ):
+            self.stop_reason = self.stopped_by = None
         torch.set_rng_state(payload["rng"]["torch"])
         if payload["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])

@@ -1,0 +1,165 @@
+"""One training epoch of the `cnn` model: mnistlab against a plain PyTorch loop and PyTorch Lightning.
+
+Same model (``build_model("cnn")``, same initial weights), same hyperparameters
+(Adam lr 1e-3, betas 0.9/0.999, constant lr, batch 64, one epoch), same 55,000
+training images (mnistlab's train split; the other two get them as a
+``Subset`` of ``torchvision.datasets.MNIST`` through a ``DataLoader`` with
+``ToTensor`` + ``Normalize``, ``shuffle=True``, ``num_workers=0``: worker
+processes only compete for the 2 cores). Lightning runs with
+``accelerator="cpu"``, no logger, no checkpointing, no progress bar, no model
+summary and no validation, so it is timed on the training loop alone; its
+epoch time comes from a callback (``on_train_epoch_start``/``_end``), and the
+whole ``fit`` call is reported too. mnistlab runs its real ``Trainer`` with the
+default fast path (in-memory batches, channels-last, fused Adam); its epoch time
+is the ``seconds`` of the epoch in its history (training steps only).
+
+The three are interleaved (A B C A B C ...) and the table gives medians; the
+ratio column divides by the plain loop's median. Test accuracy is computed by
+the same ``evaluate`` for all three.
+
+    .venv/bin/python benchmarks/peers.py --data-dir /work/shared/data --repeats 3
+
+Needs the ``bench`` extra: ``pip install -e '.[bench]'`` (PyTorch Lightning).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mnistlab import Config, apply_overrides
+from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args
+from mnistlab.data import load_data
+from mnistlab.models import build_model
+from mnistlab.training.evaluate import evaluate
+from mnistlab.training.fit import Trainer
+
+BATCH, LR = 64, 1e-3
+
+
+def fresh_model(data, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean, std=data.std)
+
+
+def loader(data_dir: str, indices: torch.Tensor, seed: int):
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    ds = Subset(datasets.MNIST(root=data_dir, train=True, download=False, transform=tf), indices.tolist())
+    return DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed))
+
+
+class PreNormalized(torch.nn.Module):
+    """The zoo model normalizes [0, 1] inputs itself; the DataLoader already normalized, so undo that."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 0.3081 + 0.1307)
+
+
+def run_plain(data, data_dir: str, seed: int) -> tuple[float, torch.nn.Module]:
+    model = PreNormalized(fresh_model(data, seed))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    dl = loader(data_dir, data.train.indices, seed)
+    model.train()
+    t0 = time.perf_counter()
+    for x, y in dl:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0, model.net
+
+
+def run_lightning(data, data_dir: str, seed: int) -> tuple[float, float, torch.nn.Module]:
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self, net):
+            super().__init__()
+            self.net = PreNormalized(net)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=LR)
+
+    class EpochTimer(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            self.seconds = time.perf_counter() - self.t0
+
+    module, timer = Module(fresh_model(data, seed)), EpochTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[timer])
+    dl = loader(data_dir, data.train.indices, seed)
+    t0 = time.perf_counter()
+    trainer.fit(module, dl)
+    return timer.seconds, time.perf_counter() - t0, module.net.net
+
+
+def run_mnistlab(data, seed: int) -> tuple[float, torch.nn.Module]:
+    cfg = apply_overrides(Config(), [
+        "model.name=cnn", "optimizer.name=adam", f"optimizer.lr={LR}", "optimizer.betas=[0.9, 0.999]",
+        "schedule.name=constant", f"train.batch_size={BATCH}", "train.epochs=1", "train.progress=false",
+        f"train.seed={seed}", "train.device=cpu",
+    ])
+    result = Trainer(fresh_model(data, seed), data, cfg).fit()
+    return result.history[0]["seconds"], result.model
+
+
+def main() -> None:
+    p = benchmark_parser(__doc__)
+    p.add_argument("--repeats", type=int, default=3)
+    args = parse_benchmark_args(p)
+    import lightning
+
+    data = load_data(apply_overrides(Config(), [f"data.dir={args.data_dir}"]).data)
+    print(f"machine: {machine_description()}; lightning {lightning.__version__}")
+    print(f"cnn model, Adam {LR}, batch {BATCH}, 1 epoch of {len(data.train):,} images; "
+          f"{args.repeats} interleaved repeats, medians\n")
+    times: dict[str, list[float]] = {"plain PyTorch (DataLoader)": [], "Lightning Trainer.fit": [], "mnistlab Trainer": []}
+    fit_totals: list[float] = []
+    accs: dict[str, list[float]] = {k: [] for k in times}
+    for r in range(args.repeats):
+        secs, m = run_plain(data, args.data_dir, r)
+        times["plain PyTorch (DataLoader)"].append(secs)
+        accs["plain PyTorch (DataLoader)"].append(evaluate(m, data.test).accuracy)
+        secs, total, m = run_lightning(data, args.data_dir, r)
+        times["Lightning Trainer.fit"].append(secs)
+        fit_totals.append(total)
+        accs["Lightning Trainer.fit"].append(evaluate(m, data.test).accuracy)
+        secs, m = run_mnistlab(data, r)
+        times["mnistlab Trainer"].append(secs)
+        accs["mnistlab Trainer"].append(evaluate(m, data.test).accuracy)
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    plain = statistics.median(times["plain PyTorch (DataLoader)"])
+    lit = statistics.median(times["Lightning Trainer.fit"])
+    rows = [{
+        "loop": k,
+        "epoch s (median)": round(statistics.median(v), 2),
+        "min..max s": f"{min(v):.1f}..{max(v):.1f}",
+        "/ plain": round(statistics.median(v) / plain, 2),
+        "/ Lightning": round(statistics.median(v) / lit, 2),
+        "test acc % (mean)": round(100 * statistics.mean(accs[k]), 2),
+    } for k, v in times.items()]
+    print()
+    print(format_table(rows))
+    print(f"\nLightning's whole fit() call: median {statistics.median(fit_totals):.2f} s (setup included)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Target 3: training throughput of every zoo model against the machine's fp32 matmul rate.
+
+For each model: images per second of the real ``Trainer`` (synthetic 28x28
+images, second epoch of two, so warm-up is excluded), MACs per image
+(``models.summary.count_macs``: convs and linear layers), the achieved training
+rate GFLOP/s = 3 x 2 x MACs x images/s (a multiply-accumulate is 2 FLOPs; the
+backward pass costs about twice the forward, gradients for inputs and for
+weights, so a training step is ~3 forwards), and that as a fraction of a
+2048 x 2048 fp32 ``torch.mm`` measured right before the model (on a shared
+machine the matmul rate moves with the load, so each fraction uses its
+neighbour). Each model runs in channels-last (NHWC) and in plain NCHW,
+interleaved, to show where channels-last helps; ``train.channels_last = none``
+(auto, the default) picks NHWC on a CPU for the models marked
+``channels_last_on_cpu`` from this table.
+
+Small models train at batch 256; the big ImageNet-shaped ones (AlexNet, VGG,
+ResNet on 28x28) at batch 32 and 2 steps to keep the run short.
+
+    .venv/bin/python benchmarks/roofline.py
+"""
+
+from __future__ import annotations
+
+from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, roofline
+from mnistlab.models import list_models
+
+BIG = {"alexnet", "resnet18", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19"}
+
+
+def main() -> None:
+    p = benchmark_parser(__doc__, data_dir=False)
+    p.add_argument("--models", nargs="*", default=[m for m in list_models() if m != "vgg"],
+                   help="zoo models (vgg needs a channels list; vgg11..19 cover it)")
+    p.add_argument("--device", default="cpu")
+    args = parse_benchmark_args(p)
+    print(f"machine: {machine_description()}")
+    rows = []
+    for name in args.models:
+        batch = 32 if name in BIG else 256
+        steps = 2 if name in BIG else 20
+        for cl in ("true", "false"):
+            row = roofline([name], batch_size=batch, steps=steps, device=args.device,
+                           overrides=[f"train.channels_last={cl}"])[0]
+            rows.append(row)  # its layout column says which one this was
+        print(f"{name} done", flush=True)
+    print()
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

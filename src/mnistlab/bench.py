@@ -1,0 +1,294 @@
+"""Speed measurements on this machine, through the product's own code paths.
+
+``mnistlab bench`` prints three short tables; the scripts in ``benchmarks/``
+print the long versions and keep their output as text. Every number that
+depends on the machine's load is also given as a ratio against a reference
+measured in the same run, next to it in time (on a shared machine absolute
+seconds move by 2x from one minute to the next, ratios much less):
+
+- time to accuracy: the real :func:`~mnistlab.training.run.train` per seed;
+  ``train_seconds`` counts the training steps only (no validation, no files);
+- training rate ("roofline"): images per second of the real
+  :class:`~mnistlab.training.fit.Trainer` on synthetic images, as achieved
+  GFLOP/s = 3 x 2 x MACs/image x images/s (a backward pass costs about twice
+  the forward: gradients for the inputs and for the weights), and that as a
+  fraction of a large fp32 ``torch.mm`` measured just before it;
+- evaluation: :func:`~mnistlab.training.evaluate.evaluate` on the test split.
+
+>>> rate = matmul_gflops(n=256, repeats=2)       # doctest: +SKIP
+>>> print(format_table([{"a": 1, "b": 2.5}]))
+a  b
+-  ---
+1  2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .config import Config, apply_overrides
+from .data.datasets import DataBundle, Split
+from .models import build_model
+from .models.summary import count_macs
+from .training.evaluate import evaluate
+from .training.fit import Trainer, resolve_device, use_channels_last
+
+def public_recipe(data: DataBundle, seed: int = 0) -> dict[str, float]:
+    """The public recipe that target 1 of the speed issue measures against, as plain PyTorch.
+
+    Convs of 24 5x5 and 32 3x3 kernels (ReLU, then 2x2 max-pool), linear 256,
+    Adam lr 0.01 with betas 0.7/0.9, one-cycle (PyTorch's ``OneCycleLR``,
+    momentum not cycled), batch 256, one epoch, the training images resident in
+    memory as normalized float32, NCHW, PyTorch's default threads. This is
+    deliberately *not* mnistlab's trainer: it is the outside reference its fast
+    path is timed against, so it stays as the recipe was published.
+    Returns the test accuracy and the seconds of the training steps.
+    """
+    from torch import nn
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 24, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(24, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 5 * 5, 256), nn.ReLU(), nn.Linear(256, 10),
+    )
+    mean, std = data.mean[0], data.std[0]
+    x = (data.train.images.cpu().float() / 255 - mean) / std
+    y = data.train.labels.cpu()
+    steps = -(-len(y) // 256)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.7, 0.9))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=steps, cycle_momentum=False)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        idx = order[i * 256 : (i + 1) * 256]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        xt = (data.test.images.cpu().float() / 255 - mean) / std
+        correct = sum(int((model(xt[i : i + 2000]).argmax(1) == data.test.labels.cpu()[i : i + 2000]).sum())
+                      for i in range(0, len(xt), 2000))
+    return {"test_accuracy": correct / len(xt), "train_seconds": seconds}
+
+
+def benchmark_parser(doc: str | None, data_dir: bool = True) -> argparse.ArgumentParser:
+    """The argument parser every script in ``benchmarks/`` starts from: ``--data-dir`` and ``--threads``.
+
+    Parse with :func:`parse_benchmark_args`, which applies ``--threads``.
+    """
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if data_dir:
+        p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--threads", type=int, help="torch threads for every run (default: PyTorch's); 1 on a shared "
+                   "machine, where 2 threads on 2 busy cores can stall for seconds in OpenMP barriers")
+    return p
+
+
+def parse_benchmark_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def machine_description(device: torch.device | None = None) -> str:
+    """One line: CPU model, cores, torch version, threads (and the GPU, if used)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    text = (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"load average {os.getloadavg()[0]:.1f} at start")
+    if device is not None and device.type == "cuda":
+        text += f"; GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """The machine's fp32 matrix-multiply rate: median GFLOP/s of ``repeats`` n x n ``torch.mm`` calls."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)  # first call: allocation and kernel choice
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def synthetic_data(n: int, *, val: int = 2, device: str | torch.device = "cpu", seed: int = 0) -> DataBundle:
+    """Random uint8 MNIST-shaped images (speed does not depend on their content)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(k: int) -> Split:
+        return Split(torch.randint(0, 256, (k, 1, 28, 28), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 10, (k,), generator=g)).to(device)
+
+    return DataBundle(train=split(n), val=split(val), test=split(val), dataset="synthetic",
+                      classes=[str(i) for i in range(10)], num_classes=10, in_channels=1, image_size=(28, 28),
+                      mean=(0.13,), std=(0.31,))
+
+
+def training_rate(
+    model_name: str,
+    *,
+    batch_size: int = 256,
+    steps: int = 20,
+    overrides: Sequence[str] = (),
+    device: str = "cpu",
+) -> float:
+    """Images per second of training steps of the real Trainer (second epoch; the first warms up)."""
+    cfg = apply_overrides(Config(), [
+        f"model.name={model_name}", f"train.batch_size={batch_size}", "train.epochs=2", "train.progress=false",
+        "schedule.name=constant", f"train.device={device}", *overrides,
+    ])
+    dev = resolve_device(cfg.train.device)
+    data = synthetic_data(batch_size * steps, device=dev)
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean,
+                        std=data.std, **cfg.model.options())
+    result = Trainer(model, data, cfg, device=dev).fit()
+    return batch_size * steps / result.history[-1]["seconds"]
+
+
+def roofline(
+    models: Iterable[str] = ("cnn", "fast"),
+    *,
+    batch_size: dict[str, int] | int = 256,
+    steps: dict[str, int] | int = 20,
+    overrides: Sequence[str] = (),
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Per model: training images/s, MACs/image, achieved GFLOP/s and its fraction of the matmul rate.
+
+    The matmul rate is measured right before each model (on a loaded machine it
+    changes with the load), and the fraction uses that neighbour.
+    """
+    rows = []
+    for name in models:
+        b = batch_size[name] if isinstance(batch_size, dict) else batch_size
+        s = steps[name] if isinstance(steps, dict) else steps
+        model = build_model(name, num_classes=10, in_channels=1, image_size=(28, 28))
+        macs = count_macs(model)
+        cfg = apply_overrides(Config(), [f"model.name={name}", *overrides])
+        layout = "NHWC" if use_channels_last(cfg.train.channels_last, model, torch.device(device)) else "NCHW"
+        mm = matmul_gflops(device=device)
+        ips = training_rate(name, batch_size=b, steps=s, overrides=overrides, device=device)
+        gflops = 3 * 2 * macs * ips / 1e9
+        rows.append({"model": name, "layout": layout, "batch": b, "images/s": round(ips), "MMACs/image": round(macs / 1e6, 2),
+                     "train GFLOP/s": round(gflops, 1), "matmul GFLOP/s": round(mm, 1),
+                     "fraction": f"{100 * gflops / mm:.0f}%"})
+    return rows
+
+
+def eval_seconds(model: torch.nn.Module, split: Split, batch_size: int = 2000, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of :func:`evaluate` on ``split`` (after one warm-up), and its accuracy."""
+    ev = evaluate(model, split, batch_size)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        evaluate(model, split, batch_size)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), ev.accuracy
+
+
+def time_to_accuracy(overrides: Sequence[str], seeds: Iterable[int], *, config: Config | None = None) -> list[dict[str, Any]]:
+    """Run the real ``train`` once per seed; test accuracy and training seconds of each run."""
+    from .training.run import train
+
+    rows = []
+    for seed in seeds:
+        cfg = apply_overrides(config or Config(), [*overrides, f"train.seed={seed}", "train.progress=false",
+                                                   "tensorboard.enabled=false"])
+        with tempfile.TemporaryDirectory() as tmp:
+            s = train(cfg, out=f"{tmp}/run", quiet=True).summary
+        rows.append({"seed": seed, "test_accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"],
+                     "val_accuracy": s["best_val_accuracy"]})
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of equal keys as an aligned text table (numbers right-aligned)."""
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    cells = [[str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    numeric = [all(isinstance(r[k], (int, float)) for r in rows) for k in keys]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(keys), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn", "fast"), steps: int = 20,
+              train_limit: int | None = None, out=print) -> None:
+    """What ``mnistlab bench`` prints: time to accuracy (``config`` vs the public recipe), training rate, evaluation.
+
+    ``config`` is the recipe to time (e.g. configs/fast.toml) with its data settings;
+    ``train_limit`` shortens the time-to-accuracy runs (a smoke test, not a measurement).
+    """
+    if config.train.threads:  # for the public recipe and the roofline too, not only inside `train`
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    out(f"machine: {machine_description(device)}")
+    if train_limit:
+        config = apply_overrides(config, [f"data.train_limit={train_limit}"])
+    from .data import load_data
+
+    data = load_data(config.data)  # for the public recipe, which runs on the CPU as published
+    rows = []
+    for seed in range(seeds):  # interleaved: public recipe, this config, public recipe, ...
+        ref = public_recipe(data, seed)
+        mine = time_to_accuracy([], [seed], config=config)[0]
+        for name, r in (("public recipe", ref), ("this config", mine)):
+            rows.append({"recipe": name, "seed": seed, "test acc %": round(100 * r["test_accuracy"], 2),
+                         "train s": round(r["train_seconds"], 2)})
+    ratio = (statistics.median(r["train s"] for r in rows if r["recipe"] == "this config")
+             / statistics.median(r["train s"] for r in rows if r["recipe"] == "public recipe"))
+    out("\ntime to accuracy (test set; seconds of the training steps only)")
+    out(format_table(rows))
+    out(f"training time of this config / public recipe: {ratio:.2f}x (medians)")
+
+    out("\ntraining rate against the fp32 matmul rate (GFLOP/s = 3 x 2 x MACs x images/s)")
+    setting = config.train.channels_last
+    cl = [f"train.channels_last={'none' if setting is None else str(setting).lower()}"]
+    if config.train.threads:
+        cl.append(f"train.threads={config.train.threads}")
+    out(format_table(roofline(models, batch_size=config.train.batch_size, steps=steps, overrides=cl,
+                              device=device.type)))
+
+    out("\nevaluation of the test split (cnn model, untrained weights: speed only)")
+    data = load_data(config.data, device=device)
+    model = build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28)).to(device)
+    if use_channels_last(setting, model, device):
+        model = model.to(memory_format=torch.channels_last)
+    secs, _ = eval_seconds(model, data.test, config.train.eval_batch_size, repeats=1 if train_limit else 3)
+    out(format_table([{"model": "cnn", "images": len(data.test), "seconds": round(secs, 3),
+                       "images/s": round(len(data.test) / secs)}]))

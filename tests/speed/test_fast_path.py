@@ -1,0 +1,140 @@
+"""The fast path gives the same results as the straightforward one; timings are never tested here.
+
+Small synthetic cases, so every test runs in a second or two: channels-last
+training against NCHW training, the Trainer's loop against a plain reference
+loop over the same batches, pool-before-ReLU against ReLU-before-pool, and the
+``bench`` command end to end on a tiny setting.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab import Config, apply_overrides
+from mnistlab.bench import format_table, synthetic_data
+from mnistlab.data.batching import epoch_permutation, iterate_batches
+from mnistlab.models import build_model
+from mnistlab.training.fit import Trainer, use_channels_last
+
+STEPS, BATCH = 4, 32
+
+
+def _config(*extra: str) -> Config:
+    return apply_overrides(Config(), [
+        "model.name=cnn", "model.channels=[4, 8]", f"train.batch_size={BATCH}", "train.epochs=1",
+        "train.progress=false", "train.device=cpu", "schedule.name=constant", "optimizer.lr=0.001", *extra,
+    ])
+
+
+def _model(cfg: Config, data) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(cfg.model.name, num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean,
+                       std=data.std, **cfg.model.options())
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_data(STEPS * BATCH, val=8, seed=1)
+
+
+def test_channels_last_training_equals_contiguous_training(data):
+    results = {}
+    for cl in (False, True):
+        cfg = _config(f"train.channels_last={str(cl).lower()}")
+        model = Trainer(_model(cfg, data), data, cfg).fit().model
+        if cl:
+            assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+        results[cl] = _weights(model)
+    _assert_close(results[True], results[False])
+
+
+def test_channels_last_auto_follows_the_model_and_device_and_an_explicit_setting_wins():
+    small, big = (build_model(name) for name in ("fast", "vgg11"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last(None, small, cpu) and not use_channels_last(None, big, cpu)
+    assert use_channels_last(None, big, cuda)  # NHWC is what tensor cores want
+    assert not use_channels_last(False, small, cpu) and use_channels_last(True, big, cpu)
+    assert Config().train.channels_last is None  # auto is the default
+
+
+def test_trainer_equals_a_plain_reference_loop(data):
+    cfg = _config()
+    fit = Trainer(_model(cfg, data), data, cfg).fit()
+
+    # The straightforward loop: same initial weights, same batches, PyTorch's default (for-loop) Adam.
+    model = _model(cfg, data)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, foreach=False)
+    losses = []
+    order = epoch_permutation(len(data.train), cfg.train.seed, 1)
+    for x, y in iterate_batches(data.train, BATCH, order=order):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+
+    assert fit.steps == len(losses) == STEPS
+    assert fit.history[0]["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    _assert_close(_weights(fit.model), _weights(model))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_pool_before_relu_is_the_same_function(batch_norm):
+    model = build_model("fast", num_classes=10, in_channels=1, image_size=(28, 28), batch_norm=batch_norm)
+    types = [type(m) for m in model.features]
+    assert types.index(nn.MaxPool2d) < types.index(nn.ReLU)  # the fast path's order
+    # The textbook order, with the very same modules: conv [-> BN] -> ReLU -> pool.
+    textbook = copy.deepcopy(model)
+    layers = list(textbook.features)
+    for i in [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]:
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    textbook.features = nn.Sequential(*layers)
+    x = torch.rand(6, 1, 28, 28)
+    outs = []
+    for net in (model, textbook):
+        out = net(x)
+        out.square().sum().backward()
+        outs.append((out, [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for g1, g2 in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(g1, g2)
+
+
+def test_bf16_autocast_trains_fp32_weights(data):
+    cfg = _config("train.precision=bf16")
+    fit = Trainer(_model(cfg, data), data, cfg).fit()
+    assert fit.history[0]["train_loss"] == pytest.approx(Trainer(_model(_config(), data), data, _config()).fit()
+                                                         .history[0]["train_loss"], rel=0.05)
+    assert all(p.dtype == torch.float32 for p in fit.model.parameters())
+
+
+def test_format_table_aligns_numbers_right():
+    text = format_table([{"model": "cnn", "images/s": 5}, {"model": "fast", "images/s": 1234}])
+    assert text.splitlines() == ["model  images/s", "-----  --------", "cnn           5", "fast       1234"]
+
+
+def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
+    from mnistlab.cli import main
+
+    code = main(["bench", "--data-dir", str(mnist_root), "--train-limit", "256", "--steps", "1", "--models", "cnn",
+                 "--set", "train.epochs=1", "--set", "checkpoint.save_top_k=0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "public recipe" in out and "this config" in out
+    assert "fraction" in out and "images/s" in out
+    assert out.count("cnn") >= 2  # the training-rate row and the evaluation row
