@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import MnistlabError
+from .errors import ConfigError, MnistlabError
 
 _FLAG_KEYS = {
     "model": "model.name",
@@ -108,6 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("runs", metavar="RUN", nargs="+", help="run folders, or folders holding run folders")
     c.add_argument("--plot", metavar="FILE", default="compare.png", help="where to write the plot (default compare.png)")
     c.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+
+    en = sub.add_parser("ensemble", help="test the average of several models",
+                        description="Average the softmax outputs of several trained models on the test split of "
+                        "their dataset, and print the test accuracy of each member and of the ensemble. A run folder "
+                        "stands for its best.ckpt (ema.ckpt with --ema). All members must share one dataset.")
+    en.add_argument("runs", metavar="RUN_OR_CKPT", nargs="+", help="run folders or .ckpt files")
+    en.add_argument("--ema", action="store_true", help="use each run's weight average (ema.ckpt)")
+    en.add_argument("--tta", type=int, default=0, metavar="PIXELS",
+                    help="test-time augmentation: average over shifts of this many pixels (default 0: off)")
+    en.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_data_dir(en)
 
     bn = sub.add_parser("bench", help="measure training and evaluation speed on this machine",
                         description="Time a recipe to accuracy against the public recipe (same run, interleaved; "
@@ -275,6 +286,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .training.ensemble import evaluate_ensemble, format_ensemble
+
+    if args.tta < 0:
+        raise ConfigError(f"--tta must be zero or more pixels, got {args.tta}")
+    result = evaluate_ensemble(args.runs, ema=args.ema, data_dir=args.data_dir, tta_shift=args.tta)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_ensemble(result))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
     from .config import Config, apply_overrides, load_config
@@ -294,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _cmd_predict,
         "report": _cmd_report,
         "compare": _cmd_compare,
+        "ensemble": _cmd_ensemble,
         "bench": _cmd_bench,
     }[args.command]
     try:

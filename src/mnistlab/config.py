@@ -238,6 +238,54 @@ class TensorBoardConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random geometric transforms of training batches (data/augment.py); never of validation or test."""
+
+    enabled: bool = False
+    rotation: float = 10.0  # degrees, uniform in +-rotation
+    scale: float = 0.1  # zoom factor uniform in 1 +- scale
+    shift: float = 0.1  # fraction of the image side, uniform in +-shift per axis
+    shear: float = 0.0  # degrees, uniform in +-shear
+    elastic_alpha: float = 0.0  # elastic distortion strength in pixels (0: off; Simard et al. used ~34 with sigma 4)
+    elastic_sigma: float = 4.0  # smoothness of the elastic field in pixels
+
+    def __post_init__(self) -> None:
+        _positive("augment", self, "rotation", "shift", "shear", "elastic_alpha", allow_zero=True)
+        _positive("augment", self, "elastic_sigma")
+        if not 0.0 <= self.scale < 1.0:
+            raise ConfigError(f"augment.scale must be in [0, 1), got {self.scale}")
+        if self.rotation > 180 or self.shear >= 90 or self.shift > 1:
+            raise ConfigError(
+                f"augment: rotation must be at most 180 degrees, shear below 90 degrees and shift at most 1 "
+                f"(the whole side), got {self.rotation}, {self.shear} and {self.shift}"
+            )
+
+
+@dataclass(frozen=True)
+class EmaConfig:
+    """An exponential moving average of the weights, evaluated and saved as its own model (ema.ckpt)."""
+
+    enabled: bool = False
+    decay: float = 0.999  # per step; the average spans about 1 / (1 - decay) steps
+    warmup: bool = True  # use min(decay, (1 + step) / (10 + step)): early weights fade out fast
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ConfigError(f"ema.decay must be in (0, 1), got {self.decay}")
+
+
+@dataclass(frozen=True)
+class TtaConfig:
+    """Test-time augmentation of the final test: average the softmax over small shifts of each image."""
+
+    enabled: bool = False
+    shift: int = 1  # pixels: the image itself and shifted by +-shift left/right/up/down (5 views)
+
+    def __post_init__(self) -> None:
+        _positive("tta", self, "shift")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +296,9 @@ class Config:
     reduce_lr: ReduceLROnPlateauConfig = field(default_factory=ReduceLROnPlateauConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    tta: TtaConfig = field(default_factory=TtaConfig)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ COLUMNS = [
     ("lr", "{:>9}", "{:>9.2e}"),
     ("seconds", "{:>7}", "{:>7.1f}"),
 ]
+EMA_COLUMN = ("ema_val_acc", "{:>11}", "{:>10.2f}%")  # shown before lr when [ema] is enabled
 
 
 class Display:
@@ -47,8 +48,11 @@ class Display:
     def epoch_row(self, m: dict) -> None:
         if self.bar:
             self.out.write("\r\033[K")  # clear the progress bar line
+        ema = [100 * m["ema_val_accuracy"]] if "ema_val_accuracy" in m else []
+        columns = COLUMNS[:5] + [EMA_COLUMN] * len(ema) + COLUMNS[5:]
         if not self._header_done:
-            self.log("  ".join(h.format(name) for name, h, _ in COLUMNS))
+            self.log("  ".join(h.format(name) for name, h, _ in columns))
             self._header_done = True
-        values = [int(m["epoch"]), m["train_loss"], 100 * m["train_accuracy"], m["val_loss"], 100 * m["val_accuracy"], m["lr"], m["seconds"]]
-        self.log("  ".join(fmt.format(v) for (_, _, fmt), v in zip(COLUMNS, values)))
+        values = [int(m["epoch"]), m["train_loss"], 100 * m["train_accuracy"], m["val_loss"], 100 * m["val_accuracy"],
+                  *ema, m["lr"], m["seconds"]]
+        self.log("  ".join(fmt.format(v) for (_, _, fmt), v in zip(columns, values)))

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.augment import shift_images
 from ..data.batching import iterate_batches, to_float
+
+
+def _tta_offsets(s: int) -> list[tuple[int, int]]:
+    return [(s, 0), (-s, 0), (0, s), (0, -s)]
 
 
 @dataclass
@@ -57,8 +62,14 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 200
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split, batch_size: int = 2000, num_classes: int | None = None) -> Evaluation:
+def evaluate(
+    model: nn.Module, split, batch_size: int = 2000, num_classes: int | None = None, tta_shift: int = 0
+) -> Evaluation:
     """Evaluate ``model`` (in eval mode) on a data split (uint8 images, int64 labels).
+
+    ``tta_shift > 0`` turns on test-time augmentation: the softmax outputs are
+    averaged over five views of each image (itself, and shifted by ``tta_shift``
+    pixels left, right, up and down), and the loss is that of the average.
 
     >>> ev = evaluate(model, data.test)                    # doctest: +SKIP
     >>> round(ev.accuracy, 4)                              # doctest: +SKIP
@@ -70,9 +81,14 @@ def evaluate(model: nn.Module, split, batch_size: int = 2000, num_classes: int |
     preds, probs = [], []
     try:
         for x, y in iterate_batches(split, batch_size):
-            logits = model(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
-            p = logits.softmax(1)
+            if tta_shift:
+                views = [x] + [shift_images(x, dx, dy) for dx, dy in _tta_offsets(tta_shift)]
+                p = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+                total_loss += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").double().cpu()
+            else:
+                logits = model(x).float()
+                total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
+                p = logits.softmax(1)
             probs.append(p.cpu())
             preds.append(p.argmax(1).cpu())
     finally:

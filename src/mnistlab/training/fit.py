@@ -29,14 +29,19 @@ from torch import nn
 
 from ..callbacks.base import Callback, CallbackList
 from ..config import Config, config_from_dict, config_to_dict
+from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import load_weights, save_checkpoint
+from .checkpoint import load_weights, save_checkpoint, weights_digest
+from .ema import WeightAverage
 from .display import Display
 from .evaluate import evaluate, predict_logits
 from .optim import build_optimizer
 from .schedules import lr_at
 
+
+# Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
+_TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "ema", "ema_sha256", "ema_best")
 
 # What restore() reads besides the weights; read_checkpoint has checked the rest.
 _RESUME_KEYS = ("optimizer", "lr_scale", "epoch", "step", "history", "train_seconds", "rng")
@@ -153,6 +158,8 @@ class Trainer:
         self._bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
         self.callbacks = CallbackList(callbacks)
         self.optimizer = build_optimizer(self._model.parameters(), cfg.optimizer, self.device)
+        self.ema = WeightAverage(self._model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
+        self._best_ema: float | None = None  # best ema_val_accuracy so far: ema.ckpt holds that epoch's average
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self.display = display or Display(quiet=True)
         self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size)
@@ -191,12 +198,16 @@ class Trainer:
                     self.stopped_by = "non_finite_loss"
                     break
                 val_metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
+                if self.ema is not None:
+                    ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+                    val_metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
                 cb.on_validation_end(epoch, val_metrics, self)
                 self._epoch = epoch
                 metrics = {"epoch": epoch, **train_metrics, **val_metrics, "lr": self.lr, "seconds": seconds}
                 self.history.append(metrics)
                 self.display.epoch_row(metrics)
                 cb.on_epoch_end(epoch, metrics, self)
+                self._save_ema(epoch, metrics)
                 self._save_last()
                 if self.stop_reason is not None:
                     break
@@ -228,6 +239,7 @@ class Trainer:
             lr = self._scheduled_lr(self._step) * self.lr_scale
             for group in opt.param_groups:
                 group["lr"] = lr
+            x = augment(x, self.cfg.augment)  # a no-op unless [augment] is enabled
             if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
@@ -247,6 +259,8 @@ class Trainer:
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if self.ema is not None:
+                self.ema.update(model)
             self._step += 1
             n = y.shape[0]
             sums += torch.tensor([loss_value * n, float((logits.argmax(1) == y).sum()), n], dtype=torch.float64)
@@ -310,10 +324,22 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "stop_reason": self.stop_reason,
             "stopped_by": self.stopped_by,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema_sha256": weights_digest(self.ema.module.state_dict()) if self.ema is not None else None,
+            "ema_best": self._best_ema,
         }
 
     def _write(self, path: Path, **kw) -> Path:
         return save_checkpoint(path, self._payload(**kw))
+
+    def _save_ema(self, epoch: int, metrics: dict[str, float]) -> None:
+        """ema.ckpt: the weight average of the epoch with the best ema_val_accuracy, as a plain model checkpoint."""
+        if self.ema is None or (self._best_ema is not None and metrics["ema_val_accuracy"] <= self._best_ema):
+            return
+        self._best_ema = metrics["ema_val_accuracy"]
+        if self._run_dir is not None:
+            payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
+            save_checkpoint(self._run_dir / "ema.ckpt", {**payload, "model": self.ema.module.state_dict()})
 
     def _save_last(self) -> None:
         if self._run_dir is not None:
@@ -348,6 +374,15 @@ class Trainer:
             config_to_dict(config_from_dict(payload["config"]))
         ):
             self.stop_reason = self.stopped_by = None
+        if self.ema is not None:
+            state = payload.get("ema")
+            if state is None:  # EMA switched on when resuming: the average starts from the current weights
+                self.ema = WeightAverage(self._model, self.cfg.ema.decay, self.cfg.ema.warmup)
+            elif weights_digest(state["weights"]) != payload.get("ema_sha256"):
+                raise CheckpointError("the checkpoint's weight average is corrupted (its SHA-256 does not match)")
+            else:
+                self.ema.load_state_dict(state)
+                self._best_ema = payload.get("ema_best")
         torch.set_rng_state(payload["rng"]["torch"])
         if payload["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])

@@ -220,6 +220,34 @@ def train(
         raise
 
 
+def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, device) -> dict[str, Any]:
+    """Test accuracies of the weight average (ema.ckpt) and with test-time augmentation, each reported apart.
+
+    Like best.ckpt, ema.ckpt was chosen on the validation split; the test split is only read here.
+    """
+    out: dict[str, Any] = {}
+    models = {"": model}
+    ema_path = run_dir / "ema.ckpt"
+    if cfg.ema.enabled and ema_path.exists():
+        ema = read_checkpoint(ema_path)
+        models["ema_"] = model_from_checkpoint(ema).to(device)
+        out["ema_best_epoch"] = int(ema["epoch"])
+    for prefix, m in models.items():
+        if prefix:
+            out[f"{prefix}test_accuracy"] = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes).accuracy
+        if cfg.tta.enabled:
+            ev = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes, tta_shift=cfg.tta.shift)
+            out[f"{prefix}tta_test_accuracy"] = ev.accuracy
+    return out
+
+
+_EXTRA_NAMES = {
+    "ema_test_accuracy": "weight average (ema.ckpt)",
+    "tta_test_accuracy": "with test-time augmentation",
+    "ema_tta_test_accuracy": "weight average with test-time augmentation",
+}
+
+
 def _run(
     cfg: Config,
     run_dir: Path,
@@ -317,6 +345,8 @@ def _run(
         stopped_by=result.stopped_by,
         per_class_accuracy=dict(zip(data.classes, test.per_class_accuracy)),
     )
+    extras = _extra_tests(cfg, run_dir, test_model, data, device)
+    summary.update(extras)
     write_json(run_dir / "summary.json", summary)
     try:  # the results are saved by now: a report that fails (a plotting error, a full disk) must not lose the run
         from ..report import write_run_report
@@ -341,4 +371,6 @@ def _run(
         f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}; "
         f"{result.train_seconds:.1f} s of training; run folder: {run_dir}"
     )
+    if any(k in extras for k in _EXTRA_NAMES):
+        display.log("test accuracy " + "; ".join(f"{_EXTRA_NAMES[k]} {100 * v:.2f}%" for k, v in extras.items() if k in _EXTRA_NAMES))
     return RunResult(run_dir=run_dir, fit=result, test=test, summary=summary)

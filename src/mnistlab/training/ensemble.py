@@ -1,0 +1,102 @@
+"""Ensembles: average the softmax outputs of several trained models on the test split.
+
+>>> result = evaluate_ensemble(["runs/a", "runs/b", "runs/c"])      # doctest: +SKIP
+>>> result.accuracy, [m.accuracy for m in result.members]           # doctest: +SKIP
+(0.9978, [0.9971, 0.9969, 0.9973])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import CheckpointError
+from .checkpoint import model_from_checkpoint, read_checkpoint
+from .evaluate import evaluate
+
+
+@dataclass
+class Member:
+    checkpoint: Path
+    accuracy: float  # on the test split, alone
+
+
+@dataclass
+class EnsembleResult:
+    members: list[Member]
+    accuracy: float  # of the averaged softmax outputs
+    loss: float  # cross-entropy of the averaged outputs
+    dataset: str
+    examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "examples": self.examples,
+            "members": [{"checkpoint": str(m.checkpoint), "test_accuracy": m.accuracy} for m in self.members],
+            "ensemble": {"size": len(self.members), "test_accuracy": self.accuracy, "test_loss": self.loss},
+        }
+
+
+def member_checkpoint(path: str | Path, ema: bool = False) -> Path:
+    """A run folder means its best.ckpt (ema.ckpt with ``ema``); a file is itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    name = "ema.ckpt" if ema else "best.ckpt"
+    if not (path / name).is_file():
+        hint = " (was the run trained with [ema] enabled?)" if ema else ""
+        raise CheckpointError(f"run folder {path} has no {name}{hint}")
+    return path / name
+
+
+def evaluate_ensemble(
+    runs: Sequence[str | Path], *, ema: bool = False, data_dir: str | None = None, tta_shift: int = 0
+) -> EnsembleResult:
+    """Test every member and the average of their softmax outputs on the test split of their dataset.
+
+    All members must be trained on the same dataset with the same classes. The
+    data is loaded as the first member's config says (``data_dir`` overrides
+    where it lives).
+    """
+    from ..config import config_from_dict
+    from ..data import load_data
+    from ..errors import ConfigError
+
+    if not runs:
+        raise ConfigError("an ensemble needs at least one run or checkpoint")
+    paths = [member_checkpoint(r, ema) for r in runs]
+    payloads = [read_checkpoint(p) for p in paths]
+    first = payloads[0]
+    for p, payload in zip(paths[1:], payloads[1:]):
+        if (payload.get("dataset"), payload.get("classes")) != (first.get("dataset"), first.get("classes")):
+            raise CheckpointError(
+                f"{p} was trained on {payload.get('dataset')!r} with classes {payload.get('classes')}, but "
+                f"{paths[0]} on {first.get('dataset')!r} with {first.get('classes')}: an ensemble needs one dataset"
+            )
+    try:
+        data_cfg = config_from_dict(first["config"]).data
+    except ConfigError as e:
+        raise CheckpointError(f"the config stored in {paths[0]} is not valid: {e}") from None
+    data = load_data(replace(data_cfg, dir=data_dir) if data_dir else data_cfg)
+    members, total = [], None
+    for path, payload in zip(paths, payloads):
+        ev = evaluate(model_from_checkpoint(payload), data.test, num_classes=data.num_classes, tta_shift=tta_shift)
+        members.append(Member(path, ev.accuracy))
+        total = ev.probabilities if total is None else total + ev.probabilities
+    probs = total / len(paths)
+    labels = data.test.labels.cpu()
+    accuracy = float((probs.argmax(1) == labels).double().mean())
+    loss = float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels))
+    return EnsembleResult(members, accuracy, loss, data.dataset, int(labels.numel()))
+
+
+def format_ensemble(result: EnsembleResult) -> str:
+    width = max(len(str(m.checkpoint)) for m in result.members)
+    lines = [f"{'member':<{width}}  test accuracy", f"{'-' * width}  -------------"]
+    lines += [f"{str(m.checkpoint):<{width}}  {100 * m.accuracy:>12.2f}%" for m in result.members]
+    lines.append(f"{'ensemble of ' + str(len(result.members)):<{width}}  {100 * result.accuracy:>12.2f}%")
+    return "\n".join(lines)

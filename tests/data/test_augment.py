@@ -1,0 +1,109 @@
+"""Batched augmentation: shapes and labels kept, images changed, reproducible, never at evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnistlab.config import AugmentConfig, Config, apply_overrides
+from mnistlab.data.augment import affine_matrices, augment, shift_images
+from mnistlab.data.batching import to_float
+from mnistlab.errors import ConfigError
+from mnistlab.models import build_model
+from mnistlab.training.evaluate import evaluate
+from mnistlab.training.fit import Trainer
+
+ON = AugmentConfig(enabled=True, rotation=15.0, scale=0.1, shift=0.1, shear=10.0, elastic_alpha=6.0)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_small):
+    return to_float(mnist_small.train.images[:256])
+
+
+def test_augmented_batches_keep_shape_dtype_and_range_and_differ_per_image(digits):
+    torch.manual_seed(0)
+    out = augment(digits, ON)
+    assert out.shape == digits.shape and out.dtype == digits.dtype and out.device == digits.device
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    changed = (out - digits).abs().flatten(1).amax(1)
+    assert (changed > 0.1).all()  # every image moved
+    # one transform per image, not one per batch: the same digit twice is transformed two ways
+    pair = augment(torch.stack([digits[0], digits[0]]), ON)
+    assert not torch.allclose(pair[0], pair[1])
+
+
+def test_digits_stay_in_the_frame_and_keep_their_ink(digits):
+    torch.manual_seed(1)
+    out = augment(digits, ON)
+    ink_before, ink_after = digits.sum((1, 2, 3)), out.sum((1, 2, 3))
+    ratio = ink_after / ink_before
+    # zoom of up to 10% changes the area by up to 21%; little may fall off the 28x28 frame
+    assert ratio.min() > 0.7 and ratio.max() < 1.35, (ratio.min(), ratio.max())
+
+
+def test_the_identity_settings_change_nothing_and_disabled_returns_the_batch_itself(digits):
+    identity = AugmentConfig(enabled=True, rotation=0.0, scale=0.0, shift=0.0, shear=0.0)
+    torch.testing.assert_close(augment(digits, identity), digits)
+    assert augment(digits, AugmentConfig(enabled=False)) is digits
+
+
+def test_the_same_rng_state_gives_the_same_transforms(digits):
+    torch.manual_seed(5)
+    a = augment(digits[:8], ON)
+    torch.manual_seed(5)
+    b = augment(digits[:8], ON)
+    torch.manual_seed(6)
+    c = augment(digits[:8], ON)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_affine_parameters_stay_within_their_ranges():
+    cfg = AugmentConfig(enabled=True, rotation=0.0, scale=0.2, shift=0.0, shear=0.0)
+    torch.manual_seed(0)
+    m = affine_matrices(1000, cfg, torch.device("cpu"))
+    zoom = 1 / m[:, 0, 0]  # no rotation or shear: the diagonal is 1 / scale
+    assert zoom.min() >= 0.8 and zoom.max() <= 1.2 and zoom.std() > 0.05
+    torch.testing.assert_close(m[:, 0, 0], m[:, 1, 1])
+    cfg = AugmentConfig(enabled=True, rotation=0.0, scale=0.0, shift=0.25, shear=0.0)
+    t = affine_matrices(1000, cfg, torch.device("cpu"))[:, :, 2]
+    assert t.abs().max() <= 0.5 and t.abs().max() > 0.4  # a quarter side is 0.5 grid units
+
+
+def test_shift_images_moves_the_ink_by_whole_pixels(digits):
+    x = digits[:4]
+    moved = shift_images(x, 3, -2)  # right 3, up 2
+    torch.testing.assert_close(moved[..., :-2, 3:], x[..., 2:, :-3])
+    assert (moved[..., :, :3] == 0).all() and (moved[..., -2:, :] == 0).all()
+
+
+def test_bad_settings_are_config_errors():
+    for override, message in [
+        ("augment.scale=1.5", "augment.scale must be in [0, 1)"),
+        ("augment.rotation=-3", "augment.rotation must be zero or more"),
+        ("augment.shear=90", "shear below 90 degrees"),
+        ("augment.elastic_sigma=0", "augment.elastic_sigma must be greater than zero"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+            apply_overrides(Config(), [override])
+
+
+def _train(data, *overrides):
+    cfg = apply_overrides(Config(), [
+        "model.name=cnn", "model.channels=[4, 8]", "train.epochs=1", "train.batch_size=100", "train.device=cpu",
+        "train.progress=false", *overrides,
+    ])
+    torch.manual_seed(0)
+    model = build_model("cnn", mean=data.mean, std=data.std, **cfg.model.options())
+    return Trainer(model, data, cfg).fit()
+
+
+def test_training_sees_augmented_images_but_validation_does_not(mnist_small):
+    plain = _train(mnist_small)
+    augmented = _train(mnist_small, "augment.enabled=true")
+    # the same seed and batches: only the augmentation differs, and it changes what is learned
+    assert not torch.equal(plain.model.features[0].weight, augmented.model.features[0].weight)
+    # the validation metrics of the epoch are those of the clean validation images
+    clean = evaluate(augmented.model, mnist_small.val)
+    assert augmented.history[-1]["val_accuracy"] == clean.accuracy
+    assert augmented.history[-1]["val_loss"] == pytest.approx(clean.loss, rel=1e-6)

@@ -1,0 +1,193 @@
+"""The weight average (EMA), test-time augmentation and ensembles: what they compute, and that they save and load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mnistlab.cli import main
+from mnistlab.config import Config, apply_overrides
+from mnistlab.data import load_data
+from mnistlab.data.augment import shift_images
+from mnistlab.errors import CheckpointError
+from mnistlab.training import read_checkpoint, train
+from mnistlab.training.checkpoint import load_model, save_checkpoint
+from mnistlab.training.ema import WeightAverage
+from mnistlab.training.ensemble import evaluate_ensemble
+from mnistlab.training.evaluate import evaluate
+
+
+def small_cfg(root, *overrides):
+    return apply_overrides(Config(), [
+        f"data.dir={root}", "data.train_limit=1000", "data.val_size=500", "model.name=cnn", "model.channels=[4, 8]",
+        "model.batch_norm=true", "train.batch_size=100", "train.threads=1", "train.progress=false",
+        "tensorboard.enabled=false", "ema.enabled=true", "ema.decay=0.9", *overrides,
+    ])
+
+
+@pytest.fixture(autouse=True)
+def _no_report(monkeypatch):
+    import types
+
+    import mnistlab.report
+
+    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))
+
+
+# ---- WeightAverage as a unit ------------------------------------------------------------
+
+
+def test_the_average_follows_the_formula_for_weights_and_batch_norm_buffers():
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = WeightAverage(net, decay=0.75, warmup=False)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()(torch.randn(8, 3))  # moves the running statistics and num_batches_tracked
+    ema.update(net)
+    now, theirs = ema.module.state_dict(), net.state_dict()
+    for k, v in now.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * theirs[k])
+        else:
+            assert torch.equal(v, theirs[k])  # num_batches_tracked is copied
+    assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
+
+
+def test_warmup_starts_fast_and_reaches_the_decay():
+    ema = WeightAverage(nn.Linear(1, 1), decay=0.999, warmup=True)
+    decays = []
+    for _ in range(10_000):
+        decays.append(ema.current_decay())
+        ema.updates += 1
+    assert decays[0] == pytest.approx(0.1) and decays[-1] == 0.999
+    assert all(a <= b for a, b in zip(decays, decays[1:]))
+
+
+# ---- in a run -----------------------------------------------------------------------------
+
+
+def test_a_run_with_ema_saves_the_average_of_its_best_epoch_as_a_model(mnist_root, tmp_path):
+    result = train(small_cfg(mnist_root, "train.epochs=3"), out=tmp_path / "run", quiet=True)
+    history = result.fit.history
+    assert all("ema_val_accuracy" in row and "ema_val_loss" in row for row in history)
+    ema_ckpt = read_checkpoint(tmp_path / "run" / "ema.ckpt")
+    best_epoch = max(history, key=lambda r: r["ema_val_accuracy"])["epoch"]  # the first of equals wins
+    assert ema_ckpt["epoch"] == best_epoch == result.summary["ema_best_epoch"]
+    assert "optimizer" not in ema_ckpt  # a model to use, not a resume state
+    raw = read_checkpoint(tmp_path / "run" / "last.ckpt")["model"]
+    assert any(not torch.equal(raw[k], ema_ckpt["model"][k]) for k in raw)  # the average is not the weights
+
+    model = load_model(tmp_path / "run" / "ema.ckpt")
+    ev = evaluate(model, load_data(small_cfg(mnist_root).data).test)
+    assert ev.accuracy == result.summary["ema_test_accuracy"]
+
+
+def test_resume_with_ema_and_augmentation_is_exact(mnist_root, tmp_path):
+    # a constant schedule: one-cycle's shape depends on the number of epochs, so 1 + 1 would not be 2
+    cfg = small_cfg(mnist_root, "augment.enabled=true", "augment.elastic_alpha=4", "model.dropout=0.2",
+                    "schedule.name=constant")
+    full = train(apply_overrides(cfg, ["train.epochs=2"]), out=tmp_path / "full", quiet=True)
+    train(apply_overrides(cfg, ["train.epochs=1"]), out=tmp_path / "half", quiet=True)
+    resumed = train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "half", quiet=True)
+    a, b = (read_checkpoint(tmp_path / d / "last.ckpt") for d in ("full", "half"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["weights"][k], b["ema"]["weights"][k]) for k in a["ema"]["weights"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 20
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(full.fit.history) == strip(resumed.fit.history)
+    assert full.summary["ema_test_accuracy"] == resumed.summary["ema_test_accuracy"]
+
+
+def test_a_corrupted_weight_average_in_last_ckpt_is_refused(mnist_root, tmp_path):
+    cfg = small_cfg(mnist_root, "train.epochs=1", "data.train_limit=200")
+    train(cfg, out=tmp_path / "run", quiet=True)
+    payload = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    weights = payload["ema"]["weights"]
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1
+    save_checkpoint(tmp_path / "run" / "last.ckpt", payload)
+    with pytest.raises(CheckpointError, match="weight average is corrupted"):
+        train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
+
+
+# ---- test-time augmentation ---------------------------------------------------------------
+
+
+def test_tta_averages_the_softmax_over_the_image_and_four_shifts(mnist_small):
+    torch.manual_seed(0)
+    from mnistlab.models import build_model
+
+    model = build_model("cnn", channels=[4, 8], mean=mnist_small.mean, std=mnist_small.std).eval()
+    split = type(mnist_small.test)(mnist_small.test.images[:300], mnist_small.test.labels[:300])
+    tta = evaluate(model, split, batch_size=128, tta_shift=2)
+    x = split.images.float() / 255
+    with torch.no_grad():
+        views = [x, shift_images(x, 2, 0), shift_images(x, -2, 0), shift_images(x, 0, 2), shift_images(x, 0, -2)]
+        expected = torch.stack([model(v).softmax(1) for v in views]).mean(0)
+    torch.testing.assert_close(tta.probabilities, expected)
+    assert tta.accuracy == float((expected.argmax(1) == split.labels).double().mean())
+    plain = evaluate(model, split, batch_size=128)
+    assert not torch.allclose(tta.probabilities, plain.probabilities)
+
+
+def test_a_run_reports_tta_and_ema_accuracies_apart(mnist_root, tmp_path):
+    result = train(small_cfg(mnist_root, "train.epochs=1", "tta.enabled=true"), out=tmp_path / "run", quiet=True)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("test_accuracy", "tta_test_accuracy", "ema_test_accuracy", "ema_tta_test_accuracy"):
+        assert 0.0 < s[key] <= 1.0, key
+    assert s == json.loads(json.dumps(result.summary))
+
+
+# ---- ensembles ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(mnist_root, tmp_path_factory):
+    import types
+    from unittest import mock
+
+    root = tmp_path_factory.mktemp("ensemble")
+    with mock.patch("mnistlab.report.write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)")):
+        for seed in (0, 1):
+            train(small_cfg(mnist_root, "train.epochs=1", f"train.seed={seed}"), out=root / f"r{seed}", quiet=True)
+    return root / "r0", root / "r1"
+
+
+def test_the_ensemble_averages_its_members_softmax(two_runs, mnist_root):
+    result = evaluate_ensemble(two_runs)
+    test = load_data(small_cfg(mnist_root).data).test
+    members = [evaluate(load_model(r / "best.ckpt"), test) for r in two_runs]
+    assert [m.accuracy for m in result.members] == [m.accuracy for m in members]
+    avg = (members[0].probabilities + members[1].probabilities) / 2
+    assert result.accuracy == float((avg.argmax(1) == test.labels).double().mean())
+    assert result.examples == 10_000 and result.dataset == "mnist"
+
+
+def test_ensemble_command_prints_members_and_ensemble_and_json(two_runs, capsys):
+    assert main(["ensemble", *map(str, two_runs), "--ema"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ema.ckpt") == 2 and "ensemble of 2" in out
+    assert main(["ensemble", *map(str, two_runs), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [m["checkpoint"] for m in data["members"]] == [str(r / "best.ckpt") for r in two_runs]
+    assert data["ensemble"]["size"] == 2 and 0.0 < data["ensemble"]["test_accuracy"] <= 1.0
+
+
+def test_ensemble_errors_are_one_clear_line(two_runs, tmp_path, capsys):
+    other = read_checkpoint(two_runs[1] / "best.ckpt")
+    other["dataset"] = "kmnist"
+    save_checkpoint(tmp_path / "kmnist.ckpt", other)
+    cases = [
+        ([str(two_runs[0]), str(tmp_path / "kmnist.ckpt")], "an ensemble needs one dataset"),
+        ([str(tmp_path)], f"run folder {tmp_path} has no best.ckpt"),
+        ([str(two_runs[0]), "--tta", "-1"], "--tta must be zero or more pixels"),
+    ]
+    for args, message in cases:
+        assert main(["ensemble", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
