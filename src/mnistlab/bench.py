@@ -17,7 +17,7 @@ seconds move by 2x from one minute to the next, ratios much less):
 
 >>> rate = matmul_gflops(n=256, repeats=2)       # doctest: +SKIP
 >>> print(format_table([{"a": 1, "b": 2.5}]))
-a  b
+a    b
 -  ---
 1  2.5
 """
