@@ -22,6 +22,8 @@ _FLAG_KEYS = {
     "threads": "train.threads",
     "dataset": "data.dataset",
     "data_dir": "data.dir",
+    "init_from": "finetune.init_from",
+    "unfreeze_at": "finetune.unfreeze_at",
 }
 
 
@@ -50,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.batch_size=128 (repeatable)")
+                   help="override any config key, e.g. --set train.batch_size=128, or --set "
+                   "train.grad_checkpoint=true to recompute the conv layers' activations in the backward pass "
+                   "instead of storing them (less memory, more time; same results) (repeatable)")
     t.add_argument("--model", help="model name (see `mnistlab models`)")
     t.add_argument("--epochs", type=int, help="number of epochs")
     t.add_argument("--optimizer", help="sgd, adam or adamw")
@@ -64,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--early-stopping", metavar="SPEC",
                    help="none, patience:N, gl:ALPHA, pq:ALPHA or up:S (Prechelt's criteria; strip length "
                         "with --set early_stopping.strip=K)")
+    t.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of another run: a .ckpt file or a run folder (its best.ckpt). "
+                   "Without --config, the model and its options are the checkpoint's (flags and --set still change "
+                   "them). The output layer is replaced, freshly initialized, when the class count differs; the "
+                   "input normalization is the new data's")
+    t.add_argument("--freeze", metavar="PATTERNS",
+                   help="keep these parameters fixed (out of the optimizer): names, module prefixes or globs, "
+                   "separated by commas or spaces, e.g. 'features' or 'features.0.*, classifier.1'. Frozen batch "
+                   "norm layers run in inference mode (their statistics do not move)")
+    t.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
+                   help="train the --freeze parameters too from the start of this epoch (a new optimizer group)")
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date>-<time>-<model>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.ckpt; "
                    "flags and --set change the stored config (e.g. --epochs to train further)")
@@ -141,21 +156,42 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train_config(args: argparse.Namespace):
     from .callbacks import parse_early_stopping
+    from dataclasses import replace
+
     from .config import Config, apply_overrides, config_from_dict, load_config
     from .training.checkpoint import read_checkpoint
+    from .training.finetune import read_init_checkpoint, split_patterns
 
     if args.resume:
+        if args.init_from:
+            raise MnistlabError("--init-from cannot be combined with --resume: a resumed run continues from its "
+                                "own last.ckpt")
         if args.config:
             raise MnistlabError("--config cannot be combined with --resume: the run's stored config is used; "
                                 "change it with flags or --set")
         run = Path(args.resume)
         payload = read_checkpoint(run / "last.ckpt" if run.is_dir() else run)
         cfg = config_from_dict(payload["config"])
+    elif args.config:
+        cfg = load_config(args.config)
+    elif args.init_from:  # fine-tune the checkpoint's architecture unless told otherwise
+        payload = read_init_checkpoint(args.init_from)[1]
+        try:
+            model = config_from_dict(payload["config"]).model
+        except MnistlabError as e:
+            raise MnistlabError(f"--init-from {args.init_from}: its stored config is not valid: {e}") from None
+        cfg = replace(Config(), model=model)
     else:
-        cfg = load_config(args.config) if args.config else Config()
+        cfg = Config()
     flags: dict[str, Any] = {
         key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None
     }
+    if args.freeze is not None:
+        patterns = split_patterns(args.freeze)
+        if not patterns:
+            raise MnistlabError(f"--freeze {args.freeze!r} names no parameters; give names, prefixes or globs "
+                                "such as 'features' or 'features.0.*'")
+        flags["finetune.freeze"] = list(patterns)
     if args.early_stopping:
         flags.update(parse_early_stopping(args.early_stopping))
     cfg = apply_overrides(cfg, flags)

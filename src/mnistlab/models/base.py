@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .checkpointing import checkpointed_features
 
 
 class Net(nn.Module):
@@ -28,6 +29,9 @@ class Net(nn.Module):
     # Measured per zoo model by benchmarks/roofline.py: faster for the small
     # conv-pool CNNs and ResNet-50, slower for AlexNet, VGG and ResNet-18.
     channels_last_on_cpu: bool = False
+    # Recompute the activations of ``features`` in the backward pass instead of keeping
+    # them (models/checkpointing.py); set with set_grad_checkpointing (train.grad_checkpoint).
+    grad_checkpointing: bool = False
 
     def __init__(
         self,
@@ -80,9 +84,28 @@ class Net(nn.Module):
         self.mean.copy_(mean_t)
         self.std.copy_(std_t)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the activations of ``features`` segment by segment in backward (training only).
+
+        It applies only in training mode with gradients enabled; evaluation and
+        ``torch.no_grad`` forwards run as usual. The classifier is never
+        recomputed: its activations are small next to the conv maps.
+        """
+        self.grad_checkpointing = enable
+
+    @property
+    def output_layer(self) -> str:
+        """The name of the classifier's last linear layer, the one that outputs the class logits."""
+        last = [name for name, m in self.classifier.named_modules() if isinstance(m, nn.Linear)][-1]
+        return f"classifier.{last}" if last else "classifier"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
-        return self.classifier(torch.flatten(self.features(x), 1))
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            features = checkpointed_features(self.features, x)
+        else:
+            features = self.features(x)
+        return self.classifier(torch.flatten(features, 1))
 
 
 def scaled(channels: int, width: float) -> int:

@@ -36,6 +36,7 @@ from .checkpoint import load_weights, save_checkpoint, weights_digest
 from .ema import WeightAverage
 from .display import Display
 from .evaluate import evaluate, predict_logits
+from .finetune import freeze, hold_frozen_batch_norm, released_by, trainable_line
 from .optim import build_optimizer
 from .schedules import lr_at
 
@@ -149,6 +150,13 @@ class Trainer:
         self.data = data
         self.device = device or resolve_device(cfg.train.device)
         self._model = model.to(self.device)
+        if cfg.train.grad_checkpoint:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise ConfigError(f"train.grad_checkpoint: {type(model).__name__} has no set_grad_checkpointing "
+                                  "(zoo models have it; see models/checkpointing.py)")
+            model.set_grad_checkpointing(True)
+        # Frozen parameters stay out of the optimizer until finetune.unfreeze_at adds them as a new group.
+        self._frozen = freeze(model, cfg.finetune.freeze)
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
@@ -185,6 +193,9 @@ class Trainer:
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
                 if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early
                     break
+                if epoch == self.cfg.finetune.unfreeze_at and self._unfreeze():
+                    self.display.log(f"epoch {epoch}: unfroze {', '.join(self.cfg.finetune.freeze)}; "
+                                     f"{trainable_line(self._model)}")
                 cb.on_epoch_begin(epoch, self)
                 train_metrics, seconds = self._train_epoch(epoch)
                 if train_metrics is None:  # non-finite loss: stop_reason is set
@@ -227,7 +238,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float] | None, float]:
         cfg, model, opt = self.cfg.train, self._model, self.optimizer
-        model.train()
+        self._train_mode()
         start, sums = 0, torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
         if self._resume is not None and self._resume.get("batch", 0) and self._resume["epoch"] == epoch - 1:
             start, sums = self._resume["batch"], self._resume["partial"].clone()
@@ -284,6 +295,20 @@ class Trainer:
             "interrupted",
         )
         raise TrainingInterrupted(self._signals.signum, path)
+
+    def _train_mode(self) -> None:
+        self._model.train()
+        hold_frozen_batch_norm(self._model)  # frozen BN layers keep their statistics (see finetune.py)
+
+    def _unfreeze(self) -> bool:
+        """Release the frozen parameters into a new optimizer group; False if none are frozen (any more)."""
+        if not self._frozen:
+            return False
+        for p in self._frozen:
+            p.requires_grad_(True)
+        self.optimizer.add_param_group({"params": self._frozen})
+        self._frozen = []
+        return True
 
     def _scheduled_lr(self, step: int) -> float:
         return lr_at(
@@ -358,6 +383,9 @@ class Trainer:
                 f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
             )
         load_weights(self._model, payload["model"], source="the checkpoint")
+        # A checkpoint written after the unfreeze holds the optimizer with the released group: rebuild that first.
+        if released_by(self.cfg.finetune.unfreeze_at, int(payload["epoch"]), int(payload.get("batch", 0))):
+            self._unfreeze()
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as e:
@@ -437,5 +465,9 @@ class Trainer:
         return self.data.val.images, self.data.val.labels
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_logits(self._model, images, self.cfg.train.eval_batch_size)
+        training = self._model.training
+        logits = predict_logits(self._model, images, self.cfg.train.eval_batch_size)
+        if training:  # predict_logits put every layer back in training mode, frozen batch norm too
+            self._train_mode()
+        return logits
 

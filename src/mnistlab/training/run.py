@@ -26,6 +26,7 @@ from ..models.summary import count_parameters
 from .checkpoint import atomic_write, model_from_checkpoint, read_checkpoint
 from .display import Display
 from .evaluate import Evaluation, evaluate
+from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
 from .fit import FitResult, Trainer, TrainingInterrupted, resolve_device
 
 
@@ -196,7 +197,9 @@ def train(
     """
     wall0 = time.perf_counter()
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
-    payload, created = None, False
+    payload, init, created = None, None, False
+    if resume is None and cfg.finetune.init_from is not None:  # a resumed run has its weights in last.ckpt
+        init = read_init_checkpoint(cfg.finetune.init_from)  # read before a folder is made: a bad one changes nothing
     if resume is not None:
         resume = Path(resume)
         ckpt = resume / "last.ckpt" if resume.is_dir() else resume
@@ -210,7 +213,7 @@ def train(
     try:
         prepare_run_dir(run_dir, resume=payload is not None)
         with RunLock(run_dir):
-            return _run(cfg, run_dir, payload, callbacks, Display(quiet=quiet, progress=cfg.train.progress), wall0)
+            return _run(cfg, run_dir, payload, init, callbacks, Display(quiet=quiet, progress=cfg.train.progress), wall0)
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
             try:
@@ -252,6 +255,7 @@ def _run(
     cfg: Config,
     run_dir: Path,
     payload: dict[str, Any] | None,
+    init: tuple[Path, dict[str, Any]] | None,
     callbacks: Iterable[Callback],
     display: Display,
     wall0: float,
@@ -270,6 +274,10 @@ def _run(
         std=data.std,
         **cfg.model.options(),
     )
+    init_note = None if init is None else init_from_checkpoint(
+        model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
+        in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]),
+    )
     check_free_space(run_dir, model, cfg.checkpoint.save_top_k)
     cbs = build_callbacks(cfg, run_dir) + list(callbacks)
     trainer = Trainer(model, data, cfg, callbacks=cbs, run_dir=run_dir, display=display, device=device)
@@ -283,8 +291,10 @@ def _run(
             )
     write_file(run_dir / "config.toml", config_to_toml(cfg).encode())
     params = count_parameters(model)
+    if init_note is not None:
+        display.log(init_note)
     display.log(
-        f"training {cfg.model.name} ({params:,} parameters) on {data.dataset}: "
+        f"training {cfg.model.name} ({trainable_line(model)}) on {data.dataset}: "
         f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
         f"{torch.get_num_threads()} threads -> {run_dir}"
     )
@@ -292,6 +302,7 @@ def _run(
         "model": cfg.model.name,
         "dataset": data.dataset,
         "parameters": params,
+        "trainable_parameters": count_parameters(model, trainable_only=True),  # when this run (or its resumed part) began
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
