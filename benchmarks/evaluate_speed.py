@@ -31,7 +31,7 @@ from mnistlab.training.fit import Trainer
 
 def main() -> None:
     p = benchmark_parser(__doc__)
-    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=Config().train.eval_batch_size)
     args = parse_benchmark_args(p)
     cfg = apply_overrides(Config(), [f"data.dir={args.data_dir}", "model.name=cnn", "train.epochs=1",
                                      "train.progress=false", "train.device=cpu"])

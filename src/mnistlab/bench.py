@@ -206,7 +206,7 @@ def roofline(
     return rows
 
 
-def eval_seconds(model: torch.nn.Module, split: Split, batch_size: int = 2000, repeats: int = 3) -> tuple[float, float]:
+def eval_seconds(model: torch.nn.Module, split: Split, batch_size: int = 500, repeats: int = 3) -> tuple[float, float]:
     """Median seconds of :func:`evaluate` on ``split`` (after one warm-up), and its accuracy."""
     ev = evaluate(model, split, batch_size)
     times = []

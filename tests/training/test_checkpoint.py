@@ -45,7 +45,11 @@ def test_round_trip_rebuilds_the_model_from_the_registry(tmp_path):
     loaded = load_model(path)
     x = torch.rand(3, 1, 28, 28)
     model.eval()
-    assert torch.equal(loaded(x), model(x))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    # The same weights, loaded channels-last (the faster layout for this model on a CPU): the
+    # convolutions add in another order, so the outputs agree to float rounding, not bit for bit.
+    assert loaded.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
     assert loaded.classes == [str(i) for i in range(10)]
     assert torch.allclose(loaded.mean, torch.tensor(0.13))  # normalization travels with the weights
     assert not loaded.training

@@ -171,6 +171,10 @@ def model_from_checkpoint(payload: dict[str, Any]):
             f"the checkpoint describes a model that cannot be built ({type(e).__name__}: {e})"
         ) from None
     load_weights(model, payload["model"], source=payload["model_name"])
+    from .fit import use_channels_last  # here: fit imports this module
+
+    if use_channels_last(None, model, torch.device("cpu")):  # 2-4x faster inference for the small CNNs
+        model = model.to(memory_format=torch.channels_last)
     classes = payload.get("classes")
     ok = isinstance(classes, (list, tuple)) and len(classes) == num_classes
     model.classes = [str(c) for c in classes] if ok else [str(i) for i in range(num_classes)]

@@ -44,7 +44,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Logits for uint8 (or [0, 1] float) images, in eval mode, batch by batch."""
     was_training = model.training
     model.eval()
@@ -63,7 +63,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 200
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split, batch_size: int = 2000, num_classes: int | None = None, tta_shift: int = 0
+    model: nn.Module, split, batch_size: int = 500, num_classes: int | None = None, tta_shift: int = 0
 ) -> Evaluation:
     """Evaluate ``model`` (in eval mode) on a data split (uint8 images, int64 labels).
 
