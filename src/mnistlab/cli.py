@@ -151,6 +151,21 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
     bn.add_argument("--train-limit", type=int, metavar="N", help="time to accuracy on the first N training images "
                     "only (a quick smoke run, not a measurement)")
+    sw = sub.add_parser("sweep", help="search hyperparameters (needs mnistlab[tune])",
+                        description="Run a hyperparameter search over any config keys: the file is a config (the "
+                        "base of every trial) plus [sweep] and [sweep.params] (see configs/sweep-example.toml). Each "
+                        "trial trains into DIR/trial-NNNN/; DIR also gets study.db, results.csv, best.toml and "
+                        "objective.png. Ctrl-C keeps finished trials; the same command continues the study.")
+    sw.add_argument("config", metavar="CONFIG", help="sweep file (TOML)")
+    sw.add_argument("--out", metavar="DIR", help="sweep folder (default: sweeps/<date>-<time>-<name>)")
+    sw.add_argument("--trials", type=int, metavar="N", help="trials in all (complete or pruned), over reruns and workers")
+    sw.add_argument("--workers", type=int, metavar="N", help="processes sharing the study (default 1)")
+    sw.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
+    _add_data_dir(sw)
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the base config (repeatable)")
+    sw.add_argument("--quiet", action="store_true", help="print only the final table and errors")
+    sw.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set on the extra processes a sweep starts
     return parser
 
 
@@ -342,6 +357,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepInterrupted, format_table, load_sweep, run_sweep
+
+    spec = load_sweep(args.config, overrides=args.overrides, data_dir=args.data_dir, trials=args.trials,
+                      workers=args.workers, storage=args.storage)
+    try:
+        result = run_sweep(spec, out=args.out, quiet=args.quiet, worker=args.worker)
+    except SweepInterrupted as e:
+        if args.worker is None:  # the first process speaks for the sweep
+            print(f"mnistlab sweep: {e}", file=sys.stderr)
+        return e.exit_code
+    if result is not None:
+        print(format_table(result.rows, spec))
+        print(f"\nsweep folder: {result.out} ({', '.join(p.name for p in result.files.values())})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -353,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": _cmd_compare,
         "ensemble": _cmd_ensemble,
         "bench": _cmd_bench,
+        "sweep": _cmd_sweep,
     }[args.command]
     try:
         return handler(args)

@@ -428,6 +428,9 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    if "sweep" in data:  # a sweep file's base would silently train one trial's worth of nothing in particular
+        raise ConfigError(f"{path} is a sweep file (it has a [sweep] table); run it with `mnistlab sweep {path}`, "
+                          "or train its result, the best.toml the sweep writes")
     try:
         return config_from_dict(data)
     except ConfigError as e:

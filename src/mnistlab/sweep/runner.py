@@ -1,0 +1,370 @@
+"""Run a sweep: an Optuna study whose trials are ordinary ``train`` runs.
+
+Every process of a sweep (the one the user started and its ``--workers``)
+runs the same loop against one shared storage::
+
+    under the study lock: count finished + running trials; stop at sweep.trials; else ask for a trial
+    train the trial into <out>/trial-NNNN/, reporting the objective each epoch (the pruner may stop it)
+    tell the study: COMPLETE with the best validation value, PRUNED, or FAIL
+
+Counting and asking under one lock is what makes the total exact with several
+workers; for SQLite (the default) the lock is a file beside the database. A
+server database (PostgreSQL, MySQL) spans machines without a shared file, so
+there a sweep may overshoot its count by up to the number of workers minus one.
+
+Ctrl-C: the running trial saves its state and is marked failed; finished trials
+stay in the storage, and running the same command again continues the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from ..callbacks.base import Callback, TrainerHandle
+from ..errors import ConfigError, MnistlabError
+from .spec import SweepSpec, apply_params, fingerprint, grid_points
+
+INSTALL_HINT = "pip install 'mnistlab[tune]'"
+MAX_FAILURES_IN_A_ROW = 3  # a config that cannot train (a bad combination of values) should not loop forever
+SQLITE_TIMEOUT_S = 120  # workers wait this long for SQLite's write lock instead of failing with "database is locked"
+
+
+def require_optuna():
+    """Optuna is an optional extra: import it, or say how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise MnistlabError(f"`mnistlab sweep` needs Optuna, which is not installed: {INSTALL_HINT}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one line per trial says what matters
+    return optuna
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) during a sweep; finished trials are in the storage."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    storage: str
+    study_name: str
+    rows: list  # results.TrialRow, best first
+    files: dict[str, Path]
+
+
+def default_out(name: str, root: str | Path = "sweeps") -> Path:
+    """``sweeps/<date>-<time>-<name>``; not created here (the sweep creates it when it starts)."""
+    return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def storage_url(spec: SweepSpec, out: Path) -> str:
+    return spec.storage or f"sqlite:///{out.resolve() / 'study.db'}"
+
+
+def study_lock(url: str):
+    """A lock shared by every process of a SQLite study; a no-op for server databases (see the module docstring)."""
+    path = url.partition(":///")[2] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{path}.lock", timeout=SQLITE_TIMEOUT_S)
+
+
+def open_study(spec: SweepSpec, url: str, *, worker: int = 0):
+    """Create the study, or load it to continue; refuse one that was started by a different sweep."""
+    optuna = require_optuna()
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:") else {}
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:  # noqa: BLE001 -- SQLAlchemy raises many types for a bad URL or an unreachable server
+        raise ConfigError(f"cannot open the sweep storage {url}: {type(e).__name__}: {e}") from None
+    study = optuna.create_study(
+        storage=storage, study_name=spec.study_name, direction=spec.direction, load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=spec.seed), pruner=make_pruner(spec),
+    )
+    mine, stored = fingerprint(spec), study.user_attrs.get("sweep")
+    if stored is None:
+        study.set_user_attr("sweep", mine)
+    elif stored != mine:
+        changed = sorted(k for k in mine if mine[k] != stored.get(k))
+        raise ConfigError(
+            f"the study {spec.study_name!r} in {url} was started by a different sweep (it differs in: "
+            f"{', '.join(changed)}); trials of different searches are not mixed: choose another --out or "
+            "sweep.study_name, or restore the sweep file"
+        )
+    # Each process, and each rerun, draws its own stream: the same seed in two workers (or after
+    # Ctrl-C) would otherwise propose the very trials already run. One uninterrupted process
+    # with a given seed proposes the same trials every time.
+    study.sampler = make_sampler(spec, seed=spec.seed + 7919 * worker + len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def make_sampler(spec: SweepSpec, seed: int):
+    optuna = require_optuna()
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    # grid: every trial's values are fixed by enqueue_trial (see _next_grid_point); the sampler is never asked
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: SweepSpec):
+    optuna = require_optuna()
+    if spec.pruner == "median":
+        # Sweeps here hold tens of trials, not thousands: two finished trials are enough to compare against.
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.base.train.epochs)
+    # none, and early_stopping (our own rule stops the trial; see run_trial)
+    return optuna.pruners.NopPruner()
+
+
+class ReportToTrial(Callback):
+    """Reports the objective to the Optuna trial after each epoch, and stops the run when the pruner says so.
+
+    It stops through the trainer handle like any callback, so the pruned trial still ends as a
+    complete run folder (best.ckpt, summary.json); ``run_trial`` then marks the trial pruned.
+    """
+
+    def __init__(self, trial, objective: str) -> None:
+        self.trial = trial
+        self.objective = objective
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        value = float(metrics[self.objective])
+        self.trial.report(value, epoch)
+        if self.pruned_at is None and self.trial.should_prune():
+            self.pruned_at = epoch
+            trainer.request_stop(f"pruned by the sweep at epoch {epoch} ({self.objective} {value:.4g})")
+
+
+def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
+    """One value per param from the trial (Optuna labels; see Param.labels)."""
+    values: dict[str, Any] = {}
+    for p in spec.params:
+        if p.type == "float":
+            values[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
+        elif p.type == "int":
+            values[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            values[p.key] = trial.suggest_categorical(p.key, p.labels())
+    return values
+
+
+def best_value(values: list[float], direction: str) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    return max(finite) if direction == "maximize" else min(finite)
+
+
+def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
+    """Train one trial into ``out/trial-NNNN``; returns (objective, pruned). The objective is the best
+    value over the epochs on the validation split, the epoch best.ckpt would be chosen by."""
+    from ..training.run import train
+
+    labels = suggest(trial, spec)
+    cfg = apply_params(spec, labels)
+    run_dir = out / f"trial-{trial.number:04d}"
+    trial.set_user_attr("run_dir", run_dir.name)
+    reporter = ReportToTrial(trial, spec.objective)
+    t0 = time.perf_counter()
+    result = train(cfg, out=run_dir, callbacks=[reporter], quiet=True)
+    history = result.fit.history if result.fit is not None else []
+    value = best_value([float(h[spec.objective]) for h in history], spec.direction)
+    trial.set_user_attr("epochs", len(history))
+    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+    trial.set_user_attr("stop_reason", result.summary.get("stop_reason"))
+    if value is not None:
+        trial.set_user_attr("objective", value)
+    stopped_by_rule = spec.pruner == "early_stopping" and result.fit is not None and result.fit.stopped_by == "early_stopping"
+    return value, reporter.pruned_at is not None or stopped_by_rule
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fail_dead_trials(study, optuna) -> None:
+    """A trial left RUNNING by a process of this machine that no longer exists (kill -9) is marked failed,
+    so that it neither counts towards the total nor blocks its grid point."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid")):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def _next_grid_point(spec: SweepSpec, study, optuna) -> dict[str, Any] | None:
+    S = optuna.trial.TrialState
+    taken = [t.params for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))]
+    taken += [t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False, states=(S.WAITING,))]
+    # A point whose config is invalid would fail again; an interrupted one (no error) is run anew.
+    taken += [t.params for t in study.get_trials(deepcopy=False, states=(S.FAIL,)) if "error" in t.user_attrs]
+    return next((p for p in grid_points(spec) if p not in taken), None)
+
+
+def counted(study, optuna) -> int:
+    """Trials that count towards sweep.trials: finished (complete or pruned) and running ones."""
+    S = optuna.trial.TrialState
+    return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING)))
+
+
+def work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None]) -> int:
+    """The loop of one process (see the module docstring); returns the number of trials it ran."""
+    optuna = require_optuna()
+    from ..training.fit import TrainingInterrupted
+    from .results import trial_line
+
+    S = optuna.trial.TrialState
+    ran, failures = 0, 0
+    while True:
+        with lock:
+            _fail_dead_trials(study, optuna)
+            if counted(study, optuna) >= spec.trials:
+                return ran
+            if spec.sampler == "grid":
+                point = _next_grid_point(spec, study, optuna)
+                if point is None:
+                    return ran
+                study.enqueue_trial(point)
+            trial = study.ask()
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("pid", os.getpid())
+        try:
+            value, pruned = run_trial(spec, trial, out)
+        except (TrainingInterrupted, KeyboardInterrupt) as e:
+            study.tell(trial, state=S.FAIL, skip_if_finished=True)
+            signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
+            raise SweepInterrupted(f"trial {trial.number} was interrupted and is marked failed", signum) from None
+        except MnistlabError as e:
+            trial.set_user_attr("error", str(e))
+            study.tell(trial, state=S.FAIL)
+            echo(f"trial {trial.number}: failed: {e}")
+            failures += 1
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise MnistlabError(f"{failures} trials in a row failed; the last error: {e}") from None
+            continue
+        ran, failures = ran + 1, 0
+        if pruned or value is None:
+            study.tell(trial, state=S.PRUNED if pruned else S.FAIL)
+        else:
+            study.tell(trial, value)
+        echo(trial_line(study.trials[trial.number], spec))
+
+
+def _worker_command(spec: SweepSpec, out: Path, url: str, index: int, quiet: bool) -> list[str]:
+    if spec.source is None:
+        raise ConfigError("sweep workers start from the sweep file: run the sweep from a file to use workers > 1")
+    cmd = [sys.executable, "-m", "mnistlab", "sweep", str(spec.source), "--out", str(out), "--storage", url,
+           "--trials", str(spec.trials), "--workers", str(spec.workers), "--worker", str(index)]
+    if spec.data_dir is not None:
+        cmd += ["--data-dir", spec.data_dir]
+    for o in spec.overrides:
+        cmd += ["--set", o]
+    return cmd + (["--quiet"] if quiet else [])
+
+
+def _share_threads(spec: SweepSpec) -> None:
+    """Workers on one machine split its cores, unless the config fixes train.threads."""
+    if spec.workers > 1 and spec.base.train.threads is None:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+
+
+def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = False,
+              worker: int | None = None) -> SweepResult | None:
+    """Run (or continue) the sweep into ``out``; with ``worker`` set, be one of its extra processes.
+
+    >>> result = run_sweep(load_sweep("configs/sweep-example.toml"), out="sweeps/demo")   # doctest: +SKIP
+    >>> result.rows[0].value                                                               # doctest: +SKIP
+    0.9871
+    """
+    from .results import write_results
+
+    optuna = require_optuna()
+    out = Path(out) if out is not None else default_out(spec.study_name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistlabError(f"cannot create the sweep folder {out}: {e.strerror or e}") from None
+    url = storage_url(spec, out)
+    lock = study_lock(url)
+    echo = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    _share_threads(spec)
+    with lock:  # two processes creating the same SQLite tables at once would collide
+        study = open_study(spec, url, worker=worker or 0)
+    if worker is not None:
+        work(spec, study, out, lock, echo)
+        return None
+
+    done = counted(study, optuna)
+    if done:
+        echo(f"continuing study {spec.study_name!r} in {url}: {done} of {spec.trials} trials already run")
+    echo(f"sweep {spec.study_name!r}: {spec.trials} trials, {spec.sampler} sampler, pruner {spec.pruner}, "
+         f"objective {spec.objective} ({spec.direction}), {spec.workers} worker(s) -> {out}")
+    # Workers get their own process group: a Ctrl-C in the terminal reaches this process only,
+    # which passes one SIGINT on (two would make a worker's trainer exit without saving).
+    workers = [subprocess.Popen(_worker_command(spec, out, url, i, quiet), start_new_session=True)
+               for i in range(1, spec.workers)]
+    try:
+        work(spec, study, out, lock, echo)
+    except SweepInterrupted as e:
+        _stop_workers(workers)
+        write_results(study, spec, out)  # what finished is worth a table already
+        finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                 optuna.trial.TrialState.PRUNED)))
+        raise SweepInterrupted(
+            f"sweep interrupted ({e}): {finished} finished trial(s) are kept in {url}; to continue, run the "
+            f"same command again: mnistlab sweep {spec.source or 'SWEEP_FILE'} --out {out}", e.signum
+        ) from None
+    except BaseException:
+        _stop_workers(workers)
+        raise
+    bad = [w.args[-1] for w in workers if w.wait() != 0]
+    if bad:
+        print(f"mnistlab sweep: warning: {len(bad)} worker(s) ended with an error (see above)", file=sys.stderr)
+    rows, files = write_results(study, spec, out)
+    return SweepResult(out=out, storage=url, study_name=spec.study_name, rows=rows, files=files)
+
+
+def _stop_workers(workers: list[subprocess.Popen], timeout: float = 60) -> None:
+    """Ctrl-C each worker once (it marks its trial failed and exits), then wait; kill what hangs."""
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        try:
+            w.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
