@@ -84,5 +84,12 @@ def test_every_preset_loads():
     presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
     assert presets, "configs/ has no presets"
     for path in presets:
+        if "[sweep]" in path.read_text():  # a sweep file: its base is checked by the sweep loader, and train refuses it
+            from mnistlab.sweep import load_sweep
+
+            assert math.isfinite(load_sweep(path).base.optimizer.lr)
+            with pytest.raises(ConfigError, match=r"is a sweep file .* run it with `mnistlab sweep"):
+                load_config(path)
+            continue
         cfg = load_config(path)
         assert math.isfinite(cfg.optimizer.lr)

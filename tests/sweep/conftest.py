@@ -1,0 +1,114 @@
+"""Fixtures for the sweep tests: a tiny real-MNIST base config, and a stand-in for ``train``.
+
+Most tests exercise the study machinery (sampling, counting, pruning, continuing),
+which does not depend on what a trial learns: they replace ``train`` with
+``fake_train``, whose validation accuracy is a known function of the learning
+rate, so a test can say which trial must win or be pruned. A few tests run real
+trainings on ``tiny_base`` (1,000 real MNIST training images, a 4/8-kernel CNN).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+
+def tiny_base(root: Path, epochs: int = 2) -> str:
+    """The TOML of a config training in about a second on real MNIST (the base of real sweeps)."""
+    return f"""
+[model]
+name = "cnn"
+channels = [4, 8]
+
+[data]
+dir = "{root}"
+train_limit = 1000
+val_size = 500
+download = false
+
+[optimizer]
+name = "adam"
+lr = 0.003
+
+[schedule]
+name = "constant"
+
+[train]
+epochs = {epochs}
+batch_size = 100
+threads = 1
+
+[tensorboard]
+enabled = false
+"""
+
+
+def fake_accuracy(cfg, epoch: int) -> float:
+    """The fake run's val_accuracy after ``epoch``: rises linearly to its peak, highest at lr = 0.01."""
+    peak = 0.9 / (1.0 + abs(math.log10(cfg.optimizer.lr / 0.01)))
+    return peak * epoch / cfg.train.epochs
+
+
+class FakeHandle:
+    """The part of the trainer handle the stopping rules use, with Trainer.request_stop's rule for stopped_by."""
+
+    def __init__(self) -> None:
+        self.stop_reason: str | None = None
+        self.stopped_by: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else "callback"
+
+
+@pytest.fixture
+def fake_train(monkeypatch) -> list:
+    """Replace ``mnistlab.training.run.train`` by a run without training; returns the configs it was called with.
+
+    Like the real one it creates the run folder and calls the config's early-stopping rule
+    and the given callbacks after each epoch, stopping when one asks.
+    """
+    from mnistlab.callbacks import early_stopping_from_config
+    from mnistlab.training.fit import FitResult
+    from mnistlab.training.run import RunResult
+
+    calls = []
+
+    def train(cfg, *, out, callbacks=(), quiet=False, resume=None):
+        Path(out).mkdir(parents=True)  # a second trial in the same folder would fail here, as the real one refuses
+        calls.append(cfg)
+        handle = FakeHandle()
+        stopper = early_stopping_from_config(cfg.early_stopping)
+        cbs = ([stopper] if stopper else []) + list(callbacks)
+        for cb in cbs:
+            cb.on_train_begin(handle)
+        history = []
+        for epoch in range(1, cfg.train.epochs + 1):
+            acc = fake_accuracy(cfg, epoch)
+            m = {"epoch": epoch, "train_loss": 1 - acc, "train_accuracy": acc, "train_error": 1 - acc,
+                 "val_loss": 1 - acc, "val_accuracy": acc, "val_error": 1 - acc, "lr": cfg.optimizer.lr, "seconds": 0.0}
+            history.append(m)
+            for cb in cbs:
+                cb.on_epoch_end(epoch, m, handle)
+            if handle.stop_reason is not None:
+                break
+        reason = handle.stop_reason or f"max epochs reached ({cfg.train.epochs})"
+        fit = FitResult(model=None, history=history, stop_reason=reason, stopped_by=handle.stopped_by or "max_epochs",
+                        epochs=len(history), steps=0, train_seconds=0.0)
+        return RunResult(run_dir=Path(out), fit=fit, test=None, summary={"stop_reason": reason})
+
+    monkeypatch.setattr("mnistlab.training.run.train", train)
+    return calls
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """In-process real runs skip report.html (its plots cost seconds; the report is tested elsewhere)."""
+    import types
+
+    import mnistlab.report
+
+    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))

@@ -1,0 +1,175 @@
+"""The study machinery, driven with ``fake_train`` (see conftest.py): sampling, counting, pruning, continuing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="the sweep needs the tune extra (pip install 'mnistlab[tune]')")
+
+from mnistlab.errors import ConfigError, MnistlabError  # noqa: E402
+from mnistlab.sweep import grid_points, run_sweep, sweep_from_dict  # noqa: E402
+from mnistlab.sweep.runner import ReportToTrial, open_study, require_optuna, storage_url  # noqa: E402
+
+from conftest import FakeHandle, fake_accuracy  # noqa: E402
+
+S = optuna.trial.TrialState
+
+
+def spec(params, epochs=2, base=None, **sweep):
+    return sweep_from_dict({"train": {"epochs": epochs}, **(base or {}), "sweep": {**sweep, "params": params}})
+
+
+def study_of(s, out):
+    return open_study(s, storage_url(s, out))
+
+
+def test_grid_runs_every_point_once_and_writes_the_results(fake_train, tmp_path):
+    s = spec({"optimizer.lr": [0.001, 0.01, 0.1], "model.channels": [[4, 8], [8, 16]]}, sampler="grid")
+    result = run_sweep(s, out=tmp_path, quiet=True)
+    ran = sorted((c.optimizer.lr, c.model.channels) for c in fake_train)
+    assert ran == sorted((lr, ch) for lr in (0.001, 0.01, 0.1) for ch in ((4, 8), (8, 16)))
+    assert sorted(p.name for p in tmp_path.glob("trial-*")) == [f"trial-{i:04d}" for i in range(6)]
+    # Sorted by the objective: lr 0.01 peaks at 0.9 (fake_accuracy), best first.
+    assert [r.state for r in result.rows] == ["COMPLETE"] * 6
+    values = [r.value for r in result.rows]
+    assert values == sorted(values, reverse=True) and values[0] == pytest.approx(0.9)
+    assert result.rows[0].params["optimizer.lr"] == 0.01
+    assert {"results", "plot", "best"} <= set(result.files) and (tmp_path / "study.db").is_file()
+    csv = (tmp_path / "results.csv").read_text().splitlines()
+    assert csv[0] == "trial,state,val_accuracy,optimizer.lr,model.channels,epochs,seconds,run_dir,note"
+    assert len(csv) == 7 and ",0.01," in csv[1]
+    assert (tmp_path / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_seed_repeats_the_same_trials(fake_train, tmp_path, sampler):
+    params = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+              "train.batch_size": {"type": "int", "low": 32, "high": 256, "step": 32},
+              "optimizer.name": ["sgd", "adam"]}
+
+    def lrs(seed, out):
+        fake_train.clear()
+        run_sweep(spec(params, sampler=sampler, trials=3, seed=seed), out=tmp_path / out, quiet=True)
+        return [(c.optimizer.lr, c.train.batch_size, c.optimizer.name) for c in fake_train]
+
+    first = lrs(0, "a")
+    assert lrs(0, "b") == first
+    assert len(set(first)) == 3 and all(1e-4 <= lr <= 1e-1 and bs % 32 == 0 for lr, bs, _ in first)
+
+
+def test_a_rerun_continues_to_the_total_without_repeating_trials(fake_train, tmp_path):
+    params = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}
+    run_sweep(spec(params, sampler="random", trials=2), out=tmp_path, quiet=True)
+    assert len(fake_train) == 2
+    result = run_sweep(spec(params, sampler="random", trials=5), out=tmp_path, quiet=True)
+    assert len(fake_train) == 5 and len({c.optimizer.lr for c in fake_train}) == 5  # a new stream after a rerun
+    assert sorted(r.number for r in result.rows) == [0, 1, 2, 3, 4]
+    run_sweep(spec(params, sampler="random", trials=5), out=tmp_path, quiet=True)
+    assert len(fake_train) == 5  # the total is reached: nothing more runs
+
+
+def test_a_grid_rerun_runs_only_the_missing_points(fake_train, tmp_path):
+    params = {"optimizer.lr": [0.001, 0.01, 0.1]}
+    run_sweep(spec(params, sampler="grid", trials=1), out=tmp_path, quiet=True)
+    run_sweep(spec(params, sampler="grid"), out=tmp_path, quiet=True)
+    assert [c.optimizer.lr for c in fake_train] == [0.001, 0.01, 0.1]
+
+
+def test_a_different_sweep_in_the_same_study_is_refused(fake_train, tmp_path):
+    run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid"), out=tmp_path, quiet=True)
+    with pytest.raises(ConfigError, match=r"was started by a different sweep \(it differs in: params\)"):
+        run_sweep(spec({"optimizer.lr": [0.001, 0.02]}, sampler="grid"), out=tmp_path, quiet=True)
+    with pytest.raises(ConfigError, match=r"differs in: base"):
+        run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, epochs=3, sampler="grid"), out=tmp_path, quiet=True)
+
+
+def test_median_pruner_prunes_a_trial_below_the_median(fake_train, tmp_path):
+    # Trials 0 and 1 (lr near 0.01) reach 0.3 after epoch 1 of 3; lr 1e-5 reaches 0.075: below their median.
+    s = spec({"optimizer.lr": [0.01, 0.011, 1e-5]}, epochs=3, sampler="grid", pruner="median")
+    result = run_sweep(s, out=tmp_path, quiet=True)
+    rows = {r.number: r for r in result.rows}
+    assert [rows[i].state for i in range(3)] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert rows[2].epochs == 1 and "pruned by the sweep at epoch 1" in rows[2].note
+    assert rows[0].epochs == rows[1].epochs == 3
+    assert [r.number for r in result.rows][-1] == 2  # pruned trials come after the finished ones
+    study = study_of(s, tmp_path)
+    assert study.trials[2].intermediate_values == {1: pytest.approx(fake_accuracy(fake_train[2], 1))}
+
+
+def test_early_stopping_pruner_prunes_what_our_rule_stops(fake_train, tmp_path):
+    # The project's own EarlyStopping with a baseline: a trial not above 0.35 val_accuracy by epoch 2 stops.
+    # lr 1e-4 gives 0.15 at epoch 2 and improves by less than min_delta at epoch 3; lr 0.01 gives 0.45, 0.675, 0.9.
+    base = {"early_stopping": {"criterion": "patience", "monitor": "val_accuracy", "baseline": 0.35, "patience": 1,
+                               "min_delta": 0.1, "start_epoch": 2}}
+    s = spec({"optimizer.lr": [0.01, 1e-4]}, epochs=4, base=base, sampler="grid", pruner="early_stopping")
+    rows = {r.number: r for r in run_sweep(s, out=tmp_path, quiet=True).rows}
+    assert (rows[0].state, rows[0].epochs) == ("COMPLETE", 4)
+    assert (rows[1].state, rows[1].epochs) == ("PRUNED", 3)
+    assert rows[1].note.startswith("early stopping: val_accuracy did not beat the baseline 0.35")
+    assert not (tmp_path / "best.toml").read_text().count("lr = 0.0001")
+
+
+def test_report_to_trial_reports_each_epoch_and_stops_through_the_handle():
+    class Trial:
+        def __init__(self, prune_at):
+            self.reported, self.prune_at = [], prune_at
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) == self.prune_at
+
+    trial, handle = Trial(prune_at=2), FakeHandle()
+    cb = ReportToTrial(trial, "val_loss")
+    for epoch in (1, 2, 3):
+        cb.on_epoch_end(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, handle)
+    assert trial.reported == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert cb.pruned_at == 2 and handle.stop_reason == "pruned by the sweep at epoch 2 (val_loss 0.5)"
+    assert handle.stopped_by == "callback"  # not "early_stopping": a pruned trial is told apart from our rule
+
+
+def test_a_trial_left_running_by_a_dead_process_is_failed_and_rerun(fake_train, tmp_path):
+    s = spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid")
+    study = study_of(s, tmp_path)
+    study.enqueue_trial(grid_points(s)[0])
+    ghost = study.ask()  # as if a process had started it and been killed with -9
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    ghost.set_user_attr("host", socket.gethostname())
+    ghost.set_user_attr("pid", int(dead.stdout))
+    ghost.suggest_categorical("optimizer.lr", [0.001, 0.01])
+    result = run_sweep(s, out=tmp_path, quiet=True)
+    states = {r.number: r.state for r in result.rows}
+    assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}
+    assert sorted(c.optimizer.lr for c in fake_train) == [0.001, 0.01]
+
+
+def test_config_errors_of_a_combination_fail_the_trial_not_the_sweep(fake_train, tmp_path):
+    # nesterov needs momentum > 0: each value is valid on the base (checked before any trial), one combination is not.
+    s = spec({"optimizer.momentum": [0.0, 0.9], "optimizer.nesterov": [False, True]}, base={"optimizer": {"name": "sgd"}},
+             sampler="grid")
+    with pytest.raises(ConfigError, match="nesterov needs"):
+        spec({"optimizer.momentum": [0.0, 0.9]}, base={"optimizer": {"name": "sgd", "nesterov": True}}, sampler="grid")
+    result = run_sweep(s, out=tmp_path, quiet=True)
+    rows = {(r.params["optimizer.momentum"], r.params["optimizer.nesterov"]): r for r in result.rows}
+    assert rows[0.0, True].state == "FAIL" and "optimizer.nesterov needs optimizer.momentum > 0" in rows[0.0, True].note
+    assert [rows[k].state for k in ((0.0, False), (0.9, False), (0.9, True))] == ["COMPLETE"] * 3
+    assert len(fake_train) == 3
+
+
+def test_a_missing_optuna_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    from mnistlab.cli import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    with pytest.raises(MnistlabError, match=r"needs Optuna, which is not installed: pip install 'mnistlab\[tune\]'"):
+        require_optuna()
+    path = tmp_path / "s.toml"
+    path.write_text('[sweep]\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "mnistlab sweep: error:" in err and "pip install 'mnistlab[tune]'" in err and "Traceback" not in err

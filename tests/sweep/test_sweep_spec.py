@@ -1,0 +1,124 @@
+"""The sweep file: every mistake is refused before any training, with a message that says what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnistlab.config import Config, apply_overrides, load_config
+from mnistlab.errors import ConfigError
+from mnistlab.sweep import apply_params, grid_points, load_sweep, sweep_from_dict
+
+LR = {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+
+
+def sweep(params=None, base=None, **keys):
+    return sweep_from_dict({**(base or {}), "sweep": {**keys, "params": LR if params is None else params}})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sampler="bayes"), "sweep.sampler = 'bayes' is not valid; choose one of: tpe, random, grid"),
+        (dict(pruner="asha"), "sweep.pruner = 'asha' is not valid; choose one of: none, median, hyperband, early_stopping"),
+        (dict(objective="test_accuracy"), "sweep.objective = 'test_accuracy' is not valid; choose one of: val_accuracy"),
+        (dict(direction="up"), "sweep.direction = 'up' is not valid; choose one of: maximize, minimize"),
+        (dict(trails=3), "unknown key(s) sweep.trails; valid keys in [sweep]: sampler, trials, objective"),
+        (dict(trials=0), "sweep.trials must be an integer of 1 or more, got 0"),
+        (dict(workers=1.5), "sweep.workers must be an integer of 1 or more, got 1.5"),
+        (dict(storage="study.db"), "sweep.storage = 'study.db' is not a database URL"),
+        (dict(params={}), "[sweep.params] is missing or empty"),
+        (dict(params={"optimizer.lrr": [0.1, 0.2]}),
+         "sweep.params.\"optimizer.lrr\": unknown key 'optimizer.lrr'; valid keys in [optimizer]: name, lr"),
+        (dict(params={"optim.lr": [0.1]}), "override 'optim.lr' must look like section.key=value; valid sections: model"),
+        (dict(params={"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}),
+         "sweep.params.\"optimizer.lr\": low must be below high, got low = 0.1 and high = 0.01"),
+        (dict(params={"optimizer.lr": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}),
+         "log = true needs low > 0, got low = 0.0"),
+        (dict(params={"optimizer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}),
+         "type = 'loguniform' is not valid; choose one of: float, int, categorical"),
+        (dict(params={"optimizer.lr": {"type": "float", "low": 1e-4, "hi": 1e-2}}),
+         "unknown key(s) hi for type float; valid keys: high, log, low, step, type"),
+        (dict(params={"train.epochs": {"type": "int", "low": 1, "high": 2.5}}), "high must be an integer, got 2.5"),
+        (dict(params={"train.epochs": [1, "two"]}),
+         "sweep.params.\"train.epochs\": train.epochs = 'two' has the wrong type; expected int"),
+        (dict(params={"train.batch_size": {"type": "int", "low": 0, "high": 64}}),
+         "train.batch_size must be greater than zero, got 0"),
+        (dict(params={"optimizer.name": {"type": "categorical", "choices": ["adam", "rmsprop"]}}),
+         "optimizer.name = 'rmsprop' is not valid; choose one of: sgd, adam, adamw"),
+        (dict(params={"train.batch_size": [64, 64]}), "choices repeat a value: [64, 64]"),
+        (dict(sampler="grid"), "sweep.params.\"optimizer.lr\": the grid sampler needs a list of values"),
+        (dict(sampler="grid", trials=3, params={"train.batch_size": [64, 128]}),
+         "sweep.trials = 3 but the grid has only 2 points"),
+        (dict(pruner="early_stopping"), "[early_stopping] criterion is \"none\"; set one"),
+        (dict(objective="ema_val_accuracy"), "sweep.objective = 'ema_val_accuracy' needs [ema] enabled = true"),
+    ],
+)
+def test_bad_sweeps_are_refused_with_a_clear_message(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        sweep(**kwargs)
+    assert message in str(err.value)
+
+
+def test_defaults_and_derived_values():
+    s = sweep()
+    assert (s.sampler, s.trials, s.objective, s.direction, s.pruner, s.seed, s.workers, s.storage) == (
+        "tpe", 20, "val_accuracy", "maximize", "none", 0, 1, None)
+    assert sweep(objective="val_loss").direction == "minimize"
+    assert sweep(objective="val_error", direction="maximize").direction == "maximize"  # an explicit one wins
+    grid = sweep(sampler="grid", params={"optimizer.lr": [0.001, 0.01, 0.1], "train.batch_size": [64, 128]})
+    assert grid.trials == 6  # the whole grid
+
+
+def test_grid_points_are_the_exact_product_in_file_order():
+    s = sweep(sampler="grid", params={"optimizer.lr": [0.001, 0.01], "model.channels": [[4, 8], [8, 16]],
+                                      "optimizer.name": {"type": "categorical", "choices": ["sgd", "adam"]}})
+    points = grid_points(s)
+    assert len(points) == 8 and len({tuple(p.items()) for p in points}) == 8
+    assert points[0] == {"optimizer.lr": 0.001, "model.channels": "[4, 8]", "optimizer.name": "sgd"}
+    assert points[-1] == {"optimizer.lr": 0.01, "model.channels": "[8, 16]", "optimizer.name": "adam"}
+    # A list value travels through Optuna as its JSON text and comes back as the config's tuple.
+    cfg = apply_params(s, points[-1])
+    assert (cfg.optimizer.lr, cfg.model.channels, cfg.optimizer.name) == (0.01, (8, 16), "adam")
+
+
+def test_a_file_with_command_line_values(tmp_path):
+    path = tmp_path / "my-search.toml"
+    path.write_text('[train]\nepochs = 3\n\n[sweep]\ntrials = 5\n\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
+    s = load_sweep(path)
+    assert (s.study_name, s.trials, s.base.train.epochs, s.source) == ("my-search", 5, 3, path)
+    s = load_sweep(path, trials=9, workers=2, storage="sqlite:///x.db", data_dir="/data", overrides=["train.epochs=1"])
+    assert (s.trials, s.workers, s.storage, s.base.data.dir, s.base.train.epochs) == (9, 2, "sqlite:///x.db", "/data", 1)
+    assert s.overrides == ("train.epochs=1",) and s.data_dir == "/data"
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        load_sweep(path, overrides=["train.epoch=1"])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "plain.toml"
+    path.write_text("[train]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"plain.toml has no \[sweep\] table"):
+        load_sweep(path)
+    path.write_text('[sweep]\nsampler = "grid"\n[sweep.params]\n"train.epochs" = {type = "int", low = 1, high = 3}\n')
+    with pytest.raises(ConfigError, match=r"plain.toml: sweep.params.\"train.epochs\": the grid sampler needs a list"):
+        load_sweep(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_sweep(tmp_path / "missing.toml")
+
+
+def test_train_refuses_a_sweep_file(tmp_path, capsys):
+    from mnistlab.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('[train]\nepochs = 1\n[sweep]\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
+    with pytest.raises(ConfigError, match=r"is a sweep file \(it has a \[sweep\] table\); run it with `mnistlab sweep"):
+        load_config(path)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "run it with `mnistlab sweep" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_best_params_give_the_same_config_as_overrides():
+    s = sweep(params={"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2},
+                      "train.batch_size": {"type": "int", "low": 32, "high": 256, "step": 32}})
+    assert apply_params(s, {"optimizer.lr": 0.002, "train.batch_size": 96}) == apply_overrides(
+        Config(), {"optimizer.lr": 0.002, "train.batch_size": 96})
