@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Run a hyperparameter search over any config keys: the file is a config (the "
                         "base of every trial) plus [sweep] and [sweep.params] (see configs/sweep-example.toml). Each "
                         "trial trains into DIR/trial-NNNN/; DIR also gets study.db, results.csv, best.toml and "
-                        "objective.png. Ctrl-C keeps finished trials; the same command continues the study.")
+                        "objective.png. Ctrl-C keeps finished trials; the same command with the same --out continues "
+                        "the study.")
     sw.add_argument("config", metavar="CONFIG", help="sweep file (TOML)")
     sw.add_argument("--out", metavar="DIR", help="sweep folder (default: sweeps/<date>-<time>-<name>)")
     sw.add_argument("--trials", type=int, metavar="N", help="trials in all (complete or pruned), over reruns and workers")

@@ -86,7 +86,8 @@ def fake_train(monkeypatch) -> list:
         for cb in cbs:
             cb.on_train_begin(handle)
         history = []
-        for epoch in range(1, cfg.train.epochs + 1):
+        # lr >= 1 diverges as the real trainer reports it: a non-finite loss in epoch 1, no epoch in the history.
+        for epoch in range(1, cfg.train.epochs + 1 if cfg.optimizer.lr < 1.0 else 1):
             acc = fake_accuracy(cfg, epoch)
             m = {"epoch": epoch, "train_loss": 1 - acc, "train_accuracy": acc, "train_error": 1 - acc,
                  "val_loss": 1 - acc, "val_accuracy": acc, "val_error": 1 - acc, "lr": cfg.optimizer.lr, "seconds": 0.0}
@@ -95,8 +96,9 @@ def fake_train(monkeypatch) -> list:
                 cb.on_epoch_end(epoch, m, handle)
             if handle.stop_reason is not None:
                 break
-        reason = handle.stop_reason or f"max epochs reached ({cfg.train.epochs})"
-        fit = FitResult(model=None, history=history, stop_reason=reason, stopped_by=handle.stopped_by or "max_epochs",
+        reason = handle.stop_reason or (f"max epochs reached ({cfg.train.epochs})" if history else "non-finite loss")
+        stopped_by = handle.stopped_by or ("max_epochs" if history else "non_finite_loss")
+        fit = FitResult(model=None, history=history, stop_reason=reason, stopped_by=stopped_by,
                         epochs=len(history), steps=0, train_seconds=0.0)
         return RunResult(run_dir=Path(out), fit=fit, test=None, summary={"stop_reason": reason})
 

@@ -112,6 +112,13 @@ def test_early_stopping_pruner_prunes_what_our_rule_stops(fake_train, tmp_path):
     assert not (tmp_path / "best.toml").read_text().count("lr = 0.0001")
 
 
+def test_a_diverged_trial_counts_as_pruned_and_is_not_drawn_again(fake_train, tmp_path):
+    result = run_sweep(spec({"optimizer.lr": [0.01, 5.0]}, sampler="grid"), out=tmp_path, quiet=True)
+    rows = {r.params["optimizer.lr"]: r for r in result.rows}
+    assert (rows[5.0].state, rows[5.0].value, rows[5.0].note) == ("PRUNED", None, "non-finite loss")
+    assert rows[0.01].state == "COMPLETE" and len(fake_train) == 2
+
+
 def test_report_to_trial_reports_each_epoch_and_stops_through_the_handle():
     class Trial:
         def __init__(self, prune_at):

@@ -71,7 +71,7 @@ def trial_line(t, spec: SweepSpec) -> str:
     r = trial_row(t, spec)
     params = " ".join(f"{k}={_value(v)}" for k, v in r.params.items())
     value = "-" if r.value is None else f"{r.value:.4f}"
-    return f"trial {r.number:>4}  {r.state.lower():<8}  {spec.objective} {value}  {params}  ({r.epochs} epochs, {r.seconds} s)"
+    return f"trial {r.number:>4}  {r.state.lower():<8}  {spec.objective} {value}  {params}  ({r.epochs} epoch{'' if r.epochs == 1 else 's'}, {r.seconds} s)"
 
 
 def format_table(rows: Sequence[TrialRow], spec: SweepSpec) -> str:

@@ -273,11 +273,13 @@ def work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None]) -
                 raise MnistlabError(f"{failures} trials in a row failed; the last error: {e}") from None
             continue
         ran, failures = ran + 1, 0
+        # No epoch with a finite objective (the loss diverged in epoch 1) is a hopeless trial, not a broken
+        # one: recorded as pruned, it counts towards the total instead of being drawn again.
         if pruned or value is None:
-            study.tell(trial, state=S.PRUNED if pruned else S.FAIL)
+            study.tell(trial, state=S.PRUNED)
         else:
             study.tell(trial, value)
-        echo(trial_line(study.trials[trial.number], spec))
+        echo(trial_line(study.get_trials(deepcopy=False)[trial.number], spec))
 
 
 def _worker_command(spec: SweepSpec, out: Path, url: str, index: int, quiet: bool) -> list[str]:
@@ -337,14 +339,16 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
                for i in range(1, spec.workers)]
     try:
         work(spec, study, out, lock, echo)
-    except SweepInterrupted as e:
+    except (SweepInterrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: Ctrl-C between two trials
         _stop_workers(workers)
         write_results(study, spec, out)  # what finished is worth a table already
         finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                  optuna.trial.TrialState.PRUNED)))
+        what = str(e) if isinstance(e, SweepInterrupted) else "between two trials"
         raise SweepInterrupted(
-            f"sweep interrupted ({e}): {finished} finished trial(s) are kept in {url}; to continue, run the "
-            f"same command again: mnistlab sweep {spec.source or 'SWEEP_FILE'} --out {out}", e.signum
+            f"sweep interrupted ({what}): {finished} finished trial(s) are kept in {url}; to continue, run the "
+            f"same command again: mnistlab sweep {spec.source or 'SWEEP_FILE'} --out {out}",
+            getattr(e, "signum", signal.SIGINT),
         ) from None
     except BaseException:
         _stop_workers(workers)
