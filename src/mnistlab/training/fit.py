@@ -326,12 +326,11 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
                 logits = self._forward(x)
                 loss = self._loss(logits, y, batch_rows)
-            # This batch's loss sum, correct and seen, and whether a SIGINT/SIGTERM arrived, summed over the
-            # ranks: every rank then makes the same non-finite and stop decisions at the same step.
-            signum = self._signals.signum
+            # This batch's loss sum, correct and seen, summed over the ranks: every rank sees the same numbers
+            # and makes the same non-finite decision.
             step_sums = distributed.all_reduce_sum(torch.tensor(
-                [loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()), y.shape[0],
-                 signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.float64))
+                [loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()), y.shape[0]],
+                dtype=torch.float64))
             loss_value = float(step_sums[0] / step_sums[2])
             if not math.isfinite(loss_value):
                 self.train_seconds += time.perf_counter() - t0
@@ -349,12 +348,16 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(model)
             self._step += 1
-            sums += step_sums[:3]
+            sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
-            if step_sums[3] or step_sums[4]:
+            # Did a SIGINT/SIGTERM reach any rank? Summed over the ranks, so that all stop after the same step.
+            signum = self._signals.signum
+            flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.int32)
+            stop = distributed.all_reduce_sum(flags)
+            if stop.any():
                 self.train_seconds += time.perf_counter() - t0
-                self._interrupted(epoch, batch + 1, sums, signal.SIGINT if step_sums[3] else signal.SIGTERM)
+                self._interrupted(epoch, batch + 1, sums, signal.SIGINT if stop[0] else signal.SIGTERM)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
