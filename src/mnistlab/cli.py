@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.ckpt; "
                    "flags and --set change the stored config (e.g. --epochs to train further)")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine with DistributedDataParallel (gloo on the CPU, one "
+                   "GPU each with NCCL): runs `torchrun --standalone --nproc_per_node N -m mnistlab train ...`. "
+                   "--batch-size stays the global batch (a multiple of N). 1: a plain single process")
 
     e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
                        "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "
@@ -214,21 +219,54 @@ def _train_config(args: argparse.Namespace):
     return apply_overrides(cfg, args.overrides)
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (or an abbreviation, which argparse accepts).
+
+    torchrun must not see it: its own parser takes ``--nproc`` for an ambiguous ``--nproc_per_node``.
+
+    >>> _without_nproc(["train", "--nproc", "2", "--epochs", "3", "--npr=2"])
+    ['train', '--epochs', '3']
+    """
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 2 and "--nproc".startswith(name):
+            skip = "=" not in arg  # the value is the next word
+        else:
+            out.append(arg)
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.fit import TrainingInterrupted
     from .training.run import train
 
-    cfg = _train_config(args)
+    from .training import distributed
+
+    cfg = _train_config(args)  # before launching: a bad setting is one error line, not one per process
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+        if not distributed.launched_by_torchrun() and args.nproc > 1:
+            return distributed.launch(args.nproc, _without_nproc(args.argv))
+        # Given to torchrun by hand, it must agree with torchrun.
+        here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if args.nproc != here:
+            raise ConfigError(f"--nproc {args.nproc} but torchrun started {here} processes on this machine; "
+                              "give one of --nproc and torchrun's --nproc_per_node")
+    quiet = args.quiet or not distributed.is_main()  # the other ranks print nothing
     # Callbacks report learning-rate changes and restored weights on this logger. The handler
     # is removed again so that calling main() repeatedly (tests, notebooks) prints each line once.
     log = logging.getLogger("mnistlab")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    if not args.quiet:
+    if not quiet:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     try:
-        train(cfg, out=args.out, resume=args.resume, quiet=args.quiet)
+        train(cfg, out=args.out, resume=args.resume, quiet=quiet)
     except TrainingInterrupted as e:
         return e.exit_code
     finally:
@@ -377,6 +415,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` passes on to torchrun
     handler = {
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,

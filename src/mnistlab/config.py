@@ -146,7 +146,7 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 2  # passes over the training split
-    batch_size: int = 256  # images per step
+    batch_size: int = 256  # images per step, over all processes of a multi-process run
     eval_batch_size: int = 500  # images per forward pass when evaluating (500 keeps a small CNN's maps in cache)
     seed: int = 0  # weights, shuffling and dropout; CPU runs with the same seed repeat exactly
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | mps
@@ -158,6 +158,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere: this CPU has no bf16 units) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
     grad_checkpoint: bool = False  # recompute conv-block / residual-block activations in backward: less memory, ~1.3x the step time
+    # Multi-process runs (torchrun / --nproc): batch-norm statistics over the whole global batch rather than
+    # each process's share. Needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation.
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads")

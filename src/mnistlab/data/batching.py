@@ -71,7 +71,12 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def iterate_batches(
-    split: Split, batch_size: int, *, order: torch.Tensor | None = None, start: int = 0
+    split: Split,
+    batch_size: int,
+    *,
+    order: torch.Tensor | None = None,
+    start: int = 0,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images as float in [0, 1], int64 labels)`` for batches ``start, start + 1, ...``.
 
@@ -79,6 +84,16 @@ def iterate_batches(
     (``order`` defaults to ``0 .. len(split) - 1``); the last batch may be smaller.
     ``start`` skips whole batches, so a run resumed mid-epoch continues where it
     stopped. Arguments are checked when this is called, not at the first batch.
+
+    ``part=(rank, world)`` yields only that rank's share of every batch: the
+    ``rank``-th of ``world`` consecutive, near-equal slices, so the
+    parts of all ranks, in rank order, are the whole batch. ``batch_size`` stays
+    the global batch and must be divisible by ``world``; only the last, partial
+    batch may split unevenly (and give a rank no rows).
+
+    >>> six = Split(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.arange(6))
+    >>> [y.tolist() for _, y in iterate_batches(six, 4, part=(1, 2))]
+    [[2, 3], [5]]
 
     >>> split = Split(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), torch.arange(5))
     >>> [y.tolist() for _, y in iterate_batches(split, 2, start=1)]
@@ -92,14 +107,27 @@ def iterate_batches(
         order = order.to(split.images.device)  # a no-op when the caller made it there
     if not 0 <= start <= total:
         raise ValueError(f"start must be a batch number in [0, {total}], got {start}")
-    return _batches(split, batch_size, order, start, total)
+    if part is not None:
+        rank, world = part
+        if not 0 <= rank < world:
+            raise ValueError(f"part must be (rank, world) with 0 <= rank < world, got {part}")
+        if batch_size % world:
+            raise ValueError(
+                f"batch_size {batch_size} is not divisible by {world} processes: each takes an equal share of every "
+                f"batch; choose a multiple of {world}, e.g. {batch_size - batch_size % world or world}"
+            )
+    return _batches(split, batch_size, order, start, total, part)
 
 
 def _batches(
-    split: Split, batch_size: int, order: torch.Tensor | None, start: int, total: int
+    split: Split, batch_size: int, order: torch.Tensor | None, start: int, total: int, part: tuple[int, int] | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(split) if order is None else order.shape[0]
     for b in range(start, total):
-        lo, hi = b * batch_size, (b + 1) * batch_size
+        lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+        if part is not None:  # this rank's slice of the batch; together the slices cover it in order
+            rank, world = part
+            lo, hi = lo + (hi - lo) * rank // world, lo + (hi - lo) * (rank + 1) // world
         if order is None:
             # Contiguous slices are views: no gather needed.
             yield to_float(split.images[lo:hi]), split.labels[lo:hi]

@@ -10,6 +10,12 @@ the batch order is a function of (seed, epoch), the learning rate a function
 of the step, and the checkpoint holds the weights, optimizer, callback states,
 the global RNG state (dropout) and, after an interrupt, the position inside
 the epoch.
+
+Under torchrun the same loop runs in every process (see distributed.py): each
+takes its share of every global batch, DistributedDataParallel averages the
+gradients, one all-reduce per step sums the batch metrics and any stop signal,
+rank 0 validates and its metrics and callback decisions are broadcast, and only
+rank 0 (the one given a run folder) writes files.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.base import Callback, CallbackList
 from ..config import Config, config_from_dict, config_to_dict
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
+from . import distributed
 from .checkpoint import load_weights, save_checkpoint, weights_digest
 from .ema import WeightAverage
 from .display import Display
@@ -60,6 +68,14 @@ def _training_settings(config: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     """A config dict without the keys that do not change what is trained (where data lives, the progress bar)."""
     ignored = {("data", "dir"), ("train", "progress")}
     return {s: {k: v for k, v in keys.items() if (s, k) not in ignored} for s, keys in config.items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG state (dropout, augmentation) of this process, as checkpoints store it."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 class TrainingInterrupted(Exception):
@@ -149,6 +165,19 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.device = device or resolve_device(cfg.train.device)
+        # Under torchrun: this process's share of every batch (train.batch_size is the global batch).
+        self._world, self._rank = distributed.world_size(), distributed.rank()
+        self._part = (self._rank, self._world) if self._world > 1 else None
+        if cfg.train.batch_size % self._world:
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the number of processes "
+                              f"({self._world}): each process takes an equal share of every batch")
+        if cfg.train.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise ConfigError(f"train.sync_batchnorm needs CUDA, but this run is on {self.device.type}: PyTorch's "
+                                  "SyncBatchNorm has no CPU implementation; set train.sync_batchnorm=false "
+                                  "(each process then normalizes with the statistics of its share of the batch)")
+            if self._world > 1:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self._model = model.to(self.device)
         if cfg.train.grad_checkpoint:
             if not hasattr(model, "set_grad_checkpointing"):
@@ -160,8 +189,7 @@ class Trainer:
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
-        # torch.compile wraps the module; weights and checkpoints always go through the original.
-        self._forward = torch.compile(self._model) if cfg.train.compile else self._model
+        self._wrap()
         # bf16 autocast for the forward pass and loss; the weights and optimizer stay fp32.
         self._bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
         self.callbacks = CallbackList(callbacks)
@@ -181,6 +209,20 @@ class Trainer:
         self.stopped_by: str | None = None
         self._resume: dict[str, Any] | None = None
         self._signals = _SignalGuard()
+        self._rng_ranks: list[dict[str, Any]] = []  # every rank's RNG state at the last epoch end (multi-process)
+
+    def _wrap(self) -> None:
+        """Build ``self._forward``, the module of the training forward pass.
+
+        DDP (under torchrun) averages the gradients across processes in backward;
+        torch.compile wraps whatever is outermost. Weights, checkpoints and
+        evaluation always go through the plain ``self._model``.
+        """
+        forward: nn.Module = self._model
+        if self._world > 1:
+            ids = [self.device] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(forward, device_ids=ids)
+        self._forward = torch.compile(forward) if self.cfg.train.compile else forward
 
     # ---- the loop -------------------------------------------------------------
 
@@ -200,24 +242,29 @@ class Trainer:
                 train_metrics, seconds = self._train_epoch(epoch)
                 if train_metrics is None:  # non-finite loss: stop_reason is set
                     break
-                val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
-                if not math.isfinite(val.loss):  # the epoch's last steps diverged: keep last.ckpt as it is
+                # Rank 0 validates and sends its numbers: the weights are the same on every rank, but without
+                # SyncBatchNorm the batch-norm buffers are each rank's own, and the callbacks must agree.
+                val_metrics = distributed.broadcast_object(self._validate() if distributed.is_main() else None)
+                if not math.isfinite(val_metrics["val_loss"]):  # the epoch's last steps diverged: keep last.ckpt
                     self.stop_reason = (
-                        f"non-finite validation loss ({val.loss}) at epoch {epoch}, after step {self._step}; "
-                        "the weights of this epoch were not saved"
+                        f"non-finite validation loss ({val_metrics['val_loss']}) at epoch {epoch}, after step "
+                        f"{self._step}; the weights of this epoch were not saved"
                     )
                     self.stopped_by = "non_finite_loss"
                     break
-                val_metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
-                if self.ema is not None:
-                    ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
-                    val_metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
+                if self._world > 1:
+                    self._rng_ranks = distributed.gather_objects(_rng_state())
                 cb.on_validation_end(epoch, val_metrics, self)
                 self._epoch = epoch
                 metrics = {"epoch": epoch, **train_metrics, **val_metrics, "lr": self.lr, "seconds": seconds}
                 self.history.append(metrics)
                 self.display.epoch_row(metrics)
                 cb.on_epoch_end(epoch, metrics, self)
+                # The callbacks saw the same metrics on every rank, so they decided alike; rank 0's decision is
+                # made the rule anyway, so that no rank can train an epoch the others skip (a deadlock).
+                self.stop_reason, self.stopped_by, self.lr_scale = distributed.broadcast_object(
+                    (self.stop_reason, self.stopped_by, self.lr_scale)
+                )
                 self._save_ema(epoch, metrics)
                 self._save_last()
                 if self.stop_reason is not None:
@@ -236,6 +283,27 @@ class Trainer:
             train_seconds=self.train_seconds,
         )
 
+    def _validate(self) -> dict[str, float]:
+        val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+        metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
+        if self.ema is not None:
+            ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+            metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
+        return metrics
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
+        """The cross-entropy mean of the global batch, or under DDP this rank's part of it.
+
+        DDP averages the gradients over the ranks, so each rank's loss is the sum over its
+        rows times world / rows-in-the-global-batch: the average is then the gradient of the
+        global batch mean, as one process computes it, even when the last batch splits
+        unevenly or leaves a rank no rows (where a mean would be NaN).
+        """
+        smoothing = self.cfg.train.label_smoothing
+        if self._world == 1:
+            return F.cross_entropy(logits, y, label_smoothing=smoothing)
+        return F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="sum") * (self._world / batch_rows)
+
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float] | None, float]:
         cfg, model, opt = self.cfg.train, self._model, self.optimizer
         self._train_mode()
@@ -244,8 +312,9 @@ class Trainer:
             start, sums = self._resume["batch"], self._resume["partial"].clone()
         self._resume = None
         order = epoch_permutation(len(self.data.train), cfg.seed, epoch, self.device)
+        batches = iterate_batches(self.data.train, cfg.batch_size, order=order, start=start, part=self._part)
         t0 = time.perf_counter()
-        for batch, (x, y) in enumerate(iterate_batches(self.data.train, cfg.batch_size, order=order, start=start), start):
+        for batch, (x, y) in enumerate(batches, start):
             self.callbacks.on_batch_begin(self._step, self)
             lr = self._scheduled_lr(self._step) * self.lr_scale
             for group in opt.param_groups:
@@ -253,10 +322,16 @@ class Trainer:
             x = augment(x, self.cfg.augment)  # a no-op unless [augment] is enabled
             if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            batch_rows = min(cfg.batch_size, len(order) - batch * cfg.batch_size)  # of the global batch
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
                 logits = self._forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            loss_value = loss.item()
+                loss = self._loss(logits, y, batch_rows)
+            # This batch's loss sum, correct and seen, summed over the ranks: every rank sees the same numbers
+            # and makes the same non-finite decision.
+            step_sums = distributed.all_reduce_sum(torch.tensor(
+                [loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()), y.shape[0]],
+                dtype=torch.float64))
+            loss_value = float(step_sums[0] / step_sums[2])
             if not math.isfinite(loss_value):
                 self.train_seconds += time.perf_counter() - t0
                 self.stop_reason = (
@@ -273,28 +348,34 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(model)
             self._step += 1
-            n = y.shape[0]
-            sums += torch.tensor([loss_value * n, float((logits.argmax(1) == y).sum()), n], dtype=torch.float64)
+            sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
-            if self._signals.signum is not None:
+            # Did a SIGINT/SIGTERM reach any rank? Summed over the ranks, so that all stop after the same step.
+            signum = self._signals.signum
+            flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.int32)
+            stop = distributed.all_reduce_sum(flags)
+            if stop.any():
                 self.train_seconds += time.perf_counter() - t0
-                self._interrupted(epoch, batch + 1, sums)
+                self._interrupted(epoch, batch + 1, sums, signal.SIGINT if stop[0] else signal.SIGTERM)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, seconds
 
-    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor) -> None:
+    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor, signum: int) -> None:
         path = None
+        if self._world > 1:  # every rank's RNG goes into rank 0's checkpoint: the resumed dropout is exact
+            self._rng_ranks = distributed.gather_objects(_rng_state())
         if self._run_dir is not None:
             path = self._write(self._run_dir / "last.ckpt", batch=batches_done, partial=sums)
+        distributed.barrier()  # no rank leaves (tearing down the process group) while rank 0 is still writing
         self.stop_reason, self.stopped_by = (
-            f"interrupted by {signal.Signals(self._signals.signum).name} at epoch {epoch}, "
+            f"interrupted by {signal.Signals(signum).name} at epoch {epoch}, "
             f"batch {batches_done} of {self.steps_per_epoch}",
             "interrupted",
         )
-        raise TrainingInterrupted(self._signals.signum, path)
+        raise TrainingInterrupted(signum, path)
 
     def _train_mode(self) -> None:
         self._model.train()
@@ -308,6 +389,8 @@ class Trainer:
             p.requires_grad_(True)
         self.optimizer.add_param_group({"params": self._frozen})
         self._frozen = []
+        if self._world > 1:  # DDP averages the gradients of the parameters that were trainable when it was built
+            self._wrap()
         return True
 
     def _scheduled_lr(self, step: int) -> float:
@@ -340,10 +423,9 @@ class Trainer:
             "step": self._step,
             "batch": batch,
             "partial": partial if partial is not None else torch.zeros(3, dtype=torch.float64),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": _rng_state(),
+            # Multi-process runs: the RNG state of every rank, in rank order (rank 0's is "rng" too).
+            **({"rng_ranks": self._rng_ranks} if self._world > 1 else {}),
             "callbacks": self.callbacks.state_dict(),
             "history": self.history,
             "train_seconds": self.train_seconds,
@@ -411,9 +493,16 @@ class Trainer:
             else:
                 self.ema.load_state_dict(state)
                 self._best_ema = payload.get("ema_best")
-        torch.set_rng_state(payload["rng"]["torch"])
-        if payload["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        rng = payload["rng"]
+        if self._world > 1:
+            ranks = payload.get("rng_ranks") or []
+            # Resumed with another process count (or from a one-process run), ranks other than 0 keep the
+            # streams they were seeded with: the run goes on correctly, though its dropout is not the same.
+            rng = ranks[self._rank] if len(ranks) == self._world else rng if self._rank == 0 else None
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         self._resume = payload
 
     # ---- TrainerHandle ------------------------------------------------------------

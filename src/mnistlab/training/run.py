@@ -24,6 +24,7 @@ from ..errors import RunDirError
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
 from .checkpoint import atomic_write, model_from_checkpoint, read_checkpoint
+from . import distributed
 from .display import Display
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
@@ -32,7 +33,7 @@ from .fit import FitResult, Trainer, TrainingInterrupted, resolve_device
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path | None  # None on the ranks other than 0 of a multi-process run
     fit: FitResult | None
     test: Evaluation | None
     summary: dict[str, Any]
@@ -191,12 +192,28 @@ def train(
     ``resume`` is a run folder (or a checkpoint in it) to continue; ``cfg`` must
     then be the stored config with the user's changes applied (see the CLI).
 
+    Under torchrun every process calls this: rank 0 makes and writes the run
+    folder, reads the checkpoints and sends them to the other ranks, which train
+    and write nothing (``run_dir`` is then None in their result).
+
     >>> result = train(Config(), out="runs/demo")          # doctest: +SKIP
     >>> result.summary["test_accuracy"]                     # doctest: +SKIP
     0.9912
     """
     wall0 = time.perf_counter()
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
+    if distributed.init(resolve_device(cfg.train.device)):  # torchrun started this process: join the others
+        try:
+            return _train(cfg, out, resume, callbacks, quiet, wall0)
+        finally:
+            distributed.shutdown()
+    return _train(cfg, out, resume, callbacks, quiet, wall0)
+
+
+def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, wall0: float) -> RunResult:
+    if not distributed.is_main():  # rank 0 has read the checkpoints; the folder may not even exist on this machine
+        payload, init = distributed.broadcast_object(None)
+        return _run(cfg, None, payload, init, callbacks, Display(quiet=True), wall0)
     payload, init, created = None, None, False
     if resume is None and cfg.finetune.init_from is not None:  # a resumed run has its weights in last.ckpt
         init = read_init_checkpoint(cfg.finetune.init_from)  # read before a folder is made: a bad one changes nothing
@@ -213,6 +230,7 @@ def train(
     try:
         prepare_run_dir(run_dir, resume=payload is not None)
         with RunLock(run_dir):
+            payload, init = distributed.broadcast_object((payload, init))
             return _run(cfg, run_dir, payload, init, callbacks, Display(quiet=quiet, progress=cfg.train.progress), wall0)
     except BaseException:
         if created:  # a run that failed before writing anything leaves no empty folder behind
@@ -253,7 +271,7 @@ _EXTRA_NAMES = {
 
 def _run(
     cfg: Config,
-    run_dir: Path,
+    run_dir: Path | None,  # None: a rank other than 0, which writes nothing
     payload: dict[str, Any] | None,
     init: tuple[Path, dict[str, Any]] | None,
     callbacks: Iterable[Callback],
@@ -262,8 +280,8 @@ def _run(
 ) -> RunResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
+    device = distributed.local_device(resolve_device(cfg.train.device))
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     data = load_data(cfg.data, device=device)
     model = build_model(
         cfg.model.name,
@@ -274,12 +292,15 @@ def _run(
         std=data.std,
         **cfg.model.options(),
     )
+    if distributed.rank() > 0:  # dropout and augmentation draw other numbers on each rank; rank 0 keeps a 1-process run's
+        torch.manual_seed(cfg.train.seed + 1_000_003 * distributed.rank())
     init_note = None if init is None else init_from_checkpoint(
         model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
         in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]),
     )
-    check_free_space(run_dir, model, cfg.checkpoint.save_top_k)
-    cbs = build_callbacks(cfg, run_dir) + list(callbacks)
+    if run_dir is not None:
+        check_free_space(run_dir, model, cfg.checkpoint.save_top_k)
+    cbs = build_callbacks(cfg, run_dir) + list(callbacks)  # without a folder: only those that steer the training
     trainer = Trainer(model, data, cfg, callbacks=cbs, run_dir=run_dir, display=display, device=device)
     if payload is not None:
         trainer.restore(payload)  # before anything is written: a checkpoint that does not fit changes nothing
@@ -289,6 +310,8 @@ def _run(
                 f"the run had stopped ({trainer.stop_reason}): nothing is left to train; to train on, "
                 "resume with new settings (e.g. --epochs, --set early_stopping.patience=...)"
             )
+    if run_dir is None:  # not rank 0: train in step with the others; rank 0 tests, reports and writes
+        return RunResult(run_dir=None, fit=trainer.fit(), test=None, summary={})
     write_file(run_dir / "config.toml", config_to_toml(cfg).encode())
     params = count_parameters(model)
     if init_note is not None:
@@ -296,7 +319,9 @@ def _run(
     display.log(
         f"training {cfg.model.name} ({trainable_line(model)}) on {data.dataset}: "
         f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
-        f"{torch.get_num_threads()} threads -> {run_dir}"
+        f"{torch.get_num_threads()} threads"
+        + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
+        + f" -> {run_dir}"
     )
     summary: dict[str, Any] = {
         "model": cfg.model.name,
@@ -304,6 +329,7 @@ def _run(
         "parameters": params,
         "trainable_parameters": count_parameters(model, trainable_only=True),  # when this run (or its resumed part) began
         "device": str(device),
+        "processes": distributed.world_size(),  # > 1: trained with DistributedDataParallel (per-process device)
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "train_images": len(data.train),

@@ -1,0 +1,147 @@
+"""Several processes training one model: torchrun's environment, the process group, the few collectives.
+
+Under ``torchrun`` (which sets RANK, WORLD_SIZE and LOCAL_RANK) every process runs
+the same ``mnistlab train``. Outside it every helper here is the identity for one
+process, so the training loop has a single code path.
+
+Rank 0 owns the run folder; the other ranks train and write nothing. The loop
+keeps the ranks in step with one small all-reduce per step (the batch's loss and
+accuracy sums and any stop signal) and one broadcast per epoch (rank 0's
+callback decisions).
+
+>>> world_size(), rank(), is_main()                  # a plain process
+(1, 0, True)
+>>> all_reduce_sum(torch.tensor([1.0, 2.0])).tolist()
+[1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by torchrun (or anything else that sets its environment)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    """Rank 0, the process that writes the run folder and prints (also true for a plain process)."""
+    if active():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"  # before init_process_group, e.g. in the CLI
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each process on a machine takes its own GPU: ``cuda:LOCAL_RANK``."""
+    if device.type == "cuda" and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def init(device: torch.device) -> bool:
+    """Join torchrun's process group (NCCL for CUDA, gloo for the CPU); False (and nothing done) outside torchrun."""
+    if not launched_by_torchrun() or active():
+        return False
+    if device.type == "mps":
+        raise ConfigError("multi-process training runs on CUDA (NCCL) or the CPU (gloo), not MPS; "
+                          "use --device cpu or a single process")
+    if device.type == "cuda":
+        torch.cuda.set_device(local_device(device))
+        dist.init_process_group("nccl", device_id=local_device(device))
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def shutdown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def _comm_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo is given CPU tensors.
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``t`` over all ranks (a new tensor on ``t``'s device); ``t`` itself for one process."""
+    if world_size() == 1:
+        return t
+    buf = t.to(_comm_device(), copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (any picklable object); ``obj`` itself for one process."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank; ``[obj]`` for one process."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait until every rank is here (nothing for one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``mnistlab ARGV`` in ``nproc`` processes on this machine through torchrun; its exit status.
+
+    torchrun runs in a session of its own,
+    so a Ctrl-C in the terminal reaches only this process, which passes each
+    SIGINT/SIGTERM on exactly once: torchrun forwards it to every worker, the workers
+    agree on the step to stop at, rank 0 writes last.ckpt, and this returns 130 (143).
+    Were torchrun in our process group it would get the terminal's signal and ours,
+    and a second signal makes it give up waiting for the workers.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "mnistlab", *argv]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    # torchrun itself ends with an error after a signal, however cleanly the workers stopped.
+    return 128 + received[0] if received and rc != 0 else rc
