@@ -91,7 +91,7 @@ def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, referen
     kinds = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
     rng.shuffle(kinds)  # each kind once, in a seeded order; then random kinds
     out = tmp_path / "run"
-    sent, mid_epoch_saves = [], 0
+    sent, interrupt_saves = [], 0
     for attempt in range(20):
         if out.exists() and not (out / "last.ckpt").exists():
             shutil.rmtree(out)  # killed before its first checkpoint: start again, as the refusal message says
@@ -117,11 +117,12 @@ def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, referen
             continue
         last = read_checkpoint(out / "last.ckpt")  # whatever the moment, last.ckpt loads
         if "resume with: mnistlab train --resume" in stderr:
-            # During training: the position inside the epoch is saved, and the message says how to go on.
+            # During training: the position inside the epoch is saved (or, signalled during validation,
+            # the epoch's own last.ckpt is the one to resume), and the message says how to go on.
             assert rc == SIGNAL_CODES[signum] and f"mnistlab train --resume {out}" in stderr, (rc, stderr)
-            assert last["batch"] >= 1
+            assert last["batch"] >= 1 or f"after epoch {last['epoch']}" in stderr, stderr
             assert json.loads((out / "summary.json").read_text())["stopped_by"] == "interrupted"
-            mid_epoch_saves += 1
+            interrupt_saves += 1
         elif signum == signal.SIGKILL:
             assert rc == -signal.SIGKILL, (rc, stderr)
         else:
@@ -132,7 +133,7 @@ def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, referen
     else:
         pytest.fail(f"the run did not finish after {len(sent)} interruptions")
     assert len(sent) >= 3 and set(sent) == set(kinds), sent
-    assert mid_epoch_saves >= 1
+    assert interrupt_saves >= 1
     assert_same_run(out, reference)
 
 
@@ -200,8 +201,10 @@ torch.save = save
 
 def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path):
     out = tmp_path / "run"
-    proc = start_cli("train", *kill_args(mini_root), "--out", str(out), patch=SLOW_INTERRUPT_SAVE)
-    wait_for_lines(proc, 2)
+    proc = start_cli("train", *kill_args(mini_root), "--out", str(out), "--set", "data.train_limit=1500",
+                     "--batch-size", "10", patch=SLOW_INTERRUPT_SAVE)
+    wait_for_lines(proc, 1)
+    time.sleep(0.3)  # into epoch 2 (150 batches, over a second): the signal comes mid-epoch, so its save is slow
     send(proc, signal.SIGINT)
     deadline = time.monotonic() + 60
     while not list(out.glob(".last.ckpt.tmp-*")):  # the (slow) interrupt checkpoint is being written
@@ -234,3 +237,35 @@ def test_sigterm_during_the_first_epoch_saves_a_resumable_position(mini_root, tm
     last = read_checkpoint(out / "last.ckpt")
     assert last["epoch"] == 0 and last["batch"] >= 1
     assert torch.equal(last["partial"][2], torch.tensor(10.0 * last["batch"], dtype=torch.float64))  # images seen
+
+
+# fit.evaluate patched: a Ctrl-C arrives while the last epoch is being validated, after its last step.
+CTRL_C_IN_LAST_VALIDATION = r"""
+import importlib, os, signal
+fit = importlib.import_module("mnistlab.training.fit")  # the module (mnistlab.training also exports a fit function)
+real_evaluate, calls = fit.evaluate, []
+def evaluate(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # epoch 2 of 2
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_evaluate(*args, **kwargs)
+fit.evaluate = evaluate
+"""
+
+
+def test_ctrl_c_during_the_last_validation_is_not_lost(mini_root, tmp_path):
+    # The batch loop looks for a signal after each step; one that comes after the last step must
+    # still stop the run (a sweep relies on it), from the epoch's own last.ckpt, and resume finishes it.
+    out = tmp_path / "run"
+    args = small_args(mini_root, "--epochs", "2", "--out", str(out))
+    rc, stdout, stderr = finish(start_cli("train", *args, patch=CTRL_C_IN_LAST_VALIDATION))
+    assert rc == 130, stderr
+    assert "interrupted by SIGINT after epoch 2" in stderr and f"resume with: mnistlab train --resume {out}" in stderr
+    assert "test accuracy" not in stdout.lower()
+    last = read_checkpoint(out / "last.ckpt")
+    assert last["epoch"] == 2 and last["batch"] == 0
+    assert json.loads((out / "summary.json").read_text())["stopped_by"] == "interrupted"
+    proc = run_cli("train", "--resume", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "max_epochs" and summary["epochs"] == 2 and summary["test_accuracy"] > 0.3

@@ -267,6 +267,11 @@ class Trainer:
                 )
                 self._save_ema(epoch, metrics)
                 self._save_last()
+                # A signal that came during validation or the saves is acted on now, not lost: the batch loop
+                # only looks after each step, and after the last epoch there is none.
+                signum = self._signal_received()
+                if signum is not None:
+                    self._interrupted(epoch, 0, None, signum)
                 if self.stop_reason is not None:
                     break
         if self.stop_reason is None:
@@ -351,30 +356,36 @@ class Trainer:
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
-            # Did a SIGINT/SIGTERM reach any rank? Summed over the ranks, so that all stop after the same step.
-            signum = self._signals.signum
-            flags = torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.int32)
-            stop = distributed.all_reduce_sum(flags)
-            if stop.any():
+            signum = self._signal_received()
+            if signum is not None:
                 self.train_seconds += time.perf_counter() - t0
-                self._interrupted(epoch, batch + 1, sums, signal.SIGINT if stop[0] else signal.SIGTERM)
+                self._interrupted(epoch, batch + 1, sums, signum)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, seconds
 
-    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor, signum: int) -> None:
-        path = None
-        if self._world > 1:  # every rank's RNG goes into rank 0's checkpoint: the resumed dropout is exact
-            self._rng_ranks = distributed.gather_objects(_rng_state())
-        if self._run_dir is not None:
-            path = self._write(self._run_dir / "last.ckpt", batch=batches_done, partial=sums)
+    def _signal_received(self) -> int | None:
+        """SIGINT or SIGTERM if one reached any rank (summed over the ranks, so that all stop at the same point)."""
+        signum = self._signals.signum
+        if self._world == 1:  # no tensor to build each step for the common case
+            return signum
+        flags = distributed.all_reduce_sum(
+            torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.int32))
+        return signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
+
+    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor | None, signum: int) -> None:
+        """Write the resumable last.ckpt (``batches_done`` into ``epoch``; 0: the epoch is complete) and stop."""
+        path = None if self._run_dir is None else self._run_dir / "last.ckpt"
+        if batches_done:  # else the epoch's last.ckpt, just written, is the one to resume from
+            if self._world > 1:  # every rank's RNG goes into rank 0's checkpoint: the resumed dropout is exact
+                self._rng_ranks = distributed.gather_objects(_rng_state())
+            if path is not None:
+                path = self._write(path, batch=batches_done, partial=sums)
         distributed.barrier()  # no rank leaves (tearing down the process group) while rank 0 is still writing
-        self.stop_reason, self.stopped_by = (
-            f"interrupted by {signal.Signals(signum).name} at epoch {epoch}, "
-            f"batch {batches_done} of {self.steps_per_epoch}",
-            "interrupted",
-        )
+        where = (f"at epoch {epoch}, batch {batches_done} of {self.steps_per_epoch}" if batches_done
+                 else f"after epoch {epoch}")
+        self.stop_reason, self.stopped_by = f"interrupted by {signal.Signals(signum).name} {where}", "interrupted"
         raise TrainingInterrupted(signum, path)
 
     def _train_mode(self) -> None:
