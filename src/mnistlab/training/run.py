@@ -204,7 +204,12 @@ def train(
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
     if distributed.init(resolve_device(cfg.train.device)):  # torchrun started this process: join the others
         try:
-            return _train(cfg, out, resume, callbacks, quiet, wall0)
+            result = _train(cfg, out, resume, callbacks, quiet, wall0)
+            # The other ranks wait here while rank 0 tests and writes the report: a rank that tore down
+            # the process group (and exited) while rank 0 still held it now and then aborted in gloo's
+            # teardown ("terminate called without an active exception"), failing the whole run.
+            distributed.barrier()
+            return result
         finally:
             distributed.shutdown()
     return _train(cfg, out, resume, callbacks, quiet, wall0)
