@@ -4,64 +4,16 @@ Most tests exercise the study machinery (sampling, counting, pruning, continuing
 which does not depend on what a trial learns: they replace ``train`` with
 ``fake_train``, whose validation accuracy is a known function of the learning
 rate, so a test can say which trial must win or be pruned. A few tests run real
-trainings on ``tiny_base`` (1,000 real MNIST training images, a 4/8-kernel CNN).
+trainings on ``sweep_helpers.tiny_base`` (1,000 real MNIST training images, a 4/8-kernel CNN).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
-
-def tiny_base(root: Path, epochs: int = 2) -> str:
-    """The TOML of a config training in about a second on real MNIST (the base of real sweeps)."""
-    return f"""
-[model]
-name = "cnn"
-channels = [4, 8]
-
-[data]
-dir = "{root}"
-train_limit = 1000
-val_size = 500
-download = false
-
-[optimizer]
-name = "adam"
-lr = 0.003
-
-[schedule]
-name = "constant"
-
-[train]
-epochs = {epochs}
-batch_size = 100
-threads = 1
-
-[tensorboard]
-enabled = false
-"""
-
-
-def fake_accuracy(cfg, epoch: int) -> float:
-    """The fake run's val_accuracy after ``epoch``: rises linearly to its peak, highest at lr = 0.01."""
-    peak = 0.9 / (1.0 + abs(math.log10(cfg.optimizer.lr / 0.01)))
-    return peak * epoch / cfg.train.epochs
-
-
-class FakeHandle:
-    """The part of the trainer handle the stopping rules use, with Trainer.request_stop's rule for stopped_by."""
-
-    def __init__(self) -> None:
-        self.stop_reason: str | None = None
-        self.stopped_by: str | None = None
-
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else "callback"
+from sweep_helpers import FakeHandle, fake_accuracy
 
 
 @pytest.fixture

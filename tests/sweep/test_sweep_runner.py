@@ -13,7 +13,7 @@ from mnistlab.errors import ConfigError, MnistlabError  # noqa: E402
 from mnistlab.sweep import grid_points, run_sweep, sweep_from_dict  # noqa: E402
 from mnistlab.sweep.runner import ReportToTrial, open_study, require_optuna, storage_url  # noqa: E402
 
-from conftest import FakeHandle, fake_accuracy  # noqa: E402
+from sweep_helpers import FakeHandle, fake_accuracy  # noqa: E402
 
 S = optuna.trial.TrialState
 

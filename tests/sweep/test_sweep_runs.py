@@ -14,7 +14,7 @@ from mnistlab.config import apply_overrides, load_config  # noqa: E402
 from mnistlab.sweep import load_sweep, run_sweep  # noqa: E402
 from mnistlab.sweep.runner import open_study, storage_url  # noqa: E402
 
-from conftest import tiny_base  # noqa: E402
+from sweep_helpers import tiny_base  # noqa: E402
 
 S = optuna.trial.TrialState
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
