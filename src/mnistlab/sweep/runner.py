@@ -201,24 +201,15 @@ def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
     return value, reporter.pruned_at is not None or stopped_by_rule
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return True  # not ours to judge
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fail_dead_trials(study, optuna) -> None:
     """A trial left RUNNING by a process of this machine that no longer exists (kill -9) is marked failed,
     so that it neither counts towards the total nor blocks its grid point."""
+    from ..training.run import process_alive
+
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid")):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == host and isinstance(pid, int) and not process_alive(pid):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 

@@ -90,7 +90,7 @@ class RunLock:
     def refuse_if_held(self) -> None:
         """Raise RunDirError if a live process other than this one holds the lock."""
         pid = self._owner()
-        if pid is not None and pid != os.getpid() and _alive(pid):
+        if pid is not None and pid != os.getpid() and process_alive(pid):
             raise RunDirError(
                 f"{self.path.parent} is in use by another mnistlab run (pid {pid}); "
                 "wait for it to finish or choose another --out"
@@ -107,7 +107,8 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
