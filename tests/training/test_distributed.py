@@ -154,3 +154,14 @@ def test_ctrl_c_stops_both_processes_and_resume_ends_like_the_uninterrupted_run(
     assert max_weight_difference(resumed["model"], reference["model"]) == 0.0
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in reference["history"]]
     assert files_under(tmp_path) == files_under(runs[1])
+
+
+def test_the_launcher_shares_the_cores_out_unless_told(monkeypatch):
+    from mnistlab.training import distributed
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 8)
+    assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "4"
+    assert distributed._worker_env(16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "3"

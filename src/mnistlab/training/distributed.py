@@ -118,6 +118,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _worker_env(nproc: int) -> dict[str, str]:
+    """Our environment, with the cores shared out: torchrun would give every process one thread
+    (and print a banner saying so) unless OMP_NUM_THREADS is set; ``train.threads`` still wins."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``mnistlab ARGV`` in ``nproc`` processes on this machine through torchrun; its exit status.
 
@@ -130,7 +138,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "mnistlab", *argv]
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=_worker_env(nproc))
     received: list[int] = []
 
     def forward(signum, frame) -> None:
