@@ -13,6 +13,8 @@ import json
 import random
 import shutil
 import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -81,12 +83,40 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert leftovers == [], leftovers  # no lock, no temporary file
 
 
+def signal_after(proc: subprocess.Popen, signum: int, seconds: float, row: int | None) -> tuple[int, str, str]:
+    """Send ``signum`` ``seconds`` after training starts, or earlier when the row of epoch ``row`` is printed.
+
+    Returns what :func:`finish` returns. stdout and stderr are read by threads meanwhile, so that the
+    rows are seen as they come and neither pipe can fill up.
+    """
+    wait_for_start(proc)
+    row_seen, out, err = threading.Event(), [], []
+
+    def read_stdout() -> None:
+        for line in proc.stdout:
+            out.append(line)
+            if row is not None and is_epoch_row(line) and int(line.split()[0]) >= row:
+                row_seen.set()
+        row_seen.set()  # the process ended: no row will come
+
+    readers = [threading.Thread(target=read_stdout), threading.Thread(target=lambda: err.append(proc.stderr.read()))]
+    for t in readers:
+        t.start()
+    row_seen.wait(timeout=seconds)
+    send(proc, signum)
+    rc = proc.wait(timeout=120)
+    for t in readers:
+        t.join(timeout=120)
+    return rc, "".join(out), "".join(err)
+
+
 def training_done(last: dict) -> bool:
     return last["stop_reason"] is not None or last["epoch"] == EPOCHS
 
 
 def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, reference, tmp_path):
     reference, epoch_seconds = reference
+    last_epoch = json.loads((reference / "summary.json").read_text())["epochs"]
     rng = random.Random(20261128)
     kinds = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
     rng.shuffle(kinds)  # each kind once, in a seeded order; then random kinds
@@ -103,12 +133,13 @@ def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, referen
             break
         args = ["--resume", str(out)] if resume else [*kill_args(mini_root), "--out", str(out)]
         proc = start_cli("train", *args)
-        # A random moment: 0.6 to 1.8 epochs after training (re)started, whatever this machine's speed.
-        wait_for_start(proc)
-        time.sleep(rng.uniform(0.6, 1.8) * epoch_seconds)
+        # A random moment: 0.6 to 1.8 epochs after training (re)started, whatever this machine's speed. The
+        # first signal of each kind comes at the latest when the second-to-last epoch's row is printed, so
+        # that it lands while there is training left even if this machine runs faster now than it did for
+        # the reference (the test wants each kind to interrupt training once).
         signum = kinds[attempt] if attempt < len(kinds) else rng.choice(kinds)
-        send(proc, signum)
-        rc, stdout, stderr = finish(proc)
+        seconds = rng.uniform(0.6, 1.8) * epoch_seconds
+        rc, stdout, stderr = signal_after(proc, signum, seconds, row=last_epoch - 1 if attempt < len(kinds) else None)
         if rc == 0:
             break  # it finished before the signal came
         sent.append(signum)
