@@ -157,6 +157,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (compile time is reported separately)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere: this CPU has no bf16 units) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
+    # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
+    # back to the OS and faulting it in again (training/allocator.py; 1.1-1.5x the training rate of the small CNNs,
+    # benchmarks/allocator.txt).
+    reuse_memory: bool = True
     grad_checkpoint: bool = False  # recompute conv-block / residual-block activations in backward: less memory, ~1.3x the step time
     # Multi-process runs (torchrun / --nproc): batch-norm statistics over the whole global batch rather than
     # each process's share. Needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation.

@@ -40,6 +40,7 @@ from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
 from . import distributed
+from .allocator import reuse_freed_memory
 from .checkpoint import load_weights, save_checkpoint, weights_digest
 from .ema import WeightAverage
 from .display import Display
@@ -179,6 +180,8 @@ class Trainer:
             if self._world > 1:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self._model = model.to(self.device)
+        if cfg.train.reuse_memory and self.device.type == "cpu":
+            reuse_freed_memory()
         if cfg.train.grad_checkpoint:
             if not hasattr(model, "set_grad_checkpointing"):
                 raise ConfigError(f"train.grad_checkpoint: {type(model).__name__} has no set_grad_checkpointing "
