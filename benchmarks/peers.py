@@ -10,12 +10,18 @@ processes only compete for the 2 cores). Lightning runs with
 summary and no validation, so it is timed on the training loop alone; its
 epoch time comes from a callback (``on_train_epoch_start``/``_end``), and the
 whole ``fit`` call is reported too. mnistlab runs its real ``Trainer`` with the
-default fast path (in-memory batches, channels-last, fused Adam); its epoch time
+default fast path (in-memory batches, channels-last, fused Adam, freed memory kept for
+reuse); its epoch time
 is the ``seconds`` of the epoch in its history (training steps only).
 
-The three are interleaved (A B C A B C ...) and the table gives medians; the
-ratio column divides by the plain loop's median. Test accuracy is computed by
-the same ``evaluate`` for all three.
+Each epoch runs in a fresh Python process, as each loop would in a user's own
+script: process-wide state (glibc's malloc thresholds, which mnistlab's
+``train.reuse_memory`` raises, and which glibc itself raises as a process frees
+big buffers; torch's thread pool) cannot carry over from one loop to the next.
+Every process gets the same ``--threads`` (default: PyTorch's, all cores). The
+three are interleaved (A B C A B C ...) and the table gives medians; the ratio
+column divides by the plain loop's median. Test accuracy is computed by the
+same ``evaluate`` for all three.
 
     .venv/bin/python benchmarks/peers.py --data-dir /work/shared/data --repeats 3
 
@@ -24,7 +30,11 @@ Needs the ``bench`` extra: ``pip install -e '.[bench]'`` (PyTorch Lightning).
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -121,30 +131,56 @@ def run_mnistlab(data, seed: int) -> tuple[float, torch.nn.Module]:
     return result.history[0]["seconds"], result.model
 
 
+RUNNERS = {"plain PyTorch (DataLoader)": "plain", "Lightning Trainer.fit": "lightning", "mnistlab Trainer": "mnistlab"}
+
+
+def child(kind: str, data_dir: str, seed: int) -> dict[str, float]:
+    """One epoch of one loop in this (fresh) process: epoch seconds, test accuracy, Lightning's whole fit()."""
+    data = load_data(apply_overrides(Config(), [f"data.dir={data_dir}"]).data)
+    total = None
+    if kind == "plain":
+        secs, model = run_plain(data, data_dir, seed)
+    elif kind == "lightning":
+        secs, total, model = run_lightning(data, data_dir, seed)
+    else:
+        secs, model = run_mnistlab(data, seed)
+    return {"seconds": secs, "accuracy": evaluate(model, data.test).accuracy, "fit_total": total}
+
+
+def in_fresh_process(kind: str, data_dir: str, seed: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", kind, "--seed", str(seed), "--data-dir", data_dir,
+           "--threads", str(torch.get_num_threads())]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} run failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = benchmark_parser(__doc__)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--child", choices=sorted(RUNNERS.values()), help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parse_benchmark_args(p)
+    if args.child:
+        print(json.dumps(child(args.child, args.data_dir, args.seed)))
+        return
     import lightning
 
-    data = load_data(apply_overrides(Config(), [f"data.dir={args.data_dir}"]).data)
+    n_train = len(load_data(apply_overrides(Config(), [f"data.dir={args.data_dir}"]).data).train)
     print(f"machine: {machine_description()}; lightning {lightning.__version__}")
-    print(f"cnn model, Adam {LR}, batch {BATCH}, 1 epoch of {len(data.train):,} images; "
+    print(f"cnn model, Adam {LR}, batch {BATCH}, 1 epoch of {n_train:,} images, each in a fresh process; "
           f"{args.repeats} interleaved repeats, medians\n")
-    times: dict[str, list[float]] = {"plain PyTorch (DataLoader)": [], "Lightning Trainer.fit": [], "mnistlab Trainer": []}
+    times: dict[str, list[float]] = {k: [] for k in RUNNERS}
+    accs: dict[str, list[float]] = {k: [] for k in RUNNERS}
     fit_totals: list[float] = []
-    accs: dict[str, list[float]] = {k: [] for k in times}
     for r in range(args.repeats):
-        secs, m = run_plain(data, args.data_dir, r)
-        times["plain PyTorch (DataLoader)"].append(secs)
-        accs["plain PyTorch (DataLoader)"].append(evaluate(m, data.test).accuracy)
-        secs, total, m = run_lightning(data, args.data_dir, r)
-        times["Lightning Trainer.fit"].append(secs)
-        fit_totals.append(total)
-        accs["Lightning Trainer.fit"].append(evaluate(m, data.test).accuracy)
-        secs, m = run_mnistlab(data, r)
-        times["mnistlab Trainer"].append(secs)
-        accs["mnistlab Trainer"].append(evaluate(m, data.test).accuracy)
+        for name, kind in RUNNERS.items():
+            out = in_fresh_process(kind, args.data_dir, r)
+            times[name].append(out["seconds"])
+            accs[name].append(out["accuracy"])
+            if out["fit_total"] is not None:
+                fit_totals.append(out["fit_total"])
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     plain = statistics.median(times["plain PyTorch (DataLoader)"])
     lit = statistics.median(times["Lightning Trainer.fit"])
