@@ -1,4 +1,4 @@
-"""``train.reuse_memory``: training steps stop faulting memory in once glibc keeps freed buffers.
+"""``train.reuse_memory``: with glibc keeping freed buffers, training steps do not fault memory in again.
 
 Counted, not timed: the minor page faults of the process (getrusage) over the
 steps of a second ``fit`` (the first one warms up). The setting is process-wide,
@@ -59,11 +59,12 @@ def _faults_per_step(reuse: bool) -> float:
 
 @pytest.mark.skipif(not _glibc(), reason="train.reuse_memory only acts on glibc's malloc (Linux)")
 def test_reused_memory_is_not_faulted_in_again_every_step():
-    on, off = _faults_per_step(True), _faults_per_step(False)
-    # Measured here: 0-5 faults a step with it, 100-1500 without (the batch's activations, a few MB, come
-    # back from the kernel page by page). The bound leaves room for the odd new buffer.
+    # Measured here: 0-5 faults a step with it. Without it, mostly 100-1500 (the batch's activations, a few
+    # MB, come back from the kernel page by page), but glibc's own adaptive thresholds sometimes settle
+    # so that a process faults nothing either (0.05 in one CI run), so the count without it is no fixed
+    # baseline and is not asserted; the test below checks that the Trainer asks for the setting.
+    on = _faults_per_step(True)
     assert on <= 20, on
-    assert off >= 5 * max(on, 10), (on, off)
 
 
 @pytest.mark.parametrize("device_reuse", [(True, 1), (False, 0)])
