@@ -10,9 +10,9 @@ processes only compete for the 2 cores). Lightning runs with
 summary and no validation, so it is timed on the training loop alone; its
 epoch time comes from a callback (``on_train_epoch_start``/``_end``), and the
 whole ``fit`` call is reported too. mnistlab runs its real ``Trainer`` with the
-default fast path (in-memory batches, channels-last, fused Adam, freed memory kept for
-reuse); its epoch time
-is the ``seconds`` of the epoch in its history (training steps only).
+default fast path (in-memory batches, channels-last, fused Adam, freed memory kept
+for reuse); its epoch time is the ``seconds`` of the epoch in its history
+(training steps only).
 
 Each epoch runs in a fresh Python process, as each loop would in a user's own
 script: process-wide state (glibc's malloc thresholds, which mnistlab's
