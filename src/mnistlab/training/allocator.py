@@ -28,6 +28,18 @@ TRIM_THRESHOLD = 1 << 30
 _done: bool | None = None
 
 
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library if it is glibc's, whose ``mallopt`` knows these settings; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # only glibc has it; musl's mallopt ignores these settings
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def reuse_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; True if they are (now or already) raised.
 
@@ -37,15 +49,9 @@ def reuse_freed_memory() -> bool:
     """
     global _done
     if _done is None:
-        _done = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None)
-                libc.gnu_get_libc_version  # only glibc has it; musl's mallopt ignores these settings
-            except (OSError, AttributeError):
-                return False
-            # mallopt returns 1 on success, 0 for a value it refuses.
-            _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-            )
+        libc = glibc()
+        # mallopt returns 1 on success, 0 for a value it refuses.
+        _done = libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
     return _done
