@@ -5,10 +5,12 @@ images, second epoch of two, so warm-up is excluded), MACs per image
 (``models.summary.count_macs``: convs and linear layers), the achieved training
 rate GFLOP/s = 3 x 2 x MACs x images/s (a multiply-accumulate is 2 FLOPs; the
 backward pass costs about twice the forward, gradients for inputs and for
-weights, so a training step is ~3 forwards), and that as a fraction of a
-2048 x 2048 fp32 ``torch.mm`` measured right before the model (on a shared
-machine the matmul rate moves with the load, so each fraction uses its
-neighbour). Each model runs in channels-last (NHWC) and in plain NCHW,
+weights, so a training step is ~3 forwards), and that as a fraction of the
+machine's fp32 matmul rate: the faster of a 2048 x 2048 ``torch.mm`` (MKL) and
+the same product in oneDNN (the convolutions' library), measured right before
+the model (on a shared machine the rate moves with the load, so each fraction
+uses its neighbour). The first lines give both paths' rates: on an AMD CPU
+MKL's mm runs at about half of oneDNN's. Each model runs in channels-last (NHWC) and in plain NCHW,
 interleaved, to show where channels-last helps; ``train.channels_last = none``
 (auto, the default) picks NHWC on a CPU for the models marked
 ``channels_last_on_cpu`` from this table.
@@ -21,7 +23,14 @@ ResNet on 28x28) at batch 32 and 2 steps to keep the run short.
 
 from __future__ import annotations
 
-from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, roofline
+from mnistlab.bench import (
+    benchmark_parser,
+    format_table,
+    machine_description,
+    matmul_rates,
+    parse_benchmark_args,
+    roofline,
+)
 from mnistlab.models import list_models
 
 BIG = {"alexnet", "resnet18", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19"}
@@ -34,6 +43,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = parse_benchmark_args(p)
     print(f"machine: {machine_description()}")
+    rates = matmul_rates(device=args.device)
+    print("fp32 2048 x 2048 matmul: " + ", ".join(f"{name} {r:.0f} GFLOP/s" for name, r in rates.items())
+          + " (the fraction column uses the faster one, measured again before each model)")
     rows = []
     for name in args.models:
         batch = 32 if name in BIG else 256

@@ -12,7 +12,8 @@ seconds move by 2x from one minute to the next, ratios much less):
   :class:`~mnistlab.training.fit.Trainer` on synthetic images, as achieved
   GFLOP/s = 3 x 2 x MACs/image x images/s (a backward pass costs about twice
   the forward: gradients for the inputs and for the weights), and that as a
-  fraction of a large fp32 ``torch.mm`` measured just before it;
+  fraction of the machine's fp32 matrix-multiply rate (the faster of
+  ``torch.mm`` and oneDNN's matmul, :func:`matmul_gflops`) measured just before it;
 - evaluation: :func:`~mnistlab.training.evaluate.evaluate` on the test split.
 
 >>> rate = matmul_gflops(n=256, repeats=2)       # doctest: +SKIP
@@ -31,7 +32,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -127,18 +128,44 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """The machine's fp32 matrix-multiply rate: median GFLOP/s of ``repeats`` n x n ``torch.mm`` calls."""
+    """The machine's fp32 matrix-multiply rate: the best of the library paths PyTorch has, in GFLOP/s.
+
+    Each path's rate is the median of ``repeats`` n x n products. On a CPU there
+    are two: ``torch.mm`` (the BLAS PyTorch was built with, MKL for the wheels)
+    and oneDNN's matmul, which the convolutions use. They differ by machine: on
+    an AMD EPYC, MKL's ``torch.mm`` ran at 0.45x oneDNN's rate (it does not take
+    its AVX-512 kernels there), so a model's convolutions would have shown as
+    more than 100% of "the machine's" rate; on an Intel Xeon both ran alike.
+    """
+    return max(matmul_rates(n, repeats, device).values())
+
+
+def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """Ways to compute ``a @ b`` (fp32 matrices) on their device; oneDNN's result is in its own layout (``.to_dense()``)."""
+    paths: dict[str, Callable[[], torch.Tensor]] = {"mm": lambda: torch.mm(a, b)}
+    if a.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        # aten's oneDNN linear on oneDNN-layout tensors computes x @ w.T; the layouts are converted here, untimed.
+        a_dnn, bt_dnn = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+        paths["onednn"] = lambda: torch.ops.aten.mkldnn_linear(a_dnn, bt_dnn)
+    return paths
+
+
+def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> dict[str, float]:
+    """GFLOP/s of an n x n fp32 matrix product per library path: "mm" (``torch.mm``) and, on a CPU, "onednn"."""
     device = torch.device(device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.mm(a, b)  # first call: allocation and kernel choice
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    rates = {}
+    for name, product in matmul_paths(a, b).items():
+        product()  # first call: allocation and kernel choice
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            product()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        rates[name] = 2 * n**3 / statistics.median(times) / 1e9
+    return rates
 
 
 def synthetic_data(n: int, *, val: int = 2, device: str | torch.device = "cpu", seed: int = 0) -> DataBundle:

@@ -138,3 +138,22 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     assert "public recipe" in out and "this config" in out
     assert "fraction" in out and "images/s" in out
     assert out.count("cnn") >= 2  # the training-rate row and the evaluation row
+
+
+def test_every_matmul_path_of_the_roofline_reference_computes_the_product():
+    # The roofline's "machine rate" is the best of these paths; each must time a real a @ b, not a cheaper op.
+    from mnistlab.bench import matmul_gflops, matmul_paths, matmul_rates
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(48, 32, generator=g), torch.randn(32, 40, generator=g)
+    paths = matmul_paths(a, b)
+    assert "mm" in paths
+    if torch.backends.mkldnn.is_available():
+        assert "onednn" in paths  # the convolutions' own library, faster than MKL's mm on AMD CPUs
+    for name, product in paths.items():
+        out = product()
+        out = out.to_dense() if out.is_mkldnn else out
+        torch.testing.assert_close(out, a @ b, msg=f"matmul path {name!r}")
+    rates = matmul_rates(n=64, repeats=1)
+    assert rates.keys() == paths.keys() and all(r > 0 for r in rates.values())
+    assert matmul_gflops(n=64, repeats=1) > 0
