@@ -87,6 +87,18 @@ def test_a_run_with_ema_saves_the_average_of_its_best_epoch_as_a_model(mnist_roo
     assert ev.accuracy == result.summary["ema_test_accuracy"]
 
 
+def test_ema_ckpt_is_chosen_on_the_averages_value_of_the_checkpoint_monitor(mnist_root, tmp_path):
+    # best.ckpt takes the best val_loss, ema.ckpt the best ema_val_loss, in the checkpoint's mode. "max" (the
+    # highest loss) is no sensible choice, but it makes the loss pick another epoch than accuracy would.
+    cfg = small_cfg(mnist_root, "train.epochs=3", "checkpoint.monitor=val_loss", "checkpoint.mode=max")
+    result = train(cfg, out=tmp_path / "run", quiet=True)
+    history = result.fit.history
+    ema_epoch = max(history, key=lambda r: r["ema_val_loss"])["epoch"]
+    assert ema_epoch != max(history, key=lambda r: r["ema_val_accuracy"])["epoch"]
+    assert read_checkpoint(tmp_path / "run" / "ema.ckpt")["epoch"] == ema_epoch == result.summary["ema_best_epoch"]
+    assert result.summary["best_epoch"] == max(history, key=lambda r: r["val_loss"])["epoch"]
+
+
 def test_resume_with_ema_and_augmentation_is_exact(mnist_root, tmp_path):
     # a constant schedule: one-cycle's shape depends on the number of epochs, so 1 + 1 would not be 2
     cfg = small_cfg(mnist_root, "augment.enabled=true", "augment.elastic_alpha=4", "model.dropout=0.2",

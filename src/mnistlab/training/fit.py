@@ -198,7 +198,13 @@ class Trainer:
         self.callbacks = CallbackList(callbacks)
         self.optimizer = build_optimizer(self._model.parameters(), cfg.optimizer, self.device)
         self.ema = WeightAverage(self._model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
-        self._best_ema: float | None = None  # best ema_val_accuracy so far: ema.ckpt holds that epoch's average
+        # ema.ckpt is chosen like best.ckpt: on the average's own value of checkpoint.monitor (ema_val_loss for
+        # val_loss), in the same mode; for a monitor the average has no value of, on its validation accuracy.
+        monitor = cfg.checkpoint.monitor if cfg.checkpoint.monitor in ("val_loss", "val_accuracy") else "val_accuracy"
+        mode = cfg.checkpoint.mode if monitor == cfg.checkpoint.monitor else "auto"
+        self._ema_monitor = f"ema_{monitor}"
+        self._ema_max = mode == "max" or (mode == "auto" and monitor == "val_accuracy")
+        self._best_ema: float | None = None  # best value of _ema_monitor so far: ema.ckpt holds that epoch's average
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self.display = display or Display(quiet=True)
         self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size)
@@ -454,10 +460,15 @@ class Trainer:
         return save_checkpoint(path, self._payload(**kw))
 
     def _save_ema(self, epoch: int, metrics: dict[str, float]) -> None:
-        """ema.ckpt: the weight average of the epoch with the best ema_val_accuracy, as a plain model checkpoint."""
-        if self.ema is None or (self._best_ema is not None and metrics["ema_val_accuracy"] <= self._best_ema):
+        """ema.ckpt: the weight average of the epoch with the best ``_ema_monitor``, as a plain model checkpoint."""
+        if self.ema is None:
             return
-        self._best_ema = metrics["ema_val_accuracy"]
+        value = metrics[self._ema_monitor]
+        if not math.isfinite(value):
+            return
+        if self._best_ema is not None and not (value > self._best_ema if self._ema_max else value < self._best_ema):
+            return  # as for best.ckpt, the first of equal values stays
+        self._best_ema = value
         if self._run_dir is not None:
             payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
             save_checkpoint(self._run_dir / "ema.ckpt", {**payload, "model": self.ema.module.state_dict()})
