@@ -27,7 +27,9 @@ class Net(nn.Module):
     # Whether NHWC (channels-last) memory speeds up this model's training on a CPU;
     # train.channels_last = none (auto) reads it. On CUDA auto always uses NHWC.
     # Measured per zoo model by benchmarks/roofline.py: faster for the small
-    # conv-pool CNNs and ResNet-50, slower for AlexNet, VGG and ResNet-18.
+    # conv-pool CNNs and ResNet-50 on both CPUs it ran on; slower for AlexNet, VGG
+    # and ResNet-18 on an Intel Xeon. On an AMD EPYC VGG gained up to 1.16x from NHWC
+    # (AlexNet lost, ResNet-18 was even); they keep NCHW, the faster layout on the Xeon.
     channels_last_on_cpu: bool = False
     # Recompute the activations of ``features`` in the backward pass instead of keeping
     # them (models/checkpointing.py); set with set_grad_checkpointing (train.grad_checkpoint).
