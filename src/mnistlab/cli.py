@@ -287,7 +287,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
     data = load_data(data_cfg)
     model = model_from_checkpoint(payload)
-    result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes)
+    result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
+                      label_smoothing=cfg.train.label_smoothing)
     report = {"checkpoint": str(args.checkpoint), "model": payload["model_name"], "epoch": payload["epoch"],
               **result.to_dict(list(data.classes))}
     if args.json:

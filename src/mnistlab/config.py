@@ -150,7 +150,7 @@ class TrainConfig:
     eval_batch_size: int = 500  # images per forward pass when evaluating (500 keeps a small CNN's maps in cache)
     seed: int = 0  # weights, shuffling and dropout; CPU runs with the same seed repeat exactly
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | mps
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (of val_loss and test_loss too, as in Keras)
     grad_clip: float | None = None  # clip the global gradient norm to this
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
     channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)

@@ -147,6 +147,37 @@ def test_tta_averages_the_softmax_over_the_image_and_four_shifts(mnist_small):
     assert not torch.allclose(tta.probabilities, plain.probabilities)
 
 
+def test_the_loss_takes_the_label_smoothing_asked_for_with_and_without_tta(mnist_small):
+    torch.manual_seed(0)
+    from mnistlab.models import build_model
+
+    model = build_model("cnn", channels=[4, 8], mean=mnist_small.mean, std=mnist_small.std).eval()
+    with torch.no_grad():
+        model.classifier[0].weight *= 30  # confident outputs: near uniform ones have about the same loss either way
+    split = type(mnist_small.test)(mnist_small.test.images[:300], mnist_small.test.labels[:300])
+    with torch.no_grad():
+        logits = model(split.images.float() / 255)
+    for eps in (0.0, 0.1):
+        ev = evaluate(model, split, batch_size=128, label_smoothing=eps)
+        expected = torch.nn.functional.cross_entropy(logits, split.labels, label_smoothing=eps)
+        assert ev.loss == pytest.approx(float(expected), rel=1e-5)
+        tta = evaluate(model, split, batch_size=128, tta_shift=1, label_smoothing=eps)
+        logp = tta.probabilities.log()  # smoothed: (1 - eps) * NLL + eps * mean over classes of -log p
+        by_hand = (1 - eps) * -logp.gather(1, split.labels[:, None]).mean() - eps * logp.mean()
+        assert tta.loss == pytest.approx(float(by_hand), rel=1e-5)
+    assert abs(evaluate(model, split, label_smoothing=0.1).loss - evaluate(model, split).loss) > 1e-3
+
+
+def test_a_runs_val_loss_and_test_loss_are_its_training_loss_with_label_smoothing(mnist_root, tmp_path):
+    cfg = small_cfg(mnist_root, "train.epochs=1", "train.label_smoothing=0.2", "ema.enabled=false")
+    result = train(cfg, out=tmp_path / "run", quiet=True)
+    data = load_data(cfg.data)
+    model = load_model(tmp_path / "run" / "best.ckpt")
+    for split, key in ((data.val, result.fit.history[-1]["val_loss"]), (data.test, result.summary["test_loss"])):
+        assert key == pytest.approx(evaluate(model, split, label_smoothing=0.2).loss, rel=1e-6)
+        assert key != pytest.approx(evaluate(model, split).loss, rel=1e-3)
+
+
 def test_a_run_reports_tta_and_ema_accuracies_apart(mnist_root, tmp_path):
     result = train(small_cfg(mnist_root, "train.epochs=1", "tta.enabled=true"), out=tmp_path / "run", quiet=True)
     s = json.loads((tmp_path / "run" / "summary.json").read_text())

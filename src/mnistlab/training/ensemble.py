@@ -28,7 +28,7 @@ class Member:
 class EnsembleResult:
     members: list[Member]
     accuracy: float  # of the averaged softmax outputs
-    loss: float  # cross-entropy of the averaged outputs
+    loss: float  # cross-entropy of the averaged outputs (no label smoothing: members may differ in theirs)
     dataset: str
     examples: int
 

@@ -19,7 +19,7 @@ def _tta_offsets(s: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Evaluation:
-    loss: float  # mean cross-entropy (no label smoothing)
+    loss: float  # mean cross-entropy, with the label smoothing asked for (the training loss's, in a run)
     accuracy: float  # fraction correct
     per_class_accuracy: list[float]  # NaN for a class with no examples
     confusion: torch.Tensor  # [true, predicted] counts, int64, on the CPU
@@ -63,13 +63,22 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split, batch_size: int = 500, num_classes: int | None = None, tta_shift: int = 0
+    model: nn.Module,
+    split,
+    batch_size: int = 500,
+    num_classes: int | None = None,
+    tta_shift: int = 0,
+    label_smoothing: float = 0.0,
 ) -> Evaluation:
     """Evaluate ``model`` (in eval mode) on a data split (uint8 images, int64 labels).
 
     ``tta_shift > 0`` turns on test-time augmentation: the softmax outputs are
     averaged over five views of each image (itself, and shifted by ``tta_shift``
     pixels left, right, up and down), and the loss is that of the average.
+    ``label_smoothing`` is that of the loss; a run passes its training's, so its
+    val_loss and test_loss are the loss it trains on, as in Keras. (Plain
+    cross-entropy would rise for a label-smoothed model as it grows more
+    accurate, and be a poor criterion for choosing or stopping.)
 
     >>> ev = evaluate(model, data.test)                    # doctest: +SKIP
     >>> round(ev.accuracy, 4)                              # doctest: +SKIP
@@ -84,10 +93,12 @@ def evaluate(
             if tta_shift:
                 views = [x] + [shift_images(x, dx, dy) for dx, dy in _tta_offsets(tta_shift)]
                 p = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
-                total_loss += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").double().cpu()
+                # cross_entropy of log p is that of p (p sums to 1), label smoothing included
+                total_loss += F.cross_entropy(p.clamp_min(1e-12).log(), y, reduction="sum",
+                                              label_smoothing=label_smoothing).double().cpu()
             else:
                 logits = model(x).float()
-                total_loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
+                total_loss += F.cross_entropy(logits, y, reduction="sum", label_smoothing=label_smoothing).double().cpu()
                 p = logits.softmax(1)
             probs.append(p.cpu())
             preds.append(p.argmax(1).cpu())

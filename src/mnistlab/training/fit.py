@@ -298,10 +298,13 @@ class Trainer:
         )
 
     def _validate(self) -> dict[str, float]:
-        val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+        eps = self.cfg.train.label_smoothing  # val_loss is the training loss on the validation images
+        val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
+                       label_smoothing=eps)
         metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
         if self.ema is not None:
-            ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes)
+            ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
+                           label_smoothing=eps)
             metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
         return metrics
 

@@ -370,7 +370,8 @@ def _run(
         evaluated, best_epoch = "best.ckpt", int(best["epoch"])
     else:  # no validated epoch was ever better than nothing (e.g. non-finite loss in epoch 1)
         test_model, evaluated, best_epoch = result.model, "final weights", result.epochs
-    test = evaluate(test_model, data.test, cfg.train.eval_batch_size, data.num_classes)
+    test = evaluate(test_model, data.test, cfg.train.eval_batch_size, data.num_classes,
+                    label_smoothing=cfg.train.label_smoothing)
     best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
     summary.update(
         test_accuracy=test.accuracy,
