@@ -33,7 +33,6 @@ from reliability_helpers import (
     send,
     small_args,
     start_cli,
-    wait_for_lines,
     wait_for_start,
 )
 
@@ -217,6 +216,25 @@ def test_kill_9_halfway_through_a_checkpoint_write_keeps_the_previous_one(mini_r
     assert_same_run(out, reference)  # which also checks that no temporary file is left
 
 
+def signal_at_step(sig: str, epoch: int, step: int) -> str:
+    """A patch of fit.iterate_batches: the process gets ``sig`` while ``step`` (1-based) of ``epoch`` runs.
+
+    A fixed point in the run, not a sleep: on a fast CPU an epoch can end within any fixed wait.
+    """
+    return rf"""
+import importlib, os, signal
+fit = importlib.import_module("mnistlab.training.fit")  # the module (mnistlab.training also exports a fit function)
+real_iterate_batches, epochs = fit.iterate_batches, []
+def iterate_batches(*args, **kwargs):
+    epochs.append(1)
+    for i, batch in enumerate(real_iterate_batches(*args, **kwargs)):
+        if len(epochs) == {epoch} and i == {step - 1}:
+            os.kill(os.getpid(), signal.{sig})
+        yield batch
+fit.iterate_batches = iterate_batches
+"""
+
+
 # torch.save patched: the checkpoint written after a signal (the only one with a position in the epoch) is slow.
 SLOW_INTERRUPT_SAVE = r"""
 import time
@@ -232,11 +250,9 @@ torch.save = save
 
 def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path):
     out = tmp_path / "run"
+    # the first Ctrl-C comes mid-epoch, so its save is the slow one
     proc = start_cli("train", *kill_args(mini_root), "--out", str(out), "--set", "data.train_limit=1500",
-                     "--batch-size", "10", patch=SLOW_INTERRUPT_SAVE)
-    wait_for_lines(proc, 1)
-    time.sleep(0.3)  # into epoch 2 (150 batches, over a second): the signal comes mid-epoch, so its save is slow
-    send(proc, signal.SIGINT)
+                     "--batch-size", "10", patch=SLOW_INTERRUPT_SAVE + signal_at_step("SIGINT", epoch=2, step=21))
     deadline = time.monotonic() + 60
     while not list(out.glob(".last.ckpt.tmp-*")):  # the (slow) interrupt checkpoint is being written
         assert time.monotonic() < deadline and proc.poll() is None, "the interrupt checkpoint was never started"
@@ -247,30 +263,14 @@ def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path)
     rc, _, _ = finish(proc, timeout=30)
     assert rc == 130 and time.monotonic() - t0 < 10  # not the 60 s the write would have taken
     assert (out / "last.ckpt").read_bytes() == before  # the last complete checkpoint, untouched
-    assert read_checkpoint(out / "last.ckpt")["epoch"] >= 1
-
-
-# fit.iterate_batches patched: a SIGTERM arrives while step 21 of epoch 1 runs (a fixed point, not a
-# sleep: on a fast CPU epoch 1 can end within any fixed wait).
-SIGTERM_AT_STEP_21 = r"""
-import importlib, os, signal
-fit = importlib.import_module("mnistlab.training.fit")  # the module (mnistlab.training also exports a fit function)
-real_iterate_batches, epochs = fit.iterate_batches, []
-def iterate_batches(*args, **kwargs):
-    epochs.append(1)
-    for i, batch in enumerate(real_iterate_batches(*args, **kwargs)):
-        if len(epochs) == 1 and i == 20:
-            os.kill(os.getpid(), signal.SIGTERM)
-        yield batch
-fit.iterate_batches = iterate_batches
-"""
+    assert read_checkpoint(out / "last.ckpt")["epoch"] == 1  # from the end of epoch 1; epoch 2 was cut at step 21
 
 
 def test_sigterm_during_the_first_epoch_saves_a_resumable_position(mini_root, tmp_path):
     # Before any epoch has finished there is no last.ckpt yet; the interrupt writes the first one.
     out = tmp_path / "run"
     proc = start_cli("train", *kill_args(mini_root), "--out", str(out), "--set", "data.train_limit=1500",
-                     "--batch-size", "10", patch=SIGTERM_AT_STEP_21)
+                     "--batch-size", "10", patch=signal_at_step("SIGTERM", epoch=1, step=21))
     rc, _, stderr = finish(proc)
     assert rc == 143, stderr
     assert "interrupted by SIGTERM at epoch 1, batch 21 of 150" in stderr
