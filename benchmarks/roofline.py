@@ -16,7 +16,12 @@ interleaved, to show where channels-last helps; ``train.channels_last = none``
 ``channels_last_on_cpu`` from this table.
 
 Small models train at batch 256; the big ImageNet-shaped ones (AlexNet, VGG,
-ResNet on 28x28) at batch 32 and 2 steps to keep the run short.
+ResNet on 28x28) at batch 32 and 2 steps to keep the run short. A second table
+gives the small models (NHWC) at batches of 32 to 256, 5,120 images each: their
+time goes to memory-bound layers (the 1-channel first conv, max-pooling), so a
+batch whose feature maps stay in the core's cache might run nearer the limit.
+On the AMD EPYC it did not: within each model the batches were 1.15x apart at
+most, without a trend.
 
     .venv/bin/python benchmarks/roofline.py
 """
@@ -34,6 +39,7 @@ from mnistlab.bench import (
 from mnistlab.models import list_models
 
 BIG = {"alexnet", "resnet18", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19"}
+BATCHES = (32, 64, 128, 256)
 
 
 def main() -> None:
@@ -57,6 +63,17 @@ def main() -> None:
         print(f"{name} done", flush=True)
     print()
     print(format_table(rows))
+
+    small = [m for m in args.models if m not in BIG]
+    rows = []
+    for name in small:
+        for batch in BATCHES:
+            rows += roofline([name], batch_size=batch, steps=5120 // batch, device=args.device,
+                             overrides=["train.channels_last=true"])
+        print(f"{name} by batch size done", flush=True)
+    if rows:
+        print()
+        print(format_table(rows))
 
 
 if __name__ == "__main__":
