@@ -20,7 +20,7 @@ ResNet on 28x28) at batch 32 and 2 steps to keep the run short. A second table
 gives the small models (NHWC) at batches of 32 to 256, 5,120 images each: their
 time goes to memory-bound layers (the 1-channel first conv, max-pooling), so a
 batch whose feature maps stay in the core's cache might run nearer the limit.
-On the AMD EPYC it did not: within each model the batches were 1.15x apart at
+On the AMD EPYC it did not: within each model the batches were 1.16x apart at
 most, without a trend.
 
     .venv/bin/python benchmarks/roofline.py
