@@ -11,13 +11,11 @@ benchmarks/default_recipe.txt.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 
-import torch
-
 from mnistlab import Config, apply_overrides, train
+from mnistlab.bench import machine_description
 
 
 def main() -> None:
@@ -26,8 +24,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     args = p.parse_args()
 
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"{platform.processor() or 'cpu'}; torch {torch.__version__}")
+    print(f"machine: {machine_description()}")
     print(f"{'seed':>4}  {'test acc':>8}  {'train s':>7}  {'wall s':>6}  stop")
     accs, secs = [], []
     for seed in range(args.seeds):
