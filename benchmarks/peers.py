@@ -23,6 +23,11 @@ three are interleaved (A B C A B C ...) and the table gives medians; the ratio
 column divides by the plain loop's median. Test accuracy is computed by the
 same ``evaluate`` for all three.
 
+``--bf16`` adds a fourth loop: mnistlab with ``train.precision=bf16`` (bf16
+autocast of the forward pass; weights, optimizer and loss stay fp32). It is an
+option, not mnistlab's CPU default, and it pays only on CPUs with bf16
+instructions (AVX512-BF16, AMX); its row is apart from the fp32 comparison.
+
     .venv/bin/python benchmarks/peers.py --data-dir /work/shared/data --repeats 3
 
 Needs the ``bench`` extra: ``pip install -e '.[bench]'`` (PyTorch Lightning).
@@ -121,17 +126,18 @@ def run_lightning(data, data_dir: str, seed: int) -> tuple[float, float, torch.n
     return timer.seconds, time.perf_counter() - t0, module.net.net
 
 
-def run_mnistlab(data, seed: int) -> tuple[float, torch.nn.Module]:
+def run_mnistlab(data, seed: int, precision: str = "fp32") -> tuple[float, torch.nn.Module]:
     cfg = apply_overrides(Config(), [
         "model.name=cnn", "optimizer.name=adam", f"optimizer.lr={LR}", "optimizer.betas=[0.9, 0.999]",
         "schedule.name=constant", f"train.batch_size={BATCH}", "train.epochs=1", "train.progress=false",
-        f"train.seed={seed}", "train.device=cpu",
+        f"train.seed={seed}", "train.device=cpu", f"train.precision={precision}",
     ])
     result = Trainer(fresh_model(data, seed), data, cfg).fit()
     return result.history[0]["seconds"], result.model
 
 
 RUNNERS = {"plain PyTorch (DataLoader)": "plain", "Lightning Trainer.fit": "lightning", "mnistlab Trainer": "mnistlab"}
+BF16 = {"mnistlab Trainer, bf16 autocast": "mnistlab-bf16"}
 
 
 def child(kind: str, data_dir: str, seed: int) -> dict[str, float]:
@@ -143,7 +149,7 @@ def child(kind: str, data_dir: str, seed: int) -> dict[str, float]:
     elif kind == "lightning":
         secs, total, model = run_lightning(data, data_dir, seed)
     else:
-        secs, model = run_mnistlab(data, seed)
+        secs, model = run_mnistlab(data, seed, "bf16" if kind == "mnistlab-bf16" else "fp32")
     return {"seconds": secs, "accuracy": evaluate(model, data.test).accuracy, "fit_total": total}
 
 
@@ -159,7 +165,8 @@ def in_fresh_process(kind: str, data_dir: str, seed: int) -> dict[str, float]:
 def main() -> None:
     p = benchmark_parser(__doc__)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--child", choices=sorted(RUNNERS.values()), help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help="also time mnistlab with train.precision=bf16")
+    p.add_argument("--child", choices=sorted([*RUNNERS.values(), *BF16.values()]), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parse_benchmark_args(p)
     if args.child:
@@ -171,11 +178,12 @@ def main() -> None:
     print(f"machine: {machine_description()}; lightning {lightning.__version__}")
     print(f"cnn model, Adam {LR}, batch {BATCH}, 1 epoch of {n_train:,} images, each in a fresh process; "
           f"{args.repeats} interleaved repeats, medians\n")
-    times: dict[str, list[float]] = {k: [] for k in RUNNERS}
-    accs: dict[str, list[float]] = {k: [] for k in RUNNERS}
+    runners = {**RUNNERS, **(BF16 if args.bf16 else {})}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    accs: dict[str, list[float]] = {k: [] for k in runners}
     fit_totals: list[float] = []
     for r in range(args.repeats):
-        for name, kind in RUNNERS.items():
+        for name, kind in runners.items():
             out = in_fresh_process(kind, args.data_dir, r)
             times[name].append(out["seconds"])
             accs[name].append(out["accuracy"])
