@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..callbacks.base import Callback, CallbackList
+from ..callbacks.base import Callback, CallbackList, MonitorMixin
 from ..config import Config, config_from_dict, config_to_dict
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
@@ -145,6 +145,13 @@ class _SignalGuard:
             signal.signal(s, old)
 
 
+class _EmaChoice(MonitorMixin):
+    """The monitor and mode that choose ema.ckpt, with the callbacks' own improvement rule."""
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        self._init_monitor(monitor, mode)
+
+
 class Trainer:
     """Trains ``model`` on ``data`` as ``cfg`` says; implements ``TrainerHandle`` for callbacks."""
 
@@ -202,9 +209,8 @@ class Trainer:
         # val_loss), in the same mode; for a monitor the average has no value of, on its validation accuracy.
         monitor = cfg.checkpoint.monitor if cfg.checkpoint.monitor in ("val_loss", "val_accuracy") else "val_accuracy"
         mode = cfg.checkpoint.mode if monitor == cfg.checkpoint.monitor else "auto"
-        self._ema_monitor = f"ema_{monitor}"
-        self._ema_max = mode == "max" or (mode == "auto" and monitor == "val_accuracy")
-        self._best_ema: float | None = None  # best value of _ema_monitor so far: ema.ckpt holds that epoch's average
+        self._ema_choice = _EmaChoice(f"ema_{monitor}", mode)
+        self._best_ema: float | None = None  # best value of that monitor so far: ema.ckpt holds that epoch's average
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self.display = display or Display(quiet=True)
         self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size)
@@ -463,14 +469,12 @@ class Trainer:
         return save_checkpoint(path, self._payload(**kw))
 
     def _save_ema(self, epoch: int, metrics: dict[str, float]) -> None:
-        """ema.ckpt: the weight average of the epoch with the best ``_ema_monitor``, as a plain model checkpoint."""
+        """ema.ckpt: the weight average of the epoch where ``_ema_choice`` saw the best value, as a model checkpoint."""
         if self.ema is None:
             return
-        value = metrics[self._ema_monitor]
-        if not math.isfinite(value):
-            return
-        if self._best_ema is not None and not (value > self._best_ema if self._ema_max else value < self._best_ema):
-            return  # as for best.ckpt, the first of equal values stays
+        value = self._ema_choice._value(metrics)
+        if not self._ema_choice._is_improvement(value, self._best_ema):
+            return  # as for best.ckpt, the first of equal values stays, and a non-finite one never counts
         self._best_ema = value
         if self._run_dir is not None:
             payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
