@@ -25,8 +25,8 @@ same ``evaluate`` for all three.
 
 ``--bf16`` adds a fourth loop: mnistlab with ``train.precision=bf16`` (bf16
 autocast of the forward pass; weights, optimizer and loss stay fp32). It is an
-option, not mnistlab's CPU default, and it pays only on CPUs with bf16
-instructions (AVX512-BF16, AMX); its row is apart from the fp32 comparison.
+option, not mnistlab's CPU default, measured only on a CPU with bf16
+instructions (AVX512-BF16); its row is apart from the fp32 comparison.
 
     .venv/bin/python benchmarks/peers.py --data-dir /work/shared/data --repeats 3
 

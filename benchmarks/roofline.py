@@ -10,8 +10,8 @@ machine's fp32 matmul rate: the faster of a 2048 x 2048 ``torch.mm`` (MKL) and
 the same product in oneDNN (the convolutions' library), measured right before
 the model (on a shared machine the rate moves with the load, so each fraction
 uses its neighbour). The first lines give both paths' rates: on an AMD CPU
-MKL's mm runs at about half of oneDNN's. Each model runs in channels-last (NHWC) and in plain NCHW,
-interleaved, to show where channels-last helps; ``train.channels_last = none``
+MKL's mm runs at about half of oneDNN's. Each model runs in channels-last
+(NHWC) and in plain NCHW, interleaved, to show where channels-last helps; ``train.channels_last = none``
 (auto, the default) picks NHWC on a CPU for the models marked
 ``channels_last_on_cpu`` from this table.
 

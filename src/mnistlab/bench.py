@@ -141,7 +141,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = 
 
 
 def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-    """Ways to compute ``a @ b`` (fp32 matrices) on their device; oneDNN's result is in its own layout (``.to_dense()``)."""
+    """Ways to compute ``a @ b`` (fp32 matrices) on their device.
+
+    oneDNN's result is in its own layout (``.to_dense()`` gives a plain tensor).
+    """
     paths: dict[str, Callable[[], torch.Tensor]] = {"mm": lambda: torch.mm(a, b)}
     if a.device.type == "cpu" and torch.backends.mkldnn.is_available():
         # aten's oneDNN linear on oneDNN-layout tensors computes x @ w.T; the layouts are converted here, untimed.

@@ -98,7 +98,8 @@ def evaluate(
                                               label_smoothing=label_smoothing).double().cpu()
             else:
                 logits = model(x).float()
-                total_loss += F.cross_entropy(logits, y, reduction="sum", label_smoothing=label_smoothing).double().cpu()
+                total_loss += F.cross_entropy(logits, y, reduction="sum",
+                                              label_smoothing=label_smoothing).double().cpu()
                 p = logits.softmax(1)
             probs.append(p.cpu())
             preds.append(p.argmax(1).cpu())
