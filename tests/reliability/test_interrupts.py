@@ -254,7 +254,9 @@ def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path)
     proc = start_cli("train", *kill_args(mini_root), "--out", str(out), "--set", "data.train_limit=1500",
                      "--batch-size", "10", patch=SLOW_INTERRUPT_SAVE + signal_at_step("SIGINT", epoch=2, step=21))
     deadline = time.monotonic() + 60
-    while not list(out.glob(".last.ckpt.tmp-*")):  # the (slow) interrupt checkpoint is being written
+    # The (slow) interrupt checkpoint is being written: a temporary file beside the last.ckpt of epoch 1.
+    # (Epoch 1's own write also has a temporary file, but no last.ckpt yet: that is the first one.)
+    while not ((out / "last.ckpt").exists() and list(out.glob(".last.ckpt.tmp-*"))):
         assert time.monotonic() < deadline and proc.poll() is None, "the interrupt checkpoint was never started"
         time.sleep(0.02)
     before = (out / "last.ckpt").read_bytes()  # nothing else is written while the loop waits on this write
