@@ -9,11 +9,12 @@ weights, so a training step is ~3 forwards), and that as a fraction of the
 machine's fp32 matmul rate: the faster of a 2048 x 2048 ``torch.mm`` (MKL) and
 the same product in oneDNN (the convolutions' library), measured right before
 the model (on a shared machine the rate moves with the load, so each fraction
-uses its neighbour). The first lines give both paths' rates: on an AMD CPU
-MKL's mm runs at about half of oneDNN's. Each model runs in channels-last
-(NHWC) and in plain NCHW, interleaved, to show where channels-last helps; ``train.channels_last = none``
-(auto, the default) picks NHWC on a CPU for the models marked
-``channels_last_on_cpu`` from this table.
+uses its neighbour). The first lines give both paths' rates (on the AMD EPYC
+with AVX-512 MKL's mm ran at about half of oneDNN's) and, with more than one
+torch thread, the rate on one thread against all of them. Each model runs in
+channels-last (NHWC) and in plain NCHW, interleaved, to show where
+channels-last helps; ``train.channels_last = none`` (auto, the default) picks
+NHWC on a CPU for the models marked ``channels_last_on_cpu`` from this table.
 
 Small models train at batch 256; the big ImageNet-shaped ones (AlexNet, VGG,
 ResNet on 28x28) at batch 32 and 2 steps to keep the run short. A second table
@@ -28,6 +29,8 @@ most, without a trend.
 
 from __future__ import annotations
 
+import torch
+
 from mnistlab.bench import (
     benchmark_parser,
     format_table,
@@ -35,6 +38,7 @@ from mnistlab.bench import (
     matmul_rates,
     parse_benchmark_args,
     roofline,
+    thread_scaling,
 )
 from mnistlab.models import list_models
 
@@ -52,6 +56,8 @@ def main() -> None:
     rates = matmul_rates(device=args.device)
     print("fp32 2048 x 2048 matmul: " + ", ".join(f"{name} {r:.0f} GFLOP/s" for name, r in rates.items())
           + " (the fraction column uses the faster one, measured again before each model)")
+    if args.device == "cpu" and torch.get_num_threads() > 1:
+        print(thread_scaling())
     rows = []
     for name in args.models:
         batch = 32 if name in BIG else 256

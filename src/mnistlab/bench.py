@@ -107,7 +107,12 @@ def parse_benchmark_args(p: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def machine_description(device: torch.device | None = None) -> str:
-    """One line: CPU model, cores, torch version, threads (and the GPU, if used)."""
+    """One line: CPU model and the vector instructions torch uses on it, cores, torch version, threads (and the GPU).
+
+    The instruction set is part of the CPU's name here because two machines sold
+    under one model name ("AMD EPYC") ran this project's benchmarks 3-4x apart:
+    one with AVX-512 (and bf16 instructions), one with AVX2 only.
+    """
     model = platform.processor() or platform.machine()
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout.splitlines():
@@ -115,7 +120,8 @@ def machine_description(device: torch.device | None = None) -> str:
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    text = (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    text = (f"{model} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"load average {os.getloadavg()[0]:.1f} at start")
     if device is not None and device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
@@ -153,8 +159,21 @@ def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], tor
     return paths
 
 
-def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> dict[str, float]:
-    """GFLOP/s of an n x n fp32 matrix product per library path: "mm" (``torch.mm``) and, on a CPU, "onednn"."""
+def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
+                 threads: int | None = None) -> dict[str, float]:
+    """GFLOP/s of an n x n fp32 matrix product per library path: "mm" (``torch.mm``) and, on a CPU, "onednn".
+
+    ``threads`` runs the products on that many torch threads (the setting is put
+    back afterwards): the rate on one thread against all of them says whether
+    the cores have vector units of their own (see :func:`thread_scaling`).
+    """
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return matmul_rates(n, repeats, device)
+        finally:
+            torch.set_num_threads(before)
     device = torch.device(device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     rates = {}
@@ -169,6 +188,19 @@ def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "
             times.append(time.perf_counter() - t0)
         rates[name] = 2 * n**3 / statistics.median(times) / 1e9
     return rates
+
+
+def thread_scaling(n: int = 2048, repeats: int = 5) -> str:
+    """One line: the CPU's fp32 matmul rate on one thread and on all of torch's threads, and their ratio.
+
+    Near the thread count, each thread has vector units of its own; near 1,
+    the threads share them (virtual CPUs that are one physical core's
+    hyperthreads), and more threads or processes will not train faster.
+    """
+    threads = torch.get_num_threads()
+    one, every = max(matmul_rates(n, repeats, threads=1).values()), max(matmul_rates(n, repeats).values())
+    return (f"fp32 matmul on 1 thread: {one:.0f} GFLOP/s; on {threads} threads: {every:.0f} GFLOP/s "
+            f"({every / one:.2f}x)")
 
 
 def synthetic_data(n: int, *, val: int = 2, device: str | torch.device = "cpu", seed: int = 0) -> DataBundle:
@@ -307,6 +339,8 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     out(f"training time of this config / public recipe: {ratio:.2f}x (medians)")
 
     out("\ntraining rate against the fp32 matmul rate (GFLOP/s = 3 x 2 x MACs x images/s)")
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        out(thread_scaling())
     setting = config.train.channels_last
     cl = [f"train.channels_last={'none' if setting is None else str(setting).lower()}"]
     if config.train.threads:

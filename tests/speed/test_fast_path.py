@@ -138,6 +138,9 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     assert "public recipe" in out and "this config" in out
     assert "fraction" in out and "images/s" in out
     assert out.count("cnn") >= 2  # the training-rate row and the evaluation row
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in out.splitlines()[0]  # the machine line names the ISA
+    if torch.get_num_threads() > 1:
+        assert "fp32 matmul on 1 thread: " in out and f"on {torch.get_num_threads()} threads: " in out
 
 
 def test_every_matmul_path_of_the_roofline_reference_computes_the_product():
@@ -157,3 +160,18 @@ def test_every_matmul_path_of_the_roofline_reference_computes_the_product():
     rates = matmul_rates(n=64, repeats=1)
     assert rates.keys() == paths.keys() and all(r > 0 for r in rates.values())
     assert matmul_gflops(n=64, repeats=1) > 0
+
+
+def test_matmul_rates_on_one_thread_put_the_thread_count_back(monkeypatch):
+    from mnistlab import bench
+
+    seen = []
+    real = bench.matmul_paths
+    monkeypatch.setattr(bench, "matmul_paths", lambda a, b: (seen.append(torch.get_num_threads()), real(a, b))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert all(r > 0 for r in bench.matmul_rates(n=64, repeats=1, threads=1).values())
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
