@@ -28,15 +28,6 @@ def small_cfg(root, *overrides):
     ])
 
 
-@pytest.fixture(autouse=True)
-def _no_report(monkeypatch):
-    import types
-
-    import mnistlab.report
-
-    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))
-
-
 # ---- WeightAverage as a unit ------------------------------------------------------------
 
 

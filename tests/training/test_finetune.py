@@ -18,16 +18,6 @@ from mnistlab.training.finetune import init_from_checkpoint, match_parameters, r
 FEATURES = "features"
 
 
-@pytest.fixture(autouse=True)
-def _no_report(monkeypatch):
-    """Runs skip report.html (its plots cost seconds and are tested elsewhere)."""
-    import types
-
-    import mnistlab.report
-
-    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))
-
-
 def small_cfg(root, *overrides):
     return apply_overrides(Config(), [
         f"data.dir={root}", "data.train_limit=600", "data.val_size=200", "model.name=cnn", "model.width=0.25",
