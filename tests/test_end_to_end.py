@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def run_cli(*args, timeout=600):
@@ -34,6 +35,8 @@ def test_train_then_evaluate(mnist_root, tmp_path):
     assert summary["test_accuracy"] >= 0.93
     assert summary["epochs"] == 2 and summary["stop_reason"].startswith("max epochs")
     assert summary["train_seconds"] > 0 and 1 <= summary["best_epoch"] <= 2
+    # The machine the seconds came from: the CPU's name and the vector instructions torch uses on it.
+    assert summary["cpu"].endswith(f" ({torch.backends.cpu.get_cpu_capability()})") and len(summary["cpu"]) > 8
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(float(r["epoch"])) for r in rows] == [1, 2]
 

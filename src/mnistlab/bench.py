@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -38,6 +36,7 @@ import torch
 
 from .config import Config, apply_overrides
 from .data.datasets import DataBundle, Split
+from .machine import cpu_name
 from .models import build_model
 from .models.summary import count_macs
 from .training.evaluate import evaluate
@@ -107,21 +106,8 @@ def parse_benchmark_args(p: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def machine_description(device: torch.device | None = None) -> str:
-    """One line: CPU model and the vector instructions torch uses on it, cores, torch version, threads (and the GPU).
-
-    The instruction set is part of the CPU's name here because two machines sold
-    under one model name ("AMD EPYC") ran this project's benchmarks 3-4x apart:
-    one with AVX-512 (and bf16 instructions), one with AVX2 only.
-    """
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    text = (f"{model} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    """One line: :func:`~mnistlab.machine.cpu_name`, cores, torch version, threads (and the GPU, if used)."""
+    text = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"load average {os.getloadavg()[0]:.1f} at start")
     if device is not None and device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"

@@ -21,6 +21,7 @@ from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import load_data
 from ..errors import RunDirError
+from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
 from .checkpoint import atomic_write, model_from_checkpoint, read_checkpoint
@@ -338,9 +339,12 @@ def _run(
         "processes": distributed.world_size(),  # > 1: trained with DistributedDataParallel (per-process device)
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "cpu": cpu_name(),  # train_seconds compare only between runs on the same kind of CPU
         "train_images": len(data.train),
         "val_images": len(data.val),
     }
+    if device.type == "cuda":
+        summary["gpu"] = torch.cuda.get_device_name(device)
     try:
         result = trainer.fit()
     except TrainingInterrupted as e:
