@@ -60,3 +60,16 @@ def mnist_small(mnist_root):
     from mnistlab.data import load_data
 
     return load_data(DataConfig(dataset="mnist", dir=str(mnist_root), val_size=500, train_limit=2000, download=False))
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """In-process runs skip report.html: its plots cost seconds a run (4 s on a slow CPU); tests/report tests it.
+
+    Autouse in tests/training and tests/reliability; requested by the sweep tests that train for real.
+    """
+    import types
+
+    import mnistlab.report
+
+    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))

@@ -31,16 +31,11 @@ def mini_root(mnist_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_report(monkeypatch):
-    """In-process runs skip report.html (its plots cost seconds; the report is tested elsewhere).
+def _no_report(no_report):
+    """In-process runs skip report.html (the shared ``no_report`` fixture).
 
     Subprocess runs skip it the same way, through ``reliability_helpers.NO_REPORT``.
     """
-    import types
-
-    import mnistlab.report
-
-    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))
 
 
 @pytest.fixture(autouse=True)

@@ -57,12 +57,3 @@ def fake_train(monkeypatch) -> list:
     monkeypatch.setattr("mnistlab.training.run.train", train)
     return calls
 
-
-@pytest.fixture
-def no_report(monkeypatch):
-    """In-process real runs skip report.html (its plots cost seconds; the report is tested elsewhere)."""
-    import types
-
-    import mnistlab.report
-
-    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: types.SimpleNamespace(path="(skipped)"))
