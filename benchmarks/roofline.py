@@ -57,7 +57,7 @@ def main() -> None:
     print("fp32 2048 x 2048 matmul: " + ", ".join(f"{name} {r:.0f} GFLOP/s" for name, r in rates.items())
           + " (the fraction column uses the faster one, measured again before each model)")
     if args.device == "cpu" and torch.get_num_threads() > 1:
-        print(thread_scaling())
+        print(thread_scaling(max(rates.values())))
     rows = []
     for name in args.models:
         batch = 32 if name in BIG else 256

@@ -176,15 +176,18 @@ def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "
     return rates
 
 
-def thread_scaling(n: int = 2048, repeats: int = 5) -> str:
+def thread_scaling(every: float | None = None, n: int = 2048, repeats: int = 5) -> str:
     """One line: the CPU's fp32 matmul rate on one thread and on all of torch's threads, and their ratio.
 
+    ``every`` is the all-threads rate when the caller has just measured it
+    (``max(matmul_rates().values())``), so that both lines show one number.
     Near the thread count, each thread has vector units of its own; near 1,
     the threads share them (virtual CPUs that are one physical core's
     hyperthreads), and more threads or processes will not train faster.
     """
     threads = torch.get_num_threads()
-    one, every = max(matmul_rates(n, repeats, threads=1).values()), max(matmul_rates(n, repeats).values())
+    one = max(matmul_rates(n, repeats, threads=1).values())
+    every = max(matmul_rates(n, repeats).values()) if every is None else every
     return (f"fp32 matmul on 1 thread: {one:.0f} GFLOP/s; on {threads} threads: {every:.0f} GFLOP/s "
             f"({every / one:.2f}x)")
 

@@ -7,12 +7,14 @@ with AVX-512 (and bf16 instructions), one with AVX2 only.
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 
 import torch
 
 
+@functools.cache  # one lscpu per process: every run's summary.json and every benchmark line ask
 def cpu_name() -> str:
     """The CPU's model name (lscpu's, else the platform's) and torch's CPU capability, e.g. "AMD EPYC (AVX2)"."""
     model = platform.processor() or platform.machine()
