@@ -123,8 +123,9 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare runs: accuracy against training time",
                        description="Print a table of runs (model, parameters, epochs, training seconds, best "
-                       "validation accuracy, test accuracy, stop reason), best test accuracy first, and plot test "
-                       "accuracy against training time. Reads only the run folders.")
+                       "validation accuracy, test accuracy, stop reason; the machine too when the runs trained on "
+                       "different CPUs or GPUs), best test accuracy first, and plot test accuracy against training "
+                       "time. Reads only the run folders.")
     c.add_argument("runs", metavar="RUN", nargs="+", help="run folders, or folders holding run folders")
     c.add_argument("--plot", metavar="FILE", default="compare.png", help="where to write the plot (default compare.png)")
     c.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")

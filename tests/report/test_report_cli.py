@@ -63,14 +63,35 @@ def test_compare_sorts_by_test_accuracy_and_plots(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["vgg11", "lenet5"]  # a run given twice counts once
     assert set(rows[0]) == {"run", "model", "dataset", "parameters", "epochs", "train_seconds", "best_val_accuracy",
-                            "test_accuracy", "stop_reason", "device"}
+                            "test_accuracy", "stop_reason", "device", "machine"}
+    assert rows[0]["machine"] is None  # these summaries predate the cpu field
+    assert "machine" not in lines[0]  # one machine (here: none recorded), no column
 
 
 def test_compare_warns_when_runs_are_not_comparable(tmp_path):
-    a = fake_run(tmp_path / "a", model="cnn", dataset="mnist", device="cuda", test_accuracy=0.99, train_seconds=5.0)
-    b = fake_run(tmp_path / "b", model="cnn", dataset="kmnist", device="cpu", test_accuracy=0.95, train_seconds=50.0)
+    a = fake_run(tmp_path / "a", model="cnn", dataset="mnist", device="cuda", test_accuracy=0.99, train_seconds=5.0,
+                 cpu="AMD EPYC (AVX2)", gpu="NVIDIA H200")
+    b = fake_run(tmp_path / "b", model="cnn", dataset="kmnist", device="cpu", test_accuracy=0.95, train_seconds=50.0,
+                 cpu="AMD EPYC (AVX2)")
     text = format_table(compare_runs([a, b]))
     assert "different devices (cpu, cuda)" in text and "different datasets (kmnist, mnist)" in text
+    assert "different machines" not in text  # the device note says it already
+    first, second = text.splitlines()[2:4]
+    assert first.endswith("NVIDIA H200      -") and second.endswith("AMD EPYC (AVX2)  -")  # on CUDA the GPU counts
+
+
+def test_compare_shows_the_machine_when_runs_come_from_different_cpus(tmp_path):
+    common = dict(model="fast", dataset="mnist", device="cpu", stop_reason="max epochs reached (2)")
+    fake_run(tmp_path / "avx512", cpu="AMD EPYC (AVX512)", test_accuracy=0.992, train_seconds=6.3, **common)
+    fake_run(tmp_path / "avx2", cpu="AMD EPYC (AVX2)", test_accuracy=0.9923, train_seconds=20.2, **common)
+    fake_run(tmp_path / "old", test_accuracy=0.99, train_seconds=9.4, **common)
+    lines = format_table(compare_runs([tmp_path])).splitlines()
+    assert lines[0].split()[-3:] == ["machine", "stop", "reason"]
+    rows = {line.split()[0]: line for line in lines[2:5]}
+    assert "99.23%  AMD EPYC (AVX2)    max epochs" in rows[str(tmp_path / "avx2")]
+    assert "AMD EPYC (AVX512)" in rows[str(tmp_path / "avx512")] and "not recorded" in rows[str(tmp_path / "old")]
+    assert lines[-1] == ("note: the runs come from different machines (AMD EPYC (AVX2), AMD EPYC (AVX512), not "
+                         "recorded); their training times are not comparable")
 
 
 def test_compare_errors(tmp_path, capsys):

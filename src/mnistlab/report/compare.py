@@ -6,6 +6,11 @@ validation accuracy, test accuracy, stop reason), read from its summary.json
 accuracy, best first; runs without a test result come last. The plot puts test
 accuracy against training time and joins the runs no faster run beats.
 
+Training seconds compare only between runs on the same kind of processor (two
+2-core CPUs both called "AMD EPYC" trained the same recipe 3x apart): when the
+runs' summaries name different CPUs or GPUs, the table gains a machine column
+and a note says so.
+
 >>> rows = compare_runs(["runs/"])                 # every run under runs/   # doctest: +SKIP
 >>> print(format_table(rows))                                                 # doctest: +SKIP
 """
@@ -16,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runfolder import RunFolderError, finite, is_run_folder, read_run
+from .runfolder import RunFolderError, finite, is_run_folder, machine_of, read_run
 
 
 @dataclass
@@ -31,6 +36,7 @@ class RunRow:
     test_accuracy: float | None
     stop_reason: str
     device: str
+    machine: str | None  # the CPU (or on CUDA the GPU) it trained on; None for runs from before summaries named it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +90,7 @@ def run_row(path: Path) -> RunRow:
         test_accuracy=finite(s.get("test_accuracy")),
         stop_reason=str(stop),
         device=str(s.get("device") or "?"),
+        machine=machine_of(s),
     )
 
 
@@ -98,7 +105,11 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(rows: Sequence[RunRow]) -> str:
-    """An aligned text table of ``rows``; a note follows when runs come from different devices or datasets."""
+    """An aligned text table of ``rows``; a note follows when runs come from different devices, machines or datasets.
+
+    The machine column appears only when the runs name more than one machine.
+    """
+    machines = sorted({r.machine or "not recorded" for r in rows})
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
         (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),
@@ -106,8 +117,12 @@ def format_table(rows: Sequence[RunRow]) -> str:
          r.stop_reason)
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     left = {0, 1, 7}
+    if len(machines) > 1:  # before the stop reason, which is long and free text
+        header = (*header[:7], "machine", header[7])
+        body = [(*line[:7], r.machine or "not recorded", line[7]) for line, r in zip(body, rows)]
+        left = {0, 1, 7, 8}
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
@@ -116,6 +131,9 @@ def format_table(rows: Sequence[RunRow]) -> str:
     devices = sorted({r.device for r in rows})
     if len(devices) > 1:
         lines.append(f"note: the runs come from different devices ({', '.join(devices)}); "
+                     "their training times are not comparable")
+    elif len(machines) > 1:
+        lines.append(f"note: the runs come from different machines ({', '.join(machines)}); "
                      "their training times are not comparable")
     datasets = sorted({r.dataset for r in rows})
     if len(datasets) > 1:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from .runfolder import RunFolder, RunFolderError, finite, read_run
+from .runfolder import RunFolder, RunFolderError, finite, machine_of, read_run
 
 PLOTS_DIR = "plots"
 
@@ -179,7 +179,8 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
         f"<h1>{e(title)}</h1>",
         f'<p class="sub">run folder <code>{e(run.name)}</code>'
         + (f" &middot; stopped: {e(str(s['stop_reason']))}" if s.get("stop_reason") else "")
-        + (f" &middot; {e(str(s.get('device')))}, torch {e(str(s.get('torch')))}" if s.get("device") else "")
+        + (f" &middot; {e(str(s.get('device')))}" + (f" ({e(machine_of(s))})" if machine_of(s) else "")
+           + f", torch {e(str(s.get('torch')))}" if s.get("device") else "")
         + "</p>",
         '<div class="cards">'
         + "".join(f'<div class="card"><div class="v">{e(v)}</div><div class="k">{e(k)}</div></div>' for k, v in cards)

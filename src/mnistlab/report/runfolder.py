@@ -281,6 +281,13 @@ def _stopping_state(run: RunFolder) -> dict[str, Any] | None:
     return None
 
 
+def machine_of(summary: dict[str, Any]) -> str | None:
+    """The processor a run trained on, from its summary: the GPU on CUDA, else the CPU
+    (e.g. "AMD EPYC (AVX2)"); None for runs from before summaries named it."""
+    name = summary.get("gpu") if str(summary.get("device", "")).startswith("cuda") else summary.get("cpu")
+    return str(name) if name else None
+
+
 def finite(x: Any) -> float | None:
     """``x`` as a float, or None when it is missing or not a finite number."""
     try:
@@ -298,6 +305,7 @@ __all__ = [
     "RunFolderError",
     "finite",
     "is_run_folder",
+    "machine_of",
     "read_run",
     "save_test_predictions",
 ]
