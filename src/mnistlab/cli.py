@@ -37,6 +37,32 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """The flags that make a training config, shared by `train` and `lr-find`."""
+    p.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.batch_size=128, or --set "
+                   "train.grad_checkpoint=true to recompute the conv layers' activations in the backward pass "
+                   "instead of storing them (less memory, more time; same results) (repeatable)")
+    p.add_argument("--model", help="model name (see `mnistlab models`)")
+    p.add_argument("--optimizer", help="sgd, adam or adamw")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--seed", type=int, help="random seed (weights, shuffling, dropout)")
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    p.add_argument("--dataset", help="mnist, fashion-mnist or kmnist")
+    _add_data_dir(p)
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of another run: a .ckpt file or a run folder (its best.ckpt). "
+                   "Without --config, the model and its options are the checkpoint's (flags and --set still change "
+                   "them). The output layer is replaced, freshly initialized, when the class count differs; the "
+                   "input normalization is the new data's")
+    p.add_argument("--freeze", metavar="PATTERNS",
+                   help="keep these parameters fixed (out of the optimizer): names, module prefixes or globs, "
+                   "separated by commas or spaces, e.g. 'features' or 'features.0.*, classifier.1'. Frozen batch "
+                   "norm layers run in inference mode (their statistics do not move)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnistlab",
@@ -51,33 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "best.ckpt, last.ckpt and TensorBoard logs. Settings come from the defaults, then --config, "
         "then the flags, then --set, later ones winning.",
     )
-    t.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.batch_size=128, or --set "
-                   "train.grad_checkpoint=true to recompute the conv layers' activations in the backward pass "
-                   "instead of storing them (less memory, more time; same results) (repeatable)")
-    t.add_argument("--model", help="model name (see `mnistlab models`)")
+    _add_config_args(t)
     t.add_argument("--epochs", type=int, help="number of epochs")
-    t.add_argument("--optimizer", help="sgd, adam or adamw")
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--batch-size", type=int, help="training batch size")
-    t.add_argument("--seed", type=int, help="random seed (weights, shuffling, dropout)")
-    t.add_argument("--device", help="auto, cpu, cuda or mps")
-    t.add_argument("--threads", type=int, help="CPU threads for PyTorch")
-    t.add_argument("--dataset", help="mnist, fashion-mnist or kmnist")
-    _add_data_dir(t)
+    t.add_argument("--lr", type=float, help="peak learning rate (`mnistlab lr-find` suggests one)")
     t.add_argument("--early-stopping", metavar="SPEC",
                    help="none, patience:N, gl:ALPHA, pq:ALPHA or up:S (Prechelt's criteria; strip length "
                         "with --set early_stopping.strip=K)")
-    t.add_argument("--init-from", metavar="CKPT",
-                   help="start from the weights of another run: a .ckpt file or a run folder (its best.ckpt). "
-                   "Without --config, the model and its options are the checkpoint's (flags and --set still change "
-                   "them). The output layer is replaced, freshly initialized, when the class count differs; the "
-                   "input normalization is the new data's")
-    t.add_argument("--freeze", metavar="PATTERNS",
-                   help="keep these parameters fixed (out of the optimizer): names, module prefixes or globs, "
-                   "separated by commas or spaces, e.g. 'features' or 'features.0.*, classifier.1'. Frozen batch "
-                   "norm layers run in inference mode (their statistics do not move)")
     t.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
                    help="train the --freeze parameters too from the start of this epoch (a new optimizer group)")
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date>-<time>-<model>)")
@@ -88,6 +93,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="train in N processes on this machine with DistributedDataParallel (gloo on the CPU, one "
                    "GPU each with NCCL): runs `torchrun --standalone --nproc_per_node N -m mnistlab train ...`. "
                    "--batch-size stays the global batch (a multiple of N). 1: a plain single process")
+
+    lf = sub.add_parser(
+        "lr-find", help="suggest a learning rate (range test)",
+        description="Learning-rate range test (Smith 2017, as fastai's and Lightning's lr_find): from the weights "
+        "`mnistlab train` would start from, with the same config and flags, the learning rate grows exponentially "
+        "from --min-lr to --max-lr over --steps training steps, until the loss climbs to 4x its lowest (smoothed) "
+        "value. Prints the loss against the rate, suggests the rate of steepest descent, and plots the curve. The "
+        "config's schedule is ignored during the test; nothing else is written.")
+    _add_config_args(lf)
+    lf.add_argument("--min-lr", type=float, default=1e-7, metavar="LR", help="first rate (default 1e-7)")
+    lf.add_argument("--max-lr", type=float, default=10.0, metavar="LR", help="last rate (default 10)")
+    lf.add_argument("--steps", type=int, default=100, metavar="N", help="training steps at most (default 100)")
+    lf.add_argument("--plot", metavar="FILE", default="lr_find.png", help="where to write the plot "
+                    "(default lr_find.png)")
+    lf.add_argument("--json", action="store_true", help="print every step's rate and loss as JSON")
+    lf.set_defaults(epochs=None, lr=None, unfreeze_at=None, early_stopping=None, resume=None)
 
     e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
                        "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "
@@ -275,6 +296,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .report.plots import lr_find_png, save_png
+    from .training.fit import TrainingInterrupted
+    from .training.lr_find import MIN_STEPS, check_settings, lr_range_test
+
+    cfg = _train_config(args)
+    check_settings(args.min_lr, args.max_lr, args.steps)
+    save_png(None, args.plot)  # a plot that cannot be written fails now, not after the test
+    try:
+        result = lr_range_test(cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+    except TrainingInterrupted as e:
+        print(f"mnistlab lr-find: interrupted by {e}; nothing was written", file=sys.stderr)
+        return e.exit_code
+    png = lr_find_png(result.lrs, result.losses, result.smoothed, suggestion=result.suggestion, lowest=result.lowest)
+    plot = save_png(png, args.plot)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "plot": str(plot)}, indent=2))
+        return 0
+    print(f"learning-rate range test: {cfg.model.name} on {cfg.data.dataset}, {cfg.optimizer.name}, batch "
+          f"{cfg.train.batch_size}, {args.min_lr:g} to {args.max_lr:g} over {args.steps} steps")
+    print(f"{'step':>5}  {'lr':>8}  {'loss':>7}  {'average':>7}")
+    every = max(1, len(result.lrs) // 20)
+    for i in sorted({*range(0, len(result.lrs), every), len(result.lrs) - 1} - {-1}):
+        print(f"{i + 1:>5}  {result.lrs[i]:8.1e}  {result.losses[i]:7.4f}  {result.smoothed[i]:7.4f}")
+    print(f"stopped: {result.stop_reason}")
+    if result.suggestion is None and len(result.lrs) < MIN_STEPS:
+        print(f"no suggestion: only {len(result.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise "
+              "--steps")
+    elif result.suggestion is None:
+        print("no suggestion: the average loss did not fall after its first 10 steps; raise --max-lr")
+    else:
+        print(f"suggested learning rate: {result.suggestion:.1e} (steepest descent of the average loss); the "
+              f"lowest average came at {result.lowest:.1e}, an upper bound. Train with --lr {result.suggestion:.1e}")
+        if cfg.schedule.name == "constant":
+            print(f"with a constant rate, 0.3x the suggestion ({0.3 * result.suggestion:.1e}) trained best for both "
+                  "constant-rate recipes in benchmarks/lr_find.txt; the suggestion itself did for the one-cycle one")
+    print(f"plot: {plot}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -425,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _cmd_predict,
         "report": _cmd_report,
         "compare": _cmd_compare,
+        "lr-find": _cmd_lr_find,
         "ensemble": _cmd_ensemble,
         "bench": _cmd_bench,
         "sweep": _cmd_sweep,

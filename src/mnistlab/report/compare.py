@@ -144,7 +144,6 @@ def format_table(rows: Sequence[RunRow]) -> str:
 
 def write_compare_plot(rows: Sequence[RunRow], path: str | Path) -> Path:
     """Write the test-accuracy-against-training-time plot of ``rows`` to ``path`` (PNG)."""
-    from ..training.checkpoint import atomic_write
     from . import plots
 
     labels = _short_labels([r.run for r in rows])
@@ -153,14 +152,7 @@ def write_compare_plot(rows: Sequence[RunRow], path: str | Path) -> Path:
          "test_accuracy": r.test_accuracy}
         for lab, r in zip(labels, rows)
     ]
-    png = plots.compare_png(points)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(png))
-    except OSError as e:
-        raise RunFolderError(f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE") from None
-    return path
+    return plots.save_png(plots.compare_png(points), path)
 
 
 def _short_labels(runs: Sequence[str]) -> list[str]:

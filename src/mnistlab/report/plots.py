@@ -11,8 +11,11 @@ True
 
 from __future__ import annotations
 
+import errno
 import io
 import math
+import tempfile
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -229,6 +232,59 @@ def compare_png(points: Sequence[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def lr_find_png(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], *,
+                suggestion: float | None, lowest: float | None) -> bytes:
+    """The learning-rate range test: each step's loss and its moving average against the rate (log scale).
+
+    The loss axis stops a little above the first loss, so the climb at the end does not flatten the rest.
+    """
+    fig = _figure(8, 4.5)
+    ax = fig.subplots()
+    if not lrs:
+        ax.text(0.5, 0.5, "no step finished", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _png(fig)
+    ax.plot(lrs, losses, color=TRAIN, alpha=0.3, lw=1, label="loss of each step")
+    ax.plot(lrs, smoothed, color=TRAIN, lw=2, label="moving average")
+    if suggestion is not None:
+        ax.axvline(suggestion, color=BEST, ls="--", lw=1.5, label=f"steepest descent: {suggestion:.1e} (suggested)")
+    if lowest is not None:
+        ax.axvline(lowest, color=STOP, ls=":", lw=1.5, label=f"lowest average: {lowest:.1e}")
+    ax.set_xscale("log")
+    top = max(smoothed[0], losses[0]) * 1.25
+    ax.set_ylim(max(0.0, min(min(losses), min(smoothed)) * 0.9), top if math.isfinite(top) and top > 0 else None)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _png(fig)
+
+
+def save_png(png: bytes | None, path: str | Path) -> Path:
+    """Write ``png`` to ``path`` (a file the user chose with --plot) atomically, making its folder.
+
+    With ``png=None`` only the folder is made and checked for writing: a command that computes
+    for a while calls it first, so that a bad --plot fails before the work, not after it.
+    """
+    from ..errors import MnistlabError
+    from ..training.checkpoint import atomic_write
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if png is None:
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "it is a folder")
+            with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
+                pass
+        else:
+            atomic_write(path, lambda f: f.write(png))
+    except OSError as e:
+        raise MnistlabError(f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE") from None
+    return path
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points (time, accuracy) that no other point beats: faster-or-equal and more accurate.
 
@@ -245,4 +301,5 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-__all__ = ["curves_png", "confusion_png", "per_class_png", "misclassified_png", "compare_png", "pareto_front"]
+__all__ = ["curves_png", "confusion_png", "per_class_png", "misclassified_png", "compare_png", "lr_find_png",
+           "pareto_front", "save_png"]

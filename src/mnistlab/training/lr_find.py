@@ -1,0 +1,184 @@
+"""The learning-rate range test (Smith 2017; fastai's and Lightning's ``lr_find``): which rate to train with.
+
+From the weights ``mnistlab train`` would start from, the learning rate grows
+exponentially from ``min_lr`` to ``max_lr`` over ``steps`` steps of the real
+:class:`~mnistlab.training.fit.Trainer` (the config's model, optimizer, batch size,
+augmentation, label smoothing and precision: the step that training will take),
+and each step's loss is recorded. The loss stays flat while the rate is too small
+to learn, falls, then climbs once the rate is too large; the test stops there,
+when the smoothed loss passes ``diverge`` times its lowest value or a loss is not
+finite, since the rest would only cost time.
+
+The suggestion is the rate at which the smoothed loss falls fastest against
+log(lr), as Lightning suggests (skipping the first 10 steps, whose average is
+still settling, and the last), but only on the way down to the lowest value: a
+net that too large a rate broke can drift down again, and that dip is no rate
+to train at. The rate of the lowest smoothed loss is reported too, an upper
+bound. The config's schedule is ignored (the test sets every step's rate),
+and nothing is written to disk.
+
+>>> result = lr_range_test(load_config("configs/fast.toml"))    # doctest: +SKIP
+>>> f"{result.suggestion:.1e}"                                   # doctest: +SKIP
+'3.2e-03'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..callbacks import Callback
+from ..config import Config, apply_overrides
+from ..data import DataBundle, load_data, num_batches
+from ..errors import ConfigError
+from ..models import build_model
+from .finetune import init_from_checkpoint, read_init_checkpoint
+from .fit import Trainer, resolve_device
+
+# Lightning's and fastai's defaults: an average over the last ~50 steps, a 4x rise ends the test.
+BETA = 0.98
+SKIP_BEGIN, SKIP_END = 10, 1
+MIN_STEPS = SKIP_BEGIN + SKIP_END + 3  # for a suggestion: a slope needs 3 points between the skipped ones
+
+
+@dataclass
+class RangeTest:
+    lrs: list[float]  # the rate of each step taken, as the trainer applied it
+    losses: list[float]  # each step's training loss
+    smoothed: list[float]  # their bias-corrected exponential moving average
+    suggestion: float | None  # steepest descent of the smoothed loss; None when too few steps ran
+    lowest: float | None  # the rate of the lowest smoothed loss
+    stop_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def geometric_rates(min_lr: float, max_lr: float, steps: int) -> list[float]:
+    """``steps`` rates from ``min_lr`` to ``max_lr``, each the same factor above the one before.
+
+    >>> [f"{r:g}" for r in geometric_rates(1e-3, 1.0, 4)]
+    ['0.001', '0.01', '0.1', '1']
+    """
+    return [min_lr * (max_lr / min_lr) ** (i / (steps - 1)) for i in range(steps)]
+
+
+def smooth(losses: Sequence[float], beta: float = BETA) -> list[float]:
+    """Exponential moving average with Adam's bias correction, so the first values are not pulled to 0.
+
+    >>> smooth([2.0, 2.0, 2.0], beta=0.9)
+    [2.0, 2.0, 2.0]
+    """
+    out, avg = [], 0.0
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def steepest_descent(lrs: Sequence[float], smoothed: Sequence[float], skip_begin: int = SKIP_BEGIN,
+                     skip_end: int = SKIP_END) -> float | None:
+    """The rate where ``smoothed`` falls fastest per step (the rates are evenly spaced in log) on its way down
+    to its lowest value, or None when that stretch has fewer than 3 points.
+
+    Only the descent before the lowest point counts: past it the rate is too large, and a net that
+    the large rates broke can wander down again by chance (a dip after the climb is no rate to train at).
+
+    >>> steepest_descent([1, 2, 3, 4, 5, 6], [5.0, 4.9, 4.0, 2.0, 1.9, 1.8], skip_begin=0, skip_end=0)
+    3
+    """
+    end = min(len(smoothed) - skip_end, int(np.argmin(smoothed)) + 1)
+    y = np.asarray(smoothed[skip_begin:end], dtype=np.float64)
+    if len(y) < 3:
+        return None
+    return lrs[skip_begin + int(np.argmin(np.gradient(y)))]
+
+
+class _Ended(Exception):
+    """Raised by the range callback to leave ``fit()`` mid-epoch (the Trainer acts on request_stop only at
+    epoch ends, where checkpoints and resume are exact; this test keeps nothing, so it may end anywhere)."""
+
+
+class _RangeCallback(Callback):
+    def __init__(self, rates: list[float], diverge: float, beta: float) -> None:
+        self.rates, self.diverge, self.beta = rates, diverge, beta
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+
+    def on_batch_begin(self, step: int, trainer) -> None:
+        trainer.set_lr(self.rates[step])  # ``step`` steps are done: this sets the rate of the next one
+
+    def on_batch_end(self, step: int, metrics: dict[str, float], trainer) -> None:
+        self.lrs.append(metrics["lr"])
+        self.losses.append(metrics["loss"])
+        self.smoothed = smooth(self.losses, self.beta)
+        if self.smoothed[-1] > self.diverge * min(self.smoothed):
+            raise _Ended(f"the smoothed loss passed {self.diverge:g}x its lowest value at lr {self.lrs[-1]:.2e} "
+                         f"(step {step} of {len(self.rates)})")
+        if step == len(self.rates):
+            raise _Ended(f"reached max_lr {self.rates[-1]:.2e} after {step} steps")
+
+
+def check_settings(min_lr: float, max_lr: float, steps: int, diverge: float = 4.0) -> None:
+    """ConfigError unless 0 < min_lr < max_lr (finite), steps >= 2 and diverge > 1."""
+    if not 0 < min_lr < max_lr or not math.isfinite(max_lr):
+        raise ConfigError(f"the range test needs 0 < min_lr < max_lr, got min_lr={min_lr:g}, max_lr={max_lr:g}")
+    if steps < 2:
+        raise ConfigError(f"the range test needs at least 2 steps, got {steps}")
+    if diverge <= 1:
+        raise ConfigError(f"diverge must be above 1 (a factor over the lowest loss), got {diverge:g}")
+
+
+def lr_range_test(
+    cfg: Config,
+    *,
+    data: DataBundle | None = None,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    diverge: float = 4.0,
+    beta: float = BETA,
+) -> RangeTest:
+    """Run the range test for ``cfg`` (see the module docstring); ``data`` defaults to ``cfg.data`` loaded."""
+    check_settings(min_lr, max_lr, steps, diverge)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    init = None if cfg.finetune.init_from is None else read_init_checkpoint(cfg.finetune.init_from)
+    torch.manual_seed(cfg.train.seed)  # as `train` does, so the test starts from the weights training starts from
+    if data is None:
+        data = load_data(cfg.data, device=device)
+    model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, mean=data.mean, std=data.std, **cfg.model.options())
+    if init is not None:
+        init_from_checkpoint(model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
+                             in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]))
+    # The schedule would scale the rates the test sets; the weight average would only cost time.
+    epochs = math.ceil(steps / num_batches(len(data.train), cfg.train.batch_size))
+    cfg = apply_overrides(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0, "ema.enabled": False,
+                                "train.epochs": epochs})
+    probe = _RangeCallback(geometric_rates(min_lr, max_lr, steps), diverge, beta)
+    try:
+        fit = Trainer(model, data, cfg, callbacks=[probe], device=device).fit()
+        reason = fit.stop_reason  # a non-finite loss ends fit() before the callback sees it
+        if fit.stopped_by == "non_finite_loss":
+            reason = f"the loss was not finite at lr {probe.rates[len(probe.losses)]:.2e} (step {len(probe.losses) + 1})"
+    except _Ended as e:
+        reason = str(e)
+    s = probe.smoothed
+    return RangeTest(
+        lrs=probe.lrs,
+        losses=probe.losses,
+        smoothed=s,
+        suggestion=steepest_descent(probe.lrs, s),
+        lowest=probe.lrs[int(np.argmin(s))] if s else None,
+        stop_reason=reason,
+    )
+
+
+__all__ = ["MIN_STEPS", "RangeTest", "check_settings", "geometric_rates", "lr_range_test", "smooth", "steepest_descent"]

@@ -1,0 +1,123 @@
+"""The learning-rate range test: each step at its planned rate through the real Trainer, the stop rules,
+the suggestion on real MNIST, and the `mnistlab lr-find` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+
+import pytest
+from PIL import Image
+
+from mnistlab import Config, apply_overrides
+from mnistlab.cli import main
+from mnistlab.training.lr_find import MIN_STEPS, geometric_rates, lr_range_test, smooth, steepest_descent
+
+SMALL = ["train.batch_size=64", "train.progress=false"]  # mnist_small: 2,000 images, 32 steps an epoch
+
+
+def test_every_step_runs_at_its_planned_rate_across_epochs_whatever_the_schedule(mnist_small):
+    cfg = apply_overrides(Config(), [*SMALL, "optimizer.name=sgd", "schedule.name=onecycle", "ema.enabled=true"])
+    r = lr_range_test(cfg, data=mnist_small, min_lr=1e-5, max_lr=1e-3, steps=40)  # too small to diverge
+    # the rates the trainer reported for each step, over the end of epoch 1: the test's, not the one-cycle's
+    assert r.lrs == pytest.approx(geometric_rates(1e-5, 1e-3, 40), rel=1e-12)
+    assert r.stop_reason == "reached max_lr 1.00e-03 after 40 steps"
+    assert len(r.losses) == 40 and all(math.isfinite(x) for x in r.losses)
+    assert r.smoothed == smooth(r.losses)
+    assert r.lowest == r.lrs[r.smoothed.index(min(r.smoothed))]
+
+
+def test_on_real_mnist_it_stops_once_the_loss_climbs_and_suggests_a_rate_where_it_fell(mnist_small):
+    cfg = apply_overrides(Config(), [*SMALL, "model.name=lenet5", "optimizer.name=adam"])
+    r = lr_range_test(cfg, data=mnist_small)  # 1e-7 to 10 over 100 steps
+    assert r.stop_reason.startswith("the smoothed loss passed 4x its lowest value at lr")
+    assert len(r.lrs) < 100 and r.smoothed[-1] > 4 * min(r.smoothed)
+    assert min(r.smoothed) < 0.8 * r.smoothed[0]  # it learned on the way (the first loss is near ln 10)
+    # Adam's useful rates for this net lie around 1e-3 to 1e-2; a broken rule lands at either end of the range
+    assert 3e-4 <= r.suggestion <= 5e-2 and r.suggestion < r.lowest < r.lrs[-1]
+
+
+def test_a_non_finite_loss_ends_the_test_and_names_its_rate(mnist_small):
+    cfg = apply_overrides(Config(), [*SMALL, "optimizer.name=sgd"])
+    r = lr_range_test(cfg, data=mnist_small, min_lr=1e-2, max_lr=1e30, steps=40, diverge=1e300)  # no 4x stop
+    step = len(r.losses) + 1
+    assert step <= 40
+    assert r.stop_reason == f"the loss was not finite at lr {geometric_rates(1e-2, 1e30, 40)[step - 1]:.2e} (step {step})"
+
+
+def test_steepest_descent_skips_the_settling_start_and_needs_enough_steps():
+    lrs = geometric_rates(1e-6, 1.0, 40)
+    # a cliff inside the first 10 steps (the average settling) is ignored, and so is the dip after the
+    # lowest point (step 24), where the rates are already too large; the fall in between counts
+    losses = ([5.0] * 3 + [2.3] * 12 + [2.25, 2.15, 2.0, 1.6, 1.3, 1.15, 1.05, 1.0, 0.97, 0.95]
+              + [1.2, 2.0, 3.0, 3.0, 2.0, 1.1] + [3.0] * 9)
+    assert len(losses) == 40 and losses.index(min(losses)) == 24
+    assert steepest_descent(lrs, losses) == lrs[18]  # np.gradient: the central slope (1.3 - 2.0) / 2 there
+    assert steepest_descent(lrs, [2.0] * 10 + [3.0] * 30) is None  # no descent after the settling start
+    short = [2.0 - 0.1 * i for i in range(MIN_STEPS)]
+    assert steepest_descent(lrs, short[:-1]) is None and steepest_descent(lrs, short) is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"min_lr": 1e-2, "max_lr": 1e-3}, "needs 0 < min_lr < max_lr"),
+    ({"min_lr": 0.0}, "needs 0 < min_lr < max_lr"),
+    ({"steps": 1}, "at least 2 steps"),
+    ({"diverge": 1.0}, "diverge must be above 1"),
+])
+def test_bad_settings_are_config_errors(kwargs, message):
+    from mnistlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        lr_range_test(Config(), **kwargs)  # before any data is read
+
+
+def test_the_command_prints_the_curve_and_suggestion_and_writes_only_the_plot(mnist_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["lr-find", "--data-dir", str(mnist_root), "--set", "data.train_limit=2000", "--set", "data.val_size=500",
+            "--batch-size", "64", "--steps", "30", "--min-lr", "1e-4", "--max-lr", "0.1", "--threads", "1"]
+    assert main([*args, "--json", "--plot", "curves/lr.png"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"lrs", "losses", "smoothed", "suggestion", "lowest", "stop_reason", "plot"}
+    assert out["lrs"] == pytest.approx(geometric_rates(1e-4, 0.1, 30)[:len(out["lrs"])])
+    with Image.open(tmp_path / "curves" / "lr.png") as img:
+        assert img.format == "PNG" and img.size[0] >= 600
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["curves", "curves/lr.png"]
+
+    assert main([*args, "--set", "schedule.name=constant"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("learning-rate range test: fast on mnist, adam, batch 64, 0.0001 to 0.1 over 30 steps")
+    assert lines[1].split() == ["step", "lr", "loss", "average"]
+    assert lines[2].split()[:2] == ["1", "1.0e-04"]
+    suggested = next(line for line in lines if line.startswith("suggested learning rate: "))
+    assert f"Train with --lr {out['suggestion']:.1e}" in suggested  # the same seed, the same test: no schedule
+    assert lines[-2].startswith(f"with a constant rate, 0.3x the suggestion ({0.3 * out['suggestion']:.1e})")
+    assert lines[-1] == "plot: lr_find.png" and (tmp_path / "lr_find.png").is_file()
+
+
+def test_the_command_refuses_a_plot_it_cannot_write_before_reading_any_data(tmp_path, capsys):
+    code = main(["lr-find", "--data-dir", str(tmp_path / "no-data-here"), "--plot", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the plot {tmp_path}: it is a folder" in err and "MNIST" not in err
+    assert main(["lr-find", "--min-lr", "1", "--max-lr", "0.5", "--plot", str(tmp_path / "sub" / "p.png")]) == 2
+    assert "needs 0 < min_lr < max_lr" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before the plot's folder was made
+
+
+def test_ctrl_c_ends_the_command_with_130_and_writes_nothing(mnist_root, tmp_path, capsys):
+    # rates far too small to diverge and more steps than it could take: only the signal ends it
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = main(["lr-find", "--data-dir", str(mnist_root), "--set", "data.train_limit=2000", "--model", "lenet5",
+                     "--min-lr", "1e-12", "--max-lr", "1e-11", "--steps", "1000000", "--plot", str(tmp_path / "p.png")])
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err == "" or err == "mnistlab lr-find: interrupted by SIGINT; nothing was written\n"
