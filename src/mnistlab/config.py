@@ -147,6 +147,9 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 2  # passes over the training split
     batch_size: int = 256  # images per step, over all processes of a multi-process run
+    # Stop before an epoch that could take the training time (train_seconds) past this many minutes
+    # (callbacks/time_limit.py); none: no limit.
+    max_minutes: float | None = None
     eval_batch_size: int = 500  # images per forward pass when evaluating (500 keeps a small CNN's maps in cache)
     seed: int = 0  # weights, shuffling and dropout; CPU runs with the same seed repeat exactly
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | mps
@@ -167,7 +170,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads")
+        _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes")
         _positive("train", self, "seed", allow_zero=True)
         _choice("train", "device", self.device, DEVICES)
         _choice("train", "precision", self.precision, ("auto", "fp32", "bf16"))

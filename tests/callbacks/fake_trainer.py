@@ -39,8 +39,9 @@ class FakeTrainer:
         self._lr = lr
         self.lrs_set.append(lr)
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, by: str = "callback") -> None:
         self.stop_reasons.append(reason)
+        self.stopped_by = by
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}

@@ -30,6 +30,7 @@ from .early_stopping import (
 from .history import History
 from .lr_plateau import ReduceLROnPlateau
 from .tensorboard import TensorBoard
+from .time_limit import TimeLimit
 
 
 def flat_config(cfg: Config) -> dict[str, object]:
@@ -43,7 +44,8 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
     With a run folder: History (metrics.csv, always), ModelCheckpoint (best.ckpt
     and the ``[checkpoint]`` files) and, if ``tensorboard.enabled``,
     TensorBoard. Always: the ``[early_stopping]`` rule unless its criterion is
-    "none", and ReduceLROnPlateau if ``reduce_lr.enabled``. The callbacks write
+    "none", ReduceLROnPlateau if ``reduce_lr.enabled``, and TimeLimit if
+    ``train.max_minutes`` is set. The callbacks write
     under ``trainer.run_dir``, which must be ``run_dir``.
 
     >>> [type(cb).__name__ for cb in build_callbacks(Config(), None)]
@@ -58,6 +60,8 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
         callbacks.append(stopper)
     if cfg.reduce_lr.enabled:
         callbacks.append(ReduceLROnPlateau.from_config(cfg.reduce_lr))
+    if cfg.train.max_minutes is not None:
+        callbacks.append(TimeLimit(cfg.train.max_minutes))
     if run_dir is not None and cfg.tensorboard.enabled:
         tb = cfg.tensorboard
         callbacks.append(
@@ -79,6 +83,7 @@ __all__ = [
     "PrecheltStopping",
     "ReduceLROnPlateau",
     "TensorBoard",
+    "TimeLimit",
     "TrainerHandle",
     "UP",
     "build_callbacks",

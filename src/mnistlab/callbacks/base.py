@@ -93,8 +93,9 @@ class TrainerHandle(Protocol):
     def set_lr(self, lr: float) -> None:
         """Scale the schedule so that the learning rate becomes ``lr`` from the next step on."""
 
-    def request_stop(self, reason: str) -> None:
-        """Stop after this epoch; ``reason`` is printed and stored in summary.json."""
+    def request_stop(self, reason: str, by: str = "callback") -> None:
+        """Stop after this epoch; ``reason`` is printed and stored in summary.json, ``by`` as its
+        ``stopped_by`` (a reason starting with "early stopping" counts as ``early_stopping``)."""
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """A copy of the model's state_dict, on the CPU."""

@@ -97,7 +97,7 @@ class FitResult:
     model: nn.Module
     history: list[dict[str, float]]  # one metrics dict per epoch
     stop_reason: str
-    stopped_by: str  # max_epochs | early_stopping | non_finite_loss | callback
+    stopped_by: str  # max_epochs | early_stopping | time_limit | non_finite_loss | callback
     epochs: int  # epochs completed
     steps: int
     train_seconds: float  # time spent in training steps (no validation, no checkpoint writes)
@@ -563,10 +563,10 @@ class Trainer:
         scheduled = self._scheduled_lr(self._step)
         self.lr_scale = lr / scheduled if scheduled > 0 else 0.0
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, by: str = "callback") -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else "callback"
+            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else by
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self._model.state_dict().items()}

@@ -1,0 +1,65 @@
+"""Stop before the training time would pass a limit (``train.max_minutes``; Lightning's ``max_time``).
+
+The time counted is the training steps' (``seconds`` of each epoch's metrics, what
+summary.json's ``train_seconds`` adds up), not validation, checkpoints or the final
+test. An epoch is never cut: after each one, training stops if the next one could
+end past the limit, judged by the longest epoch so far. So the first epoch always
+runs, and a run stays within the limit unless an epoch takes longer than all before
+it. The schedule is still planned over ``train.epochs``: to end a one-cycle or
+cosine schedule on time, give epochs that fit (a limit alone cuts it short, as
+early stopping does).
+
+Which epoch a limit stops at depends on the machine's speed, so runs with a limit
+repeat exactly only where the same epochs fit. The time used so far is kept in
+checkpoints: a resumed run goes on counting, and resuming with a larger limit
+trains on.
+
+>>> cb = TimeLimit(20)                 # minutes
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Callback, TrainerHandle
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(42.0), _duration(126.0)
+    ('42.0 s', '2.1 min')
+    """
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+class TimeLimit(Callback):
+    def __init__(self, max_minutes: float) -> None:
+        if not (isinstance(max_minutes, (int, float)) and math.isfinite(max_minutes) and max_minutes > 0):
+            raise ConfigError(f"TimeLimit: max_minutes must be a positive number, got {max_minutes!r}")
+        self.max_minutes = float(max_minutes)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.used = 0.0  # seconds of training so far
+        self.longest = 0.0  # the longest epoch so far, in seconds
+
+    def on_train_begin(self, trainer: TrainerHandle) -> None:
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        self.used += metrics["seconds"]
+        self.longest = max(self.longest, metrics["seconds"])
+        if self.used + self.longest > 60 * self.max_minutes:
+            trainer.request_stop(
+                f"time limit of {self.max_minutes:g} min: {_duration(self.used)} of training used after epoch {epoch}, "
+                f"and an epoch takes up to {_duration(self.longest)}",
+                by="time_limit",
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"used": self.used, "longest": self.longest}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.used, self.longest = float(state["used"]), float(state["longest"])
