@@ -121,3 +121,17 @@ def test_ctrl_c_ends_the_command_with_130_and_writes_nothing(mnist_root, tmp_pat
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
     assert err == "" or err == "mnistlab lr-find: interrupted by SIGINT; nothing was written\n"
+
+
+def test_with_init_from_it_starts_from_the_checkpoint_weights(mnist_root, mnist_small, tmp_path):
+    from mnistlab import train
+
+    base = [f"data.dir={mnist_root}", "data.train_limit=2000", "data.val_size=500", "model.name=lenet5", *SMALL]
+    source = apply_overrides(Config(), [*base, "train.epochs=2", "tensorboard.enabled=false"])
+    trained = train(source, out=tmp_path / "source", quiet=True).summary["best_val_accuracy"]
+    assert trained > 0.8
+    tiny = dict(data=mnist_small, min_lr=1e-7, max_lr=1e-6, steps=5)  # rates too small to move the weights
+    scratch = lr_range_test(apply_overrides(Config(), base), **tiny)
+    finetune = lr_range_test(apply_overrides(Config(), [*base, f"finetune.init_from={tmp_path / 'source'}"]), **tiny)
+    assert min(scratch.losses) > 2.0  # chance level: ln 10 = 2.3
+    assert max(finetune.losses) < 1.0  # the trained net's loss on its training images
