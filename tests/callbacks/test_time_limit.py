@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -49,7 +50,8 @@ def test_bad_limits_are_refused(bad):
 def test_the_config_builds_it():
     assert not any(isinstance(cb, TimeLimit) for cb in build_callbacks(Config(), None))
     cbs = build_callbacks(apply_overrides(Config(), ["train.max_minutes=20"]), None)
-    assert [cb.max_minutes for cb in cbs if isinstance(cb, TimeLimit)] == [20.0]
+    limits = [(cb.max_minutes, cb.epochs, cb.schedule) for cb in cbs if isinstance(cb, TimeLimit)]
+    assert limits == [(20.0, 2, "onecycle")]
     with pytest.raises(ConfigError, match="train.max_minutes must be greater than zero"):
         apply_overrides(Config(), ["train.max_minutes=0"])
 
@@ -71,3 +73,17 @@ def test_a_real_run_stops_on_time_and_a_resume_with_more_time_trains_on(mnist_ro
     more = apply_overrides(cfg, ["train.max_minutes=60"])
     s = train(more, resume=run, quiet=True).summary
     assert (s["epochs"], s["stopped_by"]) == (6, "max_epochs")
+
+
+def test_it_warns_after_epoch_1_when_a_decaying_schedule_will_be_cut_short(caplog):
+    with caplog.at_level(logging.WARNING, logger="mnistlab"):
+        drive([TimeLimit(20, epochs=32, schedule="onecycle")], epochs(seconds=[126.0, 126.0]), FakeTrainer())
+    assert caplog.messages == [
+        "time limit: at 2.1 min an epoch, about 9 of the 32 epochs fit in 20 min, but the onecycle schedule is "
+        "planned over all 32: training will stop while its rate is still high (--epochs 9 would end it in time)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mnistlab"):
+        drive([TimeLimit(20, epochs=32, schedule="constant")], epochs(seconds=[126.0]), FakeTrainer())
+        drive([TimeLimit(20, epochs=8, schedule="cosine")], epochs(seconds=[126.0]), FakeTrainer())  # 8 fit
+    assert caplog.messages == []

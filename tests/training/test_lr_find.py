@@ -45,7 +45,8 @@ def test_a_non_finite_loss_ends_the_test_and_names_its_rate(mnist_small):
     r = lr_range_test(cfg, data=mnist_small, min_lr=1e-2, max_lr=1e30, steps=40, diverge=1e300)  # no 4x stop
     step = len(r.losses) + 1
     assert step <= 40
-    assert r.stop_reason == f"the loss was not finite at lr {geometric_rates(1e-2, 1e30, 40)[step - 1]:.2e} (step {step})"
+    rate = geometric_rates(1e-2, 1e30, 40)[step - 1]
+    assert r.stop_reason == f"the loss was not finite at lr {rate:.2e} (step {step})"
 
 
 def test_steepest_descent_skips_the_settling_start_and_needs_enough_steps():

@@ -61,7 +61,7 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
     if cfg.reduce_lr.enabled:
         callbacks.append(ReduceLROnPlateau.from_config(cfg.reduce_lr))
     if cfg.train.max_minutes is not None:
-        callbacks.append(TimeLimit(cfg.train.max_minutes))
+        callbacks.append(TimeLimit(cfg.train.max_minutes, epochs=cfg.train.epochs, schedule=cfg.schedule.name))
     if run_dir is not None and cfg.tensorboard.enabled:
         tb = cfg.tensorboard
         callbacks.append(

@@ -7,7 +7,9 @@ end past the limit, judged by the longest epoch so far. So the first epoch alway
 runs, and a run stays within the limit unless an epoch takes longer than all before
 it. The schedule is still planned over ``train.epochs``: to end a one-cycle or
 cosine schedule on time, give epochs that fit (a limit alone cuts it short, as
-early stopping does).
+early stopping does). Given the run's ``epochs`` and ``schedule``, it warns after
+the first epoch when such a schedule will not end in time, and says how many
+epochs would fit.
 
 Which epoch a limit stops at depends on the machine's speed, so runs with a limit
 repeat exactly only where the same epochs fit. The time used so far is kept in
@@ -19,11 +21,16 @@ trains on.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from ..errors import ConfigError
 from .base import Callback, TrainerHandle
+
+log = logging.getLogger("mnistlab")
+# Schedules whose rate is only low near their planned end: cut short, they leave the net at a high rate.
+_DECAYING = ("onecycle", "cosine")
 
 
 def _duration(seconds: float) -> str:
@@ -35,10 +42,11 @@ def _duration(seconds: float) -> str:
 
 
 class TimeLimit(Callback):
-    def __init__(self, max_minutes: float) -> None:
+    def __init__(self, max_minutes: float, *, epochs: int | None = None, schedule: str | None = None) -> None:
         if not (isinstance(max_minutes, (int, float)) and math.isfinite(max_minutes) and max_minutes > 0):
             raise ConfigError(f"TimeLimit: max_minutes must be a positive number, got {max_minutes!r}")
         self.max_minutes = float(max_minutes)
+        self.epochs, self.schedule = epochs, schedule  # the run's, for the warning about a schedule cut short
         self._reset()
 
     def _reset(self) -> None:
@@ -51,6 +59,15 @@ class TimeLimit(Callback):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         self.used += metrics["seconds"]
         self.longest = max(self.longest, metrics["seconds"])
+        if epoch == 1 and self.schedule in _DECAYING and self.epochs is not None and self.longest > 0:
+            fit = max(1, int(60 * self.max_minutes // self.longest))
+            if fit < self.epochs:
+                log.warning(
+                    "time limit: at %s an epoch, about %d of the %d epochs fit in %g min, but the %s schedule is "
+                    "planned over all %d: training will stop while its rate is still high (--epochs %d would end "
+                    "it in time)", _duration(self.longest), fit, self.epochs, self.max_minutes, self.schedule,
+                    self.epochs, fit,
+                )
         if self.used + self.longest > 60 * self.max_minutes:
             trainer.request_stop(
                 f"time limit of {self.max_minutes:g} min: {_duration(self.used)} of training used after epoch {epoch}, "

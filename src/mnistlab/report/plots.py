@@ -281,7 +281,9 @@ def save_png(png: bytes | None, path: str | Path) -> Path:
         else:
             atomic_write(path, lambda f: f.write(png))
     except OSError as e:
-        raise MnistlabError(f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE") from None
+        raise MnistlabError(
+            f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE"
+        ) from None
     return path
 
 

@@ -167,7 +167,8 @@ def lr_range_test(
         fit = Trainer(model, data, cfg, callbacks=[probe], device=device).fit()
         reason = fit.stop_reason  # a non-finite loss ends fit() before the callback sees it
         if fit.stopped_by == "non_finite_loss":
-            reason = f"the loss was not finite at lr {probe.rates[len(probe.losses)]:.2e} (step {len(probe.losses) + 1})"
+            step = len(probe.losses) + 1
+            reason = f"the loss was not finite at lr {probe.rates[step - 1]:.2e} (step {step})"
     except _Ended as e:
         reason = str(e)
     s = probe.smoothed
