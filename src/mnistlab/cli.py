@@ -301,13 +301,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from .report.plots import lr_find_png, save_png
+    from .report.plots import check_plot_path, lr_find_png, save_png
     from .training.fit import TrainingInterrupted
     from .training.lr_find import MIN_STEPS, check_settings, lr_range_test
 
     cfg = _train_config(args)
     check_settings(args.min_lr, args.max_lr, args.steps)
-    save_png(None, args.plot)  # a plot that cannot be written fails now, not after the test
+    check_plot_path(args.plot)
     try:
         result = lr_range_test(cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
     except TrainingInterrupted as e:

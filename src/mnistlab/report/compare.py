@@ -109,7 +109,8 @@ def format_table(rows: Sequence[RunRow]) -> str:
 
     The machine column appears only when the runs name more than one machine.
     """
-    machines = sorted({r.machine or "not recorded" for r in rows})
+    machine_of_row = [r.machine or "not recorded" for r in rows]
+    machines = sorted(set(machine_of_row))
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
         (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),
@@ -120,7 +121,7 @@ def format_table(rows: Sequence[RunRow]) -> str:
     left = {0, 1, 7}
     if len(machines) > 1:  # before the stop reason, which is long and free text
         header = (*header[:7], "machine", header[7])
-        body = [(*line[:7], r.machine or "not recorded", line[7]) for line, r in zip(body, rows)]
+        body = [(*line[:7], machine, line[7]) for line, machine in zip(body, machine_of_row)]
         left = {0, 1, 7, 8}
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 

@@ -170,6 +170,7 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
         ("epochs (best)", f"{s.get('epochs', '-')} ({s.get('best_epoch', '-')})"),
         ("training time", _seconds(s.get("train_seconds"))),
     ]
+    machine = machine_of(s)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -179,7 +180,7 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
         f"<h1>{e(title)}</h1>",
         f'<p class="sub">run folder <code>{e(run.name)}</code>'
         + (f" &middot; stopped: {e(str(s['stop_reason']))}" if s.get("stop_reason") else "")
-        + (f" &middot; {e(str(s.get('device')))}" + (f" ({e(machine_of(s))})" if machine_of(s) else "")
+        + (f" &middot; {e(str(s.get('device')))}" + (f" ({e(machine)})" if machine else "")
            + f", torch {e(str(s.get('torch')))}" if s.get("device") else "")
         + "</p>",
         '<div class="cards">'

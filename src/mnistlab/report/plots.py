@@ -11,12 +11,13 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -261,29 +262,38 @@ def lr_find_png(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequenc
     return _png(fig)
 
 
-def save_png(png: bytes | None, path: str | Path) -> Path:
-    """Write ``png`` to ``path`` (a file the user chose with --plot) atomically, making its folder.
-
-    With ``png=None`` only the folder is made and checked for writing: a command that computes
-    for a while calls it first, so that a bad --plot fails before the work, not after it.
-    """
+@contextlib.contextmanager
+def _plot_file(path: Path) -> Iterator[None]:
+    """Make the folder of ``path`` (a file the user chose with --plot); an OSError becomes one clear error."""
     from ..errors import MnistlabError
-    from ..training.checkpoint import atomic_write
 
-    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if png is None:
-            if path.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "it is a folder")
-            with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
-                pass
-        else:
-            atomic_write(path, lambda f: f.write(png))
+        yield
     except OSError as e:
         raise MnistlabError(
             f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE"
         ) from None
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """Fail now if a plot cannot be written to ``path``, not after the work that draws it (makes its folder)."""
+    path = Path(path)
+    with _plot_file(path):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
+            pass
+    return path
+
+
+def save_png(png: bytes, path: str | Path) -> Path:
+    """Write ``png`` to ``path`` atomically, making its folder."""
+    from ..training.checkpoint import atomic_write
+
+    path = Path(path)
+    with _plot_file(path):
+        atomic_write(path, lambda f: f.write(png))
     return path
 
 
@@ -304,4 +314,5 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 __all__ = ["curves_png", "confusion_png", "per_class_png", "misclassified_png", "compare_png", "lr_find_png",
-           "pareto_front", "save_png"]
+           "pareto_front", "check_plot_path",
+           "save_png"]

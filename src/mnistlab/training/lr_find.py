@@ -35,9 +35,9 @@ from ..callbacks import Callback
 from ..config import Config, apply_overrides
 from ..data import DataBundle, load_data, num_batches
 from ..errors import ConfigError
-from ..models import build_model
-from .finetune import init_from_checkpoint, read_init_checkpoint
+from .finetune import read_init_checkpoint
 from .fit import Trainer, resolve_device
+from .run import config_model, load_init
 
 # Lightning's and fastai's defaults: an average over the last ~50 steps, a 4x rise ends the test.
 BETA = 0.98
@@ -67,17 +67,27 @@ def geometric_rates(min_lr: float, max_lr: float, steps: int) -> list[float]:
     return [min_lr * (max_lr / min_lr) ** (i / (steps - 1)) for i in range(steps)]
 
 
+class MovingAverage:
+    """Exponential moving average with Adam's bias correction, so the first values are not pulled to 0."""
+
+    def __init__(self, beta: float = BETA) -> None:
+        self.beta, self._avg, self._count = beta, 0.0, 0
+
+    def add(self, value: float) -> float:
+        """Take in the next value; returns the average so far."""
+        self._count += 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * value
+        return self._avg / (1 - self.beta ** self._count)
+
+
 def smooth(losses: Sequence[float], beta: float = BETA) -> list[float]:
-    """Exponential moving average with Adam's bias correction, so the first values are not pulled to 0.
+    """The :class:`MovingAverage` after each of ``losses``.
 
     >>> smooth([2.0, 2.0, 2.0], beta=0.9)
     [2.0, 2.0, 2.0]
     """
-    out, avg = [], 0.0
-    for i, loss in enumerate(losses):
-        avg = beta * avg + (1 - beta) * loss
-        out.append(avg / (1 - beta ** (i + 1)))
-    return out
+    average = MovingAverage(beta)
+    return [average.add(loss) for loss in losses]
 
 
 def steepest_descent(lrs: Sequence[float], smoothed: Sequence[float], skip_begin: int = SKIP_BEGIN,
@@ -105,10 +115,12 @@ class _Ended(Exception):
 
 class _RangeCallback(Callback):
     def __init__(self, rates: list[float], diverge: float, beta: float) -> None:
-        self.rates, self.diverge, self.beta = rates, diverge, beta
+        self.rates, self.diverge = rates, diverge
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.smoothed: list[float] = []
+        self._average = MovingAverage(beta)
+        self._lowest = math.inf  # of the smoothed losses
 
     def on_batch_begin(self, step: int, trainer) -> None:
         trainer.set_lr(self.rates[step])  # ``step`` steps are done: this sets the rate of the next one
@@ -116,8 +128,9 @@ class _RangeCallback(Callback):
     def on_batch_end(self, step: int, metrics: dict[str, float], trainer) -> None:
         self.lrs.append(metrics["lr"])
         self.losses.append(metrics["loss"])
-        self.smoothed = smooth(self.losses, self.beta)
-        if self.smoothed[-1] > self.diverge * min(self.smoothed):
+        self.smoothed.append(self._average.add(metrics["loss"]))
+        self._lowest = min(self._lowest, self.smoothed[-1])
+        if self.smoothed[-1] > self.diverge * self._lowest:
             raise _Ended(f"the smoothed loss passed {self.diverge:g}x its lowest value at lr {self.lrs[-1]:.2e} "
                          f"(step {step} of {len(self.rates)})")
         if step == len(self.rates):
@@ -153,11 +166,9 @@ def lr_range_test(
     torch.manual_seed(cfg.train.seed)  # as `train` does, so the test starts from the weights training starts from
     if data is None:
         data = load_data(cfg.data, device=device)
-    model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, mean=data.mean, std=data.std, **cfg.model.options())
+    model = config_model(cfg, data)
     if init is not None:
-        init_from_checkpoint(model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
-                             in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]))
+        load_init(model, cfg, data, init)
     # The schedule would scale the rates the test sets; the weight average would only cost time.
     epochs = math.ceil(steps / num_batches(len(data.train), cfg.train.batch_size))
     cfg = apply_overrides(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0, "ema.enabled": False,
@@ -182,4 +193,5 @@ def lr_range_test(
     )
 
 
-__all__ = ["MIN_STEPS", "RangeTest", "check_settings", "geometric_rates", "lr_range_test", "smooth", "steepest_descent"]
+__all__ = ["MIN_STEPS", "MovingAverage", "RangeTest", "check_settings", "geometric_rates", "lr_range_test", "smooth",
+           "steepest_descent"]

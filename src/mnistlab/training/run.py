@@ -19,7 +19,7 @@ import torch
 
 from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
-from ..data import load_data
+from ..data import DataBundle, load_data
 from ..errors import RunDirError
 from ..machine import cpu_name
 from ..models import build_model, model_options
@@ -248,6 +248,20 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         raise
 
 
+def config_model(cfg: Config, data: DataBundle) -> torch.nn.Module:
+    """The model ``cfg`` names, freshly initialized (from the global RNG) and sized for ``data``:
+    its classes, channels, image size and normalization."""
+    return build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                       image_size=data.image_size, mean=data.mean, std=data.std, **cfg.model.options())
+
+
+def load_init(model: torch.nn.Module, cfg: Config, data: DataBundle, init: tuple[Path, dict[str, Any]]) -> str:
+    """Load ``finetune.init_from``'s checkpoint (``init``, from :func:`read_init_checkpoint`) into ``model``;
+    returns the line saying what was taken and what was replaced."""
+    return init_from_checkpoint(model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
+                                in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]))
+
+
 def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, device) -> dict[str, Any]:
     """Test accuracies of the weight average (ema.ckpt) and with test-time augmentation, each reported apart.
 
@@ -290,21 +304,10 @@ def _run(
     device = distributed.local_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     data = load_data(cfg.data, device=device)
-    model = build_model(
-        cfg.model.name,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-        mean=data.mean,
-        std=data.std,
-        **cfg.model.options(),
-    )
+    model = config_model(cfg, data)
     if distributed.rank() > 0:  # dropout and augmentation draw other numbers on each rank; rank 0 keeps a 1-process run's
         torch.manual_seed(cfg.train.seed + 1_000_003 * distributed.rank())
-    init_note = None if init is None else init_from_checkpoint(
-        model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
-        in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]),
-    )
+    init_note = None if init is None else load_init(model, cfg, data, init)
     if run_dir is not None:
         check_free_space(run_dir, model, cfg.checkpoint.save_top_k)
     cbs = build_callbacks(cfg, run_dir) + list(callbacks)  # without a folder: only those that steer the training
