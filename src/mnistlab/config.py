@@ -65,6 +65,7 @@ class ModelConfig:
     hidden: tuple[int, ...] | None = None  # widths of the hidden linear layers of the classifier
     dropout: float | None = None  # dropout probability before linear layers
     batch_norm: bool | None = None  # batch norm after each conv
+    bn_after_pool: bool | None = None  # cnn/fast/lenet: batch norm after the pool (conv, pool, BN, ReLU): less work
 
     def __post_init__(self) -> None:
         _positive("model", self, "kernel_size", "stride", "width")

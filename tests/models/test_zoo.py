@@ -125,11 +125,37 @@ def test_unknown_model_lists_the_models():
         ("lenet", {"dropout": 1.0}, "dropout"),
         ("alexnet", {"hidden": [0]}, "hidden"),
         ("vgg", {"channels": ["M"]}, "at least one conv"),
+        ("fast", {"bn_after_pool": True}, "needs batch_norm"),
     ],
 )
 def test_bad_option_values_are_config_errors(name, options, fragment):
     with pytest.raises(ConfigError, match=fragment):
         build_model(name, **options)
+
+
+@pytest.mark.parametrize("name", ["cnn", "fast", "lenet"])
+def test_bn_after_pool_normalizes_the_pooled_maps(name):
+    torch.manual_seed(0)
+    opts = {"width": 0.25, "batch_norm": True}
+    before = build_model(name, **opts)
+    after = build_model(name, **opts, bn_after_pool=True)
+    kinds = [type(m).__name__ for m in after.features]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] * 2
+    assert [type(m).__name__ for m in before.features] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] * 2
+    assert count_parameters(after) == count_parameters(before)  # the same layers, in another order
+
+    # In training mode the first BN's statistics are those of the pooled conv output, not the full-size one.
+    conv, pool, bn = after.features[0], after.features[1], after.features[2]
+    bn.momentum = 1.0  # running_mean becomes this batch's mean
+    x = torch.rand(8, 1, 28, 28)
+    after.train()(x)
+    with torch.no_grad():
+        pooled = pool(conv(x))
+        assert torch.allclose(bn.running_mean, pooled.mean((0, 2, 3)), atol=1e-5)
+        assert not torch.allclose(bn.running_mean, conv(x).mean((0, 2, 3)), atol=1e-3)
+    # The two orders are different networks: the layers are numbered differently, a checkpoint needs its own order.
+    with pytest.raises(RuntimeError, match="Missing key"):
+        after.load_state_dict(before.state_dict())
 
 
 def test_normalization_is_stored_and_applied():

@@ -86,6 +86,7 @@ def conv_pool_stack(
     *,
     stride: int = 1,
     batch_norm: bool = False,
+    bn_after_pool: bool = False,
     activation: Activation = nn.ReLU,
     pool: Callable[[int], nn.Module] = nn.MaxPool2d,
 ) -> nn.Sequential:
@@ -97,14 +98,27 @@ def conv_pool_stack(
     elementwise passes, not the convs, dominate a small CNN's step (0.7x the step
     time for the ``fast`` model, benchmarks/roofline.py). Parameter names do not
     change, so checkpoints load either way.
+
+    ``bn_after_pool`` moves batch norm after the pool too (conv -> pool -> BN ->
+    activation). That is a different network, not a reordering of the same one:
+    BN's statistics are those of the pooled maps, and a negative BN scale would
+    not commute with max-pooling. It normalizes a quarter of the values, and BN's
+    forward and backward passes are the costliest elementwise work of a small
+    CNN with batch norm (benchmarks/bn_after_pool.py). Its layers are numbered
+    differently, so its checkpoints need the same setting to load.
     """
     pool_first = activation is nn.ReLU and pool is nn.MaxPool2d
     layers: list[nn.Module] = []
     for out_channels, k, p in zip(channels, kernel_sizes, paddings, strict=True):
-        block = conv_act(
+        conv, *norm_act = conv_act(
             in_channels, out_channels, k, stride=stride, padding=p, batch_norm=batch_norm, activation=activation
         )
-        layers += block[:-1] + [pool(2), block[-1]] if pool_first else block + [pool(2)]
+        if bn_after_pool:
+            layers += [conv, pool(2), *norm_act]
+        elif pool_first:
+            layers += [conv, *norm_act[:-1], pool(2), norm_act[-1]]
+        else:
+            layers += [conv, *norm_act, pool(2)]
         in_channels = out_channels
     return nn.Sequential(*layers)
 

@@ -10,6 +10,8 @@ from typing import Sequence
 
 from torch import nn
 
+from ..errors import ConfigError
+
 from ._layers import Activation, check_options, classifier_head, conv_pool_stack
 from ._registry import register
 from .base import Net, scaled
@@ -29,6 +31,7 @@ def make_cnn(
     hidden: Sequence[int] = (),
     dropout: float = 0.0,
     batch_norm: bool = False,
+    bn_after_pool: bool = False,
     activation: Activation = nn.ReLU,
     pool: type[nn.Module] = nn.MaxPool2d,
 ) -> Net:
@@ -44,9 +47,12 @@ def make_cnn(
     flat_paddings = [q for p in paddings for q in ((p,) if isinstance(p, int) else p)]
     check_options(name, channels=channels, width=width, hidden=hidden, dropout=dropout,
                   kernel_size=min(kernel_sizes, default=1), stride=stride, padding=min(flat_paddings, default=0))
+    if bn_after_pool and not batch_norm:
+        raise ConfigError(f"model {name!r}: bn_after_pool moves the batch norm after the pool; "
+                          "it needs batch_norm = true")
     features = conv_pool_stack(
         in_channels, [scaled(c, width) for c in channels], kernel_sizes, paddings,
-        stride=stride, batch_norm=batch_norm, activation=activation, pool=pool,
+        stride=stride, batch_norm=batch_norm, bn_after_pool=bn_after_pool, activation=activation, pool=pool,
     )
     net = Net(
         features,
@@ -73,6 +79,7 @@ def cnn(
     hidden: Sequence[int] = (),
     dropout: float = 0.0,
     batch_norm: bool = False,
+    bn_after_pool: bool = False,
 ) -> Net:
     """Two 5x5 convs (16, 32 kernels, "same" padding), each ReLU + 2x2 max-pool, one linear layer.
 
@@ -83,6 +90,7 @@ def cnn(
         "cnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] * len(channels), paddings=[padding] * len(channels), stride=stride,
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
+        bn_after_pool=bn_after_pool,
     )
 
 
@@ -98,6 +106,7 @@ def fast(
     hidden: Sequence[int] = (256,),
     dropout: float = 0.0,
     batch_norm: bool = False,
+    bn_after_pool: bool = False,
 ) -> Net:
     """The default model: conv 24 5x5 -> pool -> conv 32 3x3 -> pool -> linear 256 -> classes (no padding).
 
@@ -108,4 +117,5 @@ def fast(
         "fast", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] + [3] * (len(channels) - 1), paddings=[0] * len(channels),
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
+        bn_after_pool=bn_after_pool,
     )
