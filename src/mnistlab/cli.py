@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     lf = sub.add_parser(
         "lr-find", help="suggest a learning rate (range test)",
         description="Learning-rate range test (Smith 2017, as fastai's and Lightning's lr_find): from the weights "
-        "`mnistlab train` would start from, with the same config and flags, the learning rate grows exponentially "
+        "`mnistlab train` would start from, with its config, --set and model/data/optimizer flags (not --lr, "
+        "--epochs or the other flags of a whole run), the learning rate grows exponentially "
         "from --min-lr to --max-lr over --steps training steps, until the loss climbs to 4x its lowest (smoothed) "
         "value. Prints the loss against the rate, suggests the rate of steepest descent, and plots the curve. The "
         "config's schedule is ignored during the test; nothing else is written.")
@@ -205,7 +206,7 @@ def _train_config(args: argparse.Namespace):
     from .callbacks import parse_early_stopping
     from dataclasses import replace
 
-    from .config import Config, apply_overrides, config_from_dict, load_config
+    from .config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
     from .training.checkpoint import read_checkpoint
     from .training.finetune import read_init_checkpoint, split_patterns
 
@@ -241,8 +242,9 @@ def _train_config(args: argparse.Namespace):
         flags["finetune.freeze"] = list(patterns)
     if args.early_stopping:
         flags.update(parse_early_stopping(args.early_stopping))
-    cfg = apply_overrides(cfg, flags)
-    return apply_overrides(cfg, args.overrides)
+    # One call, flags first and --set after (a later key wins), so that keys checked together
+    # (--freeze with --unfreeze-at or --set finetune.unfreeze_at=...) may come from either.
+    return apply_overrides(cfg, {**flags, **parse_overrides(args.overrides)})
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
 try:
     import tomllib
@@ -65,7 +65,7 @@ class ModelConfig:
     hidden: tuple[int, ...] | None = None  # widths of the hidden linear layers of the classifier
     dropout: float | None = None  # dropout probability before linear layers
     batch_norm: bool | None = None  # batch norm after each conv
-    bn_after_pool: bool | None = None  # cnn/fast/lenet: batch norm after the pool (conv, pool, BN, ReLU): less work
+    bn_after_pool: bool | None = None  # cnn/fast/lenet with batch_norm: BN after the pool (conv, pool, BN, ReLU)
 
     def __post_init__(self) -> None:
         _positive("model", self, "kernel_size", "stride", "width")
@@ -159,13 +159,13 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
     channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)
     compile: bool = False  # torch.compile the model (compile time is reported separately)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere: this CPU has no bf16 units) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on a CPU: most lack bf16 instructions) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
-    # back to the OS and faulting it in again (training/allocator.py; 1.1-1.5x the training rate of the small CNNs,
-    # benchmarks/allocator.txt).
+    # back to the OS and faulting it in again (training/allocator.py; 1.3-1.7x the training rate of the small CNNs
+    # on the AVX-512 EPYC, benchmarks/allocator.txt; 1.0-1.3x on the AVX2 one, allocator_epyc-avx2.txt).
     reuse_memory: bool = True
-    grad_checkpoint: bool = False  # recompute conv-block / residual-block activations in backward: less memory, ~1.3x the step time
+    grad_checkpoint: bool = False  # recompute conv-block / residual-block activations in backward: less memory, ~1.4x the step time
     # Multi-process runs (torchrun / --nproc): batch-norm statistics over the whole global batch rather than
     # each process's share. Needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation.
     sync_batchnorm: bool = False
@@ -461,14 +461,15 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
     """Apply ``section.key=value`` overrides (or a ``{"section.key": value}`` dict).
 
-    A value of ``none`` resets an optional key to ``None``.
+    A value of ``none`` resets an optional key to ``None``. The overrides apply
+    together: each section is checked once, with all its new values, so keys
+    that only make sense together (``finetune.freeze`` and
+    ``finetune.unfreeze_at``) may come in any order. A key given twice keeps
+    its last value.
     """
-    items = (
-        list(overrides.items())
-        if isinstance(overrides, dict)
-        else [_split_override(o) for o in overrides]
-    )
+    items = list(overrides.items()) if isinstance(overrides, dict) else list(parse_overrides(overrides).items())
     hints = _section_types(Config)
+    changes: dict[str, dict[str, Any]] = {}
     for dotted, value in items:
         section, _, key = dotted.partition(".")
         if section not in hints or not key:
@@ -479,16 +480,23 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         types_ = _section_types(cls)
         if key not in types_:
             raise ConfigError(f"unknown key {dotted!r}; valid keys in [{section}]: {', '.join(types_)}")
-        value = _coerce(value, types_[key], dotted)
-        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
-    return cfg
+        changes.setdefault(section, {})[key] = _coerce(value, types_[key], dotted)
+    return replace(cfg, **{section: replace(getattr(cfg, section), **kv) for section, kv in changes.items()})
 
 
-def _split_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.batch_size=128)")
-    return key.strip(), _parse_value(value.strip())
+def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+    """``section.key=value`` strings as a ``{"section.key": value}`` dict (values parsed as TOML; a later key wins).
+
+    >>> parse_overrides(["train.epochs=3", "model.channels=[8, 16]", "train.epochs=4"])
+    {'train.epochs': 4, 'model.channels': [8, 16]}
+    """
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.batch_size=128)")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
 
 
 def _toml_value(v: Any) -> str:
@@ -536,6 +544,7 @@ __all__ = [
     "TensorBoardConfig",
     "load_config",
     "apply_overrides",
+    "parse_overrides",
     "config_from_dict",
     "config_to_dict",
     "config_to_toml",

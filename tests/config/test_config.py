@@ -30,6 +30,17 @@ def test_override_parses_toml_values_and_none():
     assert apply_overrides(Config(), ["optimizer.lr=1"]).optimizer.lr == 1.0
 
 
+def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
+    # finetune.unfreeze_at is only valid once finetune.freeze is set: the section is checked with both.
+    for order in (['finetune.unfreeze_at=3', 'finetune.freeze=["features"]'],
+                  ['finetune.freeze=["features"]', 'finetune.unfreeze_at=3']):
+        cfg = apply_overrides(Config(), order)
+        assert (cfg.finetune.freeze, cfg.finetune.unfreeze_at) == (("features",), 3)
+    assert apply_overrides(Config(), ["train.epochs=3", "train.epochs=5"]).train.epochs == 5
+    with pytest.raises(ConfigError, match="unfreeze_at needs finetune.freeze"):  # still checked when alone
+        apply_overrides(Config(), ["finetune.unfreeze_at=3", "train.epochs=4"])
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -250,6 +250,16 @@ def test_a_pattern_that_matches_nothing_lists_the_layers():
         match_parameters(model, ["feature"])
 
 
+def test_freeze_and_unfreeze_at_flags_combine_with_each_other_and_with_set():
+    from mnistlab.cli import _parser, _train_config
+
+    for argv in (["--freeze", "features", "--unfreeze-at", "3"],
+                 ["--unfreeze-at", "3", "--set", 'finetune.freeze=["features"]'],
+                 ["--freeze", "features", "--set", "finetune.unfreeze_at=3"]):
+        cfg = _train_config(_parser().parse_args(["train", *argv]))
+        assert (cfg.finetune.freeze, cfg.finetune.unfreeze_at) == (("features",), 3), argv
+
+
 def test_bad_finetune_settings_are_clear_errors(mnist_root, source_run, tmp_path, capsys):
     with pytest.raises(ConfigError, match="unfreeze_at needs finetune.freeze"):
         apply_overrides(Config(), ["finetune.unfreeze_at=2"])
