@@ -107,10 +107,11 @@ def _pct(x: float | None) -> str:
 def format_table(rows: Sequence[RunRow]) -> str:
     """An aligned text table of ``rows``; a note follows when runs come from different devices, machines or datasets.
 
-    The machine column appears only when the runs name more than one machine.
+    The machine column appears only when the runs name more than one machine; a run from before
+    summaries named it shows "not recorded" there, but does not count as another machine.
     """
     machine_of_row = [r.machine or "not recorded" for r in rows]
-    machines = sorted(set(machine_of_row))
+    machines = sorted({r.machine for r in rows if r.machine})
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
         (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),
