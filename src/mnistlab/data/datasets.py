@@ -447,7 +447,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     >>> from mnistlab.config import DataConfig
     >>> data = load_data(DataConfig(dir="/work/shared/data", train_limit=2000))  # doctest: +SKIP
     >>> len(data.train), len(data.val), [round(m, 4) for m in data.mean]          # doctest: +SKIP
-    (2000, 5000, [0.1318])
+    (2000, 5000, [0.1305])
     """
     spec = _spec(cfg.dataset)
     root = resolve_data_dir(cfg.dir)

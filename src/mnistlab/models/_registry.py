@@ -23,8 +23,11 @@ _STRUCTURAL = ("num_classes", "in_channels", "image_size")
 def register(name: str | None = None) -> Callable[[Builder], Builder]:
     """File a builder under ``name`` (default: the function's name).
 
-    >>> @register("tiny")                       # doctest: +SKIP
-    ... def tiny(**kw): return CNN(channels=[4, 8], **kw)
+    >>> from mnistlab.models.cnn import make_cnn
+    >>> @register("tiny")                                          # doctest: +SKIP
+    ... def tiny(*, num_classes, in_channels, image_size, width: float = 1.0):
+    ...     return make_cnn("tiny", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+    ...                     channels=[4, 8], kernel_sizes=[3, 3], paddings=[1, 1], width=width)
     """
 
     def deco(fn: Builder) -> Builder:

@@ -37,7 +37,9 @@ def make_cnn(
 ) -> Net:
     """(conv -> [BN] -> activation -> 2x2 pool) per entry of ``channels``, then linear ``hidden`` layers.
 
-    ``kernel_sizes`` and ``paddings`` hold one entry per conv.
+    ``kernel_sizes`` and ``paddings`` hold one entry per conv. ``bn_after_pool``
+    (with ``batch_norm``) builds conv -> pool -> BN -> activation instead; see
+    :func:`~mnistlab.models._layers.conv_pool_stack` for the order of the layers.
 
     >>> net = make_cnn("tiny", num_classes=10, in_channels=1, image_size=(28, 28), channels=[4],
     ...                kernel_sizes=[3], paddings=[1])
@@ -61,7 +63,9 @@ def make_cnn(
         image_size=image_size,
         name=name,
     )
-    net.channels_last_on_cpu = True  # 1.2-1.9x the training rate of NCHW (benchmarks/roofline.txt)
+    # cnn, fast, lenet: 1.4-1.7x the training rate of NCHW; lenet5 (tanh, average pooling) about the same
+    # either way (benchmarks/roofline.txt)
+    net.channels_last_on_cpu = True
     return net
 
 
