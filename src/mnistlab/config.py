@@ -33,6 +33,11 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
+MAX_THREADS = 1024
+# The metrics of an epoch, which the config's callbacks can monitor (the ema_ ones need [ema] enabled);
+# callbacks.EPOCH_METRICS lists the same without the ema_ ones.
+MONITORS = ("val_loss", "val_accuracy", "val_error", "train_loss", "train_accuracy", "train_error",
+            "ema_val_loss", "ema_val_accuracy", "lr", "epoch", "seconds")
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -172,6 +177,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes")
+        if self.threads is not None and self.threads > MAX_THREADS:  # far more crashes torch's thread pool
+            raise ConfigError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _positive("train", self, "seed", allow_zero=True)
         _choice("train", "device", self.device, DEVICES)
         _choice("train", "precision", self.precision, ("auto", "fp32", "bf16"))
@@ -223,6 +230,7 @@ class EarlyStoppingConfig:
 
     def __post_init__(self) -> None:
         _choice("early_stopping", "criterion", self.criterion, STOP_CRITERIA)
+        _choice("early_stopping", "monitor", self.monitor, MONITORS)
         _choice("early_stopping", "mode", self.mode, MODES)
         _choice("early_stopping", "error", self.error, ("loss", "error"))
         _positive("early_stopping", self, "patience", "min_delta", "alpha", allow_zero=True)
@@ -242,6 +250,7 @@ class ReduceLROnPlateauConfig:
     min_lr: float = 0.0  # never go below this
 
     def __post_init__(self) -> None:
+        _choice("reduce_lr", "monitor", self.monitor, MONITORS)
         _choice("reduce_lr", "mode", self.mode, MODES)
         _choice("reduce_lr", "threshold_mode", self.threshold_mode, ("rel", "abs"))
         if not 0.0 < self.factor < 1.0:
@@ -260,8 +269,12 @@ class CheckpointConfig:
     filename: str = "epoch{epoch:03d}-{val_accuracy:.4f}.ckpt"  # template for top-k and periodic files
 
     def __post_init__(self) -> None:
+        _choice("checkpoint", "monitor", self.monitor, MONITORS)
         _choice("checkpoint", "mode", self.mode, MODES)
         _positive("checkpoint", self, "save_top_k", "every_n_epochs", allow_zero=True)
+        if not self.filename.strip() or any(c in self.filename for c in "/\\") or self.filename.startswith("."):
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} must be a plain file name (the files go "
+                              "into the run folder), e.g. \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
 
 
 @dataclass(frozen=True)
@@ -335,6 +348,14 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     tta: TtaConfig = field(default_factory=TtaConfig)
+
+    def __post_init__(self) -> None:
+        if not self.ema.enabled:
+            for section in ("checkpoint", "early_stopping", "reduce_lr"):
+                monitor = getattr(self, section).monitor
+                if monitor.startswith("ema_"):
+                    raise ConfigError(f"{section}.monitor = {monitor!r} needs [ema] enabled = true "
+                                      "(the average's metrics exist only then)")
 
 
 # ---------------------------------------------------------------------------

@@ -58,12 +58,27 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("optimizer.betas=[0.9]", "optimizer.betas needs 2 values"),
         ("train.device=tpu", "choose one of: auto, cpu, cuda, mps"),
         ("epochs", "must look like section.key=value"),
+        ("checkpoint.monitor=\"val_acc\"", "checkpoint.monitor = 'val_acc' is not valid; choose one of: val_loss"),
+        ("reduce_lr.monitor=\"foo\"", "reduce_lr.monitor = 'foo' is not valid"),
+        ("early_stopping.monitor=\"ema_val_loss\"", "early_stopping.monitor = 'ema_val_loss' needs [ema] enabled"),
+        ("checkpoint.filename=\"sub/e{epoch}.ckpt\"", "must be a plain file name"),
+        ("checkpoint.filename=\"../e{epoch}.ckpt\"", "must be a plain file name"),
+        ("train.threads=100000", "train.threads must be at most 1024"),
     ],
 )
 def test_bad_overrides_are_clear(override, message):
     with pytest.raises(ConfigError) as err:
         apply_overrides(Config(), [override])
     assert message in str(err.value)
+
+
+def test_every_metric_of_an_epoch_can_be_monitored():
+    from mnistlab.callbacks import EPOCH_METRICS
+    from mnistlab.config import MONITORS
+
+    assert set(MONITORS) == set(EPOCH_METRICS) | {"ema_val_loss", "ema_val_accuracy"}
+    cfg = apply_overrides(Config(), ["ema.enabled=true", "checkpoint.monitor=\"ema_val_accuracy\""])
+    assert cfg.checkpoint.monitor == "ema_val_accuracy"
 
 
 def test_unknown_keys_in_a_file_list_the_valid_ones(tmp_path):
