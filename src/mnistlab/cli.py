@@ -217,6 +217,8 @@ def _train_config(args: argparse.Namespace):
         if args.config:
             raise MnistlabError("--config cannot be combined with --resume: the run's stored config is used; "
                                 "change it with flags or --set")
+        if args.out is not None:
+            raise MnistlabError("--out cannot be combined with --resume: a resumed run continues in its own folder")
         run = Path(args.resume)
         payload = read_checkpoint(run / "last.ckpt" if run.is_dir() else run)
         cfg = config_from_dict(payload["config"])
@@ -273,6 +275,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from .training import distributed
 
+    if args.out is not None and not args.out.strip():
+        raise MnistlabError("--out needs a folder name; leave it out for runs/<date>-<time>-<model>")
     cfg = _train_config(args)  # before launching: a bad setting is one error line, not one per process
     if args.nproc is not None:
         if args.nproc < 1:
@@ -458,7 +462,13 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
     from .config import Config, apply_overrides, load_config
+    from .models import model_options
 
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--train-limit", args.train_limit)):
+        if value is not None and value < 1:
+            raise MnistlabError(f"{flag} must be at least 1, got {value}")
+    for name in args.models:
+        model_options(name)  # an unknown model fails now, not after the time-to-accuracy runs
     cfg = load_config(args.config) if args.config else Config()
     cfg = apply_overrides(cfg, ([f"data.dir={args.data_dir}"] if args.data_dir else []) + args.overrides)
     run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, train_limit=args.train_limit)

@@ -143,6 +143,21 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
         assert "fp32 matmul on 1 thread: " in out and f"on {torch.get_num_threads()} threads: " in out
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be at least 1, got 0"),
+    (["--train-limit", "0"], "--train-limit must be at least 1, got 0"),  # not "no limit"
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--models", "cnn", "nope"], "unknown model 'nope'"),
+])
+def test_bench_checks_its_arguments_before_any_run(argv, message, capsys, monkeypatch):
+    from mnistlab import bench
+    from mnistlab.cli import main
+
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("bench ran with a bad argument"))
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_every_matmul_path_of_the_roofline_reference_computes_the_product():
     # The roofline's "machine rate" is the best of these paths; each must time a real a @ b, not a cheaper op.
     from mnistlab.bench import matmul_gflops, matmul_paths, matmul_rates

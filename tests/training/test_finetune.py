@@ -271,5 +271,10 @@ def test_bad_finetune_settings_are_clear_errors(mnist_root, source_run, tmp_path
     assert "finetune.freeze pattern 'head' matches no parameter" in err and not (tmp_path / "x").exists()
     assert main(["train", "--resume", str(source_run), "--init-from", str(source_run)]) == 2
     assert "--init-from cannot be combined with --resume" in capsys.readouterr().err
+    # --out with --resume was ignored: the run went on in its own folder and the one named never appeared
+    assert main(["train", "--resume", str(source_run), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "--out cannot be combined with --resume" in capsys.readouterr().err
+    assert main(["train", "--out", ""]) == 2  # was: the run's files written into the current folder
+    assert "--out needs a folder name" in capsys.readouterr().err
     assert main(["train", "--init-from", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "y")]) == 2
     assert "missing.ckpt does not exist" in capsys.readouterr().err
