@@ -65,7 +65,9 @@ def test_steepest_descent_skips_the_settling_start_and_needs_enough_steps():
 @pytest.mark.parametrize("kwargs, message", [
     ({"min_lr": 1e-2, "max_lr": 1e-3}, "needs 0 < min_lr < max_lr"),
     ({"min_lr": 0.0}, "needs 0 < min_lr < max_lr"),
-    ({"steps": 1}, "at least 2 steps"),
+    ({"steps": 1}, "needs 2 to 100,000 steps"),
+    ({"steps": 10**9}, "needs 2 to 100,000 steps"),  # the planned rates are a list: a billion would not fit
+    ({"min_lr": 1e-10, "max_lr": 1e300}, "too large to compute"),  # the ratio overflows: every rate would be inf
     ({"diverge": 1.0}, "diverge must be above 1"),
 ])
 def test_bad_settings_are_config_errors(kwargs, message):
@@ -115,7 +117,7 @@ def test_ctrl_c_ends_the_command_with_130_and_writes_nothing(mnist_root, tmp_pat
     timer.start()
     try:
         code = main(["lr-find", "--data-dir", str(mnist_root), "--set", "data.train_limit=2000", "--model", "lenet5",
-                     "--min-lr", "1e-12", "--max-lr", "1e-11", "--steps", "1000000", "--plot", str(tmp_path / "p.png")])
+                     "--min-lr", "1e-12", "--max-lr", "1e-11", "--steps", "100000", "--plot", str(tmp_path / "p.png")])
     finally:
         timer.cancel()
     assert code == 130
@@ -136,3 +138,13 @@ def test_with_init_from_it_starts_from_the_checkpoint_weights(mnist_root, mnist_
     finetune = lr_range_test(apply_overrides(Config(), [*base, f"finetune.init_from={tmp_path / 'source'}"]), **tiny)
     assert min(scratch.losses) > 2.0  # chance level: ln 10 = 2.3
     assert max(finetune.losses) < 1.0  # the trained net's loss on its training images
+
+
+def test_checking_the_plot_path_leaves_no_folder_behind(tmp_path):
+    from mnistlab.report.plots import check_plot_path, save_png
+
+    target = tmp_path / "new" / "sub" / "p.png"
+    assert check_plot_path(target) == target
+    assert list(tmp_path.iterdir()) == []  # a command failing after the check leaves nothing
+    save_png(b"png", target)  # the write makes the folders
+    assert target.read_bytes() == b"png"

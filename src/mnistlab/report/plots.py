@@ -277,13 +277,25 @@ def _plot_file(path: Path) -> Iterator[None]:
 
 
 def check_plot_path(path: str | Path) -> Path:
-    """Fail now if a plot cannot be written to ``path``, not after the work that draws it (makes its folder)."""
+    """Fail now if a plot cannot be written to ``path``, not after the work that draws it.
+
+    The test makes the plot's missing folders and removes them again: a command that fails
+    later leaves nothing behind, and :func:`save_png` makes them when the plot is written.
+    """
     path = Path(path)
-    with _plot_file(path):
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "it is a folder")
-        with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
-            pass
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # the deepest first
+    try:
+        with _plot_file(path):
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "it is a folder")
+            with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
+                pass
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     return path
 
 

@@ -43,6 +43,7 @@ from .run import config_model, load_init
 BETA = 0.98
 SKIP_BEGIN, SKIP_END = 10, 1
 MIN_STEPS = SKIP_BEGIN + SKIP_END + 3  # for a suggestion: a slope needs 3 points between the skipped ones
+MAX_STEPS = 100_000  # the planned rates are a list; a range test needs hundreds of steps at most
 
 
 @dataclass
@@ -138,11 +139,14 @@ class _RangeCallback(Callback):
 
 
 def check_settings(min_lr: float, max_lr: float, steps: int, diverge: float = 4.0) -> None:
-    """ConfigError unless 0 < min_lr < max_lr (finite), steps >= 2 and diverge > 1."""
+    """ConfigError unless 0 < min_lr < max_lr (finite, with a finite ratio), 2 <= steps <= MAX_STEPS and diverge > 1."""
     if not 0 < min_lr < max_lr or not math.isfinite(max_lr):
         raise ConfigError(f"the range test needs 0 < min_lr < max_lr, got min_lr={min_lr:g}, max_lr={max_lr:g}")
-    if steps < 2:
-        raise ConfigError(f"the range test needs at least 2 steps, got {steps}")
+    if not math.isfinite(max_lr / min_lr):  # the rates grow by (max/min)^(1/steps): beyond floats, they become inf
+        raise ConfigError(f"max_lr / min_lr is too large to compute ({max_lr:g} / {min_lr:g}); "
+                          "a range such as 1e-7 to 10 covers every useful rate")
+    if not 2 <= steps <= MAX_STEPS:
+        raise ConfigError(f"the range test needs 2 to {MAX_STEPS:,} steps, got {steps}")
     if diverge <= 1:
         raise ConfigError(f"diverge must be above 1 (a factor over the lowest loss), got {diverge:g}")
 
