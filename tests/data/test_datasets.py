@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 from dataclasses import replace
@@ -64,6 +65,7 @@ def download_calls(monkeypatch):
 
     def offline(self):
         calls.append((type(self).__name__, Path(self.root)))
+        os.makedirs(self.raw_folder, exist_ok=True)  # as torchvision's download does before its first request
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
@@ -330,7 +332,18 @@ def test_a_failed_download_is_a_data_error(tmp_path, download_calls):
     assert download_calls == [("KMNIST", tmp_path)]
     assert "downloading into" in message and "URLError" in message and "name resolution" in message
     assert str(tmp_path / "KMNIST" / "raw") in message and "--data-dir" in message
+    assert "data.download is on" in message and "set data.download=true" not in message  # it was on already
     assert isinstance(err.value.__cause__, URLError)
+    assert list(tmp_path.iterdir()) == []  # the folders the download made are gone again
+    # A folder that was there before stays, and so does one the download partly filled.
+    (tmp_path / "data" / "KMNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "KMNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"part")
+    (tmp_path / "kept").mkdir()
+    for root in (tmp_path / "data", tmp_path / "kept"):
+        with pytest.raises(DataError):
+            load_raw("kmnist", root, train=True, download=True)
+    assert (tmp_path / "data" / "KMNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+    assert list((tmp_path / "kept").iterdir()) == []
 
 
 def test_a_successful_download_is_then_verified_and_loaded(tmp_path, monkeypatch):
@@ -349,7 +362,7 @@ def test_a_successful_download_is_then_verified_and_loaded(tmp_path, monkeypatch
 def test_a_download_that_leaves_files_missing_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: None)
     # torchvision itself raises "Dataset not found" after such a download: reported with our fixes.
-    with pytest.raises(DataError, match=r"downloading into .*failed.*Dataset not found.*data\.download=true"):
+    with pytest.raises(DataError, match=r"downloading into .*failed.*Dataset not found.*data\.download is on"):
         load_raw("fashion-mnist", tmp_path, train=False, download=True)
 
 

@@ -233,27 +233,38 @@ def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
 # raw files -> verified tensors
 
 
-def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str) -> DataError:
+def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on: bool = False) -> DataError:
     missing = [name for name in _FILES if not (raw_dir / name).is_file()]
+    download = ("(2) let the download succeed: data.download is on; connect to the network and run again"
+                if download_on else "(2) allow the download: connect to the network and set data.download=true")
     return DataError(
         f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, either "
         f"(1) put the four uncompressed IDX files ({', '.join(_FILES)}) in {raw_dir}, "
         f"or pass --data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/; "
-        f"or (2) allow the download: connect to the network and set data.download=true."
+        f"or {download}."
     )
 
 
 def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
-    """Download with torchvision, which checks the MD5 of each archive and fetches all four files."""
+    """Download with torchvision, which checks the MD5 of each archive and fetches all four files.
+
+    A failed download removes the folders it made (when still empty): a wrong --data-dir leaves nothing.
+    """
+    raw_dir = spec.raw_dir(root)
+    made = [p for p in (raw_dir, *raw_dir.parents) if not p.exists()]  # the deepest first
     try:
         spec.torchvision_class(str(root), train=train, download=True)
     # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
     # archive checksum, a full disk) means the same to the user: the files are not there.
     # BaseException (KeyboardInterrupt) is not caught.
     except Exception as e:  # noqa: BLE001
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (a partial download stays for the next try), or not ours to remove
+                break
         message = " ".join(f"{type(e).__name__}: {e}".split())
-        raw_dir = spec.raw_dir(root)
-        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})") from e
+        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", download_on=True) from e
 
 
 def _md5(buf: bytearray) -> str:
@@ -297,7 +308,7 @@ def load_raw(
             raise _missing_error(spec, raw_dir, "files not found and data.download is false")
         _download(spec, root, train)
         if not (image_path.is_file() and label_path.is_file()):
-            raise _missing_error(spec, raw_dir, "the download finished but files are still missing")
+            raise _missing_error(spec, raw_dir, "the download finished but files are still missing", download_on=True)
 
     images = _verified_idx(spec, image_path, 3)
     labels = _verified_idx(spec, label_path, 1)
