@@ -39,6 +39,8 @@ def sweep(params=None, base=None, **keys):
         (dict(params={"optimizer.lr": {"type": "float", "low": 1e-4, "hi": 1e-2}}),
          "unknown key(s) hi for type float; valid keys: high, log, low, step, type"),
         (dict(params={"train.epochs": {"type": "int", "low": 1, "high": 2.5}}), "high must be an integer, got 2.5"),
+        (dict(params={"train.epochs": {"type": "float", "low": 1, "high": 2}}),  # whole bounds, float samples
+         "sweep.params.\"train.epochs\": train.epochs = 1.0 has the wrong type; expected int"),
         (dict(params={"train.epochs": [1, "two"]}),
          "sweep.params.\"train.epochs\": train.epochs = 'two' has the wrong type; expected int"),
         (dict(params={"train.batch_size": {"type": "int", "low": 0, "high": 64}}),

@@ -256,7 +256,8 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
                 raise ConfigError(f"{where}: step and log = true cannot be combined (Optuna samples either on a "
                                   "grid or in log space)")
         param = Param(key, kind, low=low, high=high, step=step, log=log)
-        values = [low, high]
+        # A float parameter's samples are floats even where the file's bounds are whole numbers.
+        values = [low, high] if integer else [float(low), float(high)]
     for value in values:  # wrong keys and types fail now, with the config's own message
         try:
             apply_overrides(base, {key: value})
