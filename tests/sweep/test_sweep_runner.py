@@ -86,6 +86,12 @@ def test_a_different_sweep_in_the_same_study_is_refused(fake_train, tmp_path):
         run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, epochs=3, sampler="grid"), out=tmp_path, quiet=True)
 
 
+def test_a_storage_that_cannot_be_opened_leaves_no_folder(fake_train, tmp_path):
+    with pytest.raises(ConfigError, match="cannot open the sweep storage foo://bar"):
+        run_sweep(spec({"optimizer.lr": [0.001]}, storage="foo://bar"), out=tmp_path / "new" / "sweep", quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_median_pruner_prunes_a_trial_below_the_median(fake_train, tmp_path):
     # Trials 0 and 1 (lr near 0.01) reach 0.3 after epoch 1 of 3; lr 1e-5 reaches 0.075: below their median.
     s = spec({"optimizer.lr": [0.01, 0.011, 1e-5]}, epochs=3, sampler="grid", pruner="median")

@@ -305,6 +305,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
 
     optuna = require_optuna()
     out = Path(out) if out is not None else default_out(spec.study_name)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -313,8 +314,16 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
     lock = study_lock(url)
     echo = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     _share_threads(spec)
-    with lock:  # two processes creating the same SQLite tables at once would collide
-        study = open_study(spec, url, worker=worker or 0)
+    try:
+        with lock:  # two processes creating the same SQLite tables at once would collide
+            study = open_study(spec, url, worker=worker or 0)
+    except ConfigError:  # a storage that cannot be opened: the folders made for it go again
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     if worker is not None:
         work(spec, study, out, lock, echo)
         return None
