@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from . import jsonout
 from .errors import ConfigError, MnistlabError
 
 _FLAG_KEYS = {
@@ -322,7 +322,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     png = lr_find_png(result.lrs, result.losses, result.smoothed, suggestion=result.suggestion, lowest=result.lowest)
     plot = save_png(png, args.plot)
     if args.json:
-        print(json.dumps({**result.to_dict(), "plot": str(plot)}, indent=2))
+        print(jsonout.dumps({**result.to_dict(), "plot": str(plot)}, indent=2))
         return 0
     print(f"learning-rate range test: {cfg.model.name} on {cfg.data.dataset}, {cfg.optimizer.name}, batch "
           f"{cfg.train.batch_size}, {args.min_lr:g} to {args.max_lr:g} over {args.steps} steps")
@@ -364,7 +364,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = {"checkpoint": str(args.checkpoint), "model": payload["model_name"], "epoch": payload["epoch"],
               **result.to_dict(list(data.classes))}
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(jsonout.dumps(report, indent=2))
         return 0
     print(f"{report['model']} from {args.checkpoint} (epoch {report['epoch']}) on {data.dataset} test, "
           f"{report['examples']:,} images")
@@ -418,7 +418,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if p.error is not None:
             print(f"mnistlab predict: error: {p.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps([p.to_dict() for p in results], indent=2))
+        print(jsonout.dumps([p.to_dict() for p in results], indent=2))
     else:
         for p in results:
             if p.error is None:
@@ -442,7 +442,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     rows = compare_runs(args.runs)
     plot = write_compare_plot(rows, args.plot)
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(jsonout.dumps([r.to_dict() for r in rows], indent=2))
     else:
         print(format_table(rows))
         print(f"\nplot of test accuracy against training time: {plot}")
@@ -455,7 +455,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     if args.tta < 0:
         raise ConfigError(f"--tta must be zero or more pixels, got {args.tta}")
     result = evaluate_ensemble(args.runs, ema=args.ema, data_dir=args.data_dir, tta_shift=args.tta)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_ensemble(result))
+    print(jsonout.dumps(result.to_dict(), indent=2) if args.json else format_ensemble(result))
     return 0
 
 

@@ -73,6 +73,8 @@ def test_divergence_in_the_first_steps_says_no_checkpoint_is_usable(mini_root, t
     assert summary["stopped_by"] == "non_finite_loss" and summary["stop_reason"].startswith("non-finite loss")
     assert "at epoch 1, step " in summary["stop_reason"]
     assert summary["use_checkpoint"] is None and summary["epochs"] == 0
+    text = (out / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: a loss that is not a number is null
     assert "no epoch finished, so no checkpoint was written" in err
     assert not (out / "last.ckpt").exists() and not (out / "best.ckpt").exists()
 

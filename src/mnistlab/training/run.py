@@ -5,7 +5,6 @@ This is what ``mnistlab train`` calls; notebooks can call :func:`train` too.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ import torch
 from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
+from .. import jsonout
 from ..errors import RunDirError
 from ..machine import cpu_name
 from ..models import build_model, model_options
@@ -178,7 +178,7 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_file(path, json.dumps(obj, indent=2).encode() + b"\n")
+    write_file(path, jsonout.dumps(obj, indent=2).encode() + b"\n")  # a diverged run's NaN loss as null
 
 
 def train(
