@@ -34,6 +34,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
+IMAGE_SIDE = 28  # every dataset of DATASETS has 28x28 images
 # The metrics of an epoch, which the config's callbacks can monitor (the ema_ ones need [ema] enabled);
 # callbacks.EPOCH_METRICS lists the same without the ema_ ones.
 MONITORS = ("val_loss", "val_accuracy", "val_error", "train_loss", "train_accuracy", "train_error",
@@ -331,6 +332,9 @@ class TtaConfig:
 
     def __post_init__(self) -> None:
         _positive("tta", self, "shift")
+        if self.shift >= IMAGE_SIDE:  # checked again against the real images when the test runs
+            raise ConfigError(f"tta.shift must be below {IMAGE_SIDE} pixels (the images' side), got {self.shift}; "
+                              "shifts of 1-3 pixels are the useful ones")
 
 
 @dataclass(frozen=True)

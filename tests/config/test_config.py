@@ -64,6 +64,7 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("checkpoint.filename=\"sub/e{epoch}.ckpt\"", "must be a plain file name"),
         ("checkpoint.filename=\"../e{epoch}.ckpt\"", "must be a plain file name"),
         ("train.threads=100000", "train.threads must be at most 1024"),
+        ("tta.shift=28", "tta.shift must be below 28 pixels"),
     ],
 )
 def test_bad_overrides_are_clear(override, message):

@@ -136,6 +136,10 @@ def test_tta_averages_the_softmax_over_the_image_and_four_shifts(mnist_small):
     assert tta.accuracy == float((expected.argmax(1) == split.labels).double().mean())
     plain = evaluate(model, split, batch_size=128)
     assert not torch.allclose(tta.probabilities, plain.probabilities)
+    from mnistlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a test-time shift of 28 pixels moves the 28x28 images out of view"):
+        evaluate(model, split, tta_shift=28)  # every shifted view would be blank (ensemble --tta 100 was accepted)
 
 
 def test_the_loss_takes_the_label_smoothing_asked_for_with_and_without_tta(mnist_small):

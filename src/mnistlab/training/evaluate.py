@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import shift_images
+from ..errors import ConfigError
 from ..data.batching import iterate_batches, to_float
 
 
@@ -84,6 +85,10 @@ def evaluate(
     >>> round(ev.accuracy, 4)                              # doctest: +SKIP
     0.9912
     """
+    if tta_shift and tta_shift >= min(split.images.shape[-2:]):
+        side = "x".join(map(str, split.images.shape[-2:]))
+        raise ConfigError(f"a test-time shift of {tta_shift} pixels moves the {side} images out of view; "
+                          "shifts of 1-3 pixels are the useful ones")
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64)
