@@ -57,6 +57,10 @@ def test_compare_sorts_by_test_accuracy_and_plots(tmp_path, capsys):
     assert f"plot of test accuracy against training time: {plot}" in out
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.size[0] > 400
+    # A summary.json that is there but unreadable is not called missing.
+    (root / "more" / "unfinished" / "summary.json").write_text("{not json")
+    assert main(["compare", str(root / "more")]) == 0
+    assert "summary.json unreadable" in capsys.readouterr().out
 
     assert main(["compare", str(root / "lenet"), str(root / "vgg"), str(root / "vgg"), "--json",
                  "--plot", str(tmp_path / "c2.png")]) == 0

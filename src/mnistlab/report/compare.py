@@ -77,7 +77,12 @@ def run_row(path: Path) -> RunRow:
         train_seconds = sum(finite(r.get("seconds")) or 0.0 for r in run.metrics) or None
     model = s.get("model") or (run.config.get("model") or {}).get("name") or "?"
     dataset = s.get("dataset") or (run.config.get("data") or {}).get("dataset") or "?"
-    stop = s.get("stop_reason") or ("not finished (no summary.json)" if not s else "-")
+    if s:
+        stop = s.get("stop_reason") or "-"
+    elif (run.path / "summary.json").exists():  # there, but not a readable JSON object (the report says why)
+        stop = "summary.json unreadable"
+    else:
+        stop = "not finished (no summary.json)"
     params = s.get("parameters")
     return RunRow(
         run=str(path),
