@@ -91,6 +91,16 @@ def build_model(
         raise ConfigError(
             f"num_classes, in_channels and image_size must be positive, got {num_classes}, {in_channels}, {image_size}"
         )
-    net = builder(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **options)
+    try:
+        net = builder(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **options)
+    except (RuntimeError, MemoryError, OverflowError, TypeError) as e:
+        # A width or channel count far too large: the allocator refuses, or the size overflows a C integer.
+        message = str(e)
+        if isinstance(e, (RuntimeError, TypeError)) and "allocate" not in message and "Overflow" not in message:
+            raise
+        reason = "its sizes overflow" if "Overflow" in message or isinstance(e, OverflowError) else \
+            "its weights do not fit in memory"
+        raise ConfigError(f"model {name!r} is too large to build with {options}: {reason}; "
+                          "lower model.width or the channel counts") from None
     net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
     return net
