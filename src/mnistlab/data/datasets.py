@@ -34,6 +34,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..folders import missing_folders, remove_empty
 
 __all__ = [
     "DATASETS",
@@ -251,18 +252,14 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
     A failed download removes the folders it made (when still empty): a wrong --data-dir leaves nothing.
     """
     raw_dir = spec.raw_dir(root)
-    made = [p for p in (raw_dir, *raw_dir.parents) if not p.exists()]  # the deepest first
+    made = missing_folders(raw_dir)
     try:
         spec.torchvision_class(str(root), train=train, download=True)
     # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
     # archive checksum, a full disk) means the same to the user: the files are not there.
     # BaseException (KeyboardInterrupt) is not caught.
     except Exception as e:  # noqa: BLE001
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (a partial download stays for the next try), or not ours to remove
-                break
+        remove_empty(made)  # a partial download stays for the next try
         message = " ".join(f"{type(e).__name__}: {e}".split())
         raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", download_on=True) from e
 

@@ -282,8 +282,10 @@ def check_plot_path(path: str | Path) -> Path:
     The test makes the plot's missing folders and removes them again: a command that fails
     later leaves nothing behind, and :func:`save_png` makes them when the plot is written.
     """
+    from ..folders import missing_folders, remove_empty
+
     path = Path(path)
-    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # the deepest first
+    missing = missing_folders(path.parent)
     try:
         with _plot_file(path):
             if path.is_dir():
@@ -291,11 +293,7 @@ def check_plot_path(path: str | Path) -> Path:
             with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
                 pass
     finally:
-        for folder in missing:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(missing)
     return path
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
+from ..folders import missing_folders, remove_empty
 from .spec import SweepSpec, apply_params, fingerprint, grid_points
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
@@ -305,7 +306,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
 
     optuna = require_optuna()
     out = Path(out) if out is not None else default_out(spec.study_name)
-    made = [p for p in (out, *out.parents) if not p.exists()]  # the deepest first
+    made = missing_folders(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -318,11 +319,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
         with lock:  # two processes creating the same SQLite tables at once would collide
             study = open_study(spec, url, worker=worker or 0)
     except ConfigError:  # a storage that cannot be opened: the folders made for it go again
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(made)
         raise
     if worker is not None:
         work(spec, study, out, lock, echo)
