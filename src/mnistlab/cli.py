@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(lf)
     lf.add_argument("--min-lr", type=float, default=1e-7, metavar="LR", help="first rate (default 1e-7)")
     lf.add_argument("--max-lr", type=float, default=10.0, metavar="LR", help="last rate (default 10)")
-    lf.add_argument("--steps", type=int, default=100, metavar="N", help="training steps at most (default 100)")
+    lf.add_argument("--steps", type=int, default=100, metavar="N",
+                    help="training steps at most (default 100; 2 to 100,000)")
     lf.add_argument("--plot", metavar="FILE", default="lr_find.png", help="where to write the plot "
                     "(default lr_find.png)")
     lf.add_argument("--json", action="store_true", help="print every step's rate and loss as JSON")
