@@ -35,10 +35,14 @@ STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
 IMAGE_SIDE = 28  # every dataset of DATASETS has 28x28 images
-# The metrics of an epoch, which the config's callbacks can monitor (the ema_ ones need [ema] enabled);
-# callbacks.EPOCH_METRICS lists the same without the ema_ ones.
-MONITORS = ("val_loss", "val_accuracy", "val_error", "train_loss", "train_accuracy", "train_error",
-            "ema_val_loss", "ema_val_accuracy", "lr", "epoch", "seconds")
+# The metrics of an epoch, named once here. EPOCH_METRICS: the keys of every on_epoch_end metrics dict
+# (callbacks/base.py). MONITORS: what the config's callbacks may monitor, validation first, and the weight
+# average's metrics, which exist only with [ema] enabled.
+_TRAIN_METRICS = ("train_loss", "train_accuracy", "train_error")
+_VAL_METRICS = ("val_loss", "val_accuracy", "val_error")
+EMA_METRICS = ("ema_val_loss", "ema_val_accuracy")
+EPOCH_METRICS = ("epoch", *_TRAIN_METRICS, *_VAL_METRICS, "lr", "seconds")
+MONITORS = (*_VAL_METRICS, *_TRAIN_METRICS, *EMA_METRICS, "lr", "epoch", "seconds")
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -357,7 +361,7 @@ class Config:
         if not self.ema.enabled:
             for section in ("checkpoint", "early_stopping", "reduce_lr"):
                 monitor = getattr(self, section).monitor
-                if monitor.startswith("ema_"):
+                if monitor in EMA_METRICS:
                     raise ConfigError(f"{section}.monitor = {monitor!r} needs [ema] enabled = true "
                                       "(the average's metrics exist only then)")
 

@@ -51,20 +51,8 @@ from typing import Any, Iterable, Protocol
 import torch
 from torch import nn
 
+from ..config import EPOCH_METRICS  # the keys of the metrics dict passed to ``on_epoch_end`` (module docstring)
 from ..errors import ConfigError
-
-# The keys of the metrics dict passed to ``on_epoch_end`` (see the module docstring).
-EPOCH_METRICS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "train_error",
-    "val_loss",
-    "val_accuracy",
-    "val_error",
-    "lr",
-    "seconds",
-)
 
 
 class TrainerHandle(Protocol):

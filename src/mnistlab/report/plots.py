@@ -324,5 +324,4 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 __all__ = ["curves_png", "confusion_png", "per_class_png", "misclassified_png", "compare_png", "lr_find_png",
-           "pareto_front", "check_plot_path",
-           "save_png"]
+           "pareto_front", "check_plot_path", "save_png"]

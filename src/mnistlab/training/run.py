@@ -16,10 +16,10 @@ from typing import Any, Iterable
 
 import torch
 
+from .. import jsonout
 from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
-from .. import jsonout
 from ..errors import RunDirError
 from ..machine import cpu_name
 from ..models import build_model, model_options
