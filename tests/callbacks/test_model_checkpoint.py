@@ -1,5 +1,7 @@
 """ModelCheckpoint: best.ckpt, the top k files and periodic files."""
 
+from pathlib import Path
+
 import pytest
 
 from fake_trainer import FakeTrainer, drive, epochs, roundtrip
@@ -80,3 +82,32 @@ def test_resume_continues_the_top_k_and_a_smaller_k_prunes(tmp_path):
 def test_bad_template_is_reported_at_construction():
     with pytest.raises(ConfigError, match="unknown field.*val_acc.*valid fields: epoch"):
         ModelCheckpoint(filename="{epoch}-{val_acc:.2f}.ckpt")
+
+
+def test_a_run_folder_given_relative_is_found_when_resumed_from_another_folder(tmp_path, monkeypatch):
+    # The run was made as `--out run` from tmp_path and is resumed as `--resume ../run` from tmp_path/sub:
+    # the file that falls out of the top 1 must be deleted there, not looked for relative to the new folder.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "sub").mkdir()
+    rows = epochs(val_accuracy=[0.5, 0.7])
+    monkeypatch.chdir(tmp_path)
+    cb = ModelCheckpoint(save_top_k=1)
+    drive([cb], rows[:1], FakeTrainer(run_dir=Path("run")))
+    state = roundtrip(CallbackList([cb]).state_dict())
+
+    monkeypatch.chdir(tmp_path / "sub")
+    resumed = FakeTrainer(run_dir=Path("../run"))
+    resumed.epoch = 1
+    drive([ModelCheckpoint(save_top_k=1)], rows[1:], resumed, state=state)
+    assert files(tmp_path / "run") == ["best.ckpt", "epoch002-0.7000.ckpt"]
+
+
+def test_a_state_that_recorded_paths_with_the_run_folder_still_prunes_its_files(tmp_path):
+    # Checkpoints written before files were recorded by name hold "<run folder>/<name>".
+    (tmp_path / "epoch001-0.5000.ckpt").write_text("epoch 1\n")
+    old = {"best_value": 0.5, "best_epoch": 1, "kept": [[0.5, 1, "runs/moved-away/epoch001-0.5000.ckpt"]],
+           "periodic": []}
+    resumed = FakeTrainer(run_dir=tmp_path)
+    resumed.epoch = 1
+    drive([ModelCheckpoint(save_top_k=1)], epochs(val_accuracy=[0.7]), resumed, state={"ModelCheckpoint": old})
+    assert files(tmp_path) == ["best.ckpt", "epoch002-0.7000.ckpt"]

@@ -71,8 +71,11 @@ class ModelCheckpoint(MonitorMixin, Callback):
     def _reset(self) -> None:
         self.best_value: float | None = None
         self.best_epoch: int | None = None
-        self.kept: list[tuple[float, int, str]] = []  # (value, epoch, path) of the top k, best first
-        self.periodic: list[str] = []  # paths of the every-n-epochs files
+        # Files are recorded as ``_path`` gives them, relative to the run folder (or under an absolute
+        # dirpath), not as written: a run folder given as a relative path must still be found when the run
+        # is resumed from another working folder, or after the folder was moved.
+        self.kept: list[tuple[float, int, str]] = []  # (value, epoch, file) of the top k, best first
+        self.periodic: list[str] = []  # files kept every n epochs
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
         self._reset()
@@ -80,6 +83,11 @@ class ModelCheckpoint(MonitorMixin, Callback):
     def _path(self, name: str) -> Path:
         # A relative path is taken under the run folder by trainer.save_checkpoint.
         return self.dirpath / name if self.dirpath is not None else Path(name)
+
+    @staticmethod
+    def _on_disk(file: str, trainer: TrainerHandle) -> Path:
+        path = Path(file)
+        return trainer.run_dir / path if not path.is_absolute() and trainer.run_dir is not None else path
 
     def _name(self, epoch: int, metrics: dict[str, float]) -> str:
         fields = {**metrics, "epoch": int(epoch)}
@@ -105,7 +113,9 @@ class ModelCheckpoint(MonitorMixin, Callback):
         def save() -> str:
             nonlocal saved
             if saved is None:
-                saved = str(trainer.save_checkpoint(self._path(self._name(epoch, metrics))))
+                file = self._path(self._name(epoch, metrics))
+                trainer.save_checkpoint(file)
+                saved = str(file)
             return saved
 
         if self.every_n_epochs and epoch % self.every_n_epochs == 0:
@@ -120,9 +130,9 @@ class ModelCheckpoint(MonitorMixin, Callback):
         # Drop what is beyond k (also after a resume with a smaller save_top_k); new files are written first.
         dropped, self.kept = self.kept[self.save_top_k :], self.kept[: self.save_top_k]
         keep = {p for _, _, p in self.kept} | set(self.periodic)
-        for _, _, path in dropped:
-            if path not in keep:
-                Path(path).unlink(missing_ok=True)
+        for _, _, file in dropped:
+            if file not in keep:
+                self._on_disk(file, trainer).unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -135,8 +145,13 @@ class ModelCheckpoint(MonitorMixin, Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_value = state["best_value"]
         self.best_epoch = state["best_epoch"]
-        self.kept = [(float(v), int(e), str(p)) for v, e, p in state["kept"]]
-        self.periodic = [str(p) for p in state["periodic"]]
+        # Checkpoints written before files were recorded relative to the run folder hold the path as written
+        # (the run folder's path joined to the name); files in the run folder itself are known by their name.
+        def file(p: Any) -> str:
+            return Path(p).name if self.dirpath is None else str(p)
+
+        self.kept = [(float(v), int(e), file(p)) for v, e, p in state["kept"]]
+        self.periodic = [file(p) for p in state["periodic"]]
 
     @classmethod
     def from_config(cls, cfg: CheckpointConfig, dirpath: str | Path | None = None) -> "ModelCheckpoint":
