@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mnistlab.config import Config, apply_overrides
-from mnistlab.errors import RunDirError
+from mnistlab.errors import CheckpointError, ConfigError, RunDirError
 from mnistlab.training import read_checkpoint, train
 
 
@@ -132,7 +132,44 @@ def test_an_early_stopped_run_trains_on_only_when_resumed_with_new_settings(mnis
     assert (as_it_was.summary["stopped_by"], as_it_was.summary["epochs"]) == ("early_stopping", 2)
     assert as_it_was.fit.history == first.fit.history
 
+    # Settings that change how or what is written, not what is trained, leave the stop standing.
+    unchanged = ["train.eval_batch_size=250", "train.threads=2", "tta.enabled=true", "checkpoint.save_top_k=2",
+                 "tensorboard.histograms=false"]
+    relooked = train(apply_overrides(cfg, unchanged), resume=run, quiet=True)
+    assert (relooked.summary["stopped_by"], relooked.summary["epochs"]) == ("early_stopping", 2)
+    assert relooked.fit.history == first.fit.history
+
+    # Fewer epochs than were trained, or a file a callback chose, cannot be continued from: refused, nothing written.
+    config_toml = (run / "config.toml").read_bytes()
+    with pytest.raises(ConfigError, match="train.epochs is 1, but the run has trained 2 epochs: resume with --epochs 2"):
+        train(apply_overrides(cfg, ["train.epochs=1"]), resume=run, quiet=True)
+    with pytest.raises(CheckpointError, match="a model that a callback chose .* --init-from"):
+        train(apply_overrides(cfg, ["early_stopping.patience=5"]), resume=run / "best.ckpt", quiet=True)
+    assert (run / "config.toml").read_bytes() == config_toml
+
     # A new patience given on resume wins over the stored one; the counters continue from the checkpoint.
     patient = train(apply_overrides(cfg, ["early_stopping.patience=5"]), resume=run, quiet=True)
     assert (patient.summary["stopped_by"], patient.summary["epochs"]) == ("max_epochs", 4)
     assert [h["epoch"] for h in patient.fit.history] == [1, 2, 3, 4]
+
+
+def test_an_interrupted_epoch_counts_its_seconds_from_before_the_interruption(mnist_root, tmp_path):
+    from mnistlab.training import TrainingInterrupted
+
+    # 15 batches an epoch; Ctrl-C after batch 6 of epoch 1.
+    cfg = small_cfg(mnist_root, "train.epochs=2")
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out=tmp_path / "run", quiet=True, callbacks=[InterruptAt(6)])
+    cut = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert (cut["batch"], cut["resumable"]) == (6, True)
+    assert cut["partial_seconds"] == pytest.approx(cut["train_seconds"]) and cut["partial_seconds"] > 0
+
+    # The place inside the epoch holds only with the batches laid out as before: another batch size is refused.
+    with pytest.raises(ConfigError, match="inside epoch 1, after batch 6; .*train.batch_size was 100, now 50"):
+        train(apply_overrides(cfg, ["train.batch_size=50"]), resume=tmp_path / "run", quiet=True)
+
+    resumed = train(cfg, resume=tmp_path / "run", quiet=True)
+    seconds = [row["seconds"] for row in resumed.fit.history]
+    assert seconds[0] > cut["partial_seconds"]  # the 6 batches before Ctrl-C count in epoch 1's time
+    # ... so that the epochs' times add up to the training time (which train.max_minutes limits).
+    assert sum(seconds) == pytest.approx(resumed.fit.train_seconds)

@@ -51,7 +51,7 @@ from .schedules import lr_at
 
 
 # Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
-_TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "ema", "ema_sha256", "ema_best")
+_TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best")
 
 # What restore() reads besides the weights; read_checkpoint has checked the rest.
 _RESUME_KEYS = ("optimizer", "lr_scale", "epoch", "step", "history", "train_seconds", "rng")
@@ -65,10 +65,23 @@ def use_channels_last(setting: bool | None, model: nn.Module, device: torch.devi
     return device.type == "cuda" or bool(getattr(model, "channels_last_on_cpu", False))
 
 
+# Settings that do not change what is trained, only where files are, how fast it goes, what is written or shown,
+# and how the test is done: a run that stopped early and is resumed with new values of these alone stays stopped.
+_NOT_TRAINING_SECTIONS = {"checkpoint", "tensorboard", "tta"}
+_NOT_TRAINING = {
+    "data": {"dir", "download"},
+    "train": {"progress", "threads", "eval_batch_size", "reuse_memory", "device", "compile", "channels_last"},
+}
+
+# What places a batch in its epoch: a run interrupted inside an epoch resumes there only if these are unchanged.
+_EPOCH_LAYOUT = (("train", "batch_size"), ("train", "seed"), ("data", "dataset"), ("data", "val_size"),
+                 ("data", "split_seed"), ("data", "train_limit"))
+
+
 def _training_settings(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A config dict without the keys that do not change what is trained (where data lives, the progress bar)."""
-    ignored = {("data", "dir"), ("train", "progress")}
-    return {s: {k: v for k, v in keys.items() if (s, k) not in ignored} for s, keys in config.items()}
+    """A config dict without the settings that do not change what is trained (``_NOT_TRAINING...``)."""
+    return {s: {k: v for k, v in keys.items() if k not in _NOT_TRAINING.get(s, ())}
+            for s, keys in config.items() if s not in _NOT_TRAINING_SECTIONS}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -331,8 +344,10 @@ class Trainer:
         cfg, model, opt = self.cfg.train, self._model, self.optimizer
         self._train_mode()
         start, sums = 0, torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+        before = 0.0  # training seconds of this epoch spent before an interruption: the epoch's time counts them
         if self._resume is not None and self._resume.get("batch", 0) and self._resume["epoch"] == epoch - 1:
             start, sums = self._resume["batch"], self._resume["partial"].clone()
+            before = float(self._resume.get("partial_seconds", 0.0))  # 0 in checkpoints older than the key
         self._resume = None
         order = epoch_permutation(len(self.data.train), cfg.seed, epoch, self.device)
         batches = iterate_batches(self.data.train, cfg.batch_size, order=order, start=start, part=self._part)
@@ -376,12 +391,13 @@ class Trainer:
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
             signum = self._signal_received()
             if signum is not None:
-                self.train_seconds += time.perf_counter() - t0
-                self._interrupted(epoch, batch + 1, sums, signum)
-        seconds = time.perf_counter() - t0
-        self.train_seconds += seconds
+                elapsed = time.perf_counter() - t0
+                self.train_seconds += elapsed
+                self._interrupted(epoch, batch + 1, sums, signum, seconds=before + elapsed)
+        elapsed = time.perf_counter() - t0
+        self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
-        return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, seconds
+        return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
 
     def _signal_received(self) -> int | None:
         """SIGINT or SIGTERM if one reached any rank (summed over the ranks, so that all stop at the same point)."""
@@ -392,14 +408,16 @@ class Trainer:
             torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.int32))
         return signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
 
-    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor | None, signum: int) -> None:
-        """Write the resumable last.ckpt (``batches_done`` into ``epoch``; 0: the epoch is complete) and stop."""
+    def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor | None, signum: int,
+                     seconds: float = 0.0) -> None:
+        """Write the resumable last.ckpt (``batches_done`` into ``epoch``, after ``seconds`` of its training;
+        0 batches: the epoch is complete) and stop."""
         path = None if self._run_dir is None else self._run_dir / "last.ckpt"
         if batches_done:  # else the epoch's last.ckpt, just written, is the one to resume from
             if self._world > 1:  # every rank's RNG goes into rank 0's checkpoint: the resumed dropout is exact
                 self._rng_ranks = distributed.gather_objects(_rng_state())
             if path is not None:
-                path = self._write(path, batch=batches_done, partial=sums)
+                path = self._write(path, batch=batches_done, partial=sums, partial_seconds=seconds, resumable=True)
         distributed.barrier()  # no rank leaves (tearing down the process group) while rank 0 is still writing
         where = (f"at epoch {epoch}, batch {batches_done} of {self.steps_per_epoch}" if batches_done
                  else f"after epoch {epoch}")
@@ -433,7 +451,12 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------
 
-    def _payload(self, batch: int = 0, partial: torch.Tensor | None = None) -> dict[str, Any]:
+    def _payload(
+        self, batch: int = 0, partial: torch.Tensor | None = None, partial_seconds: float = 0.0, resumable: bool = False
+    ) -> dict[str, Any]:
+        """Everything a checkpoint holds. ``resumable``: written where no callback is halfway through the epoch's
+        decisions (last.ckpt); files written from a callback (``save_checkpoint``) hold a usable model but not a
+        consistent training state."""
         data = self.data
         return {
             "model_name": self.cfg.model.name,
@@ -452,6 +475,7 @@ class Trainer:
             "step": self._step,
             "batch": batch,
             "partial": partial if partial is not None else torch.zeros(3, dtype=torch.float64),
+            "partial_seconds": partial_seconds,  # the training time of the epoch's first ``batch`` batches
             "rng": _rng_state(),
             # Multi-process runs: the RNG state of every rank, in rank order (rank 0's is "rng" too).
             **({"rng_ranks": self._rng_ranks} if self._world > 1 else {}),
@@ -463,6 +487,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_sha256": weights_digest(self.ema.module.state_dict()) if self.ema is not None else None,
             "ema_best": self._best_ema,
+            "resumable": resumable,
         }
 
     def _write(self, path: Path, **kw) -> Path:
@@ -482,7 +507,7 @@ class Trainer:
 
     def _save_last(self) -> None:
         if self._run_dir is not None:
-            self._write(self._run_dir / "last.ckpt")
+            self._write(self._run_dir / "last.ckpt", resumable=True)
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint written by this trainer (``last.ckpt``)."""
@@ -492,10 +517,32 @@ class Trainer:
                 f"the checkpoint cannot be resumed from: it lacks {', '.join(missing)} "
                 "(it was not written by `mnistlab train`)"
             )
+        if payload.get("resumable") is False:
+            raise CheckpointError(
+                "the checkpoint holds a model that a callback chose (best.ckpt, a top-k or a periodic file), saved "
+                "while the epoch's callbacks were still deciding, so training cannot continue exactly from it: resume "
+                "the run folder (its last.ckpt), or start a new run from these weights with --init-from "
+                "(finetune.init_from)"
+            )
         if payload["model_name"] != self.cfg.model.name:
             raise CheckpointError(
                 f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
             )
+        done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
+        if self.cfg.train.epochs < done + (batch > 0):
+            trained = f"{done} epochs" + (f" and {batch} batches of epoch {done + 1}" if batch else "")
+            raise ConfigError(f"train.epochs is {self.cfg.train.epochs}, but the run has trained {trained}: "
+                              f"resume with --epochs {done + (batch > 0)} or more")
+        if batch:
+            old = config_from_dict(payload["config"])
+            changed = [f"{s}.{k} was {getattr(getattr(old, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
+                       for s, k in _EPOCH_LAYOUT if getattr(getattr(old, s), k) != getattr(getattr(self.cfg, s), k)]
+            if changed:
+                raise ConfigError(
+                    f"the run was interrupted inside epoch {done + 1}, after batch {batch}; that place means the same "
+                    f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
+                    "resume without changing them"
+                )
         load_weights(self._model, payload["model"], source="the checkpoint")
         # A checkpoint written after the unfreeze holds the optimizer with the released group: rebuild that first.
         if released_by(self.cfg.finetune.unfreeze_at, int(payload["epoch"]), int(payload.get("batch", 0))):
