@@ -147,3 +147,21 @@ def test_bad_settings():
         EarlyStopping(mode="up")
     with pytest.raises(ConfigError, match="patience"):
         EarlyStopping(patience=-1)
+
+
+def test_a_new_monitor_on_resume_starts_afresh_instead_of_comparing_with_the_old_metric():
+    # Watching val_error, the best is 0.01. Resumed watching val_loss (about 0.05 and falling): compared
+    # with the stored 0.01 no epoch would improve, and patience 2 would stop at epoch 5.
+    rows = epochs(val_error=[0.02, 0.01, 0.015, 0.02, 0.02, 0.02], val_loss=[0.09, 0.07, 0.06, 0.05, 0.04, 0.03])
+    cb = EarlyStopping(monitor="val_error", patience=2)
+    drive([cb], rows[:3], FakeTrainer())
+    state = roundtrip(CallbackList([cb]).state_dict())
+    resumed = FakeTrainer()
+    resumed.epoch = 3
+    cb2 = EarlyStopping(monitor="val_loss", patience=2)
+    assert drive([cb2], rows[3:], resumed, state=state) is None
+    assert (cb2.best_value, cb2.best_epoch) == (0.03, 6)
+    # The same monitor continues: the stored best and the epochs waited carry over.
+    cb3 = EarlyStopping(monitor="val_error", patience=2)
+    cb3.load_state_dict(state["EarlyStopping"])
+    assert (cb3.best_value, cb3.best_epoch, cb3.wait) == (0.01, 2, 1)

@@ -75,3 +75,14 @@ def test_resume_in_cooldown_decides_as_uninterrupted():
     drive([cb2], rows[4:], resumed, state=state)
     assert cb2.changes == full_cb.changes
     assert resumed.lr == full.lr
+
+
+def test_a_new_monitor_on_resume_keeps_the_rate_changes_but_not_the_old_best():
+    cb = ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=1)
+    drive([cb], epochs(val_accuracy=[0.99, 0.98, 0.97]), FakeTrainer(lr=0.1))  # a reduction at epoch 2 or 3
+    assert cb.changes and cb.best == 0.99
+    state = roundtrip(CallbackList([cb]).state_dict())
+    cb2 = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
+    cb2.load_state_dict(state["ReduceLROnPlateau"])
+    assert cb2.changes == cb.changes
+    assert (cb2.best, cb2.wait) == (None, 0)  # a val_loss of 0.5 is not compared with an accuracy of 0.99

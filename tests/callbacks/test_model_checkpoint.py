@@ -111,3 +111,19 @@ def test_a_state_that_recorded_paths_with_the_run_folder_still_prunes_its_files(
     resumed.epoch = 1
     drive([ModelCheckpoint(save_top_k=1)], epochs(val_accuracy=[0.7]), resumed, state={"ModelCheckpoint": old})
     assert files(tmp_path) == ["best.ckpt", "epoch002-0.7000.ckpt"]
+
+
+def test_a_new_monitor_on_resume_ranks_afresh(tmp_path):
+    # Ranked by val_accuracy (best 0.9) and resumed ranking by val_loss (mode min): comparing a loss of 0.3
+    # with the stored 0.9 would call it better only by accident of the numbers; the best starts afresh.
+    cb = ModelCheckpoint(save_top_k=1)
+    drive([cb], epochs(val_accuracy=[0.9]), FakeTrainer(run_dir=tmp_path))
+    state = roundtrip(CallbackList([cb]).state_dict())
+    resumed = FakeTrainer(run_dir=tmp_path)
+    resumed.epoch = 1
+    cb2 = ModelCheckpoint(monitor="val_loss", save_top_k=1, filename="e{epoch}-loss{val_loss:.2f}.ckpt")
+    drive([cb2], epochs(val_loss=[2.0, 3.0]), resumed, state=state)
+    assert (cb2.best_value, cb2.best_epoch) == (2.0, 2)
+    assert [(v, e) for v, e, _ in cb2.kept] == [(2.0, 2)]
+    # The old top-k file is no longer ranked and stays; the new one is kept.
+    assert files(tmp_path) == ["best.ckpt", "e2-loss2.00.ckpt", "epoch001-0.9000.ckpt"]

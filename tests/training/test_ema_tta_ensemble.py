@@ -77,6 +77,13 @@ def test_a_run_with_ema_saves_the_average_of_its_best_epoch_as_a_model(mnist_roo
     ev = evaluate(model, load_data(small_cfg(mnist_root).data).test)
     assert ev.accuracy == result.summary["ema_test_accuracy"]
 
+    # Resumed with another checkpoint.monitor, ema.ckpt is chosen afresh on the new one, not by comparing an
+    # ema_val_loss with the best ema_val_accuracy ("max" makes the loss lose that comparison).
+    cfg = small_cfg(mnist_root, "train.epochs=4", "checkpoint.monitor=val_loss", "checkpoint.mode=max")
+    resumed = train(cfg, resume=tmp_path / "run", quiet=True)
+    assert resumed.fit.history[3]["ema_val_loss"] < max(r["ema_val_accuracy"] for r in history)
+    assert read_checkpoint(tmp_path / "run" / "ema.ckpt")["epoch"] == 4
+
 
 def test_ema_ckpt_is_chosen_on_the_averages_value_of_the_checkpoint_monitor(mnist_root, tmp_path):
     # best.ckpt takes the best val_loss, ema.ckpt the best ema_val_loss, in the checkpoint's mode. "max" (the

@@ -155,6 +155,15 @@ class MonitorMixin:
         self.min_delta = abs(min_delta)
         self.threshold_mode = threshold_mode
 
+    def _monitor_state(self) -> dict[str, str]:
+        return {"monitor": self.monitor, "mode": self.mode}
+
+    def _same_monitor(self, state: dict[str, Any]) -> bool:
+        """False for a state saved while watching another metric or mode (a run resumed with a new
+        ``monitor``): its best values mean nothing for this one, which starts afresh, as Lightning's
+        callbacks do. States saved before the monitor was stored count as the same."""
+        return state.get("monitor", self.monitor) == self.monitor and state.get("mode", self.mode) == self.mode
+
     def _value(self, metrics: dict[str, Any]) -> float:
         if self.monitor not in metrics:
             raise KeyError(

@@ -140,18 +140,21 @@ class ModelCheckpoint(MonitorMixin, Callback):
             "best_epoch": self.best_epoch,
             "kept": [[v, e, p] for v, e, p in self.kept],
             "periodic": list(self.periodic),
+            **self._monitor_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_value = state["best_value"]
-        self.best_epoch = state["best_epoch"]
         # Checkpoints written before files were recorded relative to the run folder hold the path as written
         # (the run folder's path joined to the name); files in the run folder itself are known by their name.
         def file(p: Any) -> str:
             return Path(p).name if self.dirpath is None else str(p)
 
-        self.kept = [(float(v), int(e), file(p)) for v, e, p in state["kept"]]
         self.periodic = [file(p) for p in state["periodic"]]
+        if self._same_monitor(state):
+            self.best_value = state["best_value"]
+            self.best_epoch = state["best_epoch"]
+            self.kept = [(float(v), int(e), file(p)) for v, e, p in state["kept"]]
+        # else the top k ranked by the old monitor are no longer tracked (their files stay, as the periodic ones)
 
     @classmethod
     def from_config(cls, cfg: CheckpointConfig, dirpath: str | Path | None = None) -> "ModelCheckpoint":

@@ -219,9 +219,11 @@ class EarlyStopping(MonitorMixin, _StoppingRule):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "wait": self.wait}
+        return {**super().state_dict(), "wait": self.wait, **self._monitor_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self._same_monitor(state):
+            return
         super().load_state_dict(state)
         self.wait = int(state["wait"])
 

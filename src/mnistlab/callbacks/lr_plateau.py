@@ -99,13 +99,15 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
             "wait": self.wait,
             "cooldown_left": self.cooldown_left,
             "changes": [dict(c) for c in self.changes],
+            **self._monitor_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state["best"]
-        self.wait = int(state["wait"])
         self.cooldown_left = int(state["cooldown_left"])
-        self.changes = [dict(c) for c in state["changes"]]
+        self.changes = [dict(c) for c in state["changes"]]  # the rate changes made so far stand
+        if self._same_monitor(state):
+            self.best = state["best"]
+            self.wait = int(state["wait"])
 
     @classmethod
     def from_config(cls, cfg: ReduceLROnPlateauConfig) -> "ReduceLROnPlateau":

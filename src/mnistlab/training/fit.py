@@ -51,7 +51,8 @@ from .schedules import lr_at
 
 
 # Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
-_TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best")
+_TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best",
+                   "ema_monitor")
 
 # What restore() reads besides the weights; read_checkpoint has checked the rest.
 _RESUME_KEYS = ("optimizer", "lr_scale", "epoch", "step", "history", "train_seconds", "rng")
@@ -487,6 +488,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_sha256": weights_digest(self.ema.module.state_dict()) if self.ema is not None else None,
             "ema_best": self._best_ema,
+            "ema_monitor": self._ema_choice._monitor_state(),
             "resumable": resumable,
         }
 
@@ -571,7 +573,8 @@ class Trainer:
                 raise CheckpointError("the checkpoint's weight average is corrupted (its SHA-256 does not match)")
             else:
                 self.ema.load_state_dict(state)
-                self._best_ema = payload.get("ema_best")
+                if self._ema_choice._same_monitor(payload.get("ema_monitor", {})):  # else ema.ckpt is chosen afresh
+                    self._best_ema = payload.get("ema_best")
         rng = payload["rng"]
         if self._world > 1:
             ranks = payload.get("rng_ranks") or []
