@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonout
-from .errors import ConfigError, MnistlabError
+from .errors import ConfigError, MnistlabError, leave_error
 
 _FLAG_KEYS = {
     "model": "model.name",
@@ -283,6 +283,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.nproc < 1:
             raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
         if not distributed.launched_by_torchrun() and args.nproc > 1:
+            from .training.fit import resolve_device
+
+            distributed.check_processes(args.nproc, resolve_device(cfg.train.device), cfg.train.batch_size)
             return distributed.launch(args.nproc, _without_nproc(args.argv))
         # Given to torchrun by hand, it must agree with torchrun.
         here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -298,6 +301,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not quiet:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    elif not distributed.is_main():
+        # Not even warnings: with no handler at all, logging's last resort would print them on stderr,
+        # each rank its own copy, with its own numbers.
+        handler = logging.NullHandler()
+        log.addHandler(handler)
     try:
         train(cfg, out=args.out, resume=args.resume, quiet=quiet)
     except TrainingInterrupted as e:
@@ -511,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except MnistlabError as e:
-        print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
+        if not leave_error(str(e)):  # in a process of `train --nproc`: the launcher prints it, once
+            print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

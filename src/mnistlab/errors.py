@@ -6,6 +6,29 @@ was wrong, what was expected and how to fix it. The CLI prints these messages
 without a traceback; anything else is a bug in mnistlab.
 """
 
+import os
+
+# Set by `mnistlab train --nproc` (training/distributed.py's launch) for the processes it starts: the file
+# where one of them leaves its error line for the launcher, which prints it once.
+ERROR_FILE = "MNISTLAB_ERROR_FILE"
+
+
+def leave_error(message: str) -> bool:
+    """In a process that ``mnistlab train --nproc`` started, leave ``message`` (a MnistlabError's text) for
+    the launcher, which prints it once and exits 2; False (nothing done) in any other process. The first
+    error wins: every process may find the same bad setting."""
+    path = os.environ.get(ERROR_FILE)
+    if not path or "RANK" not in os.environ:  # RANK: torchrun's process, not one of our own children
+        return False
+    try:
+        with open(path, "x") as f:
+            f.write(message)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    return True
+
 
 class MnistlabError(Exception):
     """Base class for every error mnistlab raises on bad input."""

@@ -165,3 +165,26 @@ def test_the_launcher_shares_the_cores_out_unless_told(monkeypatch):
     assert distributed._worker_env(16)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, tmp_path):
+    proc = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "3"), cwd=tmp_path,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.splitlines() == ["mnistlab train: error: train.batch_size (100) must be divisible by the number of "
+                                "processes (3): each process takes an equal share of every batch"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_found_by_the_processes_is_printed_once_and_exits_2(mnist_root, tmp_path):
+    # Found by rank 0 alone, after the launch: rank 1, waiting for it, loses its peer; that report and
+    # torchrun's are not shown, the error is, once, with the exit status of a 1-process run.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"a run was here")
+    proc = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "2"), cwd=tmp_path,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2, f"{out}\n{err}"
+    assert err.splitlines() == ["mnistlab train: error: run already holds a run; continue it with "
+                                "`mnistlab train --resume run` or choose another --out"]

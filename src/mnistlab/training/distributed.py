@@ -17,16 +17,20 @@ callback decisions).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
-from typing import Any
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ERROR_FILE, ConfigError
 
 
 def launched_by_torchrun() -> bool:
@@ -60,13 +64,22 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def check_processes(nproc: int, device: torch.device, batch_size: int | None = None) -> None:
+    """What a run in ``nproc`` processes needs of the device and the batch: checked by every process,
+    and by ``mnistlab train --nproc`` before it starts them (one error line rather than one per process)."""
+    if nproc > 1 and device.type == "mps":
+        raise ConfigError("multi-process training runs on CUDA (NCCL) or the CPU (gloo), not MPS; "
+                          "use --device cpu or a single process")
+    if batch_size is not None and batch_size % nproc:
+        raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
+                          f"({nproc}): each process takes an equal share of every batch")
+
+
 def init(device: torch.device) -> bool:
     """Join torchrun's process group (NCCL for CUDA, gloo for the CPU); False (and nothing done) outside torchrun."""
     if not launched_by_torchrun() or active():
         return False
-    if device.type == "mps":
-        raise ConfigError("multi-process training runs on CUDA (NCCL) or the CPU (gloo), not MPS; "
-                          "use --device cpu or a single process")
+    check_processes(int(os.environ["WORLD_SIZE"]), device)
     if device.type == "cuda":
         torch.cuda.set_device(local_device(device))
         dist.init_process_group("nccl", device_id=local_device(device))
@@ -126,30 +139,66 @@ def _worker_env(nproc: int) -> dict[str, str]:
     return env
 
 
+def _relay(stream: IO[bytes], error_file: Path) -> None:
+    """Pass the workers' and torchrun's stderr on, line by line as it comes, until a worker has left an
+    error: what follows is the other ranks' and torchrun's reaction to its exit (a lost peer's traceback,
+    torchrun's ChildFailedError report), not news to the user."""
+    for line in iter(stream.readline, b""):
+        if not error_file.exists():
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the forked child before torchrun starts. torchrun is in a session of its own, so nothing
+    # else would stop it (and the workers, which would train on and hold the run folder) when this
+    # process dies of a signal it cannot pass on (SIGKILL, the OOM killer): Linux then sends it SIGTERM,
+    # which the workers take as they take a Ctrl-C.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``mnistlab ARGV`` in ``nproc`` processes on this machine through torchrun; its exit status.
 
     torchrun runs in a session of its own,
     so a Ctrl-C in the terminal reaches only this process, which passes each
-    SIGINT/SIGTERM on exactly once: torchrun forwards it to every worker, the workers
-    agree on the step to stop at, rank 0 writes last.ckpt, and this returns 130 (143).
-    Were torchrun in our process group it would get the terminal's signal and ours,
-    and a second signal makes it give up waiting for the workers.
+    SIGINT/SIGTERM on exactly once (a SIGHUP, the terminal closing, as a SIGTERM): torchrun
+    forwards it to every worker, the workers agree on the step to stop at, rank 0 writes
+    last.ckpt, and this returns 130 (143, 129). Were torchrun in our process group it would
+    get the terminal's signal and ours, and a second signal makes it give up waiting for the
+    workers. A worker's error (a MnistlabError, see :func:`mnistlab.errors.leave_error`) is printed once here,
+    and the exit status is 2, as in one process.
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "mnistlab", *argv]
-    proc = subprocess.Popen(cmd, start_new_session=True, env=_worker_env(nproc))
-    received: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="mnistlab-launch-") as tmp:
+        error_file = Path(tmp) / "error"
+        proc = subprocess.Popen(cmd, start_new_session=True, env={**_worker_env(nproc), ERROR_FILE: str(error_file)},
+                                stderr=subprocess.PIPE, preexec_fn=_die_with_parent if _libc is not None else None)
+        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file), daemon=True)
+        relay.start()
+        received: list[int] = []
 
-    def forward(signum, frame) -> None:
-        received.append(signum)
-        proc.send_signal(signum)
+        def forward(signum, frame) -> None:
+            received.append(signum)
+            proc.send_signal(signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rc = proc.wait()
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        passed_on = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+        old = {s: signal.signal(s, forward) for s in passed_on}
+        try:
+            rc = proc.wait()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        relay.join()
+        if error_file.exists():
+            print(f"mnistlab train: error: {error_file.read_text()}", file=sys.stderr)
+            return 2
     # torchrun itself ends with an error after a signal, however cleanly the workers stopped.
     return 128 + received[0] if received and rc != 0 else rc

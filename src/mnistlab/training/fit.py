@@ -190,9 +190,7 @@ class Trainer:
         # Under torchrun: this process's share of every batch (train.batch_size is the global batch).
         self._world, self._rank = distributed.world_size(), distributed.rank()
         self._part = (self._rank, self._world) if self._world > 1 else None
-        if cfg.train.batch_size % self._world:
-            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the number of processes "
-                              f"({self._world}): each process takes an equal share of every batch")
+        distributed.check_processes(self._world, self.device, cfg.train.batch_size)
         if cfg.train.sync_batchnorm:
             if self.device.type != "cuda":
                 raise ConfigError(f"train.sync_batchnorm needs CUDA, but this run is on {self.device.type}: PyTorch's "

@@ -20,7 +20,7 @@ from .. import jsonout
 from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
-from ..errors import RunDirError
+from ..errors import MnistlabError, RunDirError, leave_error
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
@@ -212,6 +212,11 @@ def train(
             # teardown ("terminate called without an active exception"), failing the whole run.
             distributed.barrier()
             return result
+        except MnistlabError as e:
+            # Left for the launcher before the process group goes down: the other ranks then lose this one,
+            # and their reports of that are not shown once an error is left (see distributed.launch).
+            leave_error(str(e))
+            raise
         finally:
             distributed.shutdown()
     return _train(cfg, out, resume, callbacks, quiet, wall0)
