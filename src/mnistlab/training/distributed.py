@@ -172,15 +172,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     forwards it to every worker, the workers agree on the step to stop at, rank 0 writes
     last.ckpt, and this returns 130 (143, 129). Were torchrun in our process group it would
     get the terminal's signal and ours, and a second signal makes it give up waiting for the
-    workers. A worker's error (a MnistlabError, see :func:`mnistlab.errors.leave_error`) is printed once here,
-    and the exit status is 2, as in one process.
+    workers. A worker's error (a MnistlabError, see :func:`mnistlab.errors.leave_error`) is
+    printed once here, and the exit status is 2, as in one process.
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "mnistlab", *argv]
     with tempfile.TemporaryDirectory(prefix="mnistlab-launch-") as tmp:
         error_file = Path(tmp) / "error"
-        proc = subprocess.Popen(cmd, start_new_session=True, env={**_worker_env(nproc), ERROR_FILE: str(error_file)},
-                                stderr=subprocess.PIPE, preexec_fn=_die_with_parent if _libc is not None else None)
+        env = {**_worker_env(nproc), ERROR_FILE: str(error_file)}
+        proc = subprocess.Popen(cmd, start_new_session=True, env=env, stderr=subprocess.PIPE,
+                                preexec_fn=_die_with_parent if _libc is not None else None)
         relay = threading.Thread(target=_relay, args=(proc.stderr, error_file), daemon=True)
         relay.start()
         received: list[int] = []

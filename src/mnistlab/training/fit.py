@@ -530,7 +530,9 @@ class Trainer:
             )
         done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
         if self.cfg.train.epochs < done + (batch > 0):
-            trained = f"{done} epochs" + (f" and {batch} batches of epoch {done + 1}" if batch else "")
+            trained = f"{done} epoch{'s' * (done != 1)}"
+            if batch:
+                trained += f" and {batch} batch{'es' * (batch != 1)} of epoch {done + 1}"
             raise ConfigError(f"train.epochs is {self.cfg.train.epochs}, but the run has trained {trained}: "
                               f"resume with --epochs {done + (batch > 0)} or more")
         if batch:
