@@ -3,7 +3,9 @@
 Every problem caused by the user's input (a config, a data file, a checkpoint)
 is raised as a subclass of :class:`MnistlabError` with a message that says what
 was wrong, what was expected and how to fix it. The CLI prints these messages
-without a traceback; anything else is a bug in mnistlab.
+without a traceback; anything else is a bug in mnistlab. In the processes of a
+multi-process run (``train --nproc``) the message goes to the launcher instead,
+which prints it once (:func:`leave_error`).
 """
 
 import os
