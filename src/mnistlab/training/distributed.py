@@ -152,15 +152,15 @@ def _relay(stream: IO[bytes], error_file: Path) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # Runs in the forked child before torchrun starts. torchrun is in a session of its own, so nothing
-    # else would stop it (and the workers, which would train on and hold the run folder) when this
-    # process dies of a signal it cannot pass on (SIGKILL, the OOM killer): Linux then sends it SIGTERM,
-    # which the workers take as they take a Ctrl-C.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+def _dying_with_parent():
+    """For Popen's ``preexec_fn`` on Linux (None elsewhere): torchrun is in a session of its own, so nothing
+    else would stop it (and the workers, which would train on and hold the run folder) when this process
+    dies of a signal it cannot pass on (SIGKILL, the OOM killer). Linux then sends it SIGTERM, which the
+    workers take as they take a Ctrl-C. The C library is loaded here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None)
+    return lambda: libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -181,7 +181,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         error_file = Path(tmp) / "error"
         env = {**_worker_env(nproc), ERROR_FILE: str(error_file)}
         proc = subprocess.Popen(cmd, start_new_session=True, env=env, stderr=subprocess.PIPE,
-                                preexec_fn=_die_with_parent if _libc is not None else None)
+                                preexec_fn=_dying_with_parent())
         relay = threading.Thread(target=_relay, args=(proc.stderr, error_file), daemon=True)
         relay.start()
         received: list[int] = []

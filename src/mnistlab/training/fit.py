@@ -528,6 +528,7 @@ class Trainer:
             raise CheckpointError(
                 f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
             )
+        stored = config_from_dict(payload["config"])  # the settings the run was trained under
         done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
         if self.cfg.train.epochs < done + (batch > 0):
             trained = f"{done} epoch{'s' * (done != 1)}"
@@ -536,9 +537,8 @@ class Trainer:
             raise ConfigError(f"train.epochs is {self.cfg.train.epochs}, but the run has trained {trained}: "
                               f"resume with --epochs {done + (batch > 0)} or more")
         if batch:
-            old = config_from_dict(payload["config"])
-            changed = [f"{s}.{k} was {getattr(getattr(old, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
-                       for s, k in _EPOCH_LAYOUT if getattr(getattr(old, s), k) != getattr(getattr(self.cfg, s), k)]
+            changed = [f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
+                       for s, k in _EPOCH_LAYOUT if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
             if changed:
                 raise ConfigError(
                     f"the run was interrupted inside epoch {done + 1}, after batch {batch}; that place means the same "
@@ -562,7 +562,7 @@ class Trainer:
         # epochs, another patience or criterion), it trains on under them.
         self.stop_reason, self.stopped_by = payload.get("stop_reason"), payload.get("stopped_by")
         if self.stop_reason is not None and _training_settings(config_to_dict(self.cfg)) != _training_settings(
-            config_to_dict(config_from_dict(payload["config"]))
+            config_to_dict(stored)
         ):
             self.stop_reason = self.stopped_by = None
         if self.ema is not None:
