@@ -1,4 +1,4 @@
-"""ReduceLROnPlateau driven with literal metric sequences."""
+"""ReduceLROnPlateau driven with literal metric sequences, and once through the real Trainer."""
 
 import logging
 
@@ -86,3 +86,38 @@ def test_a_new_monitor_on_resume_keeps_the_rate_changes_but_not_the_old_best():
     cb2.load_state_dict(state["ReduceLROnPlateau"])
     assert cb2.changes == cb.changes
     assert (cb2.best, cb2.wait) == (None, 0)  # a val_loss of 0.5 is not compared with an accuracy of 0.99
+
+
+def test_a_reduction_scales_the_schedule_without_undoing_its_step(mnist_small):
+    """In the real Trainer, each reduction multiplies the schedule by ``factor``, as PyTorch's StepLR chained
+    with its ReduceLROnPlateau does; the step schedule's own drop at the epoch boundary stays."""
+    import torch
+
+    from mnistlab.callbacks import Callback
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.models import build_model
+    from mnistlab.training.fit import Trainer
+
+    class Rates(Callback):
+        def __init__(self):
+            self.by_epoch = {}
+
+        def on_batch_end(self, step, metrics, trainer):
+            self.by_epoch.setdefault(trainer.epoch + 1, set()).add(metrics["lr"])
+
+    cfg = apply_overrides(Config(), [
+        "model.name=cnn", "model.channels=[4, 8]", "train.epochs=4", "train.batch_size=1000", "train.device=cpu",
+        "train.progress=false", "optimizer.name=sgd", "optimizer.lr=0.1", "schedule.name=step",
+        "schedule.gamma=0.1", "schedule.step_epochs=1",
+    ])
+    torch.manual_seed(0)
+    model = build_model("cnn", mean=mnist_small.mean, std=mnist_small.std, **cfg.model.options())
+    # "epoch" never improves in min mode: a reduction at the end of every epoch from the second on
+    rates = Rates()
+    fit = Trainer(model, mnist_small, cfg, callbacks=[ReduceLROnPlateau(monitor="epoch", mode="min", patience=1,
+                                                                         factor=0.5), rates]).fit()
+    expected = {1: 0.1, 2: 0.01, 3: 0.001 * 0.5, 4: 0.0001 * 0.25}
+    assert sorted(rates.by_epoch) == list(expected)
+    for epoch, rate in expected.items():  # every step of the epoch ran at that rate
+        assert sorted(rates.by_epoch[epoch]) == pytest.approx([rate]), epoch
+    assert [row["lr"] for row in fit.history] == pytest.approx(list(expected.values()))

@@ -76,7 +76,8 @@ class TrainerHandle(Protocol):
 
     @property
     def lr(self) -> float:
-        """The learning rate in effect now."""
+        """The learning rate of the next optimizer step, the one ``set_lr`` replaces (the epoch's
+        metrics hold the rate of its last step as ``lr``; the two differ where the schedule steps)."""
 
     def set_lr(self, lr: float) -> None:
         """Scale the schedule so that the learning rate becomes ``lr`` from the next step on."""

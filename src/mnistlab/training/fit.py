@@ -283,7 +283,7 @@ class Trainer:
                     self._rng_ranks = distributed.gather_objects(_rng_state())
                 cb.on_validation_end(epoch, val_metrics, self)
                 self._epoch = epoch
-                metrics = {"epoch": epoch, **train_metrics, **val_metrics, "lr": self.lr, "seconds": seconds}
+                metrics = {"epoch": epoch, **train_metrics, **val_metrics, "lr": self._last_lr(), "seconds": seconds}
                 self.history.append(metrics)
                 self.display.epoch_row(metrics)
                 cb.on_epoch_end(epoch, metrics, self)
@@ -607,6 +607,13 @@ class Trainer:
 
     @property
     def lr(self) -> float:
+        # The next step's rate, the one set_lr replaces: a callback that scales it (ReduceLROnPlateau) must
+        # start from the rate the schedule is about to use, or a schedule's change at an epoch boundary (the
+        # step schedule's gamma) would be undone by the scale and stay undone.
+        return self._scheduled_lr(self._step) * self.lr_scale
+
+    def _last_lr(self) -> float:
+        """The rate of the last step taken (the epoch metrics' ``lr``)."""
         return self._scheduled_lr(max(self._step - 1, 0)) * self.lr_scale
 
     def set_lr(self, lr: float) -> None:
