@@ -182,6 +182,25 @@ def test_a_new_strip_length_on_resume_wins():
     assert drive([UP(strips=1, strip=1)], epochs(val_loss=val[4:]), resumed, state={"UP": cb.state_dict()}) == 5
 
 
+def test_another_error_on_resume_starts_afresh():
+    # Stored with error=error: E_va (val_error) 0.40 at epoch 2, its best. Resumed with error=loss, the val_loss
+    # of epoch 3 (0.68) must not be compared with that val_error: GL would be 70% and stop the run.
+    rows = epochs(val_loss=[1.9, 1.6, 0.68], val_error=[0.6, 0.4, 0.2])
+    cb = GL(alpha=5, error="error")
+    drive([cb], rows[:2], FakeTrainer())
+    resumed = FakeTrainer()
+    resumed.epoch = 2
+    cb2 = GL(alpha=5, error="loss")
+    assert drive([cb2], rows[2:], resumed, state=roundtrip({"GL": cb.state_dict()})) is None
+    assert cb2.e_va == {3: 0.68} and cb2.best_epoch == 3
+    # the same error keeps the stored values
+    cb3 = GL(alpha=5, error="error")
+    resumed = FakeTrainer()
+    resumed.epoch = 2
+    drive([cb3], rows[2:], resumed, state=roundtrip({"GL": cb.state_dict()}))
+    assert cb3.e_va == {1: 0.6, 2: 0.4, 3: 0.2}
+
+
 def test_bad_settings_are_config_errors():
     for make in (lambda: GL(alpha=-1), lambda: PQ(strip=0), lambda: UP(strips=0), lambda: GL(error="acc")):
         with pytest.raises(ConfigError):

@@ -322,9 +322,14 @@ class PrecheltStopping(_StoppingRule):
             **super().state_dict(),
             "e_va": [[e, v] for e, v in sorted(self.e_va.items())],
             "e_tr": [[e, v] for e, v in sorted(self.e_tr.items())],
+            "error": self.error,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Values of the other error (a run resumed with another early_stopping.error) cannot be compared
+        # with this one's: start afresh, as EarlyStopping does for a new monitor. Older states lack the key.
+        if state.get("error", self.error) != self.error:
+            return
         super().load_state_dict(state)
         self.e_va = {int(e): float(v) for e, v in state["e_va"]}
         self.e_tr = {int(e): float(v) for e, v in state["e_tr"]}
