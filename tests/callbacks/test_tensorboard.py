@@ -20,14 +20,23 @@ def tiny_model():
     )
 
 
-def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS):
-    """Call the hooks as the trainer does, with real forward/backward/step on random uint8 images."""
+def epoch_metrics(epoch):
+    return {"epoch": epoch, "train_loss": 2.0 / epoch, "train_accuracy": 0.1 * epoch, "train_error": 1 - 0.1 * epoch,
+            "val_loss": 2.5 / epoch, "val_accuracy": 0.1, "val_error": 0.9, "lr": 0.1, "seconds": 1.0}
+
+
+def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS, steps_done=None, interrupted=False):
+    """Call the hooks as the trainer does, with real forward/backward/step on random uint8 images.
+
+    ``first_epoch`` > 1 resumes after epoch first_epoch - 1; ``steps_done`` (default: those epochs' steps) > 0
+    with ``first_epoch`` 1 resumes inside the first epoch. ``interrupted``: no on_train_end, as after a signal."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (40,), generator=g)
     model = tiny_model()
     trainer = FakeTrainer(run_dir=tmp_path, model=model, val=(images, labels))
     trainer.epoch = first_epoch - 1
+    trainer.step = (first_epoch - 1) * BATCHES if steps_done is None else steps_done
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cbs = CallbackList(callbacks)
     cbs.on_train_begin(trainer)
@@ -47,11 +56,12 @@ def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS):
         last_grads[epoch] = {n: p.grad.clone() for n, p in model.named_parameters()}
         opt.zero_grad(set_to_none=True)  # a trainer may drop the gradients before on_epoch_end
         trainer.epoch = epoch
-        metrics = {"epoch": epoch, "train_loss": 2.0 / epoch, "train_accuracy": 0.1 * epoch, "train_error": 1 - 0.1 * epoch,
-                   "val_loss": 2.5 / epoch, "val_accuracy": 0.1, "val_error": 0.9, "lr": 0.1, "seconds": 1.0}
+        metrics = epoch_metrics(epoch)
         cbs.on_validation_end(epoch, {k: metrics[k] for k in ("val_loss", "val_accuracy", "val_error")}, trainer)
         cbs.on_epoch_end(epoch, metrics, trainer)
-    cbs.on_train_end({**metrics, "stop_reason": "max epochs reached (2)"}, trainer)
+    if not interrupted:
+        last = epoch_metrics(trainer.epoch)  # as the trainer's history ends, also when nothing was left to train
+        cbs.on_train_end({**last, "stop_reason": f"max epochs reached ({trainer.epoch})"}, trainer)
     return model, last_grads
 
 
@@ -113,6 +123,29 @@ def test_resume_purges_the_epochs_after_the_checkpoint(tmp_path):
     acc = accumulate(tmp_path / "tensorboard")
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2]
     assert [e.step for e in acc.Images("inputs/samples")] == [0]
+    assert [e.step for e in acc.Scalars("final/val_loss")] == [3]
+
+
+def test_resume_inside_the_first_epoch_writes_the_graph_and_samples_once(tmp_path):
+    fake_run(tmp_path, [TensorBoard(histograms=False)], last_epoch=0, interrupted=True)  # cut inside epoch 1
+    fake_run(tmp_path, [TensorBoard(histograms=False)], steps_done=1)
+    raw = [e for f in (tmp_path / "tensorboard").glob("events.*") for e in EventFileLoader(str(f)).Load()]
+    assert sum(e.HasField("graph_def") for e in raw) == 1
+    assert [e.step for e in accumulate(tmp_path / "tensorboard").Images("inputs/samples")] == [0]
+
+
+def test_resuming_a_finished_run_replaces_its_end_of_run_summary(tmp_path):
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False)])  # finished after epoch 2
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False)], first_epoch=3, last_epoch=2)  # nothing to train
+    acc = accumulate(tmp_path / "tensorboard")
+    assert [(e.step, e.value) for e in acc.Scalars("final/val_loss")] == [(3, 1.25)]
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False)], first_epoch=3, last_epoch=3)  # one more epoch
+    acc = accumulate(tmp_path / "tensorboard")
+    assert [e.step for e in acc.Scalars("final/val_loss")] == [4]
+    assert [e.step for e in acc.Scalars("loss/val")] == [1, 2, 3]
+    starts = [e for f in (tmp_path / "tensorboard").glob("events.*") for e in EventFileLoader(str(f)).Load()
+              if any(v.tag == "_hparams_/session_start_info" for v in e.summary.value)]
+    assert sorted(e.step for e in starts) == [3, 3, 4]  # in the files; each resume's purge drops the one before
 
 
 def test_switches_turn_parts_off(tmp_path):

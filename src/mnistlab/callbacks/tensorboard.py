@@ -12,10 +12,13 @@ shows every run, named ``<run>/tensorboard``):
   per epoch, ``misclassified/val`` (up to 64 misclassified validation images)
   with their true and predicted labels as text ``misclassified/labels``;
 * at the end: the hyperparameters with the final metrics (HParams dashboard,
-  metric tags ``final/...``) and the stop reason as text ``stop_reason``.
+  metric tags ``final/...``) and the stop reason as text ``stop_reason``, at
+  the step after the last epoch.
 
-Every step is the epoch number. On resume the writer purges events of the
-epochs after the checkpoint, so an interrupted epoch never appears twice.
+Every other step is the epoch number. A run resumed after epoch e (or inside
+its first epoch) purges the events from step e + 1 on: those of an interrupted
+epoch, and the end-of-run summary of a run that had finished, which the
+resumed run writes anew. So nothing appears twice.
 """
 
 from __future__ import annotations
@@ -103,10 +106,11 @@ class TensorBoard(Callback):
         if log_dir is None:
             log.warning("TensorBoard: the run has no folder and no log_dir was given; nothing is written")
             return
-        # Resuming after epoch e: drop any events of epochs > e left by the interrupted run.
-        purge = trainer.epoch + 1 if trainer.epoch > 0 else None
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
-        if trainer.epoch == 0:  # a fresh run; a resumed one has these already
+        # A resumed run (also one cut inside its first epoch, still at epoch 0) has the graph and samples
+        # already; resumed after epoch e, it drops the events of epochs > e and the old end-of-run summary.
+        resumed = trainer.step > 0
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=trainer.epoch + 1 if resumed else None)
+        if not resumed:
             if self.graph:
                 self._add_graph(trainer)
             if self.images:
@@ -142,7 +146,9 @@ class TensorBoard(Callback):
             return
         from torch.utils.tensorboard.summary import hparams
 
-        step = int(metrics.get("epoch", trainer.epoch))
+        # After the last epoch's step: a resume purges from there, so a resumed run replaces this summary
+        # rather than adding a second one (the HParams dashboard would show two sessions' start info).
+        step = int(metrics.get("epoch", trainer.epoch)) + 1
         final = {
             f"final/{k}": float(metrics[k])
             for k in _FINAL
