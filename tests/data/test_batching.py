@@ -47,6 +47,18 @@ def test_num_batches(n, batch_size, expected):
     assert num_batches(n, batch_size) == expected
 
 
+def test_a_remainder_below_min_last_joins_the_batch_before_it():
+    split = indexed_split(9)
+    assert num_batches(9, 4, min_last=2) == 2 and num_batches(10, 4, min_last=2) == 3
+    assert num_batches(1, 4, min_last=2) == 1  # a split smaller than min_last is still one batch
+    assert labels_of(iterate_batches(split, 4, min_last=2)) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    order = epoch_permutation(9, seed=0, epoch=1)
+    assert labels_of(iterate_batches(split, 4, order=order, start=1, min_last=2)) == [order[4:].tolist()]
+    # under two processes each takes its share of the merged batch: 2 and 3 rows, never 1
+    parts = [labels_of(iterate_batches(split, 4, order=order, start=1, part=(r, 2), min_last=4)) for r in (0, 1)]
+    assert parts == [[order[4:6].tolist()], [order[6:].tolist()]]
+
+
 def test_num_batches_rejects_a_zero_batch_size():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         num_batches(10, 0)
@@ -97,3 +109,19 @@ def test_batches_of_real_mnist(mnist_small):
     assert x.shape == (256, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert torch.equal(y, mnist_small.train.labels[order[:256]])
+
+
+def test_training_a_batch_norm_net_never_meets_a_one_image_batch(mnist_small):
+    """2,000 images in batches of 1,999 left a last batch of one, and BatchNorm on VGG's 1x1 maps raised."""
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.models import build_model
+    from mnistlab.training.fit import Trainer
+
+    cfg = apply_overrides(Config(), [
+        "model.name=vgg", 'model.channels=[4, "M", 4, "M", 4, "M", 4, "M", 4]', "model.batch_norm=true",
+        "train.epochs=1", "train.batch_size=1999", "train.device=cpu", "train.progress=false",
+    ])
+    torch.manual_seed(0)
+    model = build_model("vgg", mean=mnist_small.mean, std=mnist_small.std, **cfg.model.options())
+    fit = Trainer(model, mnist_small, cfg).fit()
+    assert fit.steps == 1 and fit.history[0]["train_loss"] > 0

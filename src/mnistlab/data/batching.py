@@ -57,17 +57,24 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
-def num_batches(n: int, batch_size: int) -> int:
+def num_batches(n: int, batch_size: int, min_last: int = 1) -> int:
     """Batches per pass over ``n`` examples; the last, partial batch counts.
 
-    >>> num_batches(10, 4)
-    3
+    A remainder of fewer than ``min_last`` examples is not a batch of its own:
+    it joins the batch before it (training passes 2 per process, since batch
+    norm cannot normalize a single row, e.g. VGG's on 1x1 maps).
+
+    >>> num_batches(10, 4), num_batches(9, 4), num_batches(9, 4, min_last=2)
+    (3, 3, 2)
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if n < 0:
         raise ValueError(f"n must be at least 0, got {n}")
-    return -(-n // batch_size)
+    total = -(-n // batch_size)
+    if total > 1 and 0 < n % batch_size < min_last:
+        total -= 1
+    return total
 
 
 def iterate_batches(
@@ -77,11 +84,13 @@ def iterate_batches(
     order: torch.Tensor | None = None,
     start: int = 0,
     part: tuple[int, int] | None = None,
+    min_last: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images as float in [0, 1], int64 labels)`` for batches ``start, start + 1, ...``.
 
     Batch ``b`` holds the examples ``order[b * batch_size : (b + 1) * batch_size]``
-    (``order`` defaults to ``0 .. len(split) - 1``); the last batch may be smaller.
+    (``order`` defaults to ``0 .. len(split) - 1``); the last batch may be smaller,
+    or larger by a remainder of fewer than ``min_last`` examples (see :func:`num_batches`).
     ``start`` skips whole batches, so a run resumed mid-epoch continues where it
     stopped. Arguments are checked when this is called, not at the first batch.
 
@@ -98,9 +107,11 @@ def iterate_batches(
     >>> split = Split(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), torch.arange(5))
     >>> [y.tolist() for _, y in iterate_batches(split, 2, start=1)]
     [[2, 3], [4]]
+    >>> [y.tolist() for _, y in iterate_batches(split, 2, start=1, min_last=2)]
+    [[2, 3, 4]]
     """
     n = len(split) if order is None else order.shape[0]
-    total = num_batches(n, batch_size)
+    total = num_batches(n, batch_size, min_last)
     if order is not None:
         if order.dim() != 1 or order.dtype != torch.int64:
             raise ValueError(f"order must be a 1-D int64 tensor of indices, got {order.dtype} {tuple(order.shape)}")
@@ -124,7 +135,7 @@ def _batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(split) if order is None else order.shape[0]
     for b in range(start, total):
-        lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+        lo, hi = b * batch_size, n if b == total - 1 else (b + 1) * batch_size
         if part is not None:  # this rank's slice of the batch; together the slices cover it in order
             rank, world = part
             lo, hi = lo + (hi - lo) * rank // world, lo + (hi - lo) * (rank + 1) // world

@@ -225,7 +225,10 @@ class Trainer:
         self._best_ema: float | None = None  # best value of that monitor so far: ema.ckpt holds that epoch's average
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self.display = display or Display(quiet=True)
-        self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size)
+        # A remainder of under 2 images per process joins the epoch's last full batch: batch norm in training
+        # mode cannot normalize one row (VGG's on 1x1 maps raised at the end of the first epoch).
+        self._min_last = 2 * self._world
+        self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size, self._min_last)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self._epoch = 0  # epochs completed
         self._step = 0  # optimizer steps taken
@@ -349,7 +352,8 @@ class Trainer:
             before = float(self._resume.get("partial_seconds", 0.0))  # 0 in checkpoints older than the key
         self._resume = None
         order = epoch_permutation(len(self.data.train), cfg.seed, epoch, self.device)
-        batches = iterate_batches(self.data.train, cfg.batch_size, order=order, start=start, part=self._part)
+        batches = iterate_batches(self.data.train, cfg.batch_size, order=order, start=start, part=self._part,
+                                  min_last=self._min_last)
         t0 = time.perf_counter()
         for batch, (x, y) in enumerate(batches, start):
             self.callbacks.on_batch_begin(self._step, self)
@@ -359,7 +363,8 @@ class Trainer:
             x = augment(x, self.cfg.augment)  # a no-op unless [augment] is enabled
             if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            batch_rows = min(cfg.batch_size, len(order) - batch * cfg.batch_size)  # of the global batch
+            last = batch == self.steps_per_epoch - 1
+            batch_rows = len(order) - batch * cfg.batch_size if last else cfg.batch_size  # of the global batch
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
                 logits = self._forward(x)
                 loss = self._loss(logits, y, batch_rows)

@@ -174,7 +174,7 @@ def lr_range_test(
     if init is not None:
         load_init(model, cfg, data, init)
     # The schedule would scale the rates the test sets; the weight average would only cost time.
-    epochs = math.ceil(steps / num_batches(len(data.train), cfg.train.batch_size))
+    epochs = math.ceil(steps / num_batches(len(data.train), cfg.train.batch_size, min_last=2))  # as Trainer counts
     cfg = apply_overrides(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0, "ema.enabled": False,
                                 "train.epochs": epochs})
     probe = _RangeCallback(geometric_rates(min_lr, max_lr, steps), diverge, beta)
