@@ -34,6 +34,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
+MAX_ELASTIC_ALPHA = 1000.0  # pixels; Simard et al. used 34 (with sigma 4)
 IMAGE_SIDE = 28  # every dataset of DATASETS has 28x28 images
 # The metrics of an epoch, named once here. EPOCH_METRICS: the keys of every on_epoch_end metrics dict
 # (callbacks/base.py). MONITORS: what the config's callbacks may monitor, validation first, and the weight
@@ -48,6 +49,11 @@ MONITORS = (*_VAL_METRICS, *_TRAIN_METRICS, *EMA_METRICS, "lr", "epoch", "second
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{section}.{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _seed(section: str, key: str, value: int) -> None:
+    if value >= 2**64:  # torch's generators take 64-bit seeds
+        raise ConfigError(f"{section}.{key} must be below 2**64, got {value}")
 
 
 def _positive(section: str, obj: Any, *keys: str, allow_zero: bool = False) -> None:
@@ -111,6 +117,7 @@ class DataConfig:
         _choice("data", "dataset", self.dataset, DATASETS)
         _positive("data", self, "val_size", "split_seed", allow_zero=True)
         _positive("data", self, "train_limit")
+        _seed("data", "split_seed", self.split_seed)
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,7 @@ class TrainConfig:
         if self.threads is not None and self.threads > MAX_THREADS:  # far more crashes torch's thread pool
             raise ConfigError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _positive("train", self, "seed", allow_zero=True)
+        _seed("train", "seed", self.seed)
         _choice("train", "device", self.device, DEVICES)
         _choice("train", "precision", self.precision, ("auto", "fp32", "bf16"))
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -240,6 +248,10 @@ class EarlyStoppingConfig:
         _choice("early_stopping", "error", self.error, ("loss", "error"))
         _positive("early_stopping", self, "patience", "min_delta", "alpha", allow_zero=True)
         _positive("early_stopping", self, "strip", "strips", "start_epoch")
+        for key in ("baseline", "divergence_threshold"):  # NaN would never be beaten nor crossed: silently off
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"early_stopping.{key} must be a finite number (or left out), got {value}")
 
 
 @dataclass(frozen=True)
@@ -312,6 +324,9 @@ class AugmentConfig:
                 f"augment: rotation must be at most 180 degrees, shear below 90 degrees and shift at most 1 "
                 f"(the whole side), got {self.rotation}, {self.shear} and {self.shift}"
             )
+        if self.elastic_alpha > MAX_ELASTIC_ALPHA:  # far more overflows the float32 field into NaN images
+            raise ConfigError(f"augment.elastic_alpha must be at most {MAX_ELASTIC_ALPHA:g} pixels, "
+                              f"got {self.elastic_alpha}")
 
 
 @dataclass(frozen=True)
@@ -459,7 +474,7 @@ def load_config(path: str | Path) -> Config:
     """Read a TOML config file; missing sections and keys keep their defaults."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors add one) is skipped
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -528,13 +543,21 @@ def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+# TOML basic strings: the quote, the backslash and the control characters (but tab) must be escaped.
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _is_control(c: str) -> bool:
+    return (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if _is_control(c) else c) for c in v) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")

@@ -21,6 +21,20 @@ def test_defaults_round_trip_through_toml(tmp_path):
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
+def test_strings_with_control_characters_round_trip(tmp_path):
+    # a folder name may hold a newline, a CR or an escape character: config.toml must stay valid TOML
+    cfg = apply_overrides(Config(), {"data.dir": "a\nb\r\x1b\x7f\x00\t\"\\ü", "finetune.freeze": ["x\ny"]})
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_a_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[train]\nepochs = 3\n")
+    assert load_config(path).train.epochs == 3
+
+
 def test_override_parses_toml_values_and_none():
     cfg = apply_overrides(Config(), ["train.epochs=3", "optimizer.nesterov=true", "optimizer.lr=0.5", "data.dir=some/where"])
     assert (cfg.train.epochs, cfg.optimizer.nesterov, cfg.optimizer.lr, cfg.data.dir) == (3, True, 0.5, "some/where")
@@ -65,6 +79,11 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("checkpoint.filename=\"../e{epoch}.ckpt\"", "must be a plain file name"),
         ("train.threads=100000", "train.threads must be at most 1024"),
         ("tta.shift=28", "tta.shift must be below 28 pixels"),
+        ("train.seed=18446744073709551616", "train.seed must be below 2**64"),
+        ("data.split_seed=18446744073709551616", "data.split_seed must be below 2**64"),
+        ("early_stopping.baseline=nan", "early_stopping.baseline must be a finite number"),
+        ("early_stopping.divergence_threshold=inf", "early_stopping.divergence_threshold must be a finite number"),
+        ("augment.elastic_alpha=1e300", "augment.elastic_alpha must be at most 1000 pixels"),
     ],
 )
 def test_bad_overrides_are_clear(override, message):

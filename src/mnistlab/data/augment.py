@@ -67,9 +67,11 @@ def elastic_offsets(n: int, size: tuple[int, int], cfg: AugmentConfig, device: t
     """
     h, w = size
     sigma = cfg.elastic_sigma
-    radius = max(1, math.ceil(3 * sigma))
+    # 3 sigma each side, but the reflect padding needs fewer taps than the side: a wider sigma is cut there
+    # (its Gaussian is nearly flat over the image anyway).
+    radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
     taps = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)  # not taps**2 / sigma**2: a tiny sigma's square is 0 (NaN)
     kernel = kernel / kernel.sum()
     noise = torch.rand(n * 2, 1, h, w, device=device) * 2 - 1
     # separable Gaussian: rows, then columns
