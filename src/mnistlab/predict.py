@@ -140,7 +140,7 @@ def read_grayscale(path: str | Path) -> np.ndarray:
                         "megapixels mnistlab reads; scale it down first"
                     )
                 img.load()
-                return _to_gray(ImageOps.exif_transpose(img))
+                return _to_gray(ImageOps.exif_transpose(img), path)
     except ImageFileError:
         raise
     except UnidentifiedImageError:
@@ -152,16 +152,20 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         raise ImageFileError(
             f"{path} is too large to decode safely ({e}); mnistlab reads up to {MAX_PIXELS / 1e6:.0f} megapixels"
         ) from None
+    except PermissionError as e:
+        raise ImageFileError(f"cannot read {path}: {e.strerror or e}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageFileError(f"{path} is a damaged or truncated image ({e})") from None
 
 
-def _to_gray(img: Image.Image) -> np.ndarray:
+def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit (or 32-bit integer) grayscale
         a = np.asarray(img, dtype=np.float64)
         return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1).astype(np.float32)
     if img.mode == "F":  # float grayscale: no fixed range, so its own maximum is white
         a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ImageFileError(f"{path} has NaN or infinite pixel values (a float image); save it with finite ones")
         return np.clip(a / max(float(a.max()), 1e-12), 0, 1).astype(np.float32)
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     if not has_alpha:

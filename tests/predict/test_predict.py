@@ -183,6 +183,11 @@ def bad_files(tmp_path):
     buf = io.BytesIO()
     Image.new("L", (50, 50), 255).save(buf, "PNG")
     add("blank.png", buf.getvalue())
+    buf = io.BytesIO()
+    nan = np.zeros((28, 28), dtype=np.float32)
+    nan[10:18, 12:16], nan[0, 0] = 1.0, np.nan
+    Image.fromarray(nan, mode="F").save(buf, "TIFF")
+    add("nan.tif", buf.getvalue())
     files["folder"] = tmp_path / "folder"
     files["folder"].mkdir()
     files["missing.png"] = tmp_path / "missing.png"
@@ -197,6 +202,7 @@ EXPECTED_ERRORS = {
     "huge.png": f"10000x6000 = 60 megapixels, more than the {MAX_PIXELS // 1_000_000} megapixels",
     "bomb.png": "is too large to decode safely",
     "blank.png": "no digit found: the image is blank",
+    "nan.tif": "has NaN or infinite pixel values",
     "folder": "is a folder, not an image file",
     "missing.png": "does not exist",
 }
@@ -216,6 +222,19 @@ def test_each_bad_file_gets_its_own_error_and_the_rest_are_classified(digit_mode
         assert r.to_dict() == {"file": str(path), "error": r.error}
     with pytest.raises(ImageFileError, match="no digit found"):
         preprocess(np.full((30, 30), 0.5, dtype=np.float32))
+
+
+def test_an_unreadable_file_is_not_called_damaged(tmp_path, monkeypatch):
+    # chmod 000 does not stop root (CI), so the refusal is made by the open call itself
+    path = tmp_path / "secret.png"
+    Image.new("L", (28, 28), 0).save(path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(ImageFileError, match=r"cannot read .*secret.png: Permission denied$"):
+        read_grayscale(path)
 
 
 # ---------------------------------------------------------------------------
