@@ -447,7 +447,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare_runs, format_table, write_compare_plot
+    from .report.plots import check_plot_path
 
+    check_plot_path(args.plot)
     rows = compare_runs(args.runs)
     plot = write_compare_plot(rows, args.plot)
     if args.json:

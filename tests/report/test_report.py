@@ -163,3 +163,12 @@ def test_a_report_that_fails_does_not_lose_the_run(mnist_root, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "warning: could not write the report (RuntimeError: matplotlib exploded)" in err
     assert f"mnistlab report {tmp_path / 'run'}" in err
+
+
+def test_a_report_that_cannot_be_written_leaves_no_plots_behind(copy_run, tmp_path):
+    run = copy_run()
+    out = tmp_path / "new" / "report"
+    (out / "report.html").mkdir(parents=True)  # the page's own path is taken by a folder
+    with pytest.raises(RunFolderError, match="cannot write the report"):
+        write_report(run, out=out)
+    assert not (out / "plots").exists()

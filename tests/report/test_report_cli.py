@@ -107,6 +107,16 @@ def test_compare_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(tmp_path / "empty")]) == 2
     assert "holds no run folders" in capsys.readouterr().err
+    run = fake_run(tmp_path / "runs" / "a", model="cnn", test_accuracy=0.99)
+    for plot in ("", ".", str(tmp_path)):  # names no file: one line, before any run is read
+        assert main(["compare", str(run), "--plot", plot]) == 2
+        assert "it is a folder; choose another with --plot FILE" in capsys.readouterr().err
+
+
+def test_compare_reads_a_damaged_summary_without_a_traceback(tmp_path):
+    fake_run(tmp_path / "a", model="cnn", epochs="two", parameters=1.5, test_accuracy=0.9)
+    (row,) = compare_runs([tmp_path])
+    assert (row.epochs, row.parameters, row.test_accuracy) == (None, None, 0.9)
 
 
 def test_pareto_front():

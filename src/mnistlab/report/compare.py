@@ -62,12 +62,23 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def _count(value: object) -> int | None:
+    """A whole number read from a run's files (an int, or a float such as metrics.csv's 3.0), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def run_row(path: Path) -> RunRow:
     run = read_run(path, checkpoint_state=False)
     s = run.summary
-    epochs = s.get("epochs")
+    epochs = _count(s.get("epochs"))  # a hand-edited or damaged summary may hold anything
     if epochs is None and run.metrics:
-        epochs = int(run.metrics[-1]["epoch"])
+        epochs = _count(run.metrics[-1].get("epoch"))
     best_val = finite(s.get("best_val_accuracy"))
     if best_val is None and run.metrics:
         vals = [finite(r.get("val_accuracy")) for r in run.metrics]
@@ -88,8 +99,8 @@ def run_row(path: Path) -> RunRow:
         run=str(path),
         model=str(model),
         dataset=str(dataset),
-        parameters=int(params) if isinstance(params, int) else None,
-        epochs=int(epochs) if epochs is not None else None,
+        parameters=_count(params),
+        epochs=epochs,
         train_seconds=train_seconds,
         best_val_accuracy=best_val,
         test_accuracy=finite(s.get("test_accuracy")),

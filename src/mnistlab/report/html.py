@@ -220,6 +220,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
     ``out``: the folder to write into (default: the run folder itself). Only
     the run folder's files are read; what it lacks is listed at the top of the page.
     """
+    from ..folders import missing_folders, remove_empty
     from ..training.checkpoint import atomic_write
 
     run = read_run(run_dir)
@@ -227,14 +228,22 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
     figures = _figures(run)
     page = render_html(run, figures)
     report = Report(path=target / "report.html", missing=list(run.missing))
+    made = missing_folders(target / PLOTS_DIR)
+    new_files: list[Path] = []
     try:
         (target / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
         for name, _, _, png in figures:
             path = target / PLOTS_DIR / f"{name}.png"
+            if not path.exists():
+                new_files.append(path)
             atomic_write(path, lambda f, png=png: f.write(png))
             report.images[name] = path
         atomic_write(report.path, lambda f: f.write(page.encode("utf-8")))
     except OSError as e:
+        # A report that could not be written leaves none of its pieces behind (plots, folders made for them).
+        for path in new_files:
+            path.unlink(missing_ok=True)
+        remove_empty(made)
         hint = "" if out is not None else " (a run folder from elsewhere may be read-only: write the report with --out DIR)"
         raise RunFolderError(f"cannot write the report into {target}: {e.strerror or e}{hint}") from None
     return report

@@ -268,6 +268,8 @@ def _plot_file(path: Path) -> Iterator[None]:
     from ..errors import MnistlabError
 
     try:
+        if path.name in ("", "..") or path.is_dir():  # "", "." and "/" name no file
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         yield
     except OSError as e:
@@ -288,8 +290,6 @@ def check_plot_path(path: str | Path) -> Path:
     missing = missing_folders(path.parent)
     try:
         with _plot_file(path):
-            if path.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "it is a folder")
             with tempfile.TemporaryFile(dir=path.parent):  # creating a file there is the one sure test
                 pass
     finally:
