@@ -12,6 +12,7 @@ from mnistlab.errors import CheckpointError
 from mnistlab.models import build_model
 from mnistlab.training.checkpoint import (
     FORMAT_VERSION,
+    checkpoint_file,
     load_model,
     read_checkpoint,
     save_checkpoint,
@@ -171,3 +172,28 @@ def test_batch_norm_models_round_trip(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     model.eval()
     assert torch.equal(loaded(x), model(x))
+
+
+def test_a_run_folder_means_its_best_checkpoint_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.ckpt").write_bytes(b"")  # a run cut inside its first epoch: no best.ckpt yet
+    with pytest.raises(CheckpointError, match=r"run folder .*run has no best.ckpt .*last.ckpt holds where it stopped"):
+        read_checkpoint(run)
+    with pytest.raises(CheckpointError, match=r"has no ema.ckpt \(was the run trained with \[ema\] enabled\?\)"):
+        checkpoint_file(run, ema=True)
+    (run / "best.ckpt").write_bytes(b"")
+    assert checkpoint_file(run) == run / "best.ckpt" and checkpoint_file(run / "last.ckpt") == run / "last.ckpt"
+
+
+def test_an_ensemble_member_given_twice_is_refused(tmp_path, monkeypatch):
+    from mnistlab.errors import ConfigError
+    from mnistlab.training.ensemble import evaluate_ensemble
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"run/best.ckpt is given twice \(also as run/best.ckpt\)") as err:
+        evaluate_ensemble(["run/best.ckpt", str(run)])
+    assert "each member must be another model" in str(err.value)

@@ -75,11 +75,30 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint; every problem is a CheckpointError naming the file."""
+def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
+    """A run folder means its best.ckpt (ema.ckpt with ``ema``); a file is itself.
+
+    A run folder without that file is an error, not a reason to fall back on
+    last.ckpt: that one may hold a position inside an epoch, never validated.
+    """
     path = Path(path)
-    if path.is_dir():
-        path = path / "best.ckpt" if (path / "best.ckpt").exists() else path / "last.ckpt"
+    if not path.is_dir():
+        return path
+    name = "ema.ckpt" if ema else "best.ckpt"
+    if not (path / name).is_file():
+        if ema:
+            hint = " (was the run trained with [ema] enabled?)"
+        elif (path / "last.ckpt").is_file():
+            hint = f" (it stopped before an epoch ended with a finite validation value); {path / 'last.ckpt'} holds where it stopped"
+        else:
+            hint = ""
+        raise CheckpointError(f"run folder {path} has no {name}{hint}")
+    return path / name
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and verify a checkpoint (a run folder: its best.ckpt); every problem is a CheckpointError naming the file."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # every checkpoint mnistlab writes is torch's zip format

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import model_from_checkpoint, read_checkpoint
+from .checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint
 from .evaluate import evaluate
 
 
@@ -41,18 +41,6 @@ class EnsembleResult:
         }
 
 
-def member_checkpoint(path: str | Path, ema: bool = False) -> Path:
-    """A run folder means its best.ckpt (ema.ckpt with ``ema``); a file is itself."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    name = "ema.ckpt" if ema else "best.ckpt"
-    if not (path / name).is_file():
-        hint = " (was the run trained with [ema] enabled?)" if ema else ""
-        raise CheckpointError(f"run folder {path} has no {name}{hint}")
-    return path / name
-
-
 def evaluate_ensemble(
     runs: Sequence[str | Path], *, ema: bool = False, data_dir: str | None = None, tta_shift: int = 0
 ) -> EnsembleResult:
@@ -68,7 +56,13 @@ def evaluate_ensemble(
 
     if not runs:
         raise ConfigError("an ensemble needs at least one run or checkpoint")
-    paths = [member_checkpoint(r, ema) for r in runs]
+    paths = [checkpoint_file(r, ema) for r in runs]
+    seen: dict[Path, Path] = {}
+    for p in paths:  # the same model twice would weigh double in the average
+        twin = seen.setdefault(p.resolve(), p)
+        if twin is not p:
+            also = f" (also as {twin})" if str(twin) != str(p) else ""
+            raise ConfigError(f"{p} is given twice{also}: each member must be another model")
     payloads = [read_checkpoint(p) for p in paths]
     first = payloads[0]
     for p, payload in zip(paths[1:], payloads[1:]):
