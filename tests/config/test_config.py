@@ -139,3 +139,20 @@ def test_every_preset_loads():
             continue
         cfg = load_config(path)
         assert math.isfinite(cfg.optimizer.lr)
+
+
+def test_a_run_stores_its_data_folder_as_an_absolute_path(mnist_root, tmp_path, monkeypatch, no_report):
+    import os
+
+    from mnistlab.training.run import train
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(mnist_root, tmp_path)
+    cfg = apply_overrides(Config(), {
+        "data.dir": relative, "data.download": False, "data.train_limit": 500, "data.val_size": 100,
+        "model.name": "cnn", "model.channels": [4, 8], "train.epochs": 1, "train.progress": False,
+        "tensorboard.enabled": False,
+    })
+    train(cfg, out="run", quiet=True)
+    # evaluate or --resume from another folder reads the data from where the run did
+    assert load_config(tmp_path / "run" / "config.toml").data.dir == os.path.abspath(mnist_root)

@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -204,6 +204,7 @@ def train(
     """
     wall0 = time.perf_counter()
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
+    cfg = _absolute_data_dir(cfg)
     if distributed.init(resolve_device(cfg.train.device)):  # torchrun started this process: join the others
         try:
             result = _train(cfg, out, resume, callbacks, quiet, wall0)
@@ -220,6 +221,18 @@ def train(
         finally:
             distributed.shutdown()
     return _train(cfg, out, resume, callbacks, quiet, wall0)
+
+
+def _absolute_data_dir(cfg: Config) -> Config:
+    """``data.dir`` as an absolute path, so that the run's config.toml names the folder meant.
+
+    Stored as given, a relative one ("../data") would mean another folder to ``evaluate``,
+    ``ensemble`` or ``--resume`` run from elsewhere, which would then download the data there.
+    """
+    given = cfg.data.dir
+    if not given or str(given).startswith("~") or os.path.isabs(given):
+        return cfg
+    return replace(cfg, data=replace(cfg.data, dir=os.path.abspath(given)))
 
 
 def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, wall0: float) -> RunResult:
