@@ -12,7 +12,7 @@ import inspect
 from typing import Callable
 
 from ..errors import ConfigError
-from .base import Net
+from .base import Net, too_large
 
 Builder = Callable[..., Net]
 _REGISTRY: dict[str, Builder] = {}
@@ -95,12 +95,11 @@ def build_model(
         net = builder(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **options)
     except (RuntimeError, MemoryError, OverflowError, TypeError) as e:
         # A width or channel count far too large: the allocator refuses, or the size overflows a C integer.
-        message = str(e)
-        if isinstance(e, (RuntimeError, TypeError)) and "allocate" not in message and "Overflow" not in message:
+        if not too_large(e):
             raise
-        reason = "its sizes overflow" if "Overflow" in message or isinstance(e, OverflowError) else \
-            "its weights do not fit in memory"
+        overflow = isinstance(e, OverflowError) or "overflow" in str(e).lower()
+        reason = "its sizes overflow" if overflow else "its weights or its feature maps do not fit in memory"
         raise ConfigError(f"model {name!r} is too large to build with {options}: {reason}; "
-                          "lower model.width or the channel counts") from None
+                          "lower model.width, the channel counts, the kernel size or the padding") from None
     net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
     return net

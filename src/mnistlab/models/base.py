@@ -11,6 +11,14 @@ from ..errors import ConfigError
 from .checkpointing import checkpointed_features
 
 
+def too_large(e: BaseException) -> bool:
+    """Whether ``e`` says a tensor could not be made for its size: the allocator refused, or a size overflowed."""
+    if isinstance(e, (MemoryError, OverflowError)):
+        return True
+    message = str(e).lower()
+    return isinstance(e, (RuntimeError, TypeError)) and ("allocate" in message or "overflow" in message)
+
+
 class Net(nn.Module):
     """A classifier made of a ``features`` extractor and a ``classifier`` head.
 
@@ -61,6 +69,8 @@ class Net(nn.Module):
             with torch.no_grad():
                 out = self.features(dummy)
         except RuntimeError as e:
+            if too_large(e):  # not a shrinking map: build_model reports it as a model too large to build
+                raise
             raise ConfigError(
                 f"model {name or type(self).__name__} does not fit {self.image_size[0]}x{self.image_size[1]} images: "
                 f"its layers shrink the image below 1x1 ({str(e).splitlines()[0]}); "
