@@ -278,3 +278,31 @@ def test_bad_finetune_settings_are_clear_errors(mnist_root, source_run, tmp_path
     assert "--out needs a folder name" in capsys.readouterr().err
     assert main(["train", "--init-from", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "y")]) == 2
     assert "missing.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_freezing_everything_or_another_set_on_resume_is_refused(mnist_root, source_run, tmp_path, capsys):
+    common = ["--data-dir", str(mnist_root), "--set", "data.train_limit=600", "--set", "data.val_size=200"]
+    # an empty optimizer ended in a ValueError traceback
+    assert main(["train", "--init-from", str(source_run), "--freeze", "*", "--epochs", "2", "--unfreeze-at", "2",
+                 *common, "--out", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err
+    assert "holds every parameter of the model: nothing would train before epoch 2" in err
+    assert not (tmp_path / "all").exists()
+    # a resume with another frozen set drove one tensor's update with another's Adam moments
+    run = tmp_path / "run"
+    assert main(["train", "--init-from", str(source_run), "--freeze", "features.0", *common, "--quiet",
+                 "--set", "tensorboard.enabled=false", "--out", str(run)]) == 0
+    before = (run / "last.ckpt").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--freeze", "classifier"]) == 2
+    assert "finetune.freeze was ['features.0'], now ['classifier']" in capsys.readouterr().err
+    assert (run / "last.ckpt").read_bytes() == before
+
+
+def test_batch_norm_with_one_image_per_batch_is_refused(mnist_small):
+    from mnistlab.training.fit import Trainer
+
+    cfg = apply_overrides(Config(), ["model.name=cnn", "model.width=0.25", "model.batch_norm=true",
+                                     "train.batch_size=1", "train.device=cpu", "train.progress=false"])
+    model = build_model("cnn", **cfg.model.options())
+    with pytest.raises(ConfigError, match="train.batch_size 1 leaves batch norm one image per process"):
+        Trainer(model, mnist_small, cfg)

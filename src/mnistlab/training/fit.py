@@ -208,6 +208,15 @@ class Trainer:
             model.set_grad_checkpointing(True)
         # Frozen parameters stay out of the optimizer until finetune.unfreeze_at adds them as a new group.
         self._frozen = freeze(model, cfg.finetune.freeze)
+        if not any(p.requires_grad for p in model.parameters()):
+            until = f" before epoch {cfg.finetune.unfreeze_at}" if cfg.finetune.unfreeze_at else ""
+            raise ConfigError(f"finetune.freeze {list(cfg.finetune.freeze)} holds every parameter of the model: nothing "
+                              f"would train{until}; freeze fewer (`mnistlab models --details` lists the layers)")
+        if cfg.train.batch_size < 2 * self._world and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                          for m in model.modules()):
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves batch norm one image per process to "
+                              f"normalize, which it cannot in training; use a batch of {2 * self._world} or more, or "
+                              "a model without batch_norm")
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
@@ -550,6 +559,14 @@ class Trainer:
                     f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
                     "resume without changing them"
                 )
+        if tuple(stored.finetune.freeze) != tuple(self.cfg.finetune.freeze):
+            # The optimizer's state is matched to the parameters by position: with another frozen set, one
+            # tensor's Adam moments would silently drive another's updates.
+            raise ConfigError(
+                f"finetune.freeze was {list(stored.finetune.freeze)}, now {list(self.cfg.finetune.freeze)}: the "
+                "checkpoint's optimizer state belongs to the parameters the run trained; resume without changing "
+                "it, or start a new run from this one's weights with --init-from"
+            )
         load_weights(self._model, payload["model"], source="the checkpoint")
         # A checkpoint written after the unfreeze holds the optimizer with the released group: rebuild that first.
         if released_by(self.cfg.finetune.unfreeze_at, int(payload["epoch"]), int(payload.get("batch", 0))):
