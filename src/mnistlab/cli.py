@@ -489,10 +489,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepInterrupted, format_table, load_sweep, run_sweep
 
+    if args.out is not None and not args.out.strip():  # "" would put the sweep into the current folder
+        raise ConfigError("--out needs a folder name (the sweep folder), got an empty one")
     spec = load_sweep(args.config, overrides=args.overrides, data_dir=args.data_dir, trials=args.trials,
                       workers=args.workers, storage=args.storage)
     try:
-        result = run_sweep(spec, out=args.out, quiet=args.quiet, worker=args.worker)
+        result = run_sweep(spec, out=args.out, quiet=args.quiet, worker=args.worker, command=args.argv)
     except SweepInterrupted as e:
         if args.worker is None:  # the first process speaks for the sweep
             print(f"mnistlab sweep: {e}", file=sys.stderr)

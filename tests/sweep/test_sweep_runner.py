@@ -186,3 +186,28 @@ def test_a_missing_optuna_says_how_to_install_it(monkeypatch, tmp_path, capsys):
     assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "mnistlab sweep: error:" in err and "pip install 'mnistlab[tune]'" in err and "Traceback" not in err
+
+
+def test_a_second_study_in_a_folder_with_trial_folders_is_refused(fake_train, tmp_path):
+    run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid"), out=tmp_path, quiet=True)
+    with pytest.raises(ConfigError, match=r"holds the trial folders of another sweep .* choose another --out"):
+        run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid", study_name="other"), out=tmp_path, quiet=True)
+    run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid"), out=tmp_path, quiet=True)  # its own: continues
+
+
+def test_the_continue_command_repeats_the_given_arguments_with_the_folder():
+    from mnistlab.sweep.runner import _continue_command
+    from pathlib import Path
+
+    s = spec({"optimizer.lr": [0.001]})
+    given = ["sweep", "my sweep.toml", "--data-dir", "/d", "--set", "train.epochs=1", "--trials", "4"]
+    assert _continue_command(s, Path("sweeps/x"), given) == (
+        "mnistlab sweep 'my sweep.toml' --data-dir /d --set train.epochs=1 --trials 4 --out sweeps/x")
+    assert _continue_command(s, Path("o"), ["sweep", "f.toml", "--out=o"]) == "mnistlab sweep f.toml --out=o"
+
+
+def test_an_unknown_model_fails_when_the_file_loads():
+    with pytest.raises(ConfigError, match=r'sweep.params."model.name": unknown model \'resnet99\''):
+        spec({"model.name": ["cnn", "resnet99"]})
+    with pytest.raises(ConfigError, match="the base config: unknown model 'nope'"):
+        spec({"optimizer.lr": [0.1]}, base={"model": {"name": "nope"}})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
@@ -295,8 +296,11 @@ def _share_threads(spec: SweepSpec) -> None:
 
 
 def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = False,
-              worker: int | None = None) -> SweepResult | None:
+              worker: int | None = None, command: Sequence[str] | None = None) -> SweepResult | None:
     """Run (or continue) the sweep into ``out``; with ``worker`` set, be one of its extra processes.
+
+    ``command``: the arguments of ``mnistlab`` that started it (``["sweep", FILE, ...]``); after a
+    Ctrl-C the message gives them back, with ``--out``, as the command that continues the sweep.
 
     >>> result = run_sweep(load_sweep("configs/sweep-example.toml"), out="sweeps/demo")   # doctest: +SKIP
     >>> result.rows[0].value                                                               # doctest: +SKIP
@@ -317,6 +321,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
     _share_threads(spec)
     try:
         with lock:  # two processes creating the same SQLite tables at once would collide
+            if worker is None:
+                _check_trial_folders(spec, out, url, optuna)
             study = open_study(spec, url, worker=worker or 0)
     except ConfigError:  # a storage that cannot be opened: the folders made for it go again
         remove_empty(made)
@@ -344,7 +350,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
         what = str(e) if isinstance(e, SweepInterrupted) else "between two trials"
         raise SweepInterrupted(
             f"sweep interrupted ({what}): {finished} finished trial(s) are kept in {url}; to continue, run the "
-            f"same command again: mnistlab sweep {spec.source or 'SWEEP_FILE'} --out {out}",
+            f"same command again: {_continue_command(spec, out, command)}",
             getattr(e, "signum", signal.SIGINT),
         ) from None
     except BaseException:
@@ -355,6 +361,30 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
         print(f"mnistlab sweep: warning: {len(bad)} worker(s) ended with an error (see above)", file=sys.stderr)
     rows, files = write_results(study, spec, out)
     return SweepResult(out=out, storage=url, study_name=spec.study_name, rows=rows, files=files)
+
+
+def _check_trial_folders(spec: SweepSpec, out: Path, url: str, optuna) -> None:
+    """Refuse a new study in a folder that holds another one's trial folders: trials are numbered per
+    study, so its trial 0 would meet the other's trial-0000 (every trial failed with 'already holds a run')."""
+    if not any(out.glob("trial-[0-9]*")):
+        return
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception:  # noqa: BLE001 -- a storage that cannot be opened is open_study's to report
+        return
+    if spec.study_name not in names:
+        others = ", ".join(repr(n) for n in names) or "none"
+        raise ConfigError(f"{out} holds the trial folders of another sweep (studies in {url}: {others}), and "
+                          f"study {spec.study_name!r} would number its trials from 0 again: choose another --out")
+
+
+def _continue_command(spec: SweepSpec, out: Path, command: Sequence[str] | None) -> str:
+    """The command line that continues the sweep: the one given (its --data-dir, --set, --trials and --storage
+    matter), with the folder it chose when it had no --out."""
+    args = list(command) if command else ["sweep", spec.source or "SWEEP_FILE"]
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    return shlex.join(["mnistlab", *args])
 
 
 def _stop_workers(workers: list[subprocess.Popen], timeout: float = 60) -> None:

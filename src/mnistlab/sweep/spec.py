@@ -140,6 +140,7 @@ def sweep_from_dict(
     if data_dir is not None:
         base = apply_overrides(base, {"data.dir": data_dir})
     base = apply_overrides(base, list(overrides))
+    _known_model(base, "the base config")
 
     unknown = sorted(set(sweep) - set(_SWEEP_KEYS), key=str)
     if unknown:
@@ -260,10 +261,20 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
         values = [low, high] if integer else [float(low), float(high)]
     for value in values:  # wrong keys and types fail now, with the config's own message
         try:
-            apply_overrides(base, {key: value})
+            _known_model(apply_overrides(base, {key: value}), "")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return param
+
+
+def _known_model(cfg: Config, where: str) -> None:
+    """An unknown model name fails when the file loads, as for `train`, not in every trial."""
+    from ..models import model_options
+
+    try:
+        model_options(cfg.model.name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
