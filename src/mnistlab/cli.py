@@ -473,13 +473,18 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
     from .config import Config, apply_overrides, load_config
-    from .models import model_options
+    from .models import build_model
 
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--train-limit", args.train_limit)):
         if value is not None and value < 1:
             raise MnistlabError(f"{flag} must be at least 1, got {value}")
     for name in args.models:
-        model_options(name)  # an unknown model fails now, not after the time-to-accuracy runs
+        # An unknown model, or one with no default shape (vgg needs a layout), fails now, not after the
+        # time-to-accuracy runs: the training-rate table builds each model with its own defaults.
+        try:
+            build_model(name)
+        except ConfigError as e:
+            raise ConfigError(f"--models {name}: {e} (the training-rate table uses each model's defaults)") from None
     cfg = load_config(args.config) if args.config else Config()
     cfg = apply_overrides(cfg, ([f"data.dir={args.data_dir}"] if args.data_dir else []) + args.overrides)
     run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, train_limit=args.train_limit)
@@ -528,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return 141
 
 
 if __name__ == "__main__":

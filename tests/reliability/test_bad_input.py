@@ -61,6 +61,13 @@ def test_a_bad_setting_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys
     assert not out.exists()
 
 
+def test_without_out_a_failed_run_leaves_no_runs_folder(mini_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder is runs/<date>-<time>-<model> here
+    fails_cleanly(capsys, ["train", *small_args(mini_root), "--model", "cnn", "--set", "model.batch_norm=true",
+                           "--batch-size", "1"], "train.batch_size 1 leaves batch norm one image per process")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_bad_config_file_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text("[train]\nepochs = 2\nbatchsize = 64\n")
@@ -241,3 +248,14 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_by_train_and_evaluate(run_c
     fails_cleanly(capsys, ["evaluate", str(run_copy)], "mnistlab only reads checkpoints with weights_only=True")
     assert not marker.exists()
     assert snapshot(run_copy) == before
+
+
+def test_output_cut_short_by_a_pipe_is_no_traceback():
+    import subprocess
+    import sys
+
+    # As `mnistlab models | head -1` when head has left: a reader gone before the first write (`true` exits at
+    # once, the import takes a second), so the write always meets a closed pipe. A BrokenPipeError traceback followed.
+    script = f"'{sys.executable}' -m mnistlab.cli models | true; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stderr == "" and proc.returncode == 141, proc.stderr

@@ -148,6 +148,7 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     (["--train-limit", "0"], "--train-limit must be at least 1, got 0"),  # not "no limit"
     (["--steps", "0"], "--steps must be at least 1"),
     (["--models", "cnn", "nope"], "unknown model 'nope'"),
+    (["--models", "vgg"], "--models vgg: model \"vgg\" needs a layout"),  # found after the timed runs before
 ])
 def test_bench_checks_its_arguments_before_any_run(argv, message, capsys, monkeypatch):
     from mnistlab import bench

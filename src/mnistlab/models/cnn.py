@@ -87,7 +87,8 @@ def cnn(
 ) -> Net:
     """Two 5x5 convs (16, 32 kernels, "same" padding), each ReLU + 2x2 max-pool, one linear layer.
 
-    ``padding`` defaults to ``kernel_size // 2`` so the convs keep the image size.
+    ``padding`` defaults to ``kernel_size // 2``, so convs with an odd kernel keep the image size
+    (an even kernel makes it one pixel larger).
     """
     padding = kernel_size // 2 if padding is None else padding
     return make_cnn(

@@ -21,6 +21,7 @@ from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
 from ..errors import MnistlabError, RunDirError, leave_error
+from ..folders import missing_folders, remove_empty
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
@@ -239,7 +240,7 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
     if not distributed.is_main():  # rank 0 has read the checkpoints; the folder may not even exist on this machine
         payload, init = distributed.broadcast_object(None)
         return _run(cfg, None, payload, init, callbacks, Display(quiet=True), wall0)
-    payload, init, created = None, None, False
+    payload, init, made = None, None, []
     if resume is None and cfg.finetune.init_from is not None:  # a resumed run has its weights in last.ckpt
         init = read_init_checkpoint(cfg.finetune.init_from)  # read before a folder is made: a bad one changes nothing
     if resume is not None:
@@ -249,20 +250,18 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         run_dir = ckpt.parent
     elif out is not None:
         run_dir = Path(out)
-        created = not run_dir.exists()
+        made = missing_folders(run_dir)
     else:
-        run_dir, created = default_run_dir(cfg.model.name), True
+        made = missing_folders(Path("runs"))  # default_run_dir's root: a first run makes it
+        run_dir = default_run_dir(cfg.model.name)
+        made.insert(0, run_dir)
     try:
         prepare_run_dir(run_dir, resume=payload is not None)
         with RunLock(run_dir):
             payload, init = distributed.broadcast_object((payload, init))
             return _run(cfg, run_dir, payload, init, callbacks, Display(quiet=quiet, progress=cfg.train.progress), wall0)
     except BaseException:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            try:
-                run_dir.rmdir()
-            except OSError:
-                pass
+        remove_empty(made)  # a run that failed before writing anything leaves no empty folder behind (nor runs/)
         raise
 
 
