@@ -143,6 +143,12 @@ def test_report_to_trial_reports_each_epoch_and_stops_through_the_handle():
     assert trial.reported == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     assert cb.pruned_at == 2 and handle.stop_reason == "pruned by the sweep at epoch 2 (val_loss 0.5)"
     assert handle.stopped_by == "callback"  # not "early_stopping": a pruned trial is told apart from our rule
+    # after the run's last epoch there is nothing left to save: the trial is complete, whatever the pruner says
+    trial, handle = Trial(prune_at=3), FakeHandle()
+    cb = ReportToTrial(trial, "val_loss", epochs=3)
+    for epoch in (1, 2, 3):
+        cb.on_epoch_end(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, handle)
+    assert cb.pruned_at is None and handle.stop_reason is None
 
 
 def test_a_trial_left_running_by_a_dead_process_is_failed_and_rerun(fake_train, tmp_path):

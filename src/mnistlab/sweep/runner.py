@@ -147,15 +147,16 @@ class ReportToTrial(Callback):
     complete run folder (best.ckpt, summary.json); ``run_trial`` then marks the trial pruned.
     """
 
-    def __init__(self, trial, objective: str) -> None:
+    def __init__(self, trial, objective: str, epochs: int | None = None) -> None:
         self.trial = trial
         self.objective = objective
+        self.epochs = epochs  # the run's last epoch: a trial that has trained them all is complete, not pruned
         self.pruned_at: int | None = None
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         value = float(metrics[self.objective])
         self.trial.report(value, epoch)
-        if self.pruned_at is None and self.trial.should_prune():
+        if self.pruned_at is None and epoch != self.epochs and self.trial.should_prune():
             self.pruned_at = epoch
             trainer.request_stop(f"pruned by the sweep at epoch {epoch} ({self.objective} {value:.4g})")
 
@@ -189,7 +190,7 @@ def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
     cfg = apply_params(spec, labels)
     run_dir = out / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", run_dir.name)
-    reporter = ReportToTrial(trial, spec.objective)
+    reporter = ReportToTrial(trial, spec.objective, cfg.train.epochs)
     t0 = time.perf_counter()
     result = train(cfg, out=run_dir, callbacks=[reporter], quiet=True)
     history = result.fit.history if result.fit is not None else []
