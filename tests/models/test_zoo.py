@@ -126,7 +126,7 @@ def test_unknown_model_lists_the_models():
         ("alexnet", {"hidden": [0]}, "hidden"),
         ("vgg", {"channels": ["M"]}, "at least one conv"),
         ("fast", {"bn_after_pool": True}, "needs batch_norm"),
-        ("cnn", {"width": 1e6}, "too large to build with {'width': 1000000.0}: its weights or its feature maps do not"),
+        ("cnn", {"width": 1e9}, "too large to build with {'width': 1000000000.0}: its weights or its feature maps do not"),
         ("cnn", {"width": 1e300}, "its sizes overflow"),
         ("cnn", {"channels": [2**62]}, "its sizes overflow"),  # torch says "overflowed", in lower case
         ("cnn", {"padding": 100_000}, "its weights or its feature maps do not fit"),  # not "shrink below 1x1"

@@ -165,7 +165,18 @@ def test_a_report_that_fails_does_not_lose_the_run(mnist_root, tmp_path, monkeyp
     assert f"mnistlab report {tmp_path / 'run'}" in err
 
 
-def test_a_report_that_cannot_be_written_leaves_no_plots_behind(copy_run, tmp_path):
+def test_a_report_that_cannot_be_written_leaves_no_plots_behind(copy_run, tmp_path, monkeypatch):
+    import mnistlab.report.html
+
+    # two small figures stand in for the drawn ones (drawing them is what the other tests check, and costs seconds)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (4, 4)).save(buf, "PNG")
+    png = buf.getvalue()
+    monkeypatch.setattr(mnistlab.report.html, "_figures", lambda run: [("curves", "t", "c", png), ("confusion", "t", "c", png)])
     run = copy_run()
     out = tmp_path / "new" / "report"
     (out / "report.html").mkdir(parents=True)  # the page's own path is taken by a folder
