@@ -91,7 +91,7 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
         elif (path / "last.ckpt").is_file():
             hint = f" (it stopped before an epoch ended with a finite validation value); {path / 'last.ckpt'} holds where it stopped"
         else:
-            hint = ""
+            hint = " (the run never finished an epoch?); name a .ckpt file instead"
         raise CheckpointError(f"run folder {path} has no {name}{hint}")
     return path / name
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import load_weights, read_checkpoint
+from .checkpoint import checkpoint_file, load_weights, read_checkpoint
 
 
 def split_patterns(text: str) -> tuple[str, ...]:
@@ -100,14 +100,10 @@ def hold_frozen_batch_norm(model: nn.Module) -> None:
 
 def read_init_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """Read the checkpoint ``finetune.init_from`` names (a run folder means its best.ckpt)."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "best.ckpt").is_file():
-            raise CheckpointError(
-                f"finetune.init_from: run folder {path} has no best.ckpt (the run never finished an epoch?); "
-                "name a .ckpt file instead"
-            )
-        path = path / "best.ckpt"
+    try:
+        path = checkpoint_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"finetune.init_from: {e}") from None
     return path, read_checkpoint(path)
 
 
