@@ -3,7 +3,7 @@
 Two parts, both on this machine, in one run:
 
 1. Training rate. For three shapes of the conv-pool models with batch norm --
-   the `fast` preset's (configs/fast.toml: 16 and 24 kernels, batch 256), the
+   the `fast` preset's as it was then (16 and 24 kernels, no crop, batch 256), the
    `best` preset's (configs/best.toml: 64, 128, 256 3x3 kernels, batch 128) and
    `cnn` with batch norm at the peers benchmark's batch 64 -- images per second
    of the real ``Trainer`` (``mnistlab.bench.training_rate``: random images,

@@ -82,10 +82,11 @@ class ModelConfig:
     dropout: float | None = None  # dropout probability before linear layers
     batch_norm: bool | None = None  # batch norm after each conv
     bn_after_pool: bool | None = None  # cnn/fast/lenet with batch_norm: BN after the pool (conv, pool, BN, ReLU)
+    crop: int | None = None  # cnn/fast/lenet: pixels cut from each side of the image before the first conv
 
     def __post_init__(self) -> None:
         _positive("model", self, "kernel_size", "stride", "width")
-        _positive("model", self, "padding", allow_zero=True)
+        _positive("model", self, "padding", "crop", allow_zero=True)
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         for c in self.channels or ():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mnistlab.config import ModelConfig
 from mnistlab.errors import ConfigError
-from mnistlab.models import build_model, count_parameters, list_models, model_options
+from mnistlab.models import build_model, count_macs, count_parameters, list_models, model_options
 
 # Narrow versions keep the whole file to seconds on one core; every model takes what it accepts of these.
 SMALL = {"width": 0.125, "hidden": [16]}
@@ -126,6 +126,10 @@ def test_unknown_model_lists_the_models():
         ("alexnet", {"hidden": [0]}, "hidden"),
         ("vgg", {"channels": ["M"]}, "at least one conv"),
         ("fast", {"bn_after_pool": True}, "needs batch_norm"),
+        ("fast", {"crop": 14}, r"crop=14 cuts 28 pixels from each axis and leaves nothing of 28x28 images"),
+        ("fast", {"crop": 12}, r"does not fit 28x28 images cropped to 4x4 \(crop=12\).*, or a smaller crop"),
+        ("cnn", {"crop": -1}, "crop must be a whole number of pixels, 0 or more, got -1"),
+        ("resnet18", {"crop": 2}, "does not take option"),
         ("cnn", {"width": 1e9}, "too large to build with {'width': 1000000000.0}: its weights or its feature maps do not"),
         ("cnn", {"width": 1e300}, "its sizes overflow"),
         ("cnn", {"channels": [2**62]}, "its sizes overflow"),  # torch says "overflowed", in lower case
@@ -160,6 +164,24 @@ def test_bn_after_pool_normalizes_the_pooled_maps(name):
     # The two orders are different networks: the layers are numbered differently, a checkpoint needs its own order.
     with pytest.raises(RuntimeError, match="Missing key"):
         after.load_state_dict(before.state_dict())
+
+
+@pytest.mark.parametrize("name", ["cnn", "fast", "lenet"])
+def test_crop_cuts_the_border_before_the_first_conv(name):
+    torch.manual_seed(0)
+    cropped = build_model(name, width=0.25, crop=2, mean=(0.1,), std=(0.3,)).eval()
+    # The same weights on 24x24 images: the cropped model is exactly that net applied to the image's centre.
+    centre = build_model(name, width=0.25, image_size=(24, 24), mean=(0.1,), std=(0.3,)).eval()
+    centre.load_state_dict(cropped.state_dict())
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(cropped(x), centre(x[:, :, 2:26, 2:26]))
+        # The border does not reach the output at all.
+        border = x.clone()
+        border[:, :, :2] = border[:, :, -2:] = border[:, :, :, :2] = border[:, :, :, -2:] = 1.0
+        assert torch.equal(cropped(border), cropped(x))
+    assert cropped.image_size == (28, 28)  # the input stays full size: the crop is the model's business
+    assert count_macs(cropped) == count_macs(centre) < count_macs(build_model(name, width=0.25))
 
 
 def test_normalization_is_stored_and_applied():

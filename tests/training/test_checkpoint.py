@@ -174,6 +174,14 @@ def test_batch_norm_models_round_trip(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
+def test_a_cropped_model_round_trips_with_its_crop(tmp_path):
+    model, p = payload("fast", channels=[4, 8], crop=2)
+    loaded = load_model(save_checkpoint(tmp_path / "crop.ckpt", p))
+    assert loaded.crop == 2 and loaded.num_features == 8 * 4 * 4  # 28 -> 24 -> conv 20 -> pool 10 -> conv 8 -> pool 4
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_run_folder_means_its_best_checkpoint_and_nothing_else(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

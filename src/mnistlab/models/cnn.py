@@ -34,10 +34,12 @@ def make_cnn(
     bn_after_pool: bool = False,
     activation: Activation = nn.ReLU,
     pool: type[nn.Module] = nn.MaxPool2d,
+    crop: int = 0,
 ) -> Net:
     """(conv -> [BN] -> activation -> 2x2 pool) per entry of ``channels``, then linear ``hidden`` layers.
 
-    ``kernel_sizes`` and ``paddings`` hold one entry per conv. ``bn_after_pool``
+    ``kernel_sizes`` and ``paddings`` hold one entry per conv. ``crop`` cuts that
+    many pixels from each side of the input first (see :class:`~mnistlab.models.base.Net`). ``bn_after_pool``
     (with ``batch_norm``) builds conv -> pool -> BN -> activation instead; see
     :func:`~mnistlab.models._layers.conv_pool_stack` for the order of the layers.
 
@@ -62,6 +64,7 @@ def make_cnn(
         in_channels=in_channels,
         image_size=image_size,
         name=name,
+        crop=crop,
     )
     # cnn, fast, lenet: 1.4-1.7x the training rate of NCHW; lenet5 (tanh, average pooling) about the same
     # either way (benchmarks/roofline.txt)
@@ -84,6 +87,7 @@ def cnn(
     dropout: float = 0.0,
     batch_norm: bool = False,
     bn_after_pool: bool = False,
+    crop: int = 0,
 ) -> Net:
     """Two 5x5 convs (16, 32 kernels, "same" padding), each ReLU + 2x2 max-pool, one linear layer.
 
@@ -95,7 +99,7 @@ def cnn(
         "cnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] * len(channels), paddings=[padding] * len(channels), stride=stride,
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
-        bn_after_pool=bn_after_pool,
+        bn_after_pool=bn_after_pool, crop=crop,
     )
 
 
@@ -112,6 +116,7 @@ def fast(
     dropout: float = 0.0,
     batch_norm: bool = False,
     bn_after_pool: bool = False,
+    crop: int = 0,
 ) -> Net:
     """The default model: conv 24 5x5 -> pool -> conv 32 3x3 -> pool -> linear 256 -> classes (no padding).
 
@@ -122,5 +127,5 @@ def fast(
         "fast", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] + [3] * (len(channels) - 1), paddings=[0] * len(channels),
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
-        bn_after_pool=bn_after_pool,
+        bn_after_pool=bn_after_pool, crop=crop,
     )

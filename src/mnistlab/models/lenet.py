@@ -27,6 +27,7 @@ def lenet(
     dropout: float = 0.0,
     batch_norm: bool = False,
     bn_after_pool: bool = False,
+    crop: int = 0,
 ) -> Net:
     """A wide LeNet: 3x3 convs of 64 and 128 kernels, each ReLU + 2x2 max-pool, then linear 512, 1024, classes.
 
@@ -36,7 +37,7 @@ def lenet(
     return make_cnn(
         "lenet", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] * n, paddings=[padding] * n, width=width, hidden=hidden,
-        dropout=dropout, batch_norm=batch_norm, bn_after_pool=bn_after_pool,
+        dropout=dropout, batch_norm=batch_norm, bn_after_pool=bn_after_pool, crop=crop,
     )
 
 
