@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -126,7 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the model zoo", description="List every registered model with its "
                        "parameters and multiply-accumulates per image.")
     m.add_argument("--dataset", default="mnist", help="size the models for this dataset's images (default mnist)")
-    m.add_argument("--details", metavar="NAME", help="print the layer table of one model")
+    m.add_argument("--details", metavar="NAME", nargs="?", const="",
+                   help="print the layer table of one model (no NAME: the config's model, else fast, the default of "
+                   "`mnistlab train`)")
+    m.add_argument("--config", metavar="FILE", help="with --details: build the model with this config's [model] "
+                   "options, e.g. configs/fast.toml (default: the model's own defaults)")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --details: override a model option, e.g. --set model.crop=2 (repeatable)")
 
     pr = sub.add_parser(
         "predict", help="classify your own images",
@@ -394,6 +401,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from .config import Config, apply_overrides, load_config
     from .data.datasets import DATASETS
     from .models import build_model, list_models, model_options
     from .models.summary import count_macs, count_parameters, format_layer_table, layer_table
@@ -402,9 +410,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
         raise MnistlabError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
     size = (1, 28, 28)  # every dataset of the family has 28x28 grayscale images
     kwargs = dict(num_classes=10, in_channels=size[0], image_size=size[1:])
-    if args.details:
-        model = build_model(args.details, **kwargs)
-        print(f"model {args.details}: input {'x'.join(map(str, size))} ({args.dataset}), {kwargs['num_classes']} classes")
+    if args.details is None and (args.config or args.overrides):
+        raise MnistlabError("--config and --set choose the options of the model --details shows; add --details")
+    if args.details is not None:
+        cfg = load_config(args.config) if args.config else Config()
+        if args.details:  # a name given wins over the config's, as with `train --config F --model NAME`
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=args.details))
+        cfg = apply_overrides(cfg, args.overrides)
+        model = build_model(cfg.model.name, **kwargs, **cfg.model.options())
+        shape = f"{'x'.join(map(str, size))} ({args.dataset})"
+        if model.crop:
+            shape += f", cropped to {size[0]}x{size[1] - 2 * model.crop}x{size[2] - 2 * model.crop} by crop = {model.crop}"
+        print(f"model {cfg.model.name}: input {shape}, {kwargs['num_classes']} classes")
         print(format_layer_table(layer_table(model)))
         return 0
     print(f"{'model':<10} {'parameters':>12} {'MACs/image':>14}  {'input':<9} options")

@@ -87,6 +87,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _positive("model", self, "kernel_size", "stride", "width")
         _positive("model", self, "padding", "crop", allow_zero=True)
+        if self.crop is not None and 2 * self.crop >= IMAGE_SIDE:  # a sweep checks its choices with this
+            raise ConfigError(f"model.crop must be below {IMAGE_SIDE // 2} pixels (half the images' side), "
+                              f"got {self.crop}; 1-2 pixels cut MNIST's empty border")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         for c in self.channels or ():

@@ -70,6 +70,7 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("model.channels=[8, \"X\"]", "model.channels entries must be positive integers or \"M\""),
         ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
         ("model.crop=-1", "model.crop must be zero or more, got -1"),
+        ("model.crop=14", "model.crop must be below 14 pixels (half the images' side), got 14"),
         ("optimizer.betas=[0.9]", "optimizer.betas needs 2 values"),
         ("train.device=tpu", "choose one of: auto, cpu, cuda, mps"),
         ("epochs", "must look like section.key=value"),

@@ -127,6 +127,7 @@ def test_unknown_model_lists_the_models():
         ("vgg", {"channels": ["M"]}, "at least one conv"),
         ("fast", {"bn_after_pool": True}, "needs batch_norm"),
         ("fast", {"crop": 14}, r"crop=14 cuts 28 pixels from each axis and leaves nothing of 28x28 images"),
+        ("fast", {"crop": 10, "image_size": (20, 20)}, r"crop=10 cuts 20 pixels"),
         ("fast", {"crop": 12}, r"does not fit 28x28 images cropped to 4x4 \(crop=12\).*, or a smaller crop"),
         ("cnn", {"crop": -1}, "crop must be a whole number of pixels, 0 or more, got -1"),
         ("resnet18", {"crop": 2}, "does not take option"),
@@ -172,7 +173,9 @@ def test_crop_cuts_the_border_before_the_first_conv(name):
     cropped = build_model(name, width=0.25, crop=2, mean=(0.1,), std=(0.3,)).eval()
     # The same weights on 24x24 images: the cropped model is exactly that net applied to the image's centre.
     centre = build_model(name, width=0.25, image_size=(24, 24), mean=(0.1,), std=(0.3,)).eval()
-    centre.load_state_dict(cropped.state_dict())
+    state = cropped.state_dict()
+    assert state.pop("crop_pixels").item() == 2  # the weights record their crop (checkpoints check it)
+    centre.load_state_dict(state)
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(cropped(x), centre(x[:, :, 2:26, 2:26]))

@@ -163,6 +163,19 @@ def test_models_details_prints_a_keras_style_layer_table(capsys):
     assert "unknown model 'nonet'" in capsys.readouterr().err
 
 
+def test_models_details_shows_a_config_s_layout(capsys, tmp_path):
+    # The fast preset's own net (16/32 kernels, crop 2), not the fast builder's defaults.
+    assert main(["models", "--details", "--config", "configs/fast.toml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "model fast: input 1x28x28 (mnist), cropped to 1x24x24 by crop = 2, 10 classes"
+    assert lines[3].split()[:3] == ["features.0", "Conv2d", "16x20x20"]
+    # A name wins over the config's; --set changes an option; a layout VGG has no default for can be shown.
+    assert main(["models", "--details", "vgg", "--set", 'model.channels=[8, "M"]', "--set", "model.hidden=[]"]) == 0
+    assert "8x14x14" in capsys.readouterr().out
+    assert main(["models", "--set", "model.crop=2"]) == 2
+    assert "add --details" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["fast", "resnet18"])
 def test_models_details_for_other_families(name, capsys):
     assert main(["models", "--details", name]) == 0

@@ -14,6 +14,7 @@ from mnistlab.training.checkpoint import (
     FORMAT_VERSION,
     checkpoint_file,
     load_model,
+    load_weights,
     read_checkpoint,
     save_checkpoint,
     weights_digest,
@@ -180,6 +181,21 @@ def test_a_cropped_model_round_trips_with_its_crop(tmp_path):
     assert loaded.crop == 2 and loaded.num_features == 8 * 4 * 4  # 28 -> 24 -> conv 20 -> pool 10 -> conv 8 -> pool 4
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+    # The weights know their crop: a config that lost it (a model built by hand and trained through the
+    # Python API under a config without model.crop) still rebuilds the model the weights were trained in.
+    del p["config"]["model"]["crop"]
+    assert load_model(save_checkpoint(tmp_path / "lost.ckpt", p)).crop == 2
+
+
+@pytest.mark.parametrize("ours, theirs", [(1, 2), (0, 2), (2, 0)])
+def test_weights_are_refused_by_a_model_with_another_crop(ours, theirs):
+    # crop 1 and 2 give the fast net the same 4x4 final map, so every tensor has the same shape: only the
+    # stored crop tells the weights were trained on other pixels.
+    _, p = payload("fast", channels=[4, 8], crop=theirs)
+    model = build_model("fast", channels=[4, 8], crop=ours)
+    with pytest.raises(CheckpointError, match=rf"trained on images cropped by {theirs} pixels a side \(model.crop = "
+                                              rf"{theirs}\), but this model crops {ours} .*set model.crop = {theirs}"):
+        load_weights(model, p["model"])
 
 
 def test_a_run_folder_means_its_best_checkpoint_and_nothing_else(tmp_path):

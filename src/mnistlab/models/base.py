@@ -37,6 +37,10 @@ class Net(nn.Module):
     5x5 unpadded first conv spends 31% of its work on them (24x24 outputs
     instead of 20x20). The input stays full size, and so do ``image_size``,
     test-time shifts and predict's preprocessing: the crop is part of the model.
+    A cropping model holds it as the buffer ``crop_pixels`` too, so its weights
+    say which pixels they were trained on: checkpoints rebuild with it, and
+    loading them into a model with another crop is refused (a shift of the
+    crop keeps every tensor's shape, so nothing else would notice).
     """
 
     # Whether NHWC (channels-last) memory speeds up this model's training on a CPU;
@@ -70,6 +74,8 @@ class Net(nn.Module):
             raise ConfigError(f"model {name or type(self).__name__}: crop={crop} cuts {2 * crop} pixels from each axis "
                               f"and leaves nothing of {self.image_size[0]}x{self.image_size[1]} images")
         self.crop = crop
+        if crop:  # only then: uncropped models keep the state dict they always had
+            self.register_buffer("crop_pixels", torch.tensor(crop))
         self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
         self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
         self.features = features

@@ -176,13 +176,18 @@ def model_from_checkpoint(payload: dict[str, Any]):
         raise CheckpointError(f"the config stored in the checkpoint is not valid: {e}") from None
     if not isinstance(payload["model_name"], str):
         raise CheckpointError(f"the checkpoint's model name is not a string: {payload['model_name']!r}")
+    options = cfg.model.options()
+    if stored_crop(payload["model"]):
+        # The weights know their crop even where the stored config does not (a model built with
+        # build_model(..., crop=2) and trained through the Python API under a config without it).
+        options["crop"] = stored_crop(payload["model"])
     try:
         model = build_model(
             payload["model_name"],
             num_classes=num_classes,
             in_channels=in_channels,
             image_size=tuple(size),
-            **cfg.model.options(),
+            **options,
         )
     # A model the stored options cannot build is a bad checkpoint, whatever the builder raised.
     except Exception as e:  # noqa: BLE001
@@ -201,9 +206,23 @@ def model_from_checkpoint(payload: dict[str, Any]):
     return model
 
 
+def stored_crop(state: dict[str, torch.Tensor]) -> int:
+    """The ``model.crop`` a state dict was made with: its ``crop_pixels`` buffer, else 0 (no crop)."""
+    value = state.get("crop_pixels")
+    ok = isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+    return int(value) if ok else 0
+
+
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """``load_state_dict`` with an error that says which shapes or names do not fit."""
     own = model.state_dict()
+    theirs, ours = stored_crop(state), stored_crop(own)
+    if theirs != ours:
+        raise CheckpointError(
+            f"the weights from {source} were trained on images cropped by {theirs} pixels a side (model.crop = "
+            f"{theirs}), but this model crops {ours} (model.crop = {ours}): the same weights would see other pixels; "
+            f"set model.crop = {theirs}"
+        )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
