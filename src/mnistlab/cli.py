@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a model (default: the fast recipe on MNIST)",
+        help="train a model (default: the two-epoch recipe of the fast model on MNIST)",
         description="Train a model into a run folder holding config.toml, metrics.csv, summary.json, "
         "best.ckpt, last.ckpt and TensorBoard logs. Settings come from the defaults, then --config, "
         "then the flags, then --set, later ones winning.",
@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date>-<time>-<model>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.ckpt; "
                    "flags and --set change the stored config (e.g. --epochs to train further)")
-    t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and how to resume "
+                   "an interrupted run")
     t.add_argument("--nproc", type=int, metavar="N",
                    help="train in N processes on this machine with DistributedDataParallel (gloo on the CPU, one "
                    "GPU each with NCCL): runs `torchrun --standalone --nproc_per_node N -m mnistlab train ...`. "
@@ -189,8 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--models", nargs="+", default=["cnn", "fast"], metavar="NAME",
                     help="models of the training-rate table (default: cnn fast)")
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
-    bn.add_argument("--train-limit", type=int, metavar="N", help="time to accuracy on the first N training images "
-                    "only (a quick smoke run, not a measurement)")
+    bn.add_argument("--train-limit", type=int, metavar="N", help="time to accuracy on N of the training images "
+                    "only, a seeded random subset (a quick smoke run, not a measurement)")
     sw = sub.add_parser("sweep", help="search hyperparameters (needs mnistlab[tune])",
                         description="Run a hyperparameter search over any config keys: the file is a config (the "
                         "base of every trial) plus [sweep] and [sweep.params] (see configs/sweep-example.toml). Each "

@@ -344,7 +344,10 @@ def _save_inputs(folder: Path, predictions: list[Prediction], good: list[tuple[i
 
 
 def format_prediction(pred: Prediction) -> str:
-    """One line: ``file: name (class i), 97.1%   top 3: 7 97.1%, 1 1.8%, 9 0.5%``."""
+    """One line: ``file: name  97.1%   top 3: 7 97.1%, 1 1.8%, 9 0.5%``.
+
+    ``name (class i)`` instead of ``name`` where a class's name is not its number.
+    """
     if pred.error is not None:
         return f"error: {pred.error}"  # the message names the file
     best = pred.top_k[0]
