@@ -70,7 +70,7 @@ def accuracy(args) -> list[dict]:
                                          "tensorboard.enabled=false", f"model.bn_after_pool={str(after).lower()}",
                                          *threads])
             with tempfile.TemporaryDirectory() as tmp:
-                s = train(cfg, out=f"{tmp}/run", quiet=True).summary
+                s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary
             rows.append({"seed": seed, "BN": "after pool" if after else "before pool",
                          "val acc %": round(100 * s["best_val_accuracy"], 2),
                          "train s": round(s["train_seconds"], 2)})

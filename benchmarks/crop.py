@@ -61,7 +61,7 @@ def main() -> None:
             cfg = apply_overrides(base, [f"train.seed={seed}", "train.progress=false", "tensorboard.enabled=false",
                                          *opts, *threads])
             with tempfile.TemporaryDirectory() as tmp:
-                s = train(cfg, out=f"{tmp}/run", quiet=True).summary
+                s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary
             rows.append({"seed": seed, "variant": label, "val acc %": round(100 * s["best_val_accuracy"], 2),
                          "train s": round(s["train_seconds"], 2)})
         print(f"seed {seed} done", flush=True)

@@ -30,7 +30,7 @@ def main() -> None:
     for seed in range(args.seeds):
         cfg = apply_overrides(Config(), [f"data.dir={args.data_dir}", f"train.seed={seed}", "train.progress=false"])
         with tempfile.TemporaryDirectory() as tmp:
-            s = train(cfg, out=f"{tmp}/run", quiet=True).summary
+            s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary
         accs.append(s["test_accuracy"])
         secs.append(s["train_seconds"])
         print(f"{seed:>4}  {100 * s['test_accuracy']:>7.2f}%  {s['train_seconds']:>7.1f}  {s['wall_seconds']:>6.1f}  {s['stop_reason']}")

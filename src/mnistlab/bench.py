@@ -277,7 +277,7 @@ def time_to_accuracy(overrides: Sequence[str], seeds: Iterable[int], *, config: 
         cfg = apply_overrides(config or Config(), [*overrides, f"train.seed={seed}", "train.progress=false",
                                                    "tensorboard.enabled=false"])
         with tempfile.TemporaryDirectory() as tmp:
-            s = train(cfg, out=f"{tmp}/run", quiet=True).summary
+            s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary  # the folder goes: no plots
         rows.append({"seed": seed, "test_accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"],
                      "val_accuracy": s["best_val_accuracy"]})
     return rows

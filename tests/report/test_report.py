@@ -165,6 +165,24 @@ def test_a_report_that_fails_does_not_lose_the_run(mnist_root, tmp_path, monkeyp
     assert f"mnistlab report {tmp_path / 'run'}" in err
 
 
+def test_report_false_leaves_the_report_for_later(mnist_root, tmp_path, monkeypatch):
+    # What the benchmarks' throwaway runs use: no plotting at all, and the run folder still has what
+    # `mnistlab report` needs to write the report afterwards.
+    import mnistlab.report
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.training.run import train
+
+    monkeypatch.setattr(mnistlab.report, "write_run_report", lambda *a, **k: pytest.fail("report=False plotted"))
+    cfg = apply_overrides(Config(), {
+        "data.dir": str(mnist_root), "data.download": False, "data.train_limit": 256, "data.val_size": 100,
+        "train.epochs": 1, "train.progress": False, "tensorboard.enabled": False, "model.width": 0.25,
+    })
+    result = train(cfg, out=tmp_path / "run", quiet=True, report=False)
+    assert not (tmp_path / "run" / "report.html").exists() and not (tmp_path / "run" / "plots").exists()
+    assert (tmp_path / "run" / PREDICTIONS_FILE).is_file()
+    assert read_run(tmp_path / "run").summary["test_accuracy"] == result.summary["test_accuracy"]
+
+
 def test_a_report_that_cannot_be_written_leaves_no_plots_behind(copy_run, tmp_path, monkeypatch):
     import mnistlab.report.html
 

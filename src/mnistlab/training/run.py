@@ -189,8 +189,12 @@ def train(
     resume: str | Path | None = None,
     callbacks: Iterable[Callback] = (),
     quiet: bool = False,
+    report: bool = True,
 ) -> RunResult:
     """Train as ``cfg`` says, into a run folder, and test the best checkpoint at the end.
+
+    ``report=False`` leaves out report.html and its plots (seconds of plotting), for runs
+    whose folder is thrown away, like the benchmarks'; ``mnistlab report`` can write it later.
 
     ``resume`` is a run folder (or a checkpoint in it) to continue; ``cfg`` must
     then be the stored config with the user's changes applied (see the CLI).
@@ -208,7 +212,7 @@ def train(
     cfg = _absolute_data_dir(cfg)
     if distributed.init(resolve_device(cfg.train.device)):  # torchrun started this process: join the others
         try:
-            result = _train(cfg, out, resume, callbacks, quiet, wall0)
+            result = _train(cfg, out, resume, callbacks, quiet, report, wall0)
             # The other ranks wait here while rank 0 tests and writes the report: a rank that tore down
             # the process group (and exited) while rank 0 still held it now and then aborted in gloo's
             # teardown ("terminate called without an active exception"), failing the whole run.
@@ -221,7 +225,23 @@ def train(
             raise
         finally:
             distributed.shutdown()
-    return _train(cfg, out, resume, callbacks, quiet, wall0)
+    return _train(cfg, out, resume, callbacks, quiet, report, wall0)
+
+
+def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Display, report: bool) -> None:
+    """test_predictions.npz (what `mnistlab report` and `compare` read), then report.html if ``report``."""
+    try:  # the results are saved by now: a report that fails (a plotting error, a full disk) must not lose the run
+        if report:
+            from ..report import write_run_report
+
+            display.log(f"report: {write_run_report(run_dir, test, data.test.images, data.classes).path}")
+        else:
+            from ..report import save_test_predictions
+
+            save_test_predictions(run_dir, test, data.test.images, data.classes)
+    except Exception as e:  # noqa: BLE001
+        print(f"mnistlab train: warning: could not write the report ({type(e).__name__}: {e}); "
+              f"the run is complete; retry with `mnistlab report {run_dir}`", file=sys.stderr)
 
 
 def _absolute_data_dir(cfg: Config) -> Config:
@@ -236,10 +256,11 @@ def _absolute_data_dir(cfg: Config) -> Config:
     return replace(cfg, data=replace(cfg.data, dir=os.path.abspath(given)))
 
 
-def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, wall0: float) -> RunResult:
+def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, report: bool,
+           wall0: float) -> RunResult:
     if not distributed.is_main():  # rank 0 has read the checkpoints; the folder may not even exist on this machine
         payload, init = distributed.broadcast_object(None)
-        return _run(cfg, None, payload, init, callbacks, Display(quiet=True), wall0)
+        return _run(cfg, None, payload, init, callbacks, Display(quiet=True), False, wall0)
     payload, init, made = None, None, []
     if resume is None and cfg.finetune.init_from is not None:  # a resumed run has its weights in last.ckpt
         init = read_init_checkpoint(cfg.finetune.init_from)  # read before a folder is made: a bad one changes nothing
@@ -259,7 +280,8 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         prepare_run_dir(run_dir, resume=payload is not None)
         with RunLock(run_dir):
             payload, init = distributed.broadcast_object((payload, init))
-            return _run(cfg, run_dir, payload, init, callbacks, Display(quiet=quiet, progress=cfg.train.progress), wall0)
+            return _run(cfg, run_dir, payload, init, callbacks, Display(quiet=quiet, progress=cfg.train.progress),
+                        report, wall0)
     except BaseException:
         remove_empty(made)  # a run that failed before writing anything leaves no empty folder behind (nor runs/)
         raise
@@ -314,6 +336,7 @@ def _run(
     init: tuple[Path, dict[str, Any]] | None,
     callbacks: Iterable[Callback],
     display: Display,
+    report: bool,  # write report.html
     wall0: float,
 ) -> RunResult:
     if cfg.train.threads:
@@ -416,13 +439,7 @@ def _run(
     extras = _extra_tests(cfg, run_dir, test_model, data, device)
     summary.update(extras)
     write_json(run_dir / "summary.json", summary)
-    try:  # the results are saved by now: a report that fails (a plotting error, a full disk) must not lose the run
-        from ..report import write_run_report
-
-        display.log(f"report: {write_run_report(run_dir, test, data.test.images, data.classes).path}")
-    except Exception as e:  # noqa: BLE001
-        print(f"mnistlab train: warning: could not write the report ({type(e).__name__}: {e}); "
-              f"the run is complete; retry with `mnistlab report {run_dir}`", file=sys.stderr)
+    _write_report(run_dir, test, data, display, report)
     display.log(f"stopped: {result.stop_reason}")
     if result.stopped_by == "non_finite_loss":  # a failed run, even though it ends normally: say it on stderr too
         kept = (
