@@ -118,7 +118,7 @@ def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, referen
     last_epoch = json.loads((reference / "summary.json").read_text())["epochs"]
     rng = random.Random(20261128)
     kinds = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
-    rng.shuffle(kinds)  # each kind once, in a seeded order; then random kinds
+    rng.shuffle(kinds)  # each kind once, in a seeded order; then one random kind
     out = tmp_path / "run"
     sent, interrupt_saves = [], 0
     for attempt in range(20):
@@ -129,6 +129,12 @@ def test_killed_at_random_moments_then_resumed_ends_identical(mini_root, referen
             # Only the final test is left: let it run (earlier attempts may have been signalled during it).
             proc = run_cli("train", "--resume", str(out))
             assert proc.returncode == 0 and "nothing is left to train" in proc.stdout, proc.stderr
+            break
+        if len(sent) > len(kinds) and interrupt_saves:
+            # Each kind has interrupted once and one more random moment has come: the rest of the run goes
+            # uninterrupted (each further attempt costs a process start; the suite has a time budget).
+            proc = run_cli("train", "--resume", str(out))
+            assert proc.returncode == 0, proc.stderr
             break
         args = ["--resume", str(out)] if resume else [*kill_args(mini_root), "--out", str(out)]
         proc = start_cli("train", *args)
