@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# Test workers: one per core (pytest-xdist), each taking whole files, so that a file's module
+# fixtures (its reference runs) are built once. On the 2-core CPU: 6.6 min against 9.6 in one
+# process. TEST_JOBS=0 runs the suite in one process.
+TEST_JOBS ?= auto
 # A local MNIST copy beside the checkout (as on the team's machines and in CI) is
 # used instead of downloading; otherwise mnistlab's own rule applies: --data-dir,
 # else $MNISTLAB_DATA, else the user's cache folder (downloaded there if missing).
@@ -26,7 +30,7 @@ train: $(STAMP)
 	$(VENV)/bin/mnistlab train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
