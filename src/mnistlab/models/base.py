@@ -109,8 +109,9 @@ class Net(nn.Module):
 
     def _size_text(self) -> str:
         h, w = self.image_size
-        return f"{h}x{w} images cropped to {h - 2 * self.crop}x{w - 2 * self.crop} (crop={self.crop})" if self.crop \
-            else f"{h}x{w} images"
+        if not self.crop:
+            return f"{h}x{w} images"
+        return f"{h}x{w} images cropped to {h - 2 * self.crop}x{w - 2 * self.crop} (crop={self.crop})"
 
     def _crop_hint(self) -> str:
         return ", or a smaller crop" if self.crop else ""

@@ -39,9 +39,9 @@ def make_cnn(
     """(conv -> [BN] -> activation -> 2x2 pool) per entry of ``channels``, then linear ``hidden`` layers.
 
     ``kernel_sizes`` and ``paddings`` hold one entry per conv. ``crop`` cuts that
-    many pixels from each side of the input first (see :class:`~mnistlab.models.base.Net`). ``bn_after_pool``
-    (with ``batch_norm``) builds conv -> pool -> BN -> activation instead; see
-    :func:`~mnistlab.models._layers.conv_pool_stack` for the order of the layers.
+    many pixels from each side of the input first (see :class:`~mnistlab.models.base.Net`).
+    ``bn_after_pool`` (with ``batch_norm``) builds conv -> pool -> BN -> activation
+    instead; see :func:`~mnistlab.models._layers.conv_pool_stack` for the order of the layers.
 
     >>> net = make_cnn("tiny", num_classes=10, in_channels=1, image_size=(28, 28), channels=[4],
     ...                kernel_sizes=[3], paddings=[1])
