@@ -14,6 +14,7 @@ written back as TOML into every run folder and as a dict into every checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -118,6 +119,8 @@ class DataConfig:
     download: bool = True  # download (with checksum checks) when files are missing
 
     def __post_init__(self) -> None:
+        if isinstance(self.dir, os.PathLike):  # a pathlib.Path from the Python API: stored (and written) as text
+            object.__setattr__(self, "dir", os.fspath(self.dir))
         _choice("data", "dataset", self.dataset, DATASETS)
         _positive("data", self, "val_size", "split_seed", allow_zero=True)
         _positive("data", self, "train_limit")

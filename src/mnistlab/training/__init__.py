@@ -7,7 +7,9 @@ from typing import Iterable
 
 from ..callbacks.base import Callback
 from ..config import Config
-from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from ..errors import CheckpointError, ConfigError, RunDirError
+from ..models import build_model
+from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate
 from .fit import FitResult, Trainer, TrainingInterrupted
 from .run import RunResult, train
@@ -24,9 +26,33 @@ def fit(
     """Train ``model`` on a :class:`~mnistlab.data.DataBundle` in this process.
 
     With ``run_dir`` the trainer writes last.ckpt there (and callbacks may
-    write more); without it nothing touches the disk.
+    write more); without it nothing touches the disk. A checkpoint rebuilds its
+    model from ``cfg``'s ``[model]`` section, so with ``run_dir`` the model must be
+    the one ``cfg`` describes: that is checked before any training.
     """
-    return Trainer(model, data, cfg or Config(), callbacks=callbacks, run_dir=run_dir).fit()
+    cfg = cfg or Config()
+    if run_dir is not None:
+        _check_config_describes(model, data, cfg)
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    return Trainer(model, data, cfg, callbacks=callbacks, run_dir=run_dir).fit()
+
+
+def _check_config_describes(model, data, cfg: Config) -> None:
+    """Raise ConfigError unless ``cfg``'s model has ``model``'s tensors (names, shapes, crop)."""
+    described = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size, **cfg.model.options())
+    try:
+        load_weights(described, model.state_dict(), source="the model given")
+    except CheckpointError as e:
+        raise ConfigError(
+            f"fit(run_dir=...): the config describes another model than the one given (model.name = "
+            f"{cfg.model.name!r}, {e}); its checkpoints could not be loaded: describe the model in the config, e.g. "
+            f"apply_overrides(cfg, ['model.name=...']), and build it with build_model(cfg.model.name, "
+            f"**cfg.model.options(), ...)"
+        ) from None
 
 
 __all__ = [

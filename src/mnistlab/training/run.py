@@ -5,6 +5,8 @@ This is what ``mnistlab train`` calls; notebooks can call :func:`train` too.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -210,6 +212,49 @@ def train(
     wall0 = time.perf_counter()
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
     cfg = _absolute_data_dir(cfg)
+    with _process_state_kept(), _callback_messages_shown(not quiet):
+        return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
+
+
+@contextlib.contextmanager
+def _process_state_kept():
+    """Put back what a run sets for the whole process: torch's thread count and global (CPU) RNG.
+
+    A run seeds the global RNG (its initial weights, dropout) and may set ``train.threads``;
+    a caller of the Python API then gets its own random stream and thread count back, and
+    a second run with ``train.threads`` unset gets PyTorch's default, not the first run's.
+    """
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng)
+
+
+@contextlib.contextmanager
+def _callback_messages_shown(show: bool):
+    """Print the callbacks' messages (learning-rate changes, restored weights) on stdout during the run.
+
+    Only where nothing else would: the CLI and a user's ``logging`` setup keep theirs.
+    """
+    log = logging.getLogger("mnistlab")
+    if not show or log.hasHandlers():
+        yield
+        return
+    handler, level = logging.StreamHandler(sys.stdout), log.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, report: bool,
+                               wall0: float) -> RunResult:
     if distributed.init(resolve_device(cfg.train.device)):  # torchrun started this process: join the others
         try:
             result = _train(cfg, out, resume, callbacks, quiet, report, wall0)

@@ -1,0 +1,55 @@
+"""mnistlab as a library: fit() with a run folder, and train() called from a longer-lived process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistlab import Config, apply_overrides, build_model, fit, load_model, train
+from mnistlab.config import DataConfig
+from mnistlab.errors import ConfigError
+
+
+def tiny_cfg(mnist_root, *extra: str) -> Config:
+    return apply_overrides(Config(), [f"data.dir={mnist_root}", "data.val_size=500", "data.train_limit=500",
+                                      "train.epochs=1", "train.progress=false", "tensorboard.enabled=false",
+                                      "model.name=cnn", "model.width=0.25", *extra])
+
+
+def test_fit_with_a_run_folder_needs_the_config_to_describe_the_model(mnist_small, mnist_root, tmp_path):
+    model = build_model("cnn", width=0.25, mean=mnist_small.mean, std=mnist_small.std)
+    # The README's example builds cnn under the default config (model.name = fast): its checkpoints
+    # would rebuild a fast net, which the weights do not fit. Refused before any training.
+    with pytest.raises(ConfigError, match=r"the config describes another model than the one given \(model.name = "
+                                          r"'fast', .*shapes differ"):
+        fit(model, mnist_small, Config(), run_dir=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+    run_dir = tmp_path / "not" / "yet"  # made, not a failure after the first epoch
+    fit(model, mnist_small, tiny_cfg(mnist_root), run_dir=run_dir)
+    loaded = load_model(run_dir / "last.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_train_gives_the_process_its_threads_and_random_stream_back(mnist_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a script: no logging set up (pytest adds some)
+    torch.set_num_threads(2)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    # reduce_lr with a threshold no epoch meets: it lowers the rate after epoch 1 and says so.
+    cfg = tiny_cfg(mnist_root, "train.threads=1", "train.epochs=2", "reduce_lr.enabled=true", "reduce_lr.patience=0",
+                   "reduce_lr.threshold=10")
+    result = train(cfg, out=tmp_path / "run", report=False)
+    assert result.summary["threads"] == 1
+    assert torch.get_num_threads() == 2  # not the run's 1: a next run with threads unset gets the default
+    assert torch.equal(torch.rand(4), expected)  # the caller's random stream goes on as if no run had happened
+    assert "epoch 2: reducing learning rate" in capsys.readouterr().out  # the callbacks' messages, as in the CLI
+    assert not logging.getLogger("mnistlab").handlers  # and the printing ends with the run
+
+
+def test_a_path_is_a_data_dir():
+    assert DataConfig(dir=Path("/data/mnist")).dir == "/data/mnist"  # written to config.toml as text
