@@ -316,7 +316,7 @@ class AugmentConfig:
     enabled: bool = False
     rotation: float = 10.0  # degrees, uniform in +-rotation
     scale: float = 0.1  # zoom factor uniform in 1 +- scale
-    shift: float = 0.1  # fraction of the image side, uniform in +-shift per axis
+    shift: float = 0.1  # fraction of the image side, uniform in +-shift per axis (drawn before rotation/scale/shear)
     shear: float = 0.0  # degrees, uniform in +-shear
     elastic_alpha: float = 0.0  # elastic distortion strength in pixels (0: off; Simard et al. used ~34 with sigma 4)
     elastic_sigma: float = 4.0  # smoothness of the elastic field in pixels
