@@ -8,6 +8,7 @@ from mnistlab.callbacks import (
     PQ,
     UP,
     Callback,
+    CallbackList,
     EarlyStopping,
     History,
     ModelCheckpoint,
@@ -47,6 +48,29 @@ def test_a_user_callback_alongside_the_built_in_ones(tmp_path):
 
 def names(cbs):
     return [type(cb).__name__ for cb in cbs]
+
+
+def test_a_callback_state_that_checkpoints_cannot_hold_is_named_at_once():
+    import datetime
+
+    import numpy as np
+    import torch
+
+    class Stamped(Callback):
+        def __init__(self, value):
+            self.value = value
+
+        def state_dict(self):
+            return {"value": self.value}
+
+    # Plain data and tensors load with weights_only=True: accepted.
+    ok = CallbackList([History(), Stamped([1, "a", {"b": 2.5}, torch.ones(2), None, (3, 4)])])
+    assert ok.state_dict()["Stamped"]["value"][1] == "a"
+    # A datetime or a NumPy number would have made every checkpoint of the run unreadable (found at the final test).
+    for value, kind in ((datetime.datetime(2026, 11, 30), "datetime"), (np.float64(0.5), "numpy")):
+        with pytest.raises(ConfigError, match=rf"callback Stamped: its state_dict\(\) holds objects that checkpoints "
+                                              rf"cannot hold .*{kind}.*float\(x\) for a NumPy number"):
+            CallbackList([History(), Stamped(value)]).state_dict()
 
 
 def test_build_callbacks_defaults(tmp_path):

@@ -23,7 +23,8 @@ Example: stop as soon as validation accuracy reaches 99%::
     fit(model, data, cfg, callbacks=[StopAt(0.99)])
 
 Stateful callbacks implement ``state_dict`` / ``load_state_dict``. Their state
-(counters, best values, never settings) is stored in every checkpoint, so a
+(counters, best values, never settings; plain data that ``torch.load(weights_only=True)``
+reads back: numbers, strings, lists, dicts, tensors) is stored in every checkpoint, so a
 resumed run makes exactly the decisions an uninterrupted one would, while the
 settings given when resuming (say a new patience) win over the stored ones.
 ``on_train_begin`` resets the state; on resume the trainer loads the stored
@@ -44,7 +45,9 @@ No callback may rely on running before or after another one.
 
 from __future__ import annotations
 
+import io
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -133,6 +136,21 @@ class Callback:
         pass
 
 
+def _check_loadable(key: str, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # small: counters, best values, a history
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), str(e).splitlines()[0])
+        raise ConfigError(
+            f"callback {key}: its state_dict() holds objects that checkpoints cannot hold ({found}); checkpoints "
+            "load with weights_only=True, so keep the state to numbers, strings, lists, dicts and tensors "
+            "(float(x) for a NumPy number)"
+        ) from None
+
+
 class MonitorMixin:
     """monitor / mode / min_delta logic shared by the callbacks that watch one metric.
 
@@ -207,7 +225,14 @@ class CallbackList:
         return keys
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
-        return {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks)}
+        """Every callback's state, by key. Each must load back with ``torch.load(weights_only=True)``,
+        as checkpoints are read: a state holding other objects (a datetime, a class instance) is a
+        ConfigError naming the callback, at the first checkpoint, not a run whose checkpoints
+        all turn out unreadable at its end."""
+        states = {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks)}
+        for key, state in states.items():
+            _check_loadable(key, state)
+        return states
 
     def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
         for key, cb in zip(self._keys(), self.callbacks):
