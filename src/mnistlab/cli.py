@@ -35,7 +35,7 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         metavar="DIR",
         help="dataset folder (default: $MNISTLAB_DATA, else the user's cache folder); "
-        "MNIST is looked for in DIR/MNIST/raw",
+        "MNIST is looked for in DIR/MNIST/raw (Fashion-MNIST in DIR/FashionMNIST/raw, KMNIST in DIR/KMNIST/raw)",
     )
 
 

@@ -361,9 +361,70 @@ def test_a_successful_download_is_then_verified_and_loaded(tmp_path, monkeypatch
 
 def test_a_download_that_leaves_files_missing_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda self: None)
-    # torchvision itself raises "Dataset not found" after such a download: reported with our fixes.
-    with pytest.raises(DataError, match=r"downloading into .*failed.*Dataset not found.*data\.download is on"):
+    with pytest.raises(DataError, match=r"the download finished but files are still missing.*data\.download is on"):
         load_raw("fashion-mnist", tmp_path, train=False, download=True)
+
+
+def test_the_download_runs_locked_with_a_timeout_even_past_an_old_processed_folder(tmp_path, monkeypatch):
+    import socket
+
+    from mnistlab.data import datasets
+
+    seen = []
+
+    def fake_download(self):
+        seen.append(socket.getdefaulttimeout())
+        fake_dataset(Path(self.root), "kmnist", n_train=8, n_test=3)
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", fake_download)
+    # An old torchvision's processed/*.pt made its constructor return without downloading anything.
+    (tmp_path / "KMNIST" / "processed").mkdir(parents=True)
+    for name in ("training.pt", "test.pt"):
+        (tmp_path / "KMNIST" / "processed" / name).write_bytes(b"")
+    before = socket.getdefaulttimeout()
+    images, _ = load_raw("kmnist", tmp_path, train=False, download=True)
+    assert images.shape[0] == 3
+    assert seen == [datasets.DOWNLOAD_TIMEOUT_S]  # a stalled server fails the download instead of hanging it
+    assert socket.getdefaulttimeout() == before
+
+
+def test_a_second_download_into_the_folder_waits_for_the_first(tmp_path):
+    import threading
+    import time
+
+    from mnistlab.data.datasets import _folder_lock
+
+    held, order = threading.Event(), []
+
+    def first():
+        with _folder_lock(tmp_path):
+            held.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait()
+    with _folder_lock(tmp_path):
+        order.append("second in")
+    t.join()
+    assert order == ["first done", "second in"]
+
+
+def test_a_download_that_fails_on_this_machine_says_so(tmp_path, download_calls):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(DataError, match=r"NotADirectoryError.*make room in or access to .*afile \(Not a directory\), "
+                                        r"or pass another --data-dir"):
+        load_raw("mnist", tmp_path / "afile", train=False, download=True)
+    assert download_calls == []  # not the network's fault: nothing was fetched
+
+
+def test_a_truncated_dataset_file_says_how_to_get_a_good_one(mnist_root, tmp_path):
+    raw = copy_mnist(mnist_root, tmp_path, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:8192])  # a download cut short by a full disk
+    with pytest.raises(DataError, match=r"is truncated: .*found 8184. Delete it so it is downloaded again"):
+        load_raw("mnist", tmp_path, train=False, download=True)
 
 
 # ---------------------------------------------------------------------------

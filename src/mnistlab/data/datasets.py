@@ -20,9 +20,12 @@ plus what a model needs to know (classes, image size, mean and std).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import math
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -234,10 +237,16 @@ def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
 # raw files -> verified tensors
 
 
-def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on: bool = False) -> DataError:
-    missing = [name for name in _FILES if not (raw_dir / name).is_file()]
-    download = ("(2) let the download succeed: data.download is on; connect to the network and run again"
-                if download_on else "(2) allow the download: connect to the network and set data.download=true")
+def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on: bool = False,
+                   local: str | None = None) -> DataError:
+    """``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
+    missing = [name for name in _FILES if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
+    if local is not None:
+        download = f"(2) let the download succeed: data.download is on; {local}, and run again"
+    elif download_on:
+        download = "(2) let the download succeed: data.download is on; connect to the network and run again"
+    else:
+        download = "(2) allow the download: connect to the network and set data.download=true"
     return DataError(
         f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, either "
         f"(1) put the four uncompressed IDX files ({', '.join(_FILES)}) in {raw_dir}, "
@@ -253,15 +262,53 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
     """
     raw_dir = spec.raw_dir(root)
     made = missing_folders(raw_dir)
+    timeout = socket.getdefaulttimeout()
     try:
-        spec.torchvision_class(str(root), train=train, download=True)
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(raw_dir):  # another process downloading here: wait for it, then use its files
+            if not all((raw_dir / name).is_file() for name in spec.files(train)):
+                # A server that stalls must not hang the run: no data for this long is a failed download.
+                socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+                # Its download() directly: the constructor returns early, without downloading, where an
+                # old torchvision left processed/*.pt files.
+                dataset = spec.torchvision_class.__new__(spec.torchvision_class)
+                dataset.root = str(root)
+                dataset.download()
     # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
-    # archive checksum, a full disk) means the same to the user: the files are not there.
-    # BaseException (KeyboardInterrupt) is not caught.
+    # archive checksum, a full disk) means the files are not there; what to do depends on where
+    # it went wrong. BaseException (KeyboardInterrupt) is not caught.
     except Exception as e:  # noqa: BLE001
         remove_empty(made)  # a partial download stays for the next try
         message = " ".join(f"{type(e).__name__}: {e}".split())
-        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", download_on=True) from e
+        local = None
+        if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
+            local = f"make room in or access to {root} ({e.strerror}), or pass another --data-dir"
+        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", download_on=True,
+                             local=local) from e
+    finally:
+        socket.setdefaulttimeout(timeout)
+
+
+DOWNLOAD_TIMEOUT_S = 60  # seconds without data from the server before a download counts as failed
+# OSErrors of this machine's disk or folders, not of the network (URLError and timeouts have no such errno)
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on ``folder`` itself (flock on its descriptor: no lock file to leave behind)
+    for as long as the block runs; a no-op where flock does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _md5(buf: bytearray) -> str:
@@ -269,16 +316,17 @@ def _md5(buf: bytearray) -> str:
 
 
 def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
+    remedy = "Delete it so it is downloaded again (with data.download=true), or replace it with a good copy."
     buf = _read_bytes(path)
-    tensor = _parse_idx(buf, path, ndim)  # header and size first: their messages are the more specific
+    try:
+        tensor = _parse_idx(buf, path, ndim)  # header and size first: their messages are the more specific
+    except DataError as e:  # a download cut short, say: the file of a known dataset can be fetched again
+        raise DataError(f"{e}. {remedy}") from None
     expected = spec.md5.get(path.name)
     if expected is not None:
         actual = _md5(buf)
         if actual != expected:
-            raise DataError(
-                f"{path} is corrupted: its MD5 checksum is {actual}, expected {expected}. "
-                f"Delete it so it is downloaded again (with data.download=true), or replace it with a good copy."
-            )
+            raise DataError(f"{path} is corrupted: its MD5 checksum is {actual}, expected {expected}. {remedy}")
     return tensor
 
 
