@@ -291,7 +291,8 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
 
 DOWNLOAD_TIMEOUT_S = 60  # seconds without data from the server before a download counts as failed
 # OSErrors of this machine's disk or folders, not of the network (URLError and timeouts have no such errno)
-_LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EDQUOT}
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                 getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk quota; not every platform names it
 
 
 @contextlib.contextmanager
