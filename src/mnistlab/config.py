@@ -115,7 +115,8 @@ class DataConfig:
     dir: str | None = None  # data folder; else $MNISTLAB_DATA, else the user's cache folder
     val_size: int = 5000  # images carved from the training set for validation
     split_seed: int = 0  # fixed seed of the train/validation split (independent of train.seed)
-    train_limit: int | None = None  # train on N of the training images only, a seeded random subset (quick runs)
+    # train on N of the training images only, a seeded random subset (quick runs; above the split's size: all)
+    train_limit: int | None = None
     download: bool = True  # download (with checksum checks) when files are missing
 
     def __post_init__(self) -> None:
@@ -182,7 +183,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
     channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)
-    compile: bool = False  # torch.compile the training forward pass (compiling happens in the first steps: train_seconds count it)
+    compile: bool = False  # torch.compile the training forward pass (its first steps compile; train_seconds count it)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on a CPU: most lack bf16 instructions) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
