@@ -45,9 +45,7 @@ No callback may rely on running before or after another one.
 
 from __future__ import annotations
 
-import io
 import math
-import pickle
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -136,21 +134,6 @@ class Callback:
         pass
 
 
-def _check_loadable(key: str, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)  # small: counters, best values, a history
-    buffer.seek(0)
-    try:
-        torch.load(buffer, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), str(e).splitlines()[0])
-        raise ConfigError(
-            f"callback {key}: its state_dict() holds objects that checkpoints cannot hold ({found}); checkpoints "
-            "load with weights_only=True, so keep the state to numbers, strings, lists, dicts and tensors "
-            "(float(x) for a NumPy number)"
-        ) from None
-
-
 class MonitorMixin:
     """monitor / mode / min_delta logic shared by the callbacks that watch one metric.
 
@@ -229,9 +212,17 @@ class CallbackList:
         as checkpoints are read: a state holding other objects (a datetime, a class instance) is a
         ConfigError naming the callback, at the first checkpoint, not a run whose checkpoints
         all turn out unreadable at its end."""
+        from ..training.checkpoint import weights_only_refusal  # here: training imports this module
+
         states = {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks)}
         for key, state in states.items():
-            _check_loadable(key, state)
+            refusal = weights_only_refusal(state)  # small: counters, best values, a history
+            if refusal is not None:
+                raise ConfigError(
+                    f"callback {key}: its state_dict() holds objects that checkpoints cannot hold ({refusal}); "
+                    "checkpoints load with weights_only=True, so keep the state to numbers, strings, lists, dicts "
+                    "and tensors (float(x) for a NumPy number)"
+                )
         return states
 
     def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:

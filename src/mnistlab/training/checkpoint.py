@@ -10,6 +10,7 @@ the stored config, so a checkpoint is a complete model without pickled code.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import zipfile
@@ -96,6 +97,27 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
     return path / name
 
 
+def _unpickling_reason(e: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that names the object, without its advice to allow it."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else type(e).__name__)
+
+
+def weights_only_refusal(obj: Any) -> str | None:
+    """Why ``torch.load(weights_only=True)``, as checkpoints are read, would refuse ``obj``; None if it would not.
+
+    For small objects (a callback's state): it is saved and loaded once in memory.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as e:
+        return _unpickling_reason(e)
+    return None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and verify a checkpoint (a run folder: its best.ckpt); every problem is a CheckpointError naming the file."""
     path = checkpoint_file(path)
@@ -106,11 +128,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else type(e).__name__)
         raise CheckpointError(
             f"refusing to load {path}: it needs to unpickle objects other than tensors and plain data, "
-            f"which could run code ({first}). mnistlab only reads checkpoints with weights_only=True."
+            f"which could run code ({_unpickling_reason(e)}). mnistlab only reads checkpoints with weights_only=True."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a checkpoint: {e})") from None
