@@ -29,9 +29,18 @@ def test_fit_with_a_run_folder_needs_the_config_to_describe_the_model(mnist_smal
     assert not (tmp_path / "a").exists()
 
     run_dir = tmp_path / "not" / "yet"  # made, not a failure after the first epoch
-    fit(model, mnist_small, tiny_cfg(mnist_root), run_dir=run_dir)
+    cfg = tiny_cfg(mnist_root, "model.dropout=0.5")
+    twin = build_model("cnn", width=0.25, dropout=0.5, mean=mnist_small.mean, std=mnist_small.std)
+    model = build_model("cnn", width=0.25, dropout=0.5, mean=mnist_small.mean, std=mnist_small.std)
+    model.load_state_dict(twin.state_dict())
+    torch.manual_seed(5)
+    fit(model, mnist_small, cfg, run_dir=run_dir)
     loaded = load_model(run_dir / "last.ckpt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    # The check drew nothing from the caller's random stream: the dropout masks are those of a run without it.
+    torch.manual_seed(5)
+    fit(twin, mnist_small, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), model.state_dict().values()))
 
 
 def test_train_gives_the_process_its_threads_and_random_stream_back(mnist_root, tmp_path, capsys, monkeypatch):

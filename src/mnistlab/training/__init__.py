@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import torch
+
 from ..callbacks.base import Callback
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, RunDirError
-from ..models import build_model
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate
 from .fit import FitResult, Trainer, TrainingInterrupted
-from .run import RunResult, train
+from .run import RunResult, config_model, train
 
 
 def fit(
@@ -42,8 +43,8 @@ def fit(
 
 def _check_config_describes(model, data, cfg: Config) -> None:
     """Raise ConfigError unless ``cfg``'s model has ``model``'s tensors (names, shapes, crop)."""
-    described = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size, **cfg.model.options())
+    with torch.random.fork_rng(devices=[]):  # its initial weights must not move the caller's dropout draws
+        described = config_model(cfg, data)
     try:
         load_weights(described, model.state_dict(), source="the model given")
     except CheckpointError as e:
