@@ -19,16 +19,14 @@ and the median seconds relative to the first variant's.
 from __future__ import annotations
 
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
 
 from mnistlab import apply_overrides
-from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args
+from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, time_to_accuracy
 from mnistlab.config import load_config
 from mnistlab.data import load_data
-from mnistlab.training.run import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = [  # (label, overrides on configs/fast.toml)
@@ -58,12 +56,9 @@ def main() -> None:
     rows = []
     for seed in range(args.seeds):
         for label, opts in VARIANTS:
-            cfg = apply_overrides(base, [f"train.seed={seed}", "train.progress=false", "tensorboard.enabled=false",
-                                         *opts, *threads])
-            with tempfile.TemporaryDirectory() as tmp:
-                s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary
-            rows.append({"seed": seed, "variant": label, "val acc %": round(100 * s["best_val_accuracy"], 2),
-                         "train s": round(s["train_seconds"], 2)})
+            run = time_to_accuracy([*opts, *threads], [seed], config=base)[0]
+            rows.append({"seed": seed, "variant": label, "val acc %": round(100 * run["val_accuracy"], 2),
+                         "train s": round(run["train_seconds"], 2)})
         print(f"seed {seed} done", flush=True)
     print()
     print(format_table(rows))
