@@ -280,7 +280,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.fit import TrainingInterrupted
-    from .training.run import train
+    from .training.run import callback_messages, train
 
     from .training import distributed
 
@@ -301,25 +301,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--nproc {args.nproc} but torchrun started {here} processes on this machine; "
                               "give one of --nproc and torchrun's --nproc_per_node")
     quiet = args.quiet or not distributed.is_main()  # the other ranks print nothing
-    # Callbacks report learning-rate changes and restored weights on this logger. The handler
-    # is removed again so that calling main() repeatedly (tests, notebooks) prints each line once.
+    # Callbacks report learning-rate changes and restored weights on the "mnistlab" logger: on stdout,
+    # whatever logging is set up. The other ranks print not even warnings: with no handler at all,
+    # logging's last resort would print them on stderr, each rank its own copy, with its own numbers.
     log = logging.getLogger("mnistlab")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    if not quiet:
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    elif not distributed.is_main():
-        # Not even warnings: with no handler at all, logging's last resort would print them on stderr,
-        # each rank its own copy, with its own numbers.
-        handler = logging.NullHandler()
-        log.addHandler(handler)
+    silence = logging.NullHandler() if quiet and not distributed.is_main() else None
+    if silence is not None:
+        log.addHandler(silence)
     try:
-        train(cfg, out=args.out, resume=args.resume, quiet=quiet)
+        with callback_messages(not quiet, always=True):
+            train(cfg, out=args.out, resume=args.resume, quiet=quiet)
     except TrainingInterrupted as e:
         return e.exit_code
     finally:
-        log.removeHandler(handler)
+        if silence is not None:
+            log.removeHandler(silence)
     return 0
 
 

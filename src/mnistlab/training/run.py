@@ -212,7 +212,7 @@ def train(
     wall0 = time.perf_counter()
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
     cfg = _absolute_data_dir(cfg)
-    with _process_state_kept(), _callback_messages_shown(not quiet):
+    with _process_state_kept(), callback_messages(not quiet):
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
@@ -233,13 +233,14 @@ def _process_state_kept():
 
 
 @contextlib.contextmanager
-def _callback_messages_shown(show: bool):
-    """Print the callbacks' messages (learning-rate changes, restored weights) on stdout during the run.
+def callback_messages(show: bool, *, always: bool = False):
+    """Print the callbacks' messages (learning-rate changes, restored weights) on stdout in the block.
 
-    Only where nothing else would: the CLI and a user's ``logging`` setup keep theirs.
+    Only where nothing else would, unless ``always`` (the CLI): a user's ``logging`` setup keeps
+    them otherwise. The handler goes again afterwards, so repeated runs print each line once.
     """
     log = logging.getLogger("mnistlab")
-    if not show or log.hasHandlers():
+    if not show or (log.hasHandlers() and not always):
         yield
         return
     handler, level = logging.StreamHandler(sys.stdout), log.level
