@@ -95,12 +95,14 @@ def cnn(
     (an even kernel makes it one pixel larger).
     """
     padding = kernel_size // 2 if padding is None else padding
-    return make_cnn(
+    net = make_cnn(
         "cnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] * len(channels), paddings=[padding] * len(channels), stride=stride,
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
         bn_after_pool=bn_after_pool, crop=crop,
     )
+    net.onednn_eval_on_cpu = True  # see Net.onednn_eval_on_cpu; lenet, built the same way, is slower with it
+    return net
 
 
 @register("fast")
@@ -123,9 +125,11 @@ def fast(
     ``kernel_size`` sets the first conv only; later convs are 3x3 (the first one
     sees raw pixels and profits from a wider view; the later ones are cheaper small).
     """
-    return make_cnn(
+    net = make_cnn(
         "fast", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
         kernel_sizes=[kernel_size] + [3] * (len(channels) - 1), paddings=[0] * len(channels),
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
         bn_after_pool=bn_after_pool, crop=crop,
     )
+    net.onednn_eval_on_cpu = True  # see Net.onednn_eval_on_cpu; lenet, built the same way, is slower with it
+    return net

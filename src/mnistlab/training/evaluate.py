@@ -14,6 +14,12 @@ from ..errors import ConfigError
 from ..data.batching import iterate_batches, to_float
 
 
+def _inference(model: nn.Module):
+    """The model's fastest eval-mode forward (:meth:`Net.inference_forward`; the model itself for others)."""
+    fast = getattr(model, "inference_forward", None)
+    return fast() if callable(fast) else model
+
+
 def _tta_offsets(s: int) -> list[tuple[int, int]]:
     return [(s, 0), (-s, 0), (0, s), (0, -s)]
 
@@ -51,10 +57,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     model.eval()
     device = next(model.parameters()).device
     try:
+        forward = _inference(model)
         outs = []
         for i in range(0, images.shape[0], batch_size):
             x = images[i : i + batch_size].to(device)
-            outs.append(model(to_float(x) if x.dtype == torch.uint8 else x.float()).float())
+            outs.append(forward(to_float(x) if x.dtype == torch.uint8 else x.float()).float())
         if not outs:
             return torch.empty(0, 0)
         return torch.cat(outs)
@@ -94,15 +101,16 @@ def evaluate(
     total_loss = torch.zeros((), dtype=torch.float64)
     preds, probs = [], []
     try:
+        forward = _inference(model)
         for x, y in iterate_batches(split, batch_size):
             if tta_shift:
                 views = [x] + [shift_images(x, dx, dy) for dx, dy in _tta_offsets(tta_shift)]
-                p = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+                p = torch.stack([forward(v).float().softmax(1) for v in views]).mean(0)
                 # cross_entropy of log p is that of p (p sums to 1), label smoothing included
                 total_loss += F.cross_entropy(p.clamp_min(1e-12).log(), y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
             else:
-                logits = model(x).float()
+                logits = forward(x).float()
                 total_loss += F.cross_entropy(logits, y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
                 p = logits.softmax(1)
