@@ -101,7 +101,7 @@ def cnn(
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
         bn_after_pool=bn_after_pool, crop=crop,
     )
-    net.onednn_eval_on_cpu = True  # see Net.onednn_eval_on_cpu; lenet, built the same way, is slower with it
+    net.onednn_eval_on_cpu = True  # see Net.onednn_eval_on_cpu; lenet, built the same way, was not faster in every run
     return net
 
 
@@ -131,5 +131,5 @@ def fast(
         width=width, hidden=hidden, dropout=dropout, batch_norm=batch_norm,
         bn_after_pool=bn_after_pool, crop=crop,
     )
-    net.onednn_eval_on_cpu = True  # see Net.onednn_eval_on_cpu; lenet, built the same way, is slower with it
+    net.onednn_eval_on_cpu = True  # see Net.onednn_eval_on_cpu; lenet, built the same way, was not faster in every run
     return net
