@@ -51,13 +51,14 @@ def zoo_rows(data, models, images: int, batch_size: int, repeats: int) -> list[d
         torch.manual_seed(0)
         model = build_model(name, num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean, std=data.std)
         chosen = model.onednn_eval_on_cpu
-        if use_channels_last(None, model, torch.device("cpu")):
+        nhwc = use_channels_last(None, model, torch.device("cpu"))
+        if nhwc:
             model = model.to(memory_format=torch.channels_last)
         model.eval()
         model.onednn_eval_on_cpu = True
         with torch.no_grad():
             possible = model.inference_forward() is not model
-        row = {"model": name, "layout": "NHWC" if use_channels_last(None, model, torch.device("cpu")) else "NCHW",
+        row = {"model": name, "layout": "NHWC" if nhwc else "NCHW",
                "images": images, "oneDNN s": "-", "plain s": "-", "oneDNN / plain": "no oneDNN path",
                "set": str(chosen).lower()}
         if possible:

@@ -195,7 +195,7 @@ class Net(nn.Module):
     def _onednn_layers(self) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
         """``features`` as oneDNN-layout functions, or None where the plain forward must run."""
         params = list(self.parameters())
-        if (not self.onednn_eval_on_cpu or platform.machine().lower() not in _X86  # measured on x86 only
+        if (not self.onednn_eval_on_cpu or not _ON_X86
                 or self.training or torch.is_grad_enabled()
                 or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
                 or torch.is_autocast_enabled("cpu") or not isinstance(self.features, nn.Sequential)
@@ -207,7 +207,7 @@ class Net(nn.Module):
         return None if any(f is None for f in layers) else layers
 
 
-_X86 = ("x86_64", "amd64", "i386", "i686")
+_ON_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")  # the oneDNN path was measured on x86 only
 
 
 def _onednn_layer(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
