@@ -10,6 +10,7 @@ once per module (``reference``).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnistlab import Config, apply_overrides, train
+from mnistlab.callbacks import Callback
 from mnistlab.training.checkpoint import read_checkpoint
 
 from reliability_helpers import (
@@ -32,6 +35,7 @@ from reliability_helpers import (
     run_cli,
     send,
     small_args,
+    small_overrides,
     start_cli,
     wait_for_start,
 )
@@ -318,3 +322,30 @@ def test_ctrl_c_during_the_last_validation_is_not_lost(mini_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_by"] == "max_epochs" and summary["epochs"] == 2 and summary["test_accuracy"] > 0.3
+
+
+class CtrlCTwice(Callback):
+    """Presses Ctrl-C twice, as an impatient user does, at the third batch of epoch 2."""
+
+    def on_epoch_begin(self, epoch, trainer):
+        self.epoch, self.batch = epoch, 0
+
+    def on_batch_end(self, step, metrics, trainer):
+        self.batch += 1
+        if (self.epoch, self.batch) == (2, 3):
+            os.kill(os.getpid(), signal.SIGINT)  # the run now stops at the next step...
+            os.kill(os.getpid(), signal.SIGINT)  # ...but this one ends it here
+
+
+def test_a_second_ctrl_c_under_the_api_raises_keyboard_interrupt_and_the_caller_lives_on(mini_root, tmp_path):
+    # In a notebook os._exit would kill the kernel; Python's KeyboardInterrupt unwinds the run instead.
+    out = tmp_path / "run"
+    cfg = apply_overrides(Config(), small_overrides(mini_root, "train.epochs=3", "train.batch_size=50"))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=out, callbacks=[CtrlCTwice()], quiet=True)
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's Ctrl-C handling is back
+    assert not (out / "run.lock").exists()  # unwound: the lock is released
+    assert read_checkpoint(out / "last.ckpt")["epoch"] == 1  # the last complete checkpoint, from epoch 1
+    resumed = train(cfg, resume=out, quiet=True)  # and the folder resumes
+    assert resumed.summary["epochs"] == 3

@@ -134,9 +134,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _SignalGuard:
-    """First SIGINT/SIGTERM asks the loop to stop at the next step; a second one exits at once.
+    """First SIGINT/SIGTERM asks the loop to stop at the next step; a second one ends the run at once.
 
-    Exiting at once is safe: every file is written atomically (temp file, then rename).
+    A second Ctrl-C raises ``KeyboardInterrupt``, Python's own answer to it: the run unwinds through
+    its ``finally`` blocks (the run lock, temporary files) and a notebook's kernel lives on; the CLI
+    exits 130. A second SIGTERM, and any second signal in a torchrun worker (whose peers may hold it
+    in a collective while it unwinds), ends the process (``os._exit``, 130 / 143). Either is safe:
+    every file is written atomically (temp file, then rename).
     """
 
     def __init__(self) -> None:
@@ -150,9 +154,12 @@ class _SignalGuard:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
+            return
+        if signum == signal.SIGINT and not distributed.launched_by_torchrun():
+            raise KeyboardInterrupt
+        os._exit(128 + signum)
 
     def __exit__(self, *exc) -> None:
         for s, old in self._old.items():
