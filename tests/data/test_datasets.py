@@ -296,6 +296,15 @@ def test_image_and_label_counts_must_agree(tmp_path):
         load_raw("fashion-mnist", tmp_path, train=True, download=False)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_file_of_no_images_is_named(tmp_path, train):
+    raw = fake_dataset(tmp_path, "kmnist", **({"n_train": 0} if train else {"n_test": 0}))
+    name = "train-images-idx3-ubyte" if train else "t10k-images-idx3-ubyte"
+    split = "training" if train else "test"
+    with pytest.raises(DataError, match=f"{raw / name} holds no images .* the kmnist {split} set"):
+        load_data(DataConfig(dataset="kmnist", dir=str(tmp_path), val_size=0, download=False))
+
+
 def test_images_must_be_28x28(tmp_path):
     fake_dataset(tmp_path, "kmnist", size=(32, 32))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte holds 32x32 images, expected 28x28 for kmnist"):

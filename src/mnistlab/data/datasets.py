@@ -363,6 +363,9 @@ def load_raw(
             f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels; "
             f"they must be the same split of the same dataset"
         )
+    if images.shape[0] == 0:  # a valid IDX header over no data: say so, not "val_size leaves no images" later
+        raise DataError(f"{image_path} holds no images (its IDX header says 0); replace it with a complete copy "
+                        f"of the {spec.name} {'training' if train else 'test'} set")
     if tuple(images.shape[1:]) != spec.image_size:
         h, w = spec.image_size
         raise DataError(
