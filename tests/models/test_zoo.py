@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mnistlab.config import ModelConfig
 from mnistlab.errors import ConfigError
@@ -203,3 +204,16 @@ def test_normalization_is_stored_and_applied():
         assert not torch.allclose(other(x), manual)
         other.load_state_dict(state)
         assert torch.allclose(other(x), manual, atol=1e-6)
+
+
+def test_a_dropout_set_acts_even_without_hidden_layers():
+    # VGG drops only after hidden layers; with none, its dropout went nowhere and was silently ignored
+    takers = [name for name in list_models() if {"dropout", "hidden"} <= set(model_options(name))]
+    assert "vgg11" in takers and "cnn" in takers
+    for name in takers:
+        small = {"width": 0.125} if "width" in model_options(name) else {}
+        if name == "vgg":  # the free-form VGG has no default layout
+            small["channels"] = [8, "M"]
+        with_dropout = build_model(name, hidden=[], dropout=0.5, **small)
+        assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in with_dropout.modules()), name
+        assert not any(isinstance(m, nn.Dropout) for m in build_model(name, hidden=[], dropout=0.0, **small).modules())

@@ -55,8 +55,9 @@ def make_vgg(
                          batch_norm=batch_norm, fit_pools=fit_pools)
     return Net(
         features,
-        # as in the paper: dropout after each hidden layer, none on the conv features
-        lambda n: classifier_head(n, hidden, num_classes, dropout=dropout, dropout_first=False),
+        # as in the paper: dropout after each hidden layer, none on the conv features; with no hidden
+        # layer, on the features before the logits (the only place left), so that a dropout set still acts
+        lambda n: classifier_head(n, hidden, num_classes, dropout=dropout, dropout_first=not hidden),
         in_channels=in_channels,
         image_size=image_size,
         name=name,
