@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mnistlab.config import AugmentConfig, Config, apply_overrides
-from mnistlab.data.augment import affine_matrices, augment, shift_images
+from mnistlab.data.augment import affine_matrices, augment, elastic_offsets, shift_images
 from mnistlab.data.batching import to_float
 from mnistlab.errors import ConfigError
 from mnistlab.models import build_model
@@ -88,6 +91,31 @@ def test_elastic_fields_of_any_smoothness_are_finite(sigma):
     torch.manual_seed(0)
     out = augment(torch.rand(4, 1, 28, 28), cfg)
     assert out.shape == (4, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def _elastic_by_convolution(n: int, size: tuple[int, int], cfg: AugmentConfig) -> torch.Tensor:
+    """Simard's field the direct way: the same noise, reflect-padded and convolved with the Gaussian."""
+    h, w = size
+    radius = max(1, min(math.ceil(3 * cfg.elastic_sigma), min(h, w) - 1))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / cfg.elastic_sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    noise = torch.rand(n * 2, 1, h, w) * 2 - 1
+    noise = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return noise.view(n, 2, h, w).permute(0, 2, 3, 1) * torch.tensor([2.0 / w, 2.0 / h]) * cfg.elastic_alpha
+
+
+@pytest.mark.parametrize("sigma", [0.5, 4.0, 20.0])
+@pytest.mark.parametrize("size", [(28, 28), (20, 32), (2, 5)])
+def test_elastic_smoothing_by_matrices_equals_the_padded_convolution(sigma, size):
+    # the fast path smooths with two matrix products; the field must be the convolution's, reflections included
+    cfg = AugmentConfig(enabled=True, elastic_alpha=34.0, elastic_sigma=sigma)
+    torch.manual_seed(3)
+    fast = elastic_offsets(6, size, cfg, torch.device("cpu"))
+    torch.manual_seed(3)
+    torch.testing.assert_close(fast, _elastic_by_convolution(6, size, cfg), rtol=1e-5, atol=1e-6)
+    assert fast.abs().amax() > 0.01  # a real field, not zeros on both sides
 
 
 def test_bad_settings_are_config_errors():
