@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -245,3 +246,46 @@ def test_a_folder_with_files_of_a_run_that_never_finished_an_epoch_is_refused(mi
     assert rc == 2
     assert f"{out} already holds files of another run (config.toml) but no last.ckpt to continue from" in err
     assert snapshot(out) == before
+
+
+class HoldAtEpochEnd(Callback):
+    """Keeps a run at the end of its second epoch (epoch 1's last.ckpt written) until released."""
+
+    def __init__(self) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def on_epoch_end(self, epoch, metrics, trainer):
+        if epoch == 2:
+            self.reached.set()
+            assert self.release.wait(60)
+
+
+def test_a_second_run_in_the_same_process_is_refused_while_the_first_goes_on(mini_root, tmp_path):
+    # The lock holds this process's pid either way; only the process's own record tells a live run from a stale lock.
+    out = tmp_path / "run"
+    cfg = apply_overrides(Config(), small_overrides(mini_root, "train.epochs=3"))
+    hold, results = HoldAtEpochEnd(), []
+    first = threading.Thread(target=lambda: results.append(train(cfg, out=out, callbacks=[hold], quiet=True)))
+    first.start()
+    try:
+        assert hold.reached.wait(60)
+        with pytest.raises(RunDirError, match=f"{out} is in use by another mnistlab run in this process"):
+            train(cfg, out=out, quiet=True)
+        with pytest.raises(RunDirError, match="in use by another mnistlab run in this process"):
+            train(cfg, resume=out, quiet=True)  # it would have taken the lock over and trained beside the first
+        assert (out / "run.lock").read_text() == str(os.getpid())
+    finally:
+        hold.release.set()
+        first.join(60)
+    assert results and results[0].summary["epochs"] == 3  # the first run finished undisturbed
+    assert not (out / "run.lock").exists()
+
+
+def test_a_stale_lock_with_this_processes_pid_is_taken_over(tmp_path):
+    # A container restarted after a kill gives the new run the pid of the old one, whose lock is then stale.
+    (tmp_path / "run.lock").write_text(str(os.getpid()))
+    (tmp_path / f".last.ckpt.tmp-{os.getpid()}").write_bytes(b"half a checkpoint")
+    with run_module.RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == str(os.getpid())
+        assert not list(tmp_path.glob(".*.tmp-*"))  # the killed run's half-written file is gone
+    assert not (tmp_path / "run.lock").exists()

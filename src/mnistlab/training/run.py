@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -66,34 +67,48 @@ def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
 class RunLock:
     """``run.lock`` holding our pid: a second run into the same folder is refused.
 
-    A lock left by a process that no longer exists (kill -9) is taken over.
+    A lock left by a process that no longer exists (kill -9) is taken over. So is one
+    holding this process's own pid that this process does not hold: a container restarted
+    after a kill gives its new run the pid the old one had. A lock this process does hold
+    (a run in another thread, or one inside a callback) refuses like any other.
     """
+
+    _held: set[str] = set()  # the locks this process holds, by real path
+    _guard = threading.Lock()  # makes a thread's check-and-take one step for the others
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "run.lock"
+        self._key = os.path.realpath(self.path)
 
     def __enter__(self) -> "RunLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self.refuse_if_held()
-                pid = self._owner()
-                if pid is not None:  # a killed run may have left half-written temporary files
-                    for tmp in self.path.parent.glob(f".*.tmp-{pid}"):
-                        tmp.unlink(missing_ok=True)
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except OSError as e:
-                raise RunDirError(f"cannot write to run folder {self.path.parent}: {e.strerror}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+        with RunLock._guard:
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    self.refuse_if_held()
+                    pid = self._owner()
+                    if pid is not None:  # a killed run may have left half-written temporary files
+                        for tmp in self.path.parent.glob(f".*.tmp-{pid}"):
+                            tmp.unlink(missing_ok=True)
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                except OSError as e:
+                    raise RunDirError(f"cannot write to run folder {self.path.parent}: {e.strerror}") from None
+                with os.fdopen(fd, "w") as f:
+                    f.write(str(os.getpid()))
+                RunLock._held.add(self._key)
+                return self
         raise RunDirError(f"could not take the lock {self.path}")
 
     def refuse_if_held(self) -> None:
-        """Raise RunDirError if a live process other than this one holds the lock."""
+        """Raise RunDirError if a live process other than this one, or a run in this one, holds the lock."""
         pid = self._owner()
+        if pid == os.getpid() and self._key in RunLock._held:
+            raise RunDirError(
+                f"{self.path.parent} is in use by another mnistlab run in this process; "
+                "wait for it to finish or choose another --out"
+            )
         if pid is not None and pid != os.getpid() and process_alive(pid):
             raise RunDirError(
                 f"{self.path.parent} is in use by another mnistlab run (pid {pid}); "
@@ -107,8 +122,10 @@ class RunLock:
             return None
 
     def __exit__(self, *exc) -> None:
-        if self._owner() == os.getpid():
-            self.path.unlink(missing_ok=True)
+        with RunLock._guard:
+            RunLock._held.discard(self._key)
+            if self._owner() == os.getpid():
+                self.path.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:
