@@ -147,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     pr.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default 3)")
     pr.add_argument("--json", action="store_true", help="print a JSON list with one object per file")
-    pr.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 input of each image there as PNG")
+    pr.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 input of each image there as PNG, named after the image; "
+                    "an existing file is never overwritten (the name gets -2, -3, ...)")
 
     r = sub.add_parser("report", help="write a run's report.html",
                        description="Write report.html (self-contained, images embedded) and its PNGs under plots/ "

@@ -43,6 +43,7 @@ format.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -327,19 +328,25 @@ def _save_inputs(folder: Path, predictions: list[Prediction], good: list[tuple[i
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MnistlabError(f"cannot create --save-preprocessed folder {folder}: {e.strerror or e}") from None
-    used: set[str] = set()
     for i, img in good:
         stem = Path(predictions[i].file).stem or "image"
-        name, n = f"{stem}.png", 1
-        while name in used:  # two inputs with the same name (from different folders)
-            n += 1
-            name = f"{stem}-{n}.png"
-        used.add(name)
-        target = folder / name
-        try:
-            Image.fromarray(img).save(target)  # uint8 H x W: mode L
-        except OSError as e:
-            raise MnistlabError(f"cannot write {target}: {e.strerror or e}") from None
+        for n in itertools.count(1):
+            target = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+            try:
+                # "x": a new file only. An existing one, be it the input itself (the folder given is the images'
+                # own), an earlier run's output or another input of the same name, is never overwritten.
+                with open(target, "xb") as f:
+                    try:
+                        Image.fromarray(img).save(f, format="PNG")  # uint8 H x W: mode L
+                    except BaseException:
+                        f.close()
+                        target.unlink(missing_ok=True)  # ours, half written
+                        raise
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise MnistlabError(f"cannot write {target}: {e.strerror or e}") from None
         predictions[i].saved_as = str(target)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zlib
 
@@ -259,6 +260,19 @@ def test_cli_prints_json_saves_inputs_and_reports_bad_files(digit_run, drawn_dig
         assert seen.shape == (28, 28) and np.array_equal(seen, preprocess(read_grayscale(r["file"])))
     assert results[2] == {"file": str(files[2]), "error": results[2]["error"]} and "not an image" in results[2]["error"]
     assert sorted(p.name for p in saved.iterdir()) == ["3-photo.png", "8-night.png"]
+
+    # Saved into the images' own folder: the input (a PNG of the very name the output would take) stays as it was,
+    # and so do the outputs of an earlier call into the same folder.
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copyfile(drawn_digits[5, "paper.png"], own / "5.png")
+    original = (own / "5.png").read_bytes()
+    assert main(["predict", str(digit_run), str(own / "5.png"), "--save-preprocessed", str(own)]) == 0
+    assert main(["predict", str(digit_run), str(files[0]), "--save-preprocessed", str(saved)]) == 0
+    capsys.readouterr()
+    assert (own / "5.png").read_bytes() == original
+    assert sorted(p.name for p in own.iterdir()) == ["5-2.png", "5.png"]
+    assert sorted(p.name for p in saved.iterdir()) == ["3-photo-2.png", "3-photo.png", "8-night.png"]
 
     code = main(["predict", str(digit_run / "best.ckpt"), str(files[0]), str(files[1])])
     out, err = capsys.readouterr()
