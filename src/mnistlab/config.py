@@ -297,9 +297,22 @@ class CheckpointConfig:
         _choice("checkpoint", "monitor", self.monitor, MONITORS)
         _choice("checkpoint", "mode", self.mode, MODES)
         _positive("checkpoint", self, "save_top_k", "every_n_epochs", allow_zero=True)
+        plain = ("must be a plain file name (the files go into the run folder), "
+                 "e.g. \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
         if not self.filename.strip() or any(c in self.filename for c in "/\\") or self.filename.startswith("."):
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} must be a plain file name (the files go "
-                              "into the run folder), e.g. \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} {plain}")
+        # Filled in now with sample metrics, so that a template that cannot be ({val_accuracy:d}: floats take no
+        # "d") fails here, not after the first epoch with a half-made run folder.
+        try:
+            sample = self.filename.format(**{**{m: 0.5 for m in EPOCH_METRICS}, "epoch": 1})
+        except KeyError as e:
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} uses the unknown field {e}; "
+                              f"the fields are an epoch's metrics: {', '.join(EPOCH_METRICS)}") from None
+        except (ValueError, IndexError, AttributeError, TypeError) as e:
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} cannot be filled with an epoch's metrics "
+                              f"({e}); epoch is an integer, the others are floats") from None
+        if any(c in sample for c in "/\\") or sample.startswith("."):  # a fill character of a format spec
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} {plain}")
 
 
 @dataclass(frozen=True)
