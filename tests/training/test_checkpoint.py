@@ -3,6 +3,7 @@
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,22 @@ def test_truncated_and_random_files_are_refused(tmp_path):
         read_checkpoint(rand)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "none.ckpt")
+
+
+def test_an_unreadable_checkpoint_says_why(tmp_path, monkeypatch):
+    # chmod 000 does not stop root (CI), so the refusal is made by the open call itself
+    _, p = payload()
+    path = save_checkpoint(tmp_path / "locked.ckpt", p)
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*locked.ckpt: Permission denied$"):
+        read_checkpoint(path)
 
 
 def test_flipped_weight_byte_fails_the_sha256(tmp_path):

@@ -123,6 +123,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    try:  # is_zipfile says False for a file it cannot open: "not a checkpoint" would hide a permission problem
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):  # every checkpoint mnistlab writes is torch's zip format
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated, or not a torch checkpoint at all)")
     try:
