@@ -453,6 +453,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
+        raise MnistlabError("--out needs a folder name; leave it out to write into the run folder")
     report = write_report(args.run, out=args.out)
     print(f"wrote {report.path} ({len(report.images)} figures)")
     for note in report.missing:

@@ -135,6 +135,8 @@ def test_report_command_with_a_real_run(finished_run, tmp_path, capsys):
                                                                  "per_class.png"]
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", " "]) == 2  # "" would be the current folder
+    assert "--out needs a folder name" in capsys.readouterr().err
     # compare reads the real run too
     assert main(["compare", str(run), "--plot", str(tmp_path / "c.png")]) == 0
     assert "fast" in capsys.readouterr().out
