@@ -124,7 +124,7 @@ def test_pareto_front():
     assert pareto_front([(1, 90), (2, 95), (3, 93), (4, 99), (5, 99)]) == [0, 1, 3]
 
 
-def test_report_command_with_a_real_run(finished_run, tmp_path, capsys):
+def test_report_command_with_a_real_run(finished_run, tmp_path, capsys, monkeypatch):
     run = tmp_path / "copied-from-another-machine"
     shutil.copytree(finished_run[0], run, ignore=shutil.ignore_patterns("*.ckpt", "report.html", "plots"))
     assert main(["report", str(run)]) == 0
@@ -135,7 +135,9 @@ def test_report_command_with_a_real_run(finished_run, tmp_path, capsys):
                                                                  "per_class.png"]
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    assert main(["report", str(run), "--out", " "]) == 2  # "" would be the current folder
+    monkeypatch.chdir(tmp_path)  # where a blank --out would write
+    assert main(["report", str(run), "--out", " "]) == 2  # "" would be the current folder, " " a folder named so
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]
     assert "--out needs a folder name" in capsys.readouterr().err
     # compare reads the real run too
     assert main(["compare", str(run), "--plot", str(tmp_path / "c.png")]) == 0
