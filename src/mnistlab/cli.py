@@ -169,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     en = sub.add_parser("ensemble", help="test the average of several models",
                         description="Average the softmax outputs of several trained models on the test split of "
                         "their dataset, and print the test accuracy of each member and of the ensemble. A run folder "
-                        "stands for its best.ckpt (ema.ckpt with --ema). All members must share one dataset.")
+                        "stands for its best.ckpt (ema.ckpt with --ema). All members must share one dataset, and each must "
+                        "be another model: a file given twice, or two files of the same weights, is refused.")
     en.add_argument("runs", metavar="RUN_OR_CKPT", nargs="+", help="run folders or .ckpt files")
     en.add_argument("--ema", action="store_true", help="use each run's weight average (ema.ckpt)")
     en.add_argument("--tta", type=int, default=0, metavar="PIXELS",

@@ -231,6 +231,9 @@ def test_ensemble_errors_are_one_clear_line(two_runs, tmp_path, capsys):
         ([str(two_runs[0]), str(tmp_path / "kmnist.ckpt")], "an ensemble needs one dataset"),
         ([str(tmp_path)], f"run folder {tmp_path} has no best.ckpt"),
         ([str(two_runs[0]), "--tta", "-1"], "--tta must be zero or more pixels"),
+        # one epoch: best.ckpt and last.ckpt are two files of one model, which would count twice
+        ([str(two_runs[0]), str(two_runs[0] / "last.ckpt")],
+         f"{two_runs[0] / 'last.ckpt'} holds the same weights as {two_runs[0] / 'best.ckpt'}: each member must be"),
     ]
     for args, message in cases:
         assert main(["ensemble", *args]) == 2

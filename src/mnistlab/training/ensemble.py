@@ -64,6 +64,13 @@ def evaluate_ensemble(
             also = f" (also as {twin})" if str(twin) != str(p) else ""
             raise ConfigError(f"{p} is given twice{also}: each member must be another model")
     payloads = [read_checkpoint(p) for p in paths]
+    # Another file is not always another model: a run's best.ckpt and its epochNNN file (or last.ckpt) can hold
+    # the very same weights, which would count twice (read_checkpoint has checked each digest).
+    same: dict[str, Path] = {}
+    for p, payload in zip(paths, payloads):
+        twin = same.setdefault(payload["weights_sha256"], p)
+        if twin is not p:
+            raise ConfigError(f"{p} holds the same weights as {twin}: each member must be another model")
     first = payloads[0]
     for p, payload in zip(paths[1:], payloads[1:]):
         if (payload.get("dataset"), payload.get("classes")) != (first.get("dataset"), first.get("classes")):
