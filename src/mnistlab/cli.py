@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, metavar="N",
                    help="train in N processes on this machine with DistributedDataParallel (gloo on the CPU, one "
                    "GPU each with NCCL): runs `torchrun --standalone --nproc_per_node N -m mnistlab train ...`. "
-                   "--batch-size stays the global batch (a multiple of N). 1: a plain single process")
+                   "--batch-size stays the global batch (a multiple of N); on the CPU, N is at most the cores. "
+                   "1: a plain single process")
 
     lf = sub.add_parser(
         "lr-find", help="suggest a learning rate (range test)",
@@ -203,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("config", metavar="CONFIG", help="sweep file (TOML)")
     sw.add_argument("--out", metavar="DIR", help="sweep folder (default: sweeps/<date>-<time>-<name>)")
     sw.add_argument("--trials", type=int, metavar="N", help="trials in all (complete or pruned), over reruns and workers")
-    sw.add_argument("--workers", type=int, metavar="N", help="processes sharing the study (default 1)")
+    sw.add_argument("--workers", type=int, metavar="N", help="processes sharing the study (default 1; at most one per trial and per CPU core)")
     sw.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
     _add_data_dir(sw)
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

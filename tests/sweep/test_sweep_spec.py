@@ -53,6 +53,8 @@ def sweep(params=None, base=None, **keys):
          "sweep.trials = 3 but the grid has only 2 points"),
         (dict(pruner="early_stopping"), "[early_stopping] criterion is \"none\"; set one"),
         (dict(objective="ema_val_accuracy"), "sweep.objective = 'ema_val_accuracy' needs [ema] enabled = true"),
+        (dict(trials=1, workers=2), "sweep.workers = 2 but the sweep has 1 trial(s); use at most 1"),
+        (dict(trials=50, workers=100), "sweep.workers = 100 but the sweep has 50 trial(s)"),
     ],
 )
 def test_bad_sweeps_are_refused_with_a_clear_message(kwargs, message):
@@ -124,3 +126,13 @@ def test_best_params_give_the_same_config_as_overrides():
                       "train.batch_size": {"type": "int", "low": 32, "high": 256, "step": 32}})
     assert apply_params(s, {"optimizer.lr": 0.002, "train.batch_size": 96}) == apply_overrides(
         Config(), {"optimizer.lr": 0.002, "train.batch_size": 96})
+
+
+def test_no_more_workers_than_cpu_cores(monkeypatch):
+    # 100 workers on 2 cores ran this machine out of memory, each a training process
+    import mnistlab.sweep.spec as spec_module
+
+    monkeypatch.setattr(spec_module.os, "cpu_count", lambda: 2)
+    assert sweep(trials=9, workers=2).workers == 2
+    with pytest.raises(ConfigError, match=r"sweep.workers = 3 but this machine has 2 CPU core\(s\); use at most 2"):
+        sweep(trials=9, workers=3)

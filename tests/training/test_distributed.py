@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,17 @@ def test_the_launcher_shares_the_cores_out_unless_told(monkeypatch):
     assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "3"
 
 
+def test_no_more_cpu_processes_than_cores(monkeypatch):
+    from mnistlab.errors import ConfigError
+    from mnistlab.training import distributed
+
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
+    distributed.check_processes(2, torch.device("cpu"), 100)
+    distributed.check_processes(4, torch.device("cuda"), 100)  # one GPU each: the cores are not the limit
+    with pytest.raises(ConfigError, match=r"--nproc 4 on the CPU, but this machine has 2 core\(s\); use at most 2"):
+        distributed.check_processes(4, torch.device("cpu"), 100)
+
+
 def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, tmp_path):
     proc = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "3"), cwd=tmp_path,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -188,3 +200,31 @@ def test_an_error_found_by_the_processes_is_printed_once_and_exits_2(mnist_root,
     assert proc.returncode == 2, f"{out}\n{err}"
     assert err.splitlines() == ["mnistlab train: error: run already holds a run; continue it with "
                                 "`mnistlab train --resume run` or choose another --out"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_started_dying_with_parent_end_when_the_parent_is_killed():
+    # torchrun (train --nproc) and sweep workers run in sessions of their own; after a SIGKILL of the
+    # process that started them (the OOM killer), nothing else would stop them.
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from mnistlab.training.distributed import dying_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+        "                         start_new_session=True, preexec_fn=dying_with_parent())\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return  # gone: it was sent SIGTERM when its parent died
+        # a zombie (dead, not yet reaped by init) still answers kill(0); its state says so
+        if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the child outlived its killed parent")

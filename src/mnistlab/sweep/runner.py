@@ -338,9 +338,12 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
     echo(f"sweep {spec.study_name!r}: {spec.trials} trials, {spec.sampler} sampler, pruner {spec.pruner}, "
          f"objective {spec.objective} ({spec.direction}), {spec.workers} worker(s) -> {out}")
     # Workers get their own process group: a Ctrl-C in the terminal reaches this process only,
-    # which passes one SIGINT on (two would make a worker's trainer exit without saving).
-    workers = [subprocess.Popen(_worker_command(spec, out, url, i, quiet), start_new_session=True)
-               for i in range(1, spec.workers)]
+    # which passes one SIGINT on (two would make a worker's trainer exit without saving). Should this
+    # process die of a signal it cannot pass on (SIGKILL, the OOM killer), Linux sends them SIGTERM.
+    from ..training.distributed import dying_with_parent
+
+    workers = [subprocess.Popen(_worker_command(spec, out, url, i, quiet), start_new_session=True,
+                                preexec_fn=dying_with_parent()) for i in range(1, spec.workers)]
     try:
         work(spec, study, out, lock, echo)
     except (SweepInterrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: Ctrl-C between two trials

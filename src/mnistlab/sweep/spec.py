@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,11 @@ def sweep_from_dict(
     if size is not None and trials > size:
         raise ConfigError(f"sweep.trials = {trials} but the grid has only {size} points; "
                           f"leave trials out to run the whole grid")
+    if workers > trials:  # each worker runs whole trials: the others would only start, load the data and leave
+        raise ConfigError(f"sweep.workers = {workers} but the sweep has {trials} trial(s); use at most {trials}")
+    cores = os.cpu_count() or 1
+    if workers > cores:  # each worker is a training process: more than the cores only slows every trial down
+        raise ConfigError(f"sweep.workers = {workers} but this machine has {cores} CPU core(s); use at most {cores}")
     return SweepSpec(
         base=base, params=params, sampler=sampler, trials=trials, objective=objective, direction=direction,
         pruner=pruner, storage=storage, study_name=study_name.strip(), seed=seed, workers=workers,

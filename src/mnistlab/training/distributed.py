@@ -73,6 +73,9 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
     if batch_size is not None and batch_size % nproc:
         raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
                           f"({nproc}): each process takes an equal share of every batch")
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and nproc > cores:  # each one a training process with its own copy of the data
+        raise ConfigError(f"--nproc {nproc} on the CPU, but this machine has {cores} core(s); use at most {cores}")
 
 
 def init(device: torch.device) -> bool:
@@ -152,7 +155,7 @@ def _relay(stream: IO[bytes], error_file: Path) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _dying_with_parent():
+def dying_with_parent():
     """For Popen's ``preexec_fn`` on Linux (None elsewhere): torchrun is in a session of its own, so nothing
     else would stop it (and the workers, which would train on and hold the run folder) when this process
     dies of a signal it cannot pass on (SIGKILL, the OOM killer). Linux then sends it SIGTERM, which the
@@ -181,7 +184,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         error_file = Path(tmp) / "error"
         env = {**_worker_env(nproc), ERROR_FILE: str(error_file)}
         proc = subprocess.Popen(cmd, start_new_session=True, env=env, stderr=subprocess.PIPE,
-                                preexec_fn=_dying_with_parent())
+                                preexec_fn=dying_with_parent())
         relay = threading.Thread(target=_relay, args=(proc.stderr, error_file), daemon=True)
         relay.start()
         received: list[int] = []
