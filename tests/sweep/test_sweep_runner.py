@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -90,6 +91,16 @@ def test_a_storage_that_cannot_be_opened_leaves_no_folder(fake_train, tmp_path):
     with pytest.raises(ConfigError, match="cannot open the sweep storage foo://bar"):
         run_sweep(spec({"optimizer.lr": [0.001]}, storage="foo://bar"), out=tmp_path / "new" / "sweep", quiet=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_storage_folder_that_cannot_be_written_is_one_clear_error_at_once(fake_train, tmp_path):
+    # /proc takes no new files; filelock took the failure for a held lock and waited its whole 120 s
+    t0 = time.monotonic()
+    with pytest.raises(MnistlabError, match="cannot write the sweep storage's folder /proc"):
+        run_sweep(spec({"optimizer.lr": [0.001]}, storage="sqlite:////proc/study.db"), out=tmp_path / "new" / "sweep",
+                  quiet=True)
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "new").exists()
 
 
 def test_median_pruner_prunes_a_trial_below_the_median(fake_train, tmp_path):

@@ -82,10 +82,27 @@ def storage_url(spec: SweepSpec, out: Path) -> str:
     return spec.storage or f"sqlite:///{out.resolve() / 'study.db'}"
 
 
+def _sqlite_path(url: str) -> str:
+    """The database file of a ``sqlite:///`` URL; "" for other databases and in-memory SQLite."""
+    path = url.partition(":///")[2] if url.startswith("sqlite:///") else ""
+    return "" if path == ":memory:" else path
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A MnistlabError unless a file can be made in ``folder``: said before anything waits on a lock there
+    (a lock file that cannot be made looks held to filelock, which then waits its whole timeout)."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise MnistlabError(f"cannot write {what} {folder}: {e.strerror or e}") from None
+
+
 def study_lock(url: str):
     """A lock shared by every process of a SQLite study; a no-op for server databases (see the module docstring)."""
-    path = url.partition(":///")[2] if url.startswith("sqlite:///") else ""
-    if not path or path == ":memory:":
+    path = _sqlite_path(url)
+    if not path:
         return contextlib.nullcontext()
     from filelock import FileLock
 
@@ -321,11 +338,14 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
     echo = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     _share_threads(spec)
     try:
+        check_writable(out, "to the sweep folder")
+        if _sqlite_path(url):
+            check_writable(Path(_sqlite_path(url)).parent, "the sweep storage's folder")
         with lock:  # two processes creating the same SQLite tables at once would collide
             if worker is None:
                 _check_trial_folders(spec, out, url, optuna)
             study = open_study(spec, url, worker=worker or 0)
-    except ConfigError:  # a storage that cannot be opened: the folders made for it go again
+    except MnistlabError:  # a folder or storage that cannot be written or opened: the folders made for it go again
         remove_empty(made)
         raise
     if worker is not None:
