@@ -128,9 +128,15 @@ def test_unfreeze_at_releases_them_at_that_epoch(mnist_root, source_run, tmp_pat
     assert not torch.equal(start["features.1.running_mean"], after["features.1.running_mean"])  # BN trains again
     groups = read_checkpoint(tmp_path / "ft" / "last.ckpt")["optimizer"]["param_groups"]
     assert [len(g["params"]) for g in groups] == [4, 6]  # the head, then the released conv + BN parameters
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     total = sum(p.numel() for p in build_model("cnn", width=0.25, batch_norm=True, hidden=[16]).parameters())
     assert f"epoch 2: unfroze features; trainable {total:,} of {total:,} parameters" in out
+    assert "warning" not in err
+    # An unfreeze after the last epoch is allowed (the run may be resumed with more epochs) but said.
+    train(apply_overrides(cfg, ["finetune.unfreeze_at=3"]), out=tmp_path / "late", quiet=True)
+    assert capsys.readouterr().err == (
+        "mnistlab train: warning: finetune.unfreeze_at = 3 is after the last epoch (train.epochs = 2): the frozen "
+        "parameters do not train in this run; resume with --epochs 3 or more to reach it\n")
 
 
 class InterruptAt:

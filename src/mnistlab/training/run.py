@@ -436,6 +436,11 @@ def _run(
         + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
         + f" -> {run_dir}"
     )
+    unfreeze_at = cfg.finetune.unfreeze_at
+    if unfreeze_at is not None and unfreeze_at > cfg.train.epochs:  # not an error: a run may stop short and resume
+        print(f"mnistlab train: warning: finetune.unfreeze_at = {unfreeze_at} is after the last epoch "
+              f"(train.epochs = {cfg.train.epochs}): the frozen parameters do not train in this run; "
+              f"resume with --epochs {unfreeze_at} or more to reach it", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": data.dataset,
