@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -414,6 +415,20 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+def _wrong_type(key: str, value: Any, expected: str) -> ConfigError:
+    message = f"{key} = {value!r} has the wrong type; expected {expected}"
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        # `--set model.channels=[8,"M"]` reaches us as [8,M]: the shell took the quotes, the list did not parse
+        quoted = re.sub(r'(?<=[\[,\s])([A-Za-z_][\w.-]*)(?=\s*[,\]])', r'"\1"', value)
+        try:
+            tomllib.loads(f"v = {quoted}")
+        except tomllib.TOMLDecodeError:
+            return ConfigError(f"{message}; it was read as text, not a list")
+        return ConfigError(f"{message}; words in a list need double quotes, which the shell removes unless the "
+                           f"argument is in single quotes: --set '{key}={quoted}'")
+    return ConfigError(message)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert lists to tuples, ints to floats."""
     origin = typing.get_origin(tp)
@@ -428,10 +443,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+        raise _wrong_type(key, value, _type_name(tp))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} = {value!r} has the wrong type; expected a list ({_type_name(tp)})")
+            raise _wrong_type(key, value, f"a list ({_type_name(tp)})")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)

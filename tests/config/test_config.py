@@ -91,6 +91,11 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("early_stopping.baseline=nan", "early_stopping.baseline must be a finite number"),
         ("early_stopping.divergence_threshold=inf", "early_stopping.divergence_threshold must be a finite number"),
         ("augment.elastic_alpha=1e300", "augment.elastic_alpha must be at most 1000 pixels"),
+        # what the shell makes of model.channels=[8,"M"] without single quotes around it
+        ("model.channels=[8,M]", "words in a list need double quotes, which the shell removes unless the argument "
+                                 "is in single quotes: --set 'model.channels=[8,\"M\"]'"),
+        ("model.channels=[8,M,@]", "has the wrong type; expected tuple[Union[int, str], ...] | None; it was read "
+                                   "as text, not a list"),
     ],
 )
 def test_bad_overrides_are_clear(override, message):
