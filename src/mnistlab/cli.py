@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     pr.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default 3)")
     pr.add_argument("--json", action="store_true", help="print a JSON list with one object per file")
-    pr.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 input of each image there as PNG, named after the image; "
+    pr.add_argument("--save-preprocessed", metavar="DIR",
+                    help="write the 28x28 input of each image there as PNG, named after the image; "
                     "an existing file is never overwritten (the name gets -2, -3, ...)")
 
     r = sub.add_parser("report", help="write a run's report.html",
@@ -170,8 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     en = sub.add_parser("ensemble", help="test the average of several models",
                         description="Average the softmax outputs of several trained models on the test split of "
                         "their dataset, and print the test accuracy of each member and of the ensemble. A run folder "
-                        "stands for its best.ckpt (ema.ckpt with --ema). All members must share one dataset, and each must "
-                        "be another model: a file given twice, or two files of the same weights, is refused.")
+                        "stands for its best.ckpt (ema.ckpt with --ema). All members must share one dataset, and "
+                        "each must be another model: a file given twice, or two files of the same weights, is "
+                        "refused.")
     en.add_argument("runs", metavar="RUN_OR_CKPT", nargs="+", help="run folders or .ckpt files")
     en.add_argument("--ema", action="store_true", help="use each run's weight average (ema.ckpt)")
     en.add_argument("--tta", type=int, default=0, metavar="PIXELS",
@@ -204,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("config", metavar="CONFIG", help="sweep file (TOML)")
     sw.add_argument("--out", metavar="DIR", help="sweep folder (default: sweeps/<date>-<time>-<name>)")
     sw.add_argument("--trials", type=int, metavar="N", help="trials in all (complete or pruned), over reruns and workers")
-    sw.add_argument("--workers", type=int, metavar="N", help="processes sharing the study (default 1; at most one per trial and per CPU core)")
+    sw.add_argument("--workers", type=int, metavar="N",
+                    help="processes sharing the study (default 1; at most one per trial and per CPU core)")
     sw.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
     _add_data_dir(sw)
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
