@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -26,3 +27,13 @@ def remove_empty(folders: Iterable[Path]) -> None:
             folder.rmdir()
         except OSError:
             break
+
+
+def probe_write(folder: Path) -> None:
+    """Write and remove a 4 KiB file in ``folder``; raises the OSError if that fails (no write access,
+    a full disk, a file system that takes no new files such as /proc). The probe never stays behind."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"x" * 4096)
+    finally:
+        probe.unlink(missing_ok=True)

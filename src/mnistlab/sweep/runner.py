@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
-from ..folders import missing_folders, remove_empty
+from ..folders import missing_folders, probe_write, remove_empty
 from .spec import SweepSpec, apply_params, fingerprint, grid_points
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
@@ -91,10 +91,8 @@ def _sqlite_path(url: str) -> str:
 def check_writable(folder: Path, what: str) -> None:
     """A MnistlabError unless a file can be made in ``folder``: said before anything waits on a lock there
     (a lock file that cannot be made looks held to filelock, which then waits its whole timeout)."""
-    probe = folder / f".write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"x")
-        probe.unlink()
+        probe_write(folder)
     except OSError as e:
         raise MnistlabError(f"cannot write {what} {folder}: {e.strerror or e}") from None
 

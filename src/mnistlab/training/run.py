@@ -24,7 +24,7 @@ from ..callbacks import Callback, build_callbacks
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
 from ..errors import MnistlabError, RunDirError, leave_error
-from ..folders import missing_folders, remove_empty
+from ..folders import missing_folders, probe_write, remove_empty
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
@@ -151,9 +151,7 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
     """
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
+        probe_write(path)
     except OSError as e:
         raise RunDirError(f"cannot write to run folder {path}: {e.strerror or e}") from None
     RunLock(path).refuse_if_held()
