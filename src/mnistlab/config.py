@@ -248,7 +248,7 @@ class EarlyStoppingConfig:
     error: str = "loss"  # what Prechelt's E means: loss (validation/training loss) or error (1 - accuracy)
     divergence_threshold: float | None = None  # stop at once when the monitor is worse than this
     stop_on_nonfinite: bool = True  # stop when the monitored value is NaN or infinite
-    restore_best_weights: bool = False  # at the end of training, load the weights of the best epoch
+    restore_best_weights: bool = False  # end with the best epoch's weights, kept as best.ckpt
 
     def __post_init__(self) -> None:
         _choice("early_stopping", "criterion", self.criterion, STOP_CRITERIA)
@@ -273,7 +273,7 @@ class ReduceLROnPlateauConfig:
     threshold: float = 1e-4  # smallest improvement that counts
     threshold_mode: str = "rel"  # rel: relative to the best value; abs: absolute
     cooldown: int = 0  # epochs to wait after a reduction before counting again
-    min_lr: float = 0.0  # never go below this
+    min_lr: float = 0.0  # no reduction goes below this (a decaying schedule still may)
 
     def __post_init__(self) -> None:
         _choice("reduce_lr", "monitor", self.monitor, MONITORS)
@@ -282,6 +282,11 @@ class ReduceLROnPlateauConfig:
         if not 0.0 < self.factor < 1.0:
             raise ConfigError(f"reduce_lr.factor must be in (0, 1), got {self.factor}")
         _positive("reduce_lr", self, "patience", "threshold", "cooldown", "min_lr", allow_zero=True)
+
+
+# The files of a run folder that mnistlab writes under fixed names: no checkpoint template may produce one.
+RUN_FILE_NAMES = ("best.ckpt", "last.ckpt", "ema.ckpt", "config.toml", "metrics.csv", "summary.json", "report.html",
+                  "test_predictions.npz", "run.lock")
 
 
 @dataclass(frozen=True)
@@ -314,6 +319,10 @@ class CheckpointConfig:
                               f"({e}); epoch is an integer, the others are floats") from None
         if any(c in sample for c in "/\\") or sample.startswith("."):  # a fill character of a format spec
             raise ConfigError(f"checkpoint.filename = {self.filename!r} {plain}")
+        if sample in RUN_FILE_NAMES:
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} is the name of a file the run itself writes "
+                              f"({', '.join(RUN_FILE_NAMES)}); use a template such as "
+                              "\"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
 
 
 @dataclass(frozen=True)

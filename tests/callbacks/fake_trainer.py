@@ -26,6 +26,8 @@ class FakeTrainer:
         self.stop_reasons: list[str] = []
         self.lrs_set: list[float] = []
         self.saved: list[Path] = []
+        self.restored: list[int] = []  # the epochs restore_weights was called with
+        self.stopped_by: str | None = None
 
     @property
     def run_dir(self) -> Path | None:
@@ -48,6 +50,10 @@ class FakeTrainer:
 
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
+
+    def restore_weights(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
+        self.set_weights(state)
+        self.restored.append(epoch)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         path = Path(path)

@@ -86,6 +86,7 @@ def test_restore_best_weights_after_a_stop(caplog):
         assert drive([cb], epochs(val_loss=[1.0, 0.4, 0.5, 0.6, 0.1]), trainer) == 4
     assert cb.best_epoch == 2 and cb.restored_epoch == 2
     assert weight_epoch(trainer) == 2  # the driver set every weight to 4 before epoch 4 ended
+    assert trainer.restored == [2]  # through restore_weights, which makes them the run's best.ckpt
     assert "restored the weights of epoch 2" in caplog.text
 
 
@@ -165,3 +166,36 @@ def test_a_new_monitor_on_resume_starts_afresh_instead_of_comparing_with_the_old
     cb3 = EarlyStopping(monitor="val_error", patience=2)
     cb3.load_state_dict(state["EarlyStopping"])
     assert (cb3.best_value, cb3.best_epoch, cb3.wait) == (0.01, 2, 1)
+
+
+@pytest.mark.parametrize("settings, epochs_, expected", [
+    (dict(criterion="up", strips=3), 19, ["UP_3 cannot stop a run of 19 epochs: it compares E_va at the ends of "
+                                          "5-epoch strips, so its first possible stop is after epoch 20"]),
+    (dict(criterion="up", strips=3), 20, []),
+    (dict(criterion="pq", strip=4, start_epoch=5), 7, ["PQ_5 cannot stop a run of 7 epochs: it decides at the ends "
+                                                       "of 4-epoch strips, so its first possible stop is after epoch 8"]),
+    (dict(criterion="gl"), 1, ["GL_5 cannot stop a run of 1 epoch, so its first possible stop is after epoch 2"]),
+    (dict(criterion="gl"), 2, []),
+    (dict(criterion="patience", patience=3), 3, ["early stopping with patience 3 cannot stop a run of 3 epochs, so "
+                                                 "its first possible stop is after epoch 4"]),
+    (dict(criterion="patience", patience=3, baseline=0.5), 3, []),  # the first epoch already counts
+    (dict(criterion="gl", monitor="val_accuracy", baseline=0.9), 9,
+     ["early_stopping.monitor = 'val_accuracy' is not used by criterion 'gl' (it is read by criterion patience only)",
+      "early_stopping.baseline = 0.9 is not used by criterion 'gl' (it is read by criterion patience only)"]),
+    (dict(criterion="patience", alpha=2.0, strips=2), 30,
+     ["early_stopping.alpha = 2.0 is not used by criterion 'patience' (it is read by criteria gl and pq only)",
+      "early_stopping.strips = 2 is not used by criterion 'patience' (it is read by criterion up only)"]),
+    (dict(criterion="none", monitor="val_accuracy"), 1, []),  # switched off: nothing to warn about
+])
+def test_early_stopping_warnings_name_what_will_not_act(settings, epochs_, expected):
+    from mnistlab.callbacks.early_stopping import early_stopping_warnings
+    from mnistlab.config import EarlyStoppingConfig
+
+    assert early_stopping_warnings(EarlyStoppingConfig(**settings), epochs_) == expected
+    # and the rule really cannot stop before the epoch the warning names: driven with rising E_va
+    if expected and "first possible stop is after epoch" in expected[-1]:
+        from mnistlab.callbacks import early_stopping_from_config
+        first = int(expected[-1].rsplit(" ", 1)[1])
+        rule = early_stopping_from_config(EarlyStoppingConfig(**settings))
+        rising = [0.1 * (i + 1) for i in range(first + 1)]
+        assert drive([rule], epochs(val_loss=rising, train_loss=[1.0] * len(rising)), FakeTrainer()) == first

@@ -127,3 +127,29 @@ def test_a_new_monitor_on_resume_ranks_afresh(tmp_path):
     assert [(v, e) for v, e, _ in cb2.kept] == [(2.0, 2)]
     # The old top-k file is no longer ranked and stays; the new one is kept.
     assert files(tmp_path) == ["best.ckpt", "e2-loss2.00.ckpt", "epoch001-0.9000.ckpt"]
+
+
+def test_a_template_without_epoch_keeps_each_epoch_in_its_own_file(trainer, tmp_path):
+    # Both epochs fill "acc0.95.ckpt": the second gets -v1 instead of overwriting the better first one.
+    cb = ModelCheckpoint(save_top_k=2, filename="acc{val_accuracy:.2f}.ckpt")
+    drive([cb], epochs(val_accuracy=[0.90, 0.951, 0.949]), trainer)
+    assert files(tmp_path) == ["acc0.95-v1.ckpt", "acc0.95.ckpt", "best.ckpt"]
+    assert (tmp_path / "acc0.95.ckpt").read_text() == "epoch 2\n"
+    assert (tmp_path / "acc0.95-v1.ckpt").read_text() == "epoch 3\n"
+    assert [(e, f) for _, e, f in cb.kept] == [(2, "acc0.95.ckpt"), (3, "acc0.95-v1.ckpt")]
+
+
+def test_a_template_naming_a_file_of_the_run_never_replaces_it(trainer, tmp_path):
+    # From the API (the config refuses these names): best.ckpt stays the best epoch's.
+    cb = ModelCheckpoint(monitor="val_loss", save_top_k=0, every_n_epochs=1, filename="best.ckpt")
+    drive([cb], epochs(val_loss=[0.9, 0.8, 0.85]), trainer)
+    assert (tmp_path / "best.ckpt").read_text() == "epoch 2\n"
+    assert files(tmp_path) == ["best-v1.ckpt", "best-v2.ckpt", "best-v3.ckpt", "best.ckpt"]
+
+
+@pytest.mark.parametrize("name", ["best.ckpt", "last.ckpt", "ema.ckpt", "metrics.csv"])
+def test_the_config_refuses_a_template_that_names_a_file_of_the_run(name):
+    from mnistlab.config import Config, apply_overrides
+
+    with pytest.raises(ConfigError, match=f"checkpoint.filename = '{name}' is the name of a file the run itself"):
+        apply_overrides(Config(), [f"checkpoint.filename={name}"])

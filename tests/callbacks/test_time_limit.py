@@ -87,3 +87,11 @@ def test_it_warns_after_epoch_1_when_a_decaying_schedule_will_be_cut_short(caplo
         drive([TimeLimit(20, epochs=32, schedule="constant")], epochs(seconds=[126.0]), FakeTrainer())
         drive([TimeLimit(20, epochs=8, schedule="cosine")], epochs(seconds=[126.0]), FakeTrainer())  # 8 fit
     assert caplog.messages == []
+
+
+def test_a_run_that_ends_with_its_last_epoch_was_not_stopped_by_the_limit():
+    # The limit would stop after epoch 2 (the next epoch cannot fit), but there is no next epoch.
+    trainer = FakeTrainer()
+    assert drive([TimeLimit(1.0, epochs=2)], epochs(seconds=[25.0, 25.0]), trainer) is None
+    assert trainer.stop_reasons == [] and trainer.stopped_by is None
+    assert drive([TimeLimit(1.0, epochs=3)], epochs(seconds=[25.0, 25.0]), FakeTrainer()) == 2

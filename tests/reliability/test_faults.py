@@ -289,3 +289,20 @@ def test_a_stale_lock_with_this_processes_pid_is_taken_over(tmp_path):
         assert (tmp_path / "run.lock").read_text() == str(os.getpid())
         assert not list(tmp_path.glob(".*.tmp-*"))  # the killed run's half-written file is gone
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_the_free_space_check_counts_the_copies_ema_and_restore_best_weights_add(monkeypatch, tmp_path):
+    from torch import nn
+
+    from mnistlab import Config, apply_overrides
+    from mnistlab.training.run import check_free_space
+
+    model = nn.Linear(1024, 1024)  # 4 MiB of weights
+    usage = namedtuple("usage", "total used free")
+    plain = Config()
+    both = apply_overrides(plain, ["ema.enabled=true", "early_stopping.restore_best_weights=true"])
+    # 4 files (last, best, one top-k, a temporary) of 3 copies: about 52 MiB; with both options 5 files of 5 copies
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 60 * 2**20))
+    check_free_space(tmp_path, model, plain)
+    with pytest.raises(RunDirError, match=r"60.0 MiB free, but its checkpoints need about 105.\d MiB"):
+        check_free_space(tmp_path, model, both)

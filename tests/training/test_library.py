@@ -62,3 +62,41 @@ def test_train_gives_the_process_its_threads_and_random_stream_back(mnist_root, 
 
 def test_a_path_is_a_data_dir():
     assert DataConfig(dir=Path("/data/mnist")).dir == "/data/mnist"  # written to config.toml as text
+
+
+def test_restored_weights_are_the_runs_best_ckpt_and_what_it_tests(mnist_small, mnist_root, tmp_path, capsys):
+    from mnistlab.training import evaluate, read_checkpoint
+
+    # best.ckpt by [checkpoint] would be the last epoch (training accuracy rises); the stopping rule's best is
+    # epoch 1 (no later epoch beats it by min_delta). restore_best_weights makes epoch 1 the run's model.
+    cfg = tiny_cfg(mnist_root, "train.threads=1", "train.epochs=3", "checkpoint.monitor=train_accuracy",
+                   "early_stopping.criterion=patience", "early_stopping.monitor=train_loss",
+                   "early_stopping.min_delta=100", "early_stopping.patience=5",
+                   "early_stopping.restore_best_weights=true")
+    result = train(cfg, out=tmp_path / "run", report=False, quiet=True)
+    assert result.fit.epochs == 3 and result.fit.stopped_by == "max_epochs"
+    assert "cannot stop a run of 3 epochs" in capsys.readouterr().err  # patience 5 never could: said at the start
+    best = read_checkpoint(tmp_path / "run" / "best.ckpt")
+    assert best["epoch"] == 1 and [h["epoch"] for h in best["history"]] == [1]
+    final = result.fit.model.state_dict()
+    assert all(torch.equal(best["model"][k], final[k].cpu()) for k in final)  # what stayed in memory
+    last = read_checkpoint(tmp_path / "run" / "last.ckpt")  # resume goes on from where training was
+    assert last["epoch"] == 3 and not all(torch.equal(last["model"][k], final[k].cpu()) for k in final)
+    assert result.summary["best_epoch"] == 1 and result.summary["evaluated"] == "best.ckpt"
+    tested = evaluate(load_model(tmp_path / "run" / "best.ckpt"), mnist_small.test).accuracy
+    assert result.summary["test_accuracy"] == tested
+    # [checkpoint]'s own choice is still kept, in its top-k file
+    assert (tmp_path / "run" / f"epoch003-{result.fit.history[2]['val_accuracy']:.4f}.ckpt").is_file()
+
+
+def test_fit_obeys_the_configs_early_stopping_and_reduce_lr(mnist_small, mnist_root):
+    # min_delta no loss change reaches: patience 2 stops after epoch 3 of 5; a threshold no epoch meets makes
+    # ReduceLROnPlateau halve the rate after epoch 2 (epoch 1 sets its best). fit() used to ignore both.
+    cfg = tiny_cfg(mnist_root, "train.threads=1", "train.epochs=5", "schedule.name=constant",
+                   "early_stopping.criterion=patience", "early_stopping.patience=2", "early_stopping.min_delta=100",
+                   "reduce_lr.enabled=true", "reduce_lr.patience=0", "reduce_lr.threshold=10", "reduce_lr.factor=0.5")
+    model = build_model("cnn", width=0.25, mean=mnist_small.mean, std=mnist_small.std)
+    result = fit(model, mnist_small, cfg)
+    assert result.epochs == 3 and result.stopped_by == "early_stopping", result.stop_reason
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[1] == lrs[0] and lrs[2] == pytest.approx(lrs[0] / 2)

@@ -93,6 +93,11 @@ class TrainerHandle(Protocol):
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights returned by ``get_weights``."""
 
+    def restore_weights(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
+        """End the run with the weights ``get_weights`` returned after ``epoch``: they are loaded and, in a
+        run with a folder, written as best.ckpt, the model the run is tested with and that ``evaluate``,
+        ``predict`` and ``ensemble`` read from the folder (call it from ``on_train_end``)."""
+
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a complete, resumable checkpoint atomically; relative paths are under run_dir."""
 

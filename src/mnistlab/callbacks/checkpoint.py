@@ -7,7 +7,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from ..config import CheckpointConfig
+from ..config import RUN_FILE_NAMES, CheckpointConfig
 from ..errors import ConfigError
 from .base import EPOCH_METRICS, Callback, MonitorMixin, TrainerHandle
 
@@ -31,7 +31,10 @@ class ModelCheckpoint(MonitorMixin, Callback):
       ``"epoch{epoch:03d}-{val_loss:.4f}.ckpt"``); a file that falls out of the
       top k is deleted (ties keep the earlier epoch);
     * ``every_n_epochs`` > 0: every n-th epoch is also kept under the template
-      name, and never deleted.
+      name, and never deleted;
+    * a name that a kept file (or, in the run folder, one of the run's own
+      files such as best.ckpt) already has gets ``-v1``, ``-v2``, ... before
+      its suffix, as in Lightning: nothing kept is overwritten.
 
     "Keep the last" is the trainer's job: it writes ``last.ckpt`` (the resume
     state) after every epoch. Files go to ``dirpath`` (default: the run folder);
@@ -99,6 +102,22 @@ class ModelCheckpoint(MonitorMixin, Callback):
                 f"valid fields: {', '.join(sorted(fields))}"
             ) from None
 
+    def _free_path(self, name: str) -> Path:
+        """``name``'s path, or with -v1, -v2, ... before its suffix where a file we keep has that name.
+
+        A template without ``{epoch}`` (``acc{val_accuracy:.2f}.ckpt``) gives two epochs one name; so can
+        one that names a file the run writes itself (best.ckpt). Overwriting would replace a kept epoch
+        with another and leave top-k with one file; Lightning appends a version too.
+        """
+        taken = {p for _, _, p in self.kept} | set(self.periodic)
+        if self.dirpath is None:
+            taken |= set(RUN_FILE_NAMES) | ({self.save_best_as} if self.save_best_as else set())
+        path, n = self._path(name), 0
+        while str(path) in taken:
+            n += 1
+            path = self._path(f"{Path(name).stem}-v{n}{Path(name).suffix}")
+        return path
+
     def _ranks_above(self, value: float, other: float) -> bool:
         return value < other if self.mode == "min" else value > other
 
@@ -113,7 +132,7 @@ class ModelCheckpoint(MonitorMixin, Callback):
         def save() -> str:
             nonlocal saved
             if saved is None:
-                file = self._path(self._name(epoch, metrics))
+                file = self._free_path(self._name(epoch, metrics))
                 trainer.save_checkpoint(file)
                 saved = str(file)
             return saved

@@ -115,7 +115,7 @@ class _StoppingRule(Callback):
             )
             log.warning("%s: no best weights to restore (%s); keeping the final weights", type(self).__name__, why)
             return
-        trainer.set_weights(self.best_weights)
+        trainer.restore_weights(self.best_epoch, self.best_weights)
         self.restored_epoch = self.best_epoch
         log.info("%s: restored the weights of epoch %d (%s)", type(self).__name__, self.best_epoch, self._best_text())
 
@@ -451,6 +451,53 @@ def early_stopping_from_config(cfg: EarlyStoppingConfig) -> Callback | None:
     raise ConfigError(f"early_stopping.criterion = {cfg.criterion!r} is not valid; choose one of: none, patience, gl, pq, up")
 
 
+# The settings each kind of rule reads besides start_epoch, stop_on_nonfinite and restore_best_weights.
+_PATIENCE_KEYS = ("monitor", "mode", "patience", "min_delta", "baseline", "divergence_threshold")
+_PRECHELT_KEYS = {"gl": ("alpha", "error"), "pq": ("alpha", "strip", "error"), "up": ("strips", "strip", "error")}
+
+
+def early_stopping_warnings(cfg: EarlyStoppingConfig, epochs: int) -> list[str]:
+    """What in ``[early_stopping]`` will not act in a run of ``epochs`` epochs: settings the criterion does
+    not read (left from another criterion, or set for the wrong one), and a rule that cannot stop so early.
+
+    Warnings, not errors: a resumed run keeps its stored settings when it changes criterion, and a run
+    may be resumed with more epochs.
+
+    >>> early_stopping_warnings(EarlyStoppingConfig(criterion="up", strips=3), epochs=12)
+    ['UP_3 cannot stop a run of 12 epochs: it compares E_va at the ends of 5-epoch strips, so its first possible stop is after epoch 20']
+    """
+    if cfg.criterion == "none":
+        return []
+    defaults = EarlyStoppingConfig()
+    used = _PATIENCE_KEYS if cfg.criterion == "patience" else _PRECHELT_KEYS[cfg.criterion]
+    read_by = {**{k: "criterion patience" for k in _PATIENCE_KEYS}, "alpha": "criteria gl and pq",
+               "strip": "criteria pq and up", "strips": "criterion up", "error": "criteria gl, pq and up"}
+    out = [
+        f"early_stopping.{key} = {getattr(cfg, key)!r} is not used by criterion {cfg.criterion!r} "
+        f"(it is read by {read_by[key]} only)"
+        for key in (*_PATIENCE_KEYS, "alpha", "strip", "strips", "error")
+        if key not in used and getattr(cfg, key) != getattr(defaults, key)
+    ]
+    k, start = cfg.strip, cfg.start_epoch
+    if cfg.criterion == "patience":
+        # The first decided epoch sets the best value and never stops; then ``patience`` epochs without an
+        # improvement (with a baseline not beaten, the first epoch already counts as one of them).
+        wait = max(cfg.patience - 1, 1) if cfg.baseline is not None else max(cfg.patience, 1)
+        first, name, how = start + wait, f"early stopping with patience {cfg.patience}", ""
+    elif cfg.criterion == "gl":
+        first, name, how = max(2, start), f"GL_{cfg.alpha:g}", ""
+    elif cfg.criterion == "pq":
+        first = k * -(-max(k, start) // k)
+        name, how = f"PQ_{cfg.alpha:g}", f": it decides at the ends of {k}-epoch strips"
+    else:
+        first = k * -(-max((cfg.strips + 1) * k, start) // k)
+        name, how = f"UP_{cfg.strips}", f": it compares E_va at the ends of {k}-epoch strips"
+    if first > epochs:
+        out.append(f"{name} cannot stop a run of {_epochs(epochs)}{how}, so its first possible stop is after "
+                   f"epoch {first}")
+    return out
+
+
 _SPEC_FORMS = "none, patience:N (epochs), gl:ALPHA (percent), pq:ALPHA, up:S (strips)"
 
 
@@ -497,5 +544,6 @@ __all__ = [
     "PQ",
     "UP",
     "early_stopping_from_config",
+    "early_stopping_warnings",
     "parse_early_stopping",
 ]

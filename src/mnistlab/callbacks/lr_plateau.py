@@ -21,11 +21,13 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
       ``min_delta``: below ``best - threshold``).
     * Counting follows Keras (and this project's EarlyStopping): the learning
       rate is reduced at the end of the ``patience``-th epoch in a row without
-      an improvement. PyTorch's scheduler waits one epoch more (``patience + 1``).
+      an improvement. PyTorch's scheduler waits one epoch more (``patience + 1``)
+      for a patience of 1 or more; both reduce at the first such epoch for 0.
     * ``cooldown``: the ``cooldown`` epochs after a reduction are not counted
       (PyTorch's semantics; the best value still updates).
-    * ``min_lr``: the learning rate never goes below it; at ``min_lr`` nothing
-      more happens.
+    * ``min_lr``: a reduction never takes the learning rate below it; at
+      ``min_lr`` nothing more happens. A decaying schedule goes on below it
+      (the scale stays), as after PyTorch's scheduler chained with ``StepLR``.
 
     The new rate goes through ``trainer.set_lr``, which scales the schedule, so
     a schedule keeps its shape at the lower level. Each change is logged on the

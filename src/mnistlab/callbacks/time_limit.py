@@ -68,7 +68,8 @@ class TimeLimit(Callback):
                     "it in time)", _duration(self.longest), fit, self.epochs, self.max_minutes, self.schedule,
                     self.epochs, fit,
                 )
-        if self.used + self.longest > 60 * self.max_minutes:
+        last = self.epochs is not None and epoch >= self.epochs  # the run ends anyway: the limit stopped nothing
+        if not last and self.used + self.longest > 60 * self.max_minutes:
             trainer.request_stop(
                 f"time limit of {self.max_minutes:g} min: {_duration(self.used)} of training used after epoch {epoch}, "
                 f"and an epoch takes up to {_duration(self.longest)}",

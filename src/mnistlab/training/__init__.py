@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from ..callbacks import build_callbacks
+from ..callbacks.early_stopping import early_stopping_warnings
 from ..callbacks.base import Callback
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, RunDirError
@@ -26,10 +29,15 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on a :class:`~mnistlab.data.DataBundle` in this process.
 
-    With ``run_dir`` the trainer writes last.ckpt there (and callbacks may
-    write more); without it nothing touches the disk. A checkpoint rebuilds its
-    model from ``cfg``'s ``[model]`` section, so with ``run_dir`` the model must be
-    the one ``cfg`` describes: that is checked before any training.
+    The config's rules that steer training act as they do in ``train``: the
+    ``[early_stopping]`` rule, ``[reduce_lr]`` and ``train.max_minutes``, called
+    before the ``callbacks`` given. The callbacks that keep files (History,
+    ModelCheckpoint, TensorBoard) are ``train``'s alone. With ``run_dir`` the
+    trainer writes last.ckpt there (and best.ckpt where ``restore_best_weights``
+    restores; callbacks may write more); without it nothing touches the disk.
+    A checkpoint rebuilds its model from ``cfg``'s ``[model]`` section, so with
+    ``run_dir`` the model must be the one ``cfg`` describes: that is checked
+    before any training.
     """
     cfg = cfg or Config()
     if run_dir is not None:
@@ -38,7 +46,10 @@ def fit(
             Path(run_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    return Trainer(model, data, cfg, callbacks=callbacks, run_dir=run_dir).fit()
+    for warning in early_stopping_warnings(cfg.early_stopping, cfg.train.epochs):
+        warnings.warn(warning, stacklevel=2)
+    steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
+    return Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir).fit()
 
 
 def _check_config_describes(model, data, cfg: Config) -> None:

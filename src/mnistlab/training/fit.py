@@ -253,6 +253,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.stop_reason: str | None = None
         self.stopped_by: str | None = None
+        self.restored_epoch: int | None = None  # the epoch whose weights restore_weights made the final ones
         self._resume: dict[str, Any] | None = None
         self._signals = _SignalGuard()
         self._rng_ranks: list[dict[str, Any]] = []  # every rank's RNG state at the last epoch end (multi-process)
@@ -659,6 +660,18 @@ class Trainer:
 
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         load_weights(self._model, state, source="set_weights")
+
+    def restore_weights(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
+        # best.ckpt is what the run is tested with and what evaluate, predict and ensemble read from the run
+        # folder; restored weights that stayed in memory would be tested and kept nowhere.
+        self.set_weights(state)
+        self.restored_epoch = epoch
+        if self._run_dir is not None:
+            payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
+            save_checkpoint(self._run_dir / "best.ckpt", {
+                **payload, "model": self._model.state_dict(), "epoch": epoch,
+                "history": [h for h in self.history if h["epoch"] <= epoch],
+            })
 
     def save_checkpoint(self, path: str | Path) -> Path:
         path = Path(path)

@@ -21,6 +21,7 @@ import torch
 
 from .. import jsonout
 from ..callbacks import Callback, build_callbacks
+from ..callbacks.early_stopping import early_stopping_warnings
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
 from ..errors import MnistlabError, RunDirError, leave_error
@@ -169,16 +170,20 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
         )
 
 
-def check_free_space(path: Path, model: torch.nn.Module, save_top_k: int) -> None:
+def check_free_space(path: Path, model: torch.nn.Module, cfg: Config) -> None:
     """Refuse to start when the disk cannot hold the checkpoints this run will surely write.
 
-    A checkpoint holds the weights and up to two optimizer moments (Adam); the
-    run keeps last.ckpt, best.ckpt and ``save_top_k`` files, plus one temporary
-    file while one of them is rewritten. Files kept every n epochs are not
-    counted: their number is not known in advance.
+    A checkpoint holds the weights, up to two optimizer moments (Adam), and one
+    more copy each for ``restore_best_weights`` (the best epoch's weights) and
+    ``[ema]`` (the average); the run keeps last.ckpt, best.ckpt, ema.ckpt with
+    ``[ema]`` and ``save_top_k`` files, plus one temporary file while one of them
+    is rewritten. Files kept every n epochs are not counted: their number is not
+    known in advance.
     """
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    need = (3 * weights + (1 << 20)) * (3 + save_top_k)  # + 1 MiB each for the config, history and metadata
+    copies = 3 + cfg.early_stopping.restore_best_weights + cfg.ema.enabled
+    files = 3 + cfg.checkpoint.save_top_k + cfg.ema.enabled
+    need = (copies * weights + (1 << 20)) * files  # + 1 MiB each for the config, history and metadata
     free = shutil.disk_usage(path).free
     if free < need:
         raise RunDirError(
@@ -410,7 +415,7 @@ def _run(
         torch.manual_seed(cfg.train.seed + 1_000_003 * distributed.rank())
     init_note = None if init is None else load_init(model, cfg, data, init)
     if run_dir is not None:
-        check_free_space(run_dir, model, cfg.checkpoint.save_top_k)
+        check_free_space(run_dir, model, cfg)
     cbs = build_callbacks(cfg, run_dir) + list(callbacks)  # without a folder: only those that steer the training
     trainer = Trainer(model, data, cfg, callbacks=cbs, run_dir=run_dir, display=display, device=device)
     if payload is not None:
@@ -439,6 +444,8 @@ def _run(
         print(f"mnistlab train: warning: finetune.unfreeze_at = {unfreeze_at} is after the last epoch "
               f"(train.epochs = {cfg.train.epochs}): the frozen parameters do not train in this run; "
               f"resume with --epochs {unfreeze_at} or more to reach it", file=sys.stderr, flush=True)
+    for warning in early_stopping_warnings(cfg.early_stopping, cfg.train.epochs):
+        print(f"mnistlab train: warning: {warning}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": data.dataset,
