@@ -139,11 +139,12 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "predict", help="classify your own images",
-        description="Classify image files (PNG, JPEG, BMP, ...; any size; dark ink on light paper or light on dark) "
-        "with a trained model. Each image is preprocessed the way MNIST was made: grayscale, inverted if the "
-        "background is light, cropped to the ink, scaled into a 20x20 box and centred by its centre of mass in "
-        "28x28. A file that cannot be read gets an error line and the others are still classified; the exit "
-        "status is then 1.")
+        description="Classify image files (PNG, JPEG, BMP, GIF (its first frame), ...; up to 50 megapixels; dark "
+        "ink on light paper or light on dark) with a trained model. Each image is preprocessed the way the "
+        "model's dataset was made: grayscale, inverted if the ink is darker than the background, cropped to the "
+        "ink, then for MNIST and KMNIST scaled into a 20x20 box and centred by its centre of mass in 28x28 (for "
+        "Fashion-MNIST: its longer side scaled to 28 and its box centred). A file that cannot be read gets an "
+        "error line and the others are still classified; the exit status is then 1.")
     pr.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder (its best.ckpt) or a .ckpt file")
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     pr.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default 3)")
@@ -508,7 +509,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise ConfigError(f"--models {name}: {e} (the training-rate table uses each model's defaults)") from None
     cfg = load_config(args.config) if args.config else Config()
-    cfg = apply_overrides(cfg, ([f"data.dir={args.data_dir}"] if args.data_dir else []) + args.overrides)
+    if args.data_dir:  # as a value, not a "data.dir=..." string: that would read a folder named 2024 as a number
+        cfg = apply_overrides(cfg, {"data.dir": args.data_dir})
+    cfg = apply_overrides(cfg, args.overrides)
     run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, train_limit=args.train_limit)
     return 0
 

@@ -114,7 +114,7 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "mnist"  # mnist | fashion-mnist | kmnist
     dir: str | None = None  # data folder; else $MNISTLAB_DATA, else the user's cache folder
-    val_size: int = 5000  # images carved from the training set for validation
+    val_size: int = 5000  # images carved from the training set for validation (training needs 1 or more)
     split_seed: int = 0  # fixed seed of the train/validation split (independent of train.seed)
     # train on N of the training images only, a seeded random subset (quick runs; above the split's size: all)
     train_limit: int | None = None
@@ -350,11 +350,11 @@ class AugmentConfig:
         _positive("augment", self, "elastic_sigma")
         if not 0.0 <= self.scale < 1.0:
             raise ConfigError(f"augment.scale must be in [0, 1), got {self.scale}")
-        if self.rotation > 180 or self.shear >= 90 or self.shift > 1:
-            raise ConfigError(
-                f"augment: rotation must be at most 180 degrees, shear below 90 degrees and shift at most 1 "
-                f"(the whole side), got {self.rotation}, {self.shear} and {self.shift}"
-            )
+        for key, bad, limit in (("rotation", self.rotation > 180, "at most 180 (degrees)"),
+                                ("shear", self.shear >= 90, "below 90 (degrees)"),
+                                ("shift", self.shift > 1, "at most 1 (the whole side)")):
+            if bad:
+                raise ConfigError(f"augment.{key} must be {limit}, got {getattr(self, key)}")
         if self.elastic_alpha > MAX_ELASTIC_ALPHA:  # far more overflows the float32 field into NaN images
             raise ConfigError(f"augment.elastic_alpha must be at most {MAX_ELASTIC_ALPHA:g} pixels, "
                               f"got {self.elastic_alpha}")
@@ -450,6 +450,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, key)
+            except _TooLarge:
+                raise  # the right type, out of range: that is the message, not "wrong type"
             except ConfigError:
                 pass
         raise _wrong_type(key, value, _type_name(tp))
@@ -467,14 +469,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > 2**64:  # past every field's sense (seeds go to 2**64 - 1); float maths would overflow
+                raise _TooLarge(f"{key} = {_digits(value)} is too large (at most 2**64)")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer of hundreds of digits
+                raise _TooLarge(f"{key} = {_digits(value)} is too large for a number (at most about 1.8e308)") from None
     elif tp is str:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+class _TooLarge(ConfigError):
+    """A number of the right type beyond what the field can hold."""
+
+
+def _digits(n: int) -> str:
+    """
+    >>> _digits(12), _digits(10**40)
+    ('12', '100000000000... (41 digits)')
+    """
+    text = str(n)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

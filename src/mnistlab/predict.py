@@ -7,12 +7,14 @@ dark background, is scaled to fit a 20x20 box keeping its aspect ratio
 centre of mass is at the centre. :func:`preprocess` does that, plus what a
 user's file needs first:
 
-1. read it (PNG, JPEG, BMP, ... any size; RGB, RGBA, palette, 16-bit or
-   grayscale; the EXIF orientation of a phone photo is applied), flatten any
-   transparency onto a background that contrasts with the ink, convert to
-   grayscale in [0, 1];
-2. invert it when the background is light (dark digit on paper); the
-   background is the median of the border pixels;
+1. read it (PNG, JPEG, BMP, a GIF's first frame, ... up to ``MAX_PIXELS``;
+   RGB, RGBA, palette, 16- or 32-bit or grayscale; the EXIF orientation of a
+   phone photo is applied), flatten any transparency (onto the paper's own
+   colour where the image is mostly opaque, else onto a background that
+   contrasts with the ink), convert to grayscale in [0, 1];
+2. invert it when the ink is darker than the background (a digit on paper,
+   also on dim grey paper): the background is the median of the border
+   pixels, and the ink the extreme, darkest or lightest, furthest from it;
 3. subtract the background level and stretch so the strongest ink is 1;
 4. crop to the ink: on a clean background every pixel that is not background,
    on a noisy one (a photo) the clear ink plus its faint edge (see ``_ink_box``);
@@ -130,7 +132,8 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"{path} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above 89 megapixels; the size check below refuses from MAX_PIXELS on, with our numbers.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size  # read from the header: nothing is decoded yet
                 if w == 0 or h == 0:
@@ -141,7 +144,7 @@ def read_grayscale(path: str | Path) -> np.ndarray:
                         "megapixels mnistlab reads; scale it down first"
                     )
                 img.load()
-                return _to_gray(ImageOps.exif_transpose(img), path)
+                return _to_gray(_upright(img, path), path)
     except ImageFileError:
         raise
     except UnidentifiedImageError:
@@ -149,9 +152,10 @@ def read_grayscale(path: str | Path) -> np.ndarray:
             f"{path} is not an image Pillow can read: not an image file, or one with a damaged header "
             "(e.g. a zero width or height); use PNG, JPEG, BMP, GIF or TIFF"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError:  # Pillow refuses twice its limit before the header's size is ours to see
         raise ImageFileError(
-            f"{path} is too large to decode safely ({e}); mnistlab reads up to {MAX_PIXELS / 1e6:.0f} megapixels"
+            f"{path} is more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels, more than the "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels mnistlab reads; scale it down first"
         ) from None
     except PermissionError as e:
         raise ImageFileError(f"cannot read {path}: {e.strerror or e}") from None
@@ -159,26 +163,59 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"{path} is a damaged or truncated image ({e})") from None
 
 
+# EXIF orientation (tag 0x0112) -> the transpose that makes the image upright, as ImageOps.exif_transpose does.
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+
+
+def _upright(img: Image.Image, path: Path) -> Image.Image:
+    """The image turned as its EXIF orientation says (a phone photo held sideways).
+
+    Only the orientation tag is read: ``ImageOps.exif_transpose`` also rewrites
+    the rest of the EXIF block, and one malformed tag there raised out of it.
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception as e:  # noqa: BLE001 - Pillow's EXIF parser raises many kinds (struct.error, ...)
+        raise ImageFileError(f"{path} has damaged EXIF metadata ({type(e).__name__}: {e}); save the image again "
+                             "without it") from None
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
+
+
 def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit (or 32-bit integer) grayscale
         a = np.asarray(img, dtype=np.float64)
-        return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1).astype(np.float32)
+        top = float(a.max())
+        # 8-bit values in a wider type, 16-bit ones, or 32-bit ones with no fixed range (their maximum is white)
+        return np.clip(a / (255.0 if top <= 255 else 65535.0 if top <= 65535 else top), 0, 1).astype(np.float32)
     if img.mode == "F":  # float grayscale: no fixed range, so its own maximum is white
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ImageFileError(f"{path} has NaN or infinite pixel values (a float image); save it with finite ones")
         return np.clip(a / max(float(a.max()), 1e-12), 0, 1).astype(np.float32)
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    if not has_alpha:
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
+    try:
+        if not has_alpha:
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        la = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
+    except ValueError as e:  # a colour mode Pillow cannot convert (LAB)
+        raise ImageFileError(f"{path} is a {img.mode} image, which Pillow cannot turn into grayscale ({e}); "
+                             "save it as RGB or grayscale") from None
     gray, alpha = la[..., 0], la[..., 1]
     if alpha.min() == 1.0:
         return gray
-    # A drawing on a transparent canvas: the ink is the opaque part. Put it on a
-    # background that contrasts with the ink's own colour (white under dark ink).
-    ink = float((gray * alpha).sum() / max(alpha.sum(), 1e-6))
-    background = 1.0 if ink < 0.5 else 0.0
+    opaque = gray[alpha >= 0.5]
+    tone = float(np.median(opaque)) if opaque.size else 0.0
+    if opaque.size >= gray.size / 2:
+        # Mostly opaque: paper with transparent corners or margins. The paper is most of the opaque
+        # pixels, so their median is its colour, and the transparent part gets it too.
+        background = tone
+    else:
+        # A drawing on a transparent canvas: the ink is the opaque part (the median, so that light
+        # anti-aliased edges do not count as the ink's colour). The background contrasts with it.
+        background = 1.0 if tone < 0.5 else 0.0
     return gray * alpha + background * (1.0 - alpha)
 
 
@@ -198,7 +235,9 @@ def preprocess(gray: np.ndarray, dataset: str = "mnist") -> np.ndarray:
     g = np.asarray(gray, dtype=np.float64)
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     background = float(np.median(border))
-    if background > 0.5:  # light paper: MNIST digits are light on black
+    # MNIST digits are light on black: invert where the ink is darker than the paper, that is where the
+    # image reaches further below the border's tone than above it (dark ink on dim grey paper as well).
+    if background - float(g.min()) > float(g.max()) - background:
         g, background = 1.0 - g, 1.0 - background
     peak = float(g.max())
     if peak - background < 0.1:
@@ -350,6 +389,16 @@ def _save_inputs(folder: Path, predictions: list[Prediction], good: list[tuple[i
         predictions[i].saved_as = str(target)
 
 
+def printable(name: str) -> str:
+    """A file name as a terminal can print it: bytes that were not UTF-8 (Python keeps them as surrogates) as
+    ``\\xe9``.
+
+    >>> printable("caf\\udce9.png"), printable("café.png")
+    ('caf\\\\xe9.png', 'café.png')
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def format_prediction(pred: Prediction) -> str:
     """One line: ``file: name  97.1%   top 3: 7 97.1%, 1 1.8%, 9 0.5%``.
 
@@ -360,7 +409,7 @@ def format_prediction(pred: Prediction) -> str:
     best = pred.top_k[0]
     label = best["name"] if best["name"] == str(best["class"]) else f"{best['name']} (class {best['class']})"
     tops = ", ".join(f"{t['name']} {100 * t['probability']:.1f}%" for t in pred.top_k)
-    line = f"{pred.file}: {label}  {100 * best['probability']:.1f}%   top {len(pred.top_k)}: {tops}"
+    line = f"{printable(pred.file)}: {label}  {100 * best['probability']:.1f}%   top {len(pred.top_k)}: {tops}"
     if pred.saved_as:
         line += f"   (input saved as {pred.saved_as})"
     return line

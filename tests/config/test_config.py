@@ -168,3 +168,12 @@ def test_a_run_stores_its_data_folder_as_an_absolute_path(mnist_root, tmp_path, 
     train(cfg, out="run", quiet=True)
     # evaluate or --resume from another folder reads the data from where the run did
     assert load_config(tmp_path / "run" / "config.toml").data.dir == os.path.abspath(mnist_root)
+
+
+@pytest.mark.parametrize("key", ["augment.rotation", "optimizer.lr", "train.epochs", "data.train_limit"])
+def test_numbers_too_large_for_their_field_are_config_errors(key):
+    huge = 10**400  # TOML and --set both give Python ints of any size
+    with pytest.raises(ConfigError, match=rf"{key} = 100000000000\.\.\. \(401 digits\) is too large"):
+        apply_overrides(Config(), {key: huge})
+    with pytest.raises(ConfigError, match="is too large"):
+        apply_overrides(Config(), [f"{key}={huge}"])

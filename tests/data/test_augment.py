@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -122,10 +123,12 @@ def test_bad_settings_are_config_errors():
     for override, message in [
         ("augment.scale=1.5", "augment.scale must be in [0, 1)"),
         ("augment.rotation=-3", "augment.rotation must be zero or more"),
-        ("augment.shear=90", "shear below 90 degrees"),
+        ("augment.shear=90", "augment.shear must be below 90 (degrees), got 90"),
+        ("augment.rotation=181", "augment.rotation must be at most 180 (degrees), got 181"),
+        ("augment.shift=1.5", "augment.shift must be at most 1 (the whole side), got 1.5"),
         ("augment.elastic_sigma=0", "augment.elastic_sigma must be greater than zero"),
     ]:
-        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             apply_overrides(Config(), [override])
 
 

@@ -7,6 +7,7 @@ use synthetic files in the KMNIST / Fashion-MNIST layout, whose MD5s are not kno
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -334,7 +335,7 @@ def test_only_the_missing_files_are_named(mnist_root, tmp_path):
         load_raw("mnist", tmp_path, train=False, download=False)
 
 
-def test_a_failed_download_is_a_data_error(tmp_path, download_calls):
+def test_a_failed_download_is_a_data_error(tmp_path, download_calls, monkeypatch):
     with pytest.raises(DataError) as err:
         load_raw("kmnist", tmp_path, train=True, download=True)
     message = str(err.value)
@@ -344,14 +345,19 @@ def test_a_failed_download_is_a_data_error(tmp_path, download_calls):
     assert "data.download is on" in message and "set data.download=true" not in message  # it was on already
     assert isinstance(err.value.__cause__, URLError)
     assert list(tmp_path.iterdir()) == []  # the folders the download made are gone again
-    # A folder that was there before stays, and so does one the download partly filled.
-    (tmp_path / "data" / "KMNIST" / "raw").mkdir(parents=True)
-    (tmp_path / "data" / "KMNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"part")
+    # A folder that was there before stays, with an archive that passed its MD5; one cut short is removed
+    # (the next try would fetch it again anyway), and the message stays the network's.
+    raw = tmp_path / "data" / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"part")
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"whole")
+    monkeypatch.setattr(torchvision.datasets.KMNIST, "resources", [
+        ("train-images-idx3-ubyte.gz", "0" * 32), ("t10k-labels-idx1-ubyte.gz", hashlib.md5(b"whole").hexdigest())])
     (tmp_path / "kept").mkdir()
     for root in (tmp_path / "data", tmp_path / "kept"):
-        with pytest.raises(DataError):
+        with pytest.raises(DataError, match="connect to the network"):
             load_raw("kmnist", root, train=True, download=True)
-    assert (tmp_path / "data" / "KMNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+    assert sorted(p.name for p in raw.iterdir()) == ["t10k-labels-idx1-ubyte.gz"]
     assert list((tmp_path / "kept").iterdir()) == []
 
 
@@ -422,10 +428,55 @@ def test_a_second_download_into_the_folder_waits_for_the_first(tmp_path):
 
 def test_a_download_that_fails_on_this_machine_says_so(tmp_path, download_calls):
     (tmp_path / "afile").write_text("not a folder")
-    with pytest.raises(DataError, match=r"NotADirectoryError.*make room in or access to .*afile \(Not a directory\), "
+    with pytest.raises(DataError, match=r"NotADirectoryError.*make room in or access to .*afile/MNIST/raw "
+                                        r"\(Not a directory\), "
                                         r"or pass another --data-dir"):
         load_raw("mnist", tmp_path / "afile", train=False, download=True)
     assert download_calls == []  # not the network's fault: nothing was fetched
+
+
+def test_a_download_that_fails_its_checksum_removes_the_archive_and_says_so(tmp_path, monkeypatch):
+    raw = tmp_path / "KMNIST" / "raw"
+
+    def corrupt(self):  # what torchvision does when a mirror serves a damaged file
+        os.makedirs(self.raw_folder, exist_ok=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not the archive")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://m/, got:\n"
+                           "File not found or corrupted.\n")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", corrupt)
+    with pytest.raises(DataError) as err:
+        load_raw("kmnist", tmp_path, train=True, download=True)
+    message = str(err.value)
+    assert "train-images-idx3-ubyte.gz failed its MD5 check and was removed" in message
+    assert "connect to the network" not in message  # the network worked
+    assert not (raw / "train-images-idx3-ubyte.gz").exists()  # not left to be found, and fetched, again
+
+
+def test_a_folder_where_a_dataset_file_belongs_is_named(tmp_path, monkeypatch):
+    raw = tmp_path / "KMNIST" / "raw"
+    (raw / "train-images-idx3-ubyte").mkdir(parents=True)  # as some zip files unpack
+
+    def unpack(self):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(raw / "train-images-idx3-ubyte"))
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", unpack)
+    with pytest.raises(DataError) as err:
+        load_raw("kmnist", tmp_path, train=True, download=True)
+    message = str(err.value)
+    assert "missing train-images-idx3-ubyte (a folder is there), " in message
+    assert f"{raw / 'train-images-idx3-ubyte'} is a folder where a file belongs: remove it" in message
+    assert "connect to the network" not in message
+
+
+def test_archives_without_download_say_that_download_unpacks_them(tmp_path, download_calls):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (raw / name).write_bytes(b"gz")
+    with pytest.raises(DataError, match=r"set data.download=true: it unpacks the archives found there "
+                                        r"\(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz\)"):
+        load_raw("mnist", tmp_path, train=True, download=False)
 
 
 def test_a_truncated_dataset_file_says_how_to_get_a_good_one(mnist_root, tmp_path):

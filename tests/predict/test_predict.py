@@ -149,6 +149,86 @@ def test_image_modes_are_read_as_grayscale(tmp_path):
     assert max(ink_box(out)) == 20
 
 
+def test_transparent_corners_of_opaque_paper_get_the_papers_colour(tmp_path):
+    # A screenshot with rounded corners: black ink on white paper, the four corners transparent (black RGB).
+    img = Image.new("RGBA", (100, 100), (255, 255, 255, 255))
+    ImageDraw.Draw(img).rectangle([40, 20, 55, 80], fill=(0, 0, 0, 255))
+    for x, y in ((0, 0), (85, 0), (0, 85), (85, 85)):
+        ImageDraw.Draw(img).rectangle([x, y, x + 14, y + 14], fill=(0, 0, 0, 0))
+    img.save(tmp_path / "corners.png")
+    opaque = img.copy()
+    opaque.putalpha(255)
+    ImageDraw.Draw(opaque).rectangle([0, 0, 99, 99], fill=(255, 255, 255, 255))
+    ImageDraw.Draw(opaque).rectangle([40, 20, 55, 80], fill=(0, 0, 0, 255))
+    g = read_grayscale(tmp_path / "corners.png")
+    assert g[0, 0] == 1.0 and g[99, 99] == 1.0  # were filled black: bright blobs once inverted
+    assert np.array_equal(preprocess(g), preprocess(np.asarray(opaque.convert("L"), dtype=np.float32) / 255))
+
+
+def test_a_transparent_canvas_under_ink_with_light_edges_stays_paper(tmp_path):
+    # A palette PNG: the white index is transparent, the ink dark grey with wide opaque light-grey edges. The
+    # edges made the opaque part's mean light (0.54), so the canvas was filled black and the stroke, darker
+    # than that, became a hole in an outline.
+    p = Image.new("P", (60, 60), 0)
+    p.putpalette([255, 255, 255, 50, 50, 50, 230, 230, 230] + [0] * 759)
+    ImageDraw.Draw(p).rectangle([18, 8, 38, 52], fill=2)  # the light edge (464 pixels) ...
+    ImageDraw.Draw(p).rectangle([22, 12, 34, 48], fill=1)  # ... around a dark stroke (481)
+    p.save(tmp_path / "p.png", transparency=0)
+    g = read_grayscale(tmp_path / "p.png")
+    assert g[0, 0] == 1.0 and g[30, 28] == pytest.approx(50 / 255, abs=0.01)
+    out = preprocess(g)
+    assert out[14, 14] > 200  # the stroke's middle is ink, not a hole
+
+
+def test_dark_ink_on_dim_paper_is_found():
+    g = np.full((100, 100), 0.45, dtype=np.float32)  # an under-exposed photo of paper
+    g[20:80, 45:55] = 0.10
+    out = preprocess(g)
+    assert max(ink_box(out)) == 20 and out[14, 14] > 200
+    assert np.array_equal(out, preprocess(1.0 - g))  # as the same digit light on dark
+
+
+def test_32_bit_integer_images_are_scaled_by_their_range(tmp_path):
+    a = np.zeros((40, 40), dtype=np.int32)
+    a[10:30, 15:25] = 5_000_000
+    a[12:28, 18:22] = 10_000_000
+    Image.fromarray(a, mode="I").save(tmp_path / "i.tif")
+    g = read_grayscale(tmp_path / "i.tif")
+    assert g.max() == 1.0 and g[11, 16] == 0.5  # was clipped to 1: every ink pixel saturated
+
+
+def test_an_exif_block_with_a_malformed_tag_still_turns_the_image(tmp_path, monkeypatch):
+    # Orientation 6 (turned), and tag 0x011C, a number, stored as the text "Canon": ImageOps.exif_transpose
+    # re-encoded the block and raised struct.error out of predict, which lost every file's prediction.
+    entries = [struct.pack(">HHII", 0x0112, 3, 1, 6 << 16), struct.pack(">HHII", 0x011C, 2, 6, 8 + 2 + 2 * 12 + 4)]
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 2) + b"".join(entries) + b"\0\0\0\0" + b"Canon\0"
+    img = Image.new("L", (40, 20), 255)
+    ImageDraw.Draw(img).rectangle([5, 5, 30, 10], fill=0)  # a horizontal bar
+    img.save(tmp_path / "turned.jpg", exif=b"Exif\x00\x00" + tiff, quality=95)
+    g = read_grayscale(tmp_path / "turned.jpg")
+    assert g.shape == (40, 20)  # upright: 20 wide, 40 high
+    assert g[8:28, 10:14].mean() < 0.1 and g[:, :5].mean() > 0.9  # the bar now runs down the image
+
+    # A block Pillow cannot parse at all is that file's error, not a traceback.
+    def broken(self):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken)
+    with pytest.raises(ImageFileError, match=r"turned.jpg has damaged EXIF metadata \(error: unpack .*save the image"):
+        read_grayscale(tmp_path / "turned.jpg")
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(digit_run, drawn_digits, tmp_path, capsys):
+    import os
+
+    name = os.fsdecode(b"caf\xe9.png")  # a byte a UTF-8 terminal cannot print as it is
+    shutil.copy(drawn_digits[7, "paper.png"], tmp_path / name)
+    assert main(["predict", str(digit_run), str(tmp_path / name)]) == 0
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # printable; the print raised UnicodeEncodeError under a strict UTF-8 stdout
+    assert "caf\\xe9.png: " in out
+
+
 # ---------------------------------------------------------------------------
 # bad files
 
@@ -181,6 +261,10 @@ def bad_files(tmp_path):
     add("zero.png", png_claiming_size(0, 28))
     add("huge.png", png_claiming_size(10_000, 6_000))  # 60 megapixels
     add("bomb.png", png_claiming_size(20_000, 20_000))  # past Pillow's own decompression-bomb limit
+    add("large.png", png_claiming_size(10_000, 10_000))  # past Pillow's warning (89 MP), not its limit
+    buf = io.BytesIO()
+    Image.new("LAB", (30, 30), (50, 0, 0)).save(buf, "TIFF")
+    add("lab.tif", buf.getvalue())
     buf = io.BytesIO()
     Image.new("L", (50, 50), 255).save(buf, "PNG")
     add("blank.png", buf.getvalue())
@@ -201,7 +285,9 @@ EXPECTED_ERRORS = {
     "truncated.png": "is a damaged or truncated image",
     "zero.png": "zero width or height",
     "huge.png": f"10000x6000 = 60 megapixels, more than the {MAX_PIXELS // 1_000_000} megapixels",
-    "bomb.png": "is too large to decode safely",
+    "bomb.png": f"is more than 179 megapixels, more than the {MAX_PIXELS // 1_000_000} megapixels mnistlab reads",
+    "large.png": f"10000x10000 = 100 megapixels, more than the {MAX_PIXELS // 1_000_000} megapixels",
+    "lab.tif": "is a LAB image, which Pillow cannot turn into grayscale",
     "blank.png": "no digit found: the image is blank",
     "nan.tif": "has NaN or infinite pixel values",
     "folder": "is a folder, not an image file",

@@ -46,6 +46,9 @@ def fails_cleanly(capsys, argv: list[str], message: str) -> str:
         (["--set", "train.bogus=1"], "unknown key 'train.bogus'; valid keys in [train]: epochs, batch_size"),
         (["--set", 'train.epochs="two"'], "train.epochs = 'two' has the wrong type; expected int"),
         (["--set", "data.val_size=-1"], "data.val_size must be zero or more, got -1"),
+        # 0 is a valid data split (all images train), but a run chooses its epochs on the validation set: refused
+        # before the data is read (a --data-dir that is not there would fail first otherwise).
+        (["--set", "data.val_size=0", "--data-dir", "/nonexistent"], "data.val_size must be at least 1 to train"),
         (["--set", "model.width=0"], "model.width must be greater than zero, got 0"),
         (["--model", "nonet"], "unknown model 'nonet'; choose one of: alexnet, cnn"),
         (["--early-stopping", "sometimes"], "--early-stopping 'sometimes' is not valid; use one of: none, patience:N"),

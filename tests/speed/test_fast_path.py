@@ -160,6 +160,19 @@ def test_bench_checks_its_arguments_before_any_run(argv, message, capsys, monkey
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("folder", ["2024", "true", "none"])
+def test_bench_takes_its_data_dir_as_a_path_whatever_its_name(folder, tmp_path, monkeypatch):
+    # It went through a "data.dir=..." string, read as TOML: 2024 was a number, none no folder at all.
+    from mnistlab import bench
+    from mnistlab.cli import main
+
+    seen = []
+    monkeypatch.setattr(bench, "run_bench", lambda cfg, **k: seen.append(cfg.data.dir))
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--data-dir", folder]) == 0
+    assert seen == [folder]
+
+
 def test_every_matmul_path_of_the_roofline_reference_computes_the_product():
     # The roofline's "machine rate" is the best of these paths; each must time a real a @ b, not a cheaper op.
     from mnistlab.bench import matmul_gflops, matmul_paths, matmul_rates

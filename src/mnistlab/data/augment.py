@@ -106,7 +106,10 @@ def elastic_offsets(n: int, size: tuple[int, int], cfg: AugmentConfig, device: t
 def augment(images: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     """A randomly transformed copy of a float batch (N, C, H, W); the batch itself is unchanged.
 
-    Labels stay valid: every transform is a small geometric one (no flips).
+    No flips (a mirrored 2 is no digit). Labels stay valid as long as the ranges
+    stay small, as in the defaults and the presets: the config takes rotations up
+    to 180 degrees (a 6 turns into a 9) and shifts up to the whole side (the digit
+    leaves the frame), for experiments that want them.
     Returns ``images`` itself when augmentation is off or every range is 0.
     """
     if not cfg.enabled or not (cfg.rotation or cfg.scale or cfg.shift or cfg.shear or cfg.elastic_alpha):

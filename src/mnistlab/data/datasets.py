@@ -240,11 +240,16 @@ def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
 def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on: bool = False,
                    local: str | None = None) -> DataError:
     """``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
-    missing = [name for name in _FILES if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
+    missing = [name + (" (a folder is there)" if (raw_dir / name).is_dir() else "")
+               for name in _FILES if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
+    archives = [name + ".gz" for name in _FILES if (raw_dir / (name + ".gz")).is_file()]
     if local is not None:
         download = f"(2) let the download succeed: data.download is on; {local}, and run again"
     elif download_on:
         download = "(2) let the download succeed: data.download is on; connect to the network and run again"
+    elif archives:  # torchvision checks their MD5 and unpacks them without fetching anything
+        download = (f"(2) set data.download=true: it unpacks the archives found there ({', '.join(archives)}) "
+                    "after checking their MD5, and fetches only what is missing")
     else:
         download = "(2) allow the download: connect to the network and set data.download=true"
     return DataError(
@@ -278,20 +283,40 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
     # archive checksum, a full disk) means the files are not there; what to do depends on where
     # it went wrong. BaseException (KeyboardInterrupt) is not caught.
     except Exception as e:  # noqa: BLE001
-        remove_empty(made)  # a partial download stays for the next try
+        # Archives that passed their MD5 stay for the next try, which does not fetch them again; the others
+        # (cut short, or damaged) would be fetched again anyway.
+        corrupt = _remove_corrupt_archives(spec, raw_dir)
+        remove_empty(made)
         message = " ".join(f"{type(e).__name__}: {e}".split())
         local = None
-        if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
-            local = f"make room in or access to {root} ({e.strerror}), or pass another --data-dir"
+        if corrupt and "corrupted" in str(e):  # torchvision's words for an archive whose MD5 is wrong
+            local = (f"{', '.join(corrupt)} failed {'its' if len(corrupt) == 1 else 'their'} MD5 check and "
+                     "was removed (a broken mirror, or a proxy that alters downloads?)")
+        elif isinstance(e, OSError) and e.errno == errno.EISDIR:
+            local = f"{e.filename} is a folder where a file belongs: remove it"
+        elif isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
+            where = e.filename or root
+            local = f"make room in or access to {where} ({e.strerror}), or pass another --data-dir"
         raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", download_on=True,
                              local=local) from e
     finally:
         socket.setdefaulttimeout(timeout)
 
 
+def _remove_corrupt_archives(spec: DatasetSpec, raw_dir: Path) -> list[str]:
+    """Delete the downloaded archives in ``raw_dir`` whose MD5 is not the one torchvision expects; their names."""
+    removed = []
+    for name, md5 in getattr(spec.torchvision_class, "resources", []):
+        path = raw_dir / Path(name).name
+        if path.is_file() and _md5(bytearray(path.read_bytes())) != md5:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 DOWNLOAD_TIMEOUT_S = 60  # seconds without data from the server before a download counts as failed
 # OSErrors of this machine's disk or folders, not of the network (URLError and timeouts have no such errno)
-_LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT,
                  getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk quota; not every platform names it
 
 

@@ -51,6 +51,8 @@ from .schedules import lr_at
 
 
 # Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
+VAL_SIZE_NEEDED = "data.val_size must be at least 1 to train: the best epoch, early stopping and checkpoints are chosen on it"
+
 _TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best",
                    "ema_monitor")
 
@@ -188,9 +190,7 @@ class Trainer:
         device: torch.device | None = None,
     ) -> None:
         if len(data.val) == 0:
-            raise ConfigError(
-                "data.val_size must be at least 1: the best epoch, early stopping and checkpoints are chosen on it"
-            )
+            raise ConfigError(VAL_SIZE_NEEDED)
         self.cfg = cfg
         self.data = data
         self.device = device or resolve_device(cfg.train.device)

@@ -24,7 +24,7 @@ from ..callbacks import Callback, build_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
-from ..errors import MnistlabError, RunDirError, leave_error
+from ..errors import ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
 from ..machine import cpu_name
 from ..models import build_model, model_options
@@ -34,7 +34,7 @@ from . import distributed
 from .display import Display
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
-from .fit import FitResult, Trainer, TrainingInterrupted, resolve_device
+from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, resolve_device
 
 
 @dataclass
@@ -231,6 +231,8 @@ def train(
     """
     wall0 = time.perf_counter()
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
+    if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
+        raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_data_dir(cfg)
     with _process_state_kept(), callback_messages(not quiet):
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
