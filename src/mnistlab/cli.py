@@ -223,7 +223,7 @@ def _train_config(args: argparse.Namespace):
     from dataclasses import replace
 
     from .config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
-    from .training.checkpoint import read_checkpoint
+    from .training.checkpoint import read_checkpoint, resume_file
     from .training.finetune import read_init_checkpoint, split_patterns
 
     if args.resume:
@@ -236,7 +236,7 @@ def _train_config(args: argparse.Namespace):
         if args.out is not None:
             raise MnistlabError("--out cannot be combined with --resume: a resumed run continues in its own folder")
         run = Path(args.resume)
-        payload = read_checkpoint(run / "last.ckpt" if run.is_dir() else run)
+        payload = read_checkpoint(resume_file(run))
         cfg = config_from_dict(payload["config"])
     elif args.config:
         cfg = load_config(args.config)

@@ -18,7 +18,7 @@ from mnistlab.cli import main
 from mnistlab.config import Config, apply_overrides
 from mnistlab.models import build_model
 from mnistlab.training import train
-from mnistlab.training.checkpoint import FORMAT_VERSION, save_checkpoint, weights_digest
+from mnistlab.training.checkpoint import FORMAT_VERSION, content_digest, save_checkpoint, weights_digest
 from reliability_helpers import small_args, small_overrides, snapshot, write_idx
 
 
@@ -171,6 +171,7 @@ def _rewrite(path: Path, change) -> None:
     stored = torch.load(path, weights_only=True)
     change(stored)
     stored["weights_sha256"] = weights_digest(stored["model"])
+    stored["content_sha256"] = content_digest(stored)  # crafted, not damaged: every digest matches
     torch.save(stored, path)
 
 
@@ -202,6 +203,58 @@ def _not_resumable(path: Path) -> None:
     save_checkpoint(path, {k: stored[k] for k in keep})
 
 
+def _first_moment(p) -> dict:
+    return next(iter(p["optimizer"]["state"].values()))
+
+
+def _flipped_moment(path: Path) -> None:
+    # Damage, not crafting: one value of the optimizer state changes and the stored digests stay as they were.
+    stored = torch.load(path, weights_only=True)
+    _first_moment(stored)["exp_avg_sq"].view(-1)[0] = 2.5e35
+    torch.save(stored, path)
+
+
+def _moment_shape(path: Path) -> None:  # fused Adam indexed it unchecked: SIGSEGV
+    _rewrite(path, lambda p: _first_moment(p).update(exp_avg=torch.zeros(7), exp_avg_sq=torch.zeros(7)))
+
+
+def _nan_weights(path: Path) -> None:
+    _rewrite(path, lambda p: p["model"].update({k: v * float("nan") for k, v in p["model"].items()
+                                                 if v.is_floating_point()}))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_flipped_moment, "last.ckpt is corrupted: the SHA-256 of its training state (optimizer, random state, "
+                          "progress) does not match"),
+        (_moment_shape, "the optimizer state in the checkpoint does not fit the model: exp_avg of parameter 0 is (7,)"),
+        (lambda p: _rewrite(p, lambda s: s.update(epoch="abc")), "the checkpoint's training state is damaged: "
+                                                                   "epoch = 'abc'"),
+        (lambda p: _rewrite(p, lambda s: s.update(epoch=-5)), "training state is damaged: epoch = -5"),
+        (lambda p: _rewrite(p, lambda s: s.update(batch=999)), "the checkpoint says batch 999 of an epoch of"),
+        (lambda p: _rewrite(p, lambda s: s.update(partial=None)), "training state is damaged: partial = None"),
+        (lambda p: _rewrite(p, lambda s: s.update(lr_scale="x")), "training state is damaged: lr_scale = 'x'"),
+        (lambda p: _rewrite(p, lambda s: s.update(history=[1, 2, 3])), "history (not a list of epoch rows)"),
+        (lambda p: _rewrite(p, lambda s: s.update(rng={})), "rng (not the random state torch saves)"),
+        (lambda p: _rewrite(p, lambda s: s["callbacks"].update(ModelCheckpoint="x")),
+         "the state of ModelCheckpoint in the checkpoint does not fit it"),
+        (_nan_weights, "the weights from the checkpoint hold NaN or infinite values"),
+        (lambda p: _rewrite(p, lambda s: s.update(format_version="1")), "is not a mnistlab checkpoint (its format "
+                                                                         "version is '1')"),
+    ],
+    ids=["flipped-moment", "moment-shape", "epoch-text", "epoch-negative", "batch-past-the-epoch", "partial-none",
+         "lr-scale-text", "history-numbers", "rng-empty", "callback-state", "nan-weights", "format-text"],
+)
+def test_resuming_from_a_damaged_training_state_changes_nothing(run_copy, capsys, damage, message):
+    # Each of these went on into fit(): a traceback after config.toml was rewritten, a segfault, or (the
+    # flipped bit, epoch -5) a resumed run that trained on silently wrong.
+    damage(run_copy / "last.ckpt")
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "2"], message)
+    assert snapshot(run_copy) == before
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -211,7 +264,8 @@ def _not_resumable(path: Path) -> None:
          f"has checkpoint format {FORMAT_VERSION + 1}, newer than this mnistlab reads ({FORMAT_VERSION})"),
         (_other_class_count, "do not fit this model (another architecture or class count?): shapes differ: classifier"),
         (_other_architecture, "do not fit this model (another architecture or class count?)"),
-        (_not_resumable, "the checkpoint cannot be resumed from: it lacks optimizer, lr_scale"),
+        (_not_resumable, "the checkpoint cannot be resumed from: it holds a model without its training state (it "
+                         "lacks optimizer, lr_scale"),
     ],
     ids=["truncated", "random", "newer-format", "class-count", "architecture", "not-resumable"],
 )
@@ -227,6 +281,26 @@ def test_resuming_with_another_model_changes_nothing(run_copy, capsys):
     fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--model", "lenet5"],
                   "the checkpoint holds a 'cnn' model, but the config asks for 'lenet5'")
     assert snapshot(run_copy) == before  # config.toml still says cnn
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "sgd"], "optimizer.name was adam, now sgd: the checkpoint's optimizer state"),
+    # one-cycle over 5 steps an epoch: 10 of 50 images would leave the 5 steps taken out of line with epoch 1
+    (["--batch-size", "50"], "an epoch was 5 steps and would now be 10 (train.batch_size was 100, now 50): the "
+                             "onecycle schedule counts steps"),
+])
+def test_resuming_with_a_change_the_state_cannot_follow_changes_nothing(run_copy, capsys, args, message):
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", *args], message)
+    assert snapshot(run_copy) == before
+
+
+def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("# killed before epoch 1 ended\n")
+    fails_cleanly(capsys, ["train", "--resume", str(run)], f"run folder {run} has no last.ckpt to resume from: the "
+                                                            "run stopped before it finished its first epoch")
 
 
 class _Exploit:

@@ -136,6 +136,43 @@ def test_a_full_disk_at_a_checkpoint_write_is_a_clear_error_and_keeps_the_earlie
     assert resumed.fit.epochs == 3
 
 
+def test_a_disk_that_fills_inside_torchs_zip_writer_is_the_same_clear_error(mini_root, tmp_path, monkeypatch, capsys):
+    # On a real full disk torch.save does not let the OSError out: its zip writer raises
+    # RuntimeError("... unexpected pos ..."), which went up as a traceback.
+    import io
+
+    class FillsUp(io.RawIOBase):
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.written += len(b)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(b)
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        if ".tmp-" in os.path.basename(getattr(f, "name", "")):  # a checkpoint file, not a buffer in memory
+            calls.append(1)
+            if len(calls) == 2:
+                f = FillsUp(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "run"
+    rc = main(["train", *small_args(mini_root), "--epochs", "3", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"error: cannot write checkpoint {out}" in err and ": No space left on device; the checkpoints written " \
+        f"before are intact: once there is room, continue with `mnistlab train --resume {out}`" in err
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written file left
+
+
 def test_a_full_disk_at_metrics_csv_is_a_run_folder_error_naming_the_file(mini_root, tmp_path, monkeypatch):
     import mnistlab.callbacks.history as history
 
@@ -273,7 +310,7 @@ def test_a_second_run_in_the_same_process_is_refused_while_the_first_goes_on(min
             train(cfg, out=out, quiet=True)
         with pytest.raises(RunDirError, match="in use by another mnistlab run in this process"):
             train(cfg, resume=out, quiet=True)  # it would have taken the lock over and trained beside the first
-        assert (out / "run.lock").read_text() == str(os.getpid())
+        assert (out / "run.lock").read_text().split()[0] == str(os.getpid())
     finally:
         hold.release.set()
         first.join(60)
@@ -286,7 +323,7 @@ def test_a_stale_lock_with_this_processes_pid_is_taken_over(tmp_path):
     (tmp_path / "run.lock").write_text(str(os.getpid()))
     (tmp_path / f".last.ckpt.tmp-{os.getpid()}").write_bytes(b"half a checkpoint")
     with run_module.RunLock(tmp_path):
-        assert (tmp_path / "run.lock").read_text() == str(os.getpid())
+        assert (tmp_path / "run.lock").read_text().split()[0] == str(os.getpid())
         assert not list(tmp_path.glob(".*.tmp-*"))  # the killed run's half-written file is gone
     assert not (tmp_path / "run.lock").exists()
 
@@ -306,3 +343,18 @@ def test_the_free_space_check_counts_the_copies_ema_and_restore_best_weights_add
     check_free_space(tmp_path, model, plain)
     with pytest.raises(RunDirError, match=r"60.0 MiB free, but its checkpoints need about 105.\d MiB"):
         check_free_space(tmp_path, model, both)
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
+    # After a reboot or a container restart the pid in a stale lock may be in use again (here pid 1, alive in
+    # every Linux system): the start time in the lock tells that process from the run that wrote it.
+    started = run_module._process_start(1)
+    assert started is not None  # Linux's /proc (elsewhere locks hold the pid alone, as before)
+    (tmp_path / "run.lock").write_text(f"1 {int(started) + 12345}")
+    with run_module.RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == f"{os.getpid()} {run_module._process_start(os.getpid())}"
+    (tmp_path / "run.lock").write_text(f"1 {started}")  # pid 1 itself: held, and the message says what to do
+    with pytest.raises(RunDirError, match=f"in use by another mnistlab run \\(pid 1\\); wait for it to finish. If no "
+                                          f"mnistlab run uses the folder, delete {tmp_path / 'run.lock'}"):
+        run_module.RunLock(tmp_path).__enter__()
+    assert (tmp_path / "run.lock").read_text() == f"1 {started}"  # untouched

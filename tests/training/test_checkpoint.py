@@ -238,3 +238,45 @@ def test_an_ensemble_member_given_twice_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"run/best.ckpt is given twice \(also as run/best.ckpt\)") as err:
         evaluate_ensemble(["run/best.ckpt", str(run)])
     assert "each member must be another model" in str(err.value)
+
+
+def test_weights_that_are_nan_or_integers_are_no_model(tmp_path):
+    # evaluate printed 9.80%, predict "nan%", and one such member poisoned an ensemble, all with exit status 0.
+    _, p = payload()
+    p["model"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in p["model"].items()}
+    with pytest.raises(CheckpointError, match=r"the weights from cnn hold NaN or infinite values \(mean, std, features"):
+        load_model(save_checkpoint(tmp_path / "nan.ckpt", p))
+    _, p = payload()
+    p["model"] = {k: v.round().long() if v.is_floating_point() else v for k, v in p["model"].items()}
+    with pytest.raises(CheckpointError, match="the weights from cnn are not floating point .* is torch.int64"):
+        load_model(save_checkpoint(tmp_path / "int.ckpt", p))
+
+
+def test_a_bit_flipped_outside_the_weights_fails_the_content_sha256(tmp_path):
+    _, p = payload()
+    p["optimizer"] = {"state": {0: {"exp_avg": torch.full((4,), 7.3e-4)}}, "param_groups": [{"lr": 0.1}]}
+    p["epoch"] = 3
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    assert read_checkpoint(path)["epoch"] == 3
+    stored = torch.load(path, weights_only=True)
+    stored["optimizer"]["state"][0]["exp_avg"][1] = 2.5e35  # torch's zip reader checks no CRC: this loaded
+    torch.save(stored, path)
+    with pytest.raises(CheckpointError, match="a.ckpt is corrupted: the SHA-256 of its training state"):
+        read_checkpoint(path)
+    stored["optimizer"]["state"][0]["exp_avg"][1] = 7.3e-4
+    stored["epoch"] = 4  # a number outside any tensor counts too
+    torch.save(stored, path)
+    with pytest.raises(CheckpointError, match="training state"):
+        read_checkpoint(path)
+    del stored["content_sha256"]  # a checkpoint from before the digest: the weights' digest alone, as then
+    torch.save(stored, path)
+    assert read_checkpoint(path)["epoch"] == 4
+
+
+def test_a_legacy_torch_file_and_a_dangling_link_are_named_as_such(tmp_path):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="old.pt is a torch checkpoint in the legacy .*non-zip.* format"):
+        read_checkpoint(tmp_path / "old.pt")
+    (tmp_path / "loop.ckpt").symlink_to(tmp_path / "loop.ckpt")
+    with pytest.raises(CheckpointError, match="loop.ckpt is a symbolic link to nothing readable"):
+        read_checkpoint(tmp_path / "loop.ckpt")

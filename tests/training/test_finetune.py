@@ -137,6 +137,10 @@ def test_unfreeze_at_releases_them_at_that_epoch(mnist_root, source_run, tmp_pat
     assert capsys.readouterr().err == (
         "mnistlab train: warning: finetune.unfreeze_at = 3 is after the last epoch (train.epochs = 2): the frozen "
         "parameters do not train in this run; resume with --epochs 3 or more to reach it\n")
+    # Resumed with the unfreeze moved past epoch 2, the stored optimizer has a group this run does not: said so.
+    with pytest.raises(CheckpointError, match=r"does not fit this config \(.*\); finetune.unfreeze_at was 2, now 4, "
+                                              r"which changes whether the frozen parameters have their own optimizer"):
+        train(apply_overrides(cfg, ["finetune.unfreeze_at=4", "train.epochs=4"]), resume=tmp_path / "ft", quiet=True)
 
 
 class InterruptAt:

@@ -173,3 +173,20 @@ def test_an_interrupted_epoch_counts_its_seconds_from_before_the_interruption(mn
     assert seconds[0] > cut["partial_seconds"]  # the 6 batches before Ctrl-C count in epoch 1's time
     # ... so that the epochs' times add up to the training time (which train.max_minutes limits).
     assert sum(seconds) == pytest.approx(resumed.fit.train_seconds)
+
+
+def test_optimizer_settings_given_when_resuming_are_the_ones_trained_under(mnist_root, tmp_path):
+    # optimizer.load_state_dict brought back each group's stored settings: a resume with a new weight decay
+    # or betas trained with the old ones, bit for bit, while config.toml said otherwise.
+    cfg = small_cfg(mnist_root, "data.train_limit=300", "schedule.name=constant")
+    train(apply_overrides(cfg, ["train.epochs=1"]), out=tmp_path / "a", quiet=True)
+    import shutil
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    two = apply_overrides(cfg, ["train.epochs=2"])
+    train(two, resume=tmp_path / "a", quiet=True)
+    train(apply_overrides(two, ["optimizer.weight_decay=0.5", "optimizer.betas=[0.5, 0.5]"]), resume=tmp_path / "b",
+          quiet=True)
+    groups = read_checkpoint(tmp_path / "b" / "last.ckpt")["optimizer"]["param_groups"]
+    assert {(g["weight_decay"], tuple(g["betas"])) for g in groups} == {(0.5, (0.5, 0.5))}
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert not all(torch.equal(a[k], b[k]) for k in a)

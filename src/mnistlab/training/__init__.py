@@ -57,7 +57,7 @@ def _check_config_describes(model, data, cfg: Config) -> None:
     with torch.random.fork_rng(devices=[]):  # its initial weights must not move the caller's dropout draws
         described = config_model(cfg, data)
     try:
-        load_weights(described, model.state_dict(), source="the model given")
+        load_weights(described, model.state_dict(), source="the model given", check_values=False)
     except CheckpointError as e:
         raise ConfigError(
             f"fit(run_dir=...): the config describes another model than the one given (model.name = "

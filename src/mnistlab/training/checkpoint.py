@@ -35,6 +35,39 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over everything in a checkpoint besides its weights (hashed on their own) and the digests.
+
+    The optimizer's moments, the random state, the callbacks' counters, the epoch: torch's zip reader
+    checks no CRC, so a flipped bit there would load and silently steer a resumed run elsewhere.
+    Lists and tuples hash alike, dict keys in sorted order, floats by their exact repr.
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().to("cpu").contiguous()
+            h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(f"D{len(obj)}|".encode())
+            for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+                h.update(f"{type(key).__name__}:{key!r}=".encode())
+                walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"L{len(obj)}|".encode())
+            for item in obj:
+                walk(item)
+        else:
+            h.update(f"{type(obj).__name__}:{obj!r}|".encode())
+
+    walk({k: v for k, v in payload.items() if k not in _UNHASHED})
+    return h.hexdigest()
+
+
+_UNHASHED = ("model", "weights_sha256", "content_sha256")
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -69,11 +102,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     payload["format_version"] = FORMAT_VERSION
     payload["model"] = {k: v.detach().to("cpu") for k, v in payload["model"].items()}
     payload["weights_sha256"] = weights_digest(payload["model"])
+    payload["content_sha256"] = content_digest(payload)
     try:
         atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
+    except RuntimeError as e:  # torch's zip writer turns a full disk into "unexpected pos ..."
+        cause = e.__context__ if isinstance(e.__context__, OSError) else None
+        reason = (cause.strerror or str(cause)) if cause is not None else " ".join(str(e).split())
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {reason}") from e
     return path
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, a folder gone); the ones written before are intact."""
 
 
 def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
@@ -95,6 +137,19 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
             hint = " (the run never finished an epoch?); name a .ckpt file instead"
         raise CheckpointError(f"run folder {path} has no {name}{hint}")
     return path / name
+
+
+def resume_file(path: str | Path) -> Path:
+    """What ``--resume PATH`` reads: a run folder's last.ckpt, or the file given."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not (path / "last.ckpt").exists() and not (path / "last.ckpt").is_symlink():
+        raise CheckpointError(
+            f"run folder {path} has no last.ckpt to resume from: the run stopped before it finished its first "
+            f"epoch, so nothing of it can be continued; delete the folder and train again"
+        )
+    return path / "last.ckpt"
 
 
 def _unpickling_reason(e: pickle.UnpicklingError) -> str:
@@ -122,6 +177,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and verify a checkpoint (a run folder: its best.ckpt); every problem is a CheckpointError naming the file."""
     path = checkpoint_file(path)
     if not path.is_file():
+        if path.is_symlink():
+            raise CheckpointError(f"checkpoint {path} is a symbolic link to nothing readable ({os.path.realpath(path)})")
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:  # is_zipfile says False for a file it cannot open: "not a checkpoint" would hide a permission problem
         with path.open("rb"):
@@ -129,6 +186,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):  # every checkpoint mnistlab writes is torch's zip format
+        with path.open("rb") as f:
+            legacy = f.read(2) == b"\x80\x02"  # a pickle protocol 2 header: torch.save's format before 1.6
+        if legacy:
+            raise CheckpointError(f"{path} is a torch checkpoint in the legacy (pre-1.6, non-zip) format, which "
+                                  "mnistlab does not read: it is not a mnistlab checkpoint")
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated, or not a torch checkpoint at all)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -144,7 +206,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
         raise CheckpointError(f"{path} is not a mnistlab checkpoint (missing keys)")
     version = payload["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its format version is {version!r})")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, newer than this mnistlab reads ({FORMAT_VERSION}); "
             "upgrade mnistlab to load it"
@@ -165,6 +229,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a mnistlab checkpoint (its weights cannot be hashed: {e})") from None
     if digest != payload["weights_sha256"]:
         raise CheckpointError(f"{path} is corrupted: the SHA-256 of its weights does not match the stored one")
+    # Checkpoints from before the key have only the weights' digest.
+    if "content_sha256" in payload and content_digest(payload) != payload["content_sha256"]:
+        raise CheckpointError(f"{path} is corrupted: the SHA-256 of its training state (optimizer, random state, "
+                              "progress) does not match the stored one")
     return payload
 
 
@@ -238,10 +306,18 @@ def stored_crop(state: dict[str, torch.Tensor]) -> int:
     return int(value) if ok else 0
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """``load_state_dict`` with an error that says which shapes or names do not fit."""
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                 check_values: bool = True) -> None:
+    """``load_state_dict`` with an error that says which shapes or names do not fit.
+
+    ``check_values`` also refuses integer tensors for floating-point weights and NaN or infinite
+    values: weights read from a file must be a usable model (a callback's ``set_weights`` may load any).
+    """
     own = model.state_dict()
     theirs, ours = stored_crop(state), stored_crop(own)
+    if theirs < 0:
+        raise CheckpointError(f"the weights from {source} record a crop of {theirs} pixels a side: damaged, or not "
+                              "written by mnistlab")
     if theirs != ours:
         raise CheckpointError(
             f"the weights from {source} were trained on images cropped by {theirs} pixels a side (model.crop = "
@@ -262,6 +338,18 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         raise CheckpointError(
             f"the weights from {source} do not fit this model (another architecture or class count?): " + "; ".join(parts)
         )
+    if not check_values:
+        model.load_state_dict(state)
+        return
+    ints = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if ints:
+        raise CheckpointError(f"the weights from {source} are not floating point ({ints[0]} is {state[ints[0]].dtype}):"
+                              " not weights any training wrote")
+    bad = [k for k in own if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    if bad:
+        raise CheckpointError(f"the weights from {source} hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}): a diverged or damaged model, which would only "
+                              "predict noise")
     model.load_state_dict(state)
 
 

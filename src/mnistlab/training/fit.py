@@ -20,6 +20,7 @@ rank 0 (the one given a run folder) writes files.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -51,6 +52,51 @@ from .schedules import lr_at
 
 
 # Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_amount(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _check_progress(payload: dict[str, Any]) -> None:
+    """The fields of a resumable checkpoint that say where training was, checked for type and range."""
+    problems = [f"{key} = {payload.get(key, 0)!r}" for key in ("epoch", "step", "batch")
+                if not _is_count(payload.get(key, 0))]
+    problems += [f"{key} = {payload.get(key, 0.0)!r}" for key in ("lr_scale", "train_seconds", "partial_seconds")
+                 if not _is_amount(payload.get(key, 0.0))]
+    partial = payload.get("partial", torch.zeros(3, dtype=torch.float64))
+    if not (isinstance(partial, torch.Tensor) and partial.shape == (3,) and partial.is_floating_point()):
+        problems.append(f"partial = {partial!r}")
+    history = payload["history"]
+    if not (isinstance(history, list) and all(isinstance(h, dict) and _is_count(h.get("epoch")) for h in history)):
+        problems.append("history (not a list of epoch rows)")
+    rng = payload["rng"]
+    size = torch.get_rng_state().shape
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+            and rng["torch"].shape == size and isinstance(rng.get("cuda"), (list, type(None)))):
+        problems.append("rng (not the random state torch saves)")
+    if problems:
+        raise CheckpointError(f"the checkpoint's training state is damaged: {'; '.join(problems)}; it was not written "
+                              "by `mnistlab train`, or was changed since")
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's optimizer tensors (Adam's moments, SGD's momentum) have its shape: the fused and
+    foreach kernels index them without checking, and a wrong one crashed the process (SIGSEGV)."""
+    for i, p in enumerate(q for group in optimizer.param_groups for q in group["params"]):
+        for key, value in optimizer.state.get(p, {}).items():
+            if key == "step":
+                ok = _is_amount(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+            else:
+                ok = not isinstance(value, torch.Tensor) or (value.shape == p.shape and value.is_floating_point())
+            if not ok:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise CheckpointError(f"the optimizer state in the checkpoint does not fit the model: {key} of "
+                                      f"parameter {i} is {shape}, the parameter {tuple(p.shape)}")
+
+
 VAL_SIZE_NEEDED = "data.val_size must be at least 1 to train: the best epoch, early stopping and checkpoints are chosen on it"
 
 _TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best",
@@ -536,8 +582,9 @@ class Trainer:
         missing = [k for k in _RESUME_KEYS if k not in payload]
         if missing:
             raise CheckpointError(
-                f"the checkpoint cannot be resumed from: it lacks {', '.join(missing)} "
-                "(it was not written by `mnistlab train`)"
+                f"the checkpoint cannot be resumed from: it holds a model without its training state (it lacks "
+                f"{', '.join(missing)}), as ema.ckpt does; resume the run folder (its last.ckpt), or start a new run "
+                "from these weights with --init-from (finetune.init_from)"
             )
         if payload.get("resumable") is False:
             raise CheckpointError(
@@ -551,6 +598,7 @@ class Trainer:
                 f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
             )
         stored = config_from_dict(payload["config"])  # the settings the run was trained under
+        _check_progress(payload)  # what fit() reads later: a bad value must fail now, before files are written
         done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
         if self.cfg.train.epochs < done + (batch > 0):
             trained = f"{done} epoch{'s' * (done != 1)}"
@@ -567,6 +615,23 @@ class Trainer:
                     f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
                     "resume without changing them"
                 )
+        if batch >= self.steps_per_epoch:
+            raise CheckpointError(f"the checkpoint says batch {batch} of an epoch of {self.steps_per_epoch} batches: "
+                                  "it was not written by `mnistlab train` for this data")
+        if stored.optimizer.name != self.cfg.optimizer.name:
+            raise ConfigError(
+                f"optimizer.name was {stored.optimizer.name}, now {self.cfg.optimizer.name}: the checkpoint's optimizer "
+                "state (moments, momentum) belongs to the first; resume without changing it, or start a new run from "
+                "this one's weights with --init-from"
+            )
+        old_steps = num_batches(len(self.data.train), stored.train.batch_size, self._min_last)
+        if not batch and old_steps != self.steps_per_epoch and self.cfg.schedule.name != "constant":
+            raise ConfigError(
+                f"an epoch was {old_steps} steps and would now be {self.steps_per_epoch} (train.batch_size was "
+                f"{stored.train.batch_size}, now {self.cfg.train.batch_size}): the {self.cfg.schedule.name} schedule "
+                f"counts steps, so the {int(payload['step'])} taken would no longer line up with the epochs; resume "
+                "with the same batch size, or with schedule.name = constant"
+            )
         if tuple(stored.finetune.freeze) != tuple(self.cfg.finetune.freeze):
             # The optimizer's state is matched to the parameters by position: with another frozen set, one
             # tensor's Adam moments would silently drive another's updates.
@@ -581,8 +646,18 @@ class Trainer:
             self._unfreeze()
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"the optimizer state in the checkpoint does not fit this config ({e})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            hint = ""
+            if stored.finetune.unfreeze_at != self.cfg.finetune.unfreeze_at:
+                hint = (f"; finetune.unfreeze_at was {stored.finetune.unfreeze_at}, now "
+                        f"{self.cfg.finetune.unfreeze_at}, which changes whether the frozen parameters have their "
+                        "own optimizer group at this point: resume without changing it")
+            raise CheckpointError(f"the optimizer state in the checkpoint does not fit this config ({e}){hint}") from None
+        _check_optimizer_state(self.optimizer)
+        # load_state_dict also brought back each group's settings as they were (weight decay, betas, eps,
+        # momentum): the config's, as given for this resume, are the ones to train on under.
+        for group in self.optimizer.param_groups:
+            group.update({k: v for k, v in self.optimizer.defaults.items() if k != "params"})
         self.lr_scale = float(payload["lr_scale"])
         self._epoch, self._step = int(payload["epoch"]), int(payload["step"])
         self.history = list(payload["history"])
@@ -591,6 +666,7 @@ class Trainer:
         # resumed as it was: that would not be the run the user started. Given new settings (more
         # epochs, another patience or criterion), it trains on under them.
         self.stop_reason, self.stopped_by = payload.get("stop_reason"), payload.get("stopped_by")
+        self._check_callback_states(payload.get("callbacks", {}))
         if self.stop_reason is not None and _training_settings(config_to_dict(self.cfg)) != _training_settings(
             config_to_dict(stored)
         ):
@@ -616,6 +692,20 @@ class Trainer:
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         self._resume = payload
+
+    def _check_callback_states(self, states: Any) -> None:
+        """Load the stored callback states into copies of mnistlab's own callbacks, so that one that does not
+        fit fails here, before anything is written (fit() loads them into the real ones after on_train_begin)."""
+        if not isinstance(states, dict):
+            raise CheckpointError(f"the checkpoint's callback states are not a table ({type(states).__name__})")
+        for key, cb in zip(self.callbacks._keys(), self.callbacks.callbacks):
+            if key not in states or not type(cb).__module__.startswith("mnistlab."):
+                continue  # a user's callback may hold what cannot be copied; its own load comes in fit()
+            try:
+                copy.deepcopy(cb).load_state_dict(states[key])
+            except Exception as e:  # noqa: BLE001 - whatever a damaged state makes a callback raise
+                raise CheckpointError(f"the state of {key} in the checkpoint does not fit it ({type(e).__name__}: "
+                                      f"{e})") from None
 
     # ---- TrainerHandle ------------------------------------------------------------
 
@@ -659,7 +749,7 @@ class Trainer:
         return {k: v.detach().to("cpu", copy=True) for k, v in self._model.state_dict().items()}
 
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
-        load_weights(self._model, state, source="set_weights")
+        load_weights(self._model, state, source="set_weights", check_values=False)
 
     def restore_weights(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
         # best.ckpt is what the run is tested with and what evaluate, predict and ensemble read from the run

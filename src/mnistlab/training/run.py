@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -29,7 +30,7 @@ from ..folders import missing_folders, probe_write, remove_empty
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
-from .checkpoint import atomic_write, model_from_checkpoint, read_checkpoint
+from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoint, read_checkpoint, resume_file
 from . import distributed
 from .display import Display
 from .evaluate import Evaluation, evaluate
@@ -66,12 +67,20 @@ def default_run_dir(model_name: str, root: str | Path = "runs") -> Path:
 
 
 class RunLock:
-    """``run.lock`` holding our pid: a second run into the same folder is refused.
+    """``run.lock`` naming our process: a second run into the same folder is refused.
 
-    A lock left by a process that no longer exists (kill -9) is taken over. So is one
-    holding this process's own pid that this process does not hold: a container restarted
-    after a kill gives its new run the pid the old one had. A lock this process does hold
-    (a run in another thread, or one inside a callback) refuses like any other.
+    The lock holds the pid and, on Linux, the process's start time: a pid is reused
+    (after a reboot, a container restart, or in a folder copied from another machine),
+    the pair is not. A lock whose process is gone (kill -9), or whose pid now belongs to
+    a process started at another time, is stale and taken over. So is one holding this
+    process's own pid and start time that this process does not hold (a lock written
+    without a start time, from an older version, counts as ours when its pid is ours).
+    A lock this process does hold (a run in another thread, or one inside a callback)
+    refuses like any other.
+
+    The lock file is made complete under a temporary name and linked into place, so no
+    other process can read it empty; a stale one is renamed away before it is deleted,
+    so that a lock another process made meanwhile is put back, not deleted.
     """
 
     _held: set[str] = set()  # the locks this process holds, by real path
@@ -82,51 +91,110 @@ class RunLock:
         self._key = os.path.realpath(self.path)
 
     def __enter__(self) -> "RunLock":
+        mine = _lock_text(os.getpid())
         with RunLock._guard:
-            for _ in range(2):
+            for _ in range(3):
                 try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    self._create(mine)
                 except FileExistsError:
                     self.refuse_if_held()
-                    pid = self._owner()
-                    if pid is not None:  # a killed run may have left half-written temporary files
-                        for tmp in self.path.parent.glob(f".*.tmp-{pid}"):
-                            tmp.unlink(missing_ok=True)
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    self._remove_stale()
                     continue
                 except OSError as e:
                     raise RunDirError(f"cannot write to run folder {self.path.parent}: {e.strerror}") from None
-                with os.fdopen(fd, "w") as f:
-                    f.write(str(os.getpid()))
                 RunLock._held.add(self._key)
                 return self
-        raise RunDirError(f"could not take the lock {self.path}")
+        raise RunDirError(f"could not take the lock {self.path}; if no mnistlab run uses {self.path.parent}, delete "
+                          "the lock")
+
+    def _create(self, text: str) -> None:
+        """Make the lock with ``text`` in it, atomically: FileExistsError if there is one."""
+        tmp = self.path.with_name(f".run.lock.new-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_text(text)
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: create-exclusive, then write
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _remove_stale(self) -> None:
+        judged = self._text()
+        aside = self.path.with_name(f".run.lock.stale-{os.getpid()}-{threading.get_ident()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another process removed it first
+        if aside.read_text() != judged:  # another process took the lock since we looked: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            return
+        aside.unlink(missing_ok=True)
+        owner = _parse_lock(judged)
+        if owner is not None:  # a killed run may have left half-written temporary files
+            for tmp in self.path.parent.glob(f".*.tmp-{owner[0]}"):
+                tmp.unlink(missing_ok=True)
 
     def refuse_if_held(self) -> None:
         """Raise RunDirError if a live process other than this one, or a run in this one, holds the lock."""
-        pid = self._owner()
-        if pid == os.getpid() and self._key in RunLock._held:
+        owner = _parse_lock(self._text())
+        if owner is None:
+            return
+        pid, started = owner
+        ours = pid == os.getpid() and started in (None, _process_start(pid))
+        if ours and self._key in RunLock._held:
             raise RunDirError(
-                f"{self.path.parent} is in use by another mnistlab run in this process; "
-                "wait for it to finish or choose another --out"
+                f"{self.path.parent} is in use by another mnistlab run in this process; wait for it to finish"
             )
-        if pid is not None and pid != os.getpid() and process_alive(pid):
+        if not ours and process_alive(pid) and started in (None, _process_start(pid)):
             raise RunDirError(
-                f"{self.path.parent} is in use by another mnistlab run (pid {pid}); "
-                "wait for it to finish or choose another --out"
+                f"{self.path.parent} is in use by another mnistlab run (pid {pid}); wait for it to finish. If no "
+                f"mnistlab run uses the folder, delete {self.path}"
             )
 
-    def _owner(self) -> int | None:
+    def _text(self) -> str:
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+            return self.path.read_text()
+        except OSError:
+            return ""
 
     def __exit__(self, *exc) -> None:
         with RunLock._guard:
             RunLock._held.discard(self._key)
-            if self._owner() == os.getpid():
+            if self._text() == _lock_text(os.getpid()):
                 self.path.unlink(missing_ok=True)
+
+
+def _process_start(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot (Linux's /proc); None where that is unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (name) ": field 3 onwards
+    return fields[19] if len(fields) > 19 else None  # field 22, starttime
+
+
+def _lock_text(pid: int) -> str:
+    started = _process_start(pid)
+    return f"{pid}" if started is None else f"{pid} {started}"
+
+
+def _parse_lock(text: str) -> tuple[int, str | None] | None:
+    """(pid, start time or None) from a lock's text; None for an empty or unreadable one (stale).
+
+    >>> _parse_lock("1234 98765"), _parse_lock("1234"), _parse_lock("")
+    ((1234, '98765'), (1234, None), None)
+    """
+    parts = text.split()
+    if not parts or not parts[0].isdigit() or len(parts) > 2:
+        return None
+    return int(parts[0]), (parts[1] if len(parts) == 2 else None)
 
 
 def process_alive(pid: int) -> bool:
@@ -160,13 +228,14 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
         return
     if (path / "last.ckpt").exists():
         raise RunDirError(
-            f"{path} already holds a run; continue it with `mnistlab train --resume {path}` or choose another --out"
+            f"{path} already holds a run; continue it with `mnistlab train --resume {shell_quote(path)}` or choose another --out"
         )
     leftovers = [name for name in _RUN_FILES if (path / name).exists()]
     if leftovers:
         raise RunDirError(
-            f"{path} already holds files of another run ({', '.join(leftovers)}) but no last.ckpt to continue from "
-            "(it stopped before finishing an epoch); delete them or choose another --out"
+            f"{path} already holds files of another run ({', '.join(leftovers)}) but no last.ckpt "
+            "to continue from (it stopped before finishing its first epoch, or before last.ckpt was written); "
+            "delete them or choose another --out"
         )
 
 
@@ -198,6 +267,15 @@ def write_file(path: Path, data: bytes) -> None:
         atomic_write(path, lambda f: f.write(data))
     except OSError as e:
         raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def shell_quote(path: str | Path) -> str:
+    """``path`` as one shell word, for the commands messages tell the user to run.
+
+    >>> shell_quote("runs/a"), shell_quote("my runs/rün 1")
+    ('runs/a', "'my runs/rün 1'")
+    """
+    return shlex.quote(str(path))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -334,7 +412,7 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         init = read_init_checkpoint(cfg.finetune.init_from)  # read before a folder is made: a bad one changes nothing
     if resume is not None:
         resume = Path(resume)
-        ckpt = resume / "last.ckpt" if resume.is_dir() else resume
+        ckpt = resume_file(resume)
         payload = read_checkpoint(ckpt)
         run_dir = ckpt.parent
     elif out is not None:
@@ -471,18 +549,21 @@ def _run(
             stopped_by="interrupted",
             epochs=trainer.epoch,
             train_seconds=trainer.train_seconds,
-            resume_with=f"mnistlab train --resume {run_dir}",
+            resume_with=f"mnistlab train --resume {shell_quote(run_dir)}",
         )
         write_json(run_dir / "summary.json", summary)
         # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
         print(f"\n{trainer.stop_reason}; progress saved to {e.checkpoint}", file=sys.stderr)
-        print(f"resume with: mnistlab train --resume {run_dir}", file=sys.stderr, flush=True)
+        print(f"resume with: mnistlab train --resume {shell_quote(run_dir)}", file=sys.stderr, flush=True)
         raise
+    except CheckpointWriteError as e:
+        raise CheckpointWriteError(f"{e}; the checkpoints written before are intact: once there is room, continue "
+                                   f"with `mnistlab train --resume {shell_quote(run_dir)}`") from None
     except OSError as e:  # metrics.csv or another file of the run could not be written (disk full, folder gone)
         raise RunDirError(
             f"cannot write to run folder {run_dir}: {e.strerror or e}"
             + (f" ({e.filename})" if e.filename else "")
-            + f"; the checkpoints written before are intact: continue with `mnistlab train --resume {run_dir}`"
+            + f"; the checkpoints written before are intact: continue with `mnistlab train --resume {shell_quote(run_dir)}`"
         ) from None
 
     best_path = run_dir / "best.ckpt"
