@@ -82,7 +82,8 @@ def test_restored_weights_are_the_runs_best_ckpt_and_what_it_tests(mnist_small, 
     assert all(torch.equal(best["model"][k], final[k].cpu()) for k in final)  # what stayed in memory
     last = read_checkpoint(tmp_path / "run" / "last.ckpt")  # resume goes on from where training was
     assert last["epoch"] == 3 and not all(torch.equal(last["model"][k], final[k].cpu()) for k in final)
-    assert result.summary["best_epoch"] == 1 and result.summary["evaluated"] == "best.ckpt"
+    assert result.summary["best_epoch"] == 1 and result.summary["restored_by_early_stopping"]
+    assert result.summary["evaluated"] == "best.ckpt"
     tested = evaluate(load_model(tmp_path / "run" / "best.ckpt"), mnist_small.test).accuracy
     assert result.summary["test_accuracy"] == tested
     # [checkpoint]'s own choice is still kept, in its top-k file

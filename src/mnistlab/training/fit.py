@@ -51,7 +51,6 @@ from .optim import build_optimizer
 from .schedules import lr_at
 
 
-# Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -99,6 +98,7 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
 VAL_SIZE_NEEDED = "data.val_size must be at least 1 to train: the best epoch, early stopping and checkpoints are chosen on it"
 
+# Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
 _TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best",
                    "ema_monitor")
 

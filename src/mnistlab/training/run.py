@@ -582,6 +582,7 @@ def _run(
         evaluated=evaluated,
         # The checkpoint to use for predictions; None when no epoch ended with finite validation metrics.
         use_checkpoint="best.ckpt" if best_path.exists() else None,
+        restored_by_early_stopping=trainer.restored_epoch is not None,  # best.ckpt is then the stopping rule's best
         best_epoch=best_epoch,
         best_val_accuracy=best_row["val_accuracy"] if best_row else None,
         epochs=result.epochs,
@@ -609,7 +610,8 @@ def _run(
             file=sys.stderr,
         )
     display.log(
-        f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}; "
+        f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}"
+        f"{' (restored by early stopping)' if trainer.restored_epoch is not None else ''}; "
         f"{result.train_seconds:.1f} s of training; run folder: {run_dir}"
     )
     if any(k in extras for k in _EXTRA_NAMES):
