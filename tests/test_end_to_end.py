@@ -52,6 +52,7 @@ def test_train_then_evaluate(mnist_root, tmp_path):
 
     proc = run_cli("evaluate", str(out), "--data-dir", str(mnist_root))
     assert proc.returncode == 0 and "confusion matrix" in proc.stdout and "per-class accuracy" in proc.stdout
+    assert proc.stdout.startswith(f"fast from {out / 'best.ckpt'} (epoch ")  # the file a run folder stands for
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

@@ -329,7 +329,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .report.plots import check_plot_path, lr_find_png, save_png
     from .training.fit import TrainingInterrupted
-    from .training.lr_find import MIN_STEPS, check_settings, lr_range_test
+    from .training.lr_find import MIN_STEPS, SKIP_BEGIN, check_settings, lr_range_test
 
     cfg = _train_config(args)
     check_settings(args.min_lr, args.max_lr, args.steps)
@@ -355,7 +355,12 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         print(f"no suggestion: only {len(result.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise "
               "--steps")
     elif result.suggestion is None:
-        print("no suggestion: the average loss did not fall after its first 10 steps; raise --max-lr")
+        # With enough steps this is the one way to get none: the lowest average came so early that under 3
+        # steps lie between the skipped ones and it (a loss still falling at the end gives a suggestion).
+        lowest_step = min(range(len(result.smoothed)), key=result.smoothed.__getitem__) + 1
+        print(f"no suggestion: the average loss was lowest at step {lowest_step}, too early to see it fall after "
+              f"the first {SKIP_BEGIN} steps (skipped while the average settles); lower --max-lr or raise --steps, "
+              "so that the rates rise more slowly")
     else:
         print(f"suggested learning rate: {result.suggestion:.1e} (steepest descent of the average loss); the "
               f"lowest average came at {result.lowest:.1e}, an upper bound. Train with --lr {result.suggestion:.1e}")
@@ -371,7 +376,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .config import config_from_dict
     from .data import load_data
-    from .training.checkpoint import model_from_checkpoint, read_checkpoint
+    from .training.checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint
     from .training.evaluate import evaluate
 
     payload = read_checkpoint(args.checkpoint)
@@ -381,12 +386,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = model_from_checkpoint(payload)
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
                       label_smoothing=cfg.train.label_smoothing)
-    report = {"checkpoint": str(args.checkpoint), "model": payload["model_name"], "epoch": payload["epoch"],
+    report = {"checkpoint": str(checkpoint_file(args.checkpoint)), "model": payload["model_name"],
+              "epoch": payload.get("epoch"),  # a file from the save_checkpoint API may not record one
               **result.to_dict(list(data.classes))}
     if args.json:
         print(jsonout.dumps(report, indent=2))
         return 0
-    print(f"{report['model']} from {args.checkpoint} (epoch {report['epoch']}) on {data.dataset} test, "
+    epoch = "" if report["epoch"] is None else f" (epoch {report['epoch']})"
+    print(f"{report['model']} from {report['checkpoint']}{epoch} on {data.dataset} test, "
           f"{report['examples']:,} images")
     print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
     print("\nper-class accuracy:")

@@ -1,5 +1,7 @@
 """TensorBoard: a short real run (tiny conv net, real backward passes), read back with tensorboard's own readers."""
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +30,13 @@ def epoch_metrics(epoch):
 def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS, steps_done=None, interrupted=False):
     """Call the hooks as the trainer does, with real forward/backward/step on random uint8 images.
 
+    A resumed run starts in a later second than the run before it, as a real resume does: readers order
+    a folder's event files by name, which begins with the second the file was made.
+
     ``first_epoch`` > 1 resumes after epoch first_epoch - 1; ``steps_done`` (default: those epochs' steps) > 0
     with ``first_epoch`` 1 resumes inside the first epoch. ``interrupted``: no on_train_end, as after a signal."""
+    if (tmp_path / "tensorboard").exists():
+        time.sleep(1.05)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (40,), generator=g)
@@ -110,8 +117,10 @@ def test_event_files_hold_scalars_histograms_images_graph_and_hparams(tmp_path):
     experiment = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
     assert "final/val_accuracy" in {m.name.tag for m in experiment.metric_infos}
 
-    # One event stream in the run's own folder: the hparams do not land in a sub-folder.
-    assert [p.parent for p in log_dir.rglob("events.out.tfevents.*")] == [log_dir]
+    # In the run's own folder (the hparams do not land in a sub-folder): the epochs' file, then the summary's,
+    # named to be read last.
+    files = sorted(log_dir.rglob("events.out.tfevents.*"))
+    assert [p.parent for p in files] == [log_dir, log_dir] and files[-1].name.endswith(".end")
     raw = [e for f in log_dir.glob("events.*") for e in EventFileLoader(str(f)).Load()]
     assert any(e.HasField("graph_def") for e in raw)
     assert any(v.tag.startswith("stop_reason") for e in raw for v in e.summary.value)  # text: "stop_reason/text_summary"
@@ -145,7 +154,14 @@ def test_resuming_a_finished_run_replaces_its_end_of_run_summary(tmp_path):
     assert [e.step for e in acc.Scalars("loss/val")] == [1, 2, 3]
     starts = [e for f in (tmp_path / "tensorboard").glob("events.*") for e in EventFileLoader(str(f)).Load()
               if any(v.tag == "_hparams_/session_start_info" for v in e.summary.value)]
-    assert sorted(e.step for e in starts) == [3, 3, 4]  # in the files; each resume's purge drops the one before
+    assert [e.step for e in starts] == [4]  # the finished run's summary file is gone, not only purged
+    # The reader of TensorBoard's own dashboards ignores purge markers: it showed steps 3 and 4 here.
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    ui = plugin_event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    ui.Reload()
+    assert [e.step for e in ui.Tensors("final/val_loss")] == [4]
+    assert [e.step for e in ui.Tensors("stop_reason/text_summary")] == [4]
 
 
 def test_switches_turn_parts_off(tmp_path):

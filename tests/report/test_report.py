@@ -201,3 +201,19 @@ def test_a_report_that_cannot_be_written_leaves_no_plots_behind(copy_run, tmp_pa
     with pytest.raises(RunFolderError, match="cannot write the report"):
         write_report(run, out=out)
     assert not (out / "plots").exists()
+
+
+def test_names_with_dollar_signs_are_drawn_as_text_not_parsed_as_maths():
+    # A class or run named "$\foo$" (a crafted checkpoint, a folder name) raised matplotlib's mathtext
+    # ParseFatalException out of report, compare and sweep.
+    from mnistlab.report import plots
+
+    classes = [r"$\foo$", "a$x$", *map(str, range(8))]
+    for png in (
+        plots.confusion_png(np.eye(10, dtype=np.int64) * 3, classes),
+        plots.per_class_png([0.9] * 10, classes, overall=0.9),
+        plots.misclassified_png(np.zeros((1, 1, 28, 28), dtype=np.uint8), [0], [1], [0.6], [0.3], classes, [5]),
+        plots.compare_png([{"label": r"runs/m$\foo$", "train_seconds": 3.0, "test_accuracy": 0.9},
+                           {"label": "b", "train_seconds": 5.0, "test_accuracy": 0.95}]),
+    ):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -77,11 +77,29 @@ def test_compare_warns_when_runs_are_not_comparable(tmp_path):
                  cpu="AMD EPYC (AVX2)", gpu="NVIDIA H200")
     b = fake_run(tmp_path / "b", model="cnn", dataset="kmnist", device="cpu", test_accuracy=0.95, train_seconds=50.0,
                  cpu="AMD EPYC (AVX2)")
-    text = format_table(compare_runs([a, b]))
-    assert "different devices (cpu, cuda)" in text and "different datasets (kmnist, mnist)" in text
+    c = fake_run(tmp_path / "c", model="cnn", dataset="mnist", device="cuda", test_accuracy=0.97, train_seconds=5.0,
+                 cpu="AMD EPYC (AVX2)", gpu="NVIDIA H200")
+    text = format_table(compare_runs([a, b, c]))
+    assert "different devices (cpu, cuda)" in text and "different datasets (kmnist, mnist); they are ranked " \
+        "within each" in text
     assert "different machines" not in text  # the device note says it already
-    first, second = text.splitlines()[2:4]
-    assert first.endswith("NVIDIA H200      -") and second.endswith("AMD EPYC (AVX2)  -")  # on CUDA the GPU counts
+    header, _, first, second, third = text.splitlines()[:5]
+    assert header.split()[:3] == ["run", "model", "dataset"]
+    # grouped by dataset, best first within each: kmnist's 95% is not ranked below mnist's 97%
+    assert [line.split()[0] for line in (first, second, third)] == [str(b), str(a), str(c)]
+    assert " kmnist " in first and first.endswith("AMD EPYC (AVX2)  -")
+    assert second.endswith("NVIDIA H200      -")  # on CUDA the GPU counts
+
+
+def test_compare_does_not_count_a_run_without_summary_as_another_device(tmp_path):
+    a = fake_run(tmp_path / "a", model="cnn", dataset="mnist", device="cpu", test_accuracy=0.99, train_seconds=5.0)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "summary.json").unlink()  # interrupted before it was written: device and dataset unknown
+    (b / "metrics.csv").write_text("epoch,train_loss,train_accuracy,train_error,val_loss,val_accuracy,val_error,lr,"
+                                   "seconds\n1,0.5,0.9,0.1,0.2,0.95,0.05,0.01,12.5\n")
+    text = format_table(compare_runs([a, b]))
+    assert "note:" not in text  # "different devices (?, cpu)" said otherwise
 
 
 def test_compare_shows_the_machine_when_runs_come_from_different_cpus(tmp_path):

@@ -179,17 +179,61 @@ def test_a_trial_left_running_by_a_dead_process_is_failed_and_rerun(fake_train, 
     assert sorted(c.optimizer.lr for c in fake_train) == [0.001, 0.01]
 
 
-def test_config_errors_of_a_combination_fail_the_trial_not_the_sweep(fake_train, tmp_path):
-    # nesterov needs momentum > 0: each value is valid on the base (checked before any trial), one combination is not.
-    s = spec({"optimizer.momentum": [0.0, 0.9], "optimizer.nesterov": [False, True]}, base={"optimizer": {"name": "sgd"}},
-             sampler="grid")
-    with pytest.raises(ConfigError, match="nesterov needs"):
-        spec({"optimizer.momentum": [0.0, 0.9]}, base={"optimizer": {"name": "sgd", "nesterov": True}}, sampler="grid")
+def test_config_errors_of_a_combination_are_refused_before_any_trial():
+    # nesterov needs momentum > 0: each value is valid on the base, one combination is not. It failed its trial.
+    with pytest.raises(ConfigError, match=r"with optimizer.momentum = 0.0, optimizer.nesterov = True: "
+                                          r"optimizer.nesterov needs optimizer.momentum > 0"):
+        spec({"optimizer.momentum": [0.0, 0.9], "optimizer.nesterov": [False, True]},
+             base={"optimizer": {"name": "sgd"}}, sampler="grid")
+
+
+def test_any_error_in_a_trial_fails_that_trial_and_the_sweep_goes_on(fake_train, tmp_path, monkeypatch):
+    # A KeyError (or a torch RuntimeError) went up as a traceback and left the trial RUNNING in the study.
+    import mnistlab.training.run as run_module
+
+    fake = run_module.train
+
+    def train(cfg, **kwargs):
+        if cfg.optimizer.lr == 0.01:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return fake(cfg, **kwargs)
+
+    monkeypatch.setattr(run_module, "train", train)
+    s = spec({"optimizer.lr": [0.001, 0.01, 0.1]}, sampler="grid")
     result = run_sweep(s, out=tmp_path, quiet=True)
-    rows = {(r.params["optimizer.momentum"], r.params["optimizer.nesterov"]): r for r in result.rows}
-    assert rows[0.0, True].state == "FAIL" and "optimizer.nesterov needs optimizer.momentum > 0" in rows[0.0, True].note
-    assert [rows[k].state for k in ((0.0, False), (0.9, False), (0.9, True))] == ["COMPLETE"] * 3
-    assert len(fake_train) == 3
+    rows = {r.params["optimizer.lr"]: r for r in result.rows}
+    assert rows[0.01].state == "FAIL" and rows[0.01].note == "RuntimeError: DefaultCPUAllocator: can't allocate memory"
+    assert rows[0.01].run_dir is None  # it failed before its folder was made: none is named
+    assert [rows[lr].state for lr in (0.001, 0.1)] == ["COMPLETE", "COMPLETE"]
+    assert not study_of(s, tmp_path).get_trials(states=(S.RUNNING,))
+
+
+def test_ctrl_c_after_a_trial_trained_and_tested_keeps_it(fake_train, tmp_path, monkeypatch):
+    import json
+
+    import mnistlab.training.run as run_module
+    from mnistlab.sweep.runner import SweepInterrupted
+
+    fake = run_module.train
+
+    def train(cfg, *, out, **kwargs):
+        fake(cfg, out=out, **kwargs)
+        (out / "summary.json").write_text(json.dumps({"test_accuracy": 0.9}))
+        raise KeyboardInterrupt  # during the report, after the test: outside the trainer's signal guard
+
+    monkeypatch.setattr(run_module, "train", train)
+    s = spec({"optimizer.lr": [0.01, 0.1]}, sampler="grid")
+    with pytest.raises(SweepInterrupted, match="trial 0 had finished training and is kept"):
+        run_sweep(s, out=tmp_path, quiet=True)
+    (trial,) = study_of(s, tmp_path).get_trials()
+    assert trial.state == S.COMPLETE and trial.value == pytest.approx(fake_accuracy(fake_train[0], 2))
+
+
+def test_a_sweep_folder_with_url_characters_keeps_its_database(fake_train, tmp_path):
+    # "?" began SQLAlchemy's options and "%41" was decoded: the database went to tmp_path / "q", outside the folder.
+    out = tmp_path / "q?x%41"
+    run_sweep(spec({"optimizer.lr": [0.01]}, sampler="grid"), out=out, quiet=True)
+    assert (out / "study.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["q?x%41"]
 
 
 def test_a_missing_optuna_says_how_to_install_it(monkeypatch, tmp_path, capsys):

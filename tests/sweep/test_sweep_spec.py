@@ -54,6 +54,10 @@ def sweep(params=None, base=None, **keys):
         (dict(pruner="early_stopping"), "[early_stopping] criterion is \"none\"; set one"),
         (dict(objective="ema_val_accuracy"), "sweep.objective = 'ema_val_accuracy' needs [ema] enabled = true"),
         (dict(trials=1, workers=2), "sweep.workers = 2 but the sweep has 1 trial(s); use at most 1"),
+        (dict(direction="minimize"), "sweep.direction = 'minimize' contradicts sweep.objective = 'val_accuracy', "
+                                     "which is better higher; leave direction out"),
+        (dict(objective="val_loss", direction="maximize"), "contradicts sweep.objective = 'val_loss'"),
+        (dict(params={"optimizer.lr": [1, 1.0]}), "choices repeat a value: [1, 1.0]"),
         (dict(trials=50, workers=100), "sweep.workers = 100 but the sweep has 50 trial(s)"),
     ],
 )
@@ -63,12 +67,28 @@ def test_bad_sweeps_are_refused_with_a_clear_message(kwargs, message):
     assert message in str(err.value)
 
 
+def test_a_combination_the_config_cannot_build_is_refused_before_any_trial():
+    # Each value alone fits the base (cnn); lenet with a stride does not: that failed trial by trial (three
+    # failures in a row ended the sweep before the cnn points ran).
+    with pytest.raises(ConfigError, match=r"\[sweep.params\] with model.name = 'lenet', model.stride = 1: model "
+                                          r"'lenet' does not take option\(s\) stride"):
+        sweep({"model.name": ["cnn", "lenet"], "model.stride": [1, 2]}, base={"model": {"name": "cnn"}})
+
+
+def test_an_ema_objective_with_ema_swept_off_is_refused():
+    base = {"ema": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"with ema.enabled = False: sweep.objective = 'ema_val_accuracy' needs "
+                                          r"\[ema\] enabled = true, and this point switches it off"):
+        sweep({"ema.enabled": [False, True]}, base=base, objective="ema_val_accuracy")
+    sweep({"ema.decay": [0.9, 0.99]}, base=base, objective="ema_val_accuracy")  # on everywhere: fine
+
+
 def test_defaults_and_derived_values():
     s = sweep()
     assert (s.sampler, s.trials, s.objective, s.direction, s.pruner, s.seed, s.workers, s.storage) == (
         "tpe", 20, "val_accuracy", "maximize", "none", 0, 1, None)
     assert sweep(objective="val_loss").direction == "minimize"
-    assert sweep(objective="val_error", direction="maximize").direction == "maximize"  # an explicit one wins
+    assert sweep(objective="val_error", direction="minimize").direction == "minimize"  # said, and agreeing
     grid = sweep(sampler="grid", params={"optimizer.lr": [0.001, 0.01, 0.1], "train.batch_size": [64, 128]})
     assert grid.trials == 6  # the whole grid
 

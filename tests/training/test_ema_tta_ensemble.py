@@ -221,6 +221,10 @@ def test_ensemble_command_prints_members_and_ensemble_and_json(two_runs, capsys)
     data = json.loads(capsys.readouterr().out)
     assert [m["checkpoint"] for m in data["members"]] == [str(r / "best.ckpt") for r in two_runs]
     assert data["ensemble"]["size"] == 2 and 0.0 < data["ensemble"]["test_accuracy"] <= 1.0
+    assert data["tta_shift"] == 0
+    assert main(["ensemble", *map(str, two_runs), "--tta", "1"]) == 0  # the output said nothing of the TTA
+    assert capsys.readouterr().out.splitlines()[-1] == ("with test-time augmentation: each image and its shifts by 1 "
+                                                        "pixel left, right, up and down, for every member")
 
 
 def test_ensemble_errors_are_one_clear_line(two_runs, tmp_path, capsys):

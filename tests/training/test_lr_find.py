@@ -101,6 +101,18 @@ def test_the_command_prints_the_curve_and_suggestion_and_writes_only_the_plot(mn
     assert lines[-1] == "plot: lr_find.png" and (tmp_path / "lr_find.png").is_file()
 
 
+def test_a_loss_lowest_within_the_skipped_steps_asks_for_a_slower_rise(mnist_root, tmp_path, monkeypatch, capsys):
+    # Rates that rise a million-fold per 3 steps: the loss is lowest early and climbs past 4x within 20 steps.
+    # The advice was "raise --max-lr", which makes it worse.
+    monkeypatch.chdir(tmp_path)
+    assert main(["lr-find", "--data-dir", str(mnist_root), "--set", "data.train_limit=500", "--set",
+                 "data.val_size=100", "--model", "cnn", "--set", "model.width=0.25", "--batch-size", "32",
+                 "--steps", "30", "--min-lr", "1e-4", "--max-lr", "1e9", "--threads", "1"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("no suggestion: "))
+    assert "too early to see it fall after the first 10 steps" in line and line.endswith(
+        "lower --max-lr or raise --steps, so that the rates rise more slowly")
+
+
 def test_the_command_refuses_a_plot_it_cannot_write_before_reading_any_data(tmp_path, capsys):
     code = main(["lr-find", "--data-dir", str(tmp_path / "no-data-here"), "--plot", str(tmp_path)])
     assert code == 2

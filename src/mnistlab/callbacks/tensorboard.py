@@ -15,10 +15,12 @@ shows every run, named ``<run>/tensorboard``):
   metric tags ``final/...``) and the stop reason as text ``stop_reason``, at
   the step after the last epoch.
 
-Every other step is the epoch number. A run resumed after epoch e (or inside
-its first epoch) purges the events from step e + 1 on: those of an interrupted
-epoch, and the end-of-run summary of a run that had finished, which the
-resumed run writes anew. So nothing appears twice.
+Every other step is the epoch number. The end-of-run summary goes into an
+event file of its own (suffix ``.end``) in the same folder, which a resumed run
+deletes before it writes its own: a reader that ignores purge markers (the
+HParams dashboard's) showed the old one beside the new. A run resumed after
+epoch e (or inside its first epoch) also purges the events from step e + 1
+on, those of an interrupted epoch. So nothing appears twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import torch
 from .base import Callback, TrainerHandle
 
 log = logging.getLogger("mnistlab")
+
+_END_SUFFIX = ".end"  # the event file of the end-of-run summary
 
 _SCALARS = {
     "train_loss": "loss/train",
@@ -109,6 +113,10 @@ class TensorBoard(Callback):
         # A resumed run (also one cut inside its first epoch, still at epoch 0) has the graph and samples
         # already; resumed after epoch e, it drops the events of epochs > e and the old end-of-run summary.
         resumed = trainer.step > 0
+        if resumed:  # the finished run's summary: this run writes its own at the end
+            for old in Path(log_dir).glob(f"events.out.tfevents.*{_END_SUFFIX}"):
+                old.unlink(missing_ok=True)
+        self._log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=trainer.epoch + 1 if resumed else None)
         if not resumed:
             if self.graph:
@@ -144,10 +152,14 @@ class TensorBoard(Callback):
     def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
         if self.writer is None:
             return
+        from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        # After the last epoch's step: a resume purges from there, so a resumed run replaces this summary
-        # rather than adding a second one (the HParams dashboard would show two sessions' start info).
+        self.writer.close()
+        # After the last epoch's step, into its own file, which a resumed run deletes: one summary per run,
+        # whatever the reader (the HParams dashboard would show two sessions' start info).
+        before = set(self._log_dir.glob(f"*{_END_SUFFIX}"))
+        self.writer = SummaryWriter(log_dir=str(self._log_dir), filename_suffix=_END_SUFFIX)
         step = int(metrics.get("epoch", trainer.epoch)) + 1
         final = {
             f"final/{k}": float(metrics[k])
@@ -164,6 +176,9 @@ class TensorBoard(Callback):
             self.writer.add_text("stop_reason", str(metrics["stop_reason"]), step)
         self.writer.close()
         self.writer = None
+        for path in set(self._log_dir.glob(f"*{_END_SUFFIX}")) - before:  # the one file just written
+            _sort_last(path)
+
 
     # -- pieces -------------------------------------------------------------------
 
@@ -215,6 +230,22 @@ class TensorBoard(Callback):
         self._add_grid("misclassified/val", torch.cat(wrong_x), epoch)
         pairs = ", ".join(f"{int(t)}→{int(p)}" for t, p in zip(torch.cat(wrong_y), torch.cat(wrong_p)))
         self.writer.add_text("misclassified/labels", f"true→predicted, row by row: {pairs}", epoch)
+
+
+
+def _sort_last(path: Path) -> None:
+    """Rename an event file so that its name sorts after every other one in its folder.
+
+    Readers take a folder's event files in name order, and the name starts with the second the file
+    was made, then a counter: a summary made in the same second as the epochs' file could sort
+    before it ("...7.10.end" before "...7.9"), and a reader that drops events older than one seen
+    already would drop the epochs. One second past the latest file's puts it last.
+    """
+    prefix = "events.out.tfevents."
+    stamps = [int(p.name[len(prefix):].split(".", 1)[0]) for p in path.parent.glob(prefix + "*")
+              if p.name[len(prefix):].split(".", 1)[0].isdigit()]
+    rest = path.name[len(prefix):].split(".", 1)[1]
+    path.rename(path.with_name(f"{prefix}{max(stamps) + 1:010d}.{rest}"))
 
 
 __all__ = ["TensorBoard"]

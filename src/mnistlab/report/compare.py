@@ -111,9 +111,15 @@ def run_row(path: Path) -> RunRow:
 
 
 def compare_runs(paths: Sequence[str | Path]) -> list[RunRow]:
-    """One row per run found under ``paths``, best test accuracy first (runs without one last)."""
+    """One row per run found under ``paths``, best test accuracy first (runs without one last).
+
+    Runs on different datasets are grouped by dataset (in name order) and ranked within it: a
+    Fashion-MNIST accuracy and an MNIST one measure different things.
+    """
     rows = [run_row(p) for p in find_runs(paths)]
-    return sorted(rows, key=lambda r: (r.test_accuracy is None, -(r.test_accuracy or 0.0), r.train_seconds or 0.0))
+    grouped = len({r.dataset for r in rows if r.dataset != "?"}) > 1  # "?": not recorded (no summary.json)
+    return sorted(rows, key=lambda r: ((r.dataset == "?", r.dataset) if grouped else (), r.test_accuracy is None,
+                                       -(r.test_accuracy or 0.0), r.train_seconds or 0.0))
 
 
 def _pct(x: float | None) -> str:
@@ -128,6 +134,7 @@ def format_table(rows: Sequence[RunRow]) -> str:
     """
     machine_of_row = [r.machine or "not recorded" for r in rows]
     machines = sorted({r.machine for r in rows if r.machine})
+    datasets = sorted({r.dataset for r in rows if r.dataset != "?"})  # "?": not recorded, not another dataset
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
         (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),
@@ -140,23 +147,26 @@ def format_table(rows: Sequence[RunRow]) -> str:
         header = (*header[:7], "machine", header[7])
         body = [(*line[:7], machine, line[7]) for line, machine in zip(body, machine_of_row)]
         left = {0, 1, 7, 8}
+    if len(datasets) > 1:  # after the model: the rows are grouped by it
+        header = (*header[:2], "dataset", *header[2:])
+        body = [(*line[:2], r.dataset, *line[2:]) for line, r in zip(body, rows)]
+        left = {0, 1, 2} | {i + 1 for i in left if i > 1}
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
     lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
-    devices = sorted({r.device for r in rows})
+    devices = sorted({r.device for r in rows if r.device != "?"})  # a run without summary.json names none
     if len(devices) > 1:
         lines.append(f"note: the runs come from different devices ({', '.join(devices)}); "
                      "their training times are not comparable")
     elif len(machines) > 1:
         lines.append(f"note: the runs come from different machines ({', '.join(machines)}); "
                      "their training times are not comparable")
-    datasets = sorted({r.dataset for r in rows})
     if len(datasets) > 1:
-        lines.append(f"note: the runs are on different datasets ({', '.join(datasets)}); "
-                     "their accuracies are not comparable")
+        lines.append(f"note: the runs are on different datasets ({', '.join(datasets)}); they are ranked within "
+                     "each, as their accuracies are not comparable")
     return "\n".join(lines)
 
 

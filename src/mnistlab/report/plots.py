@@ -26,6 +26,16 @@ TRAIN, VAL, LR = "#1f77b4", "#ff7f0e", "#2ca02c"
 BEST, STOP, CHOSEN = "#2a9d3a", "#d62728", "#9467bd"
 
 
+def plain(text: object) -> str:
+    """A string from a run (a folder or class name) drawn as it is: matplotlib reads ``$...$`` as maths, and
+    one it cannot parse (``$\\foo$``) raised out of the whole report.
+
+    >>> plain("m$x$"), plain("7")
+    ('m\\\\$x\\\\$', '7')
+    """
+    return str(text).replace("$", r"\$")
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -114,9 +124,9 @@ def confusion_png(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     ax = fig.subplots()
     im = ax.imshow(frac, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
     fig.colorbar(im, ax=ax, shrink=0.7, label="fraction of the true class")
-    ax.set_xticks(range(k), [str(c) for c in classes], rotation=45 if max(map(len, classes), default=1) > 2 else 0,
+    ax.set_xticks(range(k), [plain(c) for c in classes], rotation=45 if max(map(len, classes), default=1) > 2 else 0,
                   ha="right" if max(map(len, classes), default=1) > 2 else "center")
-    ax.set_yticks(range(k), [str(c) for c in classes])
+    ax.set_yticks(range(k), [plain(c) for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix ({int(cm.sum()):,} test images)")
@@ -140,7 +150,7 @@ def per_class_png(accuracy: Sequence[float | None], classes: Sequence[str], over
     worst = int(np.nanargmin(acc)) if finite.any() and np.nanmin(acc) < np.nanmax(acc) else -1
     colors = ["#d62728" if i == worst else "#1f77b4" for i in range(k)]
     ax.barh(y, np.where(finite, acc, 0), color=colors)
-    ax.set_yticks(y, [str(c) for c in classes])
+    ax.set_yticks(y, [plain(c) for c in classes])
     ax.invert_yaxis()
     low = float(np.nanmin(acc)) if finite.any() else 0.0
     left = max(0.0, math.floor((low - 5) / 5) * 5)
@@ -182,8 +192,8 @@ def misclassified_png(
         img = img[0] if img.ndim == 3 and img.shape[0] == 1 else np.moveaxis(img, 0, -1) if img.ndim == 3 else img
         ax.imshow(img, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(
-            f"#{int(indices[i])}  true {classes[int(labels[i])]} ({_p(p_true[i])})\n"
-            f"predicted {classes[int(predicted[i])]} ({_p(p_predicted[i])})",
+            f"#{int(indices[i])}  true {plain(classes[int(labels[i])])} ({_p(p_true[i])})\n"
+            f"predicted {plain(classes[int(predicted[i])])} ({_p(p_predicted[i])})",
             fontsize=8.5, color="#b00020", linespacing=1.15,
         )
     if n == 0:
@@ -221,7 +231,7 @@ def compare_png(points: Sequence[dict[str, Any]]) -> bytes:
     fx, fy = zip(*sorted((xs[i], ys[i]) for i in front))
     ax.plot(fx, fy, color="#2a9d3a", ls="--", lw=1.2, zorder=2, label="best accuracy for the time (Pareto front)")
     for x, y, p in zip(xs, ys, pts):
-        ax.annotate(str(p["label"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(plain(p["label"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if xs.max() / max(xs.min(), 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("training time (s)")

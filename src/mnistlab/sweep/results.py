@@ -113,7 +113,7 @@ def best_toml(spec: SweepSpec, best: TrialRow) -> str:
 
 def objective_png(rows: Sequence[TrialRow], spec: SweepSpec) -> bytes:
     """The objective of each trial in trial order, pruned ones marked, and the best so far as a step line."""
-    from ..report.plots import _figure, _png
+    from ..report.plots import _figure, _png, plain
 
     fig = _figure(7, 4)
     ax = fig.add_subplot()
@@ -137,7 +137,7 @@ def objective_png(rows: Sequence[TrialRow], spec: SweepSpec) -> bytes:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{spec.objective} (best epoch)")
-    ax.set_title(f"sweep {spec.study_name}: {spec.direction} {spec.objective}")
+    ax.set_title(f"sweep {plain(spec.study_name)}: {spec.direction} {spec.objective}")
     if ordered:
         ax.legend(loc="best")
     ax.grid(alpha=0.3)

@@ -19,6 +19,7 @@ stay in the storage, and running the same command again continues the study.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shlex
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -79,12 +81,23 @@ def default_out(name: str, root: str | Path = "sweeps") -> Path:
 
 
 def storage_url(spec: SweepSpec, out: Path) -> str:
-    return spec.storage or f"sqlite:///{out.resolve() / 'study.db'}"
+    # Quoted: SQLAlchemy reads "?" in a URL as the start of its options and decodes "%41", so an
+    # unquoted "sweeps/q?x" put the database at "sweeps/q", outside the sweep folder and its lock.
+    return spec.storage or f"sqlite:///{urllib.parse.quote(str(out.resolve() / 'study.db'), safe='/')}"
 
 
 def _sqlite_path(url: str) -> str:
-    """The database file of a ``sqlite:///`` URL; "" for other databases and in-memory SQLite."""
-    path = url.partition(":///")[2] if url.startswith("sqlite:///") else ""
+    """The database file of a ``sqlite:///`` URL, as SQLAlchemy reads it; "" for other databases and
+    in-memory SQLite.
+
+    >>> _sqlite_path("sqlite:////tmp/q%3Fx/study.db"), _sqlite_path("postgresql://h/db")
+    ('/tmp/q?x/study.db', '')
+    """
+    if not url.startswith("sqlite:///"):
+        return ""
+    from sqlalchemy.engine import make_url  # optuna's dependency: there whenever a sweep runs
+
+    path = make_url(url).database or ""
     return "" if path == ":memory:" else path
 
 
@@ -167,9 +180,11 @@ class ReportToTrial(Callback):
         self.objective = objective
         self.epochs = epochs  # the run's last epoch: a trial that has trained them all is complete, not pruned
         self.pruned_at: int | None = None
+        self.values: list[float] = []  # the objective after each epoch
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         value = float(metrics[self.objective])
+        self.values.append(value)
         self.trial.report(value, epoch)
         if self.pruned_at is None and epoch != self.epochs and self.trial.should_prune():
             self.pruned_at = epoch
@@ -207,7 +222,14 @@ def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
     trial.set_user_attr("run_dir", run_dir.name)
     reporter = ReportToTrial(trial, spec.objective, cfg.train.epochs)
     t0 = time.perf_counter()
-    result = train(cfg, out=run_dir, callbacks=[reporter], quiet=True)
+    try:
+        result = train(cfg, out=run_dir, callbacks=[reporter], quiet=True)
+    except KeyboardInterrupt:
+        # Ctrl-C after training, during the test or report (outside the trainer's signal guard): the
+        # trial's epochs are all there, and its best value with them; it is kept, and the sweep stops.
+        if _tested(run_dir):
+            raise TrialFinished(best_value(reporter.values, spec.direction), reporter.pruned_at is not None) from None
+        raise
     history = result.fit.history if result.fit is not None else []
     value = best_value([float(h[spec.objective]) for h in history], spec.direction)
     trial.set_user_attr("epochs", len(history))
@@ -217,6 +239,22 @@ def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
         trial.set_user_attr("objective", value)
     stopped_by_rule = spec.pruner == "early_stopping" and result.fit is not None and result.fit.stopped_by == "early_stopping"
     return value, reporter.pruned_at is not None or stopped_by_rule
+
+
+def _tested(run_dir: Path) -> bool:
+    """Whether the run's summary.json holds its test result (written after training and the test)."""
+    try:
+        return "test_accuracy" in json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+class TrialFinished(KeyboardInterrupt):
+    """Ctrl-C came after the trial had trained all its epochs: it is recorded with its value, then the sweep stops."""
+
+    def __init__(self, value: float | None, pruned: bool) -> None:
+        super().__init__()
+        self.value, self.pruned = value, pruned
 
 
 def _fail_dead_trials(study, optuna) -> None:
@@ -269,17 +307,27 @@ def work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None]) -
             trial.set_user_attr("pid", os.getpid())
         try:
             value, pruned = run_trial(spec, trial, out)
+        except TrialFinished as e:
+            if e.pruned or e.value is None:
+                study.tell(trial, state=S.PRUNED)
+            else:
+                study.tell(trial, e.value)
+            raise SweepInterrupted(f"trial {trial.number} had finished training and is kept; the sweep was "
+                                   "interrupted after it", signal.SIGINT) from None
         except (TrainingInterrupted, KeyboardInterrupt) as e:
             study.tell(trial, state=S.FAIL, skip_if_finished=True)
             signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
             raise SweepInterrupted(f"trial {trial.number} was interrupted and is marked failed", signum) from None
-        except MnistlabError as e:
-            trial.set_user_attr("error", str(e))
+        except Exception as e:  # noqa: BLE001 - a trial must not stay RUNNING; the sweep goes on, or stops below
+            message = str(e) if isinstance(e, MnistlabError) else f"{type(e).__name__}: {e}"
+            trial.set_user_attr("error", message)
+            if not (out / f"trial-{trial.number:04d}").exists():  # it failed before its run folder was made
+                trial.set_user_attr("run_dir", None)
             study.tell(trial, state=S.FAIL)
-            echo(f"trial {trial.number}: failed: {e}")
+            echo(f"trial {trial.number}: failed: {message}")
             failures += 1
             if failures >= MAX_FAILURES_IN_A_ROW:
-                raise MnistlabError(f"{failures} trials in a row failed; the last error: {e}") from None
+                raise MnistlabError(f"{failures} trials in a row failed; the last error: {message}") from None
             continue
         ran, failures = ran + 1, 0
         # No epoch with a finite objective (the loss diverged in epoch 1) is a hopeless trial, not a broken

@@ -117,6 +117,9 @@ def load_sweep(
         raise ConfigError(f"{path} has no [sweep] table; a sweep file is a config plus [sweep] and [sweep.params] "
                           "(see configs/sweep-example.toml)")
     sweep = dict(data["sweep"]) if isinstance(data["sweep"], dict) else data["sweep"]
+    for flag, value in (("--trials", trials), ("--workers", workers)):
+        if value is not None and value < 1:  # named as given, not as the sweep.trials it stands for
+            raise ConfigError(f"{flag} must be 1 or more, got {value}")
     if isinstance(sweep, dict):
         sweep.setdefault("study_name", path.stem)
         for key, value in (("trials", trials), ("workers", workers), ("storage", storage)):
@@ -154,6 +157,9 @@ def sweep_from_dict(
         raise ConfigError(f"sweep.objective = {objective!r} needs [ema] enabled = true in the config")
     derived = "maximize" if objective.endswith("accuracy") else "minimize"
     direction = _text(sweep, "direction", derived, DIRECTIONS)
+    if direction != derived:  # each trial's value is its best epoch: the other way round, its worst
+        raise ConfigError(f"sweep.direction = {direction!r} contradicts sweep.objective = {objective!r}, which is "
+                          f"better {'higher' if derived == 'maximize' else 'lower'}; leave direction out")
     if pruner == "early_stopping" and base.early_stopping.criterion == "none":
         raise ConfigError(
             'sweep.pruner = "early_stopping" prunes the trials that the config\'s early-stopping rule stops, but '
@@ -174,6 +180,7 @@ def sweep_from_dict(
         raise ConfigError("[sweep.params] is missing or empty; add one entry per config key to search, e.g. "
                           '"optimizer.lr" = {type = "float", low = 1e-4, high = 1e-2, log = true}')
     params = tuple(_param(key, value, sampler, base) for key, value in raw.items())
+    _check_combinations(base, params, objective)
 
     size = math.prod(len(p.choices) for p in params) if sampler == "grid" else None
     trials = _integer(sweep, "trials", size if size is not None else DEFAULT_TRIALS, minimum=1)
@@ -239,8 +246,10 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: choices must be a non-empty list, got {choices!r}")
-        labels = [_label(c) for c in choices]
-        if len(set(map(repr, labels))) != len(labels):
+        # 1 and 1.0 are one value to the config (a float field takes both): the same point twice
+        same = [float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else repr(_label(c))
+                for c in choices]
+        if len(set(same)) != len(same):
             raise ConfigError(f"{where}: choices repeat a value: {choices}")
         param = Param(key, "categorical", choices=tuple(choices))
         values = list(choices)
@@ -274,13 +283,44 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
 
 
 def _known_model(cfg: Config, where: str) -> None:
-    """An unknown model name fails when the file loads, as for `train`, not in every trial."""
+    """An unknown model name, or an option the model does not take, fails when the file loads, as for
+    `train`, not in every trial."""
     from ..models import model_options
 
     try:
-        model_options(cfg.model.name)
+        accepted = model_options(cfg.model.name)
+        unknown = sorted(k for k, v in cfg.model.options().items() if v is not None and k not in accepted)
+        if unknown:
+            raise ConfigError(f"model {cfg.model.name!r} does not take option(s) {', '.join(unknown)}; it takes: "
+                              f"{', '.join(accepted) or '(none)'}")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+_MAX_COMBINATIONS = 10_000  # checked one by one when the file loads (no model is built: milliseconds each)
+
+
+def _check_combinations(base: Config, params: tuple[Param, ...], objective: str) -> None:
+    """Every combination of the listed values makes a valid config: a model option only some models take,
+    or an ``ema_*`` objective with ``ema.enabled`` swept to false, fails now, not trial by trial. Ranges
+    (float, int) are checked at their bounds only, by ``_param``."""
+    listed = [p for p in params if p.type == "categorical"]
+    if not listed or math.prod(len(p.choices) for p in listed) > _MAX_COMBINATIONS:
+        return
+    for combo in itertools.product(*(p.choices for p in listed)):
+        values = {p.key: value for p, value in zip(listed, combo)}
+        try:
+            cfg = apply_overrides(base, values)
+            _known_model(cfg, "")
+        except ConfigError as e:
+            raise ConfigError(f"[sweep.params] with {_describe(values)}: {e}") from None
+        if objective.startswith("ema_") and not cfg.ema.enabled:
+            raise ConfigError(f"[sweep.params] with {_describe(values)}: sweep.objective = {objective!r} needs "
+                              "[ema] enabled = true, and this point switches it off")
+
+
+def _describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v!r}" for k, v in values.items())
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:

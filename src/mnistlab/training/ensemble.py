@@ -31,11 +31,13 @@ class EnsembleResult:
     loss: float  # cross-entropy of the averaged outputs (no label smoothing: members may differ in theirs)
     dataset: str
     examples: int
+    tta_shift: int = 0  # > 0: every member's outputs averaged over shifted copies of each image (TTA)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "examples": self.examples,
+            "tta_shift": self.tta_shift,
             "members": [{"checkpoint": str(m.checkpoint), "test_accuracy": m.accuracy} for m in self.members],
             "ensemble": {"size": len(self.members), "test_accuracy": self.accuracy, "test_loss": self.loss},
         }
@@ -92,7 +94,7 @@ def evaluate_ensemble(
     labels = data.test.labels.cpu()
     accuracy = float((probs.argmax(1) == labels).double().mean())
     loss = float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels))
-    return EnsembleResult(members, accuracy, loss, data.dataset, int(labels.numel()))
+    return EnsembleResult(members, accuracy, loss, data.dataset, int(labels.numel()), tta_shift)
 
 
 def format_ensemble(result: EnsembleResult) -> str:
@@ -100,4 +102,7 @@ def format_ensemble(result: EnsembleResult) -> str:
     lines = [f"{'member':<{width}}  test accuracy", f"{'-' * width}  -------------"]
     lines += [f"{str(m.checkpoint):<{width}}  {100 * m.accuracy:>12.2f}%" for m in result.members]
     lines.append(f"{'ensemble of ' + str(len(result.members)):<{width}}  {100 * result.accuracy:>12.2f}%")
+    if result.tta_shift:
+        lines.append(f"with test-time augmentation: each image and its shifts by {result.tta_shift} pixel"
+                     f"{'s' * (result.tta_shift != 1)} left, right, up and down, for every member")
     return "\n".join(lines)
