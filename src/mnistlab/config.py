@@ -76,9 +76,9 @@ class ModelConfig:
 
     name: str = "fast"  # a name from `mnistlab models`
     channels: tuple[Union[int, str], ...] | None = None  # conv kernel counts; VGG-style lists may hold "M" (max-pool)
-    kernel_size: int | None = None  # conv kernel size in pixels
-    stride: int | None = None  # conv stride
-    padding: int | None = None  # conv zero padding in pixels
+    kernel_size: int | None = None  # conv kernel size in pixels (fast: the first conv only)
+    stride: int | None = None  # conv stride (cnn only)
+    padding: int | None = None  # conv zero padding in pixels (lenet5: the first conv only)
     width: float | None = None  # multiplier on every channel count (0.25 = a quarter as wide)
     hidden: tuple[int, ...] | None = None  # widths of the hidden linear layers of the classifier
     dropout: float | None = None  # dropout probability before linear layers
@@ -414,6 +414,26 @@ class Config:
 
 # ---------------------------------------------------------------------------
 # dict <-> Config with type checks
+
+
+def check_model_option_types(model: str, options: dict[str, Any]) -> None:
+    """A ConfigError for a ``build_model`` option of the wrong type (``kernel_size=2.5``, ``batch_norm="yes"``),
+    by the types ``[model]`` has in the config: the Python API gets the config's checks.
+
+    >>> check_model_option_types("cnn", {"kernel_size": 2.5})
+    Traceback (most recent call last):
+    mnistlab.errors.ConfigError: model 'cnn': kernel_size = 2.5 has the wrong type; expected int
+    """
+    hints = _section_types(ModelConfig)
+    for key, value in options.items():
+        if key == "name" or key not in hints or value is None:
+            continue
+        kinds = [a for a in typing.get_args(hints[key]) if a is not type(None)] or [hints[key]]
+        tp = kinds[0] if len(kinds) == 1 else hints[key]
+        try:
+            _coerce(value, tp, key)
+        except ConfigError as e:
+            raise ConfigError(f"model {model!r}: {e}") from None
 
 
 def _section_types(cls: type) -> dict[str, Any]:

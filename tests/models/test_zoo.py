@@ -136,6 +136,13 @@ def test_unknown_model_lists_the_models():
         ("cnn", {"width": 1e300}, "its sizes overflow"),
         ("cnn", {"channels": [2**62]}, "its sizes overflow"),  # torch says "overflowed", in lower case
         ("cnn", {"padding": 100_000}, "its weights or its feature maps do not fit"),  # not "shrink below 1x1"
+        # From the Python API, the config's types: these were TypeErrors from deep inside, or (batch_norm) taken
+        ("cnn", {"kernel_size": 2.5}, "model 'cnn': kernel_size = 2.5 has the wrong type; expected int"),
+        ("cnn", {"stride": 2.0}, "stride = 2.0 has the wrong type; expected int"),
+        ("cnn", {"batch_norm": "yes"}, "batch_norm = 'yes' has the wrong type; expected bool"),
+        ("cnn", {"batch_norm": 0}, "batch_norm = 0 has the wrong type; expected bool"),
+        ("fast", {"hidden": 16}, "hidden = 16 has the wrong type"),
+        ("lenet", {"dropout": "0.1"}, "dropout = '0.1' has the wrong type; expected float"),
     ],
 )
 def test_bad_option_values_are_config_errors(name, options, fragment):
@@ -217,3 +224,35 @@ def test_a_dropout_set_acts_even_without_hidden_layers():
         with_dropout = build_model(name, hidden=[], dropout=0.5, **small)
         assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in with_dropout.modules()), name
         assert not any(isinstance(m, nn.Dropout) for m in build_model(name, hidden=[], dropout=0.0, **small).modules())
+
+
+def test_a_model_pytorch_crashes_on_in_channels_last_trains_in_nchw_on_the_cpu():
+    from mnistlab.training.fit import nhwc_crash_layer, use_channels_last
+
+    cpu = torch.device("cpu")
+    narrow = build_model("resnet18", width=0.0625)  # projection shortcut 1x1, stride 2, 4 -> 8 channels
+    assert nhwc_crash_layer(narrow) == "features.layer2.0.shortcut.0"
+    assert use_channels_last(None, narrow, cpu) is False and use_channels_last(False, narrow, cpu) is False
+    with pytest.raises(ConfigError, match=r"train.channels_last = true: on the CPU, PyTorch .* layer "
+                                          r"features.layer2.0.shortcut.0 \(a 1x1 conv with stride 2"):
+        use_channels_last(True, narrow, cpu)
+    assert use_channels_last(None, narrow, torch.device("cuda")) is True  # the CPU's kernel only
+    assert nhwc_crash_layer(build_model("resnet18", width=0.125)) is None  # 8 -> 16 ran: NHWC as before
+    assert use_channels_last(None, build_model("resnet18", width=0.125), cpu) is True
+
+
+def test_the_narrow_resnet_trains_on_one_thread_without_aborting(mnist_root, tmp_path):
+    # In its own process: the crash (a double free in the backward pass) killed the interpreter, rc 134 or 139.
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnistlab", "train", "--model", "resnet18", "--set", "model.width=0.0625",
+         "--data-dir", str(mnist_root), "--set", "data.train_limit=64", "--set", "data.val_size=32", "--epochs", "1",
+         "--batch-size", "16", "--threads", "1", "--set", "tensorboard.enabled=false", "--quiet",
+         "--out", str(tmp_path / "run")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

@@ -15,6 +15,7 @@ import signal
 import threading
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from mnistlab.callbacks import Callback
 from mnistlab.cli import main
 from mnistlab.config import Config, apply_overrides
 from mnistlab.errors import CheckpointError, RunDirError
+from mnistlab.models import build_model
 from mnistlab.training import train
 from mnistlab.training.checkpoint import read_checkpoint
 from reliability_helpers import finish, small_args, small_overrides, snapshot, start_cli, wait_for_lines
@@ -358,3 +360,24 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
                                           f"mnistlab run uses the folder, delete {tmp_path / 'run.lock'}"):
         run_module.RunLock(tmp_path).__enter__()
     assert (tmp_path / "run.lock").read_text() == f"1 {started}"  # untouched
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_training(mini_root, tmp_path, monkeypatch, capsys):
+    # The model builds (its dry run takes 2 images), but 256 images of 20,000 feature maps of 28x28 do not
+    # fit: the allocator's traceback (or the OOM killer) came at the first batch, with the run folder made.
+    import sys
+
+    fit_module = sys.modules["mnistlab.training.fit"]
+    monkeypatch.setattr(fit_module, "available_memory", lambda: 8 * 2**30)
+    out = tmp_path / "run"
+    rc = main(["train", *small_args(mini_root), "--model", "cnn", "--set", "model.channels=[20000]",
+               "--batch-size", "256", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "error: a training batch of 256 needs about 23.0 GiB" in err and "GiB (the layers' outputs, 89.7 MiB an " \
+        "image, and the weights with their gradients and optimizer moments), but this machine has 8.0 GiB free; " \
+        "lower train.batch_size, model.width or the channel counts" in err
+    assert not out.exists()
+    # a batch that fits trains as before
+    assert fit_module.check_training_memory(build_model("cnn"), SimpleNamespace(in_channels=1, image_size=(28, 28)),
+                                            256) is None

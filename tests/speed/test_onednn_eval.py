@@ -100,6 +100,11 @@ def test_the_plain_forward_serves_every_case_the_path_cannot():
         assert _serves(_net())
         assert not _serves(_net("lenet", channels=[4, 8], hidden=[16])), "lenet is not marked for it"
         assert not _serves(_net().train()), "training mode: batch norm would use the batch's statistics"
+        one_bn = _net(batch_norm=True)
+        next(m for m in one_bn.modules() if isinstance(m, torch.nn.BatchNorm2d)).train()
+        assert not _serves(one_bn), "one batch norm in training mode: the path used its running statistics"
+        empty = torch.rand(0, 1, 28, 28)  # oneDNN raised "get_mkldnn_dtype: unsupported data type"
+        assert _net(batch_norm=True).inference_forward()(empty).shape == (0, 10)
         assert not _serves(_net().double()), "float64 weights"
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not _serves(_net()), "autocast picks its own precision per op"

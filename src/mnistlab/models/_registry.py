@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from ..config import check_model_option_types
 from ..errors import ConfigError
 from .base import Net, too_large
 
@@ -87,6 +88,7 @@ def build_model(
             f"model {name!r} does not take option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(accepted) or '(none)'}"
         )
+    check_model_option_types(name, options)
     if num_classes < 1 or in_channels < 1 or min(image_size) < 1:
         raise ConfigError(
             f"num_classes, in_channels and image_size must be positive, got {num_classes}, {in_channels}, {image_size}"

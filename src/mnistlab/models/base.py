@@ -49,7 +49,9 @@ class Net(nn.Module):
     # Measured per zoo model by benchmarks/roofline.py: faster for the small
     # conv-pool CNNs and ResNet-50 on both CPUs it ran on; slower for AlexNet, VGG
     # and ResNet-18 on an Intel Xeon. On an AMD EPYC VGG gained up to 1.16x from NHWC
-    # (AlexNet lost, ResNet-18 was even); they keep NCHW, the faster layout on the Xeon.
+    # (AlexNet lost); AlexNet and VGG keep NCHW, the faster layout on the Xeon. Every ResNet
+    # trains NHWC (make_resnet; ResNet-18 ran 1.1x NCHW's rate on the AVX2 EPYC), unless
+    # one of its convs is one PyTorch's NHWC backward crashes on (fit.nhwc_crash_layer).
     channels_last_on_cpu: bool = False
     # Whether evaluation on a CPU runs ``features`` in oneDNN's blocked layout
     # (inference_forward). Measured per zoo model by benchmarks/evaluate_speed.py on the
@@ -183,8 +185,8 @@ class Net(nn.Module):
             return self
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
-                return self(x)
+            if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or not len(x):
+                return self(x)  # (oneDNN has no tensor of 0 images)
             y = self._normalized(x).to_mkldnn()
             for layer in layers:
                 y = layer(y)
@@ -196,7 +198,7 @@ class Net(nn.Module):
         """``features`` as oneDNN-layout functions, or None where the plain forward must run."""
         params = list(self.parameters())
         if (not self.onednn_eval_on_cpu or not _ON_X86
-                or self.training or torch.is_grad_enabled()
+                or any(m.training for m in self.modules()) or torch.is_grad_enabled()  # one BN in train mode too
                 or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
                 or torch.is_autocast_enabled("cpu") or not isinstance(self.features, nn.Sequential)
                 or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params)

@@ -108,10 +108,79 @@ _RESUME_KEYS = ("optimizer", "lr_scale", "epoch", "step", "history", "train_seco
 
 def use_channels_last(setting: bool | None, model: nn.Module, device: torch.device) -> bool:
     """Resolve ``train.channels_last``: an explicit true/false wins; none (auto) means NHWC
-    on CUDA, and on a CPU only for models that declare it faster there."""
+    on CUDA, and on a CPU only for models that declare it faster there, and never for a model
+    with a conv that PyTorch's CPU backward crashes on in NHWC (see ``nhwc_crash_layer``)."""
+    crash = nhwc_crash_layer(model) if device.type == "cpu" else None
+    if setting is True and crash is not None:
+        raise ConfigError(
+            f"train.channels_last = true: on the CPU, PyTorch {torch.__version__}'s backward pass of layer {crash} "
+            "(a 1x1 conv with stride 2 and 2 to 7 input channels) in channels-last memory aborts the process; "
+            "leave train.channels_last unset, or widen the model"
+        )
     if setting is not None:
         return setting
-    return device.type == "cuda" or bool(getattr(model, "channels_last_on_cpu", False))
+    return device.type == "cuda" or (crash is None and bool(getattr(model, "channels_last_on_cpu", False)))
+
+
+def check_training_memory(model: nn.Module, data, batch_size: int) -> None:
+    """A ConfigError when a training batch surely does not fit in this machine's free memory.
+
+    The estimate: every layer's output for one image (measured by one forward pass), which autograd
+    keeps for the backward pass, times the batch; plus the weights, their gradients and two optimizer
+    moments. It leans high (ResNet-50 at batch 128: 4.3 GiB estimated, 3.2 GiB measured), so only a
+    batch that cannot fit is refused: a model that builds can need hundreds of GB per batch
+    (channels=[100000]: 80 GB at batch 256), and the allocator's traceback or the kernel's OOM killer
+    came mid-epoch. Where the free memory is not known (not Linux), nothing is checked.
+    """
+    available = available_memory()
+    if available is None:
+        return
+    outputs: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel() * out.element_size())
+                                     if isinstance(out, torch.Tensor) else None)
+             for m in model.modules() if not list(m.children())]
+    training = model.training
+    model.eval()  # batch norm statistics must not move
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, data.in_channels, *data.image_size))
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = sum(outputs) * batch_size + 4 * weights
+    if need > available:
+        raise ConfigError(
+            f"a training batch of {batch_size} needs about {need / 2**30:.1f} GiB (the layers' outputs, "
+            f"{sum(outputs) / 2**20:.1f} MiB an image, and the weights with their gradients and optimizer "
+            f"moments), but this machine has {available / 2**30:.1f} GiB free; lower train.batch_size, model.width "
+            "or the channel counts"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def nhwc_crash_layer(model: nn.Module) -> str | None:
+    """The first conv whose CPU backward in channels-last kills the process (PyTorch 2.14, one thread:
+    "double free or corruption"), or None: a 1x1 conv with a stride above 1 and 2 to 7 input channels,
+    as a narrow ResNet's projection shortcut (resnet18 at width 0.0625: 4 -> 8). Measured on an AVX2
+    CPU; 8 or more input channels, stride 1 or a wider kernel ran."""
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+                and 2 <= m.in_channels < 8):
+            return name
+    return None
 
 
 # Settings that do not change what is trained, only where files are, how fast it goes, what is written or shown,
@@ -270,6 +339,8 @@ class Trainer:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves batch norm one image per process to "
                               f"normalize, which it cannot in training; use a batch of {2 * self._world} or more, or "
                               "a model without batch_norm")
+        if self.device.type == "cpu":
+            check_training_memory(model, data, cfg.train.batch_size)
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
