@@ -190,3 +190,21 @@ def test_optimizer_settings_given_when_resuming_are_the_ones_trained_under(mnist
     assert {(g["weight_decay"], tuple(g["betas"])) for g in groups} == {(0.5, (0.5, 0.5))}
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupt_after_an_epochs_last_step_resumes_identically(mnist_root, tmp_path):
+    # Ctrl-C after the last step of epoch 1, before its validation: last.ckpt says batch 6 of 6, which a check of
+    # the stored batch must take (it refused "batch 6 of an epoch of 6 batches"; a random-kill test found it).
+    from mnistlab.training import TrainingInterrupted
+
+    cfg = small_cfg(mnist_root, "train.epochs=2", "data.train_limit=600", "schedule.name=constant")
+    full = train(cfg, out=tmp_path / "full", quiet=True)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out=tmp_path / "cut", quiet=True, callbacks=[InterruptAt(6)])
+    stored = read_checkpoint(tmp_path / "cut" / "last.ckpt")
+    assert (stored["epoch"], stored["batch"]) == (0, 6)
+    cut = train(cfg, resume=tmp_path / "cut", quiet=True)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert drop(cut.fit.history) == drop(full.fit.history)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -686,7 +686,7 @@ class Trainer:
                     f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
                     "resume without changing them"
                 )
-        if batch >= self.steps_per_epoch:
+        if batch > self.steps_per_epoch:  # == : interrupted after an epoch's last step, before its validation
             raise CheckpointError(f"the checkpoint says batch {batch} of an epoch of {self.steps_per_epoch} batches: "
                                   "it was not written by `mnistlab train` for this data")
         if stored.optimizer.name != self.cfg.optimizer.name:
