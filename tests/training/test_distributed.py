@@ -144,6 +144,7 @@ def test_ctrl_c_stops_both_processes_and_resume_ends_like_the_uninterrupted_run(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, f"{out}\n{err}"
     assert "interrupted by SIGINT" in err and "resume with: mnistlab train --resume run" in err
+    assert "Traceback" not in err  # torchrun's SignalException traceback buried the resume line
     ckpt = read_checkpoint(tmp_path / "run" / "last.ckpt")
     assert ckpt["step"] < EPOCHS * 20, "the run finished before the signal: nothing was interrupted"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped_by"] == "interrupted"
@@ -155,6 +156,25 @@ def test_ctrl_c_stops_both_processes_and_resume_ends_like_the_uninterrupted_run(
     assert max_weight_difference(resumed["model"], reference["model"]) == 0.0
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in reference["history"]]
     assert files_under(tmp_path) == files_under(runs[1])
+
+
+def test_the_launcher_leaves_out_torchruns_traceback_of_a_signal_it_passed_on(tmp_path, capfd):
+    import io
+
+    from mnistlab.training.distributed import SHUTDOWN_TIMEOUT_S, _relay
+
+    text = (b"interrupted by SIGINT at epoch 2\nresume with: mnistlab train --resume run\n"
+            b"Traceback (most recent call last):\n  File \"run.py\", line 9, in main\n    run()\n"
+            b"torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 2\n"
+            b"Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: a real one\n")
+    _relay(io.BytesIO(text), tmp_path / "no-error-file", received=[2])
+    err = capfd.readouterr().err
+    assert err == ("interrupted by SIGINT at epoch 2\nresume with: mnistlab train --resume run\n"
+                   "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: a real one\n")
+    _relay(io.BytesIO(text), tmp_path / "no-error-file")  # no signal passed on: everything, as before
+    assert capfd.readouterr().err == text.decode()
+    # torchrun's default of 30 s killed workers still validating or writing last.ckpt: the epoch was lost
+    assert SHUTDOWN_TIMEOUT_S >= 600
 
 
 def test_the_launcher_shares_the_cores_out_unless_told(monkeypatch):

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -142,14 +142,33 @@ def _worker_env(nproc: int) -> dict[str, str]:
     return env
 
 
-def _relay(stream: IO[bytes], error_file: Path) -> None:
+SHUTDOWN_TIMEOUT_S = 3600
+
+
+def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = ()) -> None:
     """Pass the workers' and torchrun's stderr on, line by line as it comes, until a worker has left an
     error: what follows is the other ranks' and torchrun's reaction to its exit (a lost peer's traceback,
-    torchrun's ChildFailedError report), not news to the user."""
+    torchrun's ChildFailedError report), not news to the user. After a signal we passed on (``received``),
+    torchrun's own traceback of it (``SignalException``) is left out too: the run stopped as asked, and the
+    resume line above it is what matters."""
+    held: list[bytes] = []  # a traceback, until its last line says whose it is
     for line in iter(stream.readline, b""):
-        if not error_file.exists():
-            sys.stderr.buffer.write(line)
-            sys.stderr.flush()
+        if error_file.exists():
+            continue
+        if received and not held and line.startswith(b"Traceback (most recent call last)"):
+            held.append(line)
+            continue
+        if held:
+            held.append(line)
+            if not line.startswith((b" ", b"\t")):  # the exception line ends the traceback
+                if b"SignalException" not in line:
+                    sys.stderr.buffer.write(b"".join(held))
+                held = []
+            continue
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+    sys.stderr.buffer.write(b"".join(held))
+    sys.stderr.flush()
 
 
 _PR_SET_PDEATHSIG = 1
@@ -178,16 +197,18 @@ def launch(nproc: int, argv: list[str]) -> int:
     workers. A worker's error (a MnistlabError, see :func:`mnistlab.errors.leave_error`) is
     printed once here, and the exit status is 2, as in one process.
     """
+    # torchrun waits this long for the workers after passing a signal on, then kills them (its default, 30 s,
+    # cut a validation or a checkpoint write short and lost the epoch). A second Ctrl-C still ends them at once.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "mnistlab", *argv]
+           f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}", "-m", "mnistlab", *argv]
     with tempfile.TemporaryDirectory(prefix="mnistlab-launch-") as tmp:
         error_file = Path(tmp) / "error"
         env = {**_worker_env(nproc), ERROR_FILE: str(error_file)}
         proc = subprocess.Popen(cmd, start_new_session=True, env=env, stderr=subprocess.PIPE,
                                 preexec_fn=dying_with_parent())
-        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file), daemon=True)
-        relay.start()
         received: list[int] = []
+        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file, received), daemon=True)
+        relay.start()
 
         def forward(signum, frame) -> None:
             received.append(signum)
