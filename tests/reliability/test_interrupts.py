@@ -278,14 +278,16 @@ def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path)
     assert read_checkpoint(out / "last.ckpt")["epoch"] == 1  # from the end of epoch 1; epoch 2 was cut at step 21
 
 
-def test_sigterm_during_the_first_epoch_saves_a_resumable_position(mini_root, tmp_path):
-    # Before any epoch has finished there is no last.ckpt yet; the interrupt writes the first one.
+@pytest.mark.parametrize("name, rc", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_during_the_first_epoch_saves_a_resumable_position(mini_root, tmp_path, name, rc):
+    # Before any epoch has finished there is no last.ckpt yet; the interrupt writes the first one. SIGHUP (a closed
+    # terminal) took its default in one process: exit 129 at once, the batches lost, no message.
     out = tmp_path / "run"
     proc = start_cli("train", *kill_args(mini_root), "--out", str(out), "--set", "data.train_limit=1500",
-                     "--batch-size", "10", patch=signal_at_step("SIGTERM", epoch=1, step=21))
-    rc, _, stderr = finish(proc)
-    assert rc == 143, stderr
-    assert "interrupted by SIGTERM at epoch 1, batch 21 of 150" in stderr
+                     "--batch-size", "10", patch=signal_at_step(name, epoch=1, step=21))
+    code, _, stderr = finish(proc)
+    assert code == rc, stderr
+    assert f"interrupted by {name} at epoch 1, batch 21 of 150" in stderr
     assert f"resume with: mnistlab train --resume {out}" in stderr
     last = read_checkpoint(out / "last.ckpt")
     assert last["epoch"] == 0 and last["batch"] == 21

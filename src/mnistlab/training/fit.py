@@ -251,7 +251,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _SignalGuard:
-    """First SIGINT/SIGTERM asks the loop to stop at the next step; a second one ends the run at once.
+    """First SIGINT/SIGTERM/SIGHUP asks the loop to stop at the next step; a second one ends the run at once.
 
     A second Ctrl-C raises ``KeyboardInterrupt``, Python's own answer to it: the run unwinds through
     its ``finally`` blocks (the run lock, temporary files) and a notebook's kernel lives on; the CLI
@@ -266,7 +266,10 @@ class _SignalGuard:
 
     def __enter__(self) -> "_SignalGuard":
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP (the terminal closing) too, in one process; under torchrun the launcher passes it on as
+            # a SIGTERM, the signal the ranks agree on.
+            hup = [signal.SIGHUP] if hasattr(signal, "SIGHUP") and not distributed.launched_by_torchrun() else []
+            for s in (signal.SIGINT, signal.SIGTERM, *hup):
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
