@@ -30,11 +30,13 @@ _FLAG_KEYS = {
 }
 
 
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
+def _add_data_dir(p: argparse.ArgumentParser, stored: bool = False) -> None:
+    default = ("the data folder the checkpoint's run used, else $MNISTLAB_DATA, else the user's cache folder"
+               if stored else "$MNISTLAB_DATA, else the user's cache folder")
     p.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="dataset folder (default: $MNISTLAB_DATA, else the user's cache folder); "
+        help=f"dataset folder (default: {default}); "
         "MNIST is looked for in DIR/MNIST/raw (Fashion-MNIST in DIR/FashionMNIST/raw, KMNIST in DIR/KMNIST/raw)",
     )
 
@@ -76,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         help="train a model (default: the two-epoch recipe of the fast model on MNIST)",
         description="Train a model into a run folder holding config.toml, metrics.csv, summary.json, "
-        "best.ckpt, last.ckpt and TensorBoard logs. Settings come from the defaults, then --config, "
+        "best.ckpt, last.ckpt, the [checkpoint] files, TensorBoard logs, test_predictions.npz, report.html "
+        "and plots/ (ema.ckpt with [ema]). Settings come from the defaults, then --config, "
         "then the flags, then --set, later ones winning.",
     )
     _add_config_args(t)
@@ -123,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                        "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "
                        "first ten predictions.")
     e.add_argument("checkpoint", help="a .ckpt file or a run folder")
-    _add_data_dir(e)
+    _add_data_dir(e, stored=True)
     e.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     m = sub.add_parser("models", help="list the model zoo", description="List every registered model with its "
@@ -180,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--tta", type=int, default=0, metavar="PIXELS",
                     help="test-time augmentation: average over shifts of this many pixels (default 0: off)")
     en.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_data_dir(en)
+    _add_data_dir(en, stored=True)
 
     bn = sub.add_parser("bench", help="measure training and evaluation speed on this machine",
                         description="Time a recipe to accuracy against the public recipe (same run, interleaved; "

@@ -208,3 +208,13 @@ def test_an_interrupt_after_an_epochs_last_step_resumes_identically(mnist_root, 
     assert drop(cut.fit.history) == drop(full.fit.history)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_one_cycle_run_with_more_epochs_warns_that_the_rate_is_replanned(mnist_root, tmp_path, capsys):
+    cfg = small_cfg(mnist_root, "data.train_limit=300", "train.epochs=1")  # one-cycle, the default
+    train(cfg, out=tmp_path / "run", quiet=True)
+    capsys.readouterr()
+    train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    assert "warning: train.epochs was 1, now 2: the onecycle schedule is planned over all epochs, so the learning " \
+        "rate now follows the new plan from step 3 on (it may rise again)" in err

@@ -1,4 +1,5 @@
-"""Small plain CNNs: conv -> ReLU -> 2x2 max-pool blocks, then a linear classifier.
+"""Small plain CNNs: conv -> 2x2 max-pool -> ReLU blocks (the textbook conv -> ReLU -> pool, with the two
+that commute swapped; see conv_pool_stack), then a linear classifier.
 
 ``cnn`` is the textbook two-layer MNIST network; ``fast`` is the speed-oriented
 default model of ``mnistlab train``.
@@ -36,7 +37,8 @@ def make_cnn(
     pool: type[nn.Module] = nn.MaxPool2d,
     crop: int = 0,
 ) -> Net:
-    """(conv -> [BN] -> activation -> 2x2 pool) per entry of ``channels``, then linear ``hidden`` layers.
+    """(conv -> [BN] -> activation -> 2x2 pool; with ReLU and max-pooling the pool first) per entry of
+    ``channels`` (see :func:`~mnistlab.models._layers.conv_pool_stack`), then linear ``hidden`` layers.
 
     ``kernel_sizes`` and ``paddings`` hold one entry per conv. ``crop`` cuts that
     many pixels from each side of the input first (see :class:`~mnistlab.models.base.Net`).
@@ -89,7 +91,7 @@ def cnn(
     bn_after_pool: bool = False,
     crop: int = 0,
 ) -> Net:
-    """Two 5x5 convs (16, 32 kernels, "same" padding), each ReLU + 2x2 max-pool, one linear layer.
+    """Two 5x5 convs (16, 32 kernels, "same" padding), each followed by a 2x2 max-pool and ReLU, one linear layer.
 
     ``padding`` defaults to ``kernel_size // 2``, so convs with an odd kernel keep the image size
     (an even kernel makes it one pixel larger).

@@ -524,6 +524,15 @@ def _run(
         print(f"mnistlab train: warning: finetune.unfreeze_at = {unfreeze_at} is after the last epoch "
               f"(train.epochs = {cfg.train.epochs}): the frozen parameters do not train in this run; "
               f"resume with --epochs {unfreeze_at} or more to reach it", file=sys.stderr, flush=True)
+    if payload is not None:
+        stored_epochs = (payload["config"].get("train") or {}).get("epochs")
+        if stored_epochs != cfg.train.epochs and cfg.schedule.name in ("onecycle", "cosine"):
+            # Both schedules are planned over train.epochs: a new total moves the whole curve under the steps
+            # already taken (a finished one-cycle run climbs back from its final rate to mid-cycle).
+            print(f"mnistlab train: warning: train.epochs was {stored_epochs}, now {cfg.train.epochs}: the "
+                  f"{cfg.schedule.name} schedule is planned over all epochs, so the learning rate now follows the "
+                  f"new plan from step {trainer.step} on (it may rise again); for more epochs at a low rate, "
+                  "resume with --set schedule.name=constant --lr RATE", file=sys.stderr, flush=True)
     for warning in early_stopping_warnings(cfg.early_stopping, cfg.train.epochs):
         print(f"mnistlab train: warning: {warning}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
