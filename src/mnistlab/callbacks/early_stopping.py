@@ -469,15 +469,15 @@ def early_stopping_warnings(cfg: EarlyStoppingConfig, epochs: int) -> list[str]:
     if cfg.criterion == "none":
         return []
     defaults = EarlyStoppingConfig()
-    used = _PATIENCE_KEYS if cfg.criterion == "patience" else _PRECHELT_KEYS[cfg.criterion]
-    read_by = {**{k: "criterion patience" for k in _PATIENCE_KEYS}, "alpha": "criteria gl and pq",
-               "strip": "criteria pq and up", "strips": "criterion up", "error": "criteria gl, pq and up"}
-    out = [
-        f"early_stopping.{key} = {getattr(cfg, key)!r} is not used by criterion {cfg.criterion!r} "
-        f"(it is read by {read_by[key]} only)"
-        for key in (*_PATIENCE_KEYS, "alpha", "strip", "strips", "error")
-        if key not in used and getattr(cfg, key) != getattr(defaults, key)
-    ]
+    keys_of = {"patience": _PATIENCE_KEYS, **_PRECHELT_KEYS}
+    out = []
+    for key in (*_PATIENCE_KEYS, "alpha", "strip", "strips", "error"):
+        if key in keys_of[cfg.criterion] or getattr(cfg, key) == getattr(defaults, key):
+            continue
+        readers = [c for c, keys in keys_of.items() if key in keys]
+        names = readers[0] if len(readers) == 1 else f"{', '.join(readers[:-1])} and {readers[-1]}"
+        out.append(f"early_stopping.{key} = {getattr(cfg, key)!r} is not used by criterion {cfg.criterion!r} "
+                   f"(it is read by {'criterion' if len(readers) == 1 else 'criteria'} {names} only)")
     k, start = cfg.strip, cfg.start_epoch
     if cfg.criterion == "patience":
         # The first decided epoch sets the best value and never stops; then ``patience`` epochs without an

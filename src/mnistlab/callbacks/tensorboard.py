@@ -179,7 +179,6 @@ class TensorBoard(Callback):
         for path in set(self._log_dir.glob(f"*{_END_SUFFIX}")) - before:  # the one file just written
             _sort_last(path)
 
-
     # -- pieces -------------------------------------------------------------------
 
     def _add_graph(self, trainer: TrainerHandle) -> None:
@@ -230,7 +229,6 @@ class TensorBoard(Callback):
         self._add_grid("misclassified/val", torch.cat(wrong_x), epoch)
         pairs = ", ".join(f"{int(t)}→{int(p)}" for t, p in zip(torch.cat(wrong_y), torch.cat(wrong_p)))
         self.writer.add_text("misclassified/labels", f"true→predicted, row by row: {pairs}", epoch)
-
 
 
 def _sort_last(path: Path) -> None:

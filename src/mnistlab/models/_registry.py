@@ -59,6 +59,17 @@ def _get(name: str) -> Builder:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
 
 
+def check_options_taken(name: str, options: dict) -> None:
+    """A ConfigError naming the options (not None) that model ``name`` does not take, and those it does."""
+    accepted = model_options(name)
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(accepted) or '(none)'}"
+        )
+
+
 def build_model(
     name: str,
     *,
@@ -81,13 +92,7 @@ def build_model(
     """
     builder = _get(name)
     options = {k: v for k, v in options.items() if v is not None}
-    accepted = model_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"model {name!r} does not take option(s) {', '.join(unknown)}; "
-            f"it takes: {', '.join(accepted) or '(none)'}"
-        )
+    check_options_taken(name, options)
     check_model_option_types(name, options)
     if num_classes < 1 or in_channels < 1 or min(image_size) < 1:
         raise ConfigError(

@@ -117,9 +117,14 @@ def compare_runs(paths: Sequence[str | Path]) -> list[RunRow]:
     Fashion-MNIST accuracy and an MNIST one measure different things.
     """
     rows = [run_row(p) for p in find_runs(paths)]
-    grouped = len({r.dataset for r in rows if r.dataset != "?"}) > 1  # "?": not recorded (no summary.json)
+    grouped = len(_datasets(rows)) > 1
     return sorted(rows, key=lambda r: ((r.dataset == "?", r.dataset) if grouped else (), r.test_accuracy is None,
                                        -(r.test_accuracy or 0.0), r.train_seconds or 0.0))
+
+
+def _datasets(rows: Sequence[RunRow]) -> list[str]:
+    """The datasets the runs name, sorted; "?" (a run without summary.json) is not recorded, not another one."""
+    return sorted({r.dataset for r in rows if r.dataset != "?"})
 
 
 def _pct(x: float | None) -> str:
@@ -134,7 +139,7 @@ def format_table(rows: Sequence[RunRow]) -> str:
     """
     machine_of_row = [r.machine or "not recorded" for r in rows]
     machines = sorted({r.machine for r in rows if r.machine})
-    datasets = sorted({r.dataset for r in rows if r.dataset != "?"})  # "?": not recorded, not another dataset
+    datasets = _datasets(rows)
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
         (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),

@@ -285,14 +285,10 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
 def _known_model(cfg: Config, where: str) -> None:
     """An unknown model name, or an option the model does not take, fails when the file loads, as for
     `train`, not in every trial."""
-    from ..models import model_options
+    from ..models import check_options_taken
 
     try:
-        accepted = model_options(cfg.model.name)
-        unknown = sorted(k for k, v in cfg.model.options().items() if v is not None and k not in accepted)
-        if unknown:
-            raise ConfigError(f"model {cfg.model.name!r} does not take option(s) {', '.join(unknown)}; it takes: "
-                              f"{', '.join(accepted) or '(none)'}")
+        check_options_taken(cfg.model.name, cfg.model.options())  # build_model's check, without building
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 

@@ -25,13 +25,18 @@ FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_name", "config", "model", "weights_sha256")
 
 
+def _hash_tensor(h, label: str, tensor: torch.Tensor) -> None:
+    """Feed ``label``, the dtype, the shape and the bytes of ``tensor`` to the hash ``h``."""
+    t = tensor.detach().to("cpu").contiguous()
+    h.update(f"{label}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of every tensor, in name order."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
-        t = state_dict[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, name, state_dict[name])
     return h.hexdigest()
 
 
@@ -46,9 +51,7 @@ def content_digest(payload: dict[str, Any]) -> str:
 
     def walk(obj: Any) -> None:
         if isinstance(obj, torch.Tensor):
-            t = obj.detach().to("cpu").contiguous()
-            h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            _hash_tensor(h, "T", obj)
         elif isinstance(obj, dict):
             h.update(f"D{len(obj)}|".encode())
             for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):

@@ -644,8 +644,13 @@ class Trainer:
             return  # as for best.ckpt, the first of equal values stays, and a non-finite one never counts
         self._best_ema = value
         if self._run_dir is not None:
-            payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
-            save_checkpoint(self._run_dir / "ema.ckpt", {**payload, "model": self.ema.module.state_dict()})
+            self._save_model(self._run_dir / "ema.ckpt", self.ema.module.state_dict())
+
+    def _save_model(self, path: Path, state: dict[str, torch.Tensor], **fields: Any) -> None:
+        """A checkpoint of a model to use, not to resume (no training state): ``state`` as its weights,
+        ``fields`` in place of the current ones."""
+        payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
+        save_checkpoint(path, {**payload, "model": state, **fields})
 
     def _save_last(self) -> None:
         if self._run_dir is not None:
@@ -831,11 +836,8 @@ class Trainer:
         self.set_weights(state)
         self.restored_epoch = epoch
         if self._run_dir is not None:
-            payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
-            save_checkpoint(self._run_dir / "best.ckpt", {
-                **payload, "model": self._model.state_dict(), "epoch": epoch,
-                "history": [h for h in self.history if h["epoch"] <= epoch],
-            })
+            self._save_model(self._run_dir / "best.ckpt", self._model.state_dict(), epoch=epoch,
+                             history=[h for h in self.history if h["epoch"] <= epoch])
 
     def save_checkpoint(self, path: str | Path) -> Path:
         path = Path(path)

@@ -228,7 +228,7 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
         return
     if (path / "last.ckpt").exists():
         raise RunDirError(
-            f"{path} already holds a run; continue it with `mnistlab train --resume {shell_quote(path)}` or choose another --out"
+            f"{path} already holds a run; continue it with `{resume_command(path)}` or choose another --out"
         )
     leftovers = [name for name in _RUN_FILES if (path / name).exists()]
     if leftovers:
@@ -269,13 +269,19 @@ def write_file(path: Path, data: bytes) -> None:
         raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def shell_quote(path: str | Path) -> str:
-    """``path`` as one shell word, for the commands messages tell the user to run.
+def resume_command(run_dir: str | Path) -> str:
+    """The command that continues the run in ``run_dir``, as messages tell the user to run it (the folder
+    quoted as one shell word).
 
-    >>> shell_quote("runs/a"), shell_quote("my runs/rün 1")
-    ('runs/a', "'my runs/rün 1'")
+    >>> resume_command("runs/a"), resume_command("my runs/rün 1")
+    ('mnistlab train --resume runs/a', "mnistlab train --resume 'my runs/rün 1'")
     """
-    return shlex.quote(str(path))
+    return f"mnistlab train --resume {shlex.quote(str(run_dir))}"
+
+
+def _warn(text: str) -> None:
+    """A warning of ``mnistlab train`` on stderr (shown with --quiet too)."""
+    print(f"mnistlab train: warning: {text}", file=sys.stderr, flush=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -386,8 +392,8 @@ def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Di
 
             save_test_predictions(run_dir, test, data.test.images, data.classes)
     except Exception as e:  # noqa: BLE001
-        print(f"mnistlab train: warning: could not write the report ({type(e).__name__}: {e}); "
-              f"the run is complete; retry with `mnistlab report {run_dir}`", file=sys.stderr)
+        _warn(f"could not write the report ({type(e).__name__}: {e}); the run is complete; retry with "
+              f"`mnistlab report {run_dir}`")
 
 
 def _absolute_data_dir(cfg: Config) -> Config:
@@ -521,20 +527,19 @@ def _run(
     )
     unfreeze_at = cfg.finetune.unfreeze_at
     if unfreeze_at is not None and unfreeze_at > cfg.train.epochs:  # not an error: a run may stop short and resume
-        print(f"mnistlab train: warning: finetune.unfreeze_at = {unfreeze_at} is after the last epoch "
-              f"(train.epochs = {cfg.train.epochs}): the frozen parameters do not train in this run; "
-              f"resume with --epochs {unfreeze_at} or more to reach it", file=sys.stderr, flush=True)
+        _warn(f"finetune.unfreeze_at = {unfreeze_at} is after the last epoch (train.epochs = {cfg.train.epochs}): "
+              f"the frozen parameters do not train in this run; resume with --epochs {unfreeze_at} or more to reach it")
     if payload is not None:
         stored_epochs = (payload["config"].get("train") or {}).get("epochs")
         if stored_epochs != cfg.train.epochs and cfg.schedule.name in ("onecycle", "cosine"):
             # Both schedules are planned over train.epochs: a new total moves the whole curve under the steps
             # already taken (a finished one-cycle run climbs back from its final rate to mid-cycle).
-            print(f"mnistlab train: warning: train.epochs was {stored_epochs}, now {cfg.train.epochs}: the "
-                  f"{cfg.schedule.name} schedule is planned over all epochs, so the learning rate now follows the "
-                  f"new plan from step {trainer.step} on (it may rise again); for more epochs at a low rate, "
-                  "resume with --set schedule.name=constant --lr RATE", file=sys.stderr, flush=True)
+            _warn(f"train.epochs was {stored_epochs}, now {cfg.train.epochs}: the {cfg.schedule.name} schedule is "
+                  f"planned over all epochs, so the learning rate now follows the new plan from step {trainer.step} "
+                  "on (it may rise again); for more epochs at a low rate, resume with --set schedule.name=constant "
+                  "--lr RATE")
     for warning in early_stopping_warnings(cfg.early_stopping, cfg.train.epochs):
-        print(f"mnistlab train: warning: {warning}", file=sys.stderr, flush=True)
+        _warn(warning)
     summary: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": data.dataset,
@@ -558,21 +563,21 @@ def _run(
             stopped_by="interrupted",
             epochs=trainer.epoch,
             train_seconds=trainer.train_seconds,
-            resume_with=f"mnistlab train --resume {shell_quote(run_dir)}",
+            resume_with=resume_command(run_dir),
         )
         write_json(run_dir / "summary.json", summary)
         # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
         print(f"\n{trainer.stop_reason}; progress saved to {e.checkpoint}", file=sys.stderr)
-        print(f"resume with: mnistlab train --resume {shell_quote(run_dir)}", file=sys.stderr, flush=True)
+        print(f"resume with: {resume_command(run_dir)}", file=sys.stderr, flush=True)
         raise
     except CheckpointWriteError as e:
         raise CheckpointWriteError(f"{e}; the checkpoints written before are intact: once there is room, continue "
-                                   f"with `mnistlab train --resume {shell_quote(run_dir)}`") from None
+                                   f"with `{resume_command(run_dir)}`") from None
     except OSError as e:  # metrics.csv or another file of the run could not be written (disk full, folder gone)
         raise RunDirError(
             f"cannot write to run folder {run_dir}: {e.strerror or e}"
             + (f" ({e.filename})" if e.filename else "")
-            + f"; the checkpoints written before are intact: continue with `mnistlab train --resume {shell_quote(run_dir)}`"
+            + f"; the checkpoints written before are intact: continue with `{resume_command(run_dir)}`"
         ) from None
 
     best_path = run_dir / "best.ckpt"
@@ -613,11 +618,7 @@ def _run(
             if best_path.exists()
             else "no epoch finished, so no checkpoint was written"
         )
-        print(
-            f"mnistlab train: warning: training diverged: {result.stop_reason}; {kept}; "
-            "try a lower learning rate (optimizer.lr)",
-            file=sys.stderr,
-        )
+        _warn(f"training diverged: {result.stop_reason}; {kept}; try a lower learning rate (optimizer.lr)")
     display.log(
         f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}"
         f"{' (restored by early stopping)' if trainer.restored_epoch is not None else ''}; "
