@@ -57,6 +57,7 @@ def main() -> None:
             "EMA epoch": s["ema_best_epoch"],
             "epochs": s["epochs"],
             "train min": round(s["train_seconds"] / 60, 1),
+            "precision": s["precision"],
         })
         print(f"seed {seed} done: {rows[-1]}", flush=True)
 

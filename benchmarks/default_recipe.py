@@ -25,7 +25,7 @@ def main() -> None:
     args = p.parse_args()
 
     print(f"machine: {machine_description()}")
-    print(f"{'seed':>4}  {'test acc':>8}  {'train s':>7}  {'wall s':>6}  stop")
+    print(f"{'seed':>4}  {'test acc':>8}  {'train s':>7}  {'wall s':>6}  precision  stop")
     accs, secs = [], []
     for seed in range(args.seeds):
         cfg = apply_overrides(Config(), [f"data.dir={args.data_dir}", f"train.seed={seed}", "train.progress=false"])
@@ -33,7 +33,8 @@ def main() -> None:
             s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary
         accs.append(s["test_accuracy"])
         secs.append(s["train_seconds"])
-        print(f"{seed:>4}  {100 * s['test_accuracy']:>7.2f}%  {s['train_seconds']:>7.1f}  {s['wall_seconds']:>6.1f}  {s['stop_reason']}")
+        print(f"{seed:>4}  {100 * s['test_accuracy']:>7.2f}%  {s['train_seconds']:>7.1f}  {s['wall_seconds']:>6.1f}  {s['precision']:<9}  "
+              f"{s['stop_reason']}")
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
     print(f"mean  {100 * statistics.mean(accs):>7.2f}%  {statistics.mean(secs):>7.1f}          "
           f"(accuracy std {100 * spread:.2f} points, min {100 * min(accs):.2f}%)")

@@ -9,7 +9,9 @@ Seconds are those of the training steps only. On a shared machine the seconds
 move with the load, so the ratio of the medians is printed next to them; the
 last line also scales it to the 5.5 s the public recipe took on the machine the
 speed issue was written on (an Intel Xeon, unloaded), for a second view where
-this machine is loaded or of another speed.
+this machine is loaded or of another speed. The preset trains in its
+``train.precision`` (auto: bf16 autocast on a CPU with bf16 instructions, else
+fp32; the summary line names it); ``--set train.precision=fp32`` times fp32.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --data-dir /work/shared/data --seeds 5
 """
@@ -47,10 +49,11 @@ def main() -> None:
     data = load_data(cfg.data)
     print(f"machine: {machine_description()}")
     print(f"preset: {Path(args.config).name} {' '.join(args.overrides)}".rstrip())
-    rows, ref_s, mine_s, mine_acc, ref_acc = [], [], [], [], []
+    rows, runs, ref_s, mine_s, mine_acc, ref_acc = [], [], [], [], [], []
     for seed in range(args.seeds):
         ref = public_recipe(data, seed)
         mine = time_to_accuracy([], [seed], config=cfg)[0]
+        runs.append(mine)
         ref_s.append(ref["train_seconds"])
         mine_s.append(mine["train_seconds"])
         ref_acc.append(ref["test_accuracy"])
@@ -64,7 +67,8 @@ def main() -> None:
     ratio = statistics.median(mine_s) / statistics.median(ref_s)
     print()
     print(format_table(rows))
-    print(f"\nfast preset: mean test accuracy {100 * statistics.mean(mine_acc):.2f}% "
+    precision = "/".join(sorted({row["precision"] for row in runs}))
+    print(f"\nfast preset ({precision}): mean test accuracy {100 * statistics.mean(mine_acc):.2f}% "
           f"(min {100 * min(mine_acc):.2f}%, std {100 * statistics.pstdev(mine_acc):.2f}); "
           f"public recipe: mean {100 * statistics.mean(ref_acc):.2f}%")
     print(f"training time, medians: fast {statistics.median(mine_s):.2f} s (max {max(mine_s):.2f} s; target: at most "

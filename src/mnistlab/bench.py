@@ -212,9 +212,13 @@ def training_rate(
     steps: int = 20,
     overrides: Sequence[str] = (),
     device: str = "cpu",
+    config: Config | None = None,
 ) -> float:
-    """Images per second of training steps of the real Trainer (second epoch; the first warms up)."""
-    cfg = apply_overrides(Config(), [
+    """Images per second of training steps of the real Trainer (second epoch; the first warms up).
+
+    ``config`` (default: the defaults) gives the other settings, e.g. a preset's augmentation and EMA.
+    """
+    cfg = apply_overrides(config or Config(), [
         f"model.name={model_name}", f"train.batch_size={batch_size}", "train.epochs=2", "train.progress=false",
         "schedule.name=constant", f"train.device={device}", *overrides,
     ])
@@ -249,7 +253,8 @@ def roofline(
         cfg = apply_overrides(Config(), [f"model.name={name}", *overrides])
         layout = "NHWC" if use_channels_last(cfg.train.channels_last, model, torch.device(device)) else "NCHW"
         mm = matmul_gflops(device=device)
-        ips = training_rate(name, batch_size=b, steps=s, overrides=overrides, device=device)
+        # fp32 against the fp32 rate (precision auto may pick bf16, which would not compare)
+        ips = training_rate(name, batch_size=b, steps=s, overrides=[*overrides, "train.precision=fp32"], device=device)
         gflops = 3 * 2 * macs * ips / 1e9
         rows.append({"model": name, "layout": layout, "batch": b, "images/s": round(ips), "MMACs/image": round(macs / 1e6, 2),
                      "train GFLOP/s": round(gflops, 1), "matmul GFLOP/s": round(mm, 1),
@@ -279,7 +284,7 @@ def time_to_accuracy(overrides: Sequence[str], seeds: Iterable[int], *, config: 
         with tempfile.TemporaryDirectory() as tmp:
             s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary  # the folder goes: no plots
         rows.append({"seed": seed, "test_accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"],
-                     "val_accuracy": s["best_val_accuracy"]})
+                     "val_accuracy": s["best_val_accuracy"], "precision": s["precision"]})
     return rows
 
 
@@ -318,16 +323,16 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     for seed in range(seeds):  # interleaved: public recipe, this config, public recipe, ...
         ref = public_recipe(data, seed)
         mine = time_to_accuracy([], [seed], config=config)[0]
-        for name, r in (("public recipe", ref), ("this config", mine)):
-            rows.append({"recipe": name, "seed": seed, "test acc %": round(100 * r["test_accuracy"], 2),
-                         "train s": round(r["train_seconds"], 2)})
+        for name, r in (("public recipe", {**ref, "precision": "fp32"}), ("this config", mine)):
+            rows.append({"recipe": name, "seed": seed, "precision": r["precision"],
+                         "test acc %": round(100 * r["test_accuracy"], 2), "train s": round(r["train_seconds"], 2)})
     ratio = (statistics.median(r["train s"] for r in rows if r["recipe"] == "this config")
              / statistics.median(r["train s"] for r in rows if r["recipe"] == "public recipe"))
     out("\ntime to accuracy (test set; seconds of the training steps only)")
     out(format_table(rows))
     out(f"training time of this config / public recipe: {ratio:.2f}x (medians)")
 
-    out("\ntraining rate against the fp32 matmul rate (GFLOP/s = 3 x 2 x MACs x images/s)")
+    out("\nfp32 training rate against the fp32 matmul rate (GFLOP/s = 3 x 2 x MACs x images/s)")
     if device.type == "cpu" and torch.get_num_threads() > 1:
         out(thread_scaling())
     setting = config.train.channels_last

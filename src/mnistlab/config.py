@@ -185,7 +185,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
     channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)
     compile: bool = False  # torch.compile the training forward pass (its first steps compile; train_seconds count it)
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on a CPU: most lack bf16 instructions) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on a CPU with bf16 instructions, else fp32) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
     # back to the OS and faulting it in again (training/allocator.py; 1.3-1.7x the training rate of the small CNNs

@@ -25,3 +25,31 @@ def cpu_name() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+# x86's bf16 instructions: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake) and AMX-BF16 (Intel Xeons
+# since Sapphire Rapids), as /proc/cpuinfo names them. ARM's BF16 is not counted: not measured here.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpuinfo_has_bf16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text names one of :data:`BF16_FLAGS` on a ``flags`` line."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions that oneDNN uses for bf16 convs and matmuls (x86 Linux).
+
+    Without them oneDNN converts in software, and bf16 trained slower than fp32
+    (``benchmarks/bf16.py``). False where it cannot tell (no /proc/cpuinfo).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return cpuinfo_has_bf16(f.read())
+    except OSError:
+        return False

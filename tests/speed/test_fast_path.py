@@ -25,9 +25,11 @@ STEPS, BATCH = 4, 32
 
 
 def _config(*extra: str) -> Config:
+    # fp32: the reference loops below compute in fp32 (precision auto is bf16 on a CPU with bf16 instructions)
     return apply_overrides(Config(), [
         "model.name=cnn", "model.channels=[4, 8]", f"train.batch_size={BATCH}", "train.epochs=1",
-        "train.progress=false", "train.device=cpu", "schedule.name=constant", "optimizer.lr=0.001", *extra,
+        "train.progress=false", "train.device=cpu", "schedule.name=constant", "optimizer.lr=0.001",
+        "train.precision=fp32", *extra,
     ])
 
 

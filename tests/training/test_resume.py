@@ -31,8 +31,10 @@ def weights(run_dir):
     return read_checkpoint(run_dir / "last.ckpt")["model"]
 
 
-def test_one_plus_one_epochs_equals_two(mnist_root, tmp_path):
-    cfg = small_cfg(mnist_root, "schedule.name=step", "schedule.step_epochs=1", "schedule.gamma=0.5")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_plus_one_epochs_equals_two(mnist_root, tmp_path, precision):
+    cfg = small_cfg(mnist_root, "schedule.name=step", "schedule.step_epochs=1", "schedule.gamma=0.5",
+                    f"train.precision={precision}")
     full = train(apply_overrides(cfg, ["train.epochs=2"]), out=tmp_path / "full", quiet=True)
     train(apply_overrides(cfg, ["train.epochs=1"]), out=tmp_path / "half", quiet=True)
     resumed = train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "half", quiet=True)
@@ -84,9 +86,10 @@ class InterruptAt:
 def test_interrupted_run_with_early_stopping_and_reduce_lr_resumes_identically(mnist_root, tmp_path):
     from mnistlab.training import TrainingInterrupted
 
-    # Large min_delta / threshold so both callbacks act within a few tiny epochs.
+    # Large min_delta / threshold so both callbacks act within a few tiny epochs (tuned in fp32, which
+    # precision auto is not on a CPU with bf16 instructions).
     cfg = small_cfg(
-        mnist_root, "train.epochs=8", "data.train_limit=600", "schedule.name=constant",
+        mnist_root, "train.epochs=8", "data.train_limit=600", "schedule.name=constant", "train.precision=fp32",
         "early_stopping.criterion=patience", "early_stopping.monitor=val_loss", "early_stopping.patience=2",
         "early_stopping.min_delta=0.1", "early_stopping.restore_best_weights=true",
         "reduce_lr.enabled=true", "reduce_lr.patience=1", "reduce_lr.threshold=0.3", "reduce_lr.factor=0.5",

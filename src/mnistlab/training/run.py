@@ -521,7 +521,8 @@ def _run(
     display.log(
         f"training {cfg.model.name} ({trainable_line(model)}) on {data.dataset}: "
         f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
-        f"{torch.get_num_threads()} threads"
+        + ("bf16 autocast, " if trainer.precision == "bf16" else "")
+        + f"{torch.get_num_threads()} threads"
         + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
         + f" -> {run_dir}"
     )
@@ -548,6 +549,7 @@ def _run(
         "device": str(device),
         "processes": distributed.world_size(),  # > 1: trained with DistributedDataParallel (per-process device)
         "threads": torch.get_num_threads(),
+        "precision": trainer.precision,  # train.precision as resolved: auto is bf16 on CUDA and on a CPU with bf16 instructions
         "torch": torch.__version__,
         "cpu": cpu_name(),  # train_seconds compare only between runs on the same kind of CPU
         "train_images": len(data.train),

@@ -1,0 +1,66 @@
+"""bf16 autocast against fp32 on a CPU: training images/s of every zoo model and of the two presets' nets.
+
+For each case the real ``Trainer`` trains on synthetic 28x28 images (second
+epoch of two, as ``benchmarks/roofline.py``) with ``train.precision=fp32`` and
+``train.precision=bf16``, interleaved over ``--rounds`` rounds; the table gives
+the median images/s of each and bf16's time as a fraction of fp32's. bf16
+autocast runs the convs and linear layers in bf16 (weights, optimizer and loss
+stay fp32). On a CPU with bf16 instructions (AVX512-BF16, AMX) oneDNN runs them
+natively; elsewhere it converts, and bf16 is slower. Whether a CPU has them is
+printed first (``mnistlab.machine.native_bf16``).
+
+The presets' rows use their config files (configs/fast.toml, configs/best.toml:
+model, batch size, optimizer, augmentation and EMA; a constant learning rate,
+no validation counted); the zoo rows use
+each model's defaults, small models at batch 256 and the ImageNet-shaped ones
+(AlexNet, VGG, ResNet on 28x28) at batch 32 and 2 steps to keep the run short.
+
+    .venv/bin/python benchmarks/bf16.py
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, training_rate
+from mnistlab.config import Config, load_config
+from mnistlab.machine import native_bf16
+from mnistlab.models import list_models
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BIG = {"alexnet", "resnet18", "resnet50", "vgg11", "vgg13", "vgg16", "vgg19"}
+
+
+def preset_case(name: str) -> tuple[str, str, int, int, Config]:
+    """(label, model, batch, steps, config) for a preset, from its config file."""
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    return f"{name}.toml", cfg.model.name, cfg.train.batch_size, 5120 // cfg.train.batch_size, cfg
+
+
+def main() -> None:
+    p = benchmark_parser(__doc__, data_dir=False)
+    p.add_argument("--models", nargs="*", default=[m for m in list_models() if m != "vgg"],
+                   help="zoo models (vgg needs a channels list; vgg11..19 cover it)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved fp32/bf16 rounds per case")
+    args = parse_benchmark_args(p)
+    print(f"machine: {machine_description()}; bf16 instructions: {'yes' if native_bf16() else 'no'}")
+    cases = [preset_case("fast"), preset_case("best")]
+    cases += [(m, m, 32, 2, Config()) if m in BIG else (m, m, 256, 20, Config()) for m in args.models]
+    rows = []
+    for label, model, batch, steps, cfg in cases:
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(args.rounds):
+            for precision in rates:
+                rates[precision].append(training_rate(
+                    model, batch_size=batch, steps=steps, config=cfg, overrides=[f"train.precision={precision}"]))
+        fp32, bf16 = statistics.median(rates["fp32"]), statistics.median(rates["bf16"])
+        rows.append({"case": label, "batch": batch, "fp32 images/s": round(fp32), "bf16 images/s": round(bf16),
+                     "bf16 time / fp32": round(fp32 / bf16, 2)})
+        print(f"{label} done", flush=True)
+    print()
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
