@@ -30,13 +30,11 @@ def epoch_metrics(epoch):
 def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS, steps_done=None, interrupted=False):
     """Call the hooks as the trainer does, with real forward/backward/step on random uint8 images.
 
-    A resumed run starts in a later second than the run before it, as a real resume does: readers order
-    a folder's event files by name, which begins with the second the file was made.
+    A resumed run waits for a later second than the run before it by itself (readers order a folder's
+    event files by name, which begins with the second the file was made).
 
     ``first_epoch`` > 1 resumes after epoch first_epoch - 1; ``steps_done`` (default: those epochs' steps) > 0
     with ``first_epoch`` 1 resumes inside the first epoch. ``interrupted``: no on_train_end, as after a signal."""
-    if (tmp_path / "tensorboard").exists():
-        time.sleep(1.05)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (40,), generator=g)
@@ -133,6 +131,20 @@ def test_resume_purges_the_epochs_after_the_checkpoint(tmp_path):
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2]
     assert [e.step for e in acc.Images("inputs/samples")] == [0]
     assert [e.step for e in acc.Scalars("final/val_loss")] == [3]
+
+
+def test_a_resume_in_the_same_second_names_its_file_to_be_read_after_the_old_ones(tmp_path):
+    # The interrupted run's file, made this second by another process whose name sorts after this one's.
+    log_dir = tmp_path / "tensorboard"
+    log_dir.mkdir()
+    old = log_dir / f"events.out.tfevents.{int(time.time()):010d}.zzzz.99999.0"
+    old.write_bytes(b"")
+    trainer = FakeTrainer(run_dir=tmp_path, model=tiny_model())
+    trainer.epoch, trainer.step = 1, BATCHES
+    tb = TensorBoard(graph=False, histograms=False, images=False)
+    tb.on_train_begin(trainer)
+    tb.writer.close()
+    assert sorted(p.name for p in log_dir.iterdir())[0] == old.name
 
 
 def test_resume_inside_the_first_epoch_writes_the_graph_and_samples_once(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ class TensorBoard(Callback):
             for old in Path(log_dir).glob(f"events.out.tfevents.*{_END_SUFFIX}"):
                 old.unlink(missing_ok=True)
         self._log_dir = Path(log_dir)
+        if resumed:
+            _wait_for_a_later_second(self._log_dir)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=trainer.epoch + 1 if resumed else None)
         if not resumed:
             if self.graph:
@@ -231,6 +234,28 @@ class TensorBoard(Callback):
         self.writer.add_text("misclassified/labels", f"true→predicted, row by row: {pairs}", epoch)
 
 
+_PREFIX = "events.out.tfevents."
+
+
+def _event_stamps(folder: Path) -> list[int]:
+    """The seconds in the names of a folder's event files ("events.out.tfevents.<second>.<host>...")."""
+    stamps = (p.name[len(_PREFIX):].split(".", 1)[0] for p in folder.glob(_PREFIX + "*"))
+    return [int(s) for s in stamps if s.isdigit()]
+
+
+def _wait_for_a_later_second(folder: Path, most: float = 2.0) -> None:
+    """Sleep until the clock's second is past every event file's in ``folder`` (at most ``most`` seconds).
+
+    A resumed run's event file must sort after the interrupted run's: readers take a folder's files in
+    name order, and after the second the name holds the host and the pid, so a resume started in the
+    same second by a process with a lower pid sorted first and its epochs were read before the old
+    ones. A stamp further ahead than ``most`` (a clock set back) is not waited for.
+    """
+    latest = max(_event_stamps(folder), default=None)
+    if latest is not None and 0 <= latest + 1 - time.time() <= most:
+        time.sleep(latest + 1 - time.time())
+
+
 def _sort_last(path: Path) -> None:
     """Rename an event file so that its name sorts after every other one in its folder.
 
@@ -239,11 +264,8 @@ def _sort_last(path: Path) -> None:
     before it ("...7.10.end" before "...7.9"), and a reader that drops events older than one seen
     already would drop the epochs. One second past the latest file's puts it last.
     """
-    prefix = "events.out.tfevents."
-    stamps = [int(p.name[len(prefix):].split(".", 1)[0]) for p in path.parent.glob(prefix + "*")
-              if p.name[len(prefix):].split(".", 1)[0].isdigit()]
-    rest = path.name[len(prefix):].split(".", 1)[1]
-    path.rename(path.with_name(f"{prefix}{max(stamps) + 1:010d}.{rest}"))
+    rest = path.name[len(_PREFIX):].split(".", 1)[1]
+    path.rename(path.with_name(f"{_PREFIX}{max(_event_stamps(path.parent)) + 1:010d}.{rest}"))
 
 
 __all__ = ["TensorBoard"]
