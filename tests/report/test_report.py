@@ -70,8 +70,9 @@ def test_the_report_needs_only_the_run_folder(copy_run, monkeypatch, tmp_path):
     assert f"Dashed green: epoch {best}, whose weights (best.ckpt) were tested" in page
     # config and summary
     assert 'monitor = &quot;epoch&quot;' in page and "<th>stop_reason</th>" in page
-    summary = json.loads((run / "summary.json").read_text())  # the subtitle names the machine
-    assert f"cpu ({html.escape(summary['cpu'])}), torch {summary['torch']}</p>" in page
+    summary = json.loads((run / "summary.json").read_text())  # the subtitle names the machine (and bf16)
+    bf16 = ", bf16 autocast" if summary["precision"] == "bf16" else ""
+    assert f"cpu ({html.escape(summary['cpu'])}){bf16}, torch {summary['torch']}</p>" in page
     assert "Not in this report" not in page
 
 

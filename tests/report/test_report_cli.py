@@ -67,7 +67,7 @@ def test_compare_sorts_by_test_accuracy_and_plots(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["vgg11", "lenet5"]  # a run given twice counts once
     assert set(rows[0]) == {"run", "model", "dataset", "parameters", "epochs", "train_seconds", "best_val_accuracy",
-                            "test_accuracy", "stop_reason", "device", "machine"}
+                            "test_accuracy", "stop_reason", "device", "machine", "precision"}
     assert rows[0]["machine"] is None  # these summaries predate the cpu field
     assert "machine" not in lines[0]  # one machine (here: none recorded), no column
 
@@ -117,6 +117,22 @@ def test_compare_shows_the_machine_when_runs_come_from_different_cpus(tmp_path):
     # A run that does not name its machine is not known to differ: one named machine adds no column and no note.
     text = format_table(compare_runs([tmp_path / "avx2", tmp_path / "old"]))
     assert "machine" not in text.splitlines()[0] and "not comparable" not in text
+
+
+def test_compare_shows_the_precision_when_runs_trained_in_different_ones(tmp_path):
+    common = dict(model="fast", dataset="mnist", device="cpu", cpu="AMD EPYC (AVX512)")
+    fake_run(tmp_path / "bf16", precision="bf16", test_accuracy=0.9926, train_seconds=1.96, **common)
+    fake_run(tmp_path / "fp32", precision="fp32", test_accuracy=0.9922, train_seconds=2.30, **common)
+    fake_run(tmp_path / "old", test_accuracy=0.99, train_seconds=2.6, **common)
+    lines = format_table(compare_runs([tmp_path])).splitlines()
+    assert lines[0].split()[-3:] == ["precision", "stop", "reason"]
+    rows = {line.split()[0]: line for line in lines[2:5]}
+    assert "99.26%  bf16" in rows[str(tmp_path / "bf16")] and "99.22%  fp32" in rows[str(tmp_path / "fp32")]
+    assert "not recorded" in rows[str(tmp_path / "old")]
+    assert lines[-1].startswith("note: the runs trained in different precisions (bf16, fp32)")
+    # one recorded precision: no column, no note
+    text = format_table(compare_runs([tmp_path / "fp32", tmp_path / "old"]))
+    assert "precision" not in text
 
 
 def test_compare_errors(tmp_path, capsys):

@@ -37,6 +37,7 @@ class RunRow:
     stop_reason: str
     device: str
     machine: str | None  # the CPU (or on CUDA the GPU) it trained on; None for runs from before summaries named it
+    precision: str | None = None  # fp32 or bf16 (autocast); None for runs from before summaries named it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +108,7 @@ def run_row(path: Path) -> RunRow:
         stop_reason=str(stop),
         device=str(s.get("device") or "?"),
         machine=machine_of(s),
+        precision=str(s["precision"]) if s.get("precision") else None,
     )
 
 
@@ -132,13 +134,15 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(rows: Sequence[RunRow]) -> str:
-    """An aligned text table of ``rows``; a note follows when runs come from different devices, machines or datasets.
+    """An aligned text table of ``rows``; a note follows when runs come from different devices, machines,
+    precisions or datasets.
 
-    The machine column appears only when the runs name more than one machine; a run from before
-    summaries named it shows "not recorded" there, but does not count as another machine.
+    The machine (precision) column appears only when the runs name more than one machine (precision);
+    a run from before summaries named it shows "not recorded" there, but does not count as another.
     """
     machine_of_row = [r.machine or "not recorded" for r in rows]
     machines = sorted({r.machine for r in rows if r.machine})
+    precisions = sorted({r.precision for r in rows if r.precision})
     datasets = _datasets(rows)
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
@@ -148,10 +152,15 @@ def format_table(rows: Sequence[RunRow]) -> str:
         for r in rows
     ]
     left = {0, 1, 7}
-    if len(machines) > 1:  # before the stop reason, which is long and free text
-        header = (*header[:7], "machine", header[7])
-        body = [(*line[:7], machine, line[7]) for line, machine in zip(body, machine_of_row)]
+    if len(precisions) > 1:  # before the stop reason, which is long and free text
+        header = (*header[:7], "precision", header[7])
+        body = [(*line[:7], r.precision or "not recorded", line[7]) for line, r in zip(body, rows)]
         left = {0, 1, 7, 8}
+    if len(machines) > 1:  # the same place, so the order is precision, machine, stop reason
+        n = len(header) - 1
+        header = (*header[:n], "machine", header[n])
+        body = [(*line[:n], machine, line[n]) for line, machine in zip(body, machine_of_row)]
+        left = left | {n + 1}
     if len(datasets) > 1:  # after the model: the rows are grouped by it
         header = (*header[:2], "dataset", *header[2:])
         body = [(*line[:2], r.dataset, *line[2:]) for line, r in zip(body, rows)]
@@ -169,6 +178,9 @@ def format_table(rows: Sequence[RunRow]) -> str:
     elif len(machines) > 1:
         lines.append(f"note: the runs come from different machines ({', '.join(machines)}); "
                      "their training times are not comparable")
+    if len(precisions) > 1:
+        lines.append(f"note: the runs trained in different precisions ({', '.join(precisions)}); bf16 autocast "
+                     "trains faster where the processor has bf16 instructions, and its results differ from fp32's")
     if len(datasets) > 1:
         lines.append(f"note: the runs are on different datasets ({', '.join(datasets)}); they are ranked within "
                      "each, as their accuracies are not comparable")
