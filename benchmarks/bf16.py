@@ -7,19 +7,23 @@ the median images/s of each and bf16's time as a fraction of fp32's. bf16
 autocast runs the convs and linear layers in bf16 (weights, optimizer and loss
 stay fp32). On a CPU with bf16 instructions (AVX512-BF16, AMX) oneDNN runs them
 natively; elsewhere it converts, and bf16 is slower. Whether a CPU has them is
-printed first (``mnistlab.machine.native_bf16``).
+printed first (``mnistlab.machine.native_bf16``). To see a CPU without them
+on one that has them, limit oneDNN and PyTorch's own kernels to AVX2:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bf16.py --models cnn fast
 
 The presets' rows use their config files (configs/fast.toml, configs/best.toml:
 model, batch size, optimizer, augmentation and EMA; a constant learning rate,
-no validation counted); the zoo rows use
-each model's defaults, small models at batch 256 and the ImageNet-shaped ones
-(AlexNet, VGG, ResNet on 28x28) at batch 32 and 2 steps to keep the run short.
+no validation counted); the zoo rows use each model's defaults, small models at
+batch 256 and the ImageNet-shaped ones (AlexNet, VGG, ResNet on 28x28) at batch
+32 and 2 steps to keep the run short.
 
     .venv/bin/python benchmarks/bf16.py
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
@@ -44,7 +48,9 @@ def main() -> None:
                    help="zoo models (vgg needs a channels list; vgg11..19 cover it)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved fp32/bf16 rounds per case")
     args = parse_benchmark_args(p)
-    print(f"machine: {machine_description()}; bf16 instructions: {'yes' if native_bf16() else 'no'}")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    print(f"machine: {machine_description()}; bf16 instructions: {'yes' if native_bf16() else 'no'}"
+          + (f"; oneDNN limited to {isa} (ONEDNN_MAX_CPU_ISA)" if isa else ""))
     cases = [preset_case("fast"), preset_case("best")]
     cases += [(m, m, 32, 2, Config()) if m in BIG else (m, m, 256, 20, Config()) for m in args.models]
     rows = []
