@@ -240,8 +240,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` picks bf16 autocast on CUDA and on a CPU with bf16 instructions, else fp32.
 
     On such a CPU (AVX512-BF16 or AMX on x86) bf16 trained every zoo model in
-    0.55-0.89x the time of fp32 at the same accuracy (``benchmarks/bf16.py``);
-    without them oneDNN converts in software and bf16 is slower than fp32.
+    0.55-0.85x the time of fp32 at the same accuracy (``benchmarks/bf16.py``);
+    without them bf16 took 9-13x the time of fp32.
     """
     if name != "auto":
         return name
