@@ -7,7 +7,7 @@ the median images/s of each and bf16's time as a fraction of fp32's. bf16
 autocast runs the convs and linear layers in bf16 (weights, optimizer and loss
 stay fp32). On a CPU with bf16 instructions (AVX512-BF16, AMX) oneDNN runs them
 natively; elsewhere bf16 is far slower (9-13x fp32's time with oneDNN limited to
-AVX2). Whether a CPU has them is printed first (``mnistlab.machine.native_bf16``).
+AVX2). The machine line says "with bf16 instructions" where the CPU has them.
 To see a CPU without them on one that has them, limit oneDNN and PyTorch's own
 kernels to AVX2:
 
@@ -30,7 +30,6 @@ from pathlib import Path
 
 from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, training_rate
 from mnistlab.config import Config, load_config
-from mnistlab.machine import native_bf16
 from mnistlab.models import list_models
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -50,8 +49,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved fp32/bf16 rounds per case")
     args = parse_benchmark_args(p)
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    print(f"machine: {machine_description()}; bf16 instructions: {'yes' if native_bf16() else 'no'}"
-          + (f"; oneDNN limited to {isa} (ONEDNN_MAX_CPU_ISA)" if isa else ""))
+    print(f"machine: {machine_description()}" + (f"; oneDNN limited to {isa} (ONEDNN_MAX_CPU_ISA)" if isa else ""))
     cases = [preset_case("fast"), preset_case("best")]
     cases += [(m, m, 32, 2, Config()) if m in BIG else (m, m, 256, 20, Config()) for m in args.models]
     rows = []

@@ -36,7 +36,7 @@ import torch
 
 from .config import Config, apply_overrides
 from .data.datasets import DataBundle, Split
-from .machine import cpu_name
+from .machine import cpu_name, native_bf16
 from .models import build_model
 from .models.summary import count_macs
 from .training.evaluate import evaluate
@@ -106,8 +106,10 @@ def parse_benchmark_args(p: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def machine_description(device: torch.device | None = None) -> str:
-    """One line: :func:`~mnistlab.machine.cpu_name`, cores, torch version, threads (and the GPU, if used)."""
-    text = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    """One line: :func:`~mnistlab.machine.cpu_name`, whether it has bf16 instructions (which ``train.precision``
+    auto uses), cores, torch version, threads (and the GPU, if used)."""
+    bf16 = " with bf16 instructions" if native_bf16() else ""
+    text = (f"{cpu_name()}{bf16}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"load average {os.getloadavg()[0]:.1f} at start")
     if device is not None and device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"

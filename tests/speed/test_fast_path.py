@@ -18,6 +18,7 @@ from torch import nn
 from mnistlab import Config, apply_overrides
 from mnistlab.bench import format_table, synthetic_data
 from mnistlab.data.batching import epoch_permutation, iterate_batches
+from mnistlab.machine import native_bf16
 from mnistlab.models import build_model
 from mnistlab.training.fit import Trainer, use_channels_last
 
@@ -139,6 +140,7 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "public recipe" in out and "this config" in out
+    assert ("with bf16 instructions" in out.splitlines()[0]) is native_bf16()  # the machine line
     assert "fraction" in out and "images/s" in out
     assert out.count("cnn") >= 2  # the training-rate row and the evaluation row
     assert f"({torch.backends.cpu.get_cpu_capability()})" in out.splitlines()[0]  # the machine line names the ISA
