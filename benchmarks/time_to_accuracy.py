@@ -49,11 +49,11 @@ def main() -> None:
     data = load_data(cfg.data)
     print(f"machine: {machine_description()}")
     print(f"preset: {Path(args.config).name} {' '.join(args.overrides)}".rstrip())
-    rows, runs, ref_s, mine_s, mine_acc, ref_acc = [], [], [], [], [], []
+    rows, ref_s, mine_s, mine_acc, ref_acc, precisions = [], [], [], [], [], set()
     for seed in range(args.seeds):
         ref = public_recipe(data, seed)
         mine = time_to_accuracy([], [seed], config=cfg)[0]
-        runs.append(mine)
+        precisions.add(mine["precision"])
         ref_s.append(ref["train_seconds"])
         mine_s.append(mine["train_seconds"])
         ref_acc.append(ref["test_accuracy"])
@@ -67,8 +67,7 @@ def main() -> None:
     ratio = statistics.median(mine_s) / statistics.median(ref_s)
     print()
     print(format_table(rows))
-    precision = "/".join(sorted({row["precision"] for row in runs}))
-    print(f"\nfast preset ({precision}): mean test accuracy {100 * statistics.mean(mine_acc):.2f}% "
+    print(f"\nfast preset ({'/'.join(sorted(precisions))}): mean test accuracy {100 * statistics.mean(mine_acc):.2f}% "
           f"(min {100 * min(mine_acc):.2f}%, std {100 * statistics.pstdev(mine_acc):.2f}); "
           f"public recipe: mean {100 * statistics.mean(ref_acc):.2f}%")
     print(f"training time, medians: fast {statistics.median(mine_s):.2f} s (max {max(mine_s):.2f} s; target: at most "

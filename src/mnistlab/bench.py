@@ -42,7 +42,7 @@ from .models.summary import count_macs
 from .training.evaluate import evaluate
 from .training.fit import Trainer, resolve_device, use_channels_last
 
-def public_recipe(data: DataBundle, seed: int = 0) -> dict[str, float]:
+def public_recipe(data: DataBundle, seed: int = 0) -> dict[str, Any]:
     """The public recipe that target 1 of the speed issue measures against, as plain PyTorch.
 
     Convs of 24 5x5 and 32 3x3 kernels (ReLU, then 2x2 max-pool), linear 256,
@@ -82,7 +82,7 @@ def public_recipe(data: DataBundle, seed: int = 0) -> dict[str, float]:
         xt = (data.test.images.cpu().float() / 255 - mean) / std
         correct = sum(int((model(xt[i : i + 2000]).argmax(1) == data.test.labels.cpu()[i : i + 2000]).sum())
                       for i in range(0, len(xt), 2000))
-    return {"test_accuracy": correct / len(xt), "train_seconds": seconds}
+    return {"test_accuracy": correct / len(xt), "train_seconds": seconds, "precision": "fp32"}  # as published
 
 
 def benchmark_parser(doc: str | None, data_dir: bool = True) -> argparse.ArgumentParser:
@@ -325,7 +325,7 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     for seed in range(seeds):  # interleaved: public recipe, this config, public recipe, ...
         ref = public_recipe(data, seed)
         mine = time_to_accuracy([], [seed], config=config)[0]
-        for name, r in (("public recipe", {**ref, "precision": "fp32"}), ("this config", mine)):
+        for name, r in (("public recipe", ref), ("this config", mine)):
             rows.append({"recipe": name, "seed": seed, "precision": r["precision"],
                          "test acc %": round(100 * r["test_accuracy"], 2), "train s": round(r["train_seconds"], 2)})
     ratio = (statistics.median(r["train s"] for r in rows if r["recipe"] == "this config")

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
+from mnistlab.config import Config, apply_overrides
 from mnistlab.machine import cpuinfo_has_bf16, native_bf16
+from mnistlab.training import train
 from mnistlab.training.fit import resolve_precision
 
 # Excerpts of real /proc/cpuinfo texts (the flags lines cut short).
@@ -48,17 +50,14 @@ def test_auto_is_bf16_on_cuda_and_on_a_cpu_with_bf16_instructions(monkeypatch, n
 
 
 def test_a_run_says_which_precision_it_trained_in(mnist_root, tmp_path, monkeypatch, capsys):
-    from mnistlab.training import train
-
     fit = sys.modules["mnistlab.training.fit"]
     monkeypatch.chdir(tmp_path)
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=200", "data.val_size=100",
+                                     "train.epochs=1", "train.device=cpu", "model.channels=[4, 8]",
+                                     "tensorboard.enabled=false"])
     for native, precision in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(fit, "native_bf16", lambda native=native: native)
-        cfg_args = [f"data.dir={mnist_root}", "data.train_limit=200", "data.val_size=100", "train.epochs=1",
-                    "train.device=cpu", "model.channels=[4, 8]", "tensorboard.enabled=false"]
-        from mnistlab.config import Config, apply_overrides
-
-        result = train(apply_overrides(Config(), cfg_args), out=tmp_path / precision)
+        result = train(cfg, out=tmp_path / precision)
         summary = json.loads((tmp_path / precision / "summary.json").read_text())
         assert summary["precision"] == result.summary["precision"] == precision
         start = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training "))

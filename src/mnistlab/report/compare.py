@@ -140,7 +140,6 @@ def format_table(rows: Sequence[RunRow]) -> str:
     The machine (precision) column appears only when the runs name more than one machine (precision);
     a run from before summaries named it shows "not recorded" there, but does not count as another.
     """
-    machine_of_row = [r.machine or "not recorded" for r in rows]
     machines = sorted({r.machine for r in rows if r.machine})
     precisions = sorted({r.precision for r in rows if r.precision})
     datasets = _datasets(rows)
@@ -152,15 +151,12 @@ def format_table(rows: Sequence[RunRow]) -> str:
         for r in rows
     ]
     left = {0, 1, 7}
-    if len(precisions) > 1:  # before the stop reason, which is long and free text
-        header = (*header[:7], "precision", header[7])
-        body = [(*line[:7], r.precision or "not recorded", line[7]) for line, r in zip(body, rows)]
-        left = {0, 1, 7, 8}
-    if len(machines) > 1:  # the same place, so the order is precision, machine, stop reason
-        n = len(header) - 1
-        header = (*header[:n], "machine", header[n])
-        body = [(*line[:n], machine, line[n]) for line, machine in zip(body, machine_of_row)]
-        left = left | {n + 1}
+    for name, distinct in (("precision", precisions), ("machine", machines)):
+        if len(distinct) > 1:  # before the stop reason (the last column), which is long and free text
+            n = len(header) - 1
+            header = (*header[:n], name, header[n])
+            body = [(*line[:n], getattr(r, name) or "not recorded", line[n]) for line, r in zip(body, rows)]
+            left |= {n + 1}
     if len(datasets) > 1:  # after the model: the rows are grouped by it
         header = (*header[:2], "dataset", *header[2:])
         body = [(*line[:2], r.dataset, *line[2:]) for line, r in zip(body, rows)]
