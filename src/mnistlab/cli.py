@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("runs", metavar="RUN_OR_CKPT", nargs="+", help="run folders or .ckpt files")
     en.add_argument("--ema", action="store_true", help="use each run's weight average (ema.ckpt)")
     en.add_argument("--tta", type=int, default=0, metavar="PIXELS",
-                    help="test-time augmentation: average over shifts of this many pixels (default 0: off)")
+                    help="test-time augmentation: average over the image and its shifts of 1 to PIXELS pixels "
+                         "left, right, up and down (default 0: off)")
     en.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_data_dir(en, stored=True)
 

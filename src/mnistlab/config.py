@@ -378,7 +378,7 @@ class TtaConfig:
     """Test-time augmentation of the final test: average the softmax over small shifts of each image."""
 
     enabled: bool = False
-    shift: int = 1  # pixels: the image itself and shifted by +-shift left/right/up/down (5 views)
+    shift: int = 1  # pixels: the image itself and shifted by 1..shift left/right/up/down (1 + 4 * shift views)
 
     def __post_init__(self) -> None:
         _positive("tta", self, "shift")

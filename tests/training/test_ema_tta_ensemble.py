@@ -128,7 +128,7 @@ def test_a_corrupted_weight_average_in_last_ckpt_is_refused(mnist_root, tmp_path
 # ---- test-time augmentation ---------------------------------------------------------------
 
 
-def test_tta_averages_the_softmax_over_the_image_and_four_shifts(mnist_small):
+def test_tta_averages_the_softmax_over_the_image_and_its_shifts_up_to_the_distance(mnist_small):
     torch.manual_seed(0)
     from mnistlab.models import build_model
 
@@ -137,7 +137,7 @@ def test_tta_averages_the_softmax_over_the_image_and_four_shifts(mnist_small):
     tta = evaluate(model, split, batch_size=128, tta_shift=2)
     x = split.images.float() / 255
     with torch.no_grad():
-        views = [x, shift_images(x, 2, 0), shift_images(x, -2, 0), shift_images(x, 0, 2), shift_images(x, 0, -2)]
+        views = [x] + [shift_images(x, dx, dy) for d in (1, 2) for dx, dy in ((d, 0), (-d, 0), (0, d), (0, -d))]
         expected = torch.stack([model(v).softmax(1) for v in views]).mean(0)
     torch.testing.assert_close(tta.probabilities, expected)
     assert tta.accuracy == float((expected.argmax(1) == split.labels).double().mean())
@@ -225,6 +225,9 @@ def test_ensemble_command_prints_members_and_ensemble_and_json(two_runs, capsys)
     assert main(["ensemble", *map(str, two_runs), "--tta", "1"]) == 0  # the output said nothing of the TTA
     assert capsys.readouterr().out.splitlines()[-1] == ("with test-time augmentation: each image and its shifts by 1 "
                                                         "pixel left, right, up and down, for every member")
+    assert main(["ensemble", *map(str, two_runs), "--tta", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("with test-time augmentation: each image and its shifts by 1 "
+                                                        "to 2 pixels left, right, up and down, for every member")
 
 
 def test_ensemble_errors_are_one_clear_line(two_runs, tmp_path, capsys):

@@ -103,6 +103,7 @@ def format_ensemble(result: EnsembleResult) -> str:
     lines += [f"{str(m.checkpoint):<{width}}  {100 * m.accuracy:>12.2f}%" for m in result.members]
     lines.append(f"{'ensemble of ' + str(len(result.members)):<{width}}  {100 * result.accuracy:>12.2f}%")
     if result.tta_shift:
-        lines.append(f"with test-time augmentation: each image and its shifts by {result.tta_shift} pixel"
-                     f"{'s' * (result.tta_shift != 1)} left, right, up and down, for every member")
+        by = "1 pixel" if result.tta_shift == 1 else f"1 to {result.tta_shift} pixels"
+        lines.append(f"with test-time augmentation: each image and its shifts by {by} left, right, up and down, "
+                     "for every member")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ def _inference(model: nn.Module):
 
 
 def _tta_offsets(s: int) -> list[tuple[int, int]]:
-    return [(s, 0), (-s, 0), (0, s), (0, -s)]
+    """Every shift of 1 to ``s`` pixels right, left, down and up: 4 * s views besides the image."""
+    return [(dx * k, dy * k) for k in range(1, s + 1) for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
 
 
 @dataclass
@@ -81,8 +82,9 @@ def evaluate(
     """Evaluate ``model`` (in eval mode) on a data split (uint8 images, int64 labels).
 
     ``tta_shift > 0`` turns on test-time augmentation: the softmax outputs are
-    averaged over five views of each image (itself, and shifted by ``tta_shift``
-    pixels left, right, up and down), and the loss is that of the average.
+    averaged over 1 + 4 * ``tta_shift`` views of each image: itself, and shifted
+    by every distance from 1 to ``tta_shift`` pixels left, right, up and down
+    (1: five views; 2: nine). The loss is that of the average.
     ``label_smoothing`` is that of the loss; a run passes its training's, so its
     val_loss and test_loss are the loss it trains on, as in Keras. (Plain
     cross-entropy would rise for a label-smoothed model as it grows more
