@@ -97,16 +97,21 @@ def test_trainer_equals_a_plain_reference_loop(data):
     _assert_close(_weights(fit.model), _weights(model))
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_pool_before_relu_is_the_same_function(batch_norm):
-    model = build_model("fast", num_classes=10, in_channels=1, image_size=(28, 28), batch_norm=batch_norm)
-    types = [type(m) for m in model.features]
-    assert types.index(nn.MaxPool2d) < types.index(nn.ReLU)  # the fast path's order
+@pytest.mark.parametrize("name, options", [
+    ("fast", {"batch_norm": False}),
+    ("fast", {"batch_norm": True}),
+    ("vgg", {"channels": [4, 4, "M", 8, "M", "M"], "hidden": [16], "dropout": 0.0}),  # also a pool after a pool
+])
+def test_pool_before_relu_is_the_same_function(name, options):
+    model = build_model(name, num_classes=10, in_channels=1, image_size=(28, 28), **options)
+    pairs = [(type(a), type(b)) for a, b in zip(model.features, model.features[1:])]
+    assert (nn.MaxPool2d, nn.ReLU) in pairs and (nn.ReLU, nn.MaxPool2d) not in pairs  # the fast path's order
     # The textbook order, with the very same modules: conv [-> BN] -> ReLU -> pool.
     textbook = copy.deepcopy(model)
     layers = list(textbook.features)
-    for i in [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]:
-        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
     textbook.features = nn.Sequential(*layers)
     x = torch.rand(6, 1, 28, 28)
     outs = []

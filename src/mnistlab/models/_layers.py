@@ -145,6 +145,7 @@ def vgg_stack(
     (Convs after the map reaches 1x1 still run; their 3x3 kernels then act as 1x1
     convs, since only the centre tap sees data, the rest sees padding.)
     With ``fit_pools=False`` (a user's own list) every "M" is placed as written.
+    A pool right after a conv block goes before the block's ReLU (see :func:`conv_pool_stack`).
     """
     h, w = image_size
     layers: list[nn.Module] = []
@@ -152,7 +153,10 @@ def vgg_stack(
         if c == "M":
             if fit_pools and min(h, w) < 2:
                 continue
-            layers.append(nn.MaxPool2d(2))
+            # before the ReLU that ends the conv block, as in conv_pool_stack: the same function and gradients,
+            # with the ReLU on a quarter of the values; parameter names stay (ReLU and pool have none)
+            at = len(layers) - 1 if layers and isinstance(layers[-1], nn.ReLU) else len(layers)
+            layers.insert(at, nn.MaxPool2d(2))
             h, w = h // 2, w // 2
         else:
             out_channels = scaled(int(c), width)
