@@ -135,7 +135,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = 
 
 
 def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-    """Ways to compute ``a @ b`` (fp32 matrices) on their device.
+    """Ways to compute ``a @ b`` (matrices of one dtype) on their device.
 
     oneDNN's result is in its own layout (``.to_dense()`` gives a plain tensor).
     """
@@ -148,8 +148,10 @@ def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], tor
 
 
 def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
-                 threads: int | None = None) -> dict[str, float]:
-    """GFLOP/s of an n x n fp32 matrix product per library path: "mm" (``torch.mm``) and, on a CPU, "onednn".
+                 threads: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """GFLOP/s of an n x n matrix product per library path: "mm" (``torch.mm``) and, on a CPU, "onednn".
+
+    ``dtype`` is the matrices' (fp32 by default; bf16 gives the rate bf16 autocast's layers can reach).
 
     ``threads`` runs the products on that many torch threads (the setting is put
     back afterwards): the rate on one thread against all of them says whether
@@ -159,11 +161,11 @@ def matmul_rates(n: int = 2048, repeats: int = 5, device: str | torch.device = "
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return matmul_rates(n, repeats, device)
+            return matmul_rates(n, repeats, device, dtype=dtype)
         finally:
             torch.set_num_threads(before)
     device = torch.device(device)
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     rates = {}
     for name, product in matmul_paths(a, b).items():
         product()  # first call: allocation and kernel choice
@@ -240,12 +242,17 @@ def roofline(
     steps: dict[str, int] | int = 20,
     overrides: Sequence[str] = (),
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
-    """Per model: training images/s, MACs/image, achieved GFLOP/s and its fraction of the matmul rate.
+    """Per model: training images/s, MACs/image, achieved GFLOP/s and its fraction of the fp32 matmul rate.
 
     The matmul rate is measured right before each model (on a loaded machine it
-    changes with the load), and the fraction uses that neighbour.
+    changes with the load), and the fraction uses that neighbour. ``precision``
+    is ``train.precision`` ("fp32" or "bf16"): in bf16 each row also has the bf16
+    matmul rate and the fraction of that, the limit bf16's layers work against.
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f'roofline precision must be "fp32" or "bf16", got {precision!r}')
     rows = []
     for name in models:
         b = batch_size[name] if isinstance(batch_size, dict) else batch_size
@@ -255,12 +262,17 @@ def roofline(
         cfg = apply_overrides(Config(), [f"model.name={name}", *overrides])
         layout = "NHWC" if use_channels_last(cfg.train.channels_last, model, torch.device(device)) else "NCHW"
         mm = matmul_gflops(device=device)
-        # fp32 against the fp32 rate (precision auto may pick bf16, which would not compare)
-        ips = training_rate(name, batch_size=b, steps=s, overrides=[*overrides, "train.precision=fp32"], device=device)
+        # pinned, not auto: auto may pick bf16 on one machine and fp32 on another
+        ips = training_rate(name, batch_size=b, steps=s, overrides=[*overrides, f"train.precision={precision}"],
+                            device=device)
         gflops = 3 * 2 * macs * ips / 1e9
-        rows.append({"model": name, "layout": layout, "batch": b, "images/s": round(ips), "MMACs/image": round(macs / 1e6, 2),
-                     "train GFLOP/s": round(gflops, 1), "matmul GFLOP/s": round(mm, 1),
-                     "fraction": f"{100 * gflops / mm:.0f}%"})
+        row = {"model": name, "layout": layout, "batch": b, "precision": precision, "images/s": round(ips),
+               "MMACs/image": round(macs / 1e6, 2), "train GFLOP/s": round(gflops, 1), "matmul GFLOP/s": round(mm, 1),
+               "fraction": f"{100 * gflops / mm:.0f}%"}
+        if precision == "bf16":
+            mm16 = max(matmul_rates(device=device, dtype=torch.bfloat16).values())
+            row.update({"bf16 matmul GFLOP/s": round(mm16, 1), "of bf16": f"{100 * gflops / mm16:.0f}%"})
+        rows.append(row)
     return rows
 
 

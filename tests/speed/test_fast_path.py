@@ -201,6 +201,41 @@ def test_every_matmul_path_of_the_roofline_reference_computes_the_product():
     assert matmul_gflops(n=64, repeats=1) > 0
 
 
+def test_matmul_rates_in_bf16_time_a_bf16_product():
+    from mnistlab.bench import matmul_paths, matmul_rates
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(48, 32, generator=g).bfloat16(), torch.randn(32, 40, generator=g).bfloat16()
+    for name, product in matmul_paths(a, b).items():
+        out = product()
+        out = out.to_dense() if out.is_mkldnn else out
+        assert out.dtype == torch.bfloat16, name  # not a product in fp32 after all
+        torch.testing.assert_close(out.float(), a.float() @ b.float(), rtol=2e-2, atol=2e-1, msg=name)
+    seen = []
+    real = torch.randn
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "randn", lambda *s, **k: (seen.append(k.get("dtype")), real(*s, **k))[1])
+        assert all(r > 0 for r in matmul_rates(n=64, repeats=1, dtype=torch.bfloat16).values())
+    assert seen == [torch.bfloat16, torch.bfloat16]
+
+
+def test_roofline_in_bf16_trains_in_bf16_and_gives_both_fractions(monkeypatch):
+    from mnistlab import bench
+    from mnistlab.models.summary import count_macs
+
+    asked = []
+    monkeypatch.setattr(bench, "matmul_rates", lambda *a, dtype=torch.float32, **k:
+                        {"mm": 400.0 if dtype == torch.bfloat16 else 100.0})
+    monkeypatch.setattr(bench, "training_rate", lambda name, overrides=(), **k: (asked.append(list(overrides)), 1e4)[1])
+    macs = count_macs(build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28)))
+    gflops = 3 * 2 * macs * 1e4 / 1e9
+    fp32, bf16 = bench.roofline(["cnn"])[0], bench.roofline(["cnn"], precision="bf16")[0]
+    assert [o[-1] for o in asked] == ["train.precision=fp32", "train.precision=bf16"]
+    assert fp32["precision"] == "fp32" and fp32["fraction"] == f"{gflops:.0f}%" and "of bf16" not in fp32
+    assert bf16["precision"] == "bf16" and bf16["fraction"] == f"{gflops:.0f}%"  # of the fp32 rate, 100 GFLOP/s
+    assert bf16["bf16 matmul GFLOP/s"] == 400.0 and bf16["of bf16"] == f"{gflops / 4:.0f}%"
+
+
 def test_matmul_rates_on_one_thread_put_the_thread_count_back(monkeypatch):
     from mnistlab import bench
 
