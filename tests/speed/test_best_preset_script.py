@@ -1,0 +1,31 @@
+"""benchmarks/best_preset.py's table of existing runs: the numbers the README's accuracy rows quote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "best_preset.py"
+
+
+@pytest.fixture(scope="module")
+def best_preset():
+    spec = importlib.util.spec_from_file_location("best_preset", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_row_takes_the_ema_validation_accuracy_of_the_epoch_ema_ckpt_came_from(best_preset, tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "test_accuracy": 0.9962, "ema_test_accuracy": 0.9965, "ema_tta_test_accuracy": 0.9968, "best_epoch": 3,
+        "ema_best_epoch": 2, "epochs": 3, "train_seconds": 1147.2, "precision": "bf16"}))
+    (tmp_path / "metrics.csv").write_text("epoch,val_accuracy,ema_val_accuracy\n1,0.99,0.9910\n2,0.99,0.9964\n"
+                                          "3,0.99,0.9970\n")
+    row = best_preset._row(7, tmp_path)
+    assert row["EMA val %"] == 99.64  # epoch 2's, not the last or the best one
+    assert row == {"seed": 7, "test %": 99.62, "EMA %": 99.65, "EMA+TTA %": 99.68, "EMA val %": 99.64,
+                   "best epoch": 3, "EMA epoch": 2, "epochs": 3, "train min": 19.12, "precision": "bf16"}
