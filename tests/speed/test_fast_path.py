@@ -67,11 +67,12 @@ def test_channels_last_training_equals_contiguous_training(data):
 
 
 def test_channels_last_auto_follows_the_model_and_device_and_an_explicit_setting_wins():
-    small, big = (build_model(name) for name in ("fast", "vgg11"))
+    small, big = (build_model(name) for name in ("fast", "alexnet"))  # alexnet: NCHW was faster on the CPU
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_channels_last(None, small, cpu) and not use_channels_last(None, big, cpu)
     assert use_channels_last(None, big, cuda)  # NHWC is what tensor cores want
-    assert all(use_channels_last(None, build_model(name, width=0.125), cpu) for name in ("resnet18", "resnet50"))
+    assert all(use_channels_last(None, build_model(name, width=0.125), cpu) for name in ("resnet18", "resnet50", "vgg11"))
+    assert use_channels_last(None, build_model("vgg", channels=[8, "M", 16, "M"]), cpu)  # benchmarks/vgg_layout.py
     assert not use_channels_last(False, small, cpu) and use_channels_last(True, big, cpu)
     assert Config().train.channels_last is None  # auto is the default
 

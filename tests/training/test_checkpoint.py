@@ -187,9 +187,12 @@ def test_batch_norm_models_round_trip(tmp_path):
     model, p = payload("vgg", channels=[4, "M"], hidden=[8], batch_norm=True)
     path = save_checkpoint(tmp_path / "bn.ckpt", p)
     loaded = load_model(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     x = torch.rand(2, 1, 28, 28)
     model.eval()
-    assert torch.equal(loaded(x), model(x))
+    # close, not equal: load_model puts the models marked channels-last on the CPU (vgg too) in that layout,
+    # whose convs round differently
+    torch.testing.assert_close(loaded(x), model(x))
 
 
 def test_a_cropped_model_round_trips_with_its_crop(tmp_path):
