@@ -34,7 +34,7 @@ from mnistlab.data.augment import shift_images
 from mnistlab.data.batching import iterate_batches
 from mnistlab.data.datasets import load_data
 from mnistlab.training.checkpoint import model_from_checkpoint, read_checkpoint
-from mnistlab.training.evaluate import evaluate, predict_logits
+from mnistlab.training.evaluate import evaluate, predict_logits, tta_views
 
 
 def _rotated(x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -43,14 +43,10 @@ def _rotated(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
 
 
-def _axis_shifts(x: torch.Tensor) -> list[torch.Tensor]:
-    return [shift_images(x, dx, dy) for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
-
-
 # the candidates that are not product options, as functions from a batch to its views
 _AD_HOC = {
     "box1": lambda x: [shift_images(x, dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)],
-    "shift1+rot10": lambda x: [x, *_axis_shifts(x), _rotated(x, -10), _rotated(x, 10)],
+    "shift1+rot10": lambda x: [*tta_views(x, 1), _rotated(x, -10), _rotated(x, 10)],
 }
 _VIEWS = {"tta.shift = 0": 1, "tta.shift = 1": 5, "tta.shift = 2": 9, "box1": 9, "shift1+rot10": 7}
 

@@ -15,11 +15,7 @@ from __future__ import annotations
 from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, training_rate
 from mnistlab.machine import native_bf16
 
-LAYOUTS = {
-    "32,32,M,64,64,M,128,128,M": '[32,32,"M",64,64,"M",128,128,"M"]',
-    "32,M,64,M": '[32,"M",64,"M"]',
-    "64,64,M,128,128,M,256,M": '[64,64,"M",128,128,"M",256,"M"]',
-}
+LAYOUTS = ('[32,32,"M",64,64,"M",128,128,"M"]', '[32,"M",64,"M"]', '[64,64,"M",128,128,"M",256,"M"]')  # model.channels
 
 
 def main() -> None:
@@ -32,7 +28,8 @@ def main() -> None:
     precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
     rows = []
     for precision in precisions:
-        for name, channels in LAYOUTS.items():
+        for channels in LAYOUTS:
+            name = channels.strip("[]").replace('"', "")
             rate = {"NHWC": [], "NCHW": []}
             for _ in range(args.rounds):
                 for layout, cl in (("NHWC", "true"), ("NCHW", "false")):

@@ -121,8 +121,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """The machine's fp32 matrix-multiply rate: the best of the library paths PyTorch has, in GFLOP/s.
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matrix-multiply rate (fp32 unless ``dtype``): the best of PyTorch's library paths, in GFLOP/s.
 
     Each path's rate is the median of ``repeats`` n x n products. On a CPU there
     are two: ``torch.mm`` (the BLAS PyTorch was built with, MKL for the wheels)
@@ -131,7 +132,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = 
     its AVX-512 kernels there), so a model's convolutions would have shown as
     more than 100% of "the machine's" rate; on an Intel Xeon both ran alike.
     """
-    return max(matmul_rates(n, repeats, device).values())
+    return max(matmul_rates(n, repeats, device, dtype=dtype).values())
 
 
 def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
@@ -270,7 +271,7 @@ def roofline(
                "MMACs/image": round(macs / 1e6, 2), "train GFLOP/s": round(gflops, 1), "matmul GFLOP/s": round(mm, 1),
                "fraction": f"{100 * gflops / mm:.0f}%"}
         if precision == "bf16":
-            mm16 = max(matmul_rates(device=device, dtype=torch.bfloat16).values())
+            mm16 = matmul_gflops(device=device, dtype=torch.bfloat16)
             row.update({"bf16 matmul GFLOP/s": round(mm16, 1), "of bf16": f"{100 * gflops / mm16:.0f}%"})
         rows.append(row)
     return rows

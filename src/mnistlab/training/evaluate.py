@@ -20,9 +20,10 @@ def _inference(model: nn.Module):
     return fast() if callable(fast) else model
 
 
-def _tta_offsets(s: int) -> list[tuple[int, int]]:
-    """Every shift of 1 to ``s`` pixels right, left, down and up: 4 * s views besides the image."""
-    return [(dx * k, dy * k) for k in range(1, s + 1) for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+def tta_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """The batch and its copies shifted by every distance from 1 to ``shift`` pixels right, left, down and up."""
+    return [x] + [shift_images(x, dx * k, dy * k) for k in range(1, shift + 1)
+                  for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
 
 
 @dataclass
@@ -106,8 +107,7 @@ def evaluate(
         forward = _inference(model)
         for x, y in iterate_batches(split, batch_size):
             if tta_shift:
-                views = [x] + [shift_images(x, dx, dy) for dx, dy in _tta_offsets(tta_shift)]
-                p = torch.stack([forward(v).float().softmax(1) for v in views]).mean(0)
+                p = torch.stack([forward(v).float().softmax(1) for v in tta_views(x, tta_shift)]).mean(0)
                 # cross_entropy of log p is that of p (p sums to 1), label smoothing included
                 total_loss += F.cross_entropy(p.clamp_min(1e-12).log(), y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
