@@ -46,6 +46,7 @@ def _row(seed: int, run: Path) -> dict:
         "EMA %": round(100 * s["ema_test_accuracy"], 2),
         "EMA+TTA %": round(100 * s["ema_tta_test_accuracy"], 2),
         "EMA val %": round(100 * float(ema_epoch["ema_val_accuracy"]), 2),
+        "EMA val loss": round(float(ema_epoch["ema_val_loss"]), 5),
         "best epoch": s["best_epoch"],
         "EMA epoch": s["ema_best_epoch"],
         "epochs": s["epochs"],
@@ -57,6 +58,7 @@ def _row(seed: int, run: Path) -> dict:
 def main() -> None:
     p = benchmark_parser(__doc__)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--config", default=str(PRESET))
     p.add_argument("--out", help="folder for the run folders (default runs/best-preset-<time>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -69,7 +71,7 @@ def main() -> None:
     print(f"preset: {args.config} {' '.join(args.overrides)}", flush=True)
 
     rows, runs = [], []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         cfg = apply_overrides(load_config(args.config), [
             f"data.dir={args.data_dir}", f"train.seed={seed}", "train.progress=false", *args.overrides,
         ])
@@ -86,8 +88,12 @@ def main() -> None:
     for key in ("test %", "EMA %", "EMA+TTA %", "EMA val %"):
         values = [r[key] for r in rows]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{key:<10} mean {statistics.mean(values):.3f}%  std {spread:.3f}  min {min(values):.2f}%  "
+        print(f"{key:<12} mean {statistics.mean(values):.3f}%  std {spread:.3f}  min {min(values):.2f}%  "
               f"max {max(values):.2f}%")
+    losses = [r["EMA val loss"] for r in rows]
+    spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+    print(f"{'EMA val loss':<12} mean {statistics.mean(losses):.5f}  std {spread:.5f}  min {min(losses):.5f}  "
+          f"max {max(losses):.5f}")
     minutes = [r["train min"] for r in rows]
     print(f"training minutes per seed: mean {statistics.mean(minutes):.2f}, max {max(minutes):.2f}")
     if len(runs) > 1 and not args.existing:
