@@ -15,9 +15,10 @@ The run folders are kept under --out (default: a folder in runs/), so
 `mnistlab compare` and `mnistlab ensemble` can be run on them afterwards.
 ``--existing`` trains nothing: it prints the table of the runs already under
 --out (seed0, seed1, ...), from their summary.json and metrics.csv, without
-the ensembles. The "EMA val %" column is the validation accuracy of ema.ckpt
-at the epoch it was chosen from: what a rule that decides on the validation
-split compares.
+the ensembles. The "EMA val %" and "EMA val loss" columns are the validation
+accuracy and loss of ema.ckpt at the epoch it was chosen from: what a rule that
+decides on the validation split compares. ``--first-seed N`` runs (or reads)
+seeds N, N + 1, ... instead of 0, 1, ..., for a rerun on fresh seeds.
 """
 
 from __future__ import annotations
