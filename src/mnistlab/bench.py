@@ -7,7 +7,8 @@ measured in the same run, next to it in time (on a shared machine absolute
 seconds move by 2x from one minute to the next, ratios much less):
 
 - time to accuracy: the real :func:`~mnistlab.training.run.train` per seed;
-  ``train_seconds`` counts the training steps only (no validation, no files);
+  ``train_seconds`` counts the training steps only (no validation, no files;
+  with ``train.compile``, no compiling: that is ``compile_seconds``);
 - training rate ("roofline"): images per second of the real
   :class:`~mnistlab.training.fit.Trainer` on synthetic images, as achieved
   GFLOP/s = 3 x 2 x MACs/image x images/s (a backward pass costs about twice
@@ -299,6 +300,7 @@ def time_to_accuracy(overrides: Sequence[str], seeds: Iterable[int], *, config: 
         with tempfile.TemporaryDirectory() as tmp:
             s = train(cfg, out=f"{tmp}/run", quiet=True, report=False).summary  # the folder goes: no plots
         rows.append({"seed": seed, "test_accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"],
+                     "compile_seconds": s.get("compile_seconds", 0.0),  # train.compile: outside train_seconds
                      "val_accuracy": s["best_val_accuracy"], "precision": s["precision"]})
     return rows
 
@@ -341,6 +343,8 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
         for name, r in (("public recipe", ref), ("this config", mine)):
             rows.append({"recipe": name, "seed": seed, "precision": r["precision"],
                          "test acc %": round(100 * r["test_accuracy"], 2), "train s": round(r["train_seconds"], 2)})
+            if config.train.compile:
+                rows[-1]["compile s"] = round(r["compile_seconds"], 1) if "compile_seconds" in r else "-"
     ratio = (statistics.median(r["train s"] for r in rows if r["recipe"] == "this config")
              / statistics.median(r["train s"] for r in rows if r["recipe"] == "public recipe"))
     out("\ntime to accuracy (test set; seconds of the training steps only)")

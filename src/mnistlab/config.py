@@ -184,7 +184,9 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
     channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)
-    compile: bool = False  # torch.compile the training forward pass (its first steps compile; train_seconds count it)
+    # torch.compile the training forward pass; it compiles before the first epoch, timed as summary.json's
+    # compile_seconds, apart from train_seconds
+    compile: bool = False
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on a CPU with bf16 instructions, else fp32) | fp32 | bf16
     progress: bool = True  # progress bar when the output is a terminal
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it

@@ -235,6 +235,8 @@ def _nan_weights(path: Path) -> None:
         (lambda p: _rewrite(p, lambda s: s.update(batch=999)), "the checkpoint says batch 999 of an epoch of"),
         (lambda p: _rewrite(p, lambda s: s.update(partial=None)), "training state is damaged: partial = None"),
         (lambda p: _rewrite(p, lambda s: s.update(lr_scale="x")), "training state is damaged: lr_scale = 'x'"),
+        (lambda p: _rewrite(p, lambda s: s.update(compile_seconds=-1.0)),
+         "training state is damaged: compile_seconds = -1.0"),
         (lambda p: _rewrite(p, lambda s: s.update(history=[1, 2, 3])), "history (not a list of epoch rows)"),
         (lambda p: _rewrite(p, lambda s: s.update(rng={})), "rng (not the random state torch saves)"),
         (lambda p: _rewrite(p, lambda s: s["callbacks"].update(ModelCheckpoint="x")),
@@ -244,7 +246,7 @@ def _nan_weights(path: Path) -> None:
                                                                          "version is '1')"),
     ],
     ids=["flipped-moment", "moment-shape", "epoch-text", "epoch-negative", "batch-past-the-epoch", "partial-none",
-         "lr-scale-text", "history-numbers", "rng-empty", "callback-state", "nan-weights", "format-text"],
+         "lr-scale-text", "compile-seconds-negative", "history-numbers", "rng-empty", "callback-state", "nan-weights", "format-text"],
 )
 def test_resuming_from_a_damaged_training_state_changes_nothing(run_copy, capsys, damage, message):
     # Each of these went on into fit(): a traceback after config.toml was rewritten, a segfault, or (the

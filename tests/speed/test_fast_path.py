@@ -18,6 +18,7 @@ from torch import nn
 from mnistlab import Config, apply_overrides
 from mnistlab.bench import format_table, synthetic_data
 from mnistlab.data.batching import epoch_permutation, iterate_batches
+from mnistlab.errors import ConfigError
 from mnistlab.machine import native_bf16
 from mnistlab.models import build_model
 from mnistlab.training.fit import Trainer, use_channels_last
@@ -131,6 +132,60 @@ def test_bf16_autocast_trains_fp32_weights(data):
     assert fit.history[0]["train_loss"] == pytest.approx(Trainer(_model(_config(), data), data, _config()).fit()
                                                          .history[0]["train_loss"], rel=0.05)
     assert all(p.dtype == torch.float32 for p in fit.model.parameters())
+
+
+def test_compiled_training_equals_eager_training_and_compiles_before_the_clock(data, monkeypatch):
+    """train.compile: the weights eager training reaches, and no compiling inside the timed training steps.
+
+    Batches of 48 of 128 images end with one of 32, the second shape dynamo compiles for; the model has batch
+    norm and dropout, so the compile's warm-up passes would show if they left statistics or RNG draws behind.
+    """
+    import torch._inductor.config
+    from torch._dynamo.utils import counters
+
+    # Inductor draws dropout masks its own way unless told to call PyTorch's eager random ops, as here.
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+
+    from mnistlab.callbacks import Callback
+
+    class Compiles(Callback):  # dynamo's count of compiled frames at the first step and at the end
+        seen: list[int] = []
+
+        def on_batch_begin(self, step, trainer):
+            if step == 0:
+                self.seen.append(counters["frames"]["total"])
+
+        def on_train_end(self, metrics, trainer):
+            self.seen.append(counters["frames"]["total"])
+
+    options = ["train.batch_size=48", "model.batch_norm=true", "model.hidden=[16]", "model.dropout=0.5"]
+    eager_cfg = _config(*options)
+    eager = Trainer(_model(eager_cfg, data), data, eager_cfg).fit()
+    cfg = _config(*options, "train.compile=true")
+    compiles = Compiles()
+    compiled = Trainer(_model(cfg, data), data, cfg, callbacks=[compiles]).fit()
+
+    assert eager.steps == compiled.steps == 3
+    assert eager.compile_seconds == 0 and compiled.compile_seconds > 0
+    assert compiles.seen[0] > 0 and compiles.seen[1] == compiles.seen[0]  # compiled, and before the first step
+    torch.testing.assert_close(compiled.history[0]["train_loss"], eager.history[0]["train_loss"], rtol=1e-4, atol=0)
+    _assert_close(_weights(compiled.model), _weights(eager.model))  # BN's running statistics among them
+
+
+def test_a_step_that_does_not_compile_is_a_config_error_naming_the_way_out_and_writes_no_run(mnist_root, tmp_path,
+                                                                                            monkeypatch):
+    from mnistlab.training import train
+
+    class Broken(nn.Module):  # stands for what torch.compile returns when inductor fails (no C++ compiler)
+        def forward(self, x):
+            raise RuntimeError("backend='inductor' raised:\nCppCompileError: C++ compile error\n(pages more)")
+
+    monkeypatch.setattr(torch, "compile", lambda module: Broken())
+    cfg = _config("train.compile=true", f"data.dir={mnist_root}", "data.train_limit=256", "data.val_size=64")
+    with pytest.raises(ConfigError, match=r"torch.compile could not compile the training step \(backend='inductor' "
+                                          r"raised: CppCompileError: C\+\+ compile error\); set train.compile = false"):
+        train(cfg, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()  # compiled before the run folder is made: --out is free for a retry
 
 
 def test_format_table_aligns_numbers_right():

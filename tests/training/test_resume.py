@@ -221,3 +221,21 @@ def test_resuming_a_one_cycle_run_with_more_epochs_warns_that_the_rate_is_replan
     err = capsys.readouterr().err
     assert "warning: train.epochs was 1, now 2: the onecycle schedule is planned over all epochs, so the learning " \
         "rate now follows the new plan from step 3 on (it may rise again)" in err
+
+
+def test_a_resumed_run_adds_to_the_compile_seconds_of_its_first_part(mnist_root, tmp_path):
+    # The first part's compile time (set here, as train.compile would have left it) survives a resume without
+    # compiling, as train_seconds does; compiling on resume (tests/speed/test_fast_path.py) adds to it.
+    from mnistlab.training.checkpoint import content_digest
+
+    cfg = small_cfg(mnist_root, "data.train_limit=300")
+    first = train(apply_overrides(cfg, ["train.epochs=1"]), out=tmp_path / "run", quiet=True)
+    assert "compile_seconds" not in first.summary  # train.compile is off
+    ckpt = tmp_path / "run" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)
+    stored["compile_seconds"] = 12.5
+    stored["content_sha256"] = content_digest(stored)
+    torch.save(stored, ckpt)
+    resumed = train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
+    assert resumed.summary["compile_seconds"] == 12.5
+    assert read_checkpoint(ckpt)["compile_seconds"] == 12.5

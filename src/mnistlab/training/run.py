@@ -512,6 +512,7 @@ def _run(
                 f"the run had stopped ({trainer.stop_reason}): nothing is left to train; to train on, "
                 "resume with new settings (e.g. --epochs, --set early_stopping.patience=...)"
             )
+    trainer.compile_ahead()  # with train.compile; on every rank, before anything is written
     if run_dir is None:  # not rank 0: train in step with the others; rank 0 tests, reports and writes
         return RunResult(run_dir=None, fit=trainer.fit(), test=None, summary={})
     write_file(run_dir / "config.toml", config_to_toml(cfg).encode())
@@ -565,6 +566,7 @@ def _run(
             stopped_by="interrupted",
             epochs=trainer.epoch,
             train_seconds=trainer.train_seconds,
+            **({"compile_seconds": trainer.compile_seconds} if cfg.train.compile or trainer.compile_seconds else {}),
             resume_with=resume_command(run_dir),
         )
         write_json(run_dir / "summary.json", summary)
@@ -604,6 +606,7 @@ def _run(
         epochs=result.epochs,
         steps=result.steps,
         train_seconds=result.train_seconds,
+        **({"compile_seconds": result.compile_seconds} if cfg.train.compile or result.compile_seconds else {}),
         wall_seconds=time.perf_counter() - wall0,
         stop_reason=result.stop_reason,
         stopped_by=result.stopped_by,
@@ -624,7 +627,8 @@ def _run(
     display.log(
         f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}"
         f"{' (restored by early stopping)' if trainer.restored_epoch is not None else ''}; "
-        f"{result.train_seconds:.1f} s of training; run folder: {run_dir}"
+        f"{result.train_seconds:.1f} s of training"
+        f"{f' (and {result.compile_seconds:.1f} s compiling)' if result.compile_seconds else ''}; run folder: {run_dir}"
     )
     if any(k in extras for k in _EXTRA_NAMES):
         display.log("test accuracy " + "; ".join(f"{_EXTRA_NAMES[k]} {100 * v:.2f}%" for k, v in extras.items() if k in _EXTRA_NAMES))
