@@ -1,10 +1,57 @@
 """Checks that need CUDA (run by `make test` on a machine with a GPU)."""
 
 import torch
+from torch._dynamo.utils import counters
 
+from mnistlab import Config, apply_overrides
+from mnistlab.callbacks import Callback
 from mnistlab.data import epoch_permutation
+from mnistlab.training import train
 
 
 def test_epoch_permutation_is_the_same_on_cuda():
     cuda = epoch_permutation(1000, 0, 1, "cuda")
     assert cuda.device.type == "cuda" and torch.equal(cuda.cpu(), epoch_permutation(1000, 0, 1, "cpu"))
+
+
+class _Look(Callback):
+    """What the first training step ran on, and dynamo's count of compiled frames there and at the end."""
+
+    def __init__(self):
+        self.seen, self.frames = {}, []
+
+    def on_batch_begin(self, step, trainer):
+        if step == 0:
+            self.frames.append(counters["frames"]["total"])
+
+    def on_batch_end(self, step, metrics, trainer):
+        if step == 1:
+            self.seen = {"images": trainer.data.train.images.device.type,
+                         "weights": trainer.model.features[0].weight.device.type,
+                         "channels_last": trainer.model.features[0].weight.is_contiguous(
+                             memory_format=torch.channels_last)}
+
+    def on_train_end(self, metrics, trainer):
+        self.frames.append(counters["frames"]["total"])
+
+
+def _cuda_run(mnist_root, out, *overrides):
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=3000", "data.download=false",
+                                     "train.device=cuda", "train.progress=false", *overrides])
+    look = _Look()
+    return train(cfg, out=out, quiet=True, report=False, callbacks=[look]), look
+
+
+def test_the_cuda_path_keeps_the_data_on_the_gpu_in_channels_last_and_bf16(mnist_root, tmp_path):
+    run, look = _cuda_run(mnist_root, tmp_path / "run")
+    assert look.seen == {"images": "cuda", "weights": "cuda", "channels_last": True}
+    assert run.summary["precision"] == "bf16" and run.summary["device"].startswith("cuda") and "gpu" in run.summary
+    assert run.summary["test_accuracy"] > 0.9  # the default recipe, two epochs of 3,000 images
+    assert "compile_seconds" not in run.summary
+
+
+def test_train_compile_on_cuda_compiles_before_the_clock_and_trains_as_well(mnist_root, tmp_path):
+    run, look = _cuda_run(mnist_root, tmp_path / "run", "train.compile=true")
+    assert run.summary["compile_seconds"] > 0
+    assert look.frames[0] > 0 and look.frames[1] == look.frames[0]  # no compiling inside the timed steps
+    assert run.summary["test_accuracy"] > 0.9
