@@ -91,12 +91,15 @@ def _keep_running_stats(layers: Sequence[nn.Module]) -> Iterator[None]:
 
 
 def checkpointed_features(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``features(x)``, keeping only each segment's input for the backward pass."""
+    """``features(x)``, keeping only each segment's input for the backward pass.
+
+    Under ``torch.compile`` (``train.compile``) the compiled backward graph does the recompute, and
+    it recomputes values, not the running statistics' updates; dynamo also cannot trace a
+    ``context_fn``. So there the segments are checkpointed without :func:`_keep_running_stats`.
+    """
+    compiling = torch.compiler.is_compiling()
     for layers in segments(features):
-        x = checkpoint(
-            functools.partial(_run, layers),
-            x,
-            use_reentrant=False,
-            context_fn=lambda layers=layers: (contextlib.nullcontext(), _keep_running_stats(layers)),
-        )
+        context = {} if compiling else {
+            "context_fn": lambda layers=layers: (contextlib.nullcontext(), _keep_running_stats(layers))}
+        x = checkpoint(functools.partial(_run, layers), x, use_reentrant=False, **context)
     return x
