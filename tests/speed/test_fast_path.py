@@ -134,7 +134,7 @@ def test_bf16_autocast_trains_fp32_weights(data):
     assert all(p.dtype == torch.float32 for p in fit.model.parameters())
 
 
-def test_compiled_training_equals_eager_training_and_compiles_before_the_clock(data, monkeypatch):
+def test_compiled_training_equals_eager_training_and_compiles_before_the_clock(data):
     """train.compile: the weights eager training reaches, and no compiling inside the timed training steps.
 
     Batches of 48 of 128 images end with one of 32, the second shape dynamo compiles for; the model has batch
@@ -143,13 +143,11 @@ def test_compiled_training_equals_eager_training_and_compiles_before_the_clock(d
     import torch._inductor.config
     from torch._dynamo.utils import counters
 
-    # Inductor draws dropout masks its own way unless told to call PyTorch's eager random ops, as here.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-
     from mnistlab.callbacks import Callback
 
     class Compiles(Callback):  # dynamo's count of compiled frames at the first step and at the end
-        seen: list[int] = []
+        def __init__(self):
+            self.seen = []
 
         def on_batch_begin(self, step, trainer):
             if step == 0:
@@ -163,7 +161,10 @@ def test_compiled_training_equals_eager_training_and_compiles_before_the_clock(d
     eager = Trainer(_model(eager_cfg, data), data, eager_cfg).fit()
     cfg = _config(*options, "train.compile=true")
     compiles = Compiles()
-    compiled = Trainer(_model(cfg, data), data, cfg, callbacks=[compiles]).fit()
+    # Inductor draws dropout masks its own way unless told to call PyTorch's eager random ops. (Its config's
+    # own patch: pytest's monkeypatch deletes the setting from inductor's config module when it undoes.)
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = Trainer(_model(cfg, data), data, cfg, callbacks=[compiles]).fit()
 
     assert eager.steps == compiled.steps == 3
     assert eager.compile_seconds == 0 and compiled.compile_seconds > 0
