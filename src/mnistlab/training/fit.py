@@ -21,6 +21,7 @@ rank 0 (the one given a run folder) writes files.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import signal
@@ -216,6 +217,12 @@ def _set_rng_state(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _hide_cuda_home_note(record: logging.LogRecord) -> bool:
+    """A logging filter: inductor's first compile imports torch.utils.cpp_extension, which warns "No CUDA runtime
+    is found, using CUDA_HOME=..." on a machine without a GPU; a CPU run compiles for the CPU and has no use for it."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
 
 
 class TrainingInterrupted(Exception):
@@ -596,6 +603,8 @@ class Trainer:
                 or self.stop_reason is not None):
             return
         t0 = time.perf_counter()
+        if self.device.type == "cpu":
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_hide_cuda_home_note)  # (once: a filter already there is not added again)
         self._train_mode()
         buffers = [b.detach().clone() for b in self._model.buffers()]
         rng = _rng_state()
