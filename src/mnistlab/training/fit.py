@@ -603,8 +603,8 @@ class Trainer:
                 or self.stop_reason is not None):
             return
         t0 = time.perf_counter()
-        if self.device.type == "cpu":
-            logging.getLogger("torch.utils.cpp_extension").addFilter(_hide_cuda_home_note)  # (once: a filter already there is not added again)
+        if self.device.type == "cpu":  # (a filter already there is not added again)
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_hide_cuda_home_note)
         self._train_mode()
         buffers = [b.detach().clone() for b in self._model.buffers()]
         rng = _rng_state()
@@ -612,14 +612,15 @@ class Trainer:
         for start in sorted({0, self.steps_per_epoch - 1}):
             x, y = next(iterate_batches(self.data.train, self.cfg.train.batch_size, start=start, part=self._part,
                                         min_last=self._min_last))
+            x = self._prepare(x)
             try:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
-                    loss = self._loss(self._forward(self._prepare(x)), y, self._batch_rows(start))
+                    loss = self._loss(self._forward(x), y, self._batch_rows(start))
                 loss.backward()
             except Exception as e:  # inductor's errors run to pages: their start, and the way out
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-                start = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
-                raise ConfigError(f"train.compile: torch.compile could not compile the training step ({start}); "
+                cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
+                raise ConfigError(f"train.compile: torch.compile could not compile the training step ({cause}); "
                                   "set train.compile = false to train without compiling") from e
             rows.append(len(y))
         self.optimizer.zero_grad(set_to_none=True)
