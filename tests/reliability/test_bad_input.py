@@ -246,7 +246,8 @@ def _nan_weights(path: Path) -> None:
                                                                          "version is '1')"),
     ],
     ids=["flipped-moment", "moment-shape", "epoch-text", "epoch-negative", "batch-past-the-epoch", "partial-none",
-         "lr-scale-text", "compile-seconds-negative", "history-numbers", "rng-empty", "callback-state", "nan-weights", "format-text"],
+         "lr-scale-text", "compile-seconds-negative",
+         "history-numbers", "rng-empty", "callback-state", "nan-weights", "format-text"],
 )
 def test_resuming_from_a_damaged_training_state_changes_nothing(run_copy, capsys, damage, message):
     # Each of these went on into fit(): a traceback after config.toml was rewritten, a segfault, or (the

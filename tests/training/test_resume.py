@@ -224,8 +224,8 @@ def test_resuming_a_one_cycle_run_with_more_epochs_warns_that_the_rate_is_replan
 
 
 def test_a_resumed_run_adds_to_the_compile_seconds_of_its_first_part(mnist_root, tmp_path):
-    # The first part's compile time (set here, as train.compile would have left it) survives a resume without
-    # compiling, as train_seconds does; compiling on resume (tests/speed/test_fast_path.py) adds to it.
+    # The first part's compile time (set here, as train.compile would have left it) is kept through a resume
+    # without compiling, as train_seconds is: in summary.json and in the next last.ckpt.
     from mnistlab.training.checkpoint import content_digest
 
     cfg = small_cfg(mnist_root, "data.train_limit=300")
