@@ -77,7 +77,7 @@ def test_every_zoo_model_gets_the_same_gradients(name):
 
 def test_without_restoring_the_statistics_the_recompute_would_move_them_twice(monkeypatch):
     """The BN guard matters: with it switched off, running stats after a checkpointed step differ."""
-    monkeypatch.setattr(checkpointing, "_keep_running_stats", lambda layers: contextlib.nullcontext())
+    monkeypatch.setattr(checkpointing, "keep_running_stats", lambda layers: contextlib.nullcontext())
     (_, s1, _), (_, s2, _), _ = plain_and_checkpointed("resnet18")
     assert s1["features.stem.1.num_batches_tracked"] == 1
     assert s2["features.stem.1.num_batches_tracked"] == 2

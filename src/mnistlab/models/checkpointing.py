@@ -22,7 +22,7 @@ Two things would make a recomputed step differ from a plain one, and neither doe
   a dropout mask is drawn once and later draws are unchanged;
 * batch-norm running statistics: the recompute runs BN in training mode again,
   which would move ``running_mean`` / ``running_var`` / ``num_batches_tracked``
-  a second time per step. :func:`_keep_running_stats` restores them after the
+  a second time per step. :func:`keep_running_stats` restores them after the
   recompute, so they move once per step, as without checkpointing.
 """
 
@@ -71,7 +71,7 @@ def _run(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _keep_running_stats(layers: Sequence[nn.Module]) -> Iterator[None]:
+def keep_running_stats(layers: Sequence[nn.Module]) -> Iterator[None]:
     """Put the batch-norm buffers of ``layers`` back as they were after the block inside has run."""
     buffers = [
         b
@@ -95,11 +95,11 @@ def checkpointed_features(features: nn.Sequential, x: torch.Tensor) -> torch.Ten
 
     Under ``torch.compile`` (``train.compile``) the compiled backward graph does the recompute, and
     it recomputes values, not the running statistics' updates; dynamo also cannot trace a
-    ``context_fn``. So there the segments are checkpointed without :func:`_keep_running_stats`.
+    ``context_fn``. So there the segments are checkpointed without :func:`keep_running_stats`.
     """
     compiling = torch.compiler.is_compiling()
     for layers in segments(features):
         context = {} if compiling else {
-            "context_fn": lambda layers=layers: (contextlib.nullcontext(), _keep_running_stats(layers))}
+            "context_fn": lambda layers=layers: (contextlib.nullcontext(), keep_running_stats(layers))}
         x = checkpoint(functools.partial(_run, layers), x, use_reentrant=False, **context)
     return x

@@ -42,6 +42,7 @@ from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
 from ..machine import native_bf16
+from ..models.checkpointing import keep_running_stats
 from . import distributed
 from .allocator import reuse_freed_memory
 from .checkpoint import load_weights, save_checkpoint, weights_digest
@@ -211,12 +212,6 @@ def _rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-
-
-def _set_rng_state(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _hide_cuda_home_note(record: logging.LogRecord) -> bool:
@@ -606,28 +601,24 @@ class Trainer:
         if self.device.type == "cpu":  # (a filter already there is not added again)
             logging.getLogger("torch.utils.cpp_extension").addFilter(_hide_cuda_home_note)
         self._train_mode()
-        buffers = [b.detach().clone() for b in self._model.buffers()]
-        rng = _rng_state()
         rows = []
-        for start in sorted({0, self.steps_per_epoch - 1}):
-            x, y = next(iterate_batches(self.data.train, self.cfg.train.batch_size, start=start, part=self._part,
-                                        min_last=self._min_last))
-            x = self._prepare(x)
-            try:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
-                    loss = self._loss(self._forward(x), y, self._batch_rows(start))
-                loss.backward()
-            except Exception as e:  # inductor's errors run to pages: their start, and the way out
-                lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-                cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
-                raise ConfigError(f"train.compile: torch.compile could not compile the training step ({cause}); "
-                                  "set train.compile = false to train without compiling") from e
-            rows.append(len(y))
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), keep_running_stats([self._model]):  # both put back on leaving
+            for start in sorted({0, self.steps_per_epoch - 1}):
+                x, y = next(iterate_batches(self.data.train, self.cfg.train.batch_size, start=start, part=self._part,
+                                            min_last=self._min_last))
+                x = self._prepare(x)
+                try:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+                        loss = self._loss(self._forward(x), y, self._batch_rows(start))
+                    loss.backward()
+                except Exception as e:  # inductor's errors run to pages: their start, and the way out
+                    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+                    cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
+                    raise ConfigError(f"train.compile: torch.compile could not compile the training step ({cause}); "
+                                      "set train.compile = false to train without compiling") from e
+                rows.append(len(y))
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for b, saved in zip(self._model.buffers(), buffers):
-                b.copy_(saved)
-        _set_rng_state(rng)
         self._compiled = True
         if self.device.type == "cuda":  # the passes' kernels finish here, not in the first timed step
             torch.cuda.synchronize(self.device)
@@ -866,7 +857,9 @@ class Trainer:
             # streams they were seeded with: the run goes on correctly, though its dropout is not the same.
             rng = ranks[self._rank] if len(ranks) == self._world else rng if self._rank == 0 else None
         if rng is not None:
-            _set_rng_state(rng)
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         self._resume = payload
 
     def _check_callback_states(self, states: Any) -> None:
