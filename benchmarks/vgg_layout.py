@@ -42,7 +42,7 @@ def main() -> None:
             print(f"{name} {precision} done", flush=True)
     print()
     print(format_table(rows))
-    print("(the better of the rounds for each; images/s of training steps at batch", args.batch, ")")
+    print(f"(the better of the rounds for each; images/s of training steps at batch {args.batch})")
 
 
 if __name__ == "__main__":
