@@ -14,6 +14,7 @@ from mnistlab.models import build_model
 from mnistlab.training.checkpoint import (
     FORMAT_VERSION,
     checkpoint_file,
+    content_digest,
     load_model,
     load_weights,
     read_checkpoint,
@@ -158,6 +159,47 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         load_model(raw)
     assert not marker.exists()
+
+
+def test_a_damaged_pickle_is_reported_as_damaged_not_as_code(tmp_path):
+    # An unknown opcode is what a flipped byte in data.pkl gives: torch's weights-only unpickler refuses
+    # it like an object, but the message must say what is wrong with the file, without torch's advice.
+    _, p = payload()
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    with zipfile.ZipFile(path) as z:
+        entries = {info: z.read(info) for info in z.infolist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries.items():
+            if info.filename.endswith("data.pkl"):
+                data = data[:2] + b"\xe8" + data[3:]  # 0xe8 is no pickle opcode
+            z.writestr(info, data)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "is not a readable checkpoint (its pickled data is damaged: Unsupported operand 232)" in message
+    assert "could run code" not in message and "Please" not in message
+
+
+def test_the_refusal_names_the_object_without_torchs_advice_to_allow_it(tmp_path):
+    _, p = payload()
+    p["extra"] = _Exploit(str(tmp_path / "pwned"))
+    path = tmp_path / "evil.ckpt"
+    torch.save(p, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert "could run code (Unsupported global: GLOBAL io.open was not an allowed global by default)" in str(err.value)
+    assert "add_safe_globals" not in str(err.value)
+
+
+def test_sets_hash_alike_whatever_their_iteration_order():
+    # A set's order depends on its insertion history (and for strings on the process's hash seed), so a
+    # callback state holding one must not make last.ckpt's digest fail to match in the next process.
+    first, second = {1}, {9}
+    first.add(9)
+    second.add(1)
+    assert list(first) != list(second)
+    assert content_digest({"callbacks": {"Tags": first}}) == content_digest({"callbacks": {"Tags": second}})
+    assert content_digest({"callbacks": {"Tags": {1, 9}}}) != content_digest({"callbacks": {"Tags": {1, 8}}})
 
 
 def test_another_architecture_or_class_count_is_a_clear_error(tmp_path):

@@ -45,7 +45,7 @@ def content_digest(payload: dict[str, Any]) -> str:
 
     The optimizer's moments, the random state, the callbacks' counters, the epoch: torch's zip reader
     checks no CRC, so a flipped bit there would load and silently steer a resumed run elsewhere.
-    Lists and tuples hash alike, dict keys in sorted order, floats by their exact repr.
+    Lists and tuples hash alike, dict keys and set items in sorted order, floats by their exact repr.
     """
     h = hashlib.sha256()
 
@@ -60,6 +60,10 @@ def content_digest(payload: dict[str, Any]) -> str:
         elif isinstance(obj, (list, tuple)):
             h.update(f"L{len(obj)}|".encode())
             for item in obj:
+                walk(item)
+        elif isinstance(obj, (set, frozenset)):  # iteration order (and so repr) varies between processes
+            h.update(f"S{len(obj)}|".encode())
+            for item in sorted(obj, key=lambda i: (type(i).__name__, repr(i))):
                 walk(item)
         else:
             h.update(f"{type(obj).__name__}:{obj!r}|".encode())
@@ -156,9 +160,29 @@ def resume_file(path: str | Path) -> Path:
 
 
 def _unpickling_reason(e: pickle.UnpicklingError) -> str:
-    """The line of torch's weights-only refusal that names the object, without its advice to allow it."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else type(e).__name__)
+    """The cause in torch's weights-only refusal (what follows "WeightsUnpickler error:", on its line or the
+    next), without torch's advice around it on how to allow the object."""
+    text = str(e)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (rest if marker else text).splitlines() if ln.strip()]
+    reason = lines[0] if lines else type(e).__name__
+    return reason.split(" Please use")[0].strip().rstrip(".")
+
+
+# Words in the weights-only unpickler's refusals of an object (a global, a call, a class). Its other
+# refusals (an unknown opcode, a string too long, a bad persistent id) mean bytes that are no valid
+# pickle: a damaged file, not one crafted to run code.
+_CODE_SIGNS = ("global", "reduce", "new object", "can only build")
+
+
+def _refusal_error(path: Path, e: pickle.UnpicklingError) -> CheckpointError:
+    reason = _unpickling_reason(e)
+    if any(sign in reason.lower() for sign in _CODE_SIGNS):
+        return CheckpointError(
+            f"refusing to load {path}: it needs to unpickle objects other than tensors and plain data, "
+            f"which could run code ({reason}). mnistlab only reads checkpoints with weights_only=True."
+        )
+    return CheckpointError(f"{path} is not a readable checkpoint (its pickled data is damaged: {reason})")
 
 
 def weights_only_refusal(obj: Any) -> str | None:
@@ -198,10 +222,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path}: it needs to unpickle objects other than tensors and plain data, "
-            f"which could run code ({_unpickling_reason(e)}). mnistlab only reads checkpoints with weights_only=True."
-        ) from None
+        raise _refusal_error(path, e) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a checkpoint: {e})") from None
     except Exception as e:  # torch raises assorted types on garbage; none may escape as a traceback
