@@ -291,10 +291,22 @@ def test_resuming_with_another_model_changes_nothing(run_copy, capsys):
     # one-cycle over 5 steps an epoch: 10 of 50 images would leave the 5 steps taken out of line with epoch 1
     (["--batch-size", "50"], "an epoch was 5 steps and would now be 10 (train.batch_size was 100, now 50): the "
                              "onecycle schedule counts steps"),
+    # the data's size changes an epoch's steps as the batch size does (this one was missed: no error, and
+    # the schedule ran out of step with the epochs)
+    (["--set", "data.train_limit=250"], "an epoch was 5 steps and would now be 3 (data.train_limit was 500, now "
+                                        "250): the onecycle schedule counts steps"),
 ])
 def test_resuming_with_a_change_the_state_cannot_follow_changes_nothing(run_copy, capsys, args, message):
     before = snapshot(run_copy)
     fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", *args], message)
+    assert snapshot(run_copy) == before
+
+
+def test_a_checkpoint_from_before_steps_per_epoch_was_stored_is_checked_by_its_step_count(run_copy, capsys):
+    _rewrite(run_copy / "last.ckpt", lambda stored: stored.pop("steps_per_epoch"))
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", "--set", "data.train_limit=250"],
+                  "an epoch was 5 steps and would now be 3 (data.train_limit was 500, now 250)")
     assert snapshot(run_copy) == before
 
 

@@ -64,7 +64,7 @@ def _is_amount(value: Any) -> bool:
 
 def _check_progress(payload: dict[str, Any]) -> None:
     """The fields of a resumable checkpoint that say where training was, checked for type and range."""
-    problems = [f"{key} = {payload.get(key, 0)!r}" for key in ("epoch", "step", "batch")
+    problems = [f"{key} = {payload.get(key, 0)!r}" for key in ("epoch", "step", "batch", "steps_per_epoch")
                 if not _is_count(payload.get(key, 0))]
     problems += [f"{key} = {payload.get(key, 0.0)!r}" for key in ("lr_scale", "train_seconds", "partial_seconds",
                                                                            "compile_seconds")
@@ -702,6 +702,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "epoch": self._epoch,
             "step": self._step,
+            "steps_per_epoch": self.steps_per_epoch,  # a resume under other data settings checks the schedule by it
             "batch": batch,
             "partial": partial if partial is not None else torch.zeros(3, dtype=torch.float64),
             "partial_seconds": partial_seconds,  # the training time of the epoch's first ``batch`` batches
@@ -792,13 +793,19 @@ class Trainer:
                 "state (moments, momentum) belongs to the first; resume without changing it, or start a new run from "
                 "this one's weights with --init-from"
             )
-        old_steps = num_batches(len(self.data.train), stored.train.batch_size, self._min_last)
+        # Checkpoints from before "steps_per_epoch" was stored: the step count is epochs x the epoch's steps
+        # (a schedule other than constant refused any change of them), else this data's epoch was the run's.
+        old_steps = int(payload.get("steps_per_epoch") or (int(payload["step"]) // done if done else self.steps_per_epoch))
         if not batch and old_steps != self.steps_per_epoch and self.cfg.schedule.name != "constant":
+            changed = [f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
+                       for s, k in _EPOCH_LAYOUT if k != "seed"
+                       if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
+            why = "; ".join(changed) or "the number of processes sets how small the last batch may be"
             raise ConfigError(
-                f"an epoch was {old_steps} steps and would now be {self.steps_per_epoch} (train.batch_size was "
-                f"{stored.train.batch_size}, now {self.cfg.train.batch_size}): the {self.cfg.schedule.name} schedule "
-                f"counts steps, so the {int(payload['step'])} taken would no longer line up with the epochs; resume "
-                "with the same batch size, or with schedule.name = constant"
+                f"an epoch was {old_steps} steps and would now be {self.steps_per_epoch} ({why}): "
+                f"the {self.cfg.schedule.name} schedule counts steps, so the {int(payload['step'])} taken would no "
+                "longer line up with the epochs; resume with the same batch size and data settings, or with "
+                "schedule.name = constant"
             )
         if tuple(stored.finetune.freeze) != tuple(self.cfg.finetune.freeze):
             # The optimizer's state is matched to the parameters by position: with another frozen set, one
