@@ -310,6 +310,17 @@ def test_a_checkpoint_from_before_steps_per_epoch_was_stored_is_checked_by_its_s
     assert snapshot(run_copy) == before
 
 
+def test_a_damaged_best_ckpt_is_found_before_a_resumed_run_trains(run_copy, capsys):
+    # It used to be read only by the final test: the new epochs trained, and last.ckpt, metrics.csv and
+    # config.toml were rewritten, before the run failed on it.
+    _truncate_ckpt(run_copy / "best.ckpt")
+    before = snapshot(run_copy)
+    err = fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "2"],
+                        f"{run_copy / 'best.ckpt'} is not a readable checkpoint")
+    assert "put back an intact copy, or delete it" in err
+    assert snapshot(run_copy) == before
+
+
 def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

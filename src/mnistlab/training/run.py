@@ -25,7 +25,7 @@ from ..callbacks import Callback, build_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
 from ..config import Config, config_to_toml
 from ..data import DataBundle, load_data
-from ..errors import ConfigError, MnistlabError, RunDirError, leave_error
+from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
 from ..machine import cpu_name
 from ..models import build_model, model_options
@@ -421,6 +421,7 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         ckpt = resume_file(resume)
         payload = read_checkpoint(ckpt)
         run_dir = ckpt.parent
+        _check_kept_models(run_dir)
     elif out is not None:
         run_dir = Path(out)
         made = missing_folders(run_dir)
@@ -451,6 +452,22 @@ def load_init(model: torch.nn.Module, cfg: Config, data: DataBundle, init: tuple
     returns the line saying what was taken and what was replaced."""
     return init_from_checkpoint(model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
                                 in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]))
+
+
+def _check_kept_models(run_dir: Path) -> None:
+    """Read a resumed run's best.ckpt and ema.ckpt now: the final test loads them after training, where a
+    damaged one would fail the run only once the new epochs were trained and their files written."""
+    if_none = {"best.ckpt": "the final test uses the final weights", "ema.ckpt": "no EMA test is reported"}
+    for name, otherwise in if_none.items():
+        kept = run_dir / name
+        if kept.exists() or kept.is_symlink():
+            try:
+                read_checkpoint(kept)
+            except CheckpointError as e:
+                raise CheckpointError(
+                    f"{e}; the resumed run would test it at its end: put back an intact copy, or delete it (a "
+                    f"later epoch that beats the best so far writes it again; if none does, {otherwise})"
+                ) from None
 
 
 def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, device) -> dict[str, Any]:
