@@ -129,6 +129,24 @@ def test_a_new_monitor_on_resume_ranks_afresh(tmp_path):
     assert files(tmp_path) == ["best.ckpt", "e2-loss2.00.ckpt", "epoch001-0.9000.ckpt"]
 
 
+def test_files_ranked_by_the_old_monitor_are_never_overwritten_after_a_new_one(tmp_path):
+    # A template without {epoch} gives the new monitor's epochs the old files' names: they must get -v1, ...,
+    # not replace the files the old ranking kept (which were no longer counted as taken).
+    cb = ModelCheckpoint(save_top_k=2, filename="top.ckpt")
+    drive([cb], epochs(val_accuracy=[0.8, 0.9]), FakeTrainer(run_dir=tmp_path))
+    assert files(tmp_path) == ["best.ckpt", "top-v1.ckpt", "top.ckpt"]
+    state = roundtrip(CallbackList([cb]).state_dict())
+    resumed = FakeTrainer(run_dir=tmp_path)
+    resumed.epoch = 2
+    cb2 = ModelCheckpoint(monitor="val_loss", save_top_k=1, filename="top.ckpt")
+    drive([cb2], epochs(val_loss=[0.5, 0.4]), resumed, state=state)
+    assert (tmp_path / "top.ckpt").read_text() == "epoch 1\n"
+    assert (tmp_path / "top-v1.ckpt").read_text() == "epoch 2\n"
+    # epoch 3 went to top-v2, then epoch 4 (better) to top-v3 and top-v2 was pruned as out of the top 1
+    assert files(tmp_path) == ["best.ckpt", "top-v1.ckpt", "top-v3.ckpt", "top.ckpt"]
+    assert (tmp_path / "top-v3.ckpt").read_text() == "epoch 4\n"
+
+
 def test_a_template_without_epoch_keeps_each_epoch_in_its_own_file(trainer, tmp_path):
     # Both epochs fill "acc0.95.ckpt": the second gets -v1 instead of overwriting the better first one.
     cb = ModelCheckpoint(save_top_k=2, filename="acc{val_accuracy:.2f}.ckpt")

@@ -169,11 +169,13 @@ class ModelCheckpoint(MonitorMixin, Callback):
             return Path(p).name if self.dirpath is None else str(p)
 
         self.periodic = [file(p) for p in state["periodic"]]
+        kept = [(float(v), int(e), file(p)) for v, e, p in state["kept"]]
         if self._same_monitor(state):
             self.best_value = state["best_value"]
             self.best_epoch = state["best_epoch"]
-            self.kept = [(float(v), int(e), file(p)) for v, e, p in state["kept"]]
-        # else the top k ranked by the old monitor are no longer tracked (their files stay, as the periodic ones)
+            self.kept = kept
+        else:  # the top k ranked by the old monitor are no longer ranked: their files stay, as the periodic ones do
+            self.periodic += [p for _, _, p in kept if p not in self.periodic]
 
     @classmethod
     def from_config(cls, cfg: CheckpointConfig, dirpath: str | Path | None = None) -> "ModelCheckpoint":
