@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
+import io
 import logging
 import os
 import sys
@@ -546,7 +548,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _escape_undecodable(err: UnicodeError) -> tuple[str, int]:
+    """Encoding error handler: a byte of a file name that was not UTF-8 (Python keeps it as a surrogate) as
+    ``\\xe9``, as ``predict.printable`` writes it; any other unencodable character as its escape."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    chars = err.object[err.start:err.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("ascii", "backslashreplace").decode() for c in chars), err.end
+
+
+codecs.register_error("mnistlab_escape", _escape_undecodable)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # A path given on the command line may hold bytes that are not UTF-8. Printing it (a run folder, a
+    # checkpoint, a report) to a strict UTF-8 stdout raised UnicodeEncodeError, a traceback after the work
+    # was done; stderr already escapes such characters.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="mnistlab_escape")
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` passes on to torchrun
     handler = {

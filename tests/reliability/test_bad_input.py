@@ -353,6 +353,21 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_by_train_and_evaluate(run_c
     assert snapshot(run_copy) == before
 
 
+def test_a_path_that_is_not_utf8_prints_escaped_under_a_strict_utf8_stdout(finished_run, mini_root, tmp_path):
+    import subprocess
+    import sys
+
+    # evaluate prints the checkpoint's path; with a byte that is no UTF-8 in it, the print raised
+    # UnicodeEncodeError after the evaluation (predict escaped its own file names; nothing else did).
+    ckpt = os.fsencode(tmp_path) + b"/caf\xe9.ckpt"
+    shutil.copy(finished_run / "best.ckpt", os.fsdecode(ckpt))
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    proc = subprocess.run([sys.executable, "-m", "mnistlab.cli", "evaluate", ckpt, "--data-dir", str(mini_root)],
+                          capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode(errors="replace")
+    assert b"caf\\xe9.ckpt (epoch 1) on kmnist test" in proc.stdout, proc.stdout
+
+
 def test_output_cut_short_by_a_pipe_is_no_traceback():
     import subprocess
     import sys
