@@ -228,8 +228,8 @@ def _train_config(args: argparse.Namespace):
     from .callbacks import parse_early_stopping
     from dataclasses import replace
 
-    from .config import Config, apply_overrides, config_from_dict, load_config, parse_overrides
-    from .training.checkpoint import read_checkpoint, resume_file
+    from .config import Config, apply_overrides, load_config, parse_overrides
+    from .training.checkpoint import read_checkpoint, resume_file, stored_config
     from .training.finetune import read_init_checkpoint, split_patterns
 
     if args.resume:
@@ -243,16 +243,12 @@ def _train_config(args: argparse.Namespace):
             raise MnistlabError("--out cannot be combined with --resume: a resumed run continues in its own folder")
         run = Path(args.resume)
         payload = read_checkpoint(resume_file(run))
-        cfg = config_from_dict(payload["config"])
+        cfg = stored_config(payload, resume_file(run))
     elif args.config:
         cfg = load_config(args.config)
     elif args.init_from:  # fine-tune the checkpoint's architecture unless told otherwise
         payload = read_init_checkpoint(args.init_from)[1]
-        try:
-            model = config_from_dict(payload["config"]).model
-        except MnistlabError as e:
-            raise MnistlabError(f"--init-from {args.init_from}: its stored config is not valid: {e}") from None
-        cfg = replace(Config(), model=model)
+        cfg = replace(Config(), model=stored_config(payload, args.init_from).model)
     else:
         cfg = Config()
     flags: dict[str, Any] = {
@@ -380,13 +376,12 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .config import config_from_dict
     from .data import load_data
-    from .training.checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint
+    from .training.checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
     from .training.evaluate import evaluate
 
     payload = read_checkpoint(args.checkpoint)
-    cfg = config_from_dict(payload["config"])
+    cfg = stored_config(payload, checkpoint_file(args.checkpoint))
     data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
     data = load_data(data_cfg)
     model = model_from_checkpoint(payload)

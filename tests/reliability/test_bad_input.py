@@ -321,6 +321,19 @@ def test_a_damaged_best_ckpt_is_found_before_a_resumed_run_trains(run_copy, caps
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("command", [["evaluate", "{run}/best.ckpt"], ["train", "--resume", "{run}"],
+                                     ["ensemble", "{run}/best.ckpt"]])
+def test_a_checkpoint_whose_stored_config_is_not_valid_is_named_as_the_culprit(run_copy, capsys, command):
+    # Not "unknown key(s) train.future_key" alone, which reads as if the user's own config or flags were wrong.
+    for name in ("best.ckpt", "last.ckpt"):
+        _rewrite(run_copy / name, lambda stored: stored["config"]["train"].update(future_key=1))
+    before = snapshot(run_copy)
+    argv = [arg.format(run=run_copy) for arg in command]
+    file = run_copy / ("last.ckpt" if "--resume" in argv else "best.ckpt")
+    fails_cleanly(capsys, argv, f"the config stored in {file} is not valid: unknown key(s) train.future_key")
+    assert snapshot(run_copy) == before
+
+
 def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

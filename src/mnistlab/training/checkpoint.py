@@ -269,10 +269,20 @@ def _int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def model_from_checkpoint(payload: dict[str, Any]):
-    """Rebuild the model a checkpoint payload describes and load its weights."""
+def stored_config(payload: dict[str, Any], source: str | Path = "the checkpoint"):
+    """The Config a checkpoint was trained under; one that is not valid is a CheckpointError naming ``source``
+    (the file), not a config error that reads as if the user's own config or flags were wrong."""
     from ..config import config_from_dict
     from ..errors import ConfigError
+
+    try:
+        return config_from_dict(payload["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"the config stored in {source} is not valid: {e}") from None
+
+
+def model_from_checkpoint(payload: dict[str, Any]):
+    """Rebuild the model a checkpoint payload describes and load its weights."""
     from ..models import build_model
 
     num_classes, in_channels, size = (payload.get(k) for k in ("num_classes", "in_channels", "image_size"))
@@ -287,10 +297,7 @@ def model_from_checkpoint(payload: dict[str, Any]):
             "checkpoint lacks what is needed to rebuild its model: num_classes, in_channels and image_size (two "
             f"sides) must be positive integers, got {num_classes!r}, {in_channels!r} and {size!r}"
         )
-    try:
-        cfg = config_from_dict(payload["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"the config stored in the checkpoint is not valid: {e}") from None
+    cfg = stored_config(payload)
     if not isinstance(payload["model_name"], str):
         raise CheckpointError(f"the checkpoint's model name is not a string: {payload['model_name']!r}")
     options = cfg.model.options()

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint
+from .checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
 from .evaluate import evaluate
 
 
@@ -52,7 +52,6 @@ def evaluate_ensemble(
     data is loaded as the first member's config says (``data_dir`` overrides
     where it lives).
     """
-    from ..config import config_from_dict
     from ..data import load_data
     from ..errors import ConfigError
 
@@ -80,10 +79,7 @@ def evaluate_ensemble(
                 f"{p} was trained on {payload.get('dataset')!r} with classes {payload.get('classes')}, but "
                 f"{paths[0]} on {first.get('dataset')!r} with {first.get('classes')}: an ensemble needs one dataset"
             )
-    try:
-        data_cfg = config_from_dict(first["config"]).data
-    except ConfigError as e:
-        raise CheckpointError(f"the config stored in {paths[0]} is not valid: {e}") from None
+    data_cfg = stored_config(first, paths[0]).data
     data = load_data(replace(data_cfg, dir=data_dir) if data_dir else data_cfg)
     members, total = [], None
     for path, payload in zip(paths, payloads):
