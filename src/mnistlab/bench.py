@@ -38,7 +38,7 @@ import torch
 from .config import Config, apply_overrides
 from .data.datasets import DataBundle, Split
 from .machine import cpu_name, native_bf16
-from .models import build_model
+from .models import build_model, model_options
 from .models.summary import count_macs
 from .training.evaluate import evaluate
 from .training.fit import Trainer, resolve_device, use_channels_last
@@ -327,6 +327,7 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     ``config`` is the recipe to time (e.g. configs/fast.toml) with its data settings;
     ``train_limit`` shortens the time-to-accuracy runs (a smoke test, not a measurement).
     """
+    model_options(config.model.name)  # an unknown model fails now, not after the data and the public recipe
     if config.train.threads:  # for the public recipe and the roofline too, not only inside `train`
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)

@@ -69,8 +69,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "norm layers run in inference mode (their statistics do not move)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as mnistlab's own are (argparse printed its usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mnistlab",
         description="Train, compare and use convolutional networks on MNIST, Fashion-MNIST and KMNIST.",
     )
@@ -232,6 +239,16 @@ def _train_config(args: argparse.Namespace):
     from .training.checkpoint import read_checkpoint, resume_file, stored_config
     from .training.finetune import read_init_checkpoint, split_patterns
 
+    # An empty value (`--resume ""`, a shell variable that was not set) is an error, not the flag left out:
+    # --resume "" resumed the current folder, with the default config in place of the run's.
+    for flag, value, what in (
+        ("--resume", getattr(args, "resume", None), "a run folder or its last.ckpt; leave it out to start a new run"),
+        ("--config", args.config, "a TOML file; leave it out for the default settings"),
+        ("--early-stopping", getattr(args, "early_stopping", None),
+         "none, patience:N, gl:ALPHA, pq:ALPHA or up:S; leave it out for the config's [early_stopping]"),
+    ):
+        if value is not None and not value.strip():
+            raise MnistlabError(f"{flag} needs {what}")
     if args.resume:
         if args.init_from:
             raise MnistlabError("--init-from cannot be combined with --resume: a resumed run continues from its "

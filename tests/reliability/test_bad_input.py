@@ -334,6 +334,41 @@ def test_a_checkpoint_whose_stored_config_is_not_valid_is_named_as_the_culprit(r
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "abc"], "mnistlab train: error: argument --epochs: invalid int value: 'abc' "
+                                   "(see mnistlab train --help)"),
+    (["evaluate"], "mnistlab evaluate: error: the following arguments are required: checkpoint"),
+    (["trian"], "mnistlab: error: argument COMMAND: invalid choice: 'trian'"),
+    (["train", "--no-such-flag"], "mnistlab: error: unrecognized arguments: --no-such-flag"),
+])
+def test_what_argparse_refuses_is_one_line_too(capsys, argv, message):
+    # argparse printed its usage block first: 8 lines before the one that says what is wrong
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--resume", "--resume needs a run folder or its last.ckpt; leave it out to start a new run"),
+    ("--config", "--config needs a TOML file"),
+    ("--early-stopping", "--early-stopping needs none, patience:N"),
+])
+def test_an_empty_value_is_refused_not_taken_as_the_flag_left_out(tmp_path, monkeypatch, capsys, flag, message):
+    # --resume "" resumed the current folder with the default config in place of the run's
+    monkeypatch.chdir(tmp_path)
+    fails_cleanly(capsys, ["train", flag, ""], message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["lr-find", "--model", "nosuch"], ["bench", "--set", "model.name=\"nosuch\""]])
+def test_an_unknown_model_is_named_before_any_data_is_read(tmp_path, capsys, argv):
+    # both loaded the data first (bench also trained the public recipe); without a local copy, the error
+    # was the failed download
+    fails_cleanly(capsys, [*argv, "--data-dir", str(tmp_path), "--set", "data.download=false"],
+                  "unknown model 'nosuch'; choose one of: alexnet")
+
+
 def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

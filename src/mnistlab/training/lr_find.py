@@ -35,6 +35,7 @@ from ..callbacks import Callback
 from ..config import Config, apply_overrides
 from ..data import DataBundle, load_data, num_batches
 from ..errors import ConfigError
+from ..models import model_options
 from .finetune import read_init_checkpoint
 from .fit import Trainer, resolve_device
 from .run import config_model, load_init
@@ -163,6 +164,7 @@ def lr_range_test(
 ) -> RangeTest:
     """Run the range test for ``cfg`` (see the module docstring); ``data`` defaults to ``cfg.data`` loaded."""
     check_settings(min_lr, max_lr, steps, diverge)
+    model_options(cfg.model.name)  # an unknown model fails before the data is read (or downloaded)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
