@@ -37,6 +37,10 @@ STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
 MAX_ELASTIC_ALPHA = 1000.0  # pixels; Simard et al. used 34 (with sigma 4)
+MAX_WARMUP_EPOCHS = 1e6  # past any run; 1e308 overflowed the count of warm-up steps
+# bytes of a checkpoint file name filled in from checkpoint.filename: file systems allow 255, and the run adds
+# "-v1" to a name that is taken and ".NAME.tmp-PID" while writing
+MAX_CHECKPOINT_NAME = 200
 IMAGE_SIDE = 28  # every dataset of DATASETS has 28x28 images
 # The metrics of an epoch, named once here. EPOCH_METRICS: the keys of every on_epoch_end metrics dict
 # (callbacks/base.py). MONITORS: what the config's callbacks may monitor, validation first, and the weight
@@ -143,6 +147,8 @@ class OptimizerConfig:
         _choice("optimizer", "name", self.name, OPTIMIZERS)
         _positive("optimizer", self, "lr", "eps")
         _positive("optimizer", self, "momentum", "weight_decay", allow_zero=True)
+        if self.momentum >= 1.0:  # a velocity that never decays: the steps grow without bound
+            raise ConfigError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.nesterov and self.momentum == 0:
@@ -166,6 +172,12 @@ class ScheduleConfig:
         _choice("schedule", "name", self.name, SCHEDULES)
         _positive("schedule", self, "step_epochs", "gamma", "div_factor", "final_div_factor")
         _positive("schedule", self, "warmup_epochs", "min_lr", allow_zero=True)
+        if self.warmup_epochs > MAX_WARMUP_EPOCHS:
+            raise ConfigError(f"schedule.warmup_epochs must be at most {MAX_WARMUP_EPOCHS:g}, got {self.warmup_epochs}")
+        for key in ("div_factor", "final_div_factor"):  # below 1 the one-cycle schedule starts or ends above its peak
+            if getattr(self, key) < 1.0:
+                raise ConfigError(f"schedule.{key} must be at least 1 (the one-cycle schedule divides the peak rate "
+                                  f"by it), got {getattr(self, key)}")
         if not 0.0 < self.pct_start < 1.0:
             raise ConfigError(f"schedule.pct_start must be in (0, 1), got {self.pct_start}")
 
@@ -319,6 +331,11 @@ class CheckpointConfig:
         except (ValueError, IndexError, AttributeError, TypeError) as e:
             raise ConfigError(f"checkpoint.filename = {self.filename!r} cannot be filled with an epoch's metrics "
                               f"({e}); epoch is an integer, the others are floats") from None
+        except (MemoryError, OverflowError):  # a width such as {epoch:0>99999999999}
+            raise ConfigError(f"checkpoint.filename = {self.filename!r} makes names far too long") from None
+        if len(sample.encode()) > MAX_CHECKPOINT_NAME:  # found now, not as "File name too long" after epoch 1
+            raise ConfigError(f"checkpoint.filename = {self.filename[:40]!r}... makes names of "
+                              f"{len(sample.encode())} bytes; at most {MAX_CHECKPOINT_NAME} (file systems allow 255)")
         if any(c in sample for c in "/\\") or sample.startswith("."):  # a fill character of a format spec
             raise ConfigError(f"checkpoint.filename = {self.filename!r} {plain}")
         if sample in RUN_FILE_NAMES:
@@ -406,6 +423,9 @@ class Config:
     tta: TtaConfig = field(default_factory=TtaConfig)
 
     def __post_init__(self) -> None:
+        if self.schedule.name == "cosine" and self.schedule.min_lr > self.optimizer.lr:
+            raise ConfigError(f"schedule.min_lr = {self.schedule.min_lr:g} is above optimizer.lr = "
+                              f"{self.optimizer.lr:g}: the cosine schedule would rise to it, not decay")
         if not self.ema.enabled:
             for section in ("checkpoint", "early_stopping", "reduce_lr"):
                 monitor = getattr(self, section).monitor
@@ -611,6 +631,8 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         types_ = _section_types(cls)
         if key not in types_:
             raise ConfigError(f"unknown key {dotted!r}; valid keys in [{section}]: {', '.join(types_)}")
+        if value is None and types_[key] is str:  # the bare word none, for a string key that has it as a choice
+            value = "none"  # (early_stopping.criterion); any other string key refuses it as a choice
         changes.setdefault(section, {})[key] = _coerce(value, types_[key], dotted)
     return replace(cfg, **{section: replace(getattr(cfg, section), **kv) for section, kv in changes.items()})
 

@@ -91,6 +91,14 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("early_stopping.baseline=nan", "early_stopping.baseline must be a finite number"),
         ("early_stopping.divergence_threshold=inf", "early_stopping.divergence_threshold must be a finite number"),
         ("augment.elastic_alpha=1e300", "augment.elastic_alpha must be at most 1000 pixels"),
+        # finite but past any sense: each overflowed later, into a traceback after the run folder was made
+        ("schedule.warmup_epochs=1e308", "schedule.warmup_epochs must be at most 1e+06"),
+        ("schedule.div_factor=1e-320", "schedule.div_factor must be at least 1"),
+        ("schedule.final_div_factor=0.5", "schedule.final_div_factor must be at least 1"),
+        ("optimizer.momentum=1.5", "optimizer.momentum must be in [0, 1), got 1.5"),
+        ("checkpoint.filename=\"{epoch:0>300}.ckpt\"", "makes names of 305 bytes; at most 200"),
+        ("checkpoint.filename=\"{epoch:0>99999999999}.ckpt\"", "makes names far too long"),
+        ("early_stopping.criterion=\"nope\"", "early_stopping.criterion = 'nope' is not valid"),
         # what the shell makes of model.channels=[8,"M"] without single quotes around it
         ("model.channels=[8,M]", "words in a list need double quotes, which the shell removes unless the argument "
                                  "is in single quotes: --set 'model.channels=[8,\"M\"]'"),
@@ -102,6 +110,19 @@ def test_bad_overrides_are_clear(override, message):
     with pytest.raises(ConfigError) as err:
         apply_overrides(Config(), [override])
     assert message in str(err.value)
+
+
+def test_a_cosine_schedule_may_not_end_above_its_peak():
+    with pytest.raises(ConfigError, match="schedule.min_lr = 1 is above optimizer.lr = 0.01: the cosine schedule"):
+        apply_overrides(Config(), ['schedule.name="cosine"', "schedule.min_lr=1.0"])
+    # the other schedules do not read min_lr
+    assert apply_overrides(Config(), ["schedule.min_lr=1.0"]).schedule.min_lr == 1.0
+
+
+def test_the_bare_word_none_is_the_criterion_none():
+    # --set early_stopping.criterion=none read `none` as "reset to None", which a string key refused
+    cfg = apply_overrides(Config(), ['early_stopping.criterion="patience"'])
+    assert apply_overrides(cfg, ["early_stopping.criterion=none"]).early_stopping.criterion == "none"
 
 
 def test_every_metric_of_an_epoch_can_be_monitored():
