@@ -86,6 +86,8 @@ def test_it_warns_after_epoch_1_when_a_decaying_schedule_will_be_cut_short(caplo
     with caplog.at_level(logging.WARNING, logger="mnistlab"):
         drive([TimeLimit(20, epochs=32, schedule="constant")], epochs(seconds=[126.0]), FakeTrainer())
         drive([TimeLimit(20, epochs=8, schedule="cosine")], epochs(seconds=[126.0]), FakeTrainer())  # 8 fit
+        # 60 x 1e308 minutes is inf seconds, and inf // 126 was NaN: int() of it raised after epoch 1
+        assert drive([TimeLimit(1e308, epochs=3, schedule="cosine")], epochs(seconds=[126.0] * 3), FakeTrainer()) is None
     assert caplog.messages == []
 
 

@@ -85,7 +85,7 @@ def test_shift_images_moves_the_ink_by_whole_pixels(digits):
     assert (moved[..., :, :3] == 0).all() and (moved[..., -2:, :] == 0).all()
 
 
-@pytest.mark.parametrize("sigma", [1e-30, 10.0, 1e6])
+@pytest.mark.parametrize("sigma", [1e-30, 10.0, 1e6, 1e308])  # 1e308: ceil(3 * sigma) of inf raised
 def test_elastic_fields_of_any_smoothness_are_finite(sigma):
     # sigma 10 needs 31 taps a side, more than the image has (the reflect padding raised); 1e-30 squared is 0
     cfg = AugmentConfig(enabled=True, rotation=0.0, scale=0.0, shift=0.0, elastic_alpha=34.0, elastic_sigma=sigma)

@@ -60,8 +60,9 @@ class TimeLimit(Callback):
         self.used += metrics["seconds"]
         self.longest = max(self.longest, metrics["seconds"])
         if epoch == 1 and self.schedule in _DECAYING and self.epochs is not None and self.longest > 0:
-            fit = max(1, int(60 * self.max_minutes // self.longest))
-            if fit < self.epochs:
+            fits = 60 * self.max_minutes / self.longest  # not //: inf // x is NaN (a limit of 1e308 minutes)
+            if fits < self.epochs:
+                fit = max(1, int(fits))
                 log.warning(
                     "time limit: at %s an epoch, about %d of the %d epochs fit in %g min, but the %s schedule is "
                     "planned over all %d: training will stop while its rate is still high (--epochs %d would end "

@@ -89,7 +89,7 @@ def elastic_offsets(n: int, size: tuple[int, int], cfg: AugmentConfig, device: t
     sigma = cfg.elastic_sigma
     # 3 sigma each side, but no more taps than one reflection at the border reaches (fewer than the side):
     # a wider sigma is cut there (its Gaussian is nearly flat over the image anyway).
-    radius = max(1, min(math.ceil(3 * sigma), min(h, w) - 1))
+    radius = max(1, min(h, w) - 1 if 3 * sigma >= min(h, w) - 1 else math.ceil(3 * sigma))  # ceil(inf) would raise
     taps = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)  # not taps**2 / sigma**2: a tiny sigma's square is 0 (NaN)
     kernel = kernel / kernel.sum()
