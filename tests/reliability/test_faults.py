@@ -206,6 +206,19 @@ def test_too_little_free_space_is_refused_before_training(mini_root, tmp_path, m
     assert not out.exists()  # nothing was written, and the folder this run created is gone again
 
 
+def test_the_free_space_check_counts_no_more_top_k_files_than_epochs(tmp_path, monkeypatch):
+    from mnistlab.training.run import check_free_space
+
+    # save_top_k = 100000 in a 1-epoch run keeps one top-k file at most; it was refused for 100000 files' space
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights: a checkpoint of about 13 MB with Adam's moments
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 100 * 2**20))
+    cfg = apply_overrides(Config(), ["checkpoint.save_top_k=100000", "train.epochs=1"])
+    check_free_space(tmp_path, model, cfg)
+    with pytest.raises(RunDirError, match="not enough free space"):
+        check_free_space(tmp_path, model, apply_overrides(cfg, ["train.epochs=100"]))
+
+
 def test_a_run_folder_that_cannot_be_created_fails_before_any_data_is_read(mini_root, tmp_path, monkeypatch, capsys):
     # chmod does not stop root, so the folder is put under a regular file: that fails for every user.
     (tmp_path / "file").write_text("not a folder")

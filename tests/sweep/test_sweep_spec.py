@@ -117,6 +117,13 @@ def test_a_file_with_command_line_values(tmp_path):
         load_sweep(path, overrides=["train.epoch=1"])
 
 
+def test_a_sweep_file_with_a_byte_order_mark_loads(tmp_path):
+    # as a config file does (an editor on Windows may write one); tomllib refused it at line 1, column 1
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[sweep]\ntrials = 2\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
+    assert load_sweep(path).trials == 2
+
+
 def test_file_errors_name_the_file(tmp_path):
     path = tmp_path / "plain.toml"
     path.write_text("[train]\nepochs = 3\n")

@@ -106,7 +106,7 @@ def load_sweep(
     """Read and check a sweep file; the keyword arguments are the command line's, winning over the file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark, as load_config
     except FileNotFoundError:
         raise ConfigError(f"sweep file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:

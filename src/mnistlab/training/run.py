@@ -245,13 +245,13 @@ def check_free_space(path: Path, model: torch.nn.Module, cfg: Config) -> None:
     A checkpoint holds the weights, up to two optimizer moments (Adam), and one
     more copy each for ``restore_best_weights`` (the best epoch's weights) and
     ``[ema]`` (the average); the run keeps last.ckpt, best.ckpt, ema.ckpt with
-    ``[ema]`` and ``save_top_k`` files, plus one temporary file while one of them
+    ``[ema]`` and ``save_top_k`` files (no more than the epochs), plus one temporary file while one of them
     is rewritten. Files kept every n epochs are not counted: their number is not
     known in advance.
     """
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     copies = 3 + cfg.early_stopping.restore_best_weights + cfg.ema.enabled
-    files = 3 + cfg.checkpoint.save_top_k + cfg.ema.enabled
+    files = 3 + min(cfg.checkpoint.save_top_k, cfg.train.epochs) + cfg.ema.enabled  # one top-k file per epoch at most
     need = (copies * weights + (1 << 20)) * files  # + 1 MiB each for the config, history and metadata
     free = shutil.disk_usage(path).free
     if free < need:
