@@ -71,6 +71,11 @@ def test_nonfinite_value_stops_at_once():
     # Switched off, NaN is just an epoch without improvement.
     cb = EarlyStopping(patience=1, stop_on_nonfinite=False)
     assert drive([cb], epochs(val_loss=[1.0, float("inf"), 0.5]), FakeTrainer()) == 2
+    # ... but not at epoch 1, as in Keras: a first NaN is no evidence against the epochs to come
+    cb = EarlyStopping(patience=1, stop_on_nonfinite=False, restore_best_weights=True)
+    trainer = FakeTrainer()
+    assert drive([cb], epochs(val_loss=[float("nan"), 0.5, 0.4]), trainer) is None
+    assert cb.best_epoch == 3 and weight_epoch(trainer) == 3
 
 
 def test_divergence_threshold():

@@ -202,7 +202,9 @@ class EarlyStopping(MonitorMixin, _StoppingRule):
             if self.baseline is None or self._is_improvement(value, self.baseline):
                 self.wait = 0
             return
-        if self.wait >= self.patience:
+        # Never at epoch 1, as Keras (epoch > 0): only a value that is no improvement on nothing (a NaN,
+        # with stop_on_nonfinite off) gets here then, and it says nothing yet about later epochs.
+        if self.wait >= self.patience and epoch > 1:
             self._stop(epoch, self._reason(value), trainer)
 
     def _reason(self, value: float) -> str:
