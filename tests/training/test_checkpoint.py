@@ -18,6 +18,7 @@ from mnistlab.training.checkpoint import (
     load_model,
     load_weights,
     read_checkpoint,
+    resume_file,
     save_checkpoint,
     weights_digest,
 )
@@ -189,6 +190,16 @@ def test_the_refusal_names_the_object_without_torchs_advice_to_allow_it(tmp_path
         read_checkpoint(path)
     assert "could run code (Unsupported global: GLOBAL io.open was not an allowed global by default)" in str(err.value)
     assert "add_safe_globals" not in str(err.value)
+
+
+def test_what_is_there_but_no_file_is_named_as_such(tmp_path):
+    # /dev/null and a pipe were reported as not existing; a last.ckpt that is a folder as a run folder without
+    # best.ckpt (read_checkpoint takes a folder for a run folder)
+    with pytest.raises(CheckpointError, match="checkpoint /dev/null is not a regular file"):
+        read_checkpoint("/dev/null")
+    (tmp_path / "last.ckpt").mkdir()
+    with pytest.raises(CheckpointError, match=r"last.ckpt is a folder, not a checkpoint"):
+        resume_file(tmp_path)
 
 
 def test_sets_hash_alike_whatever_their_iteration_order():

@@ -156,6 +156,8 @@ def resume_file(path: str | Path) -> Path:
             f"run folder {path} has no last.ckpt to resume from: the run stopped before it finished its first "
             f"epoch, so nothing of it can be continued; delete the folder and train again"
         )
+    if (path / "last.ckpt").is_dir():  # read_checkpoint would take it for a run folder and look for best.ckpt
+        raise CheckpointError(f"{path / 'last.ckpt'} is a folder, not a checkpoint")
     return path / "last.ckpt"
 
 
@@ -204,8 +206,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and verify a checkpoint (a run folder: its best.ckpt); every problem is a CheckpointError naming the file."""
     path = checkpoint_file(path)
     if not path.is_file():
-        if path.is_symlink():
+        if path.is_symlink() and not path.exists():
             raise CheckpointError(f"checkpoint {path} is a symbolic link to nothing readable ({os.path.realpath(path)})")
+        if path.exists():  # a device (/dev/null) or a pipe: not "does not exist"
+            raise CheckpointError(f"checkpoint {path} is not a regular file")
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:  # is_zipfile says False for a file it cannot open: "not a checkpoint" would hide a permission problem
         with path.open("rb"):
