@@ -474,9 +474,36 @@ def test_archives_without_download_say_that_download_unpacks_them(tmp_path, down
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         (raw / name).write_bytes(b"gz")
-    with pytest.raises(DataError, match=r"set data.download=true: it unpacks the archives found there "
-                                        r"\(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz\)"):
+    # torchvision fetches every archive that is not there (the test set's too): not without the network
+    with pytest.raises(DataError, match=r"connect to the network and set data.download=true: it checks and unpacks "
+                                        r"the archives found there \(train-images-idx3-ubyte.gz, "
+                                        r"train-labels-idx1-ubyte.gz\) and fetches the others"):
         load_raw("mnist", tmp_path, train=True, download=False)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (raw / name).write_bytes(b"gz")
+    with pytest.raises(DataError, match=r"set data.download=true: it unpacks the archives found there "
+                                        r"\(train-images.*t10k-labels-idx1-ubyte.gz\) after checking their MD5, "
+                                        r"with no network"):
+        load_raw("mnist", tmp_path, train=True, download=False)
+
+
+def test_a_file_far_larger_than_any_dataset_file_is_refused_before_it_is_read(tmp_path):
+    # A sparse 2 GiB file: reading it whole to check its header allocated all of it first (a MemoryError
+    # for a larger one)
+    raw = tmp_path / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        with open(raw / name, "wb") as f:
+            f.write(b"\x00\x00\x08\x03")
+            f.truncate(2 << 30)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is 2,147,483,648 bytes, more than any IDX file"):
+        load_raw("kmnist", tmp_path, train=True, download=False)
+
+
+def test_a_data_folder_that_cannot_be_looked_into_is_a_data_error(tmp_path):
+    # Python 3.11's is_file() raises for a name too long (and a folder that may not be entered): a traceback
+    with pytest.raises(DataError, match=r"cannot look into the data folder .*: File name too long"):
+        load_raw("mnist", tmp_path / ("x" * 300), train=True, download=False)
 
 
 def test_a_truncated_dataset_file_says_how_to_get_a_good_one(mnist_root, tmp_path):

@@ -171,11 +171,20 @@ def _user_cache_dir() -> Path:
 # IDX files
 
 
+# 20x the largest file of the MNIST family (47 MB of training images): a larger one is not a data file,
+# and reading it whole (to check its header) would first allocate all of it
+_MAX_IDX_BYTES = 1 << 30
+
+
 def _read_bytes(path: Path) -> bytearray:
     """The whole file in a writable buffer (so torch.from_numpy can share it without a copy or a warning)."""
     try:
         with open(path, "rb") as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
+            size = os.fstat(f.fileno()).st_size
+            if size > _MAX_IDX_BYTES:
+                raise DataError(f"{path} is {size:,} bytes, more than any IDX file of these datasets (at most "
+                                f"{_MAX_IDX_BYTES:,}): it is not a data file, or a damaged one")
+            buf = bytearray(size)
             got = f.readinto(buf)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
@@ -247,9 +256,12 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on
         download = f"(2) let the download succeed: data.download is on; {local}, and run again"
     elif download_on:
         download = "(2) let the download succeed: data.download is on; connect to the network and run again"
-    elif archives:  # torchvision checks their MD5 and unpacks them without fetching anything
+    elif len(archives) == len(_FILES):  # torchvision checks their MD5 and unpacks them without fetching anything
         download = (f"(2) set data.download=true: it unpacks the archives found there ({', '.join(archives)}) "
-                    "after checking their MD5, and fetches only what is missing")
+                    "after checking their MD5, with no network")
+    elif archives:  # torchvision fetches every archive that is not there, whatever is unpacked already
+        download = (f"(2) connect to the network and set data.download=true: it checks and unpacks the archives "
+                    f"found there ({', '.join(archives)}) and fetches the others")
     else:
         download = "(2) allow the download: connect to the network and set data.download=true"
     return DataError(
@@ -374,12 +386,17 @@ def load_raw(
     image_name, label_name = spec.files(train)
     image_path, label_path = raw_dir / image_name, raw_dir / label_name
 
-    if not (image_path.is_file() and label_path.is_file()):
-        if not download:
-            raise _missing_error(spec, raw_dir, "files not found and data.download is false")
-        _download(spec, root, train)
+    try:
         if not (image_path.is_file() and label_path.is_file()):
-            raise _missing_error(spec, raw_dir, "the download finished but files are still missing", download_on=True)
+            if not download:
+                raise _missing_error(spec, raw_dir, "files not found and data.download is false")
+            _download(spec, root, train)
+            if not (image_path.is_file() and label_path.is_file()):
+                raise _missing_error(spec, raw_dir, "the download finished but files are still missing",
+                                     download_on=True)
+    except OSError as e:  # is_file() raises for a folder that may not be entered, or a name too long (Python 3.11)
+        raise DataError(f"cannot look into the data folder {raw_dir}: {e.strerror or e}; make it readable, or pass "
+                        "another --data-dir") from None
 
     images = _verified_idx(spec, image_path, 3)
     labels = _verified_idx(spec, label_path, 1)
