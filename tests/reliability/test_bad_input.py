@@ -56,6 +56,9 @@ def fails_cleanly(capsys, argv: list[str], message: str) -> str:
         (["--set", "data.val_size=2000"], "data.val_size = 2000 leaves no training images"),
         (["--model", "vgg", "--set", 'model.channels=[8, "M", "M", "M", "M", "M"]'],
          "model vgg does not fit 28x28 images: its layers shrink the image below 1x1"),
+        # one training image is one row for batch norm, as a batch of 1 is (it raised in the first step)
+        (["--set", "model.batch_norm=true", "--set", "data.train_limit=1"],
+         "the training split has 1 image(s), which leaves batch norm one per process to normalize"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys, args, message):

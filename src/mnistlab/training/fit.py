@@ -362,11 +362,15 @@ class Trainer:
             until = f" before epoch {cfg.finetune.unfreeze_at}" if cfg.finetune.unfreeze_at else ""
             raise ConfigError(f"finetune.freeze {list(cfg.finetune.freeze)} holds every parameter of the model: nothing "
                               f"would train{until}; freeze fewer (`mnistlab models --details` lists the layers)")
-        if cfg.train.batch_size < 2 * self._world and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                          for m in model.modules()):
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves batch norm one image per process to "
-                              f"normalize, which it cannot in training; use a batch of {2 * self._world} or more, or "
-                              "a model without batch_norm")
+        if min(cfg.train.batch_size, len(data.train)) < 2 * self._world and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if cfg.train.batch_size < 2 * self._world:
+                raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves batch norm one image per process "
+                                  f"to normalize, which it cannot in training; use a batch of {2 * self._world} or "
+                                  "more, or a model without batch_norm")
+            raise ConfigError(f"the training split has {len(data.train)} image(s), which leaves batch norm one per "
+                              f"process to normalize, which it cannot in training; it needs {2 * self._world} or "
+                              "more (raise data.train_limit or lower data.val_size), or a model without batch_norm")
         if self.device.type == "cpu":
             check_training_memory(model, data, cfg.train.batch_size)
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
