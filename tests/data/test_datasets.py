@@ -345,8 +345,9 @@ def test_a_failed_download_is_a_data_error(tmp_path, download_calls, monkeypatch
     assert "data.download is on" in message and "set data.download=true" not in message  # it was on already
     assert isinstance(err.value.__cause__, URLError)
     assert list(tmp_path.iterdir()) == []  # the folders the download made are gone again
-    # A folder that was there before stays, with an archive that passed its MD5; one cut short is removed
-    # (the next try would fetch it again anyway), and the message stays the network's.
+    # A folder that was there before stays, with an archive that passed its MD5; one cut short (or the
+    # user's own, damaged) is removed, since the next try would fetch it again anyway, and the message,
+    # still the network's, names it.
     raw = tmp_path / "data" / "KMNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"part")
@@ -355,8 +356,10 @@ def test_a_failed_download_is_a_data_error(tmp_path, download_calls, monkeypatch
         ("train-images-idx3-ubyte.gz", "0" * 32), ("t10k-labels-idx1-ubyte.gz", hashlib.md5(b"whole").hexdigest())])
     (tmp_path / "kept").mkdir()
     for root in (tmp_path / "data", tmp_path / "kept"):
-        with pytest.raises(DataError, match="connect to the network"):
+        with pytest.raises(DataError, match="connect to the network") as err:
             load_raw("kmnist", root, train=True, download=True)
+        named = "train-images-idx3-ubyte.gz failed its MD5 check and was removed" in str(err.value)
+        assert named == (root == tmp_path / "data"), str(err.value)
     assert sorted(p.name for p in raw.iterdir()) == ["t10k-labels-idx1-ubyte.gz"]
     assert list((tmp_path / "kept").iterdir()) == []
 

@@ -300,10 +300,13 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
         corrupt = _remove_corrupt_archives(spec, raw_dir)
         remove_empty(made)
         message = " ".join(f"{type(e).__name__}: {e}".split())
+        removed = (f"{', '.join(corrupt)} failed {'its' if len(corrupt) == 1 else 'their'} MD5 check and "
+                   f"{'was' if len(corrupt) == 1 else 'were'} removed")
         local = None
         if corrupt and "corrupted" in str(e):  # torchvision's words for an archive whose MD5 is wrong
-            local = (f"{', '.join(corrupt)} failed {'its' if len(corrupt) == 1 else 'their'} MD5 check and "
-                     "was removed (a broken mirror, or a proxy that alters downloads?)")
+            local = f"{removed} (a broken mirror, or a proxy that alters downloads?)"
+        elif corrupt:  # an archive that was there (the user's, or one cut short) failed and is gone: say so
+            message += f"; {removed}"
         elif isinstance(e, OSError) and e.errno == errno.EISDIR:
             local = f"{e.filename} is a folder where a file belongs: remove it"
         elif isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
