@@ -413,7 +413,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     epoch = "" if report["epoch"] is None else f" (epoch {report['epoch']})"
     print(f"{report['model']} from {report['checkpoint']}{epoch} on {data.dataset} test, "
           f"{report['examples']:,} images")
-    print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
+    if not result.finite:
+        print("no test accuracy: the model's outputs are not finite (its weights diverged)")
+    else:
+        print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
     print("\nper-class accuracy:")
     for name, acc in report["per_class_accuracy"].items():
         print(f"  {name:>12}  {'-' if acc is None else f'{100 * acc:.2f}%'}")

@@ -7,6 +7,7 @@ process) and check what the user sees and what is left on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -370,6 +371,23 @@ def test_an_unknown_model_is_named_before_any_data_is_read(tmp_path, capsys, arg
     # was the failed download
     fails_cleanly(capsys, [*argv, "--data-dir", str(tmp_path), "--set", "data.download=false"],
                   "unknown model 'nosuch'; choose one of: alexnet")
+
+
+def test_evaluate_gives_no_accuracy_for_weights_whose_outputs_are_not_finite(run_copy, mini_root, capsys):
+    # Finite weights so large the logits overflow (NaN weights are refused on loading): the softmax is NaN,
+    # and argmax of a row of NaNs is class 0, so it printed the share of zeros in the test set as the accuracy.
+    def poison(stored):
+        for name, tensor in stored["model"].items():
+            if name.endswith("weight"):
+                tensor.fill_(1e30)
+
+    _rewrite(run_copy / "best.ckpt", poison)
+    assert main(["evaluate", str(run_copy / "best.ckpt"), "--data-dir", str(mini_root)]) == 0
+    out = capsys.readouterr().out
+    assert "no test accuracy: the model's outputs are not finite" in out and "test accuracy 1" not in out
+    assert main(["evaluate", str(run_copy / "best.ckpt"), "--data-dir", str(mini_root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["test_accuracy"] is None and set(report["per_class_accuracy"].values()) == {None}
 
 
 def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):

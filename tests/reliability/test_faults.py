@@ -70,7 +70,8 @@ def test_divergence_in_the_first_steps_says_no_checkpoint_is_usable(mini_root, t
     out = tmp_path / "run"
     rc = main(["train", *small_args(mini_root), "--epochs", "2", "--optimizer", "sgd", "--lr", "1e6",
                "--set", "schedule.name=constant", "--out", str(out)])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_by"] == "non_finite_loss" and summary["stop_reason"].startswith("non-finite loss")
@@ -80,6 +81,12 @@ def test_divergence_in_the_first_steps_says_no_checkpoint_is_usable(mini_root, t
     assert "NaN" not in text and "Infinity" not in text  # strict JSON: a loss that is not a number is null
     assert "no epoch finished, so no checkpoint was written" in err
     assert not (out / "last.ckpt").exists() and not (out / "best.ckpt").exists()
+    # The final weights give NaN outputs, whose argmax is class 0 for every image: that scored as a made-up
+    # test accuracy (the share of zeros), with a confusion matrix and "misclassified" images to match.
+    assert summary["evaluated"] == "final weights" and summary["test_accuracy"] is None
+    assert set(summary["per_class_accuracy"].values()) == {None}
+    assert "no test accuracy: the outputs of final weights (epoch 0) are not finite" in captured.out
+    assert "test accuracy 9" not in captured.out and not (out / "test_predictions.npz").exists()
 
 
 class _BlowUpAtEndOfEpoch(Callback):

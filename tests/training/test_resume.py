@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mnistlab.config import Config, apply_overrides
+from mnistlab.data import load_data
 from mnistlab.errors import CheckpointError, ConfigError, RunDirError
 from mnistlab.training import read_checkpoint, train
 
@@ -211,6 +212,24 @@ def test_an_interrupt_after_an_epochs_last_step_resumes_identically(mnist_root, 
     assert drop(cut.fit.history) == drop(full.fit.history)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_run_resumed_and_interrupted_keeps_no_test_predictions_of_its_old_test(mnist_root, tmp_path):
+    # summary.json then says "interrupted", with no test result; `mnistlab report` drew its confusion matrix
+    # and misclassified images from the old test's test_predictions.npz as if they were this state's.
+    from mnistlab.report import save_test_predictions
+    from mnistlab.training import TrainingInterrupted
+
+    cfg = small_cfg(mnist_root, "train.epochs=1", "data.train_limit=300", "schedule.name=constant")
+    first = train(cfg, out=tmp_path / "run", quiet=True)
+    data = load_data(cfg.data)
+    save_test_predictions(tmp_path / "run", first.test, data.test.images, data.classes)  # as report=True writes it
+    with pytest.raises(TrainingInterrupted):
+        train(apply_overrides(cfg, ["train.epochs=3"]), resume=tmp_path / "run", quiet=True,
+              callbacks=[InterruptAt(first.fit.steps + 2)])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_by"] == "interrupted" and "test_accuracy" not in summary
+    assert not (tmp_path / "run" / "test_predictions.npz").exists()
 
 
 def test_resuming_a_one_cycle_run_with_more_epochs_warns_that_the_rate_is_replanned(mnist_root, tmp_path, capsys):

@@ -35,6 +35,9 @@ class Evaluation:
     predictions: torch.Tensor  # predicted class per example, CPU
     labels: torch.Tensor  # true class per example, CPU
     probabilities: torch.Tensor  # softmax outputs (N x classes), CPU
+    # False when some output was not finite (weights that diverged): the accuracies are then NaN, since the
+    # argmax of a row of NaNs is class 0 and would score as a made-up accuracy
+    finite: bool = True
 
     def to_dict(self, classes: list[str] | None = None, first: int = 10) -> dict[str, Any]:
         """A JSON-ready summary: metrics, per-class accuracy, confusion matrix, first predictions."""
@@ -126,12 +129,17 @@ def evaluate(
     predictions = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
     confusion = torch.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
     per_class = confusion.diag().double() / confusion.sum(1).double()
+    probabilities = torch.cat(probs) if probs else torch.empty(0, k)
+    finite = bool(torch.isfinite(probabilities).all())
+    if not finite:
+        per_class = torch.full((k,), float("nan"), dtype=torch.float64)
     return Evaluation(
         loss=float(total_loss / max(n, 1)),
-        accuracy=float((predictions == labels).double().mean()) if n else float("nan"),
+        accuracy=float((predictions == labels).double().mean()) if n and finite else float("nan"),
         per_class_accuracy=[float(a) for a in per_class],
         confusion=confusion,
         predictions=predictions,
         labels=labels,
-        probabilities=torch.cat(probs) if probs else torch.empty(0, k),
+        probabilities=probabilities,
+        finite=finite,
     )

@@ -30,6 +30,7 @@ from ..folders import missing_folders, probe_write, remove_empty
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
+from ..report.runfolder import PREDICTIONS_FILE
 from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoint, read_checkpoint, resume_file
 from . import distributed
 from .display import Display
@@ -381,9 +382,19 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
 
 
 def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Display, report: bool) -> None:
-    """test_predictions.npz (what `mnistlab report` and `compare` read), then report.html if ``report``."""
+    """test_predictions.npz (what `mnistlab report` and `compare` read), then report.html if ``report``.
+
+    A test whose outputs were not finite has no predictions to show (each would be class 0): the report
+    then has no test section, as an interrupted run's, and an older test's predictions file is removed.
+    """
     try:  # the results are saved by now: a report that fails (a plotting error, a full disk) must not lose the run
-        if report:
+        if not test.finite:
+            (run_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
+            if report:
+                from ..report import write_report
+
+                display.log(f"report: {write_report(run_dir).path}")
+        elif report:
             from ..report import write_run_report
 
             display.log(f"report: {write_run_report(run_dir, test, data.test.images, data.classes).path}")
@@ -587,6 +598,8 @@ def _run(
             resume_with=resume_command(run_dir),
         )
         write_json(run_dir / "summary.json", summary)
+        # A resumed run's test predictions are of the test it had before: report would show them as this one's.
+        (run_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
         # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
         print(f"\n{trainer.stop_reason}; progress saved to {e.checkpoint}", file=sys.stderr)
         print(f"resume with: {resume_command(run_dir)}", file=sys.stderr, flush=True)
@@ -632,7 +645,7 @@ def _run(
     extras = _extra_tests(cfg, run_dir, test_model, data, device)
     summary.update(extras)
     write_json(run_dir / "summary.json", summary)
-    _write_report(run_dir, test, data, display, report)
+    _write_report(run_dir, test, data, display, report)  # without the test's figures if its outputs were not finite
     display.log(f"stopped: {result.stop_reason}")
     if result.stopped_by == "non_finite_loss":  # a failed run, even though it ends normally: say it on stderr too
         kept = (
@@ -641,8 +654,11 @@ def _run(
             else "no epoch finished, so no checkpoint was written"
         )
         _warn(f"training diverged: {result.stop_reason}; {kept}; try a lower learning rate (optimizer.lr)")
+    if not test.finite:
+        display.log(f"no test accuracy: the outputs of {evaluated} (epoch {best_epoch}) are not finite")
     display.log(
-        f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) with {evaluated} from epoch {best_epoch}"
+        (f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f})" if test.finite else "tested")
+        + f" with {evaluated} from epoch {best_epoch}"
         f"{' (restored by early stopping)' if trainer.restored_epoch is not None else ''}; "
         f"{result.train_seconds:.1f} s of training"
         f"{f' (and {result.compile_seconds:.1f} s compiling)' if result.compile_seconds else ''}; run folder: {run_dir}"
