@@ -115,6 +115,34 @@ def test_damaged_files_are_reported_not_raised(copy_run):
     assert list(report.images) == ["curves"]
 
 
+def test_damaged_values_and_a_csv_past_its_limits_are_reported_not_raised(copy_run):
+    # Each of these raised a traceback in `mnistlab report`: a csv field past csv's size limit, a best_epoch
+    # that is text (int()), per-class accuracies as a list (.values()), a config section that is a plain value
+    # (compare's .get), and an npz whose class list does not fit its arrays (an IndexError in the plot).
+    run = copy_run()
+    (run / "metrics.csv").write_text('epoch,x\n1,"' + "a" * 200_000 + "\n")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(best_epoch="x", per_class_accuracy=[0.1, 0.2])
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.toml").write_text('model = "fast"\n\n[train]\nepochs = 1\n')  # hand-written
+    with np.load(run / PREDICTIONS_FILE) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(run / PREDICTIONS_FILE, **{**arrays, "classes": arrays["classes"][:5]})
+    report = write_report(run)
+    missing = " ".join(report.missing)
+    assert "metrics.csv cannot be read (field larger than field limit" in missing
+    assert "summary.json's best_epoch is str 'x', not what a run writes there: left out." in missing
+    assert "summary.json's per_class_accuracy is list [0.1, 0.2]" in missing
+    assert "config.toml has model where a [section] belongs" in missing
+    assert f"{PREDICTIONS_FILE} cannot be read (inconsistent arrays: the confusion matrix is not 5 x 5; a label or " \
+           "prediction is not a class; probabilities are not one row per image" in missing
+    assert report.images == {} and "test accuracy" in report.path.read_text()
+    from mnistlab.report.compare import compare_runs
+
+    (row,) = compare_runs([run])
+    assert row.model == summary["model"] and row.test_accuracy == summary["test_accuracy"]
+
+
 def test_read_run_marks_the_epochs(finished_run):
     run = read_run(finished_run[0])
     es = run.early_stopping

@@ -153,6 +153,16 @@ def test_compare_reads_a_damaged_summary_without_a_traceback(tmp_path):
     assert (row.epochs, row.parameters, row.test_accuracy) == (None, None, 0.9)
 
 
+def test_the_compare_plot_has_a_front_per_dataset():
+    # One front across datasets joined an MNIST run at 50% to a Fashion-MNIST one at 85%: not comparable
+    from mnistlab.report.plots import group_fronts
+
+    points = [{"train_seconds": t, "test_accuracy": a, "group": g} for t, a, g in
+              [(1, 0.50, "mnist"), (2, 0.85, "fashion-mnist"), (3, 0.99, "mnist"), (4, 0.90, "fashion-mnist")]]
+    assert group_fronts(points) == {"fashion-mnist": ([1, 3], [1, 3]), "mnist": ([0, 2], [0, 2])}
+    assert list(group_fronts([{**p, "group": "mnist"} for p in points]).values()) == [([0, 1, 2, 3], [0, 1, 2])]
+
+
 def test_pareto_front():
     # time, accuracy: the 3rd is slower and worse than the 2nd; the 5th ties the 4th but is slower
     assert pareto_front([(1, 90), (2, 95), (3, 93), (4, 99), (5, 99)]) == [0, 1, 3]

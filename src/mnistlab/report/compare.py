@@ -190,7 +190,7 @@ def write_compare_plot(rows: Sequence[RunRow], path: str | Path) -> Path:
     labels = _short_labels([r.run for r in rows])
     points = [
         {"label": f"{lab} ({r.model})" if r.model not in lab else lab, "train_seconds": r.train_seconds,
-         "test_accuracy": r.test_accuracy}
+         "test_accuracy": r.test_accuracy, "group": r.dataset}
         for lab, r in zip(labels, rows)
     ]
     return plots.save_png(plots.compare_png(points), path)

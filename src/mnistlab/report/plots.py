@@ -213,8 +213,10 @@ def _p(p: float) -> str:
 def compare_png(points: Sequence[dict[str, Any]]) -> bytes:
     """Test accuracy against training seconds, one labelled point per run, the Pareto front joined.
 
-    ``points``: dicts with ``label``, ``train_seconds`` and ``test_accuracy`` (a fraction).
-    The front is the runs that no faster run beats in accuracy: the ones worth their time.
+    ``points``: dicts with ``label``, ``train_seconds`` and ``test_accuracy`` (a fraction), and
+    optionally ``group`` (the dataset): each group has its own colour and front, since accuracies on
+    different datasets do not compare. The front is the runs that no faster run of the group beats in
+    accuracy: the ones worth their time.
     """
     pts = [p for p in points if p.get("train_seconds") and p.get("test_accuracy") is not None]
     fig = _figure(8, 5)
@@ -226,10 +228,14 @@ def compare_png(points: Sequence[dict[str, Any]]) -> bytes:
         return _png(fig)
     xs = np.array([float(p["train_seconds"]) for p in pts])
     ys = np.array([100 * float(p["test_accuracy"]) for p in pts])
-    front = pareto_front(list(zip(xs, ys)))
-    ax.scatter(xs, ys, s=40, color="#1f77b4", zorder=3)
-    fx, fy = zip(*sorted((xs[i], ys[i]) for i in front))
-    ax.plot(fx, fy, color="#2a9d3a", ls="--", lw=1.2, zorder=2, label="best accuracy for the time (Pareto front)")
+    groups = group_fronts(pts)
+    palette = [("#1f77b4", "#2a9d3a"), ("#d62728", "#ff7f0e"), ("#9467bd", "#8c564b"), ("#17becf", "#bcbd22")]
+    for n, (group, (members, front)) in enumerate(groups.items()):
+        dot, line = palette[n % len(palette)]
+        named = f" on {group}" if len(groups) > 1 else ""
+        ax.scatter(xs[members], ys[members], s=40, color=dot, zorder=3, label=group if named else None)
+        fx, fy = zip(*sorted((xs[i], ys[i]) for i in front))
+        ax.plot(fx, fy, color=line, ls="--", lw=1.2, zorder=2, label=f"best accuracy for the time{named} (Pareto front)")
     for x, y, p in zip(xs, ys, pts):
         ax.annotate(plain(p["label"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if xs.max() / max(xs.min(), 1e-9) > 20:
@@ -315,6 +321,23 @@ def save_png(png: bytes, path: str | Path) -> Path:
     with _plot_file(path):
         atomic_write(path, lambda f: f.write(png))
     return path
+
+
+def group_fronts(points: Sequence[dict[str, Any]]) -> dict[str, tuple[list[int], list[int]]]:
+    """Per ``group`` of ``points`` (dicts with ``train_seconds``, ``test_accuracy`` and ``group``): the indices
+    of its points, and of those on its own Pareto front.
+
+    >>> group_fronts([{"train_seconds": 1, "test_accuracy": 0.5, "group": "mnist"},
+    ...               {"train_seconds": 2, "test_accuracy": 0.9, "group": "mnist"},
+    ...               {"train_seconds": 3, "test_accuracy": 0.8, "group": "kmnist"}])
+    {'kmnist': ([2], [2]), 'mnist': ([0, 1], [0, 1])}
+    """
+    out = {}
+    for group in sorted({str(p.get("group", "")) for p in points}):
+        members = [i for i, p in enumerate(points) if str(p.get("group", "")) == group]
+        front = pareto_front([(float(points[i]["train_seconds"]), float(points[i]["test_accuracy"])) for i in members])
+        out[group] = (members, [members[j] for j in front])
+    return out
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

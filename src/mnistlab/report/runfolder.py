@@ -160,11 +160,18 @@ def _read_config(run: RunFolder) -> None:
     f = run.path / "config.toml"
     try:
         run.config_text = f.read_text(encoding="utf-8")
-        run.config = tomllib.loads(run.config_text)
+        config = tomllib.loads(run.config_text)
     except FileNotFoundError:
         run.missing.append("config.toml is missing: the run's settings cannot be shown.")
+        return
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         run.missing.append(f"config.toml cannot be read ({e}): its text is shown as it is, if at all.")
+        return
+    # Sections are tables; a hand-edited `model = "fast"` is left out rather than read as one.
+    run.config = {k: v for k, v in config.items() if isinstance(v, dict)}
+    if len(run.config) < len(config):
+        odd = ", ".join(sorted(set(config) - set(run.config)))
+        run.missing.append(f"config.toml has {odd} where a [section] belongs: left out of what is read from it.")
 
 
 def _read_metrics(run: RunFolder) -> None:
@@ -178,17 +185,21 @@ def _read_metrics(run: RunFolder) -> None:
         run.missing.append(f"metrics.csv cannot be read ({e}): no training curves.")
         return
     rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        parsed = {}
-        for key, value in row.items():
-            if key is None or value in (None, ""):
-                continue
-            try:
-                parsed[key] = float(value)
-            except ValueError:
-                pass
-        if "epoch" in parsed:
-            rows.append(parsed)
+    try:
+        for row in csv.DictReader(io.StringIO(text)):
+            parsed = {}
+            for key, value in row.items():
+                if key is None or value in (None, ""):
+                    continue
+                try:
+                    parsed[key] = float(value)
+                except ValueError:
+                    pass
+            if "epoch" in parsed:
+                rows.append(parsed)
+    except csv.Error as e:  # a field past csv's size limit; NUL bytes (Python 3.10) from a crash
+        run.missing.append(f"metrics.csv cannot be read ({e}): no training curves.")
+        return
     if not rows:
         run.missing.append("metrics.csv holds no epochs: no training curves.")
     run.metrics = rows
@@ -207,10 +218,54 @@ def _read_summary(run: RunFolder) -> None:
     if not isinstance(data, dict):
         run.missing.append("summary.json is not a JSON object: no test results.")
         return
+    # What the report and compare compute with must have its type: a hand-edited or damaged value is left out
+    # (and said so), not a traceback further on.
+    for key, kinds in _SUMMARY_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            del data[key]
+            run.missing.append(f"summary.json's {key} is {type(value).__name__} {_clip(value)}, not what a run "
+                               "writes there: left out.")
     run.summary = data
     if data.get("test_accuracy") is None:
         why = data.get("stop_reason") or "it did not finish"
         run.missing.append(f"the run has no test result ({why}).")
+
+
+_NUMBER = (int, float)
+_SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "test_accuracy": _NUMBER, "test_loss": _NUMBER, "best_val_accuracy": _NUMBER, "train_seconds": _NUMBER,
+    "best_epoch": int, "epochs": int, "steps": int, "parameters": int, "per_class_accuracy": dict,
+}
+
+
+def _clip(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _check_predictions(data: dict[str, np.ndarray]) -> None:
+    """The arrays of test_predictions.npz agree with each other (a ValueError saying how, if not)."""
+    labels, preds, cm, classes = data["labels"], data["predictions"], data["confusion"], data["classes"]
+    n, k = labels.shape[0] if labels.ndim == 1 else -1, len(classes)
+    worst, images = data["worst_index"], data["worst_images"]
+    probs = data.get("probabilities")
+    problems = [
+        what for what, bad in (
+            ("labels and predictions differ in shape", labels.ndim != 1 or preds.shape != labels.shape),
+            (f"the confusion matrix is not {k} x {k}", cm.shape != (k, k)),
+            ("a label or prediction is not a class", n > 0 and not (
+                np.issubdtype(labels.dtype, np.integer) and np.issubdtype(preds.dtype, np.integer)
+                and 0 <= min(labels.min(), preds.min()) and max(labels.max(), preds.max()) < k)),
+            ("worst_index points outside the test set", worst.ndim != 1 or not np.issubdtype(worst.dtype, np.integer)
+             or (worst.size > 0 and not (0 <= worst.min() and worst.max() < max(n, 0)))),
+            ("worst_images does not match worst_index", images.shape[:1] != worst.shape[:1]),
+            ("probabilities are not one row per image and a column per class",
+             probs is not None and probs.shape != (n, k)),
+        ) if bad
+    ]
+    if problems:
+        raise ValueError(f"inconsistent arrays: {'; '.join(problems)}")
 
 
 def _read_predictions(run: RunFolder) -> None:
@@ -229,7 +284,8 @@ def _read_predictions(run: RunFolder) -> None:
         lacking = [k for k in needed if k not in data]
         if lacking:
             raise ValueError(f"it lacks {', '.join(lacking)}")
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        _check_predictions(data)
+    except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile) as e:
         run.missing.append(f"{PREDICTIONS_FILE} cannot be read ({e}): no confusion matrix or misclassified images.")
         return
     run.predictions = data
@@ -250,11 +306,11 @@ def _read_early_stopping(run: RunFolder) -> None:
         restored=False,
     )
     state = _stopping_state(run)
-    if state is not None:
-        best = state.get("best_epoch")
-        info.best_epoch = int(best) if best is not None else None
-        if state.get("stopped_epoch") is not None:
-            info.stopped_epoch = int(state["stopped_epoch"])
+    if state is not None:  # numbers from a file: int() of anything else (a damaged state) would raise
+        best, stopped_at = state.get("best_epoch"), state.get("stopped_epoch")
+        info.best_epoch = best if isinstance(best, int) and not isinstance(best, bool) else None
+        if isinstance(stopped_at, int) and not isinstance(stopped_at, bool):
+            info.stopped_epoch = stopped_at
     info.restored = bool(es.get("restore_best_weights")) and info.best_epoch is not None
     run.early_stopping = info
 
