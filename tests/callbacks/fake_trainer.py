@@ -23,6 +23,7 @@ class FakeTrainer:
         self.val = val
         self.epoch = 0
         self.step = 0
+        self.history: list[dict[str, float]] = []  # the epochs' metrics, as the trainer keeps them
         self.stop_reasons: list[str] = []
         self.lrs_set: list[float] = []
         self.saved: list[Path] = []
@@ -124,6 +125,7 @@ def drive(callbacks: list[Callback], rows: list[dict[str, float]], trainer: Fake
         cbs.on_validation_end(epoch, {k: row[k] for k in ("val_loss", "val_accuracy", "val_error")}, trainer)
         trainer.epoch = epoch
         last = {"epoch": epoch, **row}
+        trainer.history.append(last)
         cbs.on_epoch_end(epoch, last, trainer)
         if trainer.stop_reasons:
             stopped = epoch

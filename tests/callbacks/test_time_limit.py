@@ -41,6 +41,16 @@ def test_its_count_survives_a_resume_and_a_larger_limit_trains_on():
     assert "1.7 min of training used after epoch 4" in resumed.stop_reasons[0]  # 100 s
 
 
+def test_a_run_resumed_with_a_limit_it_did_not_have_counts_its_earlier_epochs():
+    # No state of its own to load (the first part ran without a limit): it counted from 0 and trained on
+    # past the limit by the time of the earlier epochs.
+    resumed = FakeTrainer()
+    resumed.epoch = 2
+    resumed.history = [{"epoch": 1, "seconds": 25.0}, {"epoch": 2, "seconds": 30.0}]
+    assert drive([TimeLimit(1.5)], epochs(seconds=[25.0] * 5), resumed, state={}) == 3  # 55 + 25 + 30 > 90
+    assert "1.3 min of training used after epoch 3, and an epoch takes up to 30.0 s" in resumed.stop_reasons[0]
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "20"])
 def test_bad_limits_are_refused(bad):
     with pytest.raises(ConfigError, match="max_minutes must be"):

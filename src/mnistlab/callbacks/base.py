@@ -72,6 +72,11 @@ class TrainerHandle(Protocol):
         """The run folder, or None when the run writes no files."""
 
     @property
+    def history(self) -> list[dict[str, float]]:
+        """The metrics of every epoch finished so far, a resumed run's earlier epochs included (read only).
+        A callback resumed without a stored state of its own (it was not on before) starts from these."""
+
+    @property
     def model(self) -> nn.Module:
         """The model (read it; change weights only through ``set_weights``)."""
 

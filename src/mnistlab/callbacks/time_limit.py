@@ -14,7 +14,8 @@ epochs would fit.
 Which epoch a limit stops at depends on the machine's speed, so runs with a limit
 repeat exactly only where the same epochs fit. The time used so far is kept in
 checkpoints: a resumed run goes on counting, and resuming with a larger limit
-trains on.
+trains on. A run that had no limit and is resumed with one counts its earlier
+epochs' seconds too.
 
 >>> cb = TimeLimit(20)                 # minutes
 """
@@ -54,7 +55,11 @@ class TimeLimit(Callback):
         self.longest = 0.0  # the longest epoch so far, in seconds
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
+        # The epochs already trained count: a run resumed with a limit it did not have before has no stored
+        # state to load after this (it counted from 0, and trained past the limit by its earlier time).
         self._reset()
+        past = [float(row.get("seconds", 0.0)) for row in trainer.history]
+        self.used, self.longest = sum(past), max(past, default=0.0)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         self.used += metrics["seconds"]
