@@ -232,6 +232,28 @@ def test_a_finished_run_resumed_and_interrupted_keeps_no_test_predictions_of_its
     assert not (tmp_path / "run" / "test_predictions.npz").exists()
 
 
+def test_a_run_interrupted_inside_an_epoch_resumes_only_with_the_same_epoch_length(mnist_root, tmp_path):
+    # Another number of processes (--nproc) changes how small the last batch may be, so an epoch's batches:
+    # mid-epoch, the rest of the epoch would then hold other images (a leftover skipped or trained twice),
+    # and the schedule ran a step past its end. Here the stored epoch length is changed as that would.
+    from mnistlab.training import TrainingInterrupted
+    from mnistlab.training.checkpoint import content_digest
+
+    cfg = small_cfg(mnist_root, "train.epochs=2", "data.train_limit=300")
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out=tmp_path / "cut", quiet=True, callbacks=[InterruptAt(2)])
+    path = tmp_path / "cut" / "last.ckpt"
+    stored = torch.load(path, weights_only=True)
+    assert stored["batch"] == 2
+    steps = stored["steps_per_epoch"]
+    stored["steps_per_epoch"] = steps + 1
+    stored["content_sha256"] = content_digest(stored)
+    torch.save(stored, path)
+    with pytest.raises(ConfigError, match=rf"interrupted inside epoch 1, after batch 2 of {steps + 1}; with 1 process "
+                                          rf"the epoch would have {steps} batches"):
+        train(cfg, resume=tmp_path / "cut", quiet=True)
+
+
 def test_resuming_a_one_cycle_run_with_more_epochs_warns_that_the_rate_is_replanned(mnist_root, tmp_path, capsys):
     cfg = small_cfg(mnist_root, "data.train_limit=300", "train.epochs=1")  # one-cycle, the default
     train(cfg, out=tmp_path / "run", quiet=True)

@@ -788,6 +788,18 @@ class Trainer:
                     f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
                     "resume without changing them"
                 )
+        # Checkpoints from before "steps_per_epoch" was stored: the steps of the finished epochs are epochs x the
+        # epoch's steps (a schedule other than constant refused any change of them), else this data's epoch was
+        # the run's.
+        old_steps = int(payload.get("steps_per_epoch")
+                        or ((int(payload["step"]) - batch) // done if done else self.steps_per_epoch))
+        if batch and old_steps != self.steps_per_epoch:  # the settings checked above are unchanged: so the processes
+            raise ConfigError(
+                f"the run was interrupted inside epoch {done + 1}, after batch {batch} of {old_steps}; with "
+                f"{self._world} process{'es' * (self._world > 1)} the epoch would have {self.steps_per_epoch} "
+                "batches (the number of processes sets how small the last batch may be), so the rest of the epoch "
+                "would hold other images: resume with the number of processes it was interrupted with"
+            )
         if batch > self.steps_per_epoch:  # == : interrupted after an epoch's last step, before its validation
             raise CheckpointError(f"the checkpoint says batch {batch} of an epoch of {self.steps_per_epoch} batches: "
                                   "it was not written by `mnistlab train` for this data")
@@ -797,9 +809,6 @@ class Trainer:
                 "state (moments, momentum) belongs to the first; resume without changing it, or start a new run from "
                 "this one's weights with --init-from"
             )
-        # Checkpoints from before "steps_per_epoch" was stored: the step count is epochs x the epoch's steps
-        # (a schedule other than constant refused any change of them), else this data's epoch was the run's.
-        old_steps = int(payload.get("steps_per_epoch") or (int(payload["step"]) // done if done else self.steps_per_epoch))
         if not batch and old_steps != self.steps_per_epoch and self.cfg.schedule.name != "constant":
             changed = [f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
                        for s, k in _EPOCH_LAYOUT if k != "seed"
