@@ -5,10 +5,12 @@ the epoch (or global step), a plain ``metrics`` dict and a :class:`TrainerHandle
 through which it may ask training to stop, change the learning rate, save a
 checkpoint or read and load weights -- never the trainer's internals.
 
-Metrics passed to ``on_epoch_end`` (all floats, epoch is 1-based)::
+Metrics passed to ``on_epoch_end`` (floats, but epoch: an int, 1-based)::
 
     epoch, train_loss, train_accuracy, train_error, val_loss, val_accuracy,
     val_error, lr, seconds
+
+and, with ``[ema]``, ``ema_val_loss`` and ``ema_val_accuracy`` (the weight average's).
 
 Example: stop as soon as validation accuracy reaches 99%::
 
@@ -132,7 +134,8 @@ class Callback:
         """``metrics`` holds ``loss`` (of this batch) and ``lr``."""
 
     def on_validation_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
-        """``metrics`` holds ``val_loss``, ``val_accuracy`` and ``val_error``."""
+        """``metrics`` holds ``val_loss``, ``val_accuracy`` and ``val_error`` (with ``[ema]`` also ``ema_val_loss``
+        and ``ema_val_accuracy``)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         pass

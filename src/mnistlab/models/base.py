@@ -49,7 +49,8 @@ class Net(nn.Module):
     # Measured per zoo model by benchmarks/roofline.py: faster for the small
     # conv-pool CNNs and ResNet-50 on both CPUs it ran on; slower for AlexNet, VGG
     # and ResNet-18 on an Intel Xeon. On an AMD EPYC VGG gained up to 1.16x from NHWC
-    # (AlexNet lost); AlexNet and VGG keep NCHW, the faster layout on the Xeon. Every ResNet
+    # (AlexNet lost); AlexNet keeps NCHW, the faster layout on the Xeon, and the VGGs train NHWC
+    # (make_vgg: benchmarks/vgg_layout.py). Every ResNet
     # trains NHWC (make_resnet; ResNet-18 ran 1.1x NCHW's rate on the AVX2 EPYC), unless
     # one of its convs is one PyTorch's NHWC backward crashes on (fit.nhwc_crash_layer).
     channels_last_on_cpu: bool = False

@@ -63,7 +63,7 @@ def make_vgg(
         name=name,
     )
     # NHWC trained small `vgg` layouts 1.2-1.6x faster on a CPU, fp32 and bf16 (benchmarks/vgg_layout.py),
-    # and vgg11-19 1.02-1.05x (benchmarks/roofline.txt)
+    # and vgg11-16 1.03-1.05x (vgg19 0.95x; benchmarks/roofline.txt)
     net.channels_last_on_cpu = True
     return net
 

@@ -33,8 +33,8 @@ def fit(
     ``[early_stopping]`` rule, ``[reduce_lr]`` and ``train.max_minutes``, called
     before the ``callbacks`` given. The callbacks that keep files (History,
     ModelCheckpoint, TensorBoard) are ``train``'s alone. With ``run_dir`` the
-    trainer writes last.ckpt there (and best.ckpt where ``restore_best_weights``
-    restores; callbacks may write more); without it nothing touches the disk.
+    trainer writes last.ckpt there (ema.ckpt with ``[ema]``, and best.ckpt where
+    ``restore_best_weights`` restores; callbacks may write more); without it nothing touches the disk.
     A checkpoint rebuilds its model from ``cfg``'s ``[model]`` section, so with
     ``run_dir`` the model must be the one ``cfg`` describes: that is checked
     before any training.
