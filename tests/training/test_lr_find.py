@@ -62,6 +62,32 @@ def test_steepest_descent_skips_the_settling_start_and_needs_enough_steps():
     assert steepest_descent(lrs, short[:-1]) is None and steepest_descent(lrs, short) is not None
 
 
+def test_the_lowest_point_is_not_taken_for_the_steepest_by_a_one_sided_slope():
+    # Cut at the lowest point (3.4, at 6) before the slope was taken, its one-sided slope (3.4 - 4.0) was the
+    # steepest; its central slope is (4.5 - 4.0) / 2, and the fall into it is steepest at 5
+    losses = [5, 4.9, 4.7, 4.4, 4.0, 3.4, 4.5, 6]
+    assert steepest_descent([1, 2, 3, 4, 5, 6, 7, 8], losses, skip_begin=0, skip_end=0) == 5
+
+
+def test_it_leaves_the_callers_random_stream_and_threads_and_keeps_the_frozen_layers_frozen(mnist_small, monkeypatch):
+    # It seeds torch as train() does and sets train.threads: the caller got both changed. And
+    # finetune.unfreeze_at released the frozen layers partway through the test, at a step set by the data.
+    import torch
+
+    from mnistlab.training.fit import Trainer
+
+    released = []
+    monkeypatch.setattr(Trainer, "_unfreeze", lambda self: released.append(self.step) or False)
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    before = torch.get_rng_state().clone()
+    cfg = apply_overrides(Config(), [*SMALL, "train.threads=1", 'finetune.freeze=["features"]',
+                                     "finetune.unfreeze_at=2"])
+    lr_range_test(cfg, data=mnist_small, min_lr=1e-5, max_lr=1e-3, steps=40)  # 32 steps an epoch: 2 epochs
+    assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
+    assert released == []
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"min_lr": 1e-2, "max_lr": 1e-3}, "needs 0 < min_lr < max_lr"),
     ({"min_lr": 0.0}, "needs 0 < min_lr < max_lr"),

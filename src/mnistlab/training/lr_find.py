@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..models import model_options
 from .finetune import read_init_checkpoint
 from .fit import Trainer, resolve_device
-from .run import config_model, load_init
+from .run import config_model, load_init, process_state_kept
 
 # Lightning's and fastai's defaults: an average over the last ~50 steps, a 4x rise ends the test.
 BETA = 0.98
@@ -103,11 +103,14 @@ def steepest_descent(lrs: Sequence[float], smoothed: Sequence[float], skip_begin
     >>> steepest_descent([1, 2, 3, 4, 5, 6], [5.0, 4.9, 4.0, 2.0, 1.9, 1.8], skip_begin=0, skip_end=0)
     3
     """
-    end = min(len(smoothed) - skip_end, int(np.argmin(smoothed)) + 1)
-    y = np.asarray(smoothed[skip_begin:end], dtype=np.float64)
-    if len(y) < 3:
+    stop = len(smoothed) - skip_end
+    end = min(stop, int(np.argmin(smoothed)) + 1)
+    if end - skip_begin < 3:
         return None
-    return lrs[skip_begin + int(np.argmin(np.gradient(y)))]
+    # The slope over the whole kept curve, then the steepest point up to the lowest: cut at the lowest point
+    # first, np.gradient took a one-sided difference there, and the lowest point could come out steepest.
+    slope = np.gradient(np.asarray(smoothed[skip_begin:stop], dtype=np.float64))
+    return lrs[skip_begin + int(np.argmin(slope[: end - skip_begin]))]
 
 
 class _Ended(Exception):
@@ -162,9 +165,18 @@ def lr_range_test(
     diverge: float = 4.0,
     beta: float = BETA,
 ) -> RangeTest:
-    """Run the range test for ``cfg`` (see the module docstring); ``data`` defaults to ``cfg.data`` loaded."""
+    """Run the range test for ``cfg`` (see the module docstring); ``data`` defaults to ``cfg.data`` loaded.
+
+    Like ``train``, it puts back torch's global random state and thread count when it ends.
+    """
     check_settings(min_lr, max_lr, steps, diverge)
     model_options(cfg.model.name)  # an unknown model fails before the data is read (or downloaded)
+    with process_state_kept():  # the caller's random stream and thread count come back, as after train()
+        return _range_test(cfg, data, min_lr, max_lr, steps, diverge, beta)
+
+
+def _range_test(cfg: Config, data: DataBundle | None, min_lr: float, max_lr: float, steps: int, diverge: float,
+                beta: float) -> RangeTest:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -177,8 +189,10 @@ def lr_range_test(
         load_init(model, cfg, data, init)
     # The schedule would scale the rates the test sets; the weight average would only cost time.
     epochs = math.ceil(steps / num_batches(len(data.train), cfg.train.batch_size, min_last=2))  # as Trainer counts
+    # finetune.unfreeze_at would release the frozen layers partway, at a step set by the data's size: the test
+    # trains the parameters --freeze leaves trainable throughout.
     cfg = apply_overrides(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0, "ema.enabled": False,
-                                "train.epochs": epochs})
+                                "train.epochs": epochs, "finetune.unfreeze_at": None})
     probe = _RangeCallback(geometric_rates(min_lr, max_lr, steps), diverge, beta)
     try:
         fit = Trainer(model, data, cfg, callbacks=[probe], device=device).fit()

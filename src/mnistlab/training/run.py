@@ -319,12 +319,12 @@ def train(
     if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
         raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_data_dir(cfg)
-    with _process_state_kept(), callback_messages(not quiet):
+    with process_state_kept(), callback_messages(not quiet):
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
 @contextlib.contextmanager
-def _process_state_kept():
+def process_state_kept():
     """Put back what a run sets for the whole process: torch's thread count and global (CPU) RNG.
 
     A run seeds the global RNG (its initial weights, dropout) and may set ``train.threads``;
