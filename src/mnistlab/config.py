@@ -622,6 +622,10 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     hints = _section_types(Config)
     changes: dict[str, dict[str, Any]] = {}
     for dotted, value in items:
+        if not isinstance(dotted, str):
+            raise ConfigError(f"override key {dotted!r} must be a string like 'section.key'")
+        if isinstance(value, os.PathLike):  # a pathlib.Path for data.dir or finetune.init_from, from Python
+            value = os.fspath(value)
         section, _, key = dotted.partition(".")
         if section not in hints or not key:
             raise ConfigError(

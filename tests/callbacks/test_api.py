@@ -71,6 +71,13 @@ def test_a_callback_state_that_checkpoints_cannot_hold_is_named_at_once():
         with pytest.raises(ConfigError, match=rf"callback Stamped: its state_dict\(\) holds objects that checkpoints "
                                               rf"cannot hold .*{kind}.*float\(x\) for a NumPy number"):
             CallbackList([History(), Stamped(value)]).state_dict()
+    # What cannot even be saved (a lock, a lambda) escaped as a bare TypeError or PicklingError, naming no callback
+    import threading
+
+    for value in (threading.Lock(), lambda: 1):
+        with pytest.raises(ConfigError, match=r"callback Stamped: its state_dict\(\) holds objects that checkpoints "
+                                              r"cannot hold \(it cannot be saved at all"):
+            CallbackList([History(), Stamped(value)]).state_dict()
 
 
 def test_build_callbacks_defaults(tmp_path):

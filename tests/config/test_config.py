@@ -112,6 +112,13 @@ def test_bad_overrides_are_clear(override, message):
     assert message in str(err.value)
 
 
+def test_python_overrides_take_paths_and_refuse_keys_that_are_not_text(tmp_path):
+    cfg = apply_overrides(Config(), {"data.dir": tmp_path, "finetune.init_from": tmp_path / "run"})
+    assert (cfg.data.dir, cfg.finetune.init_from) == (str(tmp_path), str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="override key 1 must be a string like 'section.key'"):
+        apply_overrides(Config(), {1: 2})  # an AttributeError before
+
+
 def test_a_cosine_schedule_may_not_end_above_its_peak():
     with pytest.raises(ConfigError, match="schedule.min_lr = 1 is above optimizer.lr = 0.01: the cosine schedule"):
         apply_overrides(Config(), ['schedule.name="cosine"', "schedule.min_lr=1.0"])

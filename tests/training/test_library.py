@@ -43,6 +43,53 @@ def test_fit_with_a_run_folder_needs_the_config_to_describe_the_model(mnist_smal
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), model.state_dict().values()))
 
 
+def test_fit_refuses_a_model_with_the_config_s_tensors_but_other_outputs(mnist_small, mnist_root, tmp_path):
+    # lenet5 pads its 28x28 input by 2 pixels; padded by 3 its tensors have the same shapes (34 -> 30 -> 15 -> 11
+    # -> 5), so the shape check passed, and last.ckpt rebuilt the other network (37% against 44% in memory)
+    model = build_model("lenet5", width=0.25, padding=3, mean=mnist_small.mean, std=mnist_small.std)
+    with pytest.raises(ConfigError, match=r"the same tensors, but other outputs on the same images"):
+        fit(model, mnist_small, tiny_cfg(mnist_root, "model.name=lenet5"), run_dir=tmp_path / "l5")
+    assert not (tmp_path / "l5").exists()
+
+
+def test_a_run_without_any_stdout_trains_and_prints_nothing(mnist_root, tmp_path, monkeypatch):
+    # sys.stdout is None under pythonw and some service hosts: Display called None.isatty()
+    import sys
+
+    monkeypatch.setattr(sys, "stdout", None)
+    result = train(tiny_cfg(mnist_root, "train.progress=true"), out=tmp_path / "run", report=False)
+    assert result.summary["test_accuracy"] > 0.1
+
+
+def test_set_lr_where_the_schedule_s_rate_is_0_changes_nothing(mnist_root, tmp_path, caplog):
+    # At the end of a cosine schedule (min_lr 0) the next scheduled rate is 0: no scale reaches the rate asked
+    # for, and the scale of 0 stored instead held the rate at 0 after a resume with more epochs.
+    from mnistlab.callbacks import Callback
+
+    class SetLr(Callback):
+        def on_epoch_end(self, epoch, metrics, trainer):
+            trainer.set_lr(0.005)
+
+    cfg = tiny_cfg(mnist_root, "schedule.name=cosine", "train.epochs=2")
+    with caplog.at_level(logging.WARNING, logger="mnistlab"):
+        train(cfg, out=tmp_path / "cos", callbacks=[SetLr()], quiet=True, report=False)
+    assert "set_lr(0.005) changes nothing: the schedule's rate for the next step is 0" in caplog.text
+    from mnistlab.training import read_checkpoint
+
+    assert read_checkpoint(tmp_path / "cos" / "last.ckpt")["lr_scale"] > 0  # epoch 1's scale, kept
+
+
+def test_evaluate_on_no_images_gives_neither_a_loss_nor_an_accuracy(mnist_small):
+    import math
+
+    from mnistlab import evaluate
+    from mnistlab.data.datasets import Split
+
+    empty = Split(mnist_small.test.images[:0], mnist_small.test.labels[:0], None)
+    ev = evaluate(build_model("cnn", width=0.25), empty, num_classes=10)
+    assert math.isnan(ev.accuracy) and math.isnan(ev.loss)  # the loss was 0.0, a perfect score
+
+
 def test_train_gives_the_process_its_threads_and_random_stream_back(mnist_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a script: no logging set up (pytest adds some)
     torch.set_num_threads(2)

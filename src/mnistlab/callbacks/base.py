@@ -63,7 +63,8 @@ class TrainerHandle(Protocol):
 
     @property
     def epoch(self) -> int:
-        """The current (or last finished) epoch, 1-based."""
+        """The epochs finished so far: during epoch N (from on_epoch_begin to on_validation_end) N - 1, and N
+        from its on_epoch_end on. The hooks get the epoch they are about as an argument."""
 
     @property
     def step(self) -> int:
@@ -88,7 +89,9 @@ class TrainerHandle(Protocol):
         metrics hold the rate of its last step as ``lr``; the two differ where the schedule steps)."""
 
     def set_lr(self, lr: float) -> None:
-        """Scale the schedule so that the learning rate becomes ``lr`` from the next step on."""
+        """Scale the schedule so that the learning rate becomes ``lr`` from the next step on. Where the
+        schedule's next rate is 0 (the end of a cosine schedule with min_lr 0) no scale does that: the call
+        then changes nothing, with a warning."""
 
     def request_stop(self, reason: str, by: str = "callback") -> None:
         """Stop after this epoch; ``reason`` is printed and stored in summary.json, ``by`` as its

@@ -14,7 +14,7 @@ from ..callbacks.base import Callback
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, RunDirError
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
 from .run import RunResult, config_model, train
 
@@ -53,18 +53,30 @@ def fit(
 
 
 def _check_config_describes(model, data, cfg: Config) -> None:
-    """Raise ConfigError unless ``cfg``'s model has ``model``'s tensors (names, shapes, crop)."""
+    """Raise ConfigError unless ``cfg``'s model has ``model``'s tensors (names, shapes, crop) and, with its
+    weights, computes what ``model`` does on a few training images: some options change no shape (lenet5's
+    padding of 2 or 3 pixels gives the same tensors), and a checkpoint would rebuild another network."""
     with torch.random.fork_rng(devices=[]):  # its initial weights must not move the caller's dropout draws
         described = config_model(cfg, data)
+    advice = ("describe the model in the config, e.g. apply_overrides(cfg, ['model.name=...']), and build it with "
+              "build_model(cfg.model.name, **cfg.model.options(), ...)")
     try:
         load_weights(described, model.state_dict(), source="the model given", check_values=False)
     except CheckpointError as e:
         raise ConfigError(
             f"fit(run_dir=...): the config describes another model than the one given (model.name = "
-            f"{cfg.model.name!r}, {e}); its checkpoints could not be loaded: describe the model in the config, e.g. "
-            f"apply_overrides(cfg, ['model.name=...']), and build it with build_model(cfg.model.name, "
-            f"**cfg.model.options(), ...)"
+            f"{cfg.model.name!r}, {e}); its checkpoints could not be loaded: {advice}"
         ) from None
+    probe = data.train.images[:4]
+    if len(probe):
+        expected = predict_logits(described, probe)
+        got = predict_logits(model, probe).to(expected.device)
+        if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3):
+            raise ConfigError(
+                f"fit(run_dir=...): the config describes another model than the one given (model.name = "
+                f"{cfg.model.name!r}): the same tensors, but other outputs on the same images (an option such as "
+                f"padding differs), so its checkpoints would rebuild another network: {advice}"
+            )
 
 
 __all__ = [

@@ -193,7 +193,10 @@ def weights_only_refusal(obj: Any) -> str | None:
     For small objects (a callback's state): it is saved and loaded once in memory.
     """
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    try:
+        torch.save(obj, buffer)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:  # a lock, a lambda, a generator: not even saved
+        return f"it cannot be saved at all ({type(e).__name__}: {e})"
     buffer.seek(0)
     try:
         torch.load(buffer, weights_only=True)

@@ -23,8 +23,10 @@ class Display:
 
     def __init__(self, quiet: bool = False, progress: bool = True, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
-        self.quiet = quiet
-        self.bar = progress and not quiet and self.out.isatty()
+        # No stream at all (sys.stdout is None under pythonw or some service hosts): nothing to print to.
+        self.quiet = quiet or self.out is None
+        isatty = getattr(self.out, "isatty", None)
+        self.bar = progress and not self.quiet and callable(isatty) and isatty()
         self._header_done = False
         self._last_draw = 0.0
 

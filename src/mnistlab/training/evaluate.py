@@ -134,7 +134,7 @@ def evaluate(
     if not finite:
         per_class = torch.full((k,), float("nan"), dtype=torch.float64)
     return Evaluation(
-        loss=float(total_loss / max(n, 1)),
+        loss=float(total_loss / n) if n else float("nan"),  # no images: no loss, as no accuracy (not 0)
         accuracy=float((predictions == labels).double().mean()) if n and finite else float("nan"),
         per_class_accuracy=[float(a) for a in per_class],
         confusion=confusion,

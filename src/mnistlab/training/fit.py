@@ -927,7 +927,12 @@ class Trainer:
 
     def set_lr(self, lr: float) -> None:
         scheduled = self._scheduled_lr(self._step)
-        self.lr_scale = lr / scheduled if scheduled > 0 else 0.0
+        if scheduled <= 0:  # the end of a cosine schedule with min_lr 0: no scale makes 0 anything else, and a
+            # scale of 0 would hold every later rate at 0 (a resume with more epochs, where the schedule rises again)
+            logging.getLogger("mnistlab").warning("set_lr(%g) changes nothing: the schedule's rate for the next step "
+                                                  "is 0", lr)
+            return
+        self.lr_scale = lr / scheduled
 
     def request_stop(self, reason: str, by: str = "callback") -> None:
         if self.stop_reason is None:
