@@ -437,6 +437,23 @@ def test_a_path_that_is_not_utf8_prints_escaped_under_a_strict_utf8_stdout(finis
     assert b"caf\\xe9.ckpt (epoch 1) on kmnist test" in proc.stdout, proc.stdout
 
 
+def test_a_run_whose_output_is_closed_trains_on_to_the_end(mini_root, tmp_path):
+    import shlex
+    import subprocess
+    import sys
+
+    # `mnistlab train | head -1`: the first epoch row met the closed pipe, and the run ended (exit 2) with
+    # "cannot write to run folder ...: Broken pipe" and a resume command for a folder without last.ckpt
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "mnistlab.cli", "train", *small_args(mini_root), "--epochs", "2", "--out", str(out)]
+    script = f"{shlex.join(argv)} | head -1; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("training cnn ")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["test_accuracy"] > 0.1
+
+
 def test_output_cut_short_by_a_pipe_is_no_traceback():
     import subprocess
     import sys

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
+
+
+def divert_to_devnull(stream: TextIO) -> None:
+    """After a BrokenPipeError on ``stream`` (`mnistlab train | head`: the reader left): point its file
+    descriptor at /dev/null, so that every later write to it (this run's lines, the logging handler's,
+    the interpreter's last flush) succeeds and goes nowhere. The run itself goes on."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor has no pipe to break
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 COLUMNS = [
     ("epoch", "{:>5}", "{:>5d}"),
@@ -30,9 +46,17 @@ class Display:
         self._header_done = False
         self._last_draw = 0.0
 
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:  # the reader of the output left; a training run is not lost for that
+            self.quiet, self.bar = True, False
+            divert_to_devnull(self.out)
+
     def log(self, text: str) -> None:
         if not self.quiet:
-            print(text, file=self.out, flush=True)
+            self._write(text + "\n")
 
     def progress(self, epoch: int, epochs: int, done: int, total: int, loss: float, acc: float) -> None:
         now = time.monotonic()
@@ -41,15 +65,14 @@ class Display:
         self._last_draw = now
         width = 30
         filled = int(width * done / max(total, 1))
-        self.out.write(
+        self._write(
             f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
             f"  loss {loss:.4f}  acc {100 * acc:.2f}%"
         )
-        self.out.flush()
 
     def epoch_row(self, m: dict) -> None:
         if self.bar:
-            self.out.write("\r\033[K")  # clear the progress bar line
+            self._write("\r\033[K")  # clear the progress bar line
         ema = [100 * m["ema_val_accuracy"]] if "ema_val_accuracy" in m else []
         columns = COLUMNS[:5] + [EMA_COLUMN] * len(ema) + COLUMNS[5:]
         if not self._header_done:

@@ -33,7 +33,7 @@ from ..models.summary import count_parameters
 from ..report.runfolder import PREDICTIONS_FILE
 from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoint, read_checkpoint, resume_file
 from . import distributed
-from .display import Display
+from .display import Display, divert_to_devnull
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
 from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, resolve_device
@@ -339,6 +339,17 @@ def process_state_kept():
         torch.random.set_rng_state(rng)
 
 
+class _PipeSafeHandler(logging.StreamHandler):
+    """A StreamHandler that, where the reader of its stream left, sends the rest to /dev/null as Display does
+    (logging's own handling prints a "--- Logging error ---" traceback on stderr instead)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            divert_to_devnull(self.stream)
+        else:
+            super().handleError(record)
+
+
 @contextlib.contextmanager
 def callback_messages(show: bool, *, always: bool = False):
     """Print the callbacks' messages (learning-rate changes, restored weights) on stdout in the block.
@@ -350,7 +361,7 @@ def callback_messages(show: bool, *, always: bool = False):
     if not show or (log.hasHandlers() and not always):
         yield
         return
-    handler, level = logging.StreamHandler(sys.stdout), log.level
+    handler, level = _PipeSafeHandler(sys.stdout), log.level
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
