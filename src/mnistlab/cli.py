@@ -394,11 +394,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .data import load_data
+    from .training.allocator import reuse_freed_memory
     from .training.checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
     from .training.evaluate import evaluate
 
     payload = read_checkpoint(args.checkpoint)
     cfg = stored_config(payload, checkpoint_file(args.checkpoint))
+    if cfg.train.reuse_memory:  # as the run's final test had it: the passes reuse their buffers (training/allocator.py)
+        reuse_freed_memory()
     data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
     data = load_data(data_cfg)
     model = model_from_checkpoint(payload)

@@ -189,7 +189,9 @@ class TrainConfig:
     # Stop before an epoch that could take the training time (train_seconds) past this many minutes
     # (callbacks/time_limit.py); none: no limit.
     max_minutes: float | None = None
-    eval_batch_size: int = 500  # images per forward pass when evaluating (500 keeps a small CNN's maps in cache)
+    # images per forward pass when evaluating (500 keeps a small CNN's maps in cache); on a CPU a big model takes
+    # fewer, so that its largest activation stays under glibc's mmap threshold (training/evaluate.py rows_per_pass)
+    eval_batch_size: int = 500
     seed: int = 0  # weights, shuffling and dropout; CPU runs with the same seed repeat exactly
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | mps
     label_smoothing: float = 0.0  # cross-entropy label smoothing (of val_loss and test_loss too, as in Keras)

@@ -203,11 +203,17 @@ class Net(nn.Module):
                 or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled
                 or torch.is_autocast_enabled("cpu") or not isinstance(self.features, nn.Sequential)
                 or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params)
-                or any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
-                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks):
+                or has_forward_hooks(self)):
             return None
         layers = [_onednn_layer(m) for m in self.features]
         return None if any(f is None for f in layers) else layers
+
+
+def has_forward_hooks(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` calls hooks (its modules' or global ones): code that would run the
+    model differently, or once more, than the caller asked leaves such a model alone."""
+    return bool(any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
 
 
 _ON_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")  # the oneDNN path was measured on x86 only
