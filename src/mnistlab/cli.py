@@ -393,7 +393,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .data import load_data
+    from .data import load_test
     from .training.allocator import reuse_freed_memory
     from .training.checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
     from .training.evaluate import evaluate
@@ -403,7 +403,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if cfg.train.reuse_memory:  # as the run's final test had it: the passes reuse their buffers (training/allocator.py)
         reuse_freed_memory()
     data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
-    data = load_data(data_cfg)
+    data = load_test(data_cfg)  # the test files alone: the model holds its normalization
     model = model_from_checkpoint(payload)
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
                       label_smoothing=cfg.train.label_smoothing)

@@ -390,6 +390,21 @@ def test_evaluate_gives_no_accuracy_for_weights_whose_outputs_are_not_finite(run
     assert report["test_accuracy"] is None and set(report["per_class_accuracy"].values()) == {None}
 
 
+def test_evaluate_and_ensemble_need_only_the_test_files(finished_run, mini_root, tmp_path, capsys):
+    # They loaded (and with data.download on, downloaded) the 60,000 training images to score the test split
+    raw = tmp_path / "testonly" / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(mini_root / "KMNIST" / "raw" / name, raw / name)
+    data_dir = str(tmp_path / "testonly")
+    assert main(["evaluate", str(finished_run / "best.ckpt"), "--data-dir", data_dir, "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["examples"] == 500
+    assert scored["test_accuracy"] == json.loads((finished_run / "summary.json").read_text())["test_accuracy"]
+    assert main(["ensemble", str(finished_run), "--data-dir", data_dir]) == 0
+    assert "ensemble" in capsys.readouterr().out
+
+
 def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -50,6 +50,8 @@ __all__ = [
     "split_indices",
     "channel_stats",
     "load_data",
+    "ScoringSet",
+    "load_test",
 ]
 
 
@@ -582,3 +584,27 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
         mean=mean,
         std=std,
     )
+
+
+@dataclass(frozen=True)
+class ScoringSet:
+    """A dataset's test split alone, with what names its classes."""
+
+    test: Split
+    dataset: str  # name from DATASETS
+    classes: list[str]
+    num_classes: int
+
+
+def load_test(cfg: DataConfig, device: str | torch.device = "cpu") -> ScoringSet:
+    """The test split of ``cfg.dataset`` only: what scoring a trained model needs (its normalization is in the
+    model), so the training files need not be there, nor be downloaded.
+
+    >>> ts = load_test(DataConfig(dir="/work/shared/data"))          # doctest: +SKIP
+    >>> len(ts.test), ts.num_classes                                 # doctest: +SKIP
+    (10000, 10)
+    """
+    spec = _spec(cfg.dataset)
+    images, labels = load_raw(spec.name, resolve_data_dir(cfg.dir), train=False, download=cfg.download)
+    test = Split(images, labels, torch.arange(labels.shape[0])).to(device)
+    return ScoringSet(test=test, dataset=spec.name, classes=list(spec.classes), num_classes=spec.num_classes)

@@ -52,7 +52,7 @@ def evaluate_ensemble(
     data is loaded as the first member's config says (``data_dir`` overrides
     where it lives).
     """
-    from ..data import load_data
+    from ..data import load_test
     from ..errors import ConfigError
 
     if not runs:
@@ -80,7 +80,7 @@ def evaluate_ensemble(
                 f"{paths[0]} on {first.get('dataset')!r} with {first.get('classes')}: an ensemble needs one dataset"
             )
     data_cfg = stored_config(first, paths[0]).data
-    data = load_data(replace(data_cfg, dir=data_dir) if data_dir else data_cfg)
+    data = load_test(replace(data_cfg, dir=data_dir) if data_dir else data_cfg)  # the members hold their normalization
     members, total = [], None
     for path, payload in zip(paths, payloads):
         ev = evaluate(model_from_checkpoint(payload), data.test, num_classes=data.num_classes, tta_shift=tta_shift)
