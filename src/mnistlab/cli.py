@@ -493,7 +493,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
         raise MnistlabError("--out needs a folder name; leave it out to write into the run folder")
     report = write_report(args.run, out=args.out)
-    print(f"wrote {report.path} ({len(report.images)} figures)")
+    print(f"wrote {report.path} ({len(report.images)} figure{'s' * (len(report.images) != 1)})")
     for note in report.missing:
         print(f"  not in the report: {note}")
     return 0

@@ -166,7 +166,11 @@ def test_the_launcher_leaves_out_torchruns_traceback_of_a_signal_it_passed_on(tm
 
     from mnistlab.training.distributed import SHUTDOWN_TIMEOUT_S, _relay
 
-    text = (b"interrupted by SIGINT at epoch 2\nresume with: mnistlab train --resume run\n"
+    text = (b"W1201 20:25:25.805000 9856 torch/distributed/elastic/agent/server/api.py:753] Received 2 death "
+            b"signal, shutting down workers\n"
+            b"W1201 20:25:25.806000 9856 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process "
+            b"9862 closing signal SIGINT\n"
+            b"interrupted by SIGINT at epoch 2\nresume with: mnistlab train --resume run\n"
             b"Traceback (most recent call last):\n  File \"run.py\", line 9, in main\n    run()\n"
             b"torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 2\n"
             b"Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: a real one\n")

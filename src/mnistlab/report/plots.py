@@ -289,9 +289,11 @@ def _plot_file(path: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield
     except OSError as e:
-        raise MnistlabError(
-            f"cannot write the plot {path}: {e.strerror or e}; choose another with --plot FILE"
-        ) from None
+        reason = e.strerror or str(e)
+        if isinstance(e, FileExistsError):  # mkdir met a file where a folder of the path belongs ("File exists")
+            blocker = next((p for p in path.parents if p.is_file()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker is not None else reason
+        raise MnistlabError(f"cannot write the plot {path}: {reason}; choose another with --plot FILE") from None
 
 
 def check_plot_path(path: str | Path) -> Path:

@@ -149,11 +149,14 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = ()) ->
     """Pass the workers' and torchrun's stderr on, line by line as it comes, until a worker has left an
     error: what follows is the other ranks' and torchrun's reaction to its exit (a lost peer's traceback,
     torchrun's ChildFailedError report), not news to the user. After a signal we passed on (``received``),
-    torchrun's own traceback of it (``SignalException``) is left out too: the run stopped as asked, and the
-    resume line above it is what matters."""
+    torchrun's own traceback of it (``SignalException``) and its log lines of passing it on ("Received 2 death
+    signal, shutting down workers", "Sending process ... closing signal SIGINT") are left out too: the run
+    stopped as asked, and the resume line above them is what matters."""
     held: list[bytes] = []  # a traceback, until its last line says whose it is
     for line in iter(stream.readline, b""):
         if error_file.exists():
+            continue
+        if received and b"torch/distributed/elastic/" in line:  # its log of passing the signal on
             continue
         if received and not held and line.startswith(b"Traceback (most recent call last)"):
             held.append(line)

@@ -608,7 +608,8 @@ class Trainer:
         rows = []
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), keep_running_stats([self._model]):  # both put back on leaving
-            for start in sorted({0, self.steps_per_epoch - 1}):
+            last = self.steps_per_epoch - 1  # its own shape only where the epoch leaves a smaller batch
+            for start in [0] + ([last] if self._batch_rows(last) != self._batch_rows(0) else []):
                 x, y = next(iterate_batches(self.data.train, self.cfg.train.batch_size, start=start, part=self._part,
                                             min_last=self._min_last))
                 x = self._prepare(x)

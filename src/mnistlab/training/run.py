@@ -562,7 +562,7 @@ def _run(
         f"training {cfg.model.name} ({trainable_line(model)}) on {data.dataset}: "
         f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
         + ("bf16 autocast, " if trainer.precision == "bf16" else "")
-        + f"{torch.get_num_threads()} threads"
+        + f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}"
         + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
         + f" -> {run_dir}"
     )
