@@ -69,6 +69,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "norm layers run in inference mode (their statistics do not move)")
 
 
+def _torch_version() -> str:
+    """torch's version from its metadata: importing torch for --version would take seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, as mnistlab's own are (argparse printed its usage block first)."""
 
@@ -81,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="mnistlab",
         description="Train, compare and use convolutional networks on MNIST, Fashion-MNIST and KMNIST.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__} (torch {_torch_version()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(

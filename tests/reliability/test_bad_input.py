@@ -353,6 +353,15 @@ def test_what_argparse_refuses_is_one_line_too(capsys, argv, message):
     assert stop.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
+def test_version_says_mnistlab_and_torch(capsys):
+    import mnistlab
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith(f"mnistlab {mnistlab.__version__} (torch {torch.__version__[:4]}")
+
+
 @pytest.mark.parametrize("flag, message", [
     ("--resume", "--resume needs a run folder or its last.ckpt; leave it out to start a new run"),
     ("--config", "--config needs a TOML file"),
