@@ -22,6 +22,7 @@ def divert_to_devnull(stream: TextIO) -> None:
     finally:
         os.close(devnull)
 
+
 COLUMNS = [
     ("epoch", "{:>5}", "{:>5d}"),
     ("train_loss", "{:>10}", "{:>10.4f}"),
