@@ -36,9 +36,11 @@ _DECAYING = ("onecycle", "cosine")
 
 def _duration(seconds: float) -> str:
     """
-    >>> _duration(42.0), _duration(126.0)
-    ('42.0 s', '2.1 min')
+    >>> _duration(42.0), _duration(126.0), _duration(0.043)
+    ('42.0 s', '2.1 min', '0.043 s')
     """
+    if seconds < 1:  # a tiny run's epoch: "0.0 s" would read as no time at all
+        return f"{seconds:.2g} s"
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
