@@ -789,12 +789,13 @@ class Trainer:
                     f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
                     "resume without changing them"
                 )
+        stored_steps = payload.get("steps_per_epoch")
         # Checkpoints from before "steps_per_epoch" was stored: the steps of the finished epochs are epochs x the
         # epoch's steps (a schedule other than constant refused any change of them), else this data's epoch was
-        # the run's.
-        old_steps = int(payload.get("steps_per_epoch")
-                        or ((int(payload["step"]) - batch) // done if done else self.steps_per_epoch))
-        if batch and old_steps != self.steps_per_epoch:  # the settings checked above are unchanged: so the processes
+        # the run's. Inside an epoch they are not checked: an earlier resume may have changed the batch size.
+        old_steps = int(stored_steps or ((int(payload["step"]) - batch) // done if done else self.steps_per_epoch))
+        # Inside an epoch the settings checked above are unchanged: a new length comes from the number of processes.
+        if batch and stored_steps and old_steps != self.steps_per_epoch:
             raise ConfigError(
                 f"the run was interrupted inside epoch {done + 1}, after batch {batch} of {old_steps}; with "
                 f"{self._world} process{'es' * (self._world > 1)} the epoch would have {self.steps_per_epoch} "
