@@ -621,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        from .training.display import divert_to_devnull
+
+        divert_to_devnull(sys.stdout)  # the interpreter's last flush goes nowhere
         return 141
 
 

@@ -540,6 +540,11 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
+def _test_split(spec: DatasetSpec, root: Path, download: bool) -> Split:
+    images, labels = load_raw(spec.name, root, train=False, download=download)
+    return Split(images, labels, torch.arange(labels.shape[0]))
+
+
 def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle:
     """Load, verify and split a dataset as ``cfg`` says.
 
@@ -559,7 +564,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     spec = _spec(cfg.dataset)
     root = resolve_data_dir(cfg.dir)
     train_images, train_labels = load_raw(spec.name, root, train=True, download=cfg.download)
-    test_images, test_labels = load_raw(spec.name, root, train=False, download=cfg.download)
+    test = _test_split(spec, root, cfg.download)
 
     n = train_labels.shape[0]
     if not cfg.val_size < n:
@@ -570,7 +575,6 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     train_idx, val_idx = split_indices(n, cfg.val_size, cfg.split_seed, cfg.train_limit)
     train = Split(train_images.index_select(0, train_idx), train_labels.index_select(0, train_idx), train_idx)
     val = Split(train_images.index_select(0, val_idx), train_labels.index_select(0, val_idx), val_idx)
-    test = Split(test_images, test_labels, torch.arange(test_labels.shape[0]))
     mean, std = channel_stats(train.images)  # on the CPU, before the move: cheap and device-independent
     return DataBundle(
         train=train.to(device),
@@ -605,6 +609,5 @@ def load_test(cfg: DataConfig, device: str | torch.device = "cpu") -> ScoringSet
     (10000, 10)
     """
     spec = _spec(cfg.dataset)
-    images, labels = load_raw(spec.name, resolve_data_dir(cfg.dir), train=False, download=cfg.download)
-    test = Split(images, labels, torch.arange(labels.shape[0])).to(device)
+    test = _test_split(spec, resolve_data_dir(cfg.dir), cfg.download).to(device)
     return ScoringSet(test=test, dataset=spec.name, classes=list(spec.classes), num_classes=spec.num_classes)

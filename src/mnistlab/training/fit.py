@@ -780,15 +780,15 @@ class Trainer:
                 trained += f" and {batch} batch{'es' * (batch != 1)} of epoch {done + 1}"
             raise ConfigError(f"train.epochs is {self.cfg.train.epochs}, but the run has trained {trained}: "
                               f"resume with --epochs {done + (batch > 0)} or more")
-        if batch:
-            changed = [f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
-                       for s, k in _EPOCH_LAYOUT if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
-            if changed:
-                raise ConfigError(
-                    f"the run was interrupted inside epoch {done + 1}, after batch {batch}; that place means the same "
-                    f"images only with the settings that laid out the epoch's batches, but {'; '.join(changed)}: "
-                    "resume without changing them"
-                )
+        # The settings that lay out an epoch's batches which this resume changes: (key, "section.key was A, now B")
+        changed = [(k, f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}")
+                   for s, k in _EPOCH_LAYOUT if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
+        if batch and changed:
+            raise ConfigError(
+                f"the run was interrupted inside epoch {done + 1}, after batch {batch}; that place means the same "
+                f"images only with the settings that laid out the epoch's batches, but "
+                f"{'; '.join(m for _, m in changed)}: resume without changing them"
+            )
         stored_steps = payload.get("steps_per_epoch")
         # Checkpoints from before "steps_per_epoch" was stored: the steps of the finished epochs are epochs x the
         # epoch's steps (a schedule other than constant refused any change of them), else this data's epoch was
@@ -812,10 +812,8 @@ class Trainer:
                 "this one's weights with --init-from"
             )
         if not batch and old_steps != self.steps_per_epoch and self.cfg.schedule.name != "constant":
-            changed = [f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}"
-                       for s, k in _EPOCH_LAYOUT if k != "seed"
-                       if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
-            why = "; ".join(changed) or "the number of processes sets how small the last batch may be"
+            why = ("; ".join(m for k, m in changed if k != "seed")  # the seed orders the images, not how many
+                   or "the number of processes sets how small the last batch may be")
             raise ConfigError(
                 f"an epoch was {old_steps} steps and would now be {self.steps_per_epoch} ({why}): "
                 f"the {self.cfg.schedule.name} schedule counts steps, so the {int(payload['step'])} taken would no "

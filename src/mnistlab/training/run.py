@@ -285,6 +285,11 @@ def _warn(text: str) -> None:
     print(f"mnistlab train: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _compile_entry(cfg: Config, seconds: float) -> dict[str, float]:
+    """summary.json's compile_seconds: there with train.compile, or where a resumed part compiled."""
+    return {"compile_seconds": seconds} if cfg.train.compile or seconds else {}
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_file(path, jsonout.dumps(obj, indent=2).encode() + b"\n")  # a diverged run's NaN loss as null
 
@@ -605,7 +610,7 @@ def _run(
             stopped_by="interrupted",
             epochs=trainer.epoch,
             train_seconds=trainer.train_seconds,
-            **({"compile_seconds": trainer.compile_seconds} if cfg.train.compile or trainer.compile_seconds else {}),
+            **_compile_entry(cfg, trainer.compile_seconds),
             resume_with=resume_command(run_dir),
         )
         write_json(run_dir / "summary.json", summary)
@@ -647,7 +652,7 @@ def _run(
         epochs=result.epochs,
         steps=result.steps,
         train_seconds=result.train_seconds,
-        **({"compile_seconds": result.compile_seconds} if cfg.train.compile or result.compile_seconds else {}),
+        **_compile_entry(cfg, result.compile_seconds),
         wall_seconds=time.perf_counter() - wall0,
         stop_reason=result.stop_reason,
         stopped_by=result.stopped_by,
