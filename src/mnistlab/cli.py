@@ -351,6 +351,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         with callback_messages(not quiet, always=True):
             train(cfg, out=args.out, resume=args.resume, quiet=quiet)
     except TrainingInterrupted as e:
+        if e.advice:  # rank 0 of a --nproc run, or a run of one process
+            # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
+            print(f"\n{e.advice}", file=sys.stderr, flush=True)
         return e.exit_code
     finally:
         if silence is not None:

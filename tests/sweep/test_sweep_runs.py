@@ -91,6 +91,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_continues(mnist_root,
     err = proc.stderr
     assert proc.returncode == 130, err
     assert "sweep interrupted" in err and f"run the same command again: mnistlab sweep {path} --out {out}" in err
+    assert "mnistlab train --resume" not in err  # the trial's folder is the study's to continue, not train's
     kept = states(path, out)
     assert kept == [S.COMPLETE, S.FAIL]  # the interrupted one is failed
     assert (out / "results.csv").is_file()

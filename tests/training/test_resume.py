@@ -157,13 +157,18 @@ def test_an_early_stopped_run_trains_on_only_when_resumed_with_new_settings(mnis
     assert [h["epoch"] for h in patient.fit.history] == [1, 2, 3, 4]
 
 
-def test_an_interrupted_epoch_counts_its_seconds_from_before_the_interruption(mnist_root, tmp_path):
+def test_an_interrupted_epoch_counts_its_seconds_from_before_the_interruption(mnist_root, tmp_path, capfd):
     from mnistlab.training import TrainingInterrupted
 
     # 15 batches an epoch; Ctrl-C after batch 6 of epoch 1.
     cfg = small_cfg(mnist_root, "train.epochs=2")
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted) as caught:
         train(cfg, out=tmp_path / "run", quiet=True, callbacks=[InterruptAt(6)])
+    # The advice to resume is the exception's, for `mnistlab train` to print: train() itself printed it, so a
+    # sweep's interrupted trial told the user to resume a folder the study would never see.
+    assert caught.value.run_dir == tmp_path / "run"
+    assert str(caught.value).endswith(f"last.ckpt\nresume with: mnistlab train --resume {tmp_path / 'run'}")
+    assert "resume with" not in capfd.readouterr().err
     cut = read_checkpoint(tmp_path / "run" / "last.ckpt")
     assert (cut["batch"], cut["resumable"]) == (6, True)
     assert cut["partial_seconds"] == pytest.approx(cut["train_seconds"]) and cut["partial_seconds"] > 0

@@ -221,12 +221,19 @@ def _hide_cuda_home_note(record: logging.LogRecord) -> bool:
 
 
 class TrainingInterrupted(Exception):
-    """Raised after a SIGINT/SIGTERM once the resumable checkpoint is written."""
+    """Raised after a SIGINT/SIGTERM once the resumable checkpoint is written.
+
+    ``train()`` gives it the run folder and, as its message, the advice to resume it
+    (``advice``), which ``mnistlab train`` prints; a caller with its own advice, like a
+    sweep, prints that instead.
+    """
 
     def __init__(self, signum: int, checkpoint: Path | None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.checkpoint = checkpoint
+        self.run_dir: Path | None = None
+        self.advice = ""
 
     @property
     def exit_code(self) -> int:

@@ -616,9 +616,10 @@ def _run(
         write_json(run_dir / "summary.json", summary)
         # A resumed run's test predictions are of the test it had before: report would show them as this one's.
         (run_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
-        # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
-        print(f"\n{trainer.stop_reason}; progress saved to {e.checkpoint}", file=sys.stderr)
-        print(f"resume with: {resume_command(run_dir)}", file=sys.stderr, flush=True)
+        # Printed by `mnistlab train`, not here: a sweep that runs this as a trial has other advice.
+        e.run_dir = run_dir
+        e.advice = f"{trainer.stop_reason}; progress saved to {e.checkpoint}\nresume with: {resume_command(run_dir)}"
+        e.args = (e.advice,)
         raise
     except CheckpointWriteError as e:
         raise CheckpointWriteError(f"{e}; the checkpoints written before are intact: once there is room, continue "
