@@ -248,7 +248,7 @@ def _train_config(args: argparse.Namespace):
     from .callbacks import parse_early_stopping
     from dataclasses import replace
 
-    from .config import Config, apply_overrides, load_config, parse_overrides
+    from .config import Config, Overrides, apply_overrides, load_config, parse_overrides
     from .training.checkpoint import read_checkpoint, resume_file, stored_config
     from .training.finetune import read_init_checkpoint, split_patterns
 
@@ -294,7 +294,8 @@ def _train_config(args: argparse.Namespace):
         flags.update(parse_early_stopping(args.early_stopping))
     # One call, flags first and --set after (a later key wins), so that keys checked together
     # (--freeze with --unfreeze-at or --set finetune.unfreeze_at=...) may come from either.
-    return apply_overrides(cfg, {**flags, **parse_overrides(args.overrides)})
+    sets = parse_overrides(args.overrides)
+    return apply_overrides(cfg, Overrides({**flags, **sets}, sets.texts))
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

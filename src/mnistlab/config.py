@@ -620,7 +620,9 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     ``finetune.unfreeze_at``) may come in any order. A key given twice keeps
     its last value.
     """
-    items = list(overrides.items()) if isinstance(overrides, dict) else list(parse_overrides(overrides).items())
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(overrides)
+    items, texts = list(overrides.items()), getattr(overrides, "texts", {})
     hints = _section_types(Config)
     changes: dict[str, dict[str, Any]] = {}
     for dotted, value in items:
@@ -639,22 +641,45 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
             raise ConfigError(f"unknown key {dotted!r}; valid keys in [{section}]: {', '.join(types_)}")
         if value is None and types_[key] is str:  # the bare word none, for a string key that has it as a choice
             value = "none"  # (early_stopping.criterion); any other string key refuses it as a choice
-        changes.setdefault(section, {})[key] = _coerce(value, types_[key], dotted)
+        try:
+            value = _coerce(value, types_[key], dotted)
+        except ConfigError:
+            # A text key given a word TOML reads as something else (data.dir=2024, a date, true): the text as typed.
+            if dotted not in texts or isinstance(value, str) or not _takes_text(types_[key]):
+                raise
+            value = texts[dotted]
+        changes.setdefault(section, {})[key] = value
     return replace(cfg, **{section: replace(getattr(cfg, section), **kv) for section, kv in changes.items()})
 
 
-def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+def _takes_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp))
+
+
+class Overrides(dict):
+    """:func:`parse_overrides`' values, with the text each was read from (``texts``), for :func:`apply_overrides`."""
+
+    def __init__(self, values: Any = (), texts: dict[str, str] | None = None) -> None:
+        super().__init__(values)
+        self.texts = dict(texts or {})
+
+
+def parse_overrides(texts: Iterable[str]) -> Overrides:
     """``section.key=value`` strings as a ``{"section.key": value}`` dict (values parsed as TOML; a later key wins).
+
+    The text of each value is kept too: a key whose type is text takes it as typed, where TOML would
+    read a number or a date (``data.dir=2024``).
 
     >>> parse_overrides(["train.epochs=3", "model.channels=[8, 16]", "train.epochs=4"])
     {'train.epochs': 4, 'model.channels': [8, 16]}
     """
-    out: dict[str, Any] = {}
+    out = Overrides()
     for text in texts:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.batch_size=128)")
         out[key.strip()] = _parse_value(value.strip())
+        out.texts[key.strip()] = value.strip()
     return out
 
 

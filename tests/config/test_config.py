@@ -119,6 +119,21 @@ def test_python_overrides_take_paths_and_refuse_keys_that_are_not_text(tmp_path)
         apply_overrides(Config(), {1: 2})  # an AttributeError before
 
 
+def test_a_text_key_takes_a_set_value_as_typed_where_toml_would_read_a_number_or_a_date():
+    # --set data.dir=2024 was refused: "data.dir = 2024 has the wrong type; expected str | None".
+    for text in ("2024", "1e5", "1_000", "2024-01-01", "true"):
+        assert apply_overrides(Config(), [f"data.dir={text}"]).data.dir == text
+    from mnistlab.cli import _parser, _train_config
+
+    cfg = _train_config(_parser().parse_args(["train", "--data-dir", "x", "--set", "data.dir=1e5", "--model", "cnn"]))
+    assert (cfg.data.dir, cfg.model.name) == ("1e5", "cnn")
+    # Only text keys, and only the command line's text: a number for a number key, or from Python, stays checked.
+    with pytest.raises(ConfigError, match="train.epochs = 'abc' has the wrong type"):
+        apply_overrides(Config(), ["train.epochs=abc"])
+    with pytest.raises(ConfigError, match="data.dir = 2024 has the wrong type"):
+        apply_overrides(Config(), {"data.dir": 2024})
+
+
 def test_a_cosine_schedule_may_not_end_above_its_peak():
     with pytest.raises(ConfigError, match="schedule.min_lr = 1 is above optimizer.lr = 0.01: the cosine schedule"):
         apply_overrides(Config(), ['schedule.name="cosine"', "schedule.min_lr=1.0"])
