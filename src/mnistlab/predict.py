@@ -338,6 +338,8 @@ def predict_files(
     """
     if top_k < 1:
         raise MnistlabError(f"--top-k must be 1 or more, got {top_k}")
+    if save_preprocessed is not None and not str(save_preprocessed).strip():  # Path("") is the current folder
+        raise MnistlabError("--save-preprocessed needs a folder name")
     classes = list(getattr(model, "classes", None) or [])
     dataset = getattr(model, "dataset", "") or "mnist"
     inputs = load_inputs(paths, dataset)

@@ -368,6 +368,9 @@ def test_cli_prints_json_saves_inputs_and_reports_bad_files(digit_run, drawn_dig
 
     assert main(["predict", str(digit_run), str(files[0]), "--top-k", "0"]) == 2
     assert "--top-k must be 1 or more" in capsys.readouterr().err
+    # An empty folder name is refused: it wrote the inputs into the current folder.
+    assert main(["predict", str(digit_run), str(files[0]), "--save-preprocessed", ""]) == 2
+    assert "--save-preprocessed needs a folder name" in capsys.readouterr().err
 
 
 def test_class_names_come_from_the_checkpoint(digit_model, drawn_digits):
