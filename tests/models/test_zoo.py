@@ -130,6 +130,12 @@ def test_unknown_model_lists_the_models():
         ("fast", {"crop": 14}, r"crop=14 cuts 28 pixels from each axis and leaves nothing of 28x28 images"),
         ("fast", {"crop": 10, "image_size": (20, 20)}, r"crop=10 cuts 20 pixels"),
         ("fast", {"crop": 12}, r"does not fit 28x28 images cropped to 4x4 \(crop=12\).*, or a smaller crop"),
+        # the sizes layer by layer, to the layer that cannot run: which stride, kernel or pool to change
+        ("cnn", {"stride": 4}, r"shrink the image below 1x1 \(28x28 -> 7x7 after the 5x5 conv \(stride 4, padding 2\) "
+                               r"-> 3x3 after the 2x2 max-pool -> 1x1 after the 5x5 conv \(stride 4, padding 2\); the "
+                               r"2x2 max-pool after that, features.4, cannot take 1x1\); use fewer pooling stages, a "
+                               r"smaller kernel or stride, or more padding$"),
+        ("cnn", {"kernel_size": 29, "padding": 0}, r"\(the 29x29 conv on the 28x28 input, features.0, cannot take 28x28\)"),
         ("cnn", {"crop": -1}, "crop must be a whole number of pixels, 0 or more, got -1"),
         ("resnet18", {"crop": 2}, "does not take option"),
         ("cnn", {"width": 1e9}, "too large to build with {'width': 1000000000.0}: its weights or its feature maps do not"),

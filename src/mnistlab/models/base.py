@@ -105,18 +105,37 @@ class Net(nn.Module):
                 raise
             raise ConfigError(
                 f"model {name or type(self).__name__} does not fit {self._size_text()}: "
-                f"its layers shrink the image below 1x1 ({str(e).splitlines()[0]}); "
-                f"use fewer pooling stages, a smaller kernel or more padding{self._crop_hint()}"
+                f"its layers shrink the image below 1x1 ({self._shrinking(dummy) or str(e).splitlines()[0]}); "
+                f"use fewer pooling stages, a smaller kernel or stride, or more padding{self._crop_hint()}"
             ) from None
         finally:
             self.features.train(was_training)
         if out[0].numel() == 0:
             raise ConfigError(
                 f"model {name or type(self).__name__} does not fit {self._size_text()}: "
-                f"its feature map is {tuple(out.shape[1:])}; use fewer pooling stages, a smaller kernel or more "
-                f"padding{self._crop_hint()}"
+                f"its feature map is {tuple(out.shape[1:])}; use fewer pooling stages, a smaller kernel or stride, "
+                f"or more padding{self._crop_hint()}"
             )
         return int(out[0].numel())
+
+    def _shrinking(self, dummy: torch.Tensor) -> str:
+        """The map's size after each layer of ``features`` that changes it, up to the one that cannot run:
+        which kernel, stride or pool to change ("" where the layers cannot be run one by one)."""
+        if not isinstance(self.features, nn.Sequential):
+            return ""
+        x, steps = dummy, [f"{dummy.shape[2]}x{dummy.shape[3]}"]
+        with torch.no_grad():
+            for index, layer in enumerate(self.features):
+                try:
+                    y = layer(x)
+                except RuntimeError:
+                    where = f"{' -> '.join(steps)}; the {_layer_text(layer)} after that" if len(steps) > 1 else \
+                        f"the {_layer_text(layer)} on the {steps[0]} input"
+                    return f"{where}, features.{index}, cannot take {x.shape[2]}x{x.shape[3]}"
+                if y.dim() == 4 and y.shape[2:] != x.shape[2:]:
+                    steps.append(f"{y.shape[2]}x{y.shape[3]} after the {_layer_text(layer)}")
+                x = y
+        return ""
 
     def _size_text(self) -> str:
         h, w = self.image_size
@@ -236,3 +255,22 @@ def _onednn_layer(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None
 def scaled(channels: int, width: float) -> int:
     """A channel count times the width multiplier, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+def _layer_text(layer: nn.Module) -> str:
+    """A conv or pool by its shape ("5x5 conv (stride 100, padding 2)"); any other layer by its class name."""
+    kind = {nn.Conv2d: "conv", nn.MaxPool2d: "max-pool", nn.AvgPool2d: "average pool"}.get(type(layer))
+    if kind is None:
+        return type(layer).__name__
+
+    def side(v: int | str | Sequence[int]) -> str:  # 2 or (2, 2) -> "2", (2, 3) -> "2x3"; "same" as it is
+        if isinstance(v, str):
+            return v
+        a, b = (v, v) if isinstance(v, int) else v
+        return str(a) if a == b else f"{a}x{b}"
+
+    kh, kw = (layer.kernel_size,) * 2 if isinstance(layer.kernel_size, int) else layer.kernel_size
+    options = [f"stride {side(layer.stride)}"] if side(layer.stride) != side(1 if kind == "conv" else layer.kernel_size) else []
+    if side(layer.padding) != "0":
+        options.append(f"padding {side(layer.padding)}")
+    return f"{kh}x{kw} {kind}" + (f" ({', '.join(options)})" if options else "")
