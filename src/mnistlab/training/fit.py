@@ -787,6 +787,13 @@ class Trainer:
                 trained += f" and {batch} batch{'es' * (batch != 1)} of epoch {done + 1}"
             raise ConfigError(f"train.epochs is {self.cfg.train.epochs}, but the run has trained {trained}: "
                               f"resume with --epochs {done + (batch > 0)} or more")
+        if stored.data.dataset != self.cfg.data.dataset:
+            # The datasets of the family are alike in size, so no count below would catch it: the run would go on
+            # with the first's input normalization, metrics and best.ckpt, compared epoch by epoch with the new's.
+            raise ConfigError(
+                f"data.dataset was {stored.data.dataset}, now {self.cfg.data.dataset}: a run trains on one dataset; "
+                "start a new run from this one's weights with --init-from (finetune.init_from)"
+            )
         # The settings that lay out an epoch's batches which this resume changes: (key, "section.key was A, now B")
         changed = [(k, f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}")
                    for s, k in _EPOCH_LAYOUT if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
