@@ -12,7 +12,7 @@ from mnistlab.cli import main
 from mnistlab.config import Config, apply_overrides
 from mnistlab.data import load_data
 from mnistlab.data.augment import shift_images
-from mnistlab.errors import CheckpointError
+from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.training import read_checkpoint, train
 from mnistlab.training.checkpoint import load_model, save_checkpoint
 from mnistlab.training.ema import WeightAverage
@@ -85,16 +85,28 @@ def test_a_run_with_ema_saves_the_average_of_its_best_epoch_as_a_model(mnist_roo
     assert read_checkpoint(tmp_path / "run" / "ema.ckpt")["epoch"] == 4
 
 
-def test_ema_ckpt_is_chosen_on_the_averages_value_of_the_checkpoint_monitor(mnist_root, tmp_path):
-    # best.ckpt takes the best val_loss, ema.ckpt the best ema_val_loss, in the checkpoint's mode. "max" (the
-    # highest loss) is no sensible choice, but it makes the loss pick another epoch than accuracy would.
-    cfg = small_cfg(mnist_root, "train.epochs=3", "checkpoint.monitor=val_loss", "checkpoint.mode=max")
+@pytest.mark.parametrize("monitor", ["val_loss", "ema_val_loss"])
+def test_ema_ckpt_is_chosen_on_the_averages_value_of_the_checkpoint_monitor(mnist_root, tmp_path, monitor):
+    # best.ckpt takes the best of the monitor, ema.ckpt the best ema_val_loss, in the checkpoint's mode. "max" (the
+    # highest loss) is no sensible choice, but it makes the loss pick another epoch than accuracy would. A monitor
+    # of the average's own (ema_val_loss) chose ema.ckpt on its accuracy: the average the user watched was not kept.
+    cfg = small_cfg(mnist_root, "train.epochs=3", f"checkpoint.monitor={monitor}", "checkpoint.mode=max")
     result = train(cfg, out=tmp_path / "run", quiet=True)
     history = result.fit.history
     ema_epoch = max(history, key=lambda r: r["ema_val_loss"])["epoch"]
     assert ema_epoch != max(history, key=lambda r: r["ema_val_accuracy"])["epoch"]
     assert read_checkpoint(tmp_path / "run" / "ema.ckpt")["epoch"] == ema_epoch == result.summary["ema_best_epoch"]
-    assert result.summary["best_epoch"] == max(history, key=lambda r: r["val_loss"])["epoch"]
+    assert result.summary["best_epoch"] == max(history, key=lambda r: r[monitor])["epoch"]
+
+
+def test_early_stopping_on_the_average_does_not_restore_the_trained_weights():
+    # It put the trained weights of the average's best epoch in best.ckpt: they tested 3 points below ema.ckpt.
+    from mnistlab.callbacks import EarlyStopping
+
+    with pytest.raises(ConfigError, match="restore_best_weights loads the trained weights, not the weight average "
+                                          "whose ema_val_loss it watches; .* or monitor val_loss$"):
+        EarlyStopping(monitor="ema_val_loss", restore_best_weights=True)
+    assert EarlyStopping(monitor="ema_val_loss").monitor == "ema_val_loss"  # watching it alone is fine
 
 
 def test_resume_with_ema_and_augmentation_is_exact(mnist_root, tmp_path):

@@ -153,7 +153,8 @@ class EarlyStopping(MonitorMixin, _StoppingRule):
     * ``divergence_threshold``: stop at once when the value is worse than this
       (e.g. val_loss above 10).
     * ``restore_best_weights``: at the end of training, whatever ended it,
-      load the weights of the epoch with the best value.
+      load the weights of the epoch with the best value (not with a monitor of
+      the weight average, ``ema_*``: ema.ckpt holds the average's best epoch).
 
     >>> cb = EarlyStopping(monitor="val_loss", patience=3, min_delta=1e-3, restore_best_weights=True)
     >>> cb.mode
@@ -174,6 +175,14 @@ class EarlyStopping(MonitorMixin, _StoppingRule):
     ) -> None:
         if patience < 0:
             raise ConfigError(f"patience must be 0 or more, got {patience}")
+        if restore_best_weights and monitor.startswith("ema_"):
+            # It would put the trained weights of the average's best epoch in best.ckpt, not the average whose
+            # value it watched (they tested 3 points worse in one run). Keras restores what it monitored.
+            raise ConfigError(
+                f"early stopping's restore_best_weights loads the trained weights, not the weight average whose "
+                f"{monitor} it watches; the average of its best epoch is ema.ckpt (with checkpoint.monitor = "
+                f"{monitor!r}): turn restore_best_weights off, or monitor {monitor.removeprefix('ema_')}"
+            )
         self._init_monitor(monitor, mode, min_delta)
         self.patience = int(patience)
         self.baseline = baseline

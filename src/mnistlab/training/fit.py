@@ -391,9 +391,11 @@ class Trainer:
         self.optimizer = build_optimizer(self._model.parameters(), cfg.optimizer, self.device)
         self.ema = WeightAverage(self._model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
         # ema.ckpt is chosen like best.ckpt: on the average's own value of checkpoint.monitor (ema_val_loss for
-        # val_loss), in the same mode; for a monitor the average has no value of, on its validation accuracy.
-        monitor = cfg.checkpoint.monitor if cfg.checkpoint.monitor in ("val_loss", "val_accuracy") else "val_accuracy"
-        mode = cfg.checkpoint.mode if monitor == cfg.checkpoint.monitor else "auto"
+        # val_loss or ema_val_loss itself), in the same mode; for a monitor the average has no value of (a training
+        # metric), on its validation accuracy.
+        chosen_on = cfg.checkpoint.monitor.removeprefix("ema_")
+        monitor = chosen_on if chosen_on in ("val_loss", "val_accuracy") else "val_accuracy"
+        mode = cfg.checkpoint.mode if monitor == chosen_on else "auto"
         self._ema_choice = _EmaChoice(f"ema_{monitor}", mode)
         self._best_ema: float | None = None  # best value of that monitor so far: ema.ckpt holds that epoch's average
         self._run_dir = Path(run_dir) if run_dir is not None else None
