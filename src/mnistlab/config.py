@@ -141,7 +141,9 @@ class OptimizerConfig:
     nesterov: bool = False  # SGD only
     betas: tuple[float, float] = (0.7, 0.9)  # Adam/AdamW; short memories suit a one-epoch recipe
     eps: float = 1e-8  # Adam/AdamW
-    weight_decay: float = 0.0  # L2 (SGD, Adam) or decoupled (AdamW)
+    # L2 (SGD, Adam) or decoupled (AdamW); None: the optimizer's own default, PyTorch's (0, and 0.01 for AdamW:
+    # without it AdamW trains exactly as Adam)
+    weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         _choice("optimizer", "name", self.name, OPTIMIZERS)
@@ -153,6 +155,13 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("optimizer.nesterov needs optimizer.momentum > 0")
+
+    @property
+    def decay(self) -> float:
+        """The weight decay to train with: ``weight_decay``, else the optimizer's default."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.name == "adamw" else 0.0
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,20 @@ def test_numbers_too_large_for_their_field_are_config_errors(key):
         apply_overrides(Config(), {key: huge})
     with pytest.raises(ConfigError, match="is too large"):
         apply_overrides(Config(), [f"{key}={huge}"])
+
+
+def test_adamw_decays_by_pytorchs_default_unless_told_otherwise():
+    # weight_decay defaulted to 0 for every optimizer, and AdamW without decay is Adam: --optimizer adamw trained
+    # bit for bit as adam.
+    import torch
+
+    from mnistlab.training.optim import build_optimizer
+
+    def decay(*overrides):
+        cfg = apply_overrides(Config(), list(overrides)).optimizer
+        return build_optimizer(torch.nn.Linear(2, 2).parameters(), cfg, torch.device("cpu")).defaults["weight_decay"]
+
+    assert decay("optimizer.name=adamw") == torch.optim.AdamW([torch.zeros(1)]).defaults["weight_decay"] == 0.01
+    assert decay("optimizer.name=adam") == decay("optimizer.name=sgd") == 0.0
+    assert decay("optimizer.name=adamw", "optimizer.weight_decay=0") == 0.0
+    assert decay("optimizer.name=sgd", "optimizer.weight_decay=5e-4") == 5e-4
