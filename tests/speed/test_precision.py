@@ -38,12 +38,16 @@ def test_this_machines_answer_agrees_with_its_cpuinfo():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_on_cuda_and_on_a_cpu_with_bf16_instructions(monkeypatch, native):
+def test_auto_is_bf16_on_a_gpu_or_cpu_that_computes_in_bf16(monkeypatch, native):
     fit = sys.modules["mnistlab.training.fit"]
     monkeypatch.setattr(fit, "native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    # NVIDIA's GPUs compute in bf16 from compute capability 8.0 (Ampere); a T4 or V100 emulates it, slower than fp32
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, precision in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32"), ((7, 0), "fp32")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", torch.device("cuda")) == precision
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
     # an explicit choice is kept either way
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"

@@ -254,7 +254,7 @@ class FitResult:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` picks bf16 autocast on CUDA and on a CPU with bf16 instructions, else fp32.
+    """``auto`` picks bf16 autocast on a GPU or CPU that computes in bf16, else fp32.
 
     On such a CPU (AVX512-BF16 or AMX on x86) bf16 trained every zoo model in
     0.55-0.85x the time of fp32 at the same accuracy (``benchmarks/bf16.py``);
@@ -262,9 +262,17 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """
     if name != "auto":
         return name
-    if device.type == "cuda" or (device.type == "cpu" and native_bf16()):
+    if (device.type == "cuda" and cuda_native_bf16(device)) or (device.type == "cpu" and native_bf16()):
         return "bf16"
     return "fp32"
+
+
+def cuda_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bf16: NVIDIA's since Ampere (compute capability 8.0). Older ones (a T4, V100)
+    emulate it, which ``torch.cuda.is_bf16_supported()`` counts as support by default; ROCm's own answer there."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def resolve_device(name: str) -> torch.device:
