@@ -41,3 +41,30 @@ def test_onecycle_rises_then_falls():
     assert out[-1] == pytest.approx(0.1 / 10 / 100)
     assert all(a <= b for a, b in zip(out[:peak], out[1 : peak + 1]))
     assert all(a >= b for a, b in zip(out[peak:], out[peak + 1 :]))
+
+
+def test_settings_the_schedule_does_not_read_are_named():
+    # A warm-up given to the default one-cycle schedule was ignored without a word.
+    from mnistlab.training.schedules import schedule_warnings
+
+    assert schedule_warnings(ScheduleConfig()) == []
+    assert schedule_warnings(ScheduleConfig(name="cosine", warmup_epochs=1.0, min_lr=1e-4)) == []
+    assert schedule_warnings(ScheduleConfig(name="cosine", gamma=0.5, pct_start=0.3)) == [
+        "schedule.gamma = 0.5 is not used by the cosine schedule (it is read by step only)",
+        "schedule.pct_start = 0.3 is not used by the cosine schedule (it is read by onecycle only)",
+    ]
+
+
+def test_a_run_warns_of_a_warm_up_the_one_cycle_schedule_ignores(mnist_root, tmp_path, capsys):
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.training import train
+
+    cfg = apply_overrides(Config(), [
+        f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100", "model.name=cnn", "model.width=0.25",
+        "train.threads=1", "train.epochs=1", "train.progress=false", "tensorboard.enabled=false",
+        "schedule.warmup_epochs=0.5",
+    ])
+    train(cfg, out=tmp_path / "run", quiet=True, report=False)
+    assert capsys.readouterr().err == (
+        "mnistlab train: warning: schedule.warmup_epochs = 0.5 is not used by the onecycle schedule (it is read by "
+        "constant, step and cosine only; one-cycle rises over its first pct_start of the steps)\n")

@@ -17,6 +17,7 @@ from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoi
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
 from .run import RunResult, config_model, train
+from .schedules import schedule_warnings
 
 
 def fit(
@@ -46,7 +47,7 @@ def fit(
             Path(run_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    for warning in early_stopping_warnings(cfg.early_stopping, cfg.train.epochs):
+    for warning in [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule)]:
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
     return Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir).fit()

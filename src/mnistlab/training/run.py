@@ -37,6 +37,7 @@ from .display import Display, divert_to_devnull
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
 from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, resolve_device
+from .schedules import schedule_warnings
 
 
 @dataclass
@@ -584,7 +585,7 @@ def _run(
                   f"planned over all epochs, so the learning rate now follows the new plan from step {trainer.step} "
                   "on (it may rise again); for more epochs at a low rate, resume with --set schedule.name=constant "
                   "--lr RATE")
-    for warning in early_stopping_warnings(cfg.early_stopping, cfg.train.epochs):
+    for warning in [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule)]:
         _warn(warning)
     summary: dict[str, Any] = {
         "model": cfg.model.name,
@@ -594,7 +595,7 @@ def _run(
         "device": str(device),
         "processes": distributed.world_size(),  # > 1: trained with DistributedDataParallel (per-process device)
         "threads": torch.get_num_threads(),
-        "precision": trainer.precision,  # train.precision as resolved: auto is bf16 on CUDA and on a CPU with bf16 instructions
+        "precision": trainer.precision,  # train.precision as resolved (auto: bf16 where the GPU or CPU computes in it)
         "torch": torch.__version__,
         "cpu": cpu_name(),  # train_seconds compare only between runs on the same kind of CPU
         "train_images": len(data.train),

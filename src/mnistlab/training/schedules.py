@@ -47,3 +47,31 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
         frac = (step - warmup_steps) / max(total_steps - warmup_steps - 1, 1)
         return _cos_interp(base_lr, cfg.min_lr, frac)
     raise ValueError(f"unknown schedule {cfg.name!r}")
+
+
+# The keys of [schedule] each schedule reads besides its name.
+_READS = {
+    "constant": ("warmup_epochs",),
+    "step": ("warmup_epochs", "step_epochs", "gamma"),
+    "cosine": ("warmup_epochs", "min_lr"),
+    "onecycle": ("pct_start", "div_factor", "final_div_factor"),
+}
+
+
+def schedule_warnings(cfg: ScheduleConfig) -> list[str]:
+    """The ``[schedule]`` settings the chosen schedule does not read, where they differ from the defaults
+    (a warm-up set for one-cycle, which warms up by its own rule, was silently ignored).
+
+    >>> schedule_warnings(ScheduleConfig(name="onecycle", warmup_epochs=1))
+    ['schedule.warmup_epochs = 1 is not used by the onecycle schedule (it is read by constant, step and cosine only; one-cycle rises over its first pct_start of the steps)']
+    """
+    defaults, out = ScheduleConfig(), []
+    for key in ("warmup_epochs", "step_epochs", "gamma", "min_lr", "pct_start", "div_factor", "final_div_factor"):
+        if key in _READS[cfg.name] or getattr(cfg, key) == getattr(defaults, key):
+            continue
+        readers = [name for name, keys in _READS.items() if key in keys]
+        names = readers[0] if len(readers) == 1 else f"{', '.join(readers[:-1])} and {readers[-1]}"
+        note = "; one-cycle rises over its first pct_start of the steps" if key == "warmup_epochs" else ""
+        out.append(f"schedule.{key} = {getattr(cfg, key)!r} is not used by the {cfg.name} schedule (it is read by "
+                   f"{names} only{note})")
+    return out
