@@ -59,6 +59,11 @@ def sweep(params=None, base=None, **keys):
         (dict(objective="val_loss", direction="maximize"), "contradicts sweep.objective = 'val_loss'"),
         (dict(params={"optimizer.lr": [1, 1.0]}), "choices repeat a value: [1, 1.0]"),
         (dict(trials=50, workers=100), "sweep.workers = 100 but the sweep has 50 trial(s)"),
+        # ranked together, trials on other validation images (or another dataset) say nothing of each other
+        (dict(params={"data.dataset": ["mnist", "kmnist"]}), "sweep.params.\"data.dataset\" cannot be searched: a "
+                                                           "sweep ranks its trials on one dataset's validation images"),
+        (dict(params={"data.val_size": [1000, 5000]}), "\"data.val_size\" cannot be searched: each value validates"),
+        (dict(params={"data.split_seed": [0, 1]}), "\"data.split_seed\" cannot be searched"),
     ],
 )
 def test_bad_sweeps_are_refused_with_a_clear_message(kwargs, message):

@@ -223,8 +223,18 @@ def _number(where: str, spec: dict[str, Any], key: str, integer: bool) -> float:
     return value
 
 
+# Keys whose trials would be ranked on other validation images (or another task), where no value compares.
+_NOT_SEARCHABLE = {
+    "data.dataset": "a sweep ranks its trials on one dataset's validation images; sweep each dataset on its own",
+    "data.val_size": "each value validates on other images, so the trials' objectives would not compare",
+    "data.split_seed": "each value validates on other images, so the trials' objectives would not compare",
+}
+
+
 def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
     where = f'sweep.params."{key}"'
+    if key in _NOT_SEARCHABLE:
+        raise ConfigError(f"{where} cannot be searched: {_NOT_SEARCHABLE[key]}")
     if isinstance(spec, list):  # a plain list: the values to try, for any sampler
         spec = {"type": "categorical", "choices": spec}
     elif sampler == "grid":
