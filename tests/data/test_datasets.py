@@ -345,22 +345,23 @@ def test_a_failed_download_is_a_data_error(tmp_path, download_calls, monkeypatch
     assert "data.download is on" in message and "set data.download=true" not in message  # it was on already
     assert isinstance(err.value.__cause__, URLError)
     assert list(tmp_path.iterdir()) == []  # the folders the download made are gone again
-    # A folder that was there before stays, with an archive that passed its MD5; one cut short (or the
-    # user's own, damaged) is removed, since the next try would fetch it again anyway, and the message,
-    # still the network's, names it.
+    # A folder that was there before stays, and so do the archives in it: one that passed its MD5, for the next
+    # try, and one that did not (the user's own, or an old download cut short), which is named and neither
+    # unpacked nor downloaded over (the network is not even tried).
     raw = tmp_path / "data" / "KMNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"part")
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"whole")
     monkeypatch.setattr(torchvision.datasets.KMNIST, "resources", [
         ("train-images-idx3-ubyte.gz", "0" * 32), ("t10k-labels-idx1-ubyte.gz", hashlib.md5(b"whole").hexdigest())])
+    with pytest.raises(DataError, match=r"the archives train-images-idx3-ubyte.gz in .*KMNIST/raw do not have the "
+                                        r"MD5 torchvision publishes for them, and were left in place"):
+        load_raw("kmnist", tmp_path / "data", train=True, download=True)
+    assert len(download_calls) == 1
+    assert sorted(p.name for p in raw.iterdir()) == ["t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz"]
     (tmp_path / "kept").mkdir()
-    for root in (tmp_path / "data", tmp_path / "kept"):
-        with pytest.raises(DataError, match="connect to the network") as err:
-            load_raw("kmnist", root, train=True, download=True)
-        named = "train-images-idx3-ubyte.gz failed its MD5 check and was removed" in str(err.value)
-        assert named == (root == tmp_path / "data"), str(err.value)
-    assert sorted(p.name for p in raw.iterdir()) == ["t10k-labels-idx1-ubyte.gz"]
+    with pytest.raises(DataError, match="connect to the network"):
+        load_raw("kmnist", tmp_path / "kept", train=True, download=True)
     assert list((tmp_path / "kept").iterdir()) == []
 
 
@@ -472,22 +473,29 @@ def test_a_folder_where_a_dataset_file_belongs_is_named(tmp_path, monkeypatch):
     assert "connect to the network" not in message
 
 
-def test_archives_without_download_say_that_download_unpacks_them(tmp_path, download_calls):
+def test_archives_without_download_say_what_the_download_would_do_with_them(tmp_path, download_calls, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        (raw / name).write_bytes(b"gz")
-    # torchvision fetches every archive that is not there (the test set's too): not without the network
+    published = hashlib.md5(b"gz").hexdigest()
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", [(name + ".gz", published) for name in MNIST_FILES])
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"gz")
     with pytest.raises(DataError, match=r"connect to the network and set data.download=true: it checks and unpacks "
-                                        r"the archives found there \(train-images-idx3-ubyte.gz, "
-                                        r"train-labels-idx1-ubyte.gz\) and fetches the others"):
-        load_raw("mnist", tmp_path, train=True, download=False)
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        (raw / name).write_bytes(b"gz")
+                                        r"the archives found there \(t10k-images-idx3-ubyte.gz\) and fetches the "
+                                        r"others"):
+        load_raw("mnist", tmp_path, train=False, download=False)
+    # The download fetches only the split asked for: the test set's archives are enough, with no training set's
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"gz")
     with pytest.raises(DataError, match=r"set data.download=true: it unpacks the archives found there "
-                                        r"\(train-images.*t10k-labels-idx1-ubyte.gz\) after checking their MD5, "
-                                        r"with no network"):
-        load_raw("mnist", tmp_path, train=True, download=False)
+                                        r"\(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz\) after checking "
+                                        r"their MD5, with no network"):
+        load_raw("mnist", tmp_path, train=False, download=False)
+    # ... not one with another MD5: the download would leave it unused (and in place)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"recompressed")
+    with pytest.raises(DataError, match=r"mind the archives found there \(t10k-labels-idx1-ubyte.gz\): they do not "
+                                        r"have the MD5 torchvision publishes.*unpack it yourself") as err:
+        load_raw("mnist", tmp_path, train=False, download=False)
+    assert "it unpacks" not in str(err.value)
+    assert download_calls == []
 
 
 def test_a_file_far_larger_than_any_dataset_file_is_refused_before_it_is_read(tmp_path):

@@ -3,8 +3,9 @@
 The raw files are the four uncompressed IDX files in torchvision's layout,
 ``<root>/<Folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, so a folder
 that torchvision already filled works as it is. Every load checks the IDX
-headers and sizes strictly, the MD5 of each file where it is known, the label
-range and that images and labels agree; a failed check is a
+headers and sizes strictly, the MD5 of each file where it is known (and, where
+not, that it is not one of MNIST's files), the label range and that images and
+labels agree; a failed check is a
 :class:`~mnistlab.errors.DataError` that names the file and says how to fix it.
 
 :func:`load_data` turns a :class:`~mnistlab.config.DataConfig` into a
@@ -108,8 +109,8 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     # For Fashion-MNIST and KMNIST we do not know the MD5s of the *uncompressed* files
     # with certainty, so none are invented here. Those files are checked by torchvision's
-    # MD5 of each .gz archive when they are downloaded, and by the strict IDX header and
-    # size checks, label range and count checks on every load.
+    # MD5 of each .gz archive when they are downloaded, and on every load by the strict IDX
+    # header and size checks, label range and count checks, and that none is MNIST's file.
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         folder="FashionMNIST",
@@ -248,24 +249,32 @@ def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
 # raw files -> verified tensors
 
 
-def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on: bool = False,
+def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool, download_on: bool = False,
                    local: str | None = None) -> DataError:
     """``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
     missing = [name + (" (a folder is there)" if (raw_dir / name).is_dir() else "")
                for name in _FILES if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
-    archives = [name + ".gz" for name in _FILES if (raw_dir / (name + ".gz")).is_file()]
     if local is not None:
         download = f"(2) let the download succeed: data.download is on; {local}, and run again"
     elif download_on:
         download = "(2) let the download succeed: data.download is on; connect to the network and run again"
-    elif len(archives) == len(_FILES):  # torchvision checks their MD5 and unpacks them without fetching anything
-        download = (f"(2) set data.download=true: it unpacks the archives found there ({', '.join(archives)}) "
-                    "after checking their MD5, with no network")
-    elif archives:  # torchvision fetches every archive that is not there, whatever is unpacked already
-        download = (f"(2) connect to the network and set data.download=true: it checks and unpacks the archives "
-                    f"found there ({', '.join(archives)}) and fetches the others")
-    else:
-        download = "(2) allow the download: connect to the network and set data.download=true"
+    else:  # the download fetches only this split's missing files (see _download): what it finds of them
+        needed = [name for name in spec.files(train) if not (raw_dir / name).is_file()]
+        found = [name + ".gz" for name in needed if (raw_dir / (name + ".gz")).is_file()]
+        mismatched = _mismatched(raw_dir, _archives(spec, needed)) if found else []  # no torchvision import if none
+        good = [name for name in found if name not in mismatched]
+        if mismatched:
+            download = (f"(2) mind the archives found there ({', '.join(mismatched)}): they do not have the MD5 "
+                        f"torchvision publishes, so data.download=true would leave them in place unused; "
+                        f"{_fix_mismatched(raw_dir)}")
+        elif good and len(good) == len(needed):
+            download = (f"(2) set data.download=true: it unpacks the archives found there ({', '.join(good)}) "
+                        "after checking their MD5, with no network")
+        elif good:
+            download = (f"(2) connect to the network and set data.download=true: it checks and unpacks the archives "
+                        f"found there ({', '.join(good)}) and fetches the others")
+        else:
+            download = "(2) allow the download: connect to the network and set data.download=true"
     return DataError(
         f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, either "
         f"(1) put the four uncompressed IDX files ({', '.join(_FILES)}) in {raw_dir}, "
@@ -274,61 +283,89 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, download_on
     )
 
 
-def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
-    """Download with torchvision, which checks the MD5 of each archive and fetches all four files.
+def _archives(spec: DatasetSpec, names: list[str]) -> list[tuple[str, str]]:
+    """torchvision's (archive name, MD5) of each of the uncompressed files ``names``."""
+    return [(archive, md5) for archive, md5 in spec.torchvision_class.resources
+            if os.path.splitext(archive)[0] in names]
 
-    A failed download removes the folders it made (when still empty): a wrong --data-dir leaves nothing.
+
+def _mismatched(raw_dir: Path, archives: list[tuple[str, str]]) -> list[str]:
+    """The names of ``archives`` that are in ``raw_dir`` but do not have their published MD5."""
+    return [name for name, md5 in archives
+            if (raw_dir / name).is_file() and _md5(_read_bytes(raw_dir / name)) != md5]
+
+
+def _fix_mismatched(raw_dir: Path) -> str:
+    return ("if such a file is your copy of the right data, unpack it yourself (gunzip -k; an uncompressed IDX file "
+            "under a .gz name only needs the .gz taken off its name); if not (another dataset's file, a download cut "
+            f"short), move it out of {raw_dir} and let data.download fetch the published one, with the network on")
+
+
+def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
+    """Download, with torchvision's mirrors and its MD5 check of each archive, the missing files of one split.
+
+    Only those: torchvision's ``download()`` fetches all four archives, so scoring a model offline failed on the
+    training set's. An archive that is already there but lacks its published MD5 is the user's (a recompressed
+    copy, say) or an old download cut short; torchvision would write the download over it, so it is left in
+    place, and named in the error. One that this call fetched and that fails its MD5 (cut short, or
+    damaged by a mirror) is removed, so that the next try fetches it again; one that passed stays, and is not
+    fetched again. A failed download also removes the folders it made (when still empty): a wrong --data-dir
+    leaves nothing.
     """
     raw_dir = spec.raw_dir(root)
     made = missing_folders(raw_dir)
     timeout = socket.getdefaulttimeout()
+    fetched: list[tuple[str, str]] = []  # the archives this call writes: the only ones it may remove
     try:
         raw_dir.mkdir(parents=True, exist_ok=True)
         with _folder_lock(raw_dir):  # another process downloading here: wait for it, then use its files
-            if not all((raw_dir / name).is_file() for name in spec.files(train)):
+            archives = _archives(spec, [name for name in spec.files(train) if not (raw_dir / name).is_file()])
+            if archives:
+                mismatched = _mismatched(raw_dir, archives)
+                if mismatched:
+                    missing = [os.path.splitext(name)[0] for name, _ in archives]
+                    raise DataError(
+                        f"{spec.name}: {', '.join(missing)} not downloaded: the archives {', '.join(mismatched)} in "
+                        f"{raw_dir} do not have the MD5 torchvision publishes for them, and were left in place, "
+                        f"neither unpacked nor downloaded over. To fix it, {_fix_mismatched(raw_dir)}; then run again.")
+                fetched = [(name, md5) for name, md5 in archives if not (raw_dir / name).exists()]
                 # A server that stalls must not hang the run: no data for this long is a failed download.
                 socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
                 # Its download() directly: the constructor returns early, without downloading, where an
-                # old torchvision left processed/*.pt files.
+                # old torchvision left processed/*.pt files. download() reads self.resources: this split's only.
                 dataset = spec.torchvision_class.__new__(spec.torchvision_class)
                 dataset.root = str(root)
+                dataset.resources = archives
                 dataset.download()
+    except DataError:
+        raise
     # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
     # archive checksum, a full disk) means the files are not there; what to do depends on where
-    # it went wrong. BaseException (KeyboardInterrupt) is not caught.
-    except Exception as e:  # noqa: BLE001
-        # Archives that passed their MD5 stay for the next try, which does not fetch them again; the others
-        # (cut short, or damaged) would be fetched again anyway.
-        corrupt = _remove_corrupt_archives(spec, raw_dir)
+    # it went wrong. A BaseException (Ctrl-C) only takes its partial archive away, and goes on.
+    except BaseException as e:
+        damaged = _mismatched(raw_dir, fetched)
+        for name in damaged:
+            (raw_dir / name).unlink(missing_ok=True)
         remove_empty(made)
+        if not isinstance(e, Exception):
+            raise
         message = " ".join(f"{type(e).__name__}: {e}".split())
-        removed = (f"{', '.join(corrupt)} failed {'its' if len(corrupt) == 1 else 'their'} MD5 check and "
-                   f"{'was' if len(corrupt) == 1 else 'were'} removed")
+        removed = (f"{', '.join(damaged)} failed {'its' if len(damaged) == 1 else 'their'} MD5 check and "
+                   f"{'was' if len(damaged) == 1 else 'were'} removed")
         local = None
-        if corrupt and "corrupted" in str(e):  # torchvision's words for an archive whose MD5 is wrong
+        if damaged and "corrupted" in str(e):  # torchvision's words for an archive whose MD5 is wrong
             local = f"{removed} (a broken mirror, or a proxy that alters downloads?)"
-        elif corrupt:  # an archive that was there (the user's, or one cut short) failed and is gone: say so
+        elif damaged:  # an archive this call fetched was cut short and is gone: say so
             message += f"; {removed}"
         elif isinstance(e, OSError) and e.errno == errno.EISDIR:
             local = f"{e.filename} is a folder where a file belongs: remove it"
         elif isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
             where = e.filename or root
             local = f"make room in or access to {where} ({e.strerror}), or pass another --data-dir"
-        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", download_on=True,
-                             local=local) from e
+        raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", train=train,
+                             download_on=True, local=local) from e
     finally:
         socket.setdefaulttimeout(timeout)
-
-
-def _remove_corrupt_archives(spec: DatasetSpec, raw_dir: Path) -> list[str]:
-    """Delete the downloaded archives in ``raw_dir`` whose MD5 is not the one torchvision expects; their names."""
-    removed = []
-    for name, md5 in getattr(spec.torchvision_class, "resources", []):
-        path = raw_dir / Path(name).name
-        if path.is_file() and _md5(bytearray(path.read_bytes())) != md5:
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed
 
 
 DOWNLOAD_TIMEOUT_S = 60  # seconds without data from the server before a download counts as failed
@@ -358,6 +395,20 @@ def _md5(buf: bytearray) -> str:
     return hashlib.md5(buf, usedforsecurity=False).hexdigest()
 
 
+# MNIST's files copied into the folder of Fashion-MNIST or KMNIST would load (they have the same shapes, and
+# sizes) and train on digits under that dataset's class names. Hashing a whole training-images file takes 0.2 s,
+# and every file of those datasets has the size of MNIST's, so first the MD5 of a file's first 64 KiB is looked
+# up here; only a match is hashed whole, against MNIST's published MD5. These are MD5s of the first 64 KiB of
+# MNIST's published files (all of a label file: its published MD5); a test checks them against those files.
+_HEAD_BYTES = 1 << 16
+_MNIST_BY_HEAD_MD5 = {
+    "e86c114c692f9b4ec0f98a61565091e7": "train-images-idx3-ubyte",
+    "a25bea736e30d166cdddb491f175f624": "train-labels-idx1-ubyte",
+    "1ca09cef3876ebda74d0d80e4cbc81d4": "t10k-images-idx3-ubyte",
+    "27ae3e4e09519cfbb04c329615203637": "t10k-labels-idx1-ubyte",
+}
+
+
 def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
     remedy = "Delete it so it is downloaded again (with data.download=true), or replace it with a good copy."
     buf = _read_bytes(path)
@@ -370,6 +421,11 @@ def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
         actual = _md5(buf)
         if actual != expected:
             raise DataError(f"{path} is corrupted: its MD5 checksum is {actual}, expected {expected}. {remedy}")
+    else:  # MD5s not known (see DATASETS): at least it must not be one of MNIST's files
+        mnist_name = _MNIST_BY_HEAD_MD5.get(_md5(buf[:_HEAD_BYTES]))
+        if mnist_name is not None and _md5(buf) == DATASETS["mnist"].md5[mnist_name]:
+            raise DataError(f"{path} is MNIST's {mnist_name} (byte for byte), not a {spec.name} file: a run would "
+                            f"train or test on digits labelled with {spec.name}'s classes. {remedy}")
     return tensor
 
 
@@ -378,8 +434,8 @@ def load_raw(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8, N x 1 x H x W) and labels (int64, N) of one split, verified.
 
-    Reads ``root/<Folder>/raw/``; when files are missing and ``download`` is true,
-    torchvision downloads them first.
+    Reads ``root/<Folder>/raw/``; when files of this split are missing and ``download`` is true,
+    torchvision downloads those first (not the other split's).
 
     >>> images, labels = load_raw("mnist", "/work/shared/data", train=False, download=False)  # doctest: +SKIP
     >>> images.shape, labels.dtype                                                              # doctest: +SKIP
@@ -394,11 +450,11 @@ def load_raw(
     try:
         if not (image_path.is_file() and label_path.is_file()):
             if not download:
-                raise _missing_error(spec, raw_dir, "files not found and data.download is false")
+                raise _missing_error(spec, raw_dir, "files not found and data.download is false", train=train)
             _download(spec, root, train)
             if not (image_path.is_file() and label_path.is_file()):
                 raise _missing_error(spec, raw_dir, "the download finished but files are still missing",
-                                     download_on=True)
+                                     train=train, download_on=True)
     except OSError as e:  # is_file() raises for a folder that may not be entered, or a name too long (Python 3.11)
         raise DataError(f"cannot look into the data folder {raw_dir}: {e.strerror or e}; make it readable, or pass "
                         "another --data-dir") from None
