@@ -177,8 +177,12 @@ def test_a_disk_that_fills_inside_torchs_zip_writer_is_the_same_clear_error(mini
     rc = main(["train", *small_args(mini_root), "--epochs", "3", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert f"error: cannot write checkpoint {out}" in err and ": No space left on device; the checkpoints written " \
-        f"before are intact: once there is room, continue with `mnistlab train --resume {out}`" in err
+    # The second checkpoint written is one of epoch 1 that comes before its last.ckpt: nothing is there to resume
+    # from. The message offered `--resume`, which then refused the folder, and so did a new run into it.
+    assert not (out / "last.ckpt").exists()
+    assert f"error: cannot write checkpoint {out}" in err and ": No space left on device; no epoch had been saved " \
+        f"to resume from: once the folder can be written again (room on the disk, write access), delete {out} and " \
+        "start the run anew" in err
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written file left
 
 
@@ -198,7 +202,8 @@ def test_a_full_disk_at_metrics_csv_is_a_run_folder_error_naming_the_file(mini_r
         train(cfg(mini_root, "train.epochs=3"), out=out, quiet=True)
     message = str(err.value)
     assert f"cannot write to run folder {out}: No space left on device ({out / 'metrics.csv'})" in message
-    assert f"continue with `mnistlab train --resume {out}`" in message
+    assert f"the checkpoints written before are intact: once the folder can be written again (room on the disk, " \
+        f"write access), continue with `mnistlab train --resume {out}`" in message
     assert read_checkpoint(out / "last.ckpt")["epoch"] == 1
 
 
@@ -401,3 +406,41 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_training(mini_root,
     # a batch that fits trains as before
     assert fit_module.check_training_memory(build_model("cnn"), SimpleNamespace(in_channels=1, image_size=(28, 28)),
                                             256) is None
+
+
+def test_the_free_space_check_counts_the_checkpoints_a_resumed_run_replaces_as_free(tmp_path, monkeypatch):
+    # A run that started on a disk with just enough room could not be resumed there: its own checkpoints were
+    # counted as used, and the message said to choose another --out, which --resume cannot.
+    from mnistlab.training.run import check_free_space
+
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights
+    cfg = apply_overrides(Config(), ["train.epochs=1"])
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 40 * 2**20))
+    with pytest.raises(RunDirError, match=r"40.0 MiB free, but its checkpoints need about 49.\d MiB; free some "
+                                          r"space or choose another --out$"):
+        check_free_space(tmp_path, model, cfg)
+    for name in ("last.ckpt", "best.ckpt"):
+        (tmp_path / name).write_bytes(b"\0" * (13 * 2**20))  # what they take up now; each is rewritten in place
+    check_free_space(tmp_path, model, cfg)
+    (tmp_path / "best.ckpt").unlink()
+    with pytest.raises(RunDirError, match=r"43.0 MiB free \(with the 13.0 MiB of the checkpoints it replaces\), but "
+                                          r"its checkpoints need about 49.\d MiB; free some space$"):
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 30 * 2**20))
+        check_free_space(tmp_path, model, cfg)
+
+
+def test_a_lock_that_cannot_be_removed_does_not_hide_the_error_that_ended_the_run(tmp_path, monkeypatch):
+    # A folder made read-only mid-run: the lock's unlink raised in __exit__, and its OSError traceback (exit 1)
+    # replaced the checkpoint error that had ended the run.
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == "run.lock":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(CheckpointError, match="the error that ended the run"):
+        with run_module.RunLock(tmp_path):
+            raise CheckpointError("the error that ended the run")

@@ -169,7 +169,10 @@ class RunLock:
         with RunLock._guard:
             RunLock._held.discard(self._key)
             if self._text() == _lock_text(os.getpid()):
-                self.path.unlink(missing_ok=True)
+                try:
+                    self.path.unlink(missing_ok=True)
+                except OSError:  # a folder made read-only mid-run: the error that ended the run is the one to show
+                    pass  # (the lock names this process, so the next run finds it stale and takes it over)
 
 
 def _process_start(pid: int) -> str | None:
@@ -249,17 +252,23 @@ def check_free_space(path: Path, model: torch.nn.Module, cfg: Config) -> None:
     ``[ema]`` (the average); the run keeps last.ckpt, best.ckpt, ema.ckpt with
     ``[ema]`` and ``save_top_k`` files (no more than the epochs), plus one temporary file while one of them
     is rewritten. Files kept every n epochs are not counted: their number is not
-    known in advance.
+    known in advance. A resumed run's last.ckpt, best.ckpt and ema.ckpt are there
+    already, and are only replaced: their space counts as free (without that, a run
+    that had started on a disk could not be resumed there).
     """
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     copies = 3 + cfg.early_stopping.restore_best_weights + cfg.ema.enabled
     files = 3 + min(cfg.checkpoint.save_top_k, cfg.train.epochs) + cfg.ema.enabled  # one top-k file per epoch at most
     need = (copies * weights + (1 << 20)) * files  # + 1 MiB each for the config, history and metadata
-    free = shutil.disk_usage(path).free
+    replaced = sum(f.stat().st_size for f in (path / name for name in ("last.ckpt", "best.ckpt", "ema.ckpt"))
+                   if f.is_file())
+    free = shutil.disk_usage(path).free + replaced
     if free < need:
         raise RunDirError(
-            f"not enough free space for run folder {path}: {free / 2**20:.1f} MiB free, but its checkpoints "
-            f"need about {need / 2**20:.1f} MiB; free some space or choose another --out"
+            f"not enough free space for run folder {path}: {free / 2**20:.1f} MiB free"
+            + (f" (with the {replaced / 2**20:.1f} MiB of the checkpoints it replaces)" if replaced else "")
+            + f", but its checkpoints need about {need / 2**20:.1f} MiB; free some space"
+            + ("" if replaced else " or choose another --out")
         )
 
 
@@ -396,6 +405,16 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
         finally:
             distributed.shutdown()
     return _train(cfg, out, resume, callbacks, quiet, report, wall0)
+
+
+def _how_to_go_on(run_dir: Path) -> str:
+    """After a write failed during training: resume where last.ckpt is, else start again (epoch 1's files are
+    written before its last.ckpt, and a folder with them but no last.ckpt can be neither resumed nor reused)."""
+    if (run_dir / "last.ckpt").is_file():
+        return ("the checkpoints written before are intact: once the folder can be written again (room on the disk, "
+                f"write access), continue with `{resume_command(run_dir)}`")
+    return ("no epoch had been saved to resume from: once the folder can be written again (room on the disk, write "
+            f"access), delete {shlex.quote(str(run_dir))} and start the run anew")
 
 
 def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Display, report: bool) -> None:
@@ -623,13 +642,12 @@ def _run(
         e.args = (e.advice,)
         raise
     except CheckpointWriteError as e:
-        raise CheckpointWriteError(f"{e}; the checkpoints written before are intact: once there is room, continue "
-                                   f"with `{resume_command(run_dir)}`") from None
+        raise CheckpointWriteError(f"{e}; {_how_to_go_on(run_dir)}") from None
     except OSError as e:  # metrics.csv or another file of the run could not be written (disk full, folder gone)
         raise RunDirError(
             f"cannot write to run folder {run_dir}: {e.strerror or e}"
             + (f" ({e.filename})" if e.filename else "")
-            + f"; the checkpoints written before are intact: continue with `{resume_command(run_dir)}`"
+            + f"; {_how_to_go_on(run_dir)}"
         ) from None
 
     best_path = run_dir / "best.ckpt"
