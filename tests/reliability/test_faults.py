@@ -406,6 +406,10 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_training(mini_root,
     # a batch that fits trains as before
     assert fit_module.check_training_memory(build_model("cnn"), SimpleNamespace(in_channels=1, image_size=(28, 28)),
                                             256) is None
+    # A batch size above the training split is a full-batch run: its batches hold the 500 images, not a million
+    # (it was refused as needing 100 GiB).
+    rc = main(["train", *small_args(mini_root), "--batch-size", "1000000", "--epochs", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
 
 
 def test_the_free_space_check_counts_the_checkpoints_a_resumed_run_replaces_as_free(tmp_path, monkeypatch):

@@ -157,10 +157,19 @@ def check_training_memory(model: nn.Module, data, batch_size: int) -> None:
     if need > available:
         raise ConfigError(
             f"a training batch of {batch_size} needs about {need / 2**30:.1f} GiB (the layers' outputs, "
-            f"{sum(outputs) / 2**20:.1f} MiB an image, and the weights with their gradients and optimizer "
+            f"{_mib(sum(outputs))} an image, and the weights with their gradients and optimizer "
             f"moments), but this machine has {available / 2**30:.1f} GiB free; lower train.batch_size, model.width "
             "or the channel counts"
         )
+
+
+def _mib(size: int) -> str:
+    """Bytes in MiB, or KiB below 0.1 MiB (a small model's image took "0.0 MiB").
+
+    >>> _mib(94_000_000), _mib(20_000)
+    ('89.6 MiB', '19.5 KiB')
+    """
+    return f"{size / 2**20:.1f} MiB" if size >= 0.1 * 2**20 else f"{size / 2**10:.1f} KiB"
 
 
 def available_memory() -> int | None:
@@ -387,7 +396,8 @@ class Trainer:
                               f"process to normalize, which it cannot in training; it needs {2 * self._world} or "
                               "more (raise data.train_limit or lower data.val_size), or a model without batch_norm")
         if self.device.type == "cpu":
-            check_training_memory(model, data, cfg.train.batch_size)
+            # A batch holds no more than the split: a batch size above it is a full-batch run, not a larger one.
+            check_training_memory(model, data, min(cfg.train.batch_size, len(data.train)))
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
