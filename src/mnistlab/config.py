@@ -48,6 +48,7 @@ IMAGE_SIDE = 28  # every dataset of DATASETS has 28x28 images
 _TRAIN_METRICS = ("train_loss", "train_accuracy", "train_error")
 _VAL_METRICS = ("val_loss", "val_accuracy", "val_error")
 EMA_METRICS = ("ema_val_loss", "ema_val_accuracy")
+FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny; the config does not import torch
 EPOCH_METRICS = ("epoch", *_TRAIN_METRICS, *_VAL_METRICS, "lr", "seconds")
 MONITORS = (*_VAL_METRICS, *_TRAIN_METRICS, *EMA_METRICS, "lr", "epoch", "seconds")
 
@@ -149,6 +150,9 @@ class OptimizerConfig:
         _choice("optimizer", "name", self.name, OPTIMIZERS)
         _positive("optimizer", self, "lr", "eps")
         _positive("optimizer", self, "momentum", "weight_decay", allow_zero=True)
+        if self.eps < FLOAT32_TINY:  # the fused fp32 step rounds it to 0: a zero gradient then gives 0/0, NaN
+            raise ConfigError(f"optimizer.eps must be at least {FLOAT32_TINY:.3g} (float32's smallest normal "
+                              f"number; below it the optimizer step divides by 0), got {self.eps:g}")
         if self.momentum >= 1.0:  # a velocity that never decays: the steps grow without bound
             raise ConfigError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

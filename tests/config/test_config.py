@@ -96,6 +96,15 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("schedule.div_factor=1e-320", "schedule.div_factor must be at least 1"),
         ("schedule.final_div_factor=0.5", "schedule.final_div_factor must be at least 1"),
         ("optimizer.momentum=1.5", "optimizer.momentum must be in [0, 1), got 1.5"),
+        # the open ends of the ranges, exactly: each value on the boundary is refused
+        ("optimizer.momentum=1.0", "optimizer.momentum must be in [0, 1), got 1.0"),
+        ("optimizer.betas=[0.9, 1.0]", "optimizer.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+        ("optimizer.betas=[-0.1, 0.99]", "optimizer.betas must be two numbers in [0, 1), got [-0.1, 0.99]"),
+        ("train.label_smoothing=1.0", "train.label_smoothing must be in [0, 1), got 1.0"),
+        ("schedule.pct_start=0", "schedule.pct_start must be in (0, 1), got 0.0"),
+        ("schedule.pct_start=1.0", "schedule.pct_start must be in (0, 1), got 1.0"),
+        # below float32's smallest normal number the fused step rounds eps to 0: NaN after the first step
+        ("optimizer.eps=1e-46", "optimizer.eps must be at least 1.18e-38 (float32's smallest normal number"),
         ("checkpoint.filename=\"{epoch:0>300}.ckpt\"", "makes names of 305 bytes; at most 200"),
         ("checkpoint.filename=\"{epoch:0>99999999999}.ckpt\"", "makes names far too long"),
         ("early_stopping.criterion=\"nope\"", "early_stopping.criterion = 'nope' is not valid"),
@@ -110,6 +119,13 @@ def test_bad_overrides_are_clear(override, message):
     with pytest.raises(ConfigError) as err:
         apply_overrides(Config(), [override])
     assert message in str(err.value)
+
+
+def test_the_closed_ends_of_the_ranges_are_accepted():
+    # The other side of the boundaries refused above: 0 is a valid momentum, beta and label smoothing.
+    cfg = apply_overrides(Config(), ["optimizer.momentum=0.0", "optimizer.betas=[0.0, 0.0]",
+                                     "train.label_smoothing=0.0"])
+    assert (cfg.optimizer.momentum, cfg.optimizer.betas, cfg.train.label_smoothing) == (0.0, (0.0, 0.0), 0.0)
 
 
 def test_python_overrides_take_paths_and_refuse_keys_that_are_not_text(tmp_path):

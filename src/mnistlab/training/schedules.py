@@ -42,7 +42,10 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
     if cfg.name == "constant":
         return base_lr
     if cfg.name == "step":
-        return base_lr * cfg.gamma ** (step // (steps_per_epoch * cfg.step_epochs))
+        try:
+            return base_lr * cfg.gamma ** (step // (steps_per_epoch * cfg.step_epochs))
+        except OverflowError:  # a gamma above 1 past float range: the rate is infinite, and the run's
+            return math.inf  # non-finite loss check stops it (Python's power raised, mid-run, as a traceback)
     if cfg.name == "cosine":
         frac = (step - warmup_steps) / max(total_steps - warmup_steps - 1, 1)
         return _cos_interp(base_lr, cfg.min_lr, frac)
