@@ -134,6 +134,30 @@ class DataConfig:
         _seed("data", "split_seed", self.split_seed)
 
 
+def unread_settings(section: str, cfg: Any, reads: dict[str, tuple[str, ...]],
+                    notes: dict[str, str] | None = None) -> list[str]:
+    """Warnings for the keys of a section set away from their defaults that the chosen ``cfg.name`` does not
+    read (``reads``: the keys each name reads); ``notes`` adds a word on a key.
+
+    >>> unread_settings("optimizer", OptimizerConfig(name="adam", nesterov=True), OPTIMIZER_READS)
+    ['optimizer.nesterov = True is not used by the adam optimizer (it is read by sgd only)']
+    """
+    defaults, out = type(cfg)(), []
+    for key in dict.fromkeys(k for keys in reads.values() for k in keys):
+        if key in reads[cfg.name] or getattr(cfg, key) == getattr(defaults, key):
+            continue
+        readers = [name for name, keys in reads.items() if key in keys]
+        names = readers[0] if len(readers) == 1 else f"{', '.join(readers[:-1])} and {readers[-1]}"
+        note = f"; {notes[key]}" if notes and key in notes else ""
+        out.append(f"{section}.{key} = {getattr(cfg, key)!r} is not used by the {cfg.name} {section} "
+                   f"(it is read by {names} only{note})")
+    return out
+
+
+# The keys of [optimizer] each optimizer reads besides name, lr and weight_decay (see unread_settings).
+OPTIMIZER_READS = {"sgd": ("momentum", "nesterov"), "adam": ("betas", "eps"), "adamw": ("betas", "eps")}
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adam"  # sgd | adam | adamw

@@ -253,3 +253,21 @@ def test_adamw_decays_by_pytorchs_default_unless_told_otherwise():
     assert decay("optimizer.name=adam") == decay("optimizer.name=sgd") == 0.0
     assert decay("optimizer.name=adamw", "optimizer.weight_decay=0") == 0.0
     assert decay("optimizer.name=sgd", "optimizer.weight_decay=5e-4") == 5e-4
+
+
+def test_optimizer_settings_the_optimizer_does_not_read_are_warned_about_in_a_run(monkeypatch):
+    # --optimizer adam with --set optimizer.nesterov=true (or momentum) was taken and silently ignored.
+    from mnistlab.training.run import settings_warnings
+
+    cfg = apply_overrides(Config(), ["optimizer.nesterov=true", "optimizer.momentum=0.5"])
+    assert settings_warnings(cfg) == [
+        "optimizer.momentum = 0.5 is not used by the adam optimizer (it is read by sgd only)",
+        "optimizer.nesterov = True is not used by the adam optimizer (it is read by sgd only)",
+    ]
+    assert settings_warnings(apply_overrides(cfg, ["optimizer.name=sgd"])) == []
+    assert settings_warnings(apply_overrides(Config(), ["optimizer.name=sgd", "optimizer.betas=[0.9, 0.99]"])) == [
+        "optimizer.betas = (0.9, 0.99) is not used by the sgd optimizer (it is read by adam and adamw only)"]
+    # with the schedule's and early stopping's, in that order
+    assert settings_warnings(apply_overrides(cfg, ["schedule.gamma=0.5", "early_stopping.criterion=gl",
+                                                   "early_stopping.patience=3"]))[0].startswith(
+        "early_stopping.patience = 3 is not used by criterion 'gl'")

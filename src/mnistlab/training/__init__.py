@@ -9,15 +9,13 @@ from typing import Iterable
 import torch
 
 from ..callbacks import build_callbacks
-from ..callbacks.early_stopping import early_stopping_warnings
 from ..callbacks.base import Callback
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, RunDirError
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
-from .run import RunResult, config_model, train
-from .schedules import schedule_warnings
+from .run import RunResult, config_model, settings_warnings, train
 
 
 def fit(
@@ -47,7 +45,7 @@ def fit(
             Path(run_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    for warning in [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule)]:
+    for warning in settings_warnings(cfg):
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
     return Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir).fit()

@@ -23,7 +23,7 @@ import torch
 from .. import jsonout
 from ..callbacks import Callback, build_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
-from ..config import Config, config_to_toml
+from ..config import OPTIMIZER_READS, Config, config_to_toml, unread_settings
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
@@ -407,6 +407,14 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
     return _train(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
+def settings_warnings(cfg: Config) -> list[str]:
+    """What in ``cfg`` will not act in a run of it: early-stopping, schedule and optimizer settings their
+    criterion, schedule or optimizer does not read (momentum for Adam), and a stopping rule that cannot
+    stop so early."""
+    return [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule),
+            *unread_settings("optimizer", cfg.optimizer, OPTIMIZER_READS)]
+
+
 def _how_to_go_on(run_dir: Path) -> str:
     """After a write failed during training: resume where last.ckpt is, else start again (epoch 1's files are
     written before its last.ckpt, and a folder with them but no last.ckpt can be neither resumed nor reused)."""
@@ -604,7 +612,7 @@ def _run(
                   f"planned over all epochs, so the learning rate now follows the new plan from step {trainer.step} "
                   "on (it may rise again); for more epochs at a low rate, resume with --set schedule.name=constant "
                   "--lr RATE")
-    for warning in [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule)]:
+    for warning in settings_warnings(cfg):
         _warn(warning)
     summary: dict[str, Any] = {
         "model": cfg.model.name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import ScheduleConfig
+from ..config import ScheduleConfig, unread_settings
 
 
 def _cos_interp(start: float, end: float, frac: float) -> float:
@@ -52,6 +52,7 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
     raise ValueError(f"unknown schedule {cfg.name!r}")
 
 
+
 # The keys of [schedule] each schedule reads besides its name.
 _READS = {
     "constant": ("warmup_epochs",),
@@ -68,13 +69,5 @@ def schedule_warnings(cfg: ScheduleConfig) -> list[str]:
     >>> schedule_warnings(ScheduleConfig(name="onecycle", warmup_epochs=1))
     ['schedule.warmup_epochs = 1 is not used by the onecycle schedule (it is read by constant, step and cosine only; one-cycle rises over its first pct_start of the steps)']
     """
-    defaults, out = ScheduleConfig(), []
-    for key in ("warmup_epochs", "step_epochs", "gamma", "min_lr", "pct_start", "div_factor", "final_div_factor"):
-        if key in _READS[cfg.name] or getattr(cfg, key) == getattr(defaults, key):
-            continue
-        readers = [name for name, keys in _READS.items() if key in keys]
-        names = readers[0] if len(readers) == 1 else f"{', '.join(readers[:-1])} and {readers[-1]}"
-        note = "; one-cycle rises over its first pct_start of the steps" if key == "warmup_epochs" else ""
-        out.append(f"schedule.{key} = {getattr(cfg, key)!r} is not used by the {cfg.name} schedule (it is read by "
-                   f"{names} only{note})")
-    return out
+    return unread_settings("schedule", cfg, _READS, notes={
+        "warmup_epochs": "one-cycle rises over its first pct_start of the steps"})
