@@ -124,6 +124,37 @@ def test_flipped_weight_byte_fails_the_sha256(tmp_path):
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("reinterpret", [
+    lambda t: t.reshape(-1),  # another shape, the same bytes (a 2x4 moment read as 8 values)
+    lambda t: t.view(torch.int32),  # another dtype, the same bytes (float32 read as int32)
+], ids=["shape", "dtype"])
+def test_the_same_bytes_under_another_shape_or_dtype_fail_the_sha256(tmp_path, reinterpret):
+    # Both digests hash each tensor's dtype and shape with its bytes: the same bytes under another view
+    # are another tensor, and would load into a model (or an optimizer) as something else.
+    _, p = payload()
+    p["optimizer"] = {"state": {0: {"exp_avg": torch.arange(8, dtype=torch.float32).reshape(2, 4)}}}
+    path = save_checkpoint(tmp_path / "a.ckpt", p)
+    stored = torch.load(path, weights_only=True)
+    key = next(k for k, v in stored["model"].items() if v.dtype == torch.float32 and v.dim() > 1)
+    weight = stored["model"][key]
+    changed = reinterpret(weight)
+    assert changed.numpy().tobytes() == weight.numpy().tobytes()
+    stored["model"][key] = changed
+    torch.save(stored, path)
+    with pytest.raises(CheckpointError, match="SHA-256 of its weights does not match"):
+        read_checkpoint(path)
+    # the same outside the weights: the content digest
+    stored["model"][key] = weight
+    moment = stored["optimizer"]["state"][0]["exp_avg"]
+    stored["optimizer"]["state"][0]["exp_avg"] = reinterpret(moment)
+    torch.save(stored, path)
+    with pytest.raises(CheckpointError, match="SHA-256 of its training state"):
+        read_checkpoint(path)
+    stored["optimizer"]["state"][0]["exp_avg"] = moment  # and put back, it loads: the check is not over-eager
+    torch.save(stored, path)
+    assert torch.equal(read_checkpoint(path)["optimizer"]["state"][0]["exp_avg"], moment)
+
+
 def test_newer_format_is_refused(tmp_path):
     _, p = payload()
     path = save_checkpoint(tmp_path / "a.ckpt", p)
@@ -336,3 +367,28 @@ def test_a_legacy_torch_file_and_a_dangling_link_are_named_as_such(tmp_path):
     (tmp_path / "loop.ckpt").symlink_to(tmp_path / "loop.ckpt")
     with pytest.raises(CheckpointError, match="loop.ckpt is a symbolic link to nothing readable"):
         read_checkpoint(tmp_path / "loop.ckpt")
+
+
+def test_best_and_top_k_files_hold_the_model_not_the_training_state(mnist_root, tmp_path):
+    # They cannot be resumed from (written while the epoch's callbacks decide), yet they held the optimizer's
+    # moments, the RNG and the callbacks' states, early stopping's copy of the best weights with them: about 4x
+    # the weights, written at every new best.
+    from mnistlab.config import apply_overrides
+    from mnistlab.training import train
+    from mnistlab.training.checkpoint import load_model
+
+    cfg = apply_overrides(Config(), [
+        f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100", "model.name=cnn", "model.width=0.5",
+        "train.threads=1", "train.epochs=1", "train.progress=false", "tensorboard.enabled=false",
+        "early_stopping.criterion=patience", "early_stopping.restore_best_weights=true", "checkpoint.save_top_k=1",
+        "checkpoint.filename=\"top.ckpt\"",
+    ])
+    run = train(cfg, out=tmp_path / "run", quiet=True, report=False).run_dir
+    weights = sum(t.numel() * t.element_size() for t in read_checkpoint(run / "last.ckpt")["model"].values())
+    for name in ("best.ckpt", "top.ckpt"):
+        stored = read_checkpoint(run / name)
+        assert not {"optimizer", "rng", "callbacks", "ema"} & set(stored), name
+        assert stored["resumable"] is False and stored["epoch"] == 1
+        assert (run / name).stat().st_size < 1.3 * weights + 50_000, name  # the weights and a little metadata
+        load_model(run / name)  # a model to use
+    assert (run / "last.ckpt").stat().st_size > 3 * weights  # the training state is last.ckpt's

@@ -109,7 +109,9 @@ class TrainerHandle(Protocol):
         ``predict`` and ``ensemble`` read from the folder (call it from ``on_train_end``)."""
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write a complete, resumable checkpoint atomically; relative paths are under run_dir."""
+        """Write the model as it is now atomically, as best.ckpt is written (its weights, config and history, for
+        ``evaluate``, ``predict`` and ``--init-from``; no training state: a run resumes from last.ckpt);
+        relative paths are under run_dir."""
 
     def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The validation images (uint8, N x C x H x W) and labels (int64)."""

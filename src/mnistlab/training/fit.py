@@ -768,11 +768,11 @@ class Trainer:
         if self._run_dir is not None:
             self._save_model(self._run_dir / "ema.ckpt", self.ema.module.state_dict())
 
-    def _save_model(self, path: Path, state: dict[str, torch.Tensor], **fields: Any) -> None:
+    def _save_model(self, path: Path, state: dict[str, torch.Tensor], **fields: Any) -> Path:
         """A checkpoint of a model to use, not to resume (no training state): ``state`` as its weights,
         ``fields`` in place of the current ones."""
         payload = {k: v for k, v in self._payload().items() if k not in _TRAINING_STATE}
-        save_checkpoint(path, {**payload, "model": state, **fields})
+        return save_checkpoint(path, {**payload, "model": state, **fields})
 
     def _save_last(self) -> None:
         if self._run_dir is not None:
@@ -780,19 +780,19 @@ class Trainer:
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint written by this trainer (``last.ckpt``)."""
-        missing = [k for k in _RESUME_KEYS if k not in payload]
-        if missing:
-            raise CheckpointError(
-                f"the checkpoint cannot be resumed from: it holds a model without its training state (it lacks "
-                f"{', '.join(missing)}), as ema.ckpt does; resume the run folder (its last.ckpt), or start a new run "
-                "from these weights with --init-from (finetune.init_from)"
-            )
         if payload.get("resumable") is False:
             raise CheckpointError(
                 "the checkpoint holds a model that a callback chose (best.ckpt, a top-k or a periodic file), saved "
                 "while the epoch's callbacks were still deciding, so training cannot continue exactly from it: resume "
                 "the run folder (its last.ckpt), or start a new run from these weights with --init-from "
                 "(finetune.init_from)"
+            )
+        missing = [k for k in _RESUME_KEYS if k not in payload]
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint cannot be resumed from: it holds a model without its training state (it lacks "
+                f"{', '.join(missing)}), as ema.ckpt does; resume the run folder (its last.ckpt), or start a new run "
+                "from these weights with --init-from (finetune.init_from)"
             )
         if payload["model_name"] != self.cfg.model.name:
             raise CheckpointError(
@@ -994,7 +994,10 @@ class Trainer:
             if self._run_dir is None:
                 raise ValueError("save_checkpoint needs an absolute path when the run has no folder")
             path = self._run_dir / path
-        return self._write(path)
+        # The model, not the training state: written while the epoch's callbacks decide, such a file cannot be
+        # resumed from, and the optimizer's moments, the RNG and the callbacks' states (early stopping's copy of
+        # the best weights) made every best.ckpt and top-k file about 4x the weights.
+        return self._save_model(path, self._model.state_dict())
 
     def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.val.images, self.data.val.labels

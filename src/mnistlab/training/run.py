@@ -247,19 +247,21 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
 def check_free_space(path: Path, model: torch.nn.Module, cfg: Config) -> None:
     """Refuse to start when the disk cannot hold the checkpoints this run will surely write.
 
-    A checkpoint holds the weights, up to two optimizer moments (Adam), and one
-    more copy each for ``restore_best_weights`` (the best epoch's weights) and
-    ``[ema]`` (the average); the run keeps last.ckpt, best.ckpt, ema.ckpt with
-    ``[ema]`` and ``save_top_k`` files (no more than the epochs), plus one temporary file while one of them
-    is rewritten. Files kept every n epochs are not counted: their number is not
-    known in advance. A resumed run's last.ckpt, best.ckpt and ema.ckpt are there
-    already, and are only replaced: their space counts as free (without that, a run
-    that had started on a disk could not be resumed there).
+    last.ckpt, the training state, holds the weights, up to two optimizer moments
+    (Adam), and one more copy each for ``restore_best_weights`` (the best epoch's
+    weights) and ``[ema]`` (the average); it is rewritten through a temporary file
+    as large. best.ckpt, ema.ckpt with ``[ema]`` and the ``save_top_k`` files (no
+    more than the epochs) hold one model each. Files kept every n epochs are not
+    counted: their number is not known in advance. A resumed run's last.ckpt,
+    best.ckpt and ema.ckpt are there already, and are only replaced: their space
+    counts as free (without that, a run that had started on a disk could not be
+    resumed there).
     """
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    copies = 3 + cfg.early_stopping.restore_best_weights + cfg.ema.enabled
-    files = 3 + min(cfg.checkpoint.save_top_k, cfg.train.epochs) + cfg.ema.enabled  # one top-k file per epoch at most
-    need = (copies * weights + (1 << 20)) * files  # + 1 MiB each for the config, history and metadata
+    meta = 1 << 20  # 1 MiB a file for the config, history and metadata
+    state = (3 + cfg.early_stopping.restore_best_weights + cfg.ema.enabled) * weights + meta
+    models = 1 + min(cfg.checkpoint.save_top_k, cfg.train.epochs) + cfg.ema.enabled  # one top-k file per epoch at most
+    need = 2 * state + models * (weights + meta)
     replaced = sum(f.stat().st_size for f in (path / name for name in ("last.ckpt", "best.ckpt", "ema.ckpt"))
                    if f.is_file())
     free = shutil.disk_usage(path).free + replaced
