@@ -446,9 +446,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for i, row in enumerate(result.confusion.tolist()):
         print(f"{i:>4}" + "".join(f"{v:>{width}}" for v in row))
     print("\nfirst predictions:")
-    for p in report["first_predictions"]:
+    first = report["first_predictions"]
+    # as wide as the longest name printed: a digit, or Fashion-MNIST's "T-shirt/top"
+    name = max((len(data.classes[p[k]]) for p in first for k in ("label", "predicted")), default=0)
+    for p in first:
         mark = "" if p["label"] == p["predicted"] else "   <- wrong"
-        print(f"  #{p['index']:<3} label {data.classes[p['label']]:>8}  predicted {data.classes[p['predicted']]:>8}{mark}")
+        print(f"  #{p['index']:<3} label {data.classes[p['label']]:>{name}}  "
+              f"predicted {data.classes[p['predicted']]:>{name}}{mark}")
     return 0
 
 

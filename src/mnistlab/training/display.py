@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from typing import TextIO
@@ -33,6 +34,34 @@ COLUMNS = [
     ("seconds", "{:>7}", "{:>7.1f}"),
 ]
 EMA_COLUMN = ("ema_val_acc", "{:>11}", "{:>10.2f}%")  # shown before lr when [ema] is enabled
+BAR, MIN_BAR = 30, 10  # characters of the progress bar: on a wide terminal, and the fewest worth drawing
+
+
+def progress_line(epoch: int, epochs: int, done: int, total: int, loss: float, acc: float, room: int) -> str:
+    """The progress bar's line in at most ``room`` characters. On a narrower terminal the bar shrinks
+    first; then the count goes (the bar shows the same), then the loss, then the accuracy (the epoch's
+    table row has both), then the bar gives way to the count.
+
+    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 79)
+    'epoch 2/5 [###############...............] 50/100  loss 0.2500  acc 90.00%'
+    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 39)
+    'epoch 2/5 [#######........]  acc 90.00%'
+    """
+    head, count = f"epoch {epoch}/{epochs}", f" {done}/{total}"
+    loss_text, acc_text = f"  loss {loss:.4f}", f"  acc {100 * acc:.2f}%"
+    for tail in (count + loss_text + acc_text, loss_text + acc_text, acc_text, ""):
+        width = min(BAR, room - len(head) - len(tail) - 3)  # 3: " [" and "]"
+        if width >= MIN_BAR:
+            filled = int(width * done / max(total, 1))
+            return f"{head} [{'#' * filled}{'.' * (width - filled)}]{tail}"
+    return (head + count)[:room]  # no room for a bar: the count shows the progress instead
+
+
+def _room() -> int:
+    """Characters a line may have on the terminal, read anew each time so that a resize is followed. One
+    less than its width: a character in the last column wraps on some terminals, and ``\\r`` then goes back
+    only to the start of the wrapped row, leaving every redraw stacked on the screen."""
+    return shutil.get_terminal_size().columns - 1
 
 
 class Display:
@@ -46,6 +75,7 @@ class Display:
         self.bar = progress and not self.quiet and callable(isatty) and isatty()
         self._header_done = False
         self._last_draw = 0.0
+        self._drawn = 0  # characters of the progress line on the screen, for the next draw to blank out
 
     def _write(self, text: str) -> None:
         try:
@@ -64,16 +94,17 @@ class Display:
         if not self.bar or (now - self._last_draw < 0.1 and done < total):
             return
         self._last_draw = now
-        width = 30
-        filled = int(width * done / max(total, 1))
-        self._write(
-            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-            f"  loss {loss:.4f}  acc {100 * acc:.2f}%"
-        )
+        room = _room()
+        line = progress_line(epoch, epochs, done, total, loss, acc, room)
+        # Spaces, not the erase-line escape, blank out the rest of a longer line drawn before: a dumb
+        # terminal (TERM=dumb, an editor's shell) prints escapes as text.
+        self._write("\r" + line.ljust(min(self._drawn, room)))
+        self._drawn = len(line)
 
     def epoch_row(self, m: dict) -> None:
-        if self.bar:
-            self._write("\r\033[K")  # clear the progress bar line
+        if self.bar and self._drawn:  # blank out the progress line for the table row
+            self._write("\r" + " " * min(self._drawn, _room()) + "\r")
+            self._drawn = 0
         ema = [100 * m["ema_val_accuracy"]] if "ema_val_accuracy" in m else []
         columns = COLUMNS[:5] + [EMA_COLUMN] * len(ema) + COLUMNS[5:]
         if not self._header_done:

@@ -1,0 +1,96 @@
+"""What a run prints on a terminal: the progress line fits the terminal's width and leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import shutil
+import types
+
+import pytest
+
+from mnistlab.training import display as display_module
+from mnistlab.training.display import Display
+
+METRICS = {"epoch": 1, "train_loss": 0.31, "train_accuracy": 0.91, "val_loss": 0.22, "val_accuracy": 0.94,
+           "lr": 1e-3, "seconds": 3.2}
+
+
+class Terminal(io.StringIO):
+    """A dumb terminal ``columns`` wide: it shows escape codes as text, takes ``\\r`` and ``\\n``, and wraps
+    at its last column, as some terminals do (``\\r`` then goes back to the start of the wrapped row only)."""
+
+    def __init__(self, columns: int) -> None:
+        super().__init__()
+        self.columns = columns
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        rows, row, col = [[]], 0, 0
+        for ch in self.getvalue():
+            if ch in "\r\n":
+                row, col = row + (ch == "\n"), 0
+            else:
+                cells = rows[row]
+                cells[col:col + 1] = ch if col < len(cells) else " " * (col - len(cells)) + ch
+                row, col = (row + 1, 0) if col + 1 == self.columns else (row, col + 1)
+            rows += [[] for _ in range(row + 1 - len(rows))]
+        return ["".join(r).rstrip() for r in rows if "".join(r).strip()]
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """A Terminal of 40 columns that shutil.get_terminal_size reports, TERM=dumb, and no 0.1 s between redraws."""
+    term = Terminal(40)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((term.columns, 24)))
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.setattr(display_module, "time", types.SimpleNamespace(monotonic=itertools.count(1).__next__))
+    return term
+
+
+def test_the_progress_line_fits_a_narrow_terminal_and_the_table_row_replaces_it(terminal):
+    # The ~70-character line wrapped on 40 columns, and each redraw stacked another partial line on the screen;
+    # the row after it was cleared with "\033[K", which a dumb terminal shows as text.
+    d = Display(out=terminal)
+    for done in range(0, 470, 50):
+        d.progress(1, 5, done, 469, 2.3 - done / 300, done / 500)
+        screen = terminal.screen()
+        assert len(screen) == 1 and len(screen[0]) <= 39 and screen[0].startswith("epoch 1/5 ["), screen
+    d.epoch_row(METRICS)
+    assert "\033" not in terminal.getvalue()
+    table = io.StringIO()
+    Display(out=table).epoch_row(METRICS)
+    lines = table.getvalue().splitlines()
+    assert terminal.screen() == [line[i:i + 40].rstrip() for line in lines for i in range(0, len(line), 40)]
+
+
+def test_the_progress_line_follows_a_resize_and_gives_up_parts_on_a_very_narrow_terminal(terminal):
+    d = Display(out=terminal)
+    drawn = {}
+    for columns in (120, 60, 40, 25, 12):
+        terminal.columns = columns
+        before = len(terminal.getvalue())
+        d.progress(3, 10, 100, 469, 0.1234, 0.9567)
+        drawn[columns] = terminal.getvalue()[before:].removeprefix("\r")
+        assert len(drawn[columns]) <= columns - 1, drawn
+    assert drawn[120] == "epoch 3/10 [" + "#" * 6 + "." * 24 + "] 100/469  loss 0.1234  acc 95.67%"
+    assert drawn[60].startswith("epoch 3/10 [") and drawn[60].rstrip().endswith("  loss 0.1234  acc 95.67%")
+    assert drawn[40].startswith("epoch 3/10 [") and drawn[40].rstrip().endswith("]  acc 95.67%")
+    assert drawn[25].rstrip().startswith("epoch 3/10 [") and drawn[25].rstrip().endswith("]")
+    assert drawn[12].rstrip() == "epoch 3/10"  # no room for a bar of 10
+
+
+def test_a_dumb_terminal_gets_no_escape_codes_spaces_blank_out_what_a_longer_line_left(terminal):
+    # "\r\033[K" cleared the line for the table row; a dumb terminal (an editor's shell) shows the escape as text
+    terminal.columns = 100
+    d = Display(out=terminal)
+    d.progress(1, 5, 10, 469, 12.3456, 0.10)
+    d.progress(1, 5, 20, 469, 2.3456, 0.10)  # one character shorter
+    assert terminal.screen() == ["epoch 1/5 [#" + "." * 29 + "] 20/469  loss 2.3456  acc 10.00%"]
+    d.epoch_row(METRICS)
+    table = io.StringIO()
+    Display(out=table).epoch_row(METRICS)
+    assert "\033" not in terminal.getvalue() and terminal.screen() == table.getvalue().splitlines()

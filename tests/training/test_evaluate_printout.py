@@ -1,0 +1,35 @@
+"""`mnistlab evaluate`'s printout, for a dataset whose class names are words."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnistlab import Config, apply_overrides, train
+from mnistlab.cli import main
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes: magic 00 00 08 ndim, big-endian dims, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes((0, 0, 8, array.ndim)) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+                     + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_first_predictions_line_up_for_fashion_mnist_class_names(tmp_path, capsys):
+    # A fixed width of 8 fitted the digits: "T-shirt/top" and "Ankle boot" pushed their lines out of line.
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    for prefix, labels in (("train", np.arange(300) % 10), ("t10k", [0, 8, 9, 1, 5, 0, 3, 9, 2, 4])):
+        labels = np.array(labels, dtype=np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (len(labels), 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    cfg = apply_overrides(Config(), [f"data.dir={tmp_path / 'data'}", "data.dataset=fashion-mnist",
+                                     "data.download=false", "data.val_size=100", "train.epochs=1",
+                                     "tensorboard.enabled=false", "model.name=cnn", "model.width=0.25"])
+    train(cfg, out=tmp_path / "run", quiet=True, report=False)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.split("first predictions:\n")[1].splitlines()
+    assert len(lines) == 10 and "label T-shirt/top  predicted " in lines[0] and "label         Bag  " in lines[1]
+    assert len({line.index(" predicted ") for line in lines}) == 1
+    assert len({len(line.removesuffix("   <- wrong")) for line in lines}) == 1
