@@ -227,6 +227,10 @@ def test_a_run_stores_its_data_folder_as_an_absolute_path(mnist_root, tmp_path, 
     train(cfg, out="run", quiet=True)
     # evaluate or --resume from another folder reads the data from where the run did
     assert load_config(tmp_path / "run" / "config.toml").data.dir == os.path.abspath(mnist_root)
+    # ... and so from a shell without $MNISTLAB_DATA, which the run found its data by (that looked in the cache)
+    monkeypatch.setenv("MNISTLAB_DATA", relative)
+    train(apply_overrides(cfg, ["data.dir=none"]), out="env", quiet=True)
+    assert load_config(tmp_path / "env" / "config.toml").data.dir == os.path.abspath(mnist_root)
 
 
 @pytest.mark.parametrize("key", ["augment.rotation", "optimizer.lr", "train.epochs", "data.train_limit"])

@@ -458,11 +458,15 @@ def _absolute_data_dir(cfg: Config) -> Config:
 
     Stored as given, a relative one ("../data") would mean another folder to ``evaluate``,
     ``ensemble`` or ``--resume`` run from elsewhere, which would then download the data there.
+    Unset, it is ``$MNISTLAB_DATA``'s folder where that is set: a shell without the variable
+    looked in the cache folder instead (only the cache default is left unset, as it is each user's own).
     """
-    given = cfg.data.dir
-    if not given or str(given).startswith("~") or os.path.isabs(given):
+    given = cfg.data.dir or os.environ.get("MNISTLAB_DATA")
+    if not given:
         return cfg
-    return replace(cfg, data=replace(cfg.data, dir=os.path.abspath(given)))
+    if not (str(given).startswith("~") or os.path.isabs(given)):
+        given = os.path.abspath(given)
+    return replace(cfg, data=replace(cfg.data, dir=given))
 
 
 def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, report: bool,
