@@ -402,6 +402,9 @@ class AugmentConfig:
     shear: float = 0.0  # degrees, uniform in +-shear
     elastic_alpha: float = 0.0  # elastic distortion strength in pixels (0: off; Simard et al. used ~34 with sigma 4)
     elastic_sigma: float = 4.0  # smoothness of the elastic field in pixels
+    # mirror each image left-right with probability 0.5: for Fashion-MNIST (a mirrored shirt is a shirt), not
+    # for digits or Kuzushiji characters, where a mirrored one is another symbol or none (a warning says so)
+    hflip: bool = False
 
     def __post_init__(self) -> None:
         _positive("augment", self, "rotation", "shift", "shear", "elastic_alpha", allow_zero=True)

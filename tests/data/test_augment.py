@@ -56,6 +56,28 @@ def test_the_identity_settings_change_nothing_and_disabled_returns_the_batch_its
     assert augment(digits, AugmentConfig(enabled=False)) is digits
 
 
+def test_hflip_mirrors_half_the_images_exactly_and_warns_on_digits(digits):
+    # Left-right flips suit Fashion-MNIST (a mirrored shirt is a shirt); a Keras or torchvision user reaches
+    # for them first, and mnistlab had none.
+    from mnistlab.training.run import settings_warnings
+
+    flips = AugmentConfig(enabled=True, rotation=0.0, scale=0.0, shift=0.0, shear=0.0, hflip=True)
+    torch.manual_seed(0)
+    out = augment(digits, flips)
+    mirrored = torch.tensor([torch.equal(o, d.flip(-1)) for o, d in zip(out, digits)])
+    kept = torch.tensor([torch.equal(o, d) for o, d in zip(out, digits)])
+    assert (mirrored | kept).all()  # each image exactly as it was or exactly mirrored, no resampling
+    assert 96 < int(mirrored.sum()) < 160  # half of 256, give or take 4 standard deviations
+    torch.manual_seed(0)
+    assert torch.equal(augment(digits, flips), out)  # drawn from the global RNG, which checkpoints keep
+    assert augment(digits, AugmentConfig(enabled=False, hflip=True)) is digits  # [augment] off: nothing
+    # on digits (or Kuzushiji characters) a mirrored image is another symbol: said when the run starts
+    cfg = apply_overrides(Config(), ["augment.enabled=true", "augment.hflip=true"])
+    assert settings_warnings(cfg) == ["augment.hflip mirrors mnist's training images, where a mirrored one is "
+                                      "another symbol or none (it suits fashion-mnist)"]
+    assert settings_warnings(apply_overrides(cfg, ["data.dataset=fashion-mnist"])) == []
+
+
 def test_the_same_rng_state_gives_the_same_transforms(digits):
     torch.manual_seed(5)
     a = augment(digits[:8], ON)

@@ -4,8 +4,8 @@ One random transform per image, drawn for the whole batch at once and applied
 with a single ``affine_grid`` / ``grid_sample`` pass (no per-image Python, no
 PIL): for a batch of 256 MNIST digits this costs about as much as one small
 conv layer. Pixels moved in from outside the image are black (zero), which is
-the background of every MNIST-family dataset. There are no flips: a mirrored
-digit is another symbol (or none).
+the background of every MNIST-family dataset. Left-right flips (``hflip``) are
+for Fashion-MNIST only: a mirrored digit or character is another symbol (or none).
 
 The random numbers come from the global torch RNG of the images' device, which
 checkpoints store, so a resumed run draws exactly the transforms an
@@ -106,13 +106,19 @@ def elastic_offsets(n: int, size: tuple[int, int], cfg: AugmentConfig, device: t
 def augment(images: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     """A randomly transformed copy of a float batch (N, C, H, W); the batch itself is unchanged.
 
-    No flips (a mirrored 2 is no digit). Labels stay valid as long as the ranges
+    With ``hflip``, half the images (at random) are mirrored left-right first:
+    for Fashion-MNIST, not digits (a mirrored 2 is no digit). Labels stay valid as long as the ranges
     stay small, as in the defaults and the presets: the config takes rotations up
     to 180 degrees (a 6 turns into a 9) and shifts up to the whole side (the digit
     leaves the frame), for experiments that want them.
-    Returns ``images`` itself when augmentation is off or every range is 0.
+    Returns ``images`` itself when augmentation is off, or every range is 0 and no flips are asked for.
     """
-    if not cfg.enabled or not (cfg.rotation or cfg.scale or cfg.shift or cfg.shear or cfg.elastic_alpha):
+    if not cfg.enabled:
+        return images
+    if cfg.hflip:  # exact, by reindexing (no resampling), and before the affine draws: one stream either way
+        flip = torch.rand(images.shape[0], device=images.device) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    if not (cfg.rotation or cfg.scale or cfg.shift or cfg.shear or cfg.elastic_alpha):
         return images  # all ranges 0: the identity, exactly (grid_sample would round) and without drawing numbers
     n, _, h, w = images.shape
     theta = affine_matrices(n, cfg, images.device)

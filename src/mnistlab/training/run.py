@@ -410,11 +410,14 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
 
 
 def settings_warnings(cfg: Config) -> list[str]:
-    """What in ``cfg`` will not act in a run of it: early-stopping, schedule and optimizer settings their
-    criterion, schedule or optimizer does not read (momentum for Adam), and a stopping rule that cannot
-    stop so early."""
+    """What in ``cfg`` will not act in a run of it, or not as meant: early-stopping, schedule and optimizer
+    settings their criterion, schedule or optimizer does not read (momentum for Adam), a stopping rule that
+    cannot stop so early, and flips of digits."""
+    flips = cfg.augment.enabled and cfg.augment.hflip and cfg.data.dataset != "fashion-mnist"
     return [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule),
-            *unread_settings("optimizer", cfg.optimizer, OPTIMIZER_READS)]
+            *unread_settings("optimizer", cfg.optimizer, OPTIMIZER_READS),
+            *([f"augment.hflip mirrors {cfg.data.dataset}'s training images, where a mirrored one is another symbol "
+               "or none (it suits fashion-mnist)"] if flips else [])]
 
 
 def _how_to_go_on(run_dir: Path) -> str:
