@@ -353,8 +353,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train(cfg, out=args.out, resume=args.resume, quiet=quiet)
     except TrainingInterrupted as e:
         if e.advice:  # rank 0 of a --nproc run, or a run of one process
-            # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on.
-            print(f"\n{e.advice}", file=sys.stderr, flush=True)
+            # On stderr, and even with --quiet: the user pressed Ctrl-C and needs to know how to go on. After a
+            # newline where a progress bar may have been cut short on the terminal, not before every message.
+            bar = not quiet and cfg.train.progress and sys.stdout is not None and sys.stdout.isatty()
+            print(("\n" if bar else "") + e.advice, file=sys.stderr, flush=True)
         return e.exit_code
     finally:
         if silence is not None:

@@ -316,6 +316,7 @@ def test_ctrl_c_during_the_last_validation_is_not_lost(mini_root, tmp_path):
     rc, stdout, stderr = finish(start_cli("train", *args, patch=CTRL_C_IN_LAST_VALIDATION))
     assert rc == 130, stderr
     assert "interrupted by SIGINT after epoch 2" in stderr and f"resume with: mnistlab train --resume {out}" in stderr
+    assert not stderr.startswith("\n")  # no progress bar to end: a blank line began every such message
     assert "test accuracy" not in stdout.lower()
     last = read_checkpoint(out / "last.ckpt")
     assert last["epoch"] == 2 and last["batch"] == 0
