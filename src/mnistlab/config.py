@@ -294,7 +294,7 @@ class EarlyStoppingConfig:
     patience: int = 10  # patience: epochs without improvement before stopping
     min_delta: float = 0.0  # patience: smallest change that counts as improvement
     baseline: float | None = None  # patience: stop if the monitor does not beat this
-    start_epoch: int = 1  # no stop decision before this epoch
+    start_epoch: int = 1  # epochs before it are ignored (no best value, no count): Keras' start_from_epoch + 1
     alpha: float = 5.0  # GL: stop when GL > alpha (percent); PQ: when GL/P_k > alpha
     strip: int = 5  # Prechelt's strip length k in epochs (PQ, UP)
     strips: int = 3  # UP: s successive strips of rising validation error
