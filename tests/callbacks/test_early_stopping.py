@@ -84,6 +84,16 @@ def test_divergence_threshold():
     assert trainer.stop_reasons == ["early stopping: val_loss=3 > divergence threshold 2 at epoch 2"]
 
 
+@pytest.mark.parametrize("monitor, values", [("val_loss", [1.0, 2.0, 2.0]), ("val_accuracy", [0.9, 0.5, 0.5])])
+def test_a_value_equal_to_the_divergence_threshold_does_not_stop(monitor, values):
+    # "worse than this": a value exactly at the threshold (2.0 for a loss, 0.5 for an accuracy) goes on.
+    trainer = FakeTrainer()
+    threshold = values[1]
+    assert drive([EarlyStopping(monitor=monitor, patience=5, divergence_threshold=threshold)],
+                 epochs(**{monitor: values}), trainer) is None
+    assert trainer.stop_reasons == []
+
+
 def test_restore_best_weights_after_a_stop(caplog):
     trainer = FakeTrainer()
     cb = EarlyStopping(patience=2, restore_best_weights=True)
@@ -184,6 +194,10 @@ def test_a_new_monitor_on_resume_starts_afresh_instead_of_comparing_with_the_old
     (dict(criterion="patience", patience=3), 3, ["early stopping with patience 3 cannot stop a run of 3 epochs, so "
                                                  "its first possible stop is after epoch 4"]),
     (dict(criterion="patience", patience=3, baseline=0.5), 3, []),  # the first epoch already counts
+    # patience 0 still needs an epoch 1 to set the best value: it cannot stop before epoch 2
+    (dict(criterion="patience", patience=0), 1, ["early stopping with patience 0 cannot stop a run of 1 epoch, so "
+                                                 "its first possible stop is after epoch 2"]),
+    (dict(criterion="patience", patience=0), 2, []),
     (dict(criterion="gl", monitor="val_accuracy", baseline=0.9), 9,
      ["early_stopping.monitor = 'val_accuracy' is not used by criterion 'gl' (it is read by criterion patience only)",
       "early_stopping.baseline = 0.9 is not used by criterion 'gl' (it is read by criterion patience only)"]),

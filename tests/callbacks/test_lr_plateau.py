@@ -51,6 +51,27 @@ def test_relative_and_absolute_threshold(mode, reductions):
     assert [c["epoch"] for c in cb.changes] == reductions
 
 
+@pytest.mark.parametrize("mode, reductions", [("rel", []), ("abs", [2])])
+def test_relative_threshold_scales_with_a_best_far_from_one(mode, reductions):
+    # With best = 1.0 (above) rel and abs coincide; at best 0.05 they must not. The same threshold 0.1:
+    # rel: below 0.05 * (1 - 0.1) = 0.045 -> 0.044 improves, no reduction;
+    # abs: below 0.05 - 0.1 = -0.05 -> 0.044 does not improve -> reduce at epoch 2 (patience 1).
+    cb = ReduceLROnPlateau(patience=1, threshold=0.1, threshold_mode=mode)
+    drive([cb], epochs(val_loss=[0.05, 0.044]), FakeTrainer())
+    assert [c["epoch"] for c in cb.changes] == reductions
+    assert cb.best == (0.044 if mode == "rel" else 0.05)
+
+
+def test_patience_zero_reduces_at_the_first_epoch_without_improvement():
+    # As Keras and PyTorch: patience 0 reduces at once on a bad epoch, but never on an improving one
+    # (epochs 1, 2 and 4 improve; epoch 3 does not). A bare `wait >= patience` would reduce every epoch.
+    trainer = FakeTrainer(lr=0.1)
+    cb = ReduceLROnPlateau(factor=0.5, patience=0, threshold=0)
+    drive([cb], epochs(val_loss=[1.0, 0.9, 0.95, 0.8]), trainer)
+    assert [c["epoch"] for c in cb.changes] == [3]
+    assert trainer.lrs_set == [0.05]
+
+
 def test_max_mode_for_accuracy():
     cb = ReduceLROnPlateau(monitor="val_accuracy", patience=1, threshold=0)
     assert cb.mode == "max"

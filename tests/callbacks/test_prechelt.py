@@ -151,8 +151,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("make, series, stop", CASES, ids=["GL", "PQ", "UP"])
-@pytest.mark.parametrize("split", [1, 3, 5])
+# Every rule split at 1, 3 and 5; PQ also inside its deciding strip (epochs 6..10): split at 7 or 9, the
+# E_tr of the epochs before the split must come back from the state for P_5(10) to be computed at all.
+RESUME_SPLITS = [
+    pytest.param(make, series, stop, split, id=f"{name}-{split}")
+    for name, (make, series, stop) in zip(["GL", "PQ", "UP"], CASES)
+    for split in ([1, 3, 5, 7, 9] if name == "PQ" else [1, 3, 5])
+]
+
+
+@pytest.mark.parametrize("make, series, stop, split", RESUME_SPLITS)
 def test_resume_mid_sequence_decides_as_uninterrupted(make, series, stop, split):
     rows = epochs(**series)
     full = FakeTrainer()

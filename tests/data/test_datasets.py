@@ -290,10 +290,11 @@ def test_labels_out_of_range(tmp_path):
     assert "label 10 at index 3" in message and "[0, 10)" in message
 
 
-def test_image_and_label_counts_must_agree(tmp_path):
+@pytest.mark.parametrize("n_labels", [5, 7])  # fewer labels than images, and more: both are refused
+def test_image_and_label_counts_must_agree(tmp_path, n_labels):
     raw = fake_dataset(tmp_path, "fashion-mnist", n_train=6)
-    write_idx(raw / "train-labels-idx1-ubyte", np.arange(5))
-    with pytest.raises(DataError, match=r"has 6 images but .*train-labels-idx1-ubyte has 5 labels"):
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(n_labels))
+    with pytest.raises(DataError, match=rf"has 6 images but .*train-labels-idx1-ubyte has {n_labels} labels"):
         load_raw("fashion-mnist", tmp_path, train=True, download=False)
 
 

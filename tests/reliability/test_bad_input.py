@@ -290,6 +290,18 @@ def test_resuming_with_another_model_changes_nothing(run_copy, capsys):
     assert snapshot(run_copy) == before  # config.toml still says cnn
 
 
+def test_resuming_inside_an_epoch_with_only_the_epochs_done_changes_nothing(run_copy, capsys):
+    # Interrupted after batch 2 of epoch 2 (the finished run's last.ckpt, told so): --epochs 1 counts the
+    # epochs done but not the one begun, which that many epochs could never finish; it must be refused,
+    # naming the count that would finish it, before anything is written.
+    _rewrite(run_copy / "last.ckpt", lambda stored: stored.update(batch=2))
+    before = snapshot(run_copy)
+    fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "1"],
+                  "train.epochs is 1, but the run has trained 1 epoch and 2 batches of epoch 2: resume with --epochs 2 "
+                  "or more")
+    assert snapshot(run_copy) == before
+
+
 @pytest.mark.parametrize("args, message", [
     (["--optimizer", "sgd"], "optimizer.name was adam, now sgd: the checkpoint's optimizer state"),
     # one-cycle over 5 steps an epoch: 10 of 50 images would leave the 5 steps taken out of line with epoch 1

@@ -3,7 +3,33 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+
+import pytest
+
+TUNE_INSTALL = "pip install -e '.[tune]'"  # the extra with what `mnistlab sweep` needs (`.[test]` has it too)
+
+
+def import_optuna():
+    """Optuna, for a sweep test module to call at its top (``optuna = import_optuna()``).
+
+    Without Optuna (or filelock, the sweep's other need) the module is skipped, saying how to install them,
+    except on CI (``CI=true``), where the module fails, as tests/conftest.py does for missing MNIST: a CI job
+    that silently skipped the sweep tests would look green while testing nothing.
+    """
+    try:
+        import filelock  # noqa: F401
+        import optuna
+    except ImportError as e:
+        missing = e
+    else:
+        return optuna
+    # outside the except block: the failure is reported alone, not chained to the ImportError
+    message = f"the sweep tests need the tune extra ({missing}); install it with {TUNE_INSTALL}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 
 
 def tiny_base(root: Path, epochs: int = 2) -> str:

@@ -68,3 +68,53 @@ def test_a_run_warns_of_a_warm_up_the_one_cycle_schedule_ignores(mnist_root, tmp
     assert capsys.readouterr().err == (
         "mnistlab train: warning: schedule.warmup_epochs = 0.5 is not used by the onecycle schedule (it is read by "
         "constant, step and cosine only; one-cycle rises over its first pct_start of the steps)\n")
+
+
+def test_step_with_warmup_counts_epochs_from_the_first_step():
+    # The warm-up is part of the first epochs, not a delay of the decay: with 1 warm-up epoch and
+    # step_epochs 2 the rate still drops at step 20 (epoch 2), as without a warm-up.
+    out = lrs(ScheduleConfig(name="step", warmup_epochs=1.0, step_epochs=2, gamma=0.5))
+    assert out[:10] == pytest.approx([0.01 * (s + 1) for s in range(10)])
+    assert out[10] == out[19] == 0.1
+    assert out[20] == pytest.approx(0.05) and out[39] == pytest.approx(0.05)
+    assert out[40] == pytest.approx(0.025)
+    assert out[99] == pytest.approx(0.1 * 0.5**4)
+
+
+def test_cosine_with_warmup_starts_at_base_lr_and_decays_over_the_steps_after_it():
+    # After 10 warm-up steps the cosine runs over the remaining 90 (steps 10..99): it starts at base_lr
+    # exactly, not part-way down as it would if the warm-up steps counted in its phase.
+    out = lrs(ScheduleConfig(name="cosine", warmup_epochs=1.0, min_lr=0.001))
+    assert out[9] == pytest.approx(0.1)  # the last warm-up step reaches base_lr
+    assert out[10] == 0.1
+    assert out[55] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 45 / 89)), rel=1e-12)
+    assert out[99] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("total, pct_start", [(100, 0.25), (37, 0.3), (1000, 0.25), (64, 0.5)])
+def test_onecycle_matches_pytorchs_onecyclelr_step_by_step(total, pct_start):
+    # PyTorch's OneCycleLR peaks at step pct_start * total - 1 (a float); ranges like "peak within 20..25"
+    # cannot tell that from pct_start * total. Compared at every step, to rounding.
+    import torch
+
+    cfg = ScheduleConfig(name="onecycle", pct_start=pct_start, div_factor=25.0, final_div_factor=1e4)
+    ours = lrs(cfg, total=total, per_epoch=10, base=0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, total_steps=total, pct_start=pct_start, anneal_strategy="cos", cycle_momentum=False,
+        div_factor=25.0, final_div_factor=1e4, three_phase=False)
+    theirs = []
+    for step in range(total):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if step < total - 1:
+            sched.step()
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+
+
+def test_a_step_schedule_past_float_range_gives_an_infinite_rate_not_an_overflow_error():
+    # gamma 1e200 (a rising schedule) at its third step: Python's float power raised OverflowError mid-run, a
+    # traceback; an infinite rate is stopped by the run's non-finite loss check instead.
+    cfg = ScheduleConfig(name="step", gamma=1e200)
+    assert lr_at(10, total_steps=40, steps_per_epoch=10, base_lr=1e-300, cfg=cfg) == 1e-100
+    assert lr_at(30, total_steps=40, steps_per_epoch=10, base_lr=1e-300, cfg=cfg) == math.inf
