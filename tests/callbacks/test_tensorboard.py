@@ -1,7 +1,11 @@
 """TensorBoard: a short real run (tiny conv net, real backward passes), read back with tensorboard's own readers."""
 
+import errno
+import threading
+from pathlib import Path
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +14,9 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fake_trainer import FakeTrainer
-from mnistlab.callbacks import CallbackList, TensorBoard
+from mnistlab.callbacks import Callback, CallbackList, TensorBoard
+from mnistlab.config import Config, ConfigError, TensorBoardConfig, apply_overrides
+from mnistlab.errors import RunDirError
 
 EPOCHS, BATCHES = 2, 2
 
@@ -116,9 +122,10 @@ def test_event_files_hold_scalars_histograms_images_graph_and_hparams(tmp_path):
     assert "final/val_accuracy" in {m.name.tag for m in experiment.metric_infos}
 
     # In the run's own folder (the hparams do not land in a sub-folder): the epochs' file, then the summary's,
-    # named to be read last.
+    # named to be read last; the per-step scalars have the sub-folder steps/ to themselves.
     files = sorted(log_dir.rglob("events.out.tfevents.*"))
-    assert [p.parent for p in files] == [log_dir, log_dir] and files[-1].name.endswith(".end")
+    assert [p.parent for p in files] == [log_dir, log_dir, log_dir / "steps"]
+    assert files[1].name.endswith(".end")
     raw = [e for f in log_dir.glob("events.*") for e in EventFileLoader(str(f)).Load()]
     assert any(e.HasField("graph_def") for e in raw)
     assert any(v.tag.startswith("stop_reason") for e in raw for v in e.summary.value)  # text: "stop_reason/text_summary"
@@ -199,3 +206,174 @@ def test_untraceable_model_is_logged_not_fatal(tmp_path, caplog):
     tb.on_train_end({"epoch": 0, "stop_reason": "none"}, trainer)
     assert "could not trace the model graph (RuntimeError: cannot trace me)" in caplog.text
     assert trainer.model.training  # add_graph traces in eval mode and puts the mode back
+
+
+def test_loss_and_lr_every_n_steps_against_the_global_step(tmp_path):
+    fake_run(tmp_path, [TensorBoard(graph=False, images=False, log_every_n_steps=2)])  # steps 1 to 4
+    steps = accumulate(tmp_path / "tensorboard" / "steps")
+    assert [(e.step, e.value) for e in steps.Scalars("lr/step")] == [(2, pytest.approx(0.1)), (4, pytest.approx(0.1))]
+    assert [e.step for e in steps.Scalars("loss/train_step")] == [2, 4]
+    assert all(0 < e.value < 10 for e in steps.Scalars("loss/train_step"))
+    # The epochs' run keeps its own tags and x axis.
+    assert not {"lr/step", "loss/train_step"} & set(accumulate(tmp_path / "tensorboard").Tags()["scalars"])
+    fake_run(tmp_path / "off", [TensorBoard(graph=False, images=False, log_every_n_steps=0)])
+    assert not (tmp_path / "off" / "tensorboard" / "steps").exists()
+
+
+# Resumed inside epoch 1 at step 1, the driver trains two whole epochs more: steps 2 to 5.
+@pytest.mark.parametrize("first_epoch, steps_done, logged", [(2, None, [1, 2, 3, 4]), (1, 1, [1, 2, 3, 4, 5])],
+                         ids=["after-epoch-1", "inside-epoch-1"])
+def test_resume_neither_duplicates_nor_skips_steps(tmp_path, first_epoch, steps_done, logged):
+    # The first run logged steps 1 and 2 (and epoch 1), then stopped without on_train_end, as after a kill.
+    fake_run(tmp_path, [TensorBoard(graph=False, log_every_n_steps=1)], last_epoch=1, interrupted=True)
+    fake_run(tmp_path, [TensorBoard(graph=False, log_every_n_steps=1)], first_epoch=first_epoch, steps_done=steps_done)
+    for reader in (accumulate(tmp_path / "tensorboard" / "steps"), _ui_reader(tmp_path / "tensorboard" / "steps")):
+        for tag in ("loss/train_step", "lr/step"):
+            assert [e.step for e in _scalars(reader, tag)] == logged, tag
+    # The epochs' purge (from epoch 2, or 1) does not drop the steps, as it would in one folder.
+    for reader in (accumulate(tmp_path / "tensorboard"), _ui_reader(tmp_path / "tensorboard")):
+        assert [e.step for e in _scalars(reader, "loss/train")] == [1, 2]
+
+
+def _ui_reader(log_dir):
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    ui = plugin_event_accumulator.EventAccumulator(str(log_dir))
+    ui.Reload()
+    return ui
+
+
+def _scalars(reader, tag):
+    return reader.Scalars(tag) if hasattr(reader, "Scalars") else reader.Tensors(tag)
+
+
+def test_ema_metrics_are_logged_when_present(tmp_path):
+    trainer = FakeTrainer(run_dir=tmp_path, model=tiny_model())
+    tb = TensorBoard(graph=False, images=False, histograms=False)
+    tb.on_train_begin(trainer)
+    metrics = {**epoch_metrics(1), "ema_val_loss": 0.75, "ema_val_accuracy": 0.875}
+    trainer.epoch = 1
+    tb.on_epoch_end(1, metrics, trainer)
+    tb.on_train_end({**metrics, "stop_reason": "max epochs reached (1)"}, trainer)
+    acc = accumulate(tmp_path / "tensorboard")
+    assert [(e.step, e.value) for e in acc.Scalars("loss/ema_val")] == [(1, 0.75)]
+    assert [(e.step, e.value) for e in acc.Scalars("accuracy/ema_val")] == [(1, 0.875)]
+    assert [e.value for e in acc.Scalars("final/ema_val_accuracy")] == [0.875]
+
+
+def test_run_summary_adds_the_tested_models_numbers_to_the_hparams(tmp_path):
+    tb = TensorBoard(graph=False, histograms=False, images=False, hparams={"optimizer.lr": 0.1})
+    fake_run(tmp_path, [tb])  # 2 epochs; summary.json says best.ckpt was epoch 1
+    tb.add_run_summary({"test_accuracy": 0.25, "test_loss": 2.0, "best_epoch": 1, "best_val_accuracy": 0.1,
+                        "ema_test_accuracy": None, "evaluated": "best.ckpt"})  # null and text values are left out
+    log_dir = tmp_path / "tensorboard"
+    acc = accumulate(log_dir)
+    for tag, value in (("final/test_accuracy", 0.25), ("final/test_loss", 2.0), ("final/best_epoch", 1.0),
+                       ("final/val_loss", 1.25), ("final/epoch", 2.0)):
+        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(3, value)], tag
+    assert "final/ema_test_accuracy" not in acc.Tags()["scalars"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    assert {"final/test_accuracy", "final/best_epoch"} <= {m.name.tag for m in experiment.metric_infos}
+    # The .end file was replaced, not added to: one session for readers that ignore purge markers.
+    assert len(list(log_dir.glob("*.end"))) == 1
+    ui = _ui_reader(log_dir)
+    assert [e.step for e in ui.Tensors("final/val_loss")] == [3]
+    assert len(ui.Tensors("_hparams_/session_start_info")) == 1
+    assert sorted(p.name for p in log_dir.glob("events.*"))[-1].endswith(".end")  # still read last
+
+
+def test_histograms_every_n_epochs(tmp_path):
+    model, grads = fake_run(tmp_path, [TensorBoard(graph=False, images=False, histogram_every_n_epochs=2)])
+    acc = accumulate(tmp_path / "tensorboard")
+    for name, _ in model.named_parameters():
+        assert [e.step for e in acc.Histograms(f"weights/{name}")] == [2]
+        [event] = acc.Histograms(f"gradients/{name}")
+        assert event.step == 2 and abs(event.histogram_value.sum - float(grads[2][name].sum())) < 1e-4
+    fake_run(tmp_path / "off", [TensorBoard(graph=False, images=False, histogram_every_n_epochs=0)])
+    assert accumulate(tmp_path / "off" / "tensorboard").Tags()["histograms"] == []
+
+
+def test_config_keys_are_validated_and_reach_the_callback():
+    cfg = apply_overrides(Config(), ["tensorboard.log_every_n_steps=10", "tensorboard.histogram_every_n_epochs=5"])
+    tb = TensorBoard.from_config(cfg.tensorboard, hparams={"x": 1})
+    assert (tb.log_every_n_steps, tb.histogram_every_n_epochs, tb.hparams) == (10, 5, {"x": 1})
+    assert (TensorBoardConfig().log_every_n_steps, TensorBoardConfig().histogram_every_n_epochs) == (50, 1)
+    for bad in ("tensorboard.log_every_n_steps=-1", "tensorboard.histogram_every_n_epochs=-2",
+                "tensorboard.log_every_n_steps=2.5", "tensorboard.histogram_every_n_epochs=true"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            apply_overrides(Config(), [bad])
+
+
+def _fill_the_disk(monkeypatch):
+    """From the call of the returned function on, every TensorBoard record write fails with ENOSPC."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    full = []
+    write = RecordWriter.write
+
+    def write_or_fail(self, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(RecordWriter, "write", write_or_fail)
+    return lambda: full.append(True)
+
+
+# pytest catches what a thread raises (so stderr shows nothing) and warns: an error here.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_full_disk_is_an_error_naming_the_events_file_without_a_thread_traceback(tmp_path, monkeypatch, capfd):
+    fill = _fill_the_disk(monkeypatch)
+    trainer = FakeTrainer(run_dir=tmp_path, model=tiny_model())
+    tb = TensorBoard(graph=False, images=False, histograms=False)
+    tb.on_train_begin(trainer)
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread"]  # writes here
+    fill()
+    trainer.epoch = 1
+    with pytest.raises(OSError) as raised:
+        tb.on_epoch_end(1, epoch_metrics(1), trainer)
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename is not None
+    path = Path(raised.value.filename)
+    assert path.parent == tmp_path / "tensorboard" and path.name.startswith("events.out.tfevents.")
+    time.sleep(0.2)  # a writer thread would have printed by now
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_full_disk_in_a_real_run_is_a_run_dir_error(mnist_root, tmp_path, monkeypatch, capfd):
+    from mnistlab.training import train
+
+    fill = _fill_the_disk(monkeypatch)
+
+    class DiskFillsUp(Callback):
+        def on_epoch_begin(self, epoch, trainer):
+            fill()
+
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100",
+                                     "model.name=cnn", "model.width=0.25", "train.threads=1", "train.epochs=1",
+                                     "tensorboard.graph=false"])
+    with pytest.raises(RunDirError, match=r"No space left on device.*tensorboard/events\.out\.tfevents\."):
+        train(cfg, out=tmp_path / "run", quiet=True, callbacks=[DiskFillsUp()])
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_real_run_logs_steps_and_gives_the_hparams_its_test_accuracy(mnist_root, tmp_path):
+    # The config's keys reach the run's callback, and the run hands it summary.json's numbers after its test:
+    # the dashboard compared runs by the last epoch's validation numbers only.
+    import json
+
+    from mnistlab.training import train
+
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100",
+                                     "model.name=cnn", "model.width=0.25", "train.threads=1", "train.epochs=1",
+                                     "train.batch_size=100", "tensorboard.log_every_n_steps=1",
+                                     "tensorboard.graph=false", "tensorboard.images=false"])
+    train(cfg, out=tmp_path / "run", quiet=True, report=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    steps = accumulate(tmp_path / "run" / "tensorboard" / "steps")
+    assert [e.step for e in steps.Scalars("loss/train_step")] == [1, 2, 3]  # 300 images, batches of 100
+    acc = accumulate(tmp_path / "run" / "tensorboard")
+    assert [e.value for e in acc.Scalars("final/test_accuracy")] == [pytest.approx(summary["test_accuracy"])]
+    assert [e.value for e in acc.Scalars("final/best_epoch")] == [1.0]

@@ -63,10 +63,7 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
     if cfg.train.max_minutes is not None:
         callbacks.append(TimeLimit(cfg.train.max_minutes, epochs=cfg.train.epochs, schedule=cfg.schedule.name))
     if run_dir is not None and cfg.tensorboard.enabled:
-        tb = cfg.tensorboard
-        callbacks.append(
-            TensorBoard(histograms=tb.histograms, graph=tb.graph, images=tb.images, hparams=flat_config(cfg))
-        )
+        callbacks.append(TensorBoard.from_config(cfg.tensorboard, hparams=flat_config(cfg)))
     return callbacks
 
 

@@ -4,29 +4,43 @@ What one run writes into ``<run>/tensorboard`` (so ``tensorboard --logdir runs``
 shows every run, named ``<run>/tensorboard``):
 
 * scalars per epoch: ``loss/train``, ``loss/val``, ``accuracy/train``,
-  ``accuracy/val``, ``lr``;
-* histograms per epoch: ``weights/<parameter>`` and ``gradients/<parameter>``
-  (the gradient of the epoch's last batch);
+  ``accuracy/val``, ``lr`` and, with ``[ema]``, ``loss/ema_val`` and
+  ``accuracy/ema_val`` (the weight average's);
+* histograms every ``histogram_every_n_epochs`` epochs: ``weights/<parameter>``
+  and ``gradients/<parameter>`` (the gradient of the epoch's last batch);
 * the model graph (traced once on two validation images);
 * images: ``inputs/samples`` (the first 64 validation images, at step 0) and,
   per epoch, ``misclassified/val`` (up to 64 misclassified validation images)
   with their true and predicted labels as text ``misclassified/labels``;
 * at the end: the hyperparameters with the final metrics (HParams dashboard,
-  metric tags ``final/...``) and the stop reason as text ``stop_reason``, at
-  the step after the last epoch.
+  metric tags ``final/...``: the last epoch's, and after :meth:`TensorBoard.add_run_summary`
+  the tested model's ``final/test_accuracy``, ``final/best_epoch``, ...) and the stop
+  reason as text ``stop_reason``, at the step after the last epoch.
 
-Every other step is the epoch number. The end-of-run summary goes into an
-event file of its own (suffix ``.end``) in the same folder, which a resumed run
-deletes before it writes its own: a reader that ignores purge markers (the
-HParams dashboard's) showed the old one beside the new. A run resumed after
-epoch e (or inside its first epoch) also purges the events from step e + 1
-on, those of an interrupted epoch. So nothing appears twice.
+Every other step is the epoch number. Every ``log_every_n_steps`` optimizer
+steps, ``loss/train_step`` and ``lr/step`` go into the sub-folder ``steps``
+(the run ``<run>/tensorboard/steps``) with the global step as their step.
+
+The end-of-run summary goes into an event file of its own (suffix ``.end``) in
+the same folder, which a resumed run deletes before it writes its own: a reader
+that ignores purge markers (the HParams dashboard's) showed the old one beside
+the new. A run resumed after epoch e (or inside its first epoch) also purges
+the events from step e + 1 on, those of an interrupted epoch, and in ``steps``
+those after its checkpoint's global step. So nothing appears twice.
+
+Events are written in the calling thread (see :class:`_EventFile`): a failed
+write raises ``OSError`` naming the events file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -34,11 +48,14 @@ from typing import Any
 
 import torch
 
+from ..config import TensorBoardConfig
+from ..errors import RunDirError
 from .base import Callback, TrainerHandle
 
 log = logging.getLogger("mnistlab")
 
 _END_SUFFIX = ".end"  # the event file of the end-of-run summary
+_STEPS_DIR = "steps"  # the per-step scalars' sub-folder: a folder has one purge step for all its tags (on_train_begin)
 
 _SCALARS = {
     "train_loss": "loss/train",
@@ -46,8 +63,14 @@ _SCALARS = {
     "train_accuracy": "accuracy/train",
     "val_accuracy": "accuracy/val",
     "lr": "lr",
+    "ema_val_loss": "loss/ema_val",  # with [ema]
+    "ema_val_accuracy": "accuracy/ema_val",
 }
-_FINAL = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch")
+_STEP_SCALARS = {"loss": "loss/train_step", "lr": "lr/step"}  # of on_batch_end's metrics
+_FINAL = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "ema_val_loss", "ema_val_accuracy", "epoch")
+# summary.json's numbers for the tested model (best.ckpt, often not the last epoch): add_run_summary adds them.
+_SUMMARY = ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "ema_test_accuracy", "ema_best_epoch",
+            "tta_test_accuracy", "ema_tta_test_accuracy")
 
 
 def _hparam_value(v: Any) -> bool | int | float | str:
@@ -61,6 +84,15 @@ def _hparam_value(v: Any) -> bool | int | float | str:
     return str(v)
 
 
+def _final(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
+    """``{"final/<key>": value}`` for the keys whose values are finite numbers (null test accuracies are left out)."""
+    return {
+        f"final/{k}": float(values[k])
+        for k in keys
+        if isinstance(values.get(k), (int, float)) and not isinstance(values[k], bool) and math.isfinite(values[k])
+    }
+
+
 def _as_float_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(255) if images.dtype == torch.uint8 else images.float()
 
@@ -71,17 +103,19 @@ class TensorBoard(Callback):
     ``log_dir`` defaults to ``<run folder>/tensorboard`` (nothing is written
     when neither exists). ``hparams`` is a flat ``{name: value}`` dict (e.g.
     ``{"optimizer.lr": 0.01}``); :func:`~mnistlab.callbacks.build_callbacks`
-    passes the whole resolved config.
+    passes the whole resolved config. ``log_every_n_steps``: the training loss
+    and learning rate every n optimizer steps (0: off); ``histogram_every_n_epochs``:
+    the histograms at the epochs divisible by n (0: off, as ``histograms=False``).
 
     Gradients: the hook ``on_batch_end`` keeps *references* (no copy, no
     device sync) to the parameters' ``.grad`` tensors after each optimizer
-    step, and drops them in ``on_batch_begin``, so at ``on_epoch_end`` it holds
-    the gradients of the epoch's last batch whatever the trainer does with
-    ``.grad`` afterwards (``zero_grad(set_to_none=True)`` replaces the tensors
-    and leaves the referenced ones intact). Only an in-place zeroing between
-    the last ``on_batch_end`` and ``on_epoch_end`` would hide them.
+    step of an epoch with histograms, and drops them in ``on_batch_begin``, so
+    at ``on_epoch_end`` it holds the gradients of the epoch's last batch whatever
+    the trainer does with ``.grad`` afterwards (``zero_grad(set_to_none=True)``
+    replaces the tensors and leaves the referenced ones intact). Only an in-place
+    zeroing between the last ``on_batch_end`` and ``on_epoch_end`` would hide them.
 
-    >>> cb = TensorBoard(hparams={"model.name": "cnn", "optimizer.lr": 0.01})
+    >>> cb = TensorBoard(hparams={"model.name": "cnn", "optimizer.lr": 0.01}, log_every_n_steps=10)
     """
 
     def __init__(
@@ -92,6 +126,8 @@ class TensorBoard(Callback):
         images: bool = True,
         hparams: dict[str, Any] | None = None,
         max_images: int = 64,
+        log_every_n_steps: int = 50,
+        histogram_every_n_epochs: int = 1,
     ) -> None:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.histograms = histograms
@@ -99,18 +135,32 @@ class TensorBoard(Callback):
         self.images = images
         self.hparams = dict(hparams or {})
         self.max_images = max_images
+        self.log_every_n_steps = log_every_n_steps
+        self.histogram_every_n_epochs = histogram_every_n_epochs
         self.writer = None
+        self._steps_writer = None
         self._grads: dict[str, torch.Tensor] | None = None
+        self._end: dict[str, Any] | None = None  # what on_train_end wrote into the .end file, for add_run_summary
+        self._end_file: Path | None = None
+
+    @classmethod
+    def from_config(cls, cfg: TensorBoardConfig, hparams: dict[str, Any] | None = None) -> "TensorBoard":
+        """The callback for a ``[tensorboard]`` section (``enabled`` is the caller's to check).
+
+        >>> TensorBoard.from_config(TensorBoardConfig(log_every_n_steps=10)).log_every_n_steps
+        10
+        """
+        return cls(histograms=cfg.histograms, graph=cfg.graph, images=cfg.images, hparams=hparams,
+                   log_every_n_steps=cfg.log_every_n_steps, histogram_every_n_epochs=cfg.histogram_every_n_epochs)
 
     # -- hooks ------------------------------------------------------------------
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
-
         log_dir = self.log_dir or (Path(trainer.run_dir) / "tensorboard" if trainer.run_dir else None)
         if log_dir is None:
             log.warning("TensorBoard: the run has no folder and no log_dir was given; nothing is written")
             return
+        self._end = self._end_file = None
         # A resumed run (also one cut inside its first epoch, still at epoch 0) has the graph and samples
         # already; resumed after epoch e, it drops the events of epochs > e and the old end-of-run summary.
         resumed = trainer.step > 0
@@ -118,9 +168,12 @@ class TensorBoard(Callback):
             for old in Path(log_dir).glob(f"events.out.tfevents.*{_END_SUFFIX}"):
                 old.unlink(missing_ok=True)
         self._log_dir = Path(log_dir)
-        if resumed:
-            _wait_for_a_later_second(self._log_dir)
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=trainer.epoch + 1 if resumed else None)
+        self.writer = _summary_writer(self._log_dir, _purge_step(self._log_dir, trainer.epoch + 1 if resumed else None))
+        if self.log_every_n_steps:
+            # A folder of their own: readers drop every tag's events from a folder's purge step on, and the
+            # epochs purge from epoch e + 1, which as a step number would drop nearly all of these.
+            steps = self._log_dir / _STEPS_DIR
+            self._steps_writer = _summary_writer(steps, _purge_step(steps, trainer.step + 1 if resumed else None))
         if not resumed:
             if self.graph:
                 self._add_graph(trainer)
@@ -133,8 +186,16 @@ class TensorBoard(Callback):
         self._grads = None  # let the previous batch's gradients go before this backward pass
 
     def on_batch_end(self, step: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
-        if self.writer is not None and self.histograms:
+        if self.writer is None:
+            return
+        if self._histograms_at(trainer.epoch + 1):  # trainer.epoch is the one before this batch's
             self._grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+        if self._steps_writer is not None and step % self.log_every_n_steps == 0:
+            # Python floats: the trainer reads the loss every step already (its non-finite check), so this
+            # adds no device sync; still only every n steps, to keep the events file small.
+            for key, tag in _STEP_SCALARS.items():
+                if key in metrics:
+                    self._steps_writer.add_scalar(tag, float(metrics[key]), step)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         if self.writer is None:
@@ -142,7 +203,7 @@ class TensorBoard(Callback):
         for key, tag in _SCALARS.items():
             if key in metrics:
                 self.writer.add_scalar(tag, float(metrics[key]), epoch)
-        if self.histograms:
+        if self._histograms_at(epoch):
             for name, p in trainer.model.named_parameters():
                 self._add_histogram(f"weights/{name}", p, epoch)
             for name, g in (self._grads or {}).items():
@@ -155,34 +216,67 @@ class TensorBoard(Callback):
     def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
         if self.writer is None:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        self.writer.close()
+        self.writer = None
+        if self._steps_writer is not None:
+            self._steps_writer.close()
+            self._steps_writer = None
+        self._end = {
+            "step": int(metrics.get("epoch", trainer.epoch)) + 1,  # after the last epoch's step
+            "final": _final(metrics, _FINAL),
+            "stop_reason": metrics.get("stop_reason"),
+        }
+        self._write_end()
+
+    def add_run_summary(self, summary: dict[str, Any]) -> None:
+        """Add the tested model's numbers to the end-of-run summary, after ``on_train_end``.
+
+        ``summary`` is summary.json's dict: its ``test_accuracy``, ``test_loss``, ``best_epoch``,
+        ``best_val_accuracy`` and, with ``[ema]`` / ``[tta]``, the ``ema_`` / ``tta_`` test accuracies
+        become ``final/<key>`` beside the last epoch's numbers, so the HParams dashboard compares runs by
+        what summary.json reports (best.ckpt is often not the last epoch). The test comes after training,
+        so this rewrites the ``.end`` file that ``on_train_end`` wrote; nothing is done if it wrote none.
+        A failed write raises :class:`~mnistlab.errors.RunDirError` naming the file.
+
+        >>> tb.add_run_summary({"test_accuracy": 0.9921, "best_epoch": 3})  # doctest: +SKIP
+        """
+        if self._end is None:
+            return
+        self._end["final"].update(_final(summary, _SUMMARY))
+        try:
+            self._write_end()
+        except OSError as e:  # after the run's own error handling: say here which file and why
+            raise RunDirError(f"cannot write the TensorBoard run summary {e.filename}: {e.strerror or e}") from None
+
+    # -- pieces -------------------------------------------------------------------
+
+    def _histograms_at(self, epoch: int) -> bool:
+        n = self.histogram_every_n_epochs
+        return self.histograms and n > 0 and epoch % n == 0
+
+    def _write_end(self) -> None:
+        """The hyperparameters with the final metrics and the stop reason, into a new ``.end`` file in place
+        of the one this run wrote before: after the last epoch's step, into its own file, which a resumed run
+        deletes, so there is one summary per run whatever the reader (the HParams dashboard would show two
+        sessions' start info)."""
         from torch.utils.tensorboard.summary import hparams
 
-        self.writer.close()
-        # After the last epoch's step, into its own file, which a resumed run deletes: one summary per run,
-        # whatever the reader (the HParams dashboard would show two sessions' start info).
-        before = set(self._log_dir.glob(f"*{_END_SUFFIX}"))
-        self.writer = SummaryWriter(log_dir=str(self._log_dir), filename_suffix=_END_SUFFIX)
-        step = int(metrics.get("epoch", trainer.epoch)) + 1
-        final = {
-            f"final/{k}": float(metrics[k])
-            for k in _FINAL
-            if k in metrics and isinstance(metrics[k], (int, float)) and math.isfinite(float(metrics[k]))
-        }
+        if self._end_file is not None:
+            self._end_file.unlink(missing_ok=True)
+            self._end_file = None
+        writer = _summary_writer(self._log_dir, filename_suffix=_END_SUFFIX)
+        path = writer.file_writer.event_writer.path
+        step, final = self._end["step"], self._end["final"]
         # What SummaryWriter.add_hparams does, but into this writer's own folder: one run, one event stream.
         exp, ssi, sei = hparams({k: _hparam_value(v) for k, v in self.hparams.items()}, final)
         for summary in (exp, ssi, sei):
-            self.writer.file_writer.add_summary(summary, step)
+            writer.file_writer.add_summary(summary, step)
         for tag, value in final.items():
-            self.writer.add_scalar(tag, value, step)
-        if metrics.get("stop_reason"):
-            self.writer.add_text("stop_reason", str(metrics["stop_reason"]), step)
-        self.writer.close()
-        self.writer = None
-        for path in set(self._log_dir.glob(f"*{_END_SUFFIX}")) - before:  # the one file just written
-            _sort_last(path)
-
-    # -- pieces -------------------------------------------------------------------
+            writer.add_scalar(tag, value, step)
+        if self._end["stop_reason"]:
+            writer.add_text("stop_reason", str(self._end["stop_reason"]), step)
+        writer.close()
+        self._end_file = _sort_last(path)
 
     def _add_graph(self, trainer: TrainerHandle) -> None:
         model = trainer.model
@@ -193,6 +287,8 @@ class TensorBoard(Callback):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer and deprecation warnings are not the user's business
                 self.writer.add_graph(model, sample)  # traces in eval mode; model.training is restored
+        except OSError:  # the events file could not be written: the run's error, not the model's
+            raise
         except Exception as e:  # a model that cannot be traced must not stop training
             log.warning("TensorBoard: could not trace the model graph (%s: %s); skipping it", type(e).__name__, e)
 
@@ -234,7 +330,99 @@ class TensorBoard(Callback):
         self.writer.add_text("misclassified/labels", f"true→predicted, row by row: {pairs}", epoch)
 
 
+# -- the events file ------------------------------------------------------------------
+
 _PREFIX = "events.out.tfevents."
+
+
+class _EventFile:
+    """tensorboard's EventFileWriter without its writer thread: each event is appended in the calling thread.
+
+    From that thread a failed write (a full disk) printed "Exception in thread ..." with a traceback on stderr
+    and reached the run later as an OSError without a file name. Here the add_* call itself raises the OSError,
+    with the events file as its ``filename`` (the run reports it as a RunDirError). Events are few (tens per
+    epoch), so writing each at once costs nothing measurable; a reader sees it at once, too.
+    """
+
+    _uid = itertools.count()  # the name's last part: one process's files made in the same second differ
+
+    def __init__(self, log_dir: str, filename_suffix: str = "") -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._log_dir = log_dir
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        # EventFileWriter's name, which readers order the files by (see _sort_last)
+        self.path = Path(log_dir) / (f"{_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+                                     f"{next(self._uid)}{filename_suffix}")
+        self._file = open(self.path, "wb")
+        self._records = RecordWriter(self._file)  # tensorboard's record framing (length, CRCs)
+        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def get_logdir(self) -> str:
+        return self._log_dir
+
+    def add_event(self, event: Any) -> None:
+        try:
+            self._records.write(event.SerializeToString())
+            self._file.flush()  # now, so that a failure is this call's
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self._file.close()  # drop the unwritten bytes, or closing at exit fails again and prints it
+            raise OSError(e.errno, f"{e.strerror or e} (writing a TensorBoard event)", str(self.path)) from None
+
+    def flush(self) -> None:  # every event is flushed as it is added
+        pass
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@functools.cache
+def _writer_class() -> type:
+    """SummaryWriter with an :class:`_EventFile` in place of its threaded EventFileWriter (tensorboard is
+    imported here: only when used)."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.writer import FileWriter
+
+    class _FileWriter(FileWriter):
+        def __init__(self, log_dir: str, filename_suffix: str = "") -> None:  # not FileWriter's: it starts a thread
+            self.event_writer = _EventFile(log_dir, filename_suffix)
+
+    class _SummaryWriter(SummaryWriter):
+        def _get_file_writer(self) -> _FileWriter:
+            # SummaryWriter's own, but for the FileWriter it makes: torch offers no other way to choose it.
+            if self.all_writers is None or self.file_writer is None:
+                self.file_writer = _FileWriter(self.log_dir, self.filename_suffix)
+                self.all_writers = {self.log_dir: self.file_writer}
+                if self.purge_step is not None:  # readers drop the folder's events from this step on
+                    self.file_writer.add_event(Event(step=self.purge_step, file_version="brain.Event:2"))
+                    self.file_writer.add_event(Event(step=self.purge_step,
+                                                     session_log=SessionLog(status=SessionLog.START)))
+                    self.purge_step = None
+            return self.file_writer
+
+    return _SummaryWriter
+
+
+def _summary_writer(log_dir: Path, purge_step: int | None = None, filename_suffix: str = "") -> Any:
+    return _writer_class()(log_dir=str(log_dir), purge_step=purge_step, filename_suffix=filename_suffix)
+
+
+def _purge_step(folder: Path, resumed_at: int | None) -> int | None:
+    """The purge step of a new events file in ``folder``: ``resumed_at``, the first step a resumed run writes
+    (after waiting for its file to sort after the old ones), or 0 in a folder without events yet.
+
+    The 0 (a START marker that drops nothing) is for TensorBoard's dashboard reader, which takes a folder's
+    first START for the session's start, not for a restart: a resume's marker purged nothing there, and the
+    steps after an interrupted run's checkpoint showed twice. A folder with events but no resume (a log_dir
+    shared by runs) gets none, as before.
+    """
+    if resumed_at is not None:
+        _wait_for_a_later_second(folder)
+        return resumed_at
+    return None if _event_stamps(folder) else 0
 
 
 def _event_stamps(folder: Path) -> list[int]:
@@ -256,8 +444,8 @@ def _wait_for_a_later_second(folder: Path, most: float = 2.0) -> None:
         time.sleep(latest + 1 - time.time())
 
 
-def _sort_last(path: Path) -> None:
-    """Rename an event file so that its name sorts after every other one in its folder.
+def _sort_last(path: Path) -> Path:
+    """Rename an event file so that its name sorts after every other one in its folder; returns the new path.
 
     Readers take a folder's event files in name order, and the name starts with the second the file
     was made, then a counter: a summary made in the same second as the epochs' file could sort
@@ -265,7 +453,7 @@ def _sort_last(path: Path) -> None:
     already would drop the epochs. One second past the latest file's puts it last.
     """
     rest = path.name[len(_PREFIX):].split(".", 1)[1]
-    path.rename(path.with_name(f"{_PREFIX}{max(_event_stamps(path.parent)) + 1:010d}.{rest}"))
+    return path.rename(path.with_name(f"{_PREFIX}{max(_event_stamps(path.parent)) + 1:010d}.{rest}"))
 
 
 __all__ = ["TensorBoard"]

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 
 from .. import jsonout
-from ..callbacks import Callback, build_callbacks
+from ..callbacks import Callback, TensorBoard, build_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
 from ..config import OPTIMIZER_READS, Config, config_to_toml, unread_settings
 from ..data import DataBundle, load_data
@@ -698,6 +698,9 @@ def _run(
     extras = _extra_tests(cfg, run_dir, test_model, data, device)
     summary.update(extras)
     write_json(run_dir / "summary.json", summary)
+    for cb in cbs:  # the HParams dashboard's final/* numbers: the tested model's too, as summary.json has them
+        if isinstance(cb, TensorBoard):
+            cb.add_run_summary(summary)
     _write_report(run_dir, test, data, display, report)  # without the test's figures if its outputs were not finite
     display.log(f"stopped: {result.stop_reason}")
     if result.stopped_by == "non_finite_loss":  # a failed run, even though it ends normally: say it on stderr too
