@@ -238,7 +238,8 @@ class TrainConfig:
     # torch.compile the training forward pass; it compiles before the first epoch, timed as summary.json's
     # compile_seconds, apart from train_seconds
     compile: bool = False
-    precision: str = "auto"  # auto (bf16 autocast on a GPU (Ampere on) or CPU that computes in bf16, else fp32) | fp32 | bf16
+    # auto (bf16 autocast on a GPU, Ampere on, or a CPU that computes in bf16; else fp32) | fp32 | bf16
+    precision: str = "auto"
     progress: bool = True  # progress bar when the output is a terminal
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
     # back to the OS and faulting it in again (training/allocator.py; 1.3-1.7x the training rate of the small CNNs

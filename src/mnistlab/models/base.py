@@ -270,7 +270,8 @@ def _layer_text(layer: nn.Module) -> str:
         return str(a) if a == b else f"{a}x{b}"
 
     kh, kw = (layer.kernel_size,) * 2 if isinstance(layer.kernel_size, int) else layer.kernel_size
-    options = [f"stride {side(layer.stride)}"] if side(layer.stride) != side(1 if kind == "conv" else layer.kernel_size) else []
+    plain_stride = 1 if kind == "conv" else layer.kernel_size  # a pool's stride is its kernel unless set
+    options = [f"stride {side(layer.stride)}"] if side(layer.stride) != side(plain_stride) else []
     if side(layer.padding) != "0":
         options.append(f"padding {side(layer.padding)}")
     return f"{kh}x{kw} {kind}" + (f" ({', '.join(options)})" if options else "")
