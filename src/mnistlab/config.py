@@ -246,12 +246,18 @@ class TrainConfig:
     # on the AVX-512 EPYC, benchmarks/allocator.txt; 1.0-1.3x on the AVX2 one, allocator_epyc-avx2.txt).
     reuse_memory: bool = True
     grad_checkpoint: bool = False  # recompute conv-block / residual-block activations in backward: less memory, ~1.4x the step time
+    # Split each batch into parts of at most this many images (per process), each run forward and backward in turn
+    # before the batch's one optimizer step: the whole batch's gradient in the memory of a part (Lightning's
+    # accumulate_grad_batches, with batch_size the batch it adds up to). Batch norm normalizes each part by its
+    # own statistics. None: one pass per batch.
+    micro_batch_size: int | None = None
     # Multi-process runs (torchrun / --nproc): batch-norm statistics over the whole global batch rather than
     # each process's share. Needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation.
     sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes")
+        _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes",
+                  "micro_batch_size")
         if self.threads is not None and self.threads > MAX_THREADS:  # far more crashes torch's thread pool
             raise ConfigError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _positive("train", self, "seed", allow_zero=True)

@@ -126,6 +126,17 @@ def test_two_processes_train_what_one_process_trains(runs):
     assert len(two["rng_ranks"]) == 2 and "rng_ranks" not in one
 
 
+def test_two_processes_in_micro_batches_train_what_one_process_trains(mnist_root, runs, tmp_path):
+    # Each process's 50 images in parts of at most 20 (3 parts), DDP averaging once, in the last part's backward.
+    one_cwd, _ = runs
+    micro = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "2", "--set", "train.micro_batch_size=20"),
+                     cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finished(micro)
+    one, parts = read_checkpoint(one_cwd / "run" / "last.ckpt"), read_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert parts["step"] == one["step"] == EPOCHS * 20  # one optimizer step per batch, as without parts
+    assert max_weight_difference(one["model"], parts["model"]) < WEIGHT_TOL
+
+
 def test_only_rank_0_writes_files(runs):
     one_cwd, two_cwd = runs
     # The same files as a 1-process run (config, metrics, checkpoints, summary, report), no run.lock left,

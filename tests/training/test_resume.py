@@ -285,3 +285,31 @@ def test_a_resumed_run_adds_to_the_compile_seconds_of_its_first_part(mnist_root,
     resumed = train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
     assert resumed.summary["compile_seconds"] == 12.5
     assert read_checkpoint(ckpt)["compile_seconds"] == 12.5
+
+
+def test_micro_batches_train_what_whole_batches_train_in_a_parts_memory(mnist_root, tmp_path):
+    # train.micro_batch_size (Lightning's gradient accumulation): each batch of 100 in parts of at most 32, forward
+    # and backward in turn, one optimizer step per batch. Without batch norm or dropout (which draws its masks
+    # part by part) the same weights, to float rounding.
+    cfg = small_cfg(mnist_root, "train.epochs=2", "data.train_limit=600", "train.precision=fp32",
+                    "schedule.name=constant", "model.dropout=0.0")
+    whole = train(cfg, out=tmp_path / "whole", quiet=True)
+    parts = train(apply_overrides(cfg, ["train.micro_batch_size=32"]), out=tmp_path / "parts", quiet=True)
+    assert parts.fit.steps == whole.fit.steps == 12
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "parts")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    for h1, h2 in zip(whole.fit.history, parts.fit.history, strict=True):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-6)
+        assert h2["val_accuracy"] == pytest.approx(h1["val_accuracy"], abs=2e-3)
+
+
+def test_micro_batches_leave_batch_norm_no_part_of_one_image(mnist_small):
+    from mnistlab.models import build_model
+    from mnistlab.training.fit import Trainer
+
+    cfg = apply_overrides(Config(), ["train.micro_batch_size=2", "train.threads=1"])
+    x, y = torch.zeros(5, 1, 28, 28), torch.zeros(5, dtype=torch.long)
+    plain = Trainer(build_model("cnn", width=0.25), mnist_small, cfg)
+    assert [len(part) for _, part in plain._parts(x, y)] == [2, 2, 1]  # as even as can be, at most 2 each
+    normed = Trainer(build_model("cnn", width=0.25, batch_norm=True), mnist_small, cfg)
+    assert [len(part) for _, part in normed._parts(x, y)] == [3, 2]  # batch norm cannot normalize one image

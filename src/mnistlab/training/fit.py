@@ -20,6 +20,7 @@ rank 0 (the one given a run folder) writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -386,8 +387,8 @@ class Trainer:
             until = f" before epoch {cfg.finetune.unfreeze_at}" if cfg.finetune.unfreeze_at else ""
             raise ConfigError(f"finetune.freeze {list(cfg.finetune.freeze)} holds every parameter of the model: nothing "
                               f"would train{until}; freeze fewer (`mnistlab models --details` lists the layers)")
-        if min(cfg.train.batch_size, len(data.train)) < 2 * self._world and any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        self._batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if min(cfg.train.batch_size, len(data.train)) < 2 * self._world and self._batch_norm:
             if cfg.train.batch_size < 2 * self._world:
                 raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves batch norm one image per process "
                                   f"to normalize, which it cannot in training; use a batch of {2 * self._world} or "
@@ -396,8 +397,10 @@ class Trainer:
                               f"process to normalize, which it cannot in training; it needs {2 * self._world} or "
                               "more (raise data.train_limit or lower data.val_size), or a model without batch_norm")
         if self.device.type == "cpu":
-            # A batch holds no more than the split: a batch size above it is a full-batch run, not a larger one.
-            check_training_memory(model, data, min(cfg.train.batch_size, len(data.train)))
+            # A batch holds no more than the split: a batch size above it is a full-batch run, not a larger one;
+            # in parts (train.micro_batch_size), a part's activations are what is kept at once.
+            check_training_memory(model, data, min(cfg.train.batch_size, len(data.train),
+                                                   cfg.train.micro_batch_size or len(data.train)))
         self._channels_last = use_channels_last(cfg.train.channels_last, model, self.device)
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
@@ -537,9 +540,21 @@ class Trainer:
         unevenly or leaves a rank no rows (where a mean would be NaN).
         """
         smoothing = self.cfg.train.label_smoothing
-        if self._world == 1:
+        if self._world == 1 and len(y) == batch_rows:  # the whole batch: its mean
             return F.cross_entropy(logits, y, label_smoothing=smoothing)
+        # A rank's share, or a part of the batch (train.micro_batch_size): its rows' part of the batch's mean.
         return F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="sum") * (self._world / batch_rows)
+
+    def _parts(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The batch as ``train.micro_batch_size`` asks: in parts of at most that many rows, as even as can
+        be (one part without it). With batch norm no part has fewer than 2 rows, which it cannot normalize."""
+        micro = self.cfg.train.micro_batch_size
+        if micro is None or len(y) <= micro:
+            return [(x, y)]
+        parts = -(-len(y) // micro)
+        if self._batch_norm:
+            parts = max(1, min(parts, len(y) // 2))
+        return list(zip(x.tensor_split(parts), y.tensor_split(parts)))
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float] | None, float]:
         cfg, model, opt = self.cfg.train, self._model, self.optimizer
@@ -561,14 +576,17 @@ class Trainer:
                 group["lr"] = lr
             x = self._prepare(x)
             batch_rows = self._batch_rows(batch)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
-                logits = self._forward(x)
-                loss = self._loss(logits, y, batch_rows)
+            opt.zero_grad(set_to_none=True)  # only now, so that the last batch's gradients stayed readable
+            parts = self._parts(x, y)  # one, unless train.micro_batch_size splits the batch
+            step_sums = torch.zeros(3, dtype=torch.float64)
+            for i, (xp, yp) in enumerate(parts):  # forward and backward part by part: one part's activations at once
+                # DDP averages the gradients across the ranks once, in the last part's backward
+                sync = self._world == 1 or i == len(parts) - 1
+                with contextlib.nullcontext() if sync else self._forward.no_sync():
+                    step_sums += self._backward(xp, yp, batch_rows)
             # This batch's loss sum, correct and seen, summed over the ranks: every rank sees the same numbers
             # and makes the same non-finite decision.
-            step_sums = distributed.all_reduce_sum(torch.tensor(
-                [loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()), y.shape[0]],
-                dtype=torch.float64))
+            step_sums = distributed.all_reduce_sum(step_sums)
             loss_value = float(step_sums[0] / step_sums[2])
             if not math.isfinite(loss_value):
                 self.train_seconds += time.perf_counter() - t0
@@ -578,8 +596,6 @@ class Trainer:
                 )
                 self.stopped_by = "non_finite_loss"
                 return None, time.perf_counter() - t0
-            opt.zero_grad(set_to_none=True)  # before backward, so the last batch's gradients stay readable
-            loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -598,6 +614,16 @@ class Trainer:
         self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
+        """Forward and backward ``x``, a batch of ``batch_rows`` rows or a part of it (its gradients add to
+        those in ``.grad``); returns its loss sum, correct and seen."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+            logits = self._forward(x)
+            loss = self._loss(logits, y, batch_rows)
+        loss.backward()
+        return torch.tensor([loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()),
+                             y.shape[0]], dtype=torch.float64)
 
     def _batch_rows(self, batch: int) -> int:
         """The rows of the global batch number ``batch`` (the last one holds the remainder)."""
@@ -641,9 +667,10 @@ class Trainer:
                                             min_last=self._min_last))
                 x = self._prepare(x)
                 try:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
-                        loss = self._loss(self._forward(x), y, self._batch_rows(start))
-                    loss.backward()
+                    for xp, yp in self._parts(x, y):  # with train.micro_batch_size, the parts' shapes
+                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+                            loss = self._loss(self._forward(xp), yp, self._batch_rows(start))
+                        loss.backward()
                 except Exception as e:  # inductor's errors run to pages: their start, and the way out
                     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
                     cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
