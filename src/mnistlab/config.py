@@ -357,12 +357,15 @@ class CheckpointConfig:
     mode: str = "auto"  # min | max | auto
     save_top_k: int = 1  # keep the k best checkpoints (0: none besides best.ckpt)
     every_n_epochs: int = 0  # also keep a checkpoint every n epochs (0: off)
+    # Also write last.ckpt every n optimizer steps inside an epoch (0: at epoch ends only): a kill -9 or a power
+    # cut then loses at most n steps, not the epoch (Keras' save_freq, Lightning's every_n_train_steps).
+    last_every_n_steps: int = 0
     filename: str = "epoch{epoch:03d}-{val_accuracy:.4f}.ckpt"  # template for top-k and periodic files
 
     def __post_init__(self) -> None:
         _choice("checkpoint", "monitor", self.monitor, MONITORS)
         _choice("checkpoint", "mode", self.mode, MODES)
-        _positive("checkpoint", self, "save_top_k", "every_n_epochs", allow_zero=True)
+        _positive("checkpoint", self, "save_top_k", "every_n_epochs", "last_every_n_steps", allow_zero=True)
         plain = ("must be a plain file name (the files go into the run folder), "
                  "e.g. \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
         if not self.filename.strip() or any(c in self.filename for c in "/\\") or self.filename.startswith("."):

@@ -226,6 +226,47 @@ def test_kill_9_halfway_through_a_checkpoint_write_keeps_the_previous_one(mini_r
     assert_same_run(out, reference)  # which also checks that no temporary file is left
 
 
+# Trainer._save_position patched: a kill -9 comes the step after its second write inside an epoch.
+KILL_AFTER_TWO_MID_EPOCH_SAVES = r"""
+import importlib, os, signal
+fit = importlib.import_module("mnistlab.training.fit")
+real_save, saves = fit.Trainer._save_position, []
+def save_position(self, *args, **kwargs):
+    saves.append(1)
+    return real_save(self, *args, **kwargs)
+fit.Trainer._save_position = save_position
+real_received = fit.Trainer._signal_received  # asked after every step
+def signal_received(self):
+    if len(saves) == 2 and self.step == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_received(self)
+fit.Trainer._signal_received = signal_received
+"""
+
+
+def test_kill_9_inside_an_epoch_loses_at_most_n_steps_with_last_every_n_steps(mini_root, reference, tmp_path):
+    # checkpoint.last_every_n_steps=2 writes last.ckpt after steps 2 and 4 of epoch 1 (5 steps an epoch); killed
+    # during step 5, the run resumes after step 4, not from the start, and ends as the run never killed.
+    reference, _ = reference
+    out = tmp_path / "run"
+    args = [*kill_args(mini_root), "--set", "checkpoint.last_every_n_steps=2", "--out", str(out)]
+    rc, _, stderr = finish(start_cli("train", *args, patch=KILL_AFTER_TWO_MID_EPOCH_SAVES))
+    assert rc == -signal.SIGKILL, stderr
+    last = read_checkpoint(out / "last.ckpt")
+    assert (last["epoch"], last["batch"], last["step"], last["resumable"]) == (0, 4, 4, True)
+    proc = run_cli("train", "--resume", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "after epoch 0 (step 4)" in proc.stdout
+    assert_same_run(out, reference)
+    # the training seconds of steps 1-4 count in epoch 1's, and the epochs' add up to the run's (writes excluded)
+    import csv
+
+    with open(out / "metrics.csv") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert seconds[0] > last["partial_seconds"] > 0 and sum(seconds) == pytest.approx(summary["train_seconds"])
+
+
 def signal_at_step(sig: str, epoch: int, step: int) -> str:
     """A patch of fit.iterate_batches: the process gets ``sig`` while ``step`` (1-based) of ``epoch`` runs.
 

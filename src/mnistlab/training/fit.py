@@ -605,6 +605,12 @@ class Trainer:
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
+            every = self.cfg.checkpoint.last_every_n_steps
+            if every and self._step % every == 0 and batch + 1 < self.steps_per_epoch:  # the epoch's end saves anyway
+                elapsed = time.perf_counter() - t0
+                self.train_seconds, before = self.train_seconds + elapsed, before + elapsed
+                self._save_position(batch + 1, sums, before)
+                t0 = time.perf_counter()  # writing is not training time
             signum = self._signal_received()
             if signum is not None:
                 elapsed = time.perf_counter() - t0
@@ -701,15 +707,22 @@ class Trainer:
         0 batches: the epoch is complete) and stop."""
         path = None if self._run_dir is None else self._run_dir / "last.ckpt"
         if batches_done:  # else the epoch's last.ckpt, just written, is the one to resume from
-            if self._world > 1:  # every rank's RNG goes into rank 0's checkpoint: the resumed dropout is exact
-                self._rng_ranks = distributed.gather_objects(_rng_state())
-            if path is not None:
-                path = self._write(path, batch=batches_done, partial=sums, partial_seconds=seconds, resumable=True)
+            path = self._save_position(batches_done, sums, seconds)
         distributed.barrier()  # no rank leaves (tearing down the process group) while rank 0 is still writing
         where = (f"at epoch {epoch}, batch {batches_done} of {self.steps_per_epoch}" if batches_done
                  else f"after epoch {epoch}")
         self.stop_reason, self.stopped_by = f"interrupted by {signal.Signals(signum).name} {where}", "interrupted"
         raise TrainingInterrupted(signum, path)
+
+    def _save_position(self, batches_done: int, sums: torch.Tensor | None, seconds: float) -> Path | None:
+        """Write the resumable last.ckpt ``batches_done`` batches into the epoch, after ``seconds`` of its training
+        (every rank calls it; rank 0 writes)."""
+        if self._world > 1:  # every rank's RNG goes into rank 0's checkpoint: the resumed dropout is exact
+            self._rng_ranks = distributed.gather_objects(_rng_state())
+        if self._run_dir is None:
+            return None
+        return self._write(self._run_dir / "last.ckpt", batch=batches_done, partial=sums, partial_seconds=seconds,
+                           resumable=True)
 
     def _train_mode(self) -> None:
         self._model.train()
