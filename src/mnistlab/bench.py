@@ -348,7 +348,7 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
                 rows[-1]["compile s"] = round(r["compile_seconds"], 1) if "compile_seconds" in r else "-"
     ratio = (statistics.median(r["train s"] for r in rows if r["recipe"] == "this config")
              / statistics.median(r["train s"] for r in rows if r["recipe"] == "public recipe"))
-    out("\ntime to accuracy (test set; seconds of the training steps only)")
+    out(f"\ntime to accuracy on {config.data.dataset}'s test set (seconds of the training steps only)")
     out(format_table(rows))
     out(f"training time of this config / public recipe: {ratio:.2f}x (medians)")
 
@@ -362,7 +362,7 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     out(format_table(roofline(models, batch_size=config.train.batch_size, steps=steps, overrides=cl,
                               device=device.type)))
 
-    out("\nevaluation of the test split (cnn model, untrained weights: speed only)")
+    out(f"\nevaluation of {config.data.dataset}'s test split (cnn model, untrained weights: speed only)")
     data = load_data(config.data, device=device)
     model = build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28)).to(device)
     if use_channels_last(setting, model, device):

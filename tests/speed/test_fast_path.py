@@ -206,6 +206,7 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "public recipe" in out and "this config" in out
+    assert "time to accuracy on mnist's test set" in out and "evaluation of mnist's test split" in out  # which data
     assert ("with bf16 instructions" in out.splitlines()[0]) is native_bf16()  # the machine line
     assert "fraction" in out and "images/s" in out
     assert out.count("cnn") >= 2  # the training-rate row and the evaluation row
