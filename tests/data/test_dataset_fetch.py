@@ -107,6 +107,62 @@ def test_an_archive_this_download_cut_short_is_removed_but_not_the_users(tmp_pat
     assert sorted(p.name for p in raw.iterdir()) == ["train-images-idx3-ubyte.gz"]  # the next try fetches again
 
 
+def test_an_archive_a_killed_download_left_is_fetched_again_not_blamed_on_the_user(tmp_path, fetches, mnist_root):
+    # torchvision writes to the archive's own name, and a SIGKILL or SIGTERM runs no cleanup: the next try said
+    # "left in place ... if such a file is your copy of the right data, unpack it yourself" for our own piece.
+    import signal
+    import subprocess
+    import sys
+
+    raw = tmp_path / "MNIST" / "raw"
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+from pathlib import Path
+import torchvision.datasets, torchvision.datasets.mnist
+from mnistlab.data import load_raw
+def fetch(url, download_root, filename=None, **kw):
+    Path(download_root, filename).write_bytes(b"\\x1f\\x8b half an archive")
+    os.kill(os.getpid(), signal.SIGKILL)
+torchvision.datasets.mnist.download_and_extract_archive = fetch
+load_raw("mnist", {str(tmp_path)!r}, train=False, download=True)
+"""], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (raw / "t10k-images-idx3-ubyte.gz").read_bytes() == b"\x1f\x8b half an archive"
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        fetches.serve[name + ".gz"] = (mnist_root / "MNIST" / "raw" / name).read_bytes()
+    images, labels = load_raw("mnist", tmp_path, train=False, download=True)
+    assert len(images) == len(labels) == 10_000
+    assert fetches == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert not list(raw.glob(".*")) and not (raw / "t10k-images-idx3-ubyte.gz").exists()  # no mark, no piece
+
+
+def test_a_process_that_waited_for_a_download_which_failed_and_removed_its_folder_makes_it_anew(tmp_path):
+    # The failed download took away the folders it had made after giving up the lock... or while holding it:
+    # the waiting process then held the lock of a folder that was gone, and wrote into nothing.
+    import threading
+
+    from mnistlab.data.datasets import _folder_lock
+
+    folder, inside = tmp_path / "MNIST" / "raw", threading.Event()
+    second: list[bool] = []
+
+    def waiter():
+        assert inside.wait(timeout=10)
+        with _folder_lock(folder):
+            second.append(folder.is_dir())
+            (folder / "written").write_text("ok")
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    with _folder_lock(folder):
+        inside.set()
+        t.join(timeout=0.5)  # it waits for the lock
+        assert t.is_alive() and second == []
+        folder.rmdir()  # as remove_empty does after a failed download
+    t.join(timeout=10)
+    assert second == [True] and (folder / "written").read_text() == "ok"
+
+
 # ---------------------------------------------------------------------------
 # only the split asked for is downloaded
 

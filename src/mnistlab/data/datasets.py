@@ -309,17 +309,23 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
     copy, say) or an old download cut short; torchvision would write the download over it, so it is left in
     place, and named in the error. One that this call fetched and that fails its MD5 (cut short, or
     damaged by a mirror) is removed, so that the next try fetches it again; one that passed stays, and is not
-    fetched again. A failed download also removes the folders it made (when still empty): a wrong --data-dir
-    leaves nothing.
+    fetched again. One that a killed download left (no cleanup runs on SIGKILL) still has its ``.fetching``
+    mark, so the next try knows it for its own and fetches it again. The pieces are removed while the folder
+    is locked, so a process waiting to download the same files never takes one for the user's. A failed
+    download also removes the folders it made (when still empty): a wrong --data-dir leaves nothing.
     """
     raw_dir = spec.raw_dir(root)
     made = missing_folders(raw_dir)
     timeout = socket.getdefaulttimeout()
     fetched: list[tuple[str, str]] = []  # the archives this call writes: the only ones it may remove
+    damaged: list[str] = []  # of those, the ones removed for failing their MD5
     try:
-        raw_dir.mkdir(parents=True, exist_ok=True)
         with _folder_lock(raw_dir):  # another process downloading here: wait for it, then use its files
             archives = _archives(spec, [name for name in spec.files(train) if not (raw_dir / name).is_file()])
+            for name, _ in archives:  # left by a download that was killed (SIGKILL, SIGTERM): ours, not the user's
+                if _fetching(raw_dir, name).exists():
+                    (raw_dir / name).unlink(missing_ok=True)
+                    _fetching(raw_dir, name).unlink()
             if archives:
                 mismatched = _mismatched(raw_dir, archives)
                 if mismatched:
@@ -329,6 +335,10 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
                         f"{raw_dir} do not have the MD5 torchvision publishes for them, and were left in place, "
                         f"neither unpacked nor downloaded over. To fix it, {_fix_mismatched(raw_dir)}; then run again.")
                 fetched = [(name, md5) for name, md5 in archives if not (raw_dir / name).exists()]
+                # torchvision writes to the archive's own name: a mark says that a file there is a fetch of ours
+                # until it is whole, so that one a kill cut short is taken away by the next try.
+                for name, _ in fetched:
+                    _fetching(raw_dir, name).touch()
                 # A server that stalls must not hang the run: no data for this long is a failed download.
                 socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
                 # Its download() directly: the constructor returns early, without downloading, where an
@@ -336,16 +346,22 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
                 dataset = spec.torchvision_class.__new__(spec.torchvision_class)
                 dataset.root = str(root)
                 dataset.resources = archives
-                dataset.download()
+                try:
+                    dataset.download()
+                except BaseException:  # still under the lock: a process waiting for it must not see the pieces
+                    damaged = _mismatched(raw_dir, fetched)
+                    for name in damaged:
+                        (raw_dir / name).unlink(missing_ok=True)
+                    raise
+                finally:
+                    for name, _ in fetched:
+                        _fetching(raw_dir, name).unlink(missing_ok=True)
     except DataError:
         raise
     # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
     # archive checksum, a full disk) means the files are not there; what to do depends on where
-    # it went wrong. A BaseException (Ctrl-C) only takes its partial archive away, and goes on.
+    # it went wrong. A BaseException (Ctrl-C) only takes its partial archive away (above), and goes on.
     except BaseException as e:
-        damaged = _mismatched(raw_dir, fetched)
-        for name in damaged:
-            (raw_dir / name).unlink(missing_ok=True)
         remove_empty(made)
         if not isinstance(e, Exception):
             raise
@@ -374,21 +390,39 @@ _LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENO
                  getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk quota; not every platform names it
 
 
+def _fetching(raw_dir: Path, archive: str) -> Path:
+    """The mark of an archive being downloaded (see _download)."""
+    return raw_dir / f".{archive}.fetching"
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
-    """An exclusive lock on ``folder`` itself (flock on its descriptor: no lock file to leave behind)
-    for as long as the block runs; a no-op where flock does not exist (Windows)."""
+    """An exclusive lock on ``folder`` itself (flock on its descriptor: no lock file to leave behind),
+    made first if missing, for as long as the block runs; where flock does not exist (Windows), none.
+
+    A failed download removes the folders it made: a process that waited for its lock then holds the
+    lock of a folder that is gone, and makes and locks the folder anew.
+    """
     try:
         import fcntl
     except ImportError:
+        folder.mkdir(parents=True, exist_ok=True)
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                still_there = os.path.samestat(os.fstat(fd), os.stat(folder))
+            except FileNotFoundError:
+                still_there = False
+            if still_there:
+                yield
+                return
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 def _md5(buf: bytearray) -> str:
