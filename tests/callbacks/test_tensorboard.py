@@ -376,4 +376,8 @@ def test_a_real_run_logs_steps_and_gives_the_hparams_its_test_accuracy(mnist_roo
     assert [e.step for e in steps.Scalars("loss/train_step")] == [1, 2, 3]  # 300 images, batches of 100
     acc = accumulate(tmp_path / "run" / "tensorboard")
     assert [e.value for e in acc.Scalars("final/test_accuracy")] == [pytest.approx(summary["test_accuracy"])]
+    # a run shorter than log_every_n_steps logs no step, and makes no empty run for TensorBoard to list
+    train(apply_overrides(cfg, ["tensorboard.log_every_n_steps=1000"]), out=tmp_path / "short", quiet=True,
+          report=False)
+    assert not (tmp_path / "short" / "tensorboard" / "steps").exists()
     assert [e.value for e in acc.Scalars("final/best_epoch")] == [1.0]

@@ -139,6 +139,7 @@ class TensorBoard(Callback):
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self.writer = None
         self._steps_writer = None
+        self._steps_purge: int | None = None
         self._grads: dict[str, torch.Tensor] | None = None
         self._end: dict[str, Any] | None = None  # what on_train_end wrote into the .end file, for add_run_summary
         self._end_file: Path | None = None
@@ -169,11 +170,12 @@ class TensorBoard(Callback):
                 old.unlink(missing_ok=True)
         self._log_dir = Path(log_dir)
         self.writer = _summary_writer(self._log_dir, _purge_step(self._log_dir, trainer.epoch + 1 if resumed else None))
-        if self.log_every_n_steps:
-            # A folder of their own: readers drop every tag's events from a folder's purge step on, and the
-            # epochs purge from epoch e + 1, which as a step number would drop nearly all of these.
-            steps = self._log_dir / _STEPS_DIR
-            self._steps_writer = _summary_writer(steps, _purge_step(steps, trainer.step + 1 if resumed else None))
+        # The per-step scalars' writer: made at the first step logged (a run shorter than log_every_n_steps
+        # listed an empty run), but at once when resumed, whose purge marker drops the points of the part that
+        # was cut short.
+        self._steps_purge = trainer.step + 1 if resumed else None
+        if self.log_every_n_steps and resumed:
+            self._open_steps_writer()
         if not resumed:
             if self.graph:
                 self._add_graph(trainer)
@@ -190,7 +192,9 @@ class TensorBoard(Callback):
             return
         if self._histograms_at(trainer.epoch + 1):  # trainer.epoch is the one before this batch's
             self._grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
-        if self._steps_writer is not None and step % self.log_every_n_steps == 0:
+        if self.log_every_n_steps and step % self.log_every_n_steps == 0:
+            if self._steps_writer is None:
+                self._open_steps_writer()
             # Python floats: the trainer reads the loss every step already (its non-finite check), so this
             # adds no device sync; still only every n steps, to keep the events file small.
             for key, tag in _STEP_SCALARS.items():
@@ -249,6 +253,12 @@ class TensorBoard(Callback):
             raise RunDirError(f"cannot write the TensorBoard run summary {e.filename}: {e.strerror or e}") from None
 
     # -- pieces -------------------------------------------------------------------
+
+    def _open_steps_writer(self) -> None:
+        # A folder of their own: readers drop every tag's events from a folder's purge step on, and the
+        # epochs purge from epoch e + 1, which as a step number would drop nearly all of these.
+        steps = self._log_dir / _STEPS_DIR
+        self._steps_writer = _summary_writer(steps, _purge_step(steps, self._steps_purge))
 
     def _histograms_at(self, epoch: int) -> bool:
         n = self.histogram_every_n_epochs
