@@ -94,3 +94,23 @@ def test_a_dumb_terminal_gets_no_escape_codes_spaces_blank_out_what_a_longer_lin
     table = io.StringIO()
     Display(out=table).epoch_row(METRICS)
     assert "\033" not in terminal.getvalue() and terminal.screen() == table.getvalue().splitlines()
+
+
+def test_a_message_logged_mid_epoch_starts_on_a_line_of_its_own(terminal, monkeypatch):
+    # A callback's message through the "mnistlab" logger was written at the end of the progress bar
+    # ("... acc 18.29%epoch 1: reducing learning r"), and the bar's remains stayed on the screen.
+    import logging
+    import sys
+
+    from mnistlab.training.run import callback_messages
+
+    monkeypatch.setattr(sys, "stdout", terminal)
+    d = Display(out=terminal)
+    d.progress(1, 2, 10, 20, 2.2, 0.18)
+    with callback_messages(True, always=True):
+        logging.getLogger("mnistlab").warning("epoch 1: reducing the learning rate")
+    d.progress(1, 2, 20, 20, 2.0, 0.3)
+    screen = terminal.screen()
+    assert screen[0] == "epoch 1: reducing the learning rate" and screen[1].startswith("epoch 1/2 [")
+    d.log("a line")  # Display's own lines too
+    assert terminal.screen()[1:] == ["a line"]

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from typing import TextIO
 
 
@@ -64,6 +65,17 @@ def _room() -> int:
     return shutil.get_terminal_size().columns - 1
 
 
+_drawing: weakref.ref | None = None  # the Display whose progress line is on the terminal now
+
+
+def clear_progress_line() -> None:
+    """Blank the progress line a Display has on the terminal, so that a line printed now (a callback's message
+    through logging) starts on a line of its own instead of at the end of the bar."""
+    display = _drawing() if _drawing is not None else None
+    if display is not None:
+        display._clear()
+
+
 class Display:
     """Prints the epoch table to ``out``; the progress bar only when ``out`` is a terminal."""
 
@@ -87,7 +99,13 @@ class Display:
 
     def log(self, text: str) -> None:
         if not self.quiet:
+            self._clear()
             self._write(text + "\n")
+
+    def _clear(self) -> None:
+        if self.bar and self._drawn:  # blank out the progress line
+            self._write("\r" + " " * min(self._drawn, _room()) + "\r")
+            self._drawn = 0
 
     def progress(self, epoch: int, epochs: int, done: int, total: int, loss: float, acc: float) -> None:
         now = time.monotonic()
@@ -100,11 +118,11 @@ class Display:
         # terminal (TERM=dumb, an editor's shell) prints escapes as text.
         self._write("\r" + line.ljust(min(self._drawn, room)))
         self._drawn = len(line)
+        global _drawing
+        _drawing = weakref.ref(self)
 
     def epoch_row(self, m: dict) -> None:
-        if self.bar and self._drawn:  # blank out the progress line for the table row
-            self._write("\r" + " " * min(self._drawn, _room()) + "\r")
-            self._drawn = 0
+        self._clear()
         ema = [100 * m["ema_val_accuracy"]] if "ema_val_accuracy" in m else []
         columns = COLUMNS[:5] + [EMA_COLUMN] * len(ema) + COLUMNS[5:]
         if not self._header_done:

@@ -33,7 +33,7 @@ from ..models.summary import count_parameters
 from ..report.runfolder import PREDICTIONS_FILE
 from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoint, read_checkpoint, resume_file
 from . import distributed
-from .display import Display, divert_to_devnull
+from .display import Display, clear_progress_line, divert_to_devnull
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
 from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, resolve_device
@@ -359,6 +359,10 @@ def process_state_kept():
 class _PipeSafeHandler(logging.StreamHandler):
     """A StreamHandler that, where the reader of its stream left, sends the rest to /dev/null as Display does
     (logging's own handling prints a "--- Logging error ---" traceback on stderr instead)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        clear_progress_line()  # a message in mid-epoch began at the end of the progress bar
+        super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         if isinstance(sys.exc_info()[1], BrokenPipeError):
