@@ -49,6 +49,7 @@ _TRAIN_METRICS = ("train_loss", "train_accuracy", "train_error")
 _VAL_METRICS = ("val_loss", "val_accuracy", "val_error")
 EMA_METRICS = ("ema_val_loss", "ema_val_accuracy")
 FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny; the config does not import torch
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 EPOCH_METRICS = ("epoch", *_TRAIN_METRICS, *_VAL_METRICS, "lr", "seconds")
 MONITORS = (*_VAL_METRICS, *_TRAIN_METRICS, *EMA_METRICS, "lr", "epoch", "seconds")
 

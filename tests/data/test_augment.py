@@ -76,6 +76,10 @@ def test_hflip_mirrors_half_the_images_exactly_and_warns_on_digits(digits):
     assert settings_warnings(cfg) == ["augment.hflip mirrors mnist's training images, where a mirrored one is "
                                       "another symbol or none (it suits fashion-mnist)"]
     assert settings_warnings(apply_overrides(cfg, ["data.dataset=fashion-mnist"])) == []
+    # without [augment] enabled no image is flipped: hflip alone did nothing, without a word
+    assert settings_warnings(apply_overrides(Config(), ["augment.hflip=true", "augment.rotation=5"])) == [
+        "augment.rotation, augment.hflip are set, but [augment] enabled = false: no image is transformed (flips "
+        "alone: enabled = true with rotation, scale and shift 0)"]
 
 
 def test_the_same_rng_state_gives_the_same_transforms(digits):

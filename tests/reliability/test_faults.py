@@ -449,3 +449,27 @@ def test_a_lock_that_cannot_be_removed_does_not_hide_the_error_that_ended_the_ru
     with pytest.raises(CheckpointError, match="the error that ended the run"):
         with run_module.RunLock(tmp_path):
             raise CheckpointError("the error that ended the run")
+
+
+def test_a_learning_rate_past_float32_is_a_divergence_stop_not_a_traceback(mini_root, tmp_path):
+    # SGD's foreach step raised "value cannot be converted to type float without overflow" for a rate above
+    # float32's maximum (lr 1e39, or a step schedule with gamma 1e200): a traceback, and a run folder with no
+    # summary. An infinite rate diverges, and the run stops as any diverged run does.
+    result = train(cfg(mini_root, "train.epochs=1", "optimizer.name=sgd", "optimizer.lr=1e39",
+                       "schedule.name=constant"), out=tmp_path / "run", quiet=True)
+    assert result.summary["stopped_by"] == "non_finite_loss"
+
+
+def test_the_divergence_warning_names_where_a_mid_epoch_last_ckpt_stands(mini_root, tmp_path, capsys):
+    # With checkpoint.last_every_n_steps the warning said "no epoch finished, so no checkpoint was written" of
+    # a run whose last.ckpt held step 2, and "the state after epoch 1" of one whose last.ckpt held a later step.
+    import re
+
+    train(cfg(mini_root, "train.epochs=2", "optimizer.name=sgd", "optimizer.lr=1e12", "schedule.name=constant",
+              "checkpoint.last_every_n_steps=1"), out=tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    said = re.search(r"last\.ckpt holds the state after batch (\d+) of epoch 1;", err)
+    assert said, err
+    last = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert (last["epoch"], last["batch"]) == (0, int(said.group(1)))
+    assert all(bool(torch.isfinite(w).all()) for w in last["model"].values())  # the diverged weights are not saved

@@ -137,6 +137,30 @@ def test_two_processes_in_micro_batches_train_what_one_process_trains(mnist_root
     assert max_weight_difference(one["model"], parts["model"]) < WEIGHT_TOL
 
 
+# torch.compile as the identity (compiling takes minutes here): train.compile's passes before training still run.
+NO_COMPILE_MAIN = """
+import sys
+import torch
+torch.compile = lambda module, **kwargs: module
+from mnistlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_compile_ahead_in_micro_batches_does_not_hang_two_processes_with_uneven_parts(mnist_root, tmp_path):
+    # 1,991 images: the last batch of 91 splits 46 / 45, in parts of at most 45: 2 parts on rank 0, 1 on rank 1.
+    # train.compile's passes synced every part's backward, so the ranks made unlike numbers of all-reduces and
+    # waited for each other forever.
+    script = tmp_path / "no_compile_main.py"
+    script.write_text(NO_COMPILE_MAIN)
+    args = train_args(mnist_root, "--epochs", "1", "--out", "run", "--set", "train.compile=true",
+                      "--set", "train.micro_batch_size=45")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_checkpoint(tmp_path / "run" / "last.ckpt")["step"] == 20
+
+
 def test_only_rank_0_writes_files(runs):
     one_cwd, two_cwd = runs
     # The same files as a 1-process run (config, metrics, checkpoints, summary, report), no run.lock left,

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.base import Callback, CallbackList, MonitorMixin
-from ..config import Config, config_from_dict, config_to_dict
+from ..config import FLOAT32_MAX, Config, config_from_dict, config_to_dict
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
@@ -572,18 +572,14 @@ class Trainer:
         for batch, (x, y) in enumerate(batches, start):
             self.callbacks.on_batch_begin(self._step, self)
             lr = self._scheduled_lr(self._step) * self.lr_scale
+            if lr > FLOAT32_MAX:  # SGD's foreach step raised converting it; an infinite rate is stopped below
+                lr = math.inf
             for group in opt.param_groups:
                 group["lr"] = lr
             x = self._prepare(x)
             batch_rows = self._batch_rows(batch)
             opt.zero_grad(set_to_none=True)  # only now, so that the last batch's gradients stayed readable
-            parts = self._parts(x, y)  # one, unless train.micro_batch_size splits the batch
-            step_sums = torch.zeros(3, dtype=torch.float64)
-            for i, (xp, yp) in enumerate(parts):  # forward and backward part by part: one part's activations at once
-                # DDP averages the gradients across the ranks once, in the last part's backward
-                sync = self._world == 1 or i == len(parts) - 1
-                with contextlib.nullcontext() if sync else self._forward.no_sync():
-                    step_sums += self._backward(xp, yp, batch_rows)
+            step_sums = self._backward_batch(x, y, batch_rows)
             # This batch's loss sum, correct and seen, summed over the ranks: every rank sees the same numbers
             # and makes the same non-finite decision.
             step_sums = distributed.all_reduce_sum(step_sums)
@@ -606,7 +602,10 @@ class Trainer:
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
             every = self.cfg.checkpoint.last_every_n_steps
-            if every and self._step % every == 0 and batch + 1 < self.steps_per_epoch:  # the epoch's end saves anyway
+            # The epoch's end saves anyway; weights that diverged in this step are not saved (the next step's
+            # loss stops the run, and last.ckpt keeps the state before)
+            if (every and self._step % every == 0 and batch + 1 < self.steps_per_epoch
+                    and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
                 elapsed = time.perf_counter() - t0
                 self.train_seconds, before = self.train_seconds + elapsed, before + elapsed
                 self._save_position(batch + 1, sums, before)
@@ -620,6 +619,19 @@ class Trainer:
         self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
+
+    def _backward_batch(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
+        """Forward and backward this process's rows of a batch, in parts with ``train.micro_batch_size`` (one
+        part's activations at once), the gradients adding up; returns the loss sum, correct and seen."""
+        parts = self._parts(x, y)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i, (xp, yp) in enumerate(parts):
+            # DDP averages the gradients across the ranks once, in the last part's backward: the ranks may have
+            # other numbers of parts (the last batch splits unevenly), but each makes one such call
+            sync = self._world == 1 or i == len(parts) - 1
+            with contextlib.nullcontext() if sync else self._forward.no_sync():
+                sums += self._backward(xp, yp, batch_rows)
+        return sums
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
         """Forward and backward ``x``, a batch of ``batch_rows`` rows or a part of it (its gradients add to
@@ -673,10 +685,7 @@ class Trainer:
                                             min_last=self._min_last))
                 x = self._prepare(x)
                 try:
-                    for xp, yp in self._parts(x, y):  # with train.micro_batch_size, the parts' shapes
-                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
-                            loss = self._loss(self._forward(xp), yp, self._batch_rows(start))
-                        loss.backward()
+                    self._backward_batch(x, y, self._batch_rows(start))  # the parts' shapes, with micro-batches
                 except Exception as e:  # inductor's errors run to pages: their start, and the way out
                     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
                     cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
@@ -822,10 +831,9 @@ class Trainer:
         """Continue from a checkpoint written by this trainer (``last.ckpt``)."""
         if payload.get("resumable") is False:
             raise CheckpointError(
-                "the checkpoint holds a model that a callback chose (best.ckpt, a top-k or a periodic file), saved "
-                "while the epoch's callbacks were still deciding, so training cannot continue exactly from it: resume "
-                "the run folder (its last.ckpt), or start a new run from these weights with --init-from "
-                "(finetune.init_from)"
+                "the checkpoint holds a model to use (best.ckpt, ema.ckpt, a top-k or a periodic file), not the "
+                "training state a run continues from: resume the run folder (its last.ckpt), or start a new run from "
+                "these weights with --init-from (finetune.init_from)"
             )
         missing = [k for k in _RESUME_KEYS if k not in payload]
         if missing:

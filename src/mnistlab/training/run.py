@@ -23,7 +23,7 @@ import torch
 from .. import jsonout
 from ..callbacks import Callback, TensorBoard, build_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
-from ..config import OPTIMIZER_READS, Config, config_to_toml, unread_settings
+from ..config import OPTIMIZER_READS, AugmentConfig, Config, config_to_toml, unread_settings
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
@@ -416,12 +416,25 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
 def settings_warnings(cfg: Config) -> list[str]:
     """What in ``cfg`` will not act in a run of it, or not as meant: early-stopping, schedule and optimizer
     settings their criterion, schedule or optimizer does not read (momentum for Adam), a stopping rule that
-    cannot stop so early, and flips of digits."""
+    cannot stop so early, flips of digits, and [augment] settings with augmentation off."""
     flips = cfg.augment.enabled and cfg.augment.hflip and cfg.data.dataset != "fashion-mnist"
+    off = [key for key, value in vars(cfg.augment).items()
+           if key != "enabled" and value != getattr(AugmentConfig(), key)] if not cfg.augment.enabled else []
     return [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule),
             *unread_settings("optimizer", cfg.optimizer, OPTIMIZER_READS),
             *([f"augment.hflip mirrors {cfg.data.dataset}'s training images, where a mirrored one is another symbol "
-               "or none (it suits fashion-mnist)"] if flips else [])]
+               "or none (it suits fashion-mnist)"] if flips else []),
+            *([f"{', '.join(f'augment.{k}' for k in off)} {'is' if len(off) == 1 else 'are'} set, but [augment] "
+               "enabled = false: no image is transformed (flips alone: enabled = true with rotation, scale and "
+               "shift 0)"] if off else [])]
+
+
+def _position(last: Path) -> str:
+    """Where the training state in ``last`` stands: "after epoch 2", or "after batch 3 of epoch 3" (written
+    inside an epoch, with checkpoint.last_every_n_steps)."""
+    stored = read_checkpoint(last)
+    epoch, batch = int(stored["epoch"]), int(stored.get("batch", 0))
+    return f"after batch {batch} of epoch {epoch + 1}" if batch else f"after epoch {epoch}"
 
 
 def _how_to_go_on(run_dir: Path) -> str:
@@ -708,12 +721,11 @@ def _run(
     _write_report(run_dir, test, data, display, report)  # without the test's figures if its outputs were not finite
     display.log(f"stopped: {result.stop_reason}")
     if result.stopped_by == "non_finite_loss":  # a failed run, even though it ends normally: say it on stderr too
-        kept = (
-            f"last.ckpt holds the state after epoch {result.epochs}; use best.ckpt (epoch {best_epoch})"
-            if best_path.exists()
-            else "no epoch finished, so no checkpoint was written"
-        )
-        _warn(f"training diverged: {result.stop_reason}; {kept}; try a lower learning rate (optimizer.lr)")
+        kept = [f"last.ckpt holds the state {_position(run_dir / 'last.ckpt')}"] if (run_dir / "last.ckpt").exists() else []
+        kept += [f"use best.ckpt (epoch {best_epoch})"] if best_path.exists() else []
+        _warn(f"training diverged: {result.stop_reason}; "
+              f"{'; '.join(kept) or 'no epoch finished, so no checkpoint was written'}; "
+              "try a lower learning rate (optimizer.lr)")
     if not test.finite:
         display.log(f"no test accuracy: the outputs of {evaluated} (epoch {best_epoch}) are not finite")
     display.log(
