@@ -601,11 +601,7 @@ class Trainer:
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
             self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
-            every = self.cfg.checkpoint.last_every_n_steps
-            # The epoch's end saves anyway; weights that diverged in this step are not saved (the next step's
-            # loss stops the run, and last.ckpt keeps the state before)
-            if (every and self._step % every == 0 and batch + 1 < self.steps_per_epoch
-                    and all(bool(torch.isfinite(p).all()) for p in model.parameters())):
+            if self._position_due(batch):  # checkpoint.last_every_n_steps
                 elapsed = time.perf_counter() - t0
                 self.train_seconds, before = self.train_seconds + elapsed, before + elapsed
                 self._save_position(batch + 1, sums, before)
@@ -619,6 +615,14 @@ class Trainer:
         self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
+
+    def _position_due(self, batch: int) -> bool:
+        """Whether last.ckpt is to be written after this step, inside the epoch (checkpoint.last_every_n_steps).
+        Not at the epoch's last batch, whose end saves anyway; not with weights that diverged in this step (the
+        next step's loss stops the run, and last.ckpt keeps the state before)."""
+        every = self.cfg.checkpoint.last_every_n_steps
+        return (bool(every) and self._step % every == 0 and batch + 1 < self.steps_per_epoch
+                and all(bool(torch.isfinite(p).all()) for p in self._model.parameters()))
 
     def _backward_batch(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
         """Forward and backward this process's rows of a batch, in parts with ``train.micro_batch_size`` (one
