@@ -843,8 +843,8 @@ class Trainer:
         if missing:
             raise CheckpointError(
                 f"the checkpoint cannot be resumed from: it holds a model without its training state (it lacks "
-                f"{', '.join(missing)}), as ema.ckpt does; resume the run folder (its last.ckpt), or start a new run "
-                "from these weights with --init-from (finetune.init_from)"
+                f"{', '.join(missing)}; another tool's file?): resume the run folder (its last.ckpt), or start a new "
+                "run from these weights with --init-from (finetune.init_from)"
             )
         if payload["model_name"] != self.cfg.model.name:
             raise CheckpointError(
