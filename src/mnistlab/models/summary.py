@@ -80,6 +80,30 @@ def _trace(model: nn.Module, input_size: Sequence[int] | None) -> list[dict[str,
     return list(rows.values())
 
 
+def output_bytes(model: nn.Module, x: torch.Tensor, *, leaves_only: bool = False) -> list[int]:
+    """The bytes of each tensor a module of ``model`` returns in one forward pass of ``x``, in call order;
+    with ``leaves_only``, the modules without children only (their outputs add up to what autograd keeps,
+    a container's output being one of them again). The caller sets the mode and the grad context.
+
+    >>> output_bytes(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), torch.zeros(1, 1, 5, 5), leaves_only=True)
+    [72, 72]
+    """
+    sizes: list[int] = []
+
+    def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if not leaves_only or next(m.children(), None) is None]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
 def count_macs(model: nn.Module, input_size: Sequence[int] | None = None) -> int:
     """Multiply-accumulates for one image through one forward pass.
 

@@ -12,6 +12,7 @@ from torch import nn
 from ..data.augment import shift_images
 from ..errors import ConfigError
 from ..models.base import has_forward_hooks
+from ..models.summary import output_bytes
 from ..data.batching import iterate_batches, to_float
 from .allocator import MMAP_THRESHOLD
 
@@ -34,19 +35,8 @@ def rows_per_pass(model: nn.Module, image: torch.Tensor, batch_size: int) -> int
     """
     if image.device.type != "cpu" or batch_size <= 1 or image.shape[0] == 0 or has_forward_hooks(model):
         return batch_size
-    sizes: list[int] = []
-
-    def record(module: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            sizes.append(output.numel() * output.element_size())
-
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        model(to_float(image[:1]) if image.dtype == torch.uint8 else image[:1].float())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    largest = max(sizes, default=0)
+    largest = max(output_bytes(model, to_float(image[:1]) if image.dtype == torch.uint8 else image[:1].float()),
+                  default=0)
     return max(1, min(batch_size, MMAP_THRESHOLD // largest)) if largest else batch_size
 
 

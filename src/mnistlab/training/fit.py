@@ -44,6 +44,7 @@ from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
 from ..machine import native_bf16
 from ..models.checkpointing import keep_running_stats
+from ..models.summary import output_bytes
 from . import distributed
 from .allocator import reuse_freed_memory
 from .checkpoint import load_weights, save_checkpoint, weights_digest
@@ -140,19 +141,13 @@ def check_training_memory(model: nn.Module, data, batch_size: int) -> None:
     available = available_memory()
     if available is None:
         return
-    outputs: list[int] = []
-    hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel() * out.element_size())
-                                     if isinstance(out, torch.Tensor) else None)
-             for m in model.modules() if not list(m.children())]
     training = model.training
     model.eval()  # batch norm statistics must not move
     try:
         with torch.no_grad():
-            model(torch.zeros(1, data.in_channels, *data.image_size))
+            outputs = output_bytes(model, torch.zeros(1, data.in_channels, *data.image_size), leaves_only=True)
     finally:
         model.train(training)
-        for h in hooks:
-            h.remove()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     need = sum(outputs) * batch_size + 4 * weights
     if need > available:
