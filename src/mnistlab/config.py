@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Sequence, Union
 
 try:
     import tomllib
@@ -135,6 +135,22 @@ class DataConfig:
         _seed("data", "split_seed", self.split_seed)
 
 
+def unread_keys(cfg: Any, chosen: str, reads: dict[str, tuple[str, ...]],
+                order: Iterable[str] | None = None) -> list[tuple[str, list[str]]]:
+    """The keys of a config section set away from their defaults that the ``chosen`` schedule, optimizer or
+    criterion does not read (``reads``: the keys each one reads), each with the ones that read it; in
+    ``order``, else as ``reads`` lists them."""
+    defaults = type(cfg)()
+    keys = order if order is not None else dict.fromkeys(k for keys in reads.values() for k in keys)
+    return [(key, [name for name, read in reads.items() if key in read]) for key in keys
+            if key not in reads[chosen] and getattr(cfg, key) != getattr(defaults, key)]
+
+
+def and_list(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def unread_settings(section: str, cfg: Any, reads: dict[str, tuple[str, ...]],
                     notes: dict[str, str] | None = None) -> list[str]:
     """Warnings for the keys of a section set away from their defaults that the chosen ``cfg.name`` does not
@@ -143,16 +159,10 @@ def unread_settings(section: str, cfg: Any, reads: dict[str, tuple[str, ...]],
     >>> unread_settings("optimizer", OptimizerConfig(name="adam", nesterov=True), OPTIMIZER_READS)
     ['optimizer.nesterov = True is not used by the adam optimizer (it is read by sgd only)']
     """
-    defaults, out = type(cfg)(), []
-    for key in dict.fromkeys(k for keys in reads.values() for k in keys):
-        if key in reads[cfg.name] or getattr(cfg, key) == getattr(defaults, key):
-            continue
-        readers = [name for name, keys in reads.items() if key in keys]
-        names = readers[0] if len(readers) == 1 else f"{', '.join(readers[:-1])} and {readers[-1]}"
-        note = f"; {notes[key]}" if notes and key in notes else ""
-        out.append(f"{section}.{key} = {getattr(cfg, key)!r} is not used by the {cfg.name} {section} "
-                   f"(it is read by {names} only{note})")
-    return out
+    notes = notes or {}
+    return [f"{section}.{key} = {getattr(cfg, key)!r} is not used by the {cfg.name} {section} "
+            f"(it is read by {and_list(readers)} only{f'; {notes[key]}' if key in notes else ''})"
+            for key, readers in unread_keys(cfg, cfg.name, reads)]
 
 
 # The keys of [optimizer] each optimizer reads besides name, lr and weight_decay (see unread_settings).

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from ..config import EarlyStoppingConfig
+from ..config import EarlyStoppingConfig, and_list, unread_keys
 from ..errors import ConfigError
 from .base import Callback, MonitorMixin, TrainerHandle
 
@@ -479,16 +479,11 @@ def early_stopping_warnings(cfg: EarlyStoppingConfig, epochs: int) -> list[str]:
     """
     if cfg.criterion == "none":
         return []
-    defaults = EarlyStoppingConfig()
     keys_of = {"patience": _PATIENCE_KEYS, **_PRECHELT_KEYS}
-    out = []
-    for key in (*_PATIENCE_KEYS, "alpha", "strip", "strips", "error"):
-        if key in keys_of[cfg.criterion] or getattr(cfg, key) == getattr(defaults, key):
-            continue
-        readers = [c for c, keys in keys_of.items() if key in keys]
-        names = readers[0] if len(readers) == 1 else f"{', '.join(readers[:-1])} and {readers[-1]}"
-        out.append(f"early_stopping.{key} = {getattr(cfg, key)!r} is not used by criterion {cfg.criterion!r} "
-                   f"(it is read by {'criterion' if len(readers) == 1 else 'criteria'} {names} only)")
+    out = [f"early_stopping.{key} = {getattr(cfg, key)!r} is not used by criterion {cfg.criterion!r} "
+           f"(it is read by {'criterion' if len(readers) == 1 else 'criteria'} {and_list(readers)} only)"
+           for key, readers in unread_keys(cfg, cfg.criterion, keys_of,
+                                           order=(*_PATIENCE_KEYS, "alpha", "strip", "strips", "error"))]
     k, start = cfg.strip, cfg.start_epoch
     if cfg.criterion == "patience":
         # The first decided epoch sets the best value and never stops; then ``patience`` epochs without an
