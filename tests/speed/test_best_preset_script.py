@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "best_preset.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def best_preset():
-    spec = importlib.util.spec_from_file_location("best_preset", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("best_preset")
 
 
 def test_a_row_takes_the_ema_validation_numbers_of_the_epoch_ema_ckpt_came_from(best_preset, tmp_path):
