@@ -13,6 +13,11 @@ kernels to AVX2:
 
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/bf16.py --models cnn fast
 
+``--fp16`` adds ``train.precision=fp16`` (float16 autocast with a loss scale,
+for GPUs before Ampere) to each round: on a CPU without fp16 arithmetic
+(AVX512-FP16 or AMX-FP16) PyTorch emulates it, and the column shows at what
+cost. ``--no-presets`` leaves out the two presets' rows.
+
 The presets' rows use their config files (configs/fast.toml, configs/best.toml:
 model, batch size, optimizer, augmentation and EMA; a constant learning rate,
 no validation counted); the zoo rows use each model's defaults, small models at
@@ -47,21 +52,27 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=[m for m in list_models() if m != "vgg"],
                    help="zoo models (vgg needs a channels list; vgg11..19 cover it)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved fp32/bf16 rounds per case")
+    p.add_argument("--fp16", action="store_true", help="fp16 autocast too (emulated, and slow, on most CPUs)")
+    p.add_argument("--no-presets", action="store_true", help="only the --models rows")
     args = parse_benchmark_args(p)
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(f"machine: {machine_description()}" + (f"; oneDNN limited to {isa} (ONEDNN_MAX_CPU_ISA)" if isa else ""))
-    cases = [preset_case("fast"), preset_case("best")]
+    cases = [] if args.no_presets else [preset_case("fast"), preset_case("best")]
     cases += [(m, m, 32, 2, Config()) if m in BIG else (m, m, 256, 20, Config()) for m in args.models]
     rows = []
     for label, model, batch, steps, cfg in cases:
-        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": [], **({"fp16": []} if args.fp16 else {})}
         for _ in range(args.rounds):
             for precision in rates:
                 rates[precision].append(training_rate(
                     model, batch_size=batch, steps=steps, config=cfg, overrides=[f"train.precision={precision}"]))
         fp32, bf16 = statistics.median(rates["fp32"]), statistics.median(rates["bf16"])
-        rows.append({"case": label, "batch": batch, "fp32 images/s": round(fp32), "bf16 images/s": round(bf16),
-                     "bf16 time / fp32": round(fp32 / bf16, 2)})
+        row = {"case": label, "batch": batch, "fp32 images/s": round(fp32), "bf16 images/s": round(bf16),
+               "bf16 time / fp32": round(fp32 / bf16, 2)}
+        if args.fp16:
+            fp16 = statistics.median(rates["fp16"])
+            row.update({"fp16 images/s": round(fp16), "fp16 time / fp32": round(fp32 / fp16, 2)})
+        rows.append(row)
         print(f"{label} done", flush=True)
     print()
     print(format_table(rows))

@@ -37,7 +37,7 @@ import torch
 
 from .config import Config, apply_overrides
 from .data.datasets import DataBundle, Split
-from .machine import cpu_name, native_bf16
+from .machine import cpu_name, native_bf16, native_fp16
 from .models import build_model, model_options
 from .models.summary import count_macs
 from .training.evaluate import evaluate
@@ -108,9 +108,9 @@ def parse_benchmark_args(p: argparse.ArgumentParser) -> argparse.Namespace:
 
 def machine_description(device: torch.device | None = None) -> str:
     """One line: :func:`~mnistlab.machine.cpu_name`, whether it has bf16 instructions (which ``train.precision``
-    auto uses), cores, torch version, threads (and the GPU, if used)."""
-    bf16 = " with bf16 instructions" if native_bf16() else ""
-    text = (f"{cpu_name()}{bf16}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    auto uses) or fp16 ones, cores, torch version, threads (and the GPU, if used)."""
+    native = [f"{p} instructions" for p, has in (("bf16", native_bf16()), ("fp16", native_fp16())) if has]
+    text = (f"{cpu_name()}{' with ' * bool(native)}{' and '.join(native)}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"load average {os.getloadavg()[0]:.1f} at start")
     if device is not None and device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"

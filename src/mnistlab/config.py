@@ -249,7 +249,8 @@ class TrainConfig:
     # torch.compile the training forward pass; it compiles before the first epoch, timed as summary.json's
     # compile_seconds, apart from train_seconds
     compile: bool = False
-    # auto (bf16 autocast on a GPU, Ampere on, or a CPU that computes in bf16; else fp32) | fp32 | bf16
+    # auto (bf16 autocast on a GPU, Ampere on, or a CPU that computes in bf16; else fp32) | fp32 | bf16 |
+    # fp16 (float16 autocast with a dynamic loss scale, for GPUs before Ampere: a T4, V100; CUDA and CPU only)
     precision: str = "auto"
     progress: bool = True  # progress bar when the output is a terminal
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
@@ -274,7 +275,7 @@ class TrainConfig:
         _positive("train", self, "seed", allow_zero=True)
         _seed("train", "seed", self.seed)
         _choice("train", "device", self.device, DEVICES)
-        _choice("train", "precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

@@ -59,3 +59,12 @@ def test_train_compile_on_cuda_compiles_before_the_clock_and_trains_as_well(mnis
     assert run.summary["compile_seconds"] > 0
     assert look.frames[0] > 0 and look.frames[1] == look.frames[0]  # no compiling inside the timed steps
     assert run.summary["test_accuracy"] > 0.9
+
+
+def test_fp16_trains_on_cuda_with_a_loss_scale(mnist_root, tmp_path):
+    """The precision for GPUs before Ampere; any CUDA GPU computes in fp16."""
+    run, look = _cuda_run(mnist_root, tmp_path / "run", "train.precision=fp16")
+    assert look.seen["images"] == "cuda"
+    assert run.summary["precision"] == "fp16"
+    assert 0 <= run.summary["skipped_steps"] < 10  # the scale starts at 2**16; a few early overflows at most
+    assert run.summary["test_accuracy"] > 0.9

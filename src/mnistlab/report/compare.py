@@ -37,7 +37,7 @@ class RunRow:
     stop_reason: str
     device: str
     machine: str | None  # the CPU (or on CUDA the GPU) it trained on; None for runs from before summaries named it
-    precision: str | None = None  # fp32 or bf16 (autocast); None for runs from before summaries named it
+    precision: str | None = None  # fp32, bf16 or fp16 (autocast); None for runs from before summaries named it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,8 +175,8 @@ def format_table(rows: Sequence[RunRow]) -> str:
         lines.append(f"note: the runs come from different machines ({', '.join(machines)}); "
                      "their training times are not comparable")
     if len(precisions) > 1:
-        lines.append(f"note: the runs trained in different precisions ({', '.join(precisions)}); bf16 autocast "
-                     "trains faster where the processor has bf16 instructions, and its results differ from fp32's")
+        lines.append(f"note: the runs trained in different precisions ({', '.join(precisions)}); bf16 and fp16 "
+                     "autocast train faster where the processor computes in them, and their results differ from fp32's")
     if len(datasets) > 1:
         lines.append(f"note: the runs are on different datasets ({', '.join(datasets)}); they are ranked within "
                      "each, as their accuracies are not comparable")

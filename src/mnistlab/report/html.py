@@ -181,7 +181,7 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
         f'<p class="sub">run folder <code>{e(run.name)}</code>'
         + (f" &middot; stopped: {e(str(s['stop_reason']))}" if s.get("stop_reason") else "")
         + (f" &middot; {e(str(s.get('device')))}" + (f" ({e(machine)})" if machine else "")
-           + (", bf16 autocast" if s.get("precision") == "bf16" else "")
+           + (f", {s['precision']} autocast" if s.get("precision") in ("bf16", "fp16") else "")
            + f", torch {e(str(s.get('torch')))}" if s.get("device") else "")
         + "</p>",
         '<div class="cards">'

@@ -42,7 +42,7 @@ from ..config import FLOAT32_MAX, Config, config_from_dict, config_to_dict
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError
-from ..machine import native_bf16
+from ..machine import native_bf16, native_fp16
 from ..models.checkpointing import keep_running_stats
 from ..models.summary import output_bytes
 from . import distributed
@@ -64,13 +64,24 @@ def _is_amount(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
+# The numbers in torch.amp.GradScaler's state_dict (the counts: growth_interval, _growth_tracker).
+GRAD_SCALER_AMOUNTS = ("scale", "growth_factor", "backoff_factor")
+
+
 def _check_progress(payload: dict[str, Any]) -> None:
     """The fields of a resumable checkpoint that say where training was, checked for type and range."""
-    problems = [f"{key} = {payload.get(key, 0)!r}" for key in ("epoch", "step", "batch", "steps_per_epoch")
+    problems = [f"{key} = {payload.get(key, 0)!r}" for key in ("epoch", "step", "batch", "steps_per_epoch",
+                                                                 "skipped_steps")
                 if not _is_count(payload.get(key, 0))]
     problems += [f"{key} = {payload.get(key, 0.0)!r}" for key in ("lr_scale", "train_seconds", "partial_seconds",
                                                                            "compile_seconds")
                  if not _is_amount(payload.get(key, 0.0))]
+    scaler = payload.get("grad_scaler")
+    if scaler is not None and not (
+        isinstance(scaler, dict) and all(_is_amount(scaler.get(k)) and scaler[k] > 0 for k in GRAD_SCALER_AMOUNTS)
+        and all(_is_count(scaler.get(k)) for k in ("growth_interval", "_growth_tracker"))
+    ):
+        problems.append(f"grad_scaler = {scaler!r}")
     partial = payload.get("partial", torch.zeros(3, dtype=torch.float64))
     if not (isinstance(partial, torch.Tensor) and partial.shape == (3,) and partial.is_floating_point()):
         problems.append(f"partial = {partial!r}")
@@ -106,7 +117,7 @@ VAL_SIZE_NEEDED = "data.val_size must be at least 1 to train: the best epoch, ea
 
 # Entries of a checkpoint payload that only resuming needs; ema.ckpt (a model to use) leaves them out.
 _TRAINING_STATE = ("optimizer", "rng", "callbacks", "partial", "partial_seconds", "ema", "ema_sha256", "ema_best",
-                   "ema_monitor")
+                   "ema_monitor", "grad_scaler", "skipped_steps")
 
 # What restore() reads besides the weights; read_checkpoint has checked the rest.
 _RESUME_KEYS = ("optimizer", "lr_scale", "epoch", "step", "history", "train_seconds", "rng")
@@ -263,8 +274,12 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
     On such a CPU (AVX512-BF16 or AMX on x86) bf16 trained every zoo model in
     0.55-0.85x the time of fp32 at the same accuracy (``benchmarks/bf16.py``);
-    without them bf16 took 9-13x the time of fp32.
+    without them bf16 took 9-13x the time of fp32. fp16 is never picked: it
+    needs a loss scale, and it is asked for by name (a GPU before Ampere).
     """
+    if name == "fp16" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"train.precision = fp16 needs CUDA or the CPU (its loss scaling is not built for "
+                          f"{device.type} here); use bf16 or fp32")
     if name != "auto":
         return name
     if (device.type == "cuda" and cuda_native_bf16(device)) or (device.type == "cpu" and native_bf16()):
@@ -278,6 +293,29 @@ def cuda_native_bf16(device: torch.device) -> bool:
     if torch.version.hip:
         return torch.cuda.is_bf16_supported()
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def emulated_precision(precision: str, device: torch.device) -> str | None:
+    """A warning where ``precision`` (as resolved) is bf16 or fp16 on hardware that does not compute in it, else None.
+
+    auto never picks such a one; asked for by name it trains, far slower: bf16 took 9-13x and fp16 7-19x the
+    time of fp32 on CPUs without their instructions (benchmarks/bf16.py).
+    """
+    if device.type == "cpu":
+        slow = (precision == "bf16" and not native_bf16()) or (precision == "fp16" and not native_fp16())
+        what, times = {"bf16": ("AVX512-BF16 or AMX-BF16", "9-13x"), "fp16": ("AVX512-FP16 or AMX-FP16", "7-19x")}.get(
+            precision, ("", ""))
+        return (f"train.precision = {precision}: this CPU has no {precision} arithmetic ({what}), so PyTorch emulates "
+                f"it, in many times the time of fp32 ({times} where measured); fp32 is faster here") if slow else None
+    if device.type == "cuda" and precision == "bf16" and not cuda_native_bf16(device):
+        return ("train.precision = bf16: this GPU (before Ampere) emulates bf16, slower than fp32; fp16 uses its "
+                "tensor cores")
+    return None
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """fp16's dynamic loss scale, PyTorch's: from 2**16, halved on an overflow, doubled after 2000 clean steps."""
+    return torch.amp.GradScaler(device.type)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -400,9 +438,13 @@ class Trainer:
         if self._channels_last:
             self._model = self._model.to(memory_format=torch.channels_last)
         self._wrap()
-        # bf16 autocast for the forward pass and loss; the weights and optimizer stay fp32.
+        # bf16 or fp16 autocast for the forward pass and loss; the weights and optimizer stay fp32.
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        self._bf16 = self.precision == "bf16"
+        self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        # fp16's narrow range: gradients below 6e-8 would flush to 0, so the loss is multiplied by a scale that
+        # is halved whenever a step's gradients overflow (that step is skipped) and doubled after 2000 good ones.
+        self.scaler = grad_scaler(self.device) if self.precision == "fp16" else None
+        self.skipped_steps = 0  # fp16 steps the loss scale skipped (their gradients overflowed)
         self.callbacks = CallbackList(callbacks)
         self.optimizer = build_optimizer(self._model.parameters(), cfg.optimizer, self.device)
         self.ema = WeightAverage(self._model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
@@ -587,9 +629,7 @@ class Trainer:
                 )
                 self.stopped_by = "non_finite_loss"
                 return None, time.perf_counter() - t0
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            self._optimizer_step()
             if self.ema is not None:
                 self.ema.update(model)
             self._step += 1
@@ -610,6 +650,23 @@ class Trainer:
         self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
+
+    def _optimizer_step(self) -> None:
+        """Clip (train.grad_clip) and step; in fp16 through the loss scale, which skips a step whose gradients
+        overflowed and then lowers the scale."""
+        opt, clip = self.optimizer, self.cfg.train.grad_clip
+        if self.scaler is None:
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self._model.parameters(), clip)
+            opt.step()
+            return
+        if clip is not None:
+            self.scaler.unscale_(opt)  # the norm of the true gradients, not of the scaled ones
+            nn.utils.clip_grad_norm_(self._model.parameters(), clip)
+        scale = self.scaler.get_scale()
+        self.scaler.step(opt)
+        self.scaler.update()
+        self.skipped_steps += int(self.scaler.get_scale() < scale)  # lowered only after a skipped step
 
     def _position_due(self, batch: int) -> bool:
         """Whether last.ckpt is to be written after this step, inside the epoch (checkpoint.last_every_n_steps).
@@ -635,10 +692,11 @@ class Trainer:
     def _backward(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
         """Forward and backward ``x``, a batch of ``batch_rows`` rows or a part of it (its gradients add to
         those in ``.grad``); returns its loss sum, correct and seen."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+        with torch.autocast(self.device.type, dtype=self._autocast_dtype or torch.bfloat16,
+                            enabled=self._autocast_dtype is not None):
             logits = self._forward(x)
             loss = self._loss(logits, y, batch_rows)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         return torch.tensor([loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()),
                              y.shape[0]], dtype=torch.float64)
 
@@ -799,6 +857,9 @@ class Trainer:
             "ema_sha256": weights_digest(self.ema.module.state_dict()) if self.ema is not None else None,
             "ema_best": self._best_ema,
             "ema_monitor": self._ema_choice._monitor_state(),
+            # fp16: the loss scale as it stands (a resume starting again from 2**16 would skip steps anew)
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "skipped_steps": self.skipped_steps,
             "resumable": resumable,
         }
 
@@ -932,6 +993,9 @@ class Trainer:
         self.history = list(payload["history"])
         self.train_seconds = float(payload["train_seconds"])
         self.compile_seconds = float(payload.get("compile_seconds", 0.0))  # absent from older checkpoints
+        if self.scaler is not None and payload.get("grad_scaler"):  # else (a run that was not fp16) from 2**16
+            self.scaler.load_state_dict(payload["grad_scaler"])
+        self.skipped_steps = int(payload.get("skipped_steps", 0))
         # A run that stopped early (and was, say, killed during its final test) does not train on when
         # resumed as it was: that would not be the run the user started. Given new settings (more
         # epochs, another patience or criterion), it trains on under them.

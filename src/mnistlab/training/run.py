@@ -36,7 +36,7 @@ from . import distributed
 from .display import Display, clear_progress_line, divert_to_devnull
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
-from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, resolve_device
+from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, emulated_precision, resolve_device
 from .schedules import schedule_warnings
 
 
@@ -295,6 +295,12 @@ def resume_command(run_dir: str | Path) -> str:
 def _warn(text: str) -> None:
     """A warning of ``mnistlab train`` on stderr (shown with --quiet too)."""
     print(f"mnistlab train: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _fp16_entry(trainer: Trainer) -> dict[str, int]:
+    """summary.json's skipped_steps in fp16: the steps whose gradients overflowed, which the loss scale skipped
+    (a few at the start are normal: the scale starts high and comes down to fit)."""
+    return {"skipped_steps": trainer.skipped_steps} if trainer.precision == "fp16" else {}
 
 
 def _compile_entry(cfg: Config, seconds: float) -> dict[str, float]:
@@ -620,7 +626,7 @@ def _run(
     display.log(
         f"training {cfg.model.name} ({trainable_line(model)}) on {data.dataset}: "
         f"{len(data.train):,} train / {len(data.val):,} validation images, {device}, "
-        + ("bf16 autocast, " if trainer.precision == "bf16" else "")
+        + (f"{trainer.precision} autocast, " if trainer.precision in ("bf16", "fp16") else "")
         + f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}"
         + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
         + f" -> {run_dir}"
@@ -638,7 +644,7 @@ def _run(
                   f"planned over all epochs, so the learning rate now follows the new plan from step {trainer.step} "
                   "on (it may rise again); for more epochs at a low rate, resume with --set schedule.name=constant "
                   "--lr RATE")
-    for warning in settings_warnings(cfg):
+    for warning in [*settings_warnings(cfg), *filter(None, [emulated_precision(trainer.precision, device)])]:
         _warn(warning)
     summary: dict[str, Any] = {
         "model": cfg.model.name,
@@ -665,6 +671,7 @@ def _run(
             epochs=trainer.epoch,
             train_seconds=trainer.train_seconds,
             **_compile_entry(cfg, trainer.compile_seconds),
+            **_fp16_entry(trainer),
             resume_with=resume_command(run_dir),
         )
         write_json(run_dir / "summary.json", summary)
@@ -710,6 +717,7 @@ def _run(
         wall_seconds=time.perf_counter() - wall0,
         stop_reason=result.stop_reason,
         stopped_by=result.stopped_by,
+        **_fp16_entry(trainer),
         per_class_accuracy=dict(zip(data.classes, test.per_class_accuracy)),
     )
     extras = _extra_tests(cfg, run_dir, test_model, data, device)
