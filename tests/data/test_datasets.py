@@ -331,9 +331,11 @@ def test_missing_files_without_download_say_how_to_fix_it(tmp_path, download_cal
 
 def test_only_the_missing_files_are_named(mnist_root, tmp_path):
     copy_mnist(mnist_root, tmp_path, "t10k-images-idx3-ubyte")
-    expected = r"missing train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-labels-idx1-ubyte in"
-    with pytest.raises(DataError, match=expected):
+    with pytest.raises(DataError, match=r"; missing t10k-labels-idx1-ubyte in"):  # the test split's only
         load_raw("mnist", tmp_path, train=False, download=False)
+    expected = r"missing train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-labels-idx1-ubyte in"
+    with pytest.raises(DataError, match=expected):  # training tests at the end: all four are needed
+        load_raw("mnist", tmp_path, train=True, download=False)
 
 
 def test_a_failed_download_is_a_data_error(tmp_path, download_calls, monkeypatch):
@@ -546,3 +548,16 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
 def test_unknown_dataset_lists_the_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown dataset 'emnist'; choose one of: mnist, fashion-mnist, kmnist"):
         load_raw("emnist", tmp_path, train=True, download=False)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_missing_files_are_those_the_job_needs(tmp_path, train):
+    """Training reads both splits, so all four files are named; evaluating reads the test split, so only its two."""
+    with pytest.raises(DataError) as err:
+        load_raw("mnist", tmp_path, train=train, download=False)
+    message = str(err.value)
+    assert "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte in" in message
+    assert ("train-images-idx3-ubyte" in message) is train
+    assert ("put the four uncompressed IDX files" in message) is train
+    assert ("put the two test-split uncompressed IDX files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)"
+            in message) is not train

@@ -252,8 +252,10 @@ def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
 def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool, download_on: bool = False,
                    local: str | None = None) -> DataError:
     """``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
+    # Training reads both splits (it tests at the end); evaluating reads the test split only.
+    wanted = _FILES if train else spec.files(False)
     missing = [name + (" (a folder is there)" if (raw_dir / name).is_dir() else "")
-               for name in _FILES if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
+               for name in wanted if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
     if local is not None:
         download = f"(2) let the download succeed: data.download is on; {local}, and run again"
     elif download_on:
@@ -277,7 +279,8 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool
             download = "(2) allow the download: connect to the network and set data.download=true"
     return DataError(
         f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, either "
-        f"(1) put the four uncompressed IDX files ({', '.join(_FILES)}) in {raw_dir}, "
+        f"(1) put the {'four' if train else 'two test-split'} uncompressed IDX files ({', '.join(wanted)}) in {raw_dir}"
+        f"{'' if train else ' (the training files are needed only to train)'}, "
         f"or pass --data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/; "
         f"or {download}."
     )
