@@ -114,3 +114,24 @@ def test_a_message_logged_mid_epoch_starts_on_a_line_of_its_own(terminal, monkey
     assert screen[0] == "epoch 1: reducing the learning rate" and screen[1].startswith("epoch 1/2 [")
     d.log("a line")  # Display's own lines too
     assert terminal.screen()[1:] == ["a line"]
+
+
+def test_a_python_warning_mid_epoch_starts_on_a_line_of_its_own(terminal, monkeypatch):
+    """PyTorch's and other libraries' warnings go through Python's warnings module, not mnistlab's logger."""
+    import warnings
+
+    from mnistlab.training.display import progress_safe_warnings
+
+    # Python prints a warning on stderr, the same screen as the bar (pytest records them instead: print here)
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
+                        terminal.write(warnings.formatwarning(message, category, filename, lineno, line)))
+    d = Display(out=terminal)
+    d.progress(1, 2, 10, 20, 2.2, 0.18)
+    before = warnings.showwarning
+    with warnings.catch_warnings(), progress_safe_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a library's warning", UserWarning)
+    assert warnings.showwarning is before  # put back
+    screen = "".join(terminal.screen())  # the terminal is narrow: the warning wraps
+    assert screen.startswith(__file__) and "UserWarning: a library's warning" in screen, screen
+    assert "epoch 1/2" not in screen  # the bar was blanked out first

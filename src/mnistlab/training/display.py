@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import time
+import warnings
 import weakref
 from typing import TextIO
 
@@ -74,6 +76,24 @@ def clear_progress_line() -> None:
     display = _drawing() if _drawing is not None else None
     if display is not None:
         display._clear()
+
+
+@contextlib.contextmanager
+def progress_safe_warnings():
+    """In the block, a Python warning (PyTorch's, a library's) blanks the progress line before it is printed,
+    as the mnistlab logger's messages do, instead of starting at the end of the bar."""
+    shown = warnings.showwarning
+
+    def show(*args, **kwargs) -> None:
+        clear_progress_line()
+        shown(*args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:  # not if someone replaced it in the meantime: theirs stays
+            warnings.showwarning = shown
 
 
 class Display:
