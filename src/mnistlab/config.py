@@ -266,6 +266,9 @@ class TrainConfig:
     # Multi-process runs (torchrun / --nproc): batch-norm statistics over the whole global batch rather than
     # each process's share. Needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation.
     sync_batchnorm: bool = False
+    # Deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN's deterministic convolutions, no
+    # TF32): two same-seed runs on one GPU then match bit for bit. CPU runs already do; a GPU run is slower.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes",

@@ -68,3 +68,13 @@ def test_fp16_trains_on_cuda_with_a_loss_scale(mnist_root, tmp_path):
     assert run.summary["precision"] == "fp16"
     assert 0 <= run.summary["skipped_steps"] < 10  # the scale starts at 2**16; a few early overflows at most
     assert run.summary["test_accuracy"] > 0.9
+
+
+def test_deterministic_gpu_runs_repeat_bit_for_bit(mnist_root, tmp_path):
+    """train.deterministic: cuDNN's deterministic algorithms, no TF32, a fixed cuBLAS workspace."""
+    from mnistlab.training import read_checkpoint
+
+    for name in ("a", "b"):
+        _cuda_run(mnist_root, tmp_path / name, "train.deterministic=true", "data.train_limit=1000", "train.epochs=1")
+    a, b = (read_checkpoint(tmp_path / name / "last.ckpt")["model"] for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

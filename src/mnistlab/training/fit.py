@@ -313,6 +313,52 @@ def emulated_precision(precision: str, device: torch.device) -> str | None:
     return None
 
 
+# cuBLAS reuses workspace across streams unless told how much each may have; without this, PyTorch's
+# deterministic mode refuses every CUDA matrix product. Read when the first cuBLAS handle is made.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_mode(on: bool):
+    """In the block, with ``on``: only deterministic algorithms (an op without one raises), cuDNN's deterministic
+    convolutions chosen without benchmarking, and no TF32 for fp32 convolutions and matrix products. Everything
+    is put back on leaving, so that it does not outlive the run in the process."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if env is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = before[2:]
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def deterministic_errors(on: bool):
+    """With train.deterministic: PyTorch's refusal of an op that has no deterministic version, as a config error
+    that names the op and the way out (the run's checkpoints so far stay, and resume without the setting)."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if not (on and "use_deterministic_algorithms" in text):
+            raise
+        raise ConfigError(f"train.deterministic = true: {text.splitlines()[0].split(', but you set')[0]} "
+                          f"(PyTorch {torch.__version__}); set train.deterministic = false to train with it") from e
+
+
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     """fp16's dynamic loss scale, PyTorch's: from 2**16, halved on an overflow, doubled after 2000 clean steps."""
     return torch.amp.GradScaler(device.type)
@@ -497,7 +543,8 @@ class Trainer:
         cb.on_train_begin(self)
         if self._resume is not None:
             cb.load_state_dict(self._resume.get("callbacks", {}))
-        with self._signals:
+        on = self.cfg.train.deterministic
+        with self._signals, deterministic_mode(on), deterministic_errors(on):
             self.compile_ahead()  # a no-op if train.run did it already
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
                 if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early

@@ -36,7 +36,15 @@ from . import distributed
 from .display import Display, clear_progress_line, divert_to_devnull, progress_safe_warnings
 from .evaluate import Evaluation, evaluate
 from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
-from .fit import VAL_SIZE_NEEDED, FitResult, Trainer, TrainingInterrupted, emulated_precision, resolve_device
+from .fit import (
+    VAL_SIZE_NEEDED,
+    FitResult,
+    Trainer,
+    TrainingInterrupted,
+    deterministic_mode,
+    emulated_precision,
+    resolve_device,
+)
 from .schedules import schedule_warnings
 
 
@@ -342,7 +350,8 @@ def train(
     if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
         raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_data_dir(cfg)
-    with process_state_kept(), callback_messages(not quiet), progress_safe_warnings():
+    with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
+          deterministic_mode(cfg.train.deterministic)):  # the final test too, not only fit's epochs
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
