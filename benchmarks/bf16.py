@@ -7,7 +7,8 @@ the median images/s of each and bf16's time as a fraction of fp32's. bf16
 autocast runs the convs and linear layers in bf16 (weights, optimizer and loss
 stay fp32). On a CPU with bf16 instructions (AVX512-BF16, AMX) oneDNN runs them
 natively; elsewhere bf16 is far slower (9-13x fp32's time with oneDNN limited to
-AVX2). The machine line says "with bf16 instructions" where the CPU has them.
+AVX2). The machine line says "with bf16 instructions" where the CPU has them
+(and "fp16 instructions" where it has AVX512-FP16 or AMX-FP16).
 To see a CPU without them on one that has them, limit oneDNN and PyTorch's own
 kernels to AVX2:
 

@@ -66,3 +66,17 @@ def test_a_run_says_which_precision_it_trained_in(mnist_root, tmp_path, monkeypa
         assert summary["precision"] == result.summary["precision"] == precision
         start = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training "))
         assert ("bf16 autocast" in start) is (precision == "bf16"), start
+
+
+@pytest.mark.parametrize("bf16, fp16, expected", [
+    (True, False, " with bf16 instructions, "), (True, True, " with bf16 instructions and fp16 instructions, "),
+    (False, True, " with fp16 instructions, "), (False, False, ""),
+])
+def test_the_machine_line_names_the_low_precision_instructions(monkeypatch, bf16, fp16, expected):
+    from mnistlab import bench
+
+    monkeypatch.setattr(bench, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(bench, "native_fp16", lambda: fp16)
+    monkeypatch.setattr(bench, "cpu_name", lambda: "AMD EPYC (AVX512)")
+    line = bench.machine_description()
+    assert line.startswith("AMD EPYC (AVX512)" + (expected or ", "))
