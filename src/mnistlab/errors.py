@@ -50,3 +50,18 @@ class CheckpointError(MnistlabError):
 
 class RunDirError(MnistlabError):
     """The run folder cannot be used (in use by another run, not writable)."""
+
+
+def deterministic_refusal(e: BaseException) -> str | None:
+    """PyTorch's refusal, under ``torch.use_deterministic_algorithms(True)``, of an op that has no deterministic
+    version, where ``e`` is one or was caused by one (torch.compile wraps it), as its first line without the
+    advice that follows (e.g. "put_ does not have a deterministic implementation"); None for any other error."""
+    seen = 0
+    while e is not None and seen < 20:
+        text = str(e)
+        if "use_deterministic_algorithms(True)" in text and (
+            "does not have a deterministic implementation" in text or "Deterministic behavior was enabled" in text
+        ):
+            return text.strip().splitlines()[0].split(", but you set")[0].strip()
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None

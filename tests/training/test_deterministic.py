@@ -22,12 +22,13 @@ run_module = sys.modules["mnistlab.training.run"]
 
 
 def flags() -> tuple:
+    # PyTorch's newer TF32 settings: once they are used, reading the legacy allow_tf32 flags raises
     return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
-            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.conv.fp32_precision,
+            torch.backends.cuda.matmul.fp32_precision, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
 
 
-ON = (True, True, False, False, False, ":4096:8")
+ON = (True, True, False, "ieee", "ieee", ":4096:8")
 
 
 class Record(Callback):
@@ -94,3 +95,123 @@ def test_an_op_without_a_deterministic_version_is_a_config_error_that_names_it(m
     assert not torch.are_deterministic_algorithms_enabled()
     # without the setting the same op is just an op
     train(tiny(mnist_root), out=tmp_path / "plain", quiet=True, callbacks=[NonDeterministicOp()])
+
+
+def test_a_callers_own_settings_come_back_exactly(mnist_root, tmp_path, tested):
+    """warn_only, and TF32 set through PyTorch's newer API (where the legacy flags would raise)."""
+    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        before, look = flags(), Record()
+        train(tiny(mnist_root, "train.deterministic=true"), out=tmp_path / "run", quiet=True, callbacks=[look])
+        assert set(look.seen) == {ON}
+        assert flags() == before and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+def test_overlapping_runs_share_the_mode_until_the_last_leaves():
+    """Runs in threads share the process's setting: the first in sets it, the last out puts it back."""
+    import threading
+
+    from mnistlab.training.fit import deterministic_mode
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with deterministic_mode(True):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with deterministic_mode(True):
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a left"] = torch.are_deterministic_algorithms_enabled()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"b after a left": True}
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+class PutFeatures(torch.nn.Module):
+    """A trunk whose forward pass has an op without a deterministic version."""
+
+    def forward(self, x):
+        torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+        return x
+
+
+def test_a_refusal_while_the_model_is_built_is_not_called_a_shape_problem(mnist_root, tmp_path, monkeypatch):
+    from mnistlab.models import _registry
+    from mnistlab.models.base import Net
+
+    def putnet(*, num_classes, in_channels, image_size):
+        return Net(PutFeatures(), lambda n: torch.nn.Linear(n, num_classes), in_channels=in_channels,
+                   image_size=image_size, name="putnet")
+
+    monkeypatch.setitem(_registry._REGISTRY, "putnet", putnet)
+    with pytest.raises(ConfigError, match=r"^train.deterministic = true: put_ does not have a deterministic "):
+        train(apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=200", "data.val_size=100",
+                                         "model.name=putnet", "train.deterministic=true"]),
+              out=tmp_path / "run", quiet=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_refusal_inside_torch_compile_is_not_blamed_on_the_compiler(mnist_root):
+    """torch.compile wraps the op's error in its own ("RuntimeError when making fake tensor call")."""
+    from mnistlab.data import load_data
+    from mnistlab.models import build_model
+    from mnistlab.training.fit import Trainer
+
+    cfg = tiny(mnist_root, "train.deterministic=true", "train.compile=true")
+    data = load_data(cfg.data)
+    trainer = Trainer(build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28), channels=[4, 8]),
+                      data, cfg)
+
+    def compiled_step(*args):
+        try:
+            torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+        except RuntimeError as e:
+            raise RuntimeError("RuntimeError when making fake tensor call") from e
+
+    trainer._backward_batch = compiled_step
+    with pytest.raises(ConfigError, match=r"^train.deterministic = true: put_ does not have a deterministic "):
+        trainer.fit()
+
+
+class PutAtBegin(Callback):
+    def on_train_begin(self, trainer):
+        torch.zeros(4).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+
+
+def test_the_trainer_alone_is_deterministic_from_the_callbacks_begin(mnist_root):
+    from mnistlab.data import load_data
+    from mnistlab.models import build_model
+    from mnistlab.training.fit import Trainer
+
+    cfg = tiny(mnist_root, "train.deterministic=true")
+    trainer = Trainer(build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28), channels=[4, 8]),
+                      load_data(cfg.data), cfg, callbacks=[PutAtBegin()])
+    with pytest.raises(ConfigError, match=r"^train.deterministic = true: put_ does not have"):
+        trainer.fit()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_only_pytorchs_refusal_is_converted():
+    from mnistlab.errors import deterministic_refusal
+
+    assert deterministic_refusal(RuntimeError("my library: call torch.use_deterministic_algorithms(False) first, "
+                                              "but you set it")) is None
+    assert deterministic_refusal(RuntimeError("shape mismatch")) is None

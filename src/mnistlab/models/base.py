@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, deterministic_refusal
 from .checkpointing import checkpointed_features
 
 
@@ -101,7 +101,7 @@ class Net(nn.Module):
             with torch.no_grad():
                 out = self.features(dummy)
         except RuntimeError as e:
-            if too_large(e):  # not a shrinking map: build_model reports it as a model too large to build
+            if too_large(e) or deterministic_refusal(e):  # not a shrinking map: its callers say what it is
                 raise
             raise ConfigError(
                 f"model {name or type(self).__name__} does not fit {self._size_text()}: "

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ from ..callbacks.base import Callback, CallbackList, MonitorMixin
 from ..config import FLOAT32_MAX, Config, config_from_dict, config_to_dict
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal
 from ..machine import native_bf16, native_fp16
 from ..models.checkpointing import keep_running_stats
 from ..models.summary import output_bytes
@@ -317,46 +317,83 @@ def emulated_precision(precision: str, device: torch.device) -> str | None:
 # deterministic mode refuses every CUDA matrix product. Read when the first cuBLAS handle is made.
 CUBLAS_WORKSPACE = ":4096:8"
 
+# deterministic_mode is process-wide: runs that overlap (in threads) share one setting, made by the first to
+# enter and put back by the last to leave.
+_deterministic_lock = threading.Lock()
+_deterministic_runs = 0
+_deterministic_before: Callable[[], None] | None = None
 
-@contextlib.contextmanager
-def deterministic_mode(on: bool):
-    """In the block, with ``on``: only deterministic algorithms (an op without one raises), cuDNN's deterministic
-    convolutions chosen without benchmarking, and no TF32 for fp32 convolutions and matrix products. Everything
-    is put back on leaving, so that it does not outlive the run in the process."""
-    if not on:
-        yield
-        return
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-              torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+def _tf32_switches() -> list[tuple[Any, str, Any]]:
+    """(object, attribute, value without TF32) for fp32 matrix products and cuDNN convolutions. PyTorch 2.9 on
+    has per-backend ``fp32_precision`` settings; once those are used, touching the legacy ``allow_tf32`` flags
+    raises, so the legacy ones are used only where the new ones do not exist."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(getattr(b.cudnn, "conv", None), "fp32_precision"):
+        return [(b.cuda.matmul, "fp32_precision", "ieee"), (b.cudnn.conv, "fp32_precision", "ieee")]
+    return [(b.cuda.matmul, "allow_tf32", False), (b.cudnn, "allow_tf32", False)]
+
+
+def _enter_deterministic() -> Callable[[], None]:
+    """Switch the process to deterministic computing; returns what puts it back as it was."""
+    algorithms = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    tf32 = [(obj, name, getattr(obj, name)) for obj, name, _ in _tf32_switches()]
     env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if env is None:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    for obj, name, value in _tf32_switches():
+        setattr(obj, name, value)
+
+    def leave() -> None:
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        for obj, name, value in tf32:
+            setattr(obj, name, value)
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+    return leave
+
+
+@contextlib.contextmanager
+def deterministic_mode(on: bool):
+    """In the block, with ``on``: only deterministic algorithms (an op without one raises), cuDNN's deterministic
+    convolutions chosen without benchmarking, and no TF32 for fp32 convolutions and matrix products. It is
+    put back as it was when the last block still in it leaves (blocks nest, also across threads), so that it
+    does not outlive the run in the process."""
+    global _deterministic_runs, _deterministic_before
+    if not on:
+        yield
+        return
+    with _deterministic_lock:
+        if _deterministic_runs == 0:
+            _deterministic_before = _enter_deterministic()
+        _deterministic_runs += 1
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-         torch.backends.cuda.matmul.allow_tf32) = before[2:]
-        if env is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        with _deterministic_lock:
+            _deterministic_runs -= 1
+            if _deterministic_runs == 0 and _deterministic_before is not None:
+                _deterministic_before()
+                _deterministic_before = None
 
 
 @contextlib.contextmanager
 def deterministic_errors(on: bool):
-    """With train.deterministic: PyTorch's refusal of an op that has no deterministic version, as a config error
-    that names the op and the way out (the run's checkpoints so far stay, and resume without the setting)."""
+    """With train.deterministic: PyTorch's refusal of an op that has no deterministic version (also where
+    torch.compile wrapped it), as a config error that names the op and the way out."""
     try:
         yield
-    except RuntimeError as e:
-        text = str(e)
-        if not (on and "use_deterministic_algorithms" in text):
+    except Exception as e:
+        refusal = deterministic_refusal(e) if on and not isinstance(e, MnistlabError) else None
+        if refusal is None:
             raise
-        raise ConfigError(f"train.deterministic = true: {text.splitlines()[0].split(', but you set')[0]} "
-                          f"(PyTorch {torch.__version__}); set train.deterministic = false to train with it") from e
+        raise ConfigError(f"train.deterministic = true: {refusal} (PyTorch {torch.__version__}); set "
+                          "train.deterministic = false to train with it") from e
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
@@ -539,12 +576,16 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------
 
     def fit(self) -> FitResult:
+        on = self.cfg.train.deterministic
+        with deterministic_mode(on), deterministic_errors(on):  # the callbacks' begin and end too
+            return self._fit()
+
+    def _fit(self) -> FitResult:
         cb = self.callbacks
         cb.on_train_begin(self)
         if self._resume is not None:
             cb.load_state_dict(self._resume.get("callbacks", {}))
-        on = self.cfg.train.deterministic
-        with self._signals, deterministic_mode(on), deterministic_errors(on):
+        with self._signals:
             self.compile_ahead()  # a no-op if train.run did it already
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
                 if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early
@@ -791,6 +832,8 @@ class Trainer:
                 try:
                     self._backward_batch(x, y, self._batch_rows(start))  # the parts' shapes, with micro-batches
                 except Exception as e:  # inductor's errors run to pages: their start, and the way out
+                    if deterministic_refusal(e):  # not the compiler's fault: deterministic_errors says whose
+                        raise
                     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
                     cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
                     raise ConfigError(f"train.compile: torch.compile could not compile the training step ({cause}); "

@@ -41,6 +41,7 @@ from .fit import (
     FitResult,
     Trainer,
     TrainingInterrupted,
+    deterministic_errors,
     deterministic_mode,
     emulated_precision,
     resolve_device,
@@ -351,7 +352,8 @@ def train(
         raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_data_dir(cfg)
     with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
-          deterministic_mode(cfg.train.deterministic)):  # the final test too, not only fit's epochs
+          deterministic_mode(cfg.train.deterministic), deterministic_errors(cfg.train.deterministic)):
+        # deterministic from building the model to the final test, not only in fit's epochs
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
