@@ -626,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except MnistlabError as e:
         if not leave_error(str(e)):  # in a process of `train --nproc`: the launcher prints it, once
+            _clear_progress_line()  # an error in mid-epoch would begin at the end of the progress bar
             print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -635,6 +636,15 @@ def main(argv: list[str] | None = None) -> int:
 
         divert_to_devnull(sys.stdout)  # the interpreter's last flush goes nowhere
         return 141
+    except Exception:  # a bug's traceback, on a line of its own too
+        _clear_progress_line()
+        raise
+
+
+def _clear_progress_line() -> None:
+    from .training.display import clear_progress_line
+
+    clear_progress_line()
 
 
 if __name__ == "__main__":

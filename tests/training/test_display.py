@@ -10,6 +10,7 @@ import types
 
 import pytest
 
+from mnistlab.errors import ConfigError
 from mnistlab.training import display as display_module
 from mnistlab.training.display import Display
 
@@ -135,3 +136,28 @@ def test_a_python_warning_mid_epoch_starts_on_a_line_of_its_own(terminal, monkey
     screen = "".join(terminal.screen())  # the terminal is narrow: the warning wraps
     assert screen.startswith(__file__) and "UserWarning: a library's warning" in screen, screen
     assert "epoch 1/2" not in screen  # the bar was blanked out first
+
+
+@pytest.mark.parametrize("error", [ConfigError("a bad setting"), ValueError("a bug")])
+def test_an_error_that_ends_a_run_mid_epoch_starts_on_a_line_of_its_own(terminal, monkeypatch, error):
+    """`mnistlab train`'s error line (or a bug's traceback) began at the end of the progress bar."""
+    import sys
+
+    from mnistlab import cli
+
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    def run(args):
+        d = Display(out=terminal)  # alive while the error is handled, through the traceback, as a run's is
+        d.progress(1, 2, 10, 20, 2.2, 0.18)
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_models", run)
+    if isinstance(error, ConfigError):
+        assert cli.main(["models"]) == 2
+        assert terminal.screen()[0] == "mnistlab models: error: a bad setting"
+    else:
+        with pytest.raises(ValueError):
+            cli.main(["models"])
+        assert terminal.screen() == []  # blanked, for the traceback Python prints next
