@@ -482,21 +482,22 @@ def test_archives_without_download_say_what_the_download_would_do_with_them(tmp_
     published = hashlib.md5(b"gz").hexdigest()
     monkeypatch.setattr(torchvision.datasets.MNIST, "resources", [(name + ".gz", published) for name in MNIST_FILES])
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"gz")
+    # a training run's message: evaluate cannot switch the download on, so it is not offered there
     with pytest.raises(DataError, match=r"connect to the network and set data.download=true: it checks and unpacks "
                                         r"the archives found there \(t10k-images-idx3-ubyte.gz\) and fetches the "
                                         r"others"):
-        load_raw("mnist", tmp_path, train=False, download=False)
+        load_raw("mnist", tmp_path, train=False, download=False, training=True)
     # The download fetches only the split asked for: the test set's archives are enough, with no training set's
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"gz")
     with pytest.raises(DataError, match=r"set data.download=true: it unpacks the archives found there "
                                         r"\(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz\) after checking "
                                         r"their MD5, with no network"):
-        load_raw("mnist", tmp_path, train=False, download=False)
+        load_raw("mnist", tmp_path, train=False, download=False, training=True)
     # ... not one with another MD5: the download would leave it unused (and in place)
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"recompressed")
     with pytest.raises(DataError, match=r"mind the archives found there \(t10k-labels-idx1-ubyte.gz\): they do not "
                                         r"have the MD5 torchvision publishes.*unpack it yourself") as err:
-        load_raw("mnist", tmp_path, train=False, download=False)
+        load_raw("mnist", tmp_path, train=False, download=False, training=True)
     assert "it unpacks" not in str(err.value)
     assert download_calls == []
 
@@ -550,14 +551,28 @@ def test_unknown_dataset_lists_the_choices(tmp_path):
         load_raw("emnist", tmp_path, train=True, download=False)
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_missing_files_are_those_the_job_needs(tmp_path, train):
-    """Training reads both splits, so all four files are named; evaluating reads the test split, so only its two."""
+@pytest.mark.parametrize("training", [True, False])
+def test_missing_files_are_those_the_job_needs(tmp_path, training):
+    """The test split is missing. A training run reads both splits (it tests at the end), so all four files are
+    asked for; evaluate and predict read the test split only, so its two, and they cannot switch the download
+    on (they follow the run's data.download), so that is not offered."""
     with pytest.raises(DataError) as err:
-        load_raw("mnist", tmp_path, train=train, download=False)
+        load_raw("mnist", tmp_path, train=False, download=False, training=training)
     message = str(err.value)
     assert "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte in" in message
-    assert ("train-images-idx3-ubyte" in message) is train
-    assert ("put the four uncompressed IDX files" in message) is train
+    assert ("train-images-idx3-ubyte" in message) is training
+    assert ("put the four uncompressed IDX files" in message) is training
     assert ("put the two test-split uncompressed IDX files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)"
-            in message) is not train
+            in message) is not training
+    assert ("set data.download=true" in message) is training
+
+
+def test_a_training_run_with_only_the_training_files_asks_for_all_four(mnist_root, tmp_path):
+    from mnistlab.config import DataConfig
+
+    copy_mnist(mnist_root, tmp_path, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+    with pytest.raises(DataError) as err:
+        load_data(DataConfig(dir=str(tmp_path), download=False, train_limit=100))
+    message = str(err.value)
+    assert "missing t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte in" in message
+    assert "put the four uncompressed IDX files" in message and "needed only to train" not in message

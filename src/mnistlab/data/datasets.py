@@ -249,17 +249,20 @@ def read_idx(path: str | os.PathLike[str], expected_ndim: int) -> torch.Tensor:
 # raw files -> verified tensors
 
 
-def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool, download_on: bool = False,
-                   local: str | None = None) -> DataError:
-    """``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
-    # Training reads both splits (it tests at the end); evaluating reads the test split only.
-    wanted = _FILES if train else spec.files(False)
+def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool, training: bool,
+                   download_on: bool = False, local: str | None = None) -> DataError:
+    """The files of split ``train`` are missing. ``training``: for a training run, which reads both splits (it
+    tests at the end); else only the test split is read (evaluate, predict), and only its files are asked for.
+    ``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
+    wanted = _FILES if training else spec.files(False)
     missing = [name + (" (a folder is there)" if (raw_dir / name).is_dir() else "")
                for name in wanted if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
     if local is not None:
         download = f"(2) let the download succeed: data.download is on; {local}, and run again"
     elif download_on:
         download = "(2) let the download succeed: data.download is on; connect to the network and run again"
+    elif not training:  # evaluate and predict follow the run's data.download, and have no flag to change it
+        download = None
     else:  # the download fetches only this split's missing files (see _download): what it finds of them
         needed = [name for name in spec.files(train) if not (raw_dir / name).is_file()]
         found = [name + ".gz" for name in needed if (raw_dir / (name + ".gz")).is_file()]
@@ -277,13 +280,11 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool
                         f"found there ({', '.join(good)}) and fetches the others")
         else:
             download = "(2) allow the download: connect to the network and set data.download=true"
-    return DataError(
-        f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, either "
-        f"(1) put the {'four' if train else 'two test-split'} uncompressed IDX files ({', '.join(wanted)}) in {raw_dir}"
-        f"{'' if train else ' (the training files are needed only to train)'}, "
-        f"or pass --data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/; "
-        f"or {download}."
-    )
+    files = (f"put the {'four' if training else 'two test-split'} uncompressed IDX files ({', '.join(wanted)}) "
+             f"in {raw_dir}{'' if training else ' (the training files are needed only to train)'}, or pass "
+             f"--data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/")
+    return DataError(f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, "
+                     + (f"either (1) {files}; or {download}." if download else f"{files}."))
 
 
 def _archives(spec: DatasetSpec, names: list[str]) -> list[tuple[str, str]]:
@@ -304,7 +305,7 @@ def _fix_mismatched(raw_dir: Path) -> str:
             f"short), move it out of {raw_dir} and let data.download fetch the published one, with the network on")
 
 
-def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
+def _download(spec: DatasetSpec, root: Path, train: bool, training: bool) -> None:
     """Download, with torchvision's mirrors and its MD5 check of each archive, the missing files of one split.
 
     Only those: torchvision's ``download()`` fetches all four archives, so scoring a model offline failed on the
@@ -382,7 +383,7 @@ def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
             where = e.filename or root
             local = f"make room in or access to {where} ({e.strerror}), or pass another --data-dir"
         raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", train=train,
-                             download_on=True, local=local) from e
+                             training=training, download_on=True, local=local) from e
     finally:
         socket.setdefaulttimeout(timeout)
 
@@ -467,12 +468,13 @@ def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
 
 
 def load_raw(
-    dataset: str, root: str | os.PathLike[str], *, train: bool, download: bool
+    dataset: str, root: str | os.PathLike[str], *, train: bool, download: bool, training: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8, N x 1 x H x W) and labels (int64, N) of one split, verified.
 
     Reads ``root/<Folder>/raw/``; when files of this split are missing and ``download`` is true,
-    torchvision downloads those first (not the other split's).
+    torchvision downloads those first (not the other split's). ``training`` (default: ``train``) says
+    whether a training run reads it, which needs both splits: what a missing-file error asks for.
 
     >>> images, labels = load_raw("mnist", "/work/shared/data", train=False, download=False)  # doctest: +SKIP
     >>> images.shape, labels.dtype                                                              # doctest: +SKIP
@@ -481,17 +483,19 @@ def load_raw(
     spec = _spec(dataset)
     root = Path(root).expanduser()
     raw_dir = spec.raw_dir(root)
+    training = train if training is None else training
     image_name, label_name = spec.files(train)
     image_path, label_path = raw_dir / image_name, raw_dir / label_name
 
     try:
         if not (image_path.is_file() and label_path.is_file()):
             if not download:
-                raise _missing_error(spec, raw_dir, "files not found and data.download is false", train=train)
-            _download(spec, root, train)
+                raise _missing_error(spec, raw_dir, "files not found and data.download is false", train=train,
+                                     training=training)
+            _download(spec, root, train, training)
             if not (image_path.is_file() and label_path.is_file()):
                 raise _missing_error(spec, raw_dir, "the download finished but files are still missing",
-                                     train=train, download_on=True)
+                                     train=train, training=training, download_on=True)
     except OSError as e:  # is_file() raises for a folder that may not be entered, or a name too long (Python 3.11)
         raise DataError(f"cannot look into the data folder {raw_dir}: {e.strerror or e}; make it readable, or pass "
                         "another --data-dir") from None
@@ -633,8 +637,8 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-def _test_split(spec: DatasetSpec, root: Path, download: bool) -> Split:
-    images, labels = load_raw(spec.name, root, train=False, download=download)
+def _test_split(spec: DatasetSpec, root: Path, download: bool, training: bool) -> Split:
+    images, labels = load_raw(spec.name, root, train=False, download=download, training=training)
     return Split(images, labels, torch.arange(labels.shape[0]))
 
 
@@ -657,7 +661,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     spec = _spec(cfg.dataset)
     root = resolve_data_dir(cfg.dir)
     train_images, train_labels = load_raw(spec.name, root, train=True, download=cfg.download)
-    test = _test_split(spec, root, cfg.download)
+    test = _test_split(spec, root, cfg.download, training=True)
 
     n = train_labels.shape[0]
     if not cfg.val_size < n:
@@ -702,5 +706,5 @@ def load_test(cfg: DataConfig, device: str | torch.device = "cpu") -> ScoringSet
     (10000, 10)
     """
     spec = _spec(cfg.dataset)
-    test = _test_split(spec, resolve_data_dir(cfg.dir), cfg.download).to(device)
+    test = _test_split(spec, resolve_data_dir(cfg.dir), cfg.download, training=False).to(device)
     return ScoringSet(test=test, dataset=spec.name, classes=list(spec.classes), num_classes=spec.num_classes)
