@@ -366,12 +366,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .report.plots import check_plot_path, lr_find_png, save_png
-    from .training.fit import TrainingInterrupted
+    from .training.fit import TrainingInterrupted, emulated_precision, resolve_device, resolve_precision
     from .training.lr_find import MIN_STEPS, SKIP_BEGIN, check_settings, lr_range_test
 
     cfg = _train_config(args)
     check_settings(args.min_lr, args.max_lr, args.steps)
     check_plot_path(args.plot)
+    device = resolve_device(cfg.train.device)
+    slow = emulated_precision(resolve_precision(cfg.train.precision, device), device)
+    if slow:  # before the test, which it slows down
+        print(f"mnistlab lr-find: warning: {slow}", file=sys.stderr)
     try:
         result = lr_range_test(cfg, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
     except TrainingInterrupted as e:
@@ -383,7 +387,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         print(jsonout.dumps({**result.to_dict(), "plot": str(plot)}, indent=2))
         return 0
     print(f"learning-rate range test: {cfg.model.name} on {cfg.data.dataset}, {cfg.optimizer.name}, batch "
-          f"{cfg.train.batch_size}, {args.min_lr:g} to {args.max_lr:g} over {args.steps} steps")
+          f"{cfg.train.batch_size}, " + (f"{result.precision} autocast, " if result.precision != "fp32" else "")
+          + f"{args.min_lr:g} to {args.max_lr:g} over {args.steps} steps")
     print(f"{'step':>5}  {'lr':>8}  {'loss':>7}  {'average':>7}")
     every = max(1, len(result.lrs) // 20)
     for i in sorted({*range(0, len(result.lrs), every), len(result.lrs) - 1} - {-1}):

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from mnistlab.callbacks import Callback
 from mnistlab.config import Config, apply_overrides
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.machine import FP16_FLAGS, cpuinfo_has
@@ -81,12 +82,13 @@ def test_a_damaged_loss_scale_in_a_checkpoint_is_refused(mnist_root, tmp_path):
         train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
 
 
-def test_a_bf16_run_resumed_in_fp16_starts_a_loss_scale(mnist_root, tmp_path):
+def test_a_bf16_run_resumed_in_fp16_starts_a_loss_scale_and_says_so(mnist_root, tmp_path, capsys):
     cfg = small_cfg(mnist_root, "train.epochs=1", "data.train_limit=100", "train.precision=bf16")
     train(cfg, out=tmp_path / "run", quiet=True)
     assert read_checkpoint(tmp_path / "run" / "last.ckpt")["grad_scaler"] is None
     resumed = train(apply_overrides(cfg, ["train.epochs=2", "train.precision=fp16"]), resume=tmp_path / "run",
-                    quiet=True)
+                    report=False)
+    assert "train.precision was bf16, now fp16: the rest of the run trains in fp16" in capsys.readouterr().out
     assert resumed.summary["precision"] == "fp16"
     assert read_checkpoint(tmp_path / "run" / "last.ckpt")["grad_scaler"]["scale"] > 0
 
@@ -128,3 +130,46 @@ def test_a_precision_the_hardware_emulates_is_warned_about(monkeypatch):
     monkeypatch.setattr(fit, "cuda_native_bf16", lambda device: False)  # a T4
     assert "emulates bf16" in fit.emulated_precision("bf16", cuda)
     assert fit.emulated_precision("fp16", cuda) is None
+
+
+GOOD_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+               "_growth_tracker": 0}
+
+
+@pytest.mark.parametrize("change", [
+    {"scale": 1e39},  # past float32: GradScaler's first use raised
+    {"scale": 1e-300}, {"scale": 0.5},  # 0 in float32, or below the scale at which a run stops
+    {"growth_factor": 0.5}, {"growth_factor": 1.0}, {"backoff_factor": 2.0}, {"backoff_factor": 1.0},
+    {"backoff_factor": 0.0},  # factors GradScaler's constructor refuses: every step could be skipped unseen
+    {"growth_interval": 0}, {"growth_interval": 2**40}, {"_growth_tracker": 2**40},  # its counter is int32
+    {"scale": True}, {"growth_interval": 2.5},
+])
+def test_a_loss_scale_state_that_cannot_train_is_refused(change):
+    assert fit._grad_scaler_ok(GOOD_SCALER)
+    assert not fit._grad_scaler_ok({**GOOD_SCALER, **change})
+
+
+def test_more_skipped_steps_than_steps_is_damage(mnist_root, tmp_path):
+    cfg = small_cfg(mnist_root, "train.epochs=1", "data.train_limit=100")
+    train(cfg, out=tmp_path / "run", quiet=True)
+    state = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    save_checkpoint(tmp_path / "run" / "last.ckpt", {**state, "skipped_steps": state["step"] + 1})
+    with pytest.raises(CheckpointError, match="skipped_steps = 3 of 2 steps"):
+        train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
+
+
+def test_gradients_that_overflow_unscaled_stop_the_run_instead_of_skipping_every_step(mnist_root, tmp_path):
+    """In fp32 such gradients make the weights NaN and the next loss stops the run; in fp16 the loss scale
+    would skip step after step, halving itself to 0, and the run would end 'max epochs reached'."""
+
+    class Poison(Callback):  # a finite loss, and a gradient that no loss scale can bring into range
+        def on_train_begin(self, trainer):
+            trainer.model.features[0].bias.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+    cfg = small_cfg(mnist_root, "train.epochs=2", "data.train_limit=500", "train.batch_size=20")
+    result = train(cfg, out=tmp_path / "run", quiet=True, callbacks=[Poison()])
+    assert result.fit.stopped_by == "non_finite_loss"
+    assert result.fit.stop_reason.startswith("non-finite gradients at epoch 1, step 17 (batch 17 of 25): in fp16 "
+                                             "the loss scale fell below 1 (0.5)")
+    assert result.summary["skipped_steps"] == 17  # every step: 2**16 halved 17 times
+    assert result.fit.steps == 16 and result.fit.epochs == 0

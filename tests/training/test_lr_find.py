@@ -110,7 +110,7 @@ def test_the_command_prints_the_curve_and_suggestion_and_writes_only_the_plot(mn
             "--batch-size", "64", "--steps", "30", "--min-lr", "1e-4", "--max-lr", "0.1", "--threads", "1"]
     assert main([*args, "--json", "--plot", "curves/lr.png"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"lrs", "losses", "smoothed", "suggestion", "lowest", "stop_reason", "plot"}
+    assert set(out) == {"lrs", "losses", "smoothed", "suggestion", "lowest", "stop_reason", "precision", "plot"}
     assert out["lrs"] == pytest.approx(geometric_rates(1e-4, 0.1, 30)[:len(out["lrs"])])
     with Image.open(tmp_path / "curves" / "lr.png") as img:
         assert img.format == "PNG" and img.size[0] >= 600
@@ -118,7 +118,8 @@ def test_the_command_prints_the_curve_and_suggestion_and_writes_only_the_plot(mn
 
     assert main([*args, "--set", "schedule.name=constant"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == ("learning-rate range test: fast on mnist, adam, batch 64, 0.0001 to 0.1 over 30 steps")
+    autocast = "" if out["precision"] == "fp32" else f"{out['precision']} autocast, "  # auto: bf16 on some CPUs
+    assert lines[0] == f"learning-rate range test: fast on mnist, adam, batch 64, {autocast}0.0001 to 0.1 over 30 steps"
     assert lines[1].split() == ["step", "lr", "loss", "average"]
     assert lines[2].split()[:2] == ["1", "1.0e-04"]
     suggested = next(line for line in lines if line.startswith("suggested learning rate: "))
@@ -186,3 +187,18 @@ def test_checking_the_plot_path_leaves_no_folder_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []  # a command failing after the check leaves nothing
     save_png(b"png", target)  # the write makes the folders
     assert target.read_bytes() == b"png"
+
+
+def test_an_emulated_precision_is_warned_about_before_the_test_and_named_in_its_header(mnist_root, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setattr(sys.modules["mnistlab.training.fit"], "native_fp16", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["lr-find", "--data-dir", str(mnist_root), "--set", "data.train_limit=200", "--set",
+                 "data.val_size=100", "--batch-size", "20", "--steps", "4", "--model", "cnn", "--set",
+                 "model.channels=[4,8]", "--set", "train.precision=fp16"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mnistlab lr-find: warning: train.precision = fp16: this CPU has no fp16 "
+                                   "arithmetic")
+    assert ", batch 20, fp16 autocast, " in captured.out.splitlines()[0]

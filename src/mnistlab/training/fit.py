@@ -64,8 +64,20 @@ def _is_amount(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-# The numbers in torch.amp.GradScaler's state_dict (the counts: growth_interval, _growth_tracker).
-GRAD_SCALER_AMOUNTS = ("scale", "growth_factor", "backoff_factor")
+INT32_MAX = 2**31 - 1
+
+
+def _grad_scaler_ok(state: Any) -> bool:
+    """Whether ``state`` is a torch.amp.GradScaler state_dict that can train: a scale that float32 holds as a
+    normal number of at least 1 (below 1 the run stops, see ``_optimizer_step``), factors GradScaler's own
+    constructor would take (growth above 1, backoff in (0, 1)), and counts that fit its int32 counter."""
+    if not isinstance(state, dict):
+        return False
+    scale, growth, backoff = (state.get(k) for k in ("scale", "growth_factor", "backoff_factor"))
+    interval, tracker = state.get("growth_interval"), state.get("_growth_tracker")
+    return (all(_is_amount(v) for v in (scale, growth, backoff)) and 1.0 <= scale <= FLOAT32_MAX
+            and 1.0 < growth <= FLOAT32_MAX and 0.0 < backoff < 1.0
+            and _is_count(interval) and 1 <= interval <= INT32_MAX and _is_count(tracker) and tracker <= INT32_MAX)
 
 
 def _check_progress(payload: dict[str, Any]) -> None:
@@ -77,11 +89,11 @@ def _check_progress(payload: dict[str, Any]) -> None:
                                                                            "compile_seconds")
                  if not _is_amount(payload.get(key, 0.0))]
     scaler = payload.get("grad_scaler")
-    if scaler is not None and not (
-        isinstance(scaler, dict) and all(_is_amount(scaler.get(k)) and scaler[k] > 0 for k in GRAD_SCALER_AMOUNTS)
-        and all(_is_count(scaler.get(k)) for k in ("growth_interval", "_growth_tracker"))
-    ):
+    if scaler is not None and not _grad_scaler_ok(scaler):
         problems.append(f"grad_scaler = {scaler!r}")
+    if _is_count(payload.get("skipped_steps", 0)) and _is_count(payload.get("step", 0)) and (
+            payload.get("skipped_steps", 0) > payload.get("step", 0)):
+        problems.append(f"skipped_steps = {payload['skipped_steps']!r} of {payload['step']!r} steps")
     partial = payload.get("partial", torch.zeros(3, dtype=torch.float64))
     if not (isinstance(partial, torch.Tensor) and partial.shape == (3,) and partial.is_floating_point()):
         problems.append(f"partial = {partial!r}")
@@ -717,7 +729,15 @@ class Trainer:
                 )
                 self.stopped_by = "non_finite_loss"
                 return None, time.perf_counter() - t0
-            self._optimizer_step()
+            if not self._optimizer_step():
+                self.train_seconds += time.perf_counter() - t0
+                self.stop_reason = (
+                    f"non-finite gradients at epoch {epoch}, step {self._step + 1} (batch {batch + 1} of "
+                    f"{self.steps_per_epoch}): in fp16 the loss scale fell below 1 ({self.scaler.get_scale():g}), "
+                    "so the gradients overflow even unscaled; the weights were not updated with them"
+                )
+                self.stopped_by = "non_finite_loss"
+                return None, time.perf_counter() - t0
             if self.ema is not None:
                 self.ema.update(model)
             self._step += 1
@@ -739,22 +759,25 @@ class Trainer:
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> bool:
         """Clip (train.grad_clip) and step; in fp16 through the loss scale, which skips a step whose gradients
-        overflowed and then lowers the scale."""
+        overflowed and then lowers the scale. False where the scale fell below 1: gradients that overflow
+        unscaled are not a matter of scale (the loss is finite, but they are not), and the run stops."""
         opt, clip = self.optimizer, self.cfg.train.grad_clip
         if self.scaler is None:
             if clip is not None:
                 nn.utils.clip_grad_norm_(self._model.parameters(), clip)
             opt.step()
-            return
+            return True
         if clip is not None:
             self.scaler.unscale_(opt)  # the norm of the true gradients, not of the scaled ones
             nn.utils.clip_grad_norm_(self._model.parameters(), clip)
         scale = self.scaler.get_scale()
         self.scaler.step(opt)
         self.scaler.update()
-        self.skipped_steps += int(self.scaler.get_scale() < scale)  # lowered only after a skipped step
+        # The scale goes down after a skipped step only (its backoff is below 1, checked on resume)
+        self.skipped_steps += int(self.scaler.get_scale() < scale)
+        return self.scaler.get_scale() >= 1.0
 
     def _position_due(self, batch: int) -> bool:
         """Whether last.ckpt is to be written after this step, inside the epoch (checkpoint.last_every_n_steps).

@@ -55,6 +55,7 @@ class RangeTest:
     suggestion: float | None  # steepest descent of the smoothed loss; None when too few steps ran or it never fell
     lowest: float | None  # the rate of the lowest smoothed loss
     stop_reason: str
+    precision: str = "fp32"  # train.precision as resolved: the step's precision, as training will take it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,12 +195,14 @@ def _range_test(cfg: Config, data: DataBundle | None, min_lr: float, max_lr: flo
     cfg = apply_overrides(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0, "ema.enabled": False,
                                 "train.epochs": epochs, "finetune.unfreeze_at": None})
     probe = _RangeCallback(geometric_rates(min_lr, max_lr, steps), diverge, beta)
+    trainer = Trainer(model, data, cfg, callbacks=[probe], device=device)
     try:
-        fit = Trainer(model, data, cfg, callbacks=[probe], device=device).fit()
+        fit = trainer.fit()
         reason = fit.stop_reason  # a non-finite loss ends fit() before the callback sees it
         if fit.stopped_by == "non_finite_loss":
             step = len(probe.losses) + 1
-            reason = f"the loss was not finite at lr {probe.rates[step - 1]:.2e} (step {step})"
+            what = "the gradients were" if fit.stop_reason.startswith("non-finite gradients") else "the loss was"
+            reason = f"{what} not finite at lr {probe.rates[step - 1]:.2e} (step {step})"
     except _Ended as e:
         reason = str(e)
     s = probe.smoothed
@@ -210,6 +213,7 @@ def _range_test(cfg: Config, data: DataBundle | None, min_lr: float, max_lr: flo
         suggestion=steepest_descent(probe.lrs, s),
         lowest=probe.lrs[int(np.argmin(s))] if s else None,
         stop_reason=reason,
+        precision=trainer.precision,
     )
 
 

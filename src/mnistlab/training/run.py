@@ -308,8 +308,10 @@ def _warn(text: str) -> None:
 
 def _fp16_entry(trainer: Trainer) -> dict[str, int]:
     """summary.json's skipped_steps in fp16: the steps whose gradients overflowed, which the loss scale skipped
-    (a few at the start are normal: the scale starts high and comes down to fit)."""
-    return {"skipped_steps": trainer.skipped_steps} if trainer.precision == "fp16" else {}
+    (a few at the start are normal: the scale starts high and comes down to fit). Also in a run resumed in
+    another precision after fp16 skipped some."""
+    fp16 = trainer.precision == "fp16" or trainer.skipped_steps > 0
+    return {"skipped_steps": trainer.skipped_steps} if fp16 else {}
 
 
 def _compile_entry(cfg: Config, seconds: float) -> dict[str, float]:
@@ -622,6 +624,10 @@ def _run(
     if payload is not None:
         trainer.restore(payload)  # before anything is written: a checkpoint that does not fit changes nothing
         display.log(f"resuming {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
+        stored_precision = (payload["config"].get("train") or {}).get("precision", "auto")
+        if stored_precision != cfg.train.precision:  # allowed (a run moved to a GPU, say), but said
+            display.log(f"train.precision was {stored_precision}, now {cfg.train.precision}: the rest of the run "
+                        f"trains in {trainer.precision} (summary.json's precision is the last part's)")
         if trainer.stop_reason is not None:
             display.log(
                 f"the run had stopped ({trainer.stop_reason}): nothing is left to train; to train on, "
