@@ -42,6 +42,7 @@ conv of another width.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 import time
@@ -86,7 +87,7 @@ class LayerTimer(Callback):
         self._start: dict[tuple[str, str], float] = {}
         self._end: dict[str, float] = {}
         for name, m in self.layers.items():
-            m.register_forward_pre_hook(lambda m, args, name=name: self._forward_begins(name, args))
+            m.register_forward_pre_hook(lambda m, args, name=name: self._forward_begins(name, m, args))
             m.register_forward_hook(lambda m, args, out, name=name: self._forward_ends(name, m, args, out))
             m.register_full_backward_pre_hook(lambda m, g, name=name: self._mark(("bwd", name)))
             m.register_full_backward_hook(lambda m, gi, go, name=name: self._backward_ends(name))
@@ -96,8 +97,9 @@ class LayerTimer(Callback):
     def _mark(self, key: tuple[str, str]) -> None:
         self._start[key] = time.perf_counter()
 
-    def _forward_begins(self, name: str, args: tuple) -> None:
-        self.input_grad[name] = args[0].requires_grad
+    def _forward_begins(self, name: str, m: nn.Module, args: tuple) -> None:
+        if m.training:  # validation's passes run without gradients: not what the training step computes
+            self.input_grad[name] = args[0].requires_grad
         self._mark(("fwd", name))
 
     def _forward_ends(self, name: str, m: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -217,6 +219,8 @@ def pool_alternatives(dtype: torch.dtype, repeats: int = 30) -> list[dict[str, A
     grad = torch.randn(BATCH, 24, 12, 12, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     ways = {"PyTorch max_pool2d": lambda t: F.max_pool2d(t, 2), "tensor views": ViewMaxPool.apply}
     if shutil.which("c++") or shutil.which("g++"):
+        # its C++ build notes a missing CUDA runtime on a CPU-only machine: not this table's business
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         ways["torch.compile"] = torch.compile(lambda t: F.max_pool2d(t, 2))
 
     def run(f) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,11 +279,15 @@ def main() -> None:
         macs = count_macs(build_model(name, num_classes=10, in_channels=1, image_size=(28, 28)))
         gflop = 3 * 2 * macs * BATCH / 1e9
         rate = gflop / plain_ms * 1e3
-        pool_ms = rows[1]["fwd ms"] + rows[1]["bwd ms"] if rows[1]["what"].startswith("max-pool") else 0.0
+        pool = next((r for r in rows if r["what"].startswith("max-pool")), None)
+        without = ""
+        if pool is not None:
+            pool_ms = pool["fwd ms"] + pool["bwd ms"]
+            without = (f"; without the first max-pool's {pool_ms:.2f} ms, "
+                       f"{100 * gflop / (plain_ms - pool_ms) * 1e3 / mm:.0f}%")
         print(f"\n{name}: {plain_ms:.1f} ms per step ({hooked_ms:.1f} with the hooks, which the shares are of); "
               f"{gflop:.2f} GFLOP per step at {rate:.0f} GFLOP/s, {100 * rate / mm:.0f}% of the fp32 matmul rate "
-              f"({mm:.0f} GFLOP/s, before each run); without the first max-pool's {pool_ms:.2f} ms, "
-              f"{100 * gflop / (plain_ms - pool_ms) * 1e3 / mm:.0f}%")
+              f"({mm:.0f} GFLOP/s, before each run){without}")
         print(format_table(rows))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     print(f"\nfast's first max-pool alone ({BATCH} x 24 x 24 x 24, channels-last, {precision}), median of 30:")

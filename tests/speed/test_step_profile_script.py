@@ -47,7 +47,12 @@ def test_layer_times_has_a_row_per_layer_and_the_rest(step_profile, monkeypatch)
     monkeypatch.setattr(step_profile, "STEPS", 3)
     monkeypatch.setattr(step_profile, "ROUNDS", 1)
     monkeypatch.setattr(step_profile, "matmul_gflops", lambda: 100.0)
+    timers = []
+    timer_class = step_profile.LayerTimer
+    monkeypatch.setattr(step_profile, "LayerTimer", lambda *a: timers.append(timer_class(*a)) or timers[-1])
     rows, plain_ms, hooked_ms, mm = step_profile.layer_times("fast", "fp32")
+    # the training step's: only the first layer's input needs no gradient (validation's passes need none at all)
+    assert timers[0].input_grad == {name: name != "features.0" for name in timers[0].layers}
     assert [r["layer"] for r in rows] == [
         "features.0", "features.1", "features.2", "features.3", "features.4", "features.5",
         "classifier.0", "classifier.1", "classifier.2", "the rest",
