@@ -31,7 +31,13 @@ GFLOP/s as a fraction of the fp32 rate (what auto gains over fp32) and of the
 bf16 matmul rate (the limit bf16's layers work against). Elsewhere bf16 is
 emulated, and the table is left out.
 
-    .venv/bin/python benchmarks/roofline.py
+The speed issue's targets are medians: in the first and last tables each
+small model (not AlexNet, VGG or ResNet) is measured ``--rounds`` times (3
+by default), each round against a matmul rate measured just before it, and
+its row gives the median fraction and the range of the rounds' fractions
+(on a shared machine a single measurement moves with the load).
+
+    .venv/bin/python benchmarks/roofline.py [--models cnn fast] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=[m for m in list_models() if m != "vgg"],
                    help="zoo models (vgg needs a channels list; vgg11..19 cover it)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=3, help="measurements of each small model (the median is shown)")
     args = parse_benchmark_args(p)
     print(f"machine: {machine_description()}")
     rates = matmul_rates(device=args.device)
@@ -72,7 +79,7 @@ def main() -> None:
         steps = 2 if name in BIG else 20
         for cl in ("true", "false"):
             row = roofline([name], batch_size=batch, steps=steps, device=args.device,
-                           overrides=[f"train.channels_last={cl}"])[0]
+                           overrides=[f"train.channels_last={cl}"], rounds=1 if name in BIG else args.rounds)[0]
             rows.append(row)  # its layout column says which one this was
         print(f"{name} done", flush=True)
     print()
@@ -90,8 +97,8 @@ def main() -> None:
         print(format_table(rows))
 
     if small and (native_bf16() if args.device == "cpu" else args.device.startswith("cuda")):
-        rows = [roofline([name], device=args.device, precision="bf16", overrides=["train.channels_last=true"])[0]
-                for name in small]
+        rows = [roofline([name], device=args.device, precision="bf16", overrides=["train.channels_last=true"],
+                         rounds=args.rounds)[0] for name in small]
         print()
         print(format_table(rows))
 

@@ -245,6 +245,7 @@ def roofline(
     overrides: Sequence[str] = (),
     device: str = "cpu",
     precision: str = "fp32",
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
     """Per model: training images/s, MACs/image, achieved GFLOP/s and its fraction of the fp32 matmul rate.
 
@@ -252,6 +253,9 @@ def roofline(
     changes with the load), and the fraction uses that neighbour. ``precision``
     is ``train.precision`` ("fp32" or "bf16"): in bf16 each row also has the bf16
     matmul rate and the fraction of that, the limit bf16's layers work against.
+    With ``rounds`` above 1 each model is measured that many times, each time
+    with its own matmul rate just before; the row gives the medians (the
+    fraction: the median of the rounds' fractions) and the fractions' range.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f'roofline precision must be "fp32" or "bf16", got {precision!r}')
@@ -263,17 +267,26 @@ def roofline(
         macs = count_macs(model)
         cfg = apply_overrides(Config(), [f"model.name={name}", *overrides])
         layout = "NHWC" if use_channels_last(cfg.train.channels_last, model, torch.device(device)) else "NCHW"
-        mm = matmul_gflops(device=device)
-        # pinned, not auto: auto may pick bf16 on one machine and fp32 on another
-        ips = training_rate(name, batch_size=b, steps=s, overrides=[*overrides, f"train.precision={precision}"],
-                            device=device)
-        gflops = 3 * 2 * macs * ips / 1e9
+        measured = []  # (images/s, fp32 matmul rate, bf16 matmul rate or None) per round
+        for _ in range(rounds):
+            mm = matmul_gflops(device=device)
+            # pinned, not auto: auto may pick bf16 on one machine and fp32 on another
+            ips = training_rate(name, batch_size=b, steps=s, overrides=[*overrides, f"train.precision={precision}"],
+                                device=device)
+            mm16 = matmul_gflops(device=device, dtype=torch.bfloat16) if precision == "bf16" else None
+            measured.append((ips, mm, mm16))
+        gflops = [3 * 2 * macs * ips / 1e9 for ips, _, _ in measured]
+        fractions = [g / mm for g, (_, mm, _) in zip(gflops, measured)]
+        ips, mm = statistics.median(m[0] for m in measured), statistics.median(m[1] for m in measured)
         row = {"model": name, "layout": layout, "batch": b, "precision": precision, "images/s": round(ips),
-               "MMACs/image": round(macs / 1e6, 2), "train GFLOP/s": round(gflops, 1), "matmul GFLOP/s": round(mm, 1),
-               "fraction": f"{100 * gflops / mm:.0f}%"}
+               "MMACs/image": round(macs / 1e6, 2), "train GFLOP/s": round(statistics.median(gflops), 1),
+               "matmul GFLOP/s": round(mm, 1), "fraction": f"{100 * statistics.median(fractions):.0f}%"}
+        if rounds > 1:
+            row["fraction range"] = f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}%"
         if precision == "bf16":
-            mm16 = matmul_gflops(device=device, dtype=torch.bfloat16)
-            row.update({"bf16 matmul GFLOP/s": round(mm16, 1), "of bf16": f"{100 * gflops / mm16:.0f}%"})
+            mm16 = statistics.median(m[2] for m in measured)
+            row.update({"bf16 matmul GFLOP/s": round(mm16, 1),
+                        "of bf16": f"{100 * statistics.median(g / m[2] for g, m in zip(gflops, measured)):.0f}%"})
         rows.append(row)
     return rows
 

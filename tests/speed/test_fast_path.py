@@ -297,6 +297,21 @@ def test_roofline_in_bf16_trains_in_bf16_and_gives_both_fractions(monkeypatch):
     assert bf16["bf16 matmul GFLOP/s"] == 400.0 and bf16["of bf16"] == f"{gflops / 4:.0f}%"
 
 
+def test_roofline_rounds_give_the_median_fraction_each_against_its_own_matmul_rate(monkeypatch):
+    from mnistlab import bench
+    from mnistlab.models import build_model
+    from mnistlab.models.summary import count_macs
+
+    rates, images = iter([100.0, 200.0, 50.0]), iter([2e4, 1e4, 1e4])  # fractions 2f, f/2, 2f
+    monkeypatch.setattr(bench, "matmul_rates", lambda *a, **k: {"mm": next(rates)})
+    monkeypatch.setattr(bench, "training_rate", lambda *a, **k: next(images))
+    f = 3 * 2 * count_macs(build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28))) * 1e4 / 1e9 / 100
+    row = bench.roofline(["cnn"], rounds=3)[0]
+    assert row["fraction"] == f"{200 * f:.0f}%"  # the median of the rounds' fractions, not the medians' ratio (f)
+    assert row["fraction range"] == f"{50 * f:.0f}-{200 * f:.0f}%"
+    assert row["images/s"] == 10000 and row["matmul GFLOP/s"] == 100.0
+
+
 def test_matmul_rates_on_one_thread_put_the_thread_count_back(monkeypatch):
     from mnistlab import bench
 
