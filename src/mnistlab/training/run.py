@@ -354,8 +354,7 @@ def train(
         raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_data_dir(cfg)
     with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
-          deterministic_mode(cfg.train.deterministic), deterministic_errors(cfg.train.deterministic)):
-        # deterministic from building the model to the final test, not only in fit's epochs
+          deterministic_mode(cfg.train.deterministic)):  # from building the model to the final test, not only fit
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
@@ -416,7 +415,8 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
                                wall0: float) -> RunResult:
     if distributed.init(resolve_device(cfg.train.device)):  # torchrun started this process: join the others
         try:
-            result = _train(cfg, out, resume, callbacks, quiet, report, wall0)
+            with deterministic_errors(cfg.train.deterministic):  # a MnistlabError, for the handler below
+                result = _train(cfg, out, resume, callbacks, quiet, report, wall0)
             # The other ranks wait here while rank 0 tests and writes the report: a rank that tore down
             # the process group (and exited) while rank 0 still held it now and then aborted in gloo's
             # teardown ("terminate called without an active exception"), failing the whole run.
@@ -429,7 +429,8 @@ def _train_here_or_with_others(cfg: Config, out, resume, callbacks: Iterable[Cal
             raise
         finally:
             distributed.shutdown()
-    return _train(cfg, out, resume, callbacks, quiet, report, wall0)
+    with deterministic_errors(cfg.train.deterministic):
+        return _train(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
 def settings_warnings(cfg: Config) -> list[str]:
