@@ -334,11 +334,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn", "fast"), steps: int = 20,
-              train_limit: int | None = None, out=print) -> None:
+              rounds: int = 1, train_limit: int | None = None, out=print) -> None:
     """What ``mnistlab bench`` prints: time to accuracy (``config`` vs the public recipe), training rate, evaluation.
 
     ``config`` is the recipe to time (e.g. configs/fast.toml) with its data settings;
-    ``train_limit`` shortens the time-to-accuracy runs (a smoke test, not a measurement).
+    ``train_limit`` shortens the time-to-accuracy runs (a smoke test, not a measurement); ``rounds``
+    measurements of each model's training rate give the median fraction (see :func:`roofline`).
     """
     model_options(config.model.name)  # an unknown model fails now, not after the data and the public recipe
     if config.train.threads:  # for the public recipe and the roofline too, not only inside `train`
@@ -373,7 +374,7 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     if config.train.threads:
         cl.append(f"train.threads={config.train.threads}")
     out(format_table(roofline(models, batch_size=config.train.batch_size, steps=steps, overrides=cl,
-                              device=device.type)))
+                              device=device.type, rounds=rounds)))
 
     out(f"\nevaluation of {config.data.dataset}'s test split (cnn model, untrained weights: speed only)")
     data = load_data(config.data, device=device)

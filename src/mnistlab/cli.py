@@ -222,6 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--models", nargs="+", default=["cnn", "fast"], metavar="NAME",
                     help="models of the training-rate table (default: cnn fast)")
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
+    bn.add_argument("--rounds", type=int, default=3, help="measurements of each model's training rate; the table "
+                    "gives the median fraction and their range (default 3: one is at the mercy of the load)")
     bn.add_argument("--train-limit", type=int, metavar="N", help="time to accuracy on N of the training images "
                     "only, a seeded random subset (a quick smoke run, not a measurement)")
     sw = sub.add_parser("sweep", help="search hyperparameters (needs mnistlab[tune])",
@@ -557,7 +559,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .config import Config, apply_overrides, load_config
     from .models import build_model
 
-    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--train-limit", args.train_limit)):
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--rounds", args.rounds),
+                        ("--train-limit", args.train_limit)):
         if value is not None and value < 1:
             raise MnistlabError(f"{flag} must be at least 1, got {value}")
     for name in args.models:
@@ -571,7 +574,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.data_dir:  # as a value, not a "data.dir=..." string: that would read a folder named 2024 as a number
         cfg = apply_overrides(cfg, {"data.dir": args.data_dir})
     cfg = apply_overrides(cfg, args.overrides)
-    run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, train_limit=args.train_limit)
+    run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, rounds=args.rounds,
+              train_limit=args.train_limit)
     return 0
 
 

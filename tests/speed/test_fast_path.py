@@ -202,13 +202,13 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     from mnistlab.cli import main
 
     code = main(["bench", "--data-dir", str(mnist_root), "--train-limit", "256", "--steps", "1", "--models", "cnn",
-                 "--set", "train.epochs=1", "--set", "checkpoint.save_top_k=0"])
+                 "--rounds", "2", "--set", "train.epochs=1", "--set", "checkpoint.save_top_k=0"])
     out = capsys.readouterr().out
     assert code == 0
     assert "public recipe" in out and "this config" in out
     assert "time to accuracy on mnist's test set" in out and "evaluation of mnist's test split" in out  # which data
     assert ("with bf16 instructions" in out.splitlines()[0]) is native_bf16()  # the machine line
-    assert "fraction" in out and "images/s" in out
+    assert "fraction" in out and "images/s" in out and "fraction range" in out  # medians of 2 rounds
     assert out.count("cnn") >= 2  # the training-rate row and the evaluation row
     assert f"({torch.backends.cpu.get_cpu_capability()})" in out.splitlines()[0]  # the machine line names the ISA
     if torch.get_num_threads() > 1:
@@ -219,6 +219,7 @@ def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
     (["--seeds", "0"], "--seeds must be at least 1, got 0"),
     (["--train-limit", "0"], "--train-limit must be at least 1, got 0"),  # not "no limit"
     (["--steps", "0"], "--steps must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
     (["--models", "cnn", "nope"], "unknown model 'nope'"),
     (["--models", "vgg"], "--models vgg: model \"vgg\" needs a layout"),  # found after the timed runs before
 ])
