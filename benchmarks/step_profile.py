@@ -48,7 +48,7 @@ import statistics
 import time
 import warnings
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,14 +60,12 @@ from mnistlab.bench import (
     machine_description,
     matmul_gflops,
     parse_benchmark_args,
-    synthetic_data,
+    training_rate,
 )
 from mnistlab.callbacks.base import Callback
-from mnistlab.config import Config, apply_overrides
 from mnistlab.machine import native_bf16
 from mnistlab.models import build_model
 from mnistlab.models.summary import count_macs
-from mnistlab.training.fit import Trainer
 
 BATCH = 256
 STEPS = 20
@@ -78,14 +76,17 @@ class LayerTimer(Callback):
     """Times each leaf module's forward and backward in the training steps of one epoch (the second: the
     first allocates and warms up)."""
 
-    def __init__(self, model: nn.Module, epoch: int) -> None:
+    def __init__(self, epoch: int) -> None:
         self.epoch, self.on = epoch, False
-        self.layers = {name: m for name, m in model.named_modules() if not list(m.children())}
+        self.layers: dict[str, nn.Module] = {}
         self.times: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.flops: dict[str, float] = {}  # per image, forward
         self.input_grad: dict[str, bool] = {}
         self._start: dict[tuple[str, str], float] = {}
         self._end: dict[str, float] = {}
+
+    def on_train_begin(self, trainer) -> None:
+        self.layers = {name: m for name, m in trainer.model.named_modules() if not list(m.children())}
         for name, m in self.layers.items():
             m.register_forward_pre_hook(lambda m, args, name=name: self._forward_begins(name, m, args))
             m.register_forward_hook(lambda m, args, out, name=name: self._forward_ends(name, m, args, out))
@@ -142,30 +143,22 @@ def _describe(m: nn.Module) -> str:
 def layer_times(model_name: str, precision: str) -> tuple[list[dict[str, Any]], float, float, float]:
     """One row per layer of ``model_name``'s training step, the step's milliseconds without and with the hooks,
     and the fp32 matmul rate (GFLOP/s, measured before each round)."""
-    cfg = apply_overrides(Config(), [
-        f"model.name={model_name}", f"train.batch_size={BATCH}", "train.epochs=2", "train.progress=false",
-        "schedule.name=constant", f"train.precision={precision}",
-    ])
-    data = synthetic_data(BATCH * STEPS)
-
-    def fit(timer: bool) -> tuple[nn.Module, LayerTimer | None, float]:
-        torch.manual_seed(0)
-        model = build_model(model_name, num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean,
-                            std=data.std, **cfg.model.options())
-        cb = LayerTimer(model, 2) if timer else None
+    def fit(timer: LayerTimer | None) -> float:
+        """The step's milliseconds (bench.training_rate's run: the second epoch of two, synthetic images)."""
         with warnings.catch_warnings():
             # The first layer's backward hook fires early (its input needs no gradient); LayerTimer knows.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            result = Trainer(model, data, cfg, callbacks=[cb] if cb else []).fit()
-        return model, cb, 1000 * result.history[-1]["seconds"] / STEPS
+            ips = training_rate(model_name, batch_size=BATCH, steps=STEPS, callbacks=[timer] if timer else [],
+                                overrides=[f"train.precision={precision}"])
+        return 1000 * BATCH / ips
 
     # Interleaved, so that both see the same load; the layers' times are pooled over the hooked rounds.
     plain, hooked, rates, times = [], [], [], defaultdict(list)
     for _ in range(ROUNDS):
         rates.append(matmul_gflops())
-        plain.append(fit(timer=False)[2])
-        model, timer, ms = fit(timer=True)
-        hooked.append(ms)
+        plain.append(fit(None))
+        timer = LayerTimer(2)
+        hooked.append(fit(timer))
         for key, v in timer.times.items():
             times[key] += v
     plain_ms, hooked_ms, mm = statistics.median(plain), statistics.median(hooked), statistics.median(rates)
@@ -211,6 +204,18 @@ class ViewMaxPool(torch.autograd.Function):
         return grad_in.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def median_ms(call: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
+    """The median milliseconds of ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
 def pool_alternatives(dtype: torch.dtype, repeats: int = 30) -> list[dict[str, Any]]:
     """Forward+backward milliseconds of fast's first pool, PyTorch's against the replacements."""
     g = torch.Generator().manual_seed(0)
@@ -234,12 +239,7 @@ def pool_alternatives(dtype: torch.dtype, repeats: int = 30) -> list[dict[str, A
     for name, f in ways.items():
         out, grad_in = run(f)  # also the warm-up (and compile)
         same = torch.equal(out, ref_out) and torch.equal(grad_in, ref_grad)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run(f)
-            times.append(time.perf_counter() - t0)
-        rows.append({"max-pool": name, "ms (fwd+bwd)": round(1000 * sorted(times)[repeats // 2], 2),
+        rows.append({"max-pool": name, "ms (fwd+bwd)": round(median_ms(lambda: run(f), repeats), 2),
                      "same outputs and gradients": "yes" if same else "NO"})
     base = rows[0]["ms (fwd+bwd)"]
     for r in rows:
@@ -253,13 +253,7 @@ def pool_by_channels(dtype: torch.dtype, repeats: int = 30) -> list[dict[str, An
     for c in (16, 24, 32):
         x = torch.randn(BATCH, c, 24, 24).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
         grad = torch.randn(BATCH, c, 12, 12).to(dtype).contiguous(memory_format=torch.channels_last)
-        times = []
-        for i in range(repeats + 3):
-            t0 = time.perf_counter()
-            F.max_pool2d(x, 2).backward(grad)
-            if i >= 3:  # the first calls allocate
-                times.append(time.perf_counter() - t0)
-        ms = 1000 * statistics.median(times)
+        ms = median_ms(lambda: F.max_pool2d(x, 2).backward(grad), repeats, warmup=3)  # the first calls allocate
         rows.append({"channels": c, "ms (fwd+bwd)": round(ms, 2), "ns per input value": round(1e6 * ms / x.numel(), 3)})
     return rows
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from .callbacks.base import Callback
 from .config import Config, apply_overrides
 from .data.datasets import DataBundle, Split
 from .machine import cpu_name, native_bf16, native_fp16
@@ -219,10 +220,12 @@ def training_rate(
     overrides: Sequence[str] = (),
     device: str = "cpu",
     config: Config | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> float:
     """Images per second of training steps of the real Trainer (second epoch; the first warms up).
 
-    ``config`` (default: the defaults) gives the other settings, e.g. a preset's augmentation and EMA.
+    ``config`` (default: the defaults) gives the other settings, e.g. a preset's augmentation and EMA;
+    ``callbacks`` look inside the run (benchmarks/step_profile.py times its layers).
     """
     cfg = apply_overrides(config or Config(), [
         f"model.name={model_name}", f"train.batch_size={batch_size}", "train.epochs=2", "train.progress=false",
@@ -233,7 +236,7 @@ def training_rate(
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean,
                         std=data.std, **cfg.model.options())
-    result = Trainer(model, data, cfg, device=dev).fit()
+    result = Trainer(model, data, cfg, callbacks=callbacks, device=dev).fit()
     return batch_size * steps / result.history[-1]["seconds"]
 
 

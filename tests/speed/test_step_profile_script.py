@@ -31,8 +31,7 @@ def test_the_view_pool_gives_pytorchs_outputs_and_gradients_with_ties(step_profi
 
 def test_the_first_layers_backward_ends_with_its_weights_gradients(step_profile):
     """Its input needs no gradient, so its backward hook fires as its backward begins: the end is the parameters'."""
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
-    timer = step_profile.LayerTimer(model, epoch=1)
+    timer = step_profile.LayerTimer(epoch=1)
     timer.input_grad = {"0": False, "1": True}
     timer._backward_ends("0")
     timer._backward_ends("1", params=True)
