@@ -721,23 +721,14 @@ class Trainer:
             # and makes the same non-finite decision.
             step_sums = distributed.all_reduce_sum(step_sums)
             loss_value = float(step_sums[0] / step_sums[2])
+            where = f"at epoch {epoch}, step {self._step + 1} (batch {batch + 1} of {self.steps_per_epoch})"
             if not math.isfinite(loss_value):
-                self.train_seconds += time.perf_counter() - t0
-                self.stop_reason = (
-                    f"non-finite loss ({loss_value}) at epoch {epoch}, step {self._step + 1} "
-                    f"(batch {batch + 1} of {self.steps_per_epoch}); the weights were not updated with it"
-                )
-                self.stopped_by = "non_finite_loss"
-                return None, time.perf_counter() - t0
+                return self._diverged(t0, f"non-finite loss ({loss_value}) {where}; the weights were not updated "
+                                          "with it")
             if not self._optimizer_step():
-                self.train_seconds += time.perf_counter() - t0
-                self.stop_reason = (
-                    f"non-finite gradients at epoch {epoch}, step {self._step + 1} (batch {batch + 1} of "
-                    f"{self.steps_per_epoch}): in fp16 the loss scale fell below 1 ({self.scaler.get_scale():g}), "
-                    "so the gradients overflow even unscaled; the weights were not updated with them"
-                )
-                self.stopped_by = "non_finite_loss"
-                return None, time.perf_counter() - t0
+                return self._diverged(t0, f"non-finite gradients {where}: in fp16 the loss scale fell below 1 "
+                                          f"({self.scaler.get_scale():g}), so the gradients overflow even unscaled; "
+                                          "the weights were not updated with them")
             if self.ema is not None:
                 self.ema.update(model)
             self._step += 1
@@ -759,6 +750,13 @@ class Trainer:
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
 
+    def _diverged(self, t0: float, reason: str) -> tuple[None, float]:
+        """Stop the run in mid-epoch for a non-finite loss or gradients (what ``_train_epoch`` returns then)."""
+        elapsed = time.perf_counter() - t0
+        self.train_seconds += elapsed
+        self.stop_reason, self.stopped_by = reason, "non_finite_loss"
+        return None, elapsed
+
     def _optimizer_step(self) -> bool:
         """Clip (train.grad_clip) and step; in fp16 through the loss scale, which skips a step whose gradients
         overflowed and then lowers the scale. False where the scale fell below 1: gradients that overflow
@@ -772,12 +770,12 @@ class Trainer:
         if clip is not None:
             self.scaler.unscale_(opt)  # the norm of the true gradients, not of the scaled ones
             nn.utils.clip_grad_norm_(self._model.parameters(), clip)
-        scale = self.scaler.get_scale()
+        before = self.scaler.get_scale()
         self.scaler.step(opt)
         self.scaler.update()
-        # The scale goes down after a skipped step only (its backoff is below 1, checked on resume)
-        self.skipped_steps += int(self.scaler.get_scale() < scale)
-        return self.scaler.get_scale() >= 1.0
+        after = self.scaler.get_scale()
+        self.skipped_steps += int(after < before)  # it goes down after a skipped step only (backoff < 1)
+        return after >= 1.0
 
     def _position_due(self, batch: int) -> bool:
         """Whether last.ckpt is to be written after this step, inside the epoch (checkpoint.last_every_n_steps).
