@@ -11,7 +11,8 @@ The Python API, for notebooks and scripts::
     print(evaluate(result.model, data.test).accuracy)
 
 ``train(cfg)`` does a whole run with a run folder, as ``mnistlab train`` does;
-``load_model("runs/<run>/best.ckpt")`` gives the trained model back.
+``load_model("runs/<run>/best.ckpt")`` gives the trained model back, and
+``export_onnx(model, "model.onnx", name="cnn")`` writes it as ONNX (``mnistlab[export]``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .callbacks import Callback
 from .config import Config, apply_overrides, load_config
 from .data import load_data
 from .errors import CheckpointError, ConfigError, DataError, MnistlabError
+from .export import export_onnx
 from .models import build_model, list_models
 from .training import FitResult, evaluate, fit, load_model, train
 
@@ -36,6 +38,7 @@ __all__ = [
     "apply_overrides",
     "build_model",
     "evaluate",
+    "export_onnx",
     "fit",
     "list_models",
     "load_config",

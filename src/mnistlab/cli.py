@@ -178,6 +178,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="write the 28x28 input of each image there as PNG, named after the image; "
                     "an existing file is never overwritten (the name gets -2, -3, ...)")
 
+    ex = sub.add_parser(
+        "export", help="write a model as ONNX, to run it without PyTorch",
+        description="Write a checkpoint's model (a run folder: its best.ckpt; a weight average: its ema.ckpt) as "
+        "an ONNX file, which ONNX Runtime runs without PyTorch or mnistlab (from Python, C++, C#, Java, or "
+        "JavaScript in a browser). Its input 'images' is float32 [batch, 1, 28, 28] with pixels in [0, 1], light on "
+        "a dark background as in the dataset (the model normalizes them itself; the batch size is free); its "
+        "outputs are 'logits' and "
+        "'probabilities' (their softmax). The class names are in the file's metadata. Before the file is written, "
+        "ONNX Runtime runs it on random images and its outputs are compared with PyTorch's; a file that differs is "
+        "not written. Needs mnistlab[export].")
+    ex.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder (its best.ckpt) or a .ckpt file")
+    ex.add_argument("--out", metavar="FILE", help="the ONNX file to write (default: beside the checkpoint, "
+                    "best.ckpt -> best.onnx); folders on the way are made")
+    ex.add_argument("--no-check", dest="check", action="store_false",
+                    help="write without running the file in ONNX Runtime first")
+    ex.add_argument("--json", action="store_true", help="print what was written as JSON")
+
     r = sub.add_parser("report", help="write a run's report.html",
                        description="Write report.html (self-contained, images embedded) and its PNGs under plots/ "
                        "from the files of a run folder alone: curves, confusion matrix, per-class accuracy, worst "
@@ -517,6 +534,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(p.error is not None for p in results) else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint, format_export
+
+    if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
+        raise MnistlabError("--out needs a file name; leave it out to write beside the checkpoint")
+    result = export_checkpoint(args.checkpoint, out=args.out, check=args.check)
+    print(jsonout.dumps(result.to_dict(), indent=2) if args.json else format_export(result))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -624,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "models": _cmd_models,
         "predict": _cmd_predict,
+        "export": _cmd_export,
         "report": _cmd_report,
         "compare": _cmd_compare,
         "lr-find": _cmd_lr_find,

@@ -1,0 +1,275 @@
+"""Export a trained model to ONNX, for use outside Python and PyTorch.
+
+An ONNX file holds the network as a graph of standard operators and its weights,
+and no code: ONNX Runtime runs it from Python, C, C++, C#, Java, or JavaScript in a
+browser, without PyTorch or mnistlab. The exported graph is the model's
+``forward`` in eval mode, with its normalization inside (and its crop, if it
+has one), so it takes what ``mnistlab predict`` feeds the model:
+
+- input ``images``: float32, ``[batch, 1, 28, 28]`` for the MNIST family, pixel
+  values in [0, 1], light on a dark background and centred as the dataset's
+  images are (``predict --save-preprocessed`` writes such inputs). The batch
+  size is free;
+- outputs ``logits`` (``[batch, classes]``) and ``probabilities``, their softmax.
+
+The file's metadata (``metadata_props``) names the model, the dataset, the class
+names (a JSON list), the input, and the SHA-256 of the checkpoint's weights.
+Unless told not to, :func:`export_onnx` runs the written graph in ONNX Runtime
+on random images of two batch sizes and compares its outputs with PyTorch's:
+a file that computes something else is not kept.
+
+>>> result = export_checkpoint("runs/my-run")             # doctest: +SKIP
+>>> result.path, result.check.max_difference             # doctest: +SKIP
+(PosixPath('runs/my-run/best.onnx'), 6.7e-08)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import MnistlabError
+from .training.checkpoint import atomic_write, checkpoint_file, model_from_checkpoint, read_checkpoint
+
+INSTALL_HINT = "pip install 'mnistlab[export]'"
+INPUT, OUTPUTS = "images", ("logits", "probabilities")
+# Batch sizes of the check: 1, the size a single-image app runs, and a larger one, which also runs a
+# batch size the export did not trace with.
+CHECK_BATCHES = (1, 64)
+# Largest difference from PyTorch's outputs the check accepts: of a logit, relative to the largest logit (at
+# least 1), or of a probability. ONNX Runtime sums in other orders than PyTorch: on the zoo models the
+# difference was under 1e-6 (benchmarks/onnx_export_epyc-avx512.txt).
+TOLERANCE = 1e-4
+
+
+@dataclass
+class Check:
+    """How the written file's outputs compared with PyTorch's on the same random images."""
+
+    images: int
+    batch_sizes: tuple[int, ...]
+    max_difference: float  # largest difference of a logit (relative to the largest logit, at least 1) or a probability
+    same_predictions: int  # images whose most likely class is the same in both
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model: str
+    dataset: str
+    classes: list[str]
+    input_shape: list[Any]  # ["batch", C, H, W]
+    opset: int
+    bytes: int
+    checkpoint: Path | None = None
+    check: Check | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["checkpoint"] = None if self.checkpoint is None else str(self.checkpoint)
+        d["inputs"] = {INPUT: {"dtype": "float32", "shape": self.input_shape, "range": [0.0, 1.0]}}
+        d["outputs"] = {name: {"dtype": "float32", "shape": ["batch", len(self.classes)]} for name in OUTPUTS}
+        del d["input_shape"]
+        return d
+
+
+class _WithProbabilities(nn.Module):
+    """The graph that is exported: the model's logits, and their softmax for apps that want probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def _require(*modules: str, why: str) -> None:
+    """Import the optional packages of the export extra, or say how to install them."""
+    import importlib
+
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MnistlabError(f"{why} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                            f"installed: {INSTALL_HINT}")
+
+
+def require_export_packages(check: bool) -> None:
+    """The packages an export needs (with ``check``, ONNX Runtime too), or a MnistlabError saying how to get them."""
+    import inspect
+
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise MnistlabError(f"exporting to ONNX needs torch 2.5 or later (its torch.export-based exporter); this is "
+                            f"torch {torch.__version__}")
+    _require("onnx", "onnxscript", why="exporting to ONNX")
+    if check:
+        _require("onnxruntime", why="checking the exported file in ONNX Runtime (or export without the check, "
+                                    "--no-check)")
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    channels, size = getattr(model, "in_channels", None), getattr(model, "image_size", None)
+    if not isinstance(channels, int) or not (isinstance(size, tuple) and len(size) == 2):
+        raise MnistlabError(f"cannot export {type(model).__name__}: it is not a mnistlab model (no in_channels and "
+                            "image_size to give the input's shape)")
+    return channels, size[0], size[1]
+
+
+def _onnx_proto(model: nn.Module, shape: tuple[int, int, int]):
+    """The ONNX ModelProto of ``model`` (a copy in eval mode, float32, on the CPU) with a free batch size."""
+    graph = _WithProbabilities(model).eval()
+    example = torch.rand(2, *shape)  # 2, not 1: a batch of 1 would be taken for a constant size
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    try:
+        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
+                                    dynamic_shapes={INPUT: {0: batch}}, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter raises its own types; say that it failed, and why
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MnistlabError(f"could not export the model to ONNX: {first}") from e
+    return program.model_proto
+
+
+def _compare(data: bytes, model: nn.Module, shape: tuple[int, int, int], seed: int = 0) -> Check:
+    """Run the serialized graph in ONNX Runtime on random images and compare with the PyTorch model."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its notes on unused initializers are not the user's business
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - a graph ONNX Runtime refuses is a failed export, whatever it raises
+        raise MnistlabError(f"ONNX Runtime cannot load the exported graph: {str(e).strip().splitlines()[0]}") from e
+    generator = torch.Generator().manual_seed(seed)
+    worst, same, images = 0.0, 0, 0
+    for batch in CHECK_BATCHES:
+        x = torch.rand(batch, *shape, generator=generator)
+        with torch.no_grad():
+            expected = _WithProbabilities(model).eval()(x)
+        got = session.run(list(OUTPUTS), {INPUT: x.numpy()})
+        # A logit's difference relative to the largest logit (at least 1); a probability's as it is.
+        scales = (max(1.0, float(expected[0].abs().max())), 1.0)
+        for ours, theirs, scale in zip(expected, got, scales):
+            if theirs.shape != tuple(ours.shape):
+                raise MnistlabError(f"the exported graph gives outputs of shape {list(theirs.shape)} for a batch of "
+                                    f"{batch}, PyTorch {list(ours.shape)}: it was not kept")
+            worst = max(worst, float(np.abs(ours.numpy() - theirs).max()) / scale)
+        same += int((expected[0].argmax(1).numpy() == got[0].argmax(1)).sum())
+        images += batch
+    if not worst <= TOLERANCE:  # (a NaN fails too)
+        raise MnistlabError(f"the exported graph computes other outputs than the model: they differ by up to {worst:.3g} "
+                            f"(a logit's difference relative to the largest logit, or a probability's) on {images} "
+                            f"random images, more than {TOLERANCE:g}; it was not kept")
+    return Check(images=images, batch_sizes=CHECK_BATCHES, max_difference=worst, same_predictions=same)
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, check: bool = True,
+                metadata: dict[str, str] | None = None) -> ExportResult:
+    """Write ``model`` (a zoo model, as :func:`~mnistlab.load_model` or training gives it) to ``path`` as ONNX.
+
+    ``name`` (the zoo name, e.g. ``"cnn"``) goes into the file's metadata. The model itself is left as it
+    was: a copy in eval mode, float32 and on the CPU is exported. With
+    ``check`` the file is run in ONNX Runtime first and written only if its outputs match PyTorch's
+    (:data:`TOLERANCE`); ``metadata`` adds string entries to the file's metadata. The write is atomic:
+    an interrupted export leaves the file that was there before, or none.
+    """
+    require_export_packages(check)
+    import onnx
+
+    from . import __version__  # here: the package imports this module before it sets its version
+
+    path = Path(path)
+    if path.is_dir():
+        raise MnistlabError(f"{path} is a folder: give the ONNX file's name, e.g. {path / 'model.onnx'}")
+    shape = _input_shape(model)
+    plain = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    proto = _onnx_proto(plain, shape)
+    classes = [str(c) for c in getattr(model, "classes", None) or range(_classes(plain, shape))]
+    name = name or type(model).__name__
+    props = {
+        "mnistlab.version": __version__,
+        "mnistlab.model": name,
+        "mnistlab.dataset": str(getattr(model, "dataset", "") or ""),
+        "mnistlab.classes": json.dumps(classes),
+        "mnistlab.input": f"{INPUT}: float32 [batch, {shape[0]}, {shape[1]}, {shape[2]}], pixel values in [0, 1], "
+                          "light on a dark background as in the dataset; the model normalizes them itself",
+        "mnistlab.outputs": f"logits: float32 [batch, {len(classes)}]; probabilities: their softmax",
+        **(metadata or {}),
+    }
+    onnx.helper.set_model_props(proto, props)
+    proto.doc_string = f"mnistlab {name} classifier ({props['mnistlab.dataset'] or 'dataset not recorded'})"
+    data = proto.SerializeToString()
+    result = ExportResult(path=path, model=name, dataset=props["mnistlab.dataset"], classes=classes,
+                          input_shape=["batch", *shape], opset=_opset(proto), bytes=len(data), metadata=props)
+    if check:
+        result.check = _compare(data, plain, shape)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+    except OSError as e:
+        raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from None
+    return result
+
+
+def _classes(model: nn.Module, shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        return int(model(torch.zeros(1, *shape)).shape[1])
+
+
+def _opset(proto) -> int:
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def default_path(checkpoint: Path) -> Path:
+    """Where ``mnistlab export`` writes without ``--out``: beside the checkpoint, with its name (best.onnx)."""
+    return checkpoint.with_suffix(".onnx")
+
+
+def export_checkpoint(source: str | Path, out: str | Path | None = None, *, check: bool = True) -> ExportResult:
+    """Export a checkpoint (a run folder: its best.ckpt) to ONNX, by default beside it (:func:`default_path`)."""
+    require_export_packages(check)  # before reading the checkpoint: a missing extra is the first thing to know
+    file = checkpoint_file(source)
+    payload = read_checkpoint(file)
+    model = model_from_checkpoint(payload)
+    extra = {"mnistlab.weights_sha256": str(payload["weights_sha256"])}
+    if isinstance(payload.get("epoch"), int):
+        extra["mnistlab.epoch"] = str(payload["epoch"])
+    result = export_onnx(model, default_path(file) if out is None else out, name=payload["model_name"], check=check,
+                         metadata=extra)
+    result.checkpoint = file
+    return result
+
+
+def format_export(result: ExportResult) -> str:
+    """What ``mnistlab export`` prints."""
+    c, h, w = result.input_shape[1:]
+    lines = [
+        f"wrote {result.path} ({result.bytes / 1e6:.2f} MB, ONNX opset {result.opset}): {result.model}"
+        + (f" from {result.checkpoint}" if result.checkpoint else ""),
+        f"  input   {INPUT}: float32 [batch, {c}, {h}, {w}], pixels in [0, 1], light on dark "
+        "(predict --save-preprocessed shows such inputs)",
+        f"  outputs logits, probabilities: float32 [batch, {len(result.classes)}]"
+        + (f" ({result.dataset}: {', '.join(result.classes)})" if result.dataset else ""),
+    ]
+    if result.check is None:
+        lines.append("  not checked (--no-check)")
+    else:
+        k = result.check
+        lines.append(f"  checked in ONNX Runtime: the same outputs as PyTorch on {k.images} random images (batches of "
+                     f"{' and '.join(map(str, k.batch_sizes))}; largest difference {k.max_difference:.2g} of the "
+                     f"largest logit), the same class for {k.same_predictions} of {k.images}")
+    return "\n".join(lines)
