@@ -3,10 +3,11 @@ PyTorch's, and how fast ONNX Runtime classifies against mnistlab's own inference
 
 Each model is built with its defaults and seeded random weights, in the layout ``load_model`` gives it, and
 exported with :func:`mnistlab.export_onnx` (which runs its own check: ``check diff`` is the largest
-difference of a logit or probability on its 65 random images, relative to the largest logit). Then ONNX
+difference on its 65 random images of a logit, relative to the largest logit, or of a probability). Then ONNX
 Runtime (CPU, its default threads) and PyTorch (``predict_logits``, the path ``evaluate`` and ``predict``
 take: oneDNN's blocked layout for ``cnn`` and ``fast``) classify the same ``--images`` random images in
-batches of ``--batch-size``, alternating, ``--repeats`` times each; the medians and their ratio are printed,
+batches of ``--batch-size``, alternating (after a pause of PAUSE seconds each, for ONNX Runtime's threads
+to stop spinning), ``--repeats`` times each; the medians and their ratio are printed,
 with how many images got the same class from both.
 
     .venv/bin/python benchmarks/onnx_export.py
@@ -29,6 +30,8 @@ from mnistlab.errors import ConfigError
 from mnistlab.models import build_model, list_models
 from mnistlab.training.evaluate import predict_logits
 from mnistlab.training.fit import use_channels_last
+
+PAUSE = 0.5  # seconds before each timed run
 
 
 def row(name: str, folder: Path, images: int, batch_size: int, repeats: int) -> dict | None:
@@ -56,9 +59,13 @@ def row(name: str, folder: Path, images: int, batch_size: int, repeats: int) -> 
     ours, theirs = predict_logits(model, x, batch_size), onnx_logits()  # warm-up, and the classes compared
     torch_s, onnx_s = [], []
     for _ in range(repeats):  # alternating, so that both see the same load
+        # After a run ONNX Runtime's threads spin a while, waiting for more work (its default, which
+        # shortens its own runs): without the pause they took the 2 cores from the PyTorch run after them.
+        time.sleep(PAUSE)
         t0 = time.perf_counter()
         predict_logits(model, x, batch_size)
         torch_s.append(time.perf_counter() - t0)
+        time.sleep(PAUSE)
         t0 = time.perf_counter()
         onnx_logits()
         onnx_s.append(time.perf_counter() - t0)
@@ -74,7 +81,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list_models(), metavar="NAME")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = parse_benchmark_args(p)
     print(f"machine: {machine_description()}")
     print(f"{args.images} random images in batches of {args.batch_size}, medians of {args.repeats} alternating runs")
