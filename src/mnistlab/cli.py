@@ -8,6 +8,7 @@ import dataclasses
 import io
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         "a dark background as in the dataset (the model normalizes them itself; the batch size is free); its "
         "outputs are 'logits' and "
         "'probabilities' (their softmax). The class names are in the file's metadata. Before the file is written, "
-        "ONNX Runtime runs it on random images and its outputs are compared with PyTorch's; a file that differs is "
+        "ONNX Runtime runs it on random images and its logits are compared with PyTorch's; a file that differs is "
         "not written. Needs mnistlab[export].")
     ex.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder (its best.ckpt) or a .ckpt file")
     ex.add_argument("--out", metavar="FILE", help="the ONNX file to write (default: beside the checkpoint, "
@@ -539,9 +540,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
         raise MnistlabError("--out needs a file name; leave it out to write beside the checkpoint")
-    result = export_checkpoint(args.checkpoint, out=args.out, check=args.check)
+    try:  # ONNX Runtime's process-wide logger warns on stderr of things that are not the export's (telemetry)
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass  # export_checkpoint says what to install
+    # SIGTERM as an exception, as Ctrl-C is: the half-written file and the folders made for it are taken back.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        result = export_checkpoint(args.checkpoint, out=args.out, check=args.check)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(jsonout.dumps(result.to_dict(), indent=2) if args.json else format_export(result))
     return 0
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -145,8 +145,8 @@ def test_a_file_that_computes_something_else_is_not_kept(digit_model, tmp_path, 
     monkeypatch.setattr(export, "_onnx_proto", lambda model, shape: real(other.eval(), shape))
     path = tmp_path / "m.onnx"
     path.write_bytes(b"the file that was there before")
-    with pytest.raises(MnistlabError, match="computes other outputs than the model: they differ by up to .*it was "
-                                            "not kept"):
+    with pytest.raises(MnistlabError, match="computes other outputs than the model: its logits differ by up to .*it "
+                                            "was not kept"):
         export_onnx(digit_model, path, name="fast")
     assert path.read_bytes() == b"the file that was there before"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left either
@@ -210,3 +210,154 @@ def test_an_exporter_failure_is_one_line_that_says_why(digit_run, tmp_path, caps
     assert captured.err == ("mnistlab export: error: could not export the model to ONNX: Failed to convert the "
                             "exported program to an ONNX model.\n")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------------------
+# What an audit found: each of these failed before its fix.
+
+
+def _with_nan_bias(model):
+    import copy
+
+    broken = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        broken.get_submodule(broken.output_layer).bias[3] = float("nan")
+    return broken
+
+
+def test_a_file_whose_logits_are_nan_is_not_kept(digit_model, tmp_path, monkeypatch):
+    # max() took NaN for no difference: such a file was kept, its check saying 0.0.
+    import mnistlab.export as export
+
+    real = export._onnx_proto
+    monkeypatch.setattr(export, "_onnx_proto", lambda model, shape: real(_with_nan_bias(model), shape))
+    with pytest.raises(MnistlabError, match="its logits differ by up to inf of the largest logit"):
+        export_onnx(digit_model, tmp_path / "m.onnx", name="fast")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_with_nan_outputs_is_not_exported_with_a_check(digit_model, tmp_path):
+    with pytest.raises(MnistlabError, match="the model's own outputs are not finite"):
+        export_onnx(_with_nan_bias(digit_model), tmp_path / "m.onnx", name="fast")
+    assert not list(tmp_path.iterdir())
+
+
+def test_near_ties_between_large_logits_pass_the_check(digit_model, tmp_path):
+    # Logits of about 1e4 whose top ones are near each other: float32 rounding moves their softmax by more than
+    # 1e-4 while the logits agree to 1e-6 of their size. An absolute check of the probabilities refused the file.
+    import copy
+
+    model = copy.deepcopy(digit_model)
+    last = model.get_submodule(model.output_layer)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        last.weight.copy_(last.weight[0].expand_as(last.weight) * 1e3 + torch.randn_like(last.weight) * 1e-3)
+        last.bias.zero_()
+    result = export_onnx(model, tmp_path / "m.onnx", name="fast")
+    assert result.check.max_difference < 1e-5
+
+
+def test_the_callers_random_stream_is_left_where_it_was(digit_model, tmp_path):
+    state = torch.get_rng_state()
+    export_onnx(digit_model, tmp_path / "m.onnx", name="fast")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_metadata_may_add_strings_but_not_replace_mnistlabs(digit_model, tmp_path):
+    result = export_onnx(digit_model, tmp_path / "m.onnx", name="fast", metadata={"author": "me"})
+    assert {p.key: p.value for p in onnx.load(result.path).metadata_props}["author"] == "me"
+    with pytest.raises(MnistlabError, match="export metadata may not replace mnistlab.classes: mnistlab sets them"):
+        export_onnx(digit_model, tmp_path / "n.onnx", name="fast", metadata={"mnistlab.classes": "[]"})
+    with pytest.raises(MnistlabError, match="export metadata must map strings to strings"):
+        export_onnx(digit_model, tmp_path / "n.onnx", name="fast", metadata={"epochs": 3})
+    assert not (tmp_path / "n.onnx").exists()
+
+
+def test_the_checkpoint_itself_is_never_the_output(digit_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(digit_run / "best.ckpt", copy)
+    named_onnx = tmp_path / "weights.onnx"  # the default output of a checkpoint of that name is itself
+    shutil.copy(digit_run / "best.ckpt", named_onnx)
+    before = copy.read_bytes()
+    for argv in (["export", str(copy), "--out", str(copy), "--no-check"], ["export", str(named_onnx)]):
+        assert main(argv) == 2
+        assert "is the checkpoint being exported: give the ONNX file another name" in capsys.readouterr().err
+    assert copy.read_bytes() == before and named_onnx.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["a file on the way", "a trailing slash"])
+def test_a_destination_that_cannot_be_written_is_refused_before_exporting(digit_run, tmp_path, capsys, monkeypatch,
+                                                                          case):
+    def not_reached(*args, dynamo=True, **kwargs):
+        raise AssertionError("exported before the destination was checked")
+
+    monkeypatch.setattr(torch.onnx, "export", not_reached)
+    (tmp_path / "afile").write_text("x")
+    out, message = {"a file on the way": (f"{tmp_path}/afile/m.onnx", f"{tmp_path / 'afile'} is a file, not a folder"),
+                    "a trailing slash": (f"{tmp_path}/new/", "names a folder: give the ONNX file's name")}[case]
+    assert main(["export", str(digit_run), "--out", out]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_long_name_in_new_folders_is_written_and_a_link_is_written_through(digit_run, tmp_path):
+    # A 250-byte name was valid, but its temporary name (".NAME.tmp-PID") was not: the export failed and the
+    # folders made for it stayed.
+    long = tmp_path / "a" / "b" / ("m" * 245 + ".onnx")
+    assert export_checkpoint(digit_run, out=long, check=False).path == long and long.is_file()
+    assert sorted(p.name for p in long.parent.iterdir()) == [long.name]
+    target, link = tmp_path / "target.onnx", tmp_path / "link.onnx"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    export_checkpoint(digit_run, out=link, check=False)
+    assert link.is_symlink() and target.stat().st_size > 100_000
+
+
+def test_sigterm_while_writing_leaves_neither_a_half_file_nor_new_folders(digit_run, tmp_path, monkeypatch):
+    import signal
+
+    import mnistlab.export as export
+
+    real = export.atomic_write
+
+    def killed_halfway(path, write):
+        def half(f):
+            f.write(b"half a graph")
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler `mnistlab export` installs raises here
+            raise AssertionError("SIGTERM did not stop the export")
+
+        real(path, half)
+
+    def unhandled(signum, frame):  # where export installed no handler: fail this test, not kill pytest
+        raise AssertionError("mnistlab export did not handle SIGTERM")
+
+    monkeypatch.setattr(export, "atomic_write", killed_halfway)
+    out = tmp_path / "new" / "m.onnx"
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["export", str(digit_run), "--out", str(out), "--no-check"])
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the handler before the command is put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 143
+    assert list(tmp_path.iterdir()) == []  # no temporary file, and the folder made for it is gone
+
+
+def test_a_model_over_protobufs_limit_is_refused_in_one_line():
+    from torch import nn
+
+    import mnistlab.export as export
+
+    class Huge:  # what protobuf does with a message over 2 GiB
+        def SerializeToString(self):
+            raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB: 2400000000")
+
+        def ByteSize(self):
+            return 2_400_000_000
+
+    with pytest.raises(MnistlabError, match=r"an ONNX file holds at most 2 GiB in one piece; mnistlab export does not "
+                                            r"write weights to a separate file"):
+        export._serialized(Huge(), nn.Linear(10, 10))

@@ -223,6 +223,33 @@ def test_the_refusal_names_the_object_without_torchs_advice_to_allow_it(tmp_path
     assert "add_safe_globals" not in str(err.value)
 
 
+class _SystemExploit:
+    """Unpickling this would run a shell command: os.system, whose module torch blocks by name."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_global_from_a_blocked_module_is_refused_as_code_without_torchs_advice(tmp_path):
+    # torch's refusal of os.system has no "WeightsUnpickler error:" marker: its first line, the advice to
+    # load with weights_only=False, had been taken for the cause, and the file called damaged.
+    marker = tmp_path / "pwned"
+    _, p = payload()
+    p["extra"] = _SystemExploit(str(marker))
+    path = tmp_path / "evil.ckpt"
+    torch.save(p, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "could run code (Trying to load unsupported GLOBAL posix.system whose module posix is blocked)" in message \
+        or "could run code (Trying to load unsupported GLOBAL os.system whose module os is blocked)" in message, message
+    assert "weights_only set to False" not in message and "damaged" not in message
+    assert not marker.exists()
+
+
 def test_what_is_there_but_no_file_is_named_as_such(tmp_path):
     # /dev/null and a pipe were reported as not existing; a last.ckpt that is a folder as a run folder without
     # best.ckpt (read_checkpoint takes a folder for a run folder)

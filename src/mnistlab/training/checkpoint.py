@@ -82,7 +82,10 @@ def atomic_write(path: Path, write) -> None:
     never a mix: the rename is atomic, and the data is fsync-ed before it.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    suffix = f".tmp-{os.getpid()}"
+    # A name of up to 255 bytes is valid: the temporary one keeps as much of it as fits beside its dot and suffix.
+    stem = os.fsencode(path.name)[:255 - 1 - len(suffix)]
+    tmp = path.with_name(f".{os.fsdecode(stem)}{suffix}")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -161,13 +164,20 @@ def resume_file(path: str | Path) -> Path:
     return path / "last.ckpt"
 
 
+# The lines of torch's weights-only refusal that are its advice, not the cause: a global from a module it
+# blocks outright (os.system: "... whose module posix is blocked") comes without the "WeightsUnpickler
+# error:" marker, after a first line that suggests loading the file with weights_only=False.
+_TORCH_ADVICE = ("Weights only load failed", "Check the documentation", "Re-running `torch.load`")
+
+
 def _unpickling_reason(e: pickle.UnpicklingError) -> str:
     """The cause in torch's weights-only refusal (what follows "WeightsUnpickler error:", on its line or the
-    next), without torch's advice around it on how to allow the object."""
+    next; without the marker, its first line that is not advice), without torch's advice on how to allow it."""
     text = str(e)
     _, marker, rest = text.partition("WeightsUnpickler error:")
     lines = [ln.strip() for ln in (rest if marker else text).splitlines() if ln.strip()]
-    reason = lines[0] if lines else type(e).__name__
+    causes = [ln for ln in lines if not ln.startswith(_TORCH_ADVICE)]
+    reason = (causes or lines or [type(e).__name__])[0]
     return reason.split(" Please use")[0].strip().rstrip(".")
 
 
