@@ -213,6 +213,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, 
         raise MnistlabError("export metadata must map strings to strings, got "
                             f"{ {k: v for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str))} }")
     shape = _input_shape(model)
+    if _weight_bytes(model) >= _PROTOBUF_LIMIT:  # now, not after minutes of exporting
+        raise _too_large(_weight_bytes(model))
     path = _destination(path)
     made = missing_folders(path.parent)
     try:
@@ -280,15 +282,28 @@ def _destination(path: str | Path) -> Path:
 _PROTOBUF_LIMIT = 2**31
 
 
+def _too_large(size: int) -> MnistlabError:
+    return MnistlabError(f"the model's weights take {size / 1e9:.2f} GB, and an ONNX file holds at most 2 GiB in one "
+                         "piece; mnistlab export does not write weights to a separate file")
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * 4 for t in model.state_dict().values())  # as float32, as they are exported
+
+
 def _serialized(proto, model: nn.Module) -> bytes:
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    """The file's bytes. Weights near the limit (which export_onnx checks before exporting) can take the graph
+    past it: that is the same error, not protobuf's."""
     try:
         return proto.SerializeToString()
     except Exception as e:  # noqa: BLE001 - protobuf's EncodeError or ValueError, by version
-        if size < _PROTOBUF_LIMIT and proto.ByteSize() < _PROTOBUF_LIMIT:
+        try:
+            over = proto.ByteSize() >= _PROTOBUF_LIMIT
+        except Exception:  # noqa: BLE001
+            over = True
+        if not over and _weight_bytes(model) < _PROTOBUF_LIMIT:
             raise
-        raise MnistlabError(f"the model's weights take {size / 1e9:.2f} GB, and an ONNX file holds at most 2 GiB in "
-                            "one piece; mnistlab export does not write weights to a separate file") from e
+        raise _too_large(_weight_bytes(model)) from e
 
 
 def _classes(model: nn.Module, shape: tuple[int, int, int]) -> int:

@@ -361,3 +361,18 @@ def test_a_model_over_protobufs_limit_is_refused_in_one_line():
     with pytest.raises(MnistlabError, match=r"an ONNX file holds at most 2 GiB in one piece; mnistlab export does not "
                                             r"write weights to a separate file"):
         export._serialized(Huge(), nn.Linear(10, 10))
+
+
+def test_a_model_over_the_limit_is_refused_before_exporting(tmp_path, monkeypatch):
+    import mnistlab.export as export
+
+    model = build_model("lenet5")
+    monkeypatch.setattr(export, "_PROTOBUF_LIMIT", 1000)  # lenet5's 61,706 weights: 247 kB, over this limit
+
+    def not_reached(*args, dynamo=True, **kwargs):
+        raise AssertionError("exported a model too large to write")
+
+    monkeypatch.setattr(torch.onnx, "export", not_reached)
+    with pytest.raises(MnistlabError, match=r"the model's weights take 0.00 GB, and an ONNX file holds at most 2 GiB"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
