@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -547,11 +548,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ImportError:
         pass  # export_checkpoint says what to install
     # SIGTERM as an exception, as Ctrl-C is: the half-written file and the folders made for it are taken back.
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    # (Only the main thread may set a handler: main() called from another thread keeps the one there is.)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal) if main_thread else None
     try:
         result = export_checkpoint(args.checkpoint, out=args.out, check=args.check)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(jsonout.dumps(result.to_dict(), indent=2) if args.json else format_export(result))
     return 0
 

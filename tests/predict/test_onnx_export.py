@@ -376,3 +376,14 @@ def test_a_model_over_the_limit_is_refused_before_exporting(tmp_path, monkeypatc
     with pytest.raises(MnistlabError, match=r"the model's weights take 0.00 GB, and an ONNX file holds at most 2 GiB"):
         export_onnx(model, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_command_runs_from_a_thread_that_may_not_set_signal_handlers(digit_run, tmp_path):
+    import threading
+
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["export", str(digit_run), "--out",
+                                                                 str(tmp_path / "m.onnx"), "--no-check"])))
+    worker.start()
+    worker.join()
+    assert codes == [0] and (tmp_path / "m.onnx").is_file()
