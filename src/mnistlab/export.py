@@ -213,8 +213,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, 
         raise MnistlabError("export metadata must map strings to strings, got "
                             f"{ {k: v for k, v in extra.items() if not (isinstance(k, str) and isinstance(v, str))} }")
     shape = _input_shape(model)
-    if _weight_bytes(model) >= _PROTOBUF_LIMIT:  # now, not after minutes of exporting
-        raise _too_large(_weight_bytes(model))
+    size = _weight_bytes(model)
+    if size >= _PROTOBUF_LIMIT:  # now, not after minutes of exporting
+        raise _too_large(size)
     path = _destination(path)
     made = missing_folders(path.parent)
     try:
@@ -338,8 +339,9 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, *, chec
 
 
 def _same_file(a: str | Path, b: Path) -> bool:
+    """Whether ``a`` is the file ``b`` (through links, and hard links): one that does not exist is not."""
     try:
-        return os.path.realpath(a) == os.path.realpath(b) or (Path(a).exists() and os.path.samefile(a, b))
+        return os.path.samefile(a, b)
     except OSError:
         return False
 
