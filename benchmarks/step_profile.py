@@ -37,7 +37,23 @@ kernel of one's own. Part 3 times PyTorch's pool alone on maps of 16, 24
 and 32 channels, per input value: what the pool would cost after a first
 conv of another width.
 
+Part 4 times ``fast``'s whole first block (conv 1->24 5x5, 2x2 max-pool, ReLU;
+its input, the images, needs no gradient) forward and backward, as the models
+build it and two ways that compute the same function with the same weights
+from PyTorch's own kernels, each an attempt to do without the pool's zero fill
+and scatter: "im2col" lays out the 5x5 patches of each pool window's four
+positions, one matmul gives the conv at all four, and the pool is a max over
+them; "polyphase" gives the conv's output at each of the four positions as
+its own group of channels of one conv on the image's 2x2 pixel-unshuffled
+(4-channel, 14x14) form, with each 5x5 kernel placed at the position's offset
+in a 6x6 one, and the pool is a max over the four groups. Both take the max
+with its index and send the gradient back with it, in one pass of their own
+(``WindowMaxRelu``). Whether either beats the layers decides whether the
+block can get faster without a kernel of one's own.
+
     .venv/bin/python benchmarks/step_profile.py [--models fast cnn] [--precision bf16]
+
+``--models`` with no names runs parts 2 to 4 only.
 """
 
 from __future__ import annotations
@@ -258,6 +274,88 @@ def pool_by_channels(dtype: torch.dtype, repeats: int = 30) -> list[dict[str, An
     return rows
 
 
+class WindowMaxRelu(torch.autograd.Function):
+    """ReLU of the max over dim 3 of (N, H, W, 4, C) (a pool window's four positions, of each channel), as (N, C,
+    H, W) channels-last; the gradient goes to the first maximum where the result is above 0, as max_pool2d's and
+    ReLU's do."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        out, idx = z.max(3)
+        out = out.clamp_min_(0)
+        ctx.save_for_backward(idx.to(torch.uint8), out)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        idx, out = ctx.saved_tensors
+        grad = grad.permute(0, 2, 3, 1) * (out > 0)
+        position = torch.arange(4, dtype=torch.uint8).view(1, 1, 1, 4, 1)
+        return (idx.unsqueeze(3) == position) * grad.unsqueeze(3)
+
+
+def im2col_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(max_pool2d(conv2d(x, weight, bias), 2)) for one input channel and no padding, by one matmul over the
+    5x5 patches (k x k) of each pool window's four positions."""
+    n, k, c = x.shape[0], weight.shape[-1], weight.shape[0]
+    patches = x[:, 0].unfold(1, k, 1).unfold(2, k, 1)  # (N, H', W', k, k) views
+    h, w = patches.shape[1] // 2, patches.shape[2] // 2
+    patches = patches[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, k * k).permute(0, 1, 3, 2, 4, 5)
+    z = F.linear(patches.reshape(n, h, w, 4, k * k), weight.reshape(c, k * k), bias)  # (N, h, w, 4, C)
+    return WindowMaxRelu.apply(z)
+
+
+def polyphase_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C, 1, k, k) -> (4C, 4, (k+1)/2, (k+1)/2): position (a, b) of the pool window as the kernel placed at offset
+    (a, b) of a (k+1) x (k+1) one, pixel-unshuffled like the image (odd k)."""
+    groups = [F.pixel_unshuffle(F.pad(weight, (b, 1 - b, a, 1 - a)), 2) for a in (0, 1) for b in (0, 1)]
+    return torch.cat(groups, 0)
+
+
+def polyphase_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The same block as one conv of the pixel-unshuffled image, the window's four positions as channel groups."""
+    c = weight.shape[0]
+    xs = F.pixel_unshuffle(x, 2).contiguous(memory_format=torch.channels_last)
+    z = F.conv2d(xs, polyphase_weight(weight).contiguous(memory_format=torch.channels_last), bias.repeat(4))
+    n, _, h, w = z.shape
+    return WindowMaxRelu.apply(z.permute(0, 2, 3, 1).reshape(n, h, w, 4, c))
+
+
+def layers_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The block as the models build it (conv_pool_stack: the pool before the ReLU)."""
+    return F.relu(F.max_pool2d(F.conv2d(x, weight, bias), 2))
+
+
+def first_block_alternatives(precision: str, repeats: int = 30) -> list[dict[str, Any]]:
+    """Forward+backward milliseconds of fast's first block, the layers against im2col and polyphase."""
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(1, 24, 5).to(memory_format=torch.channels_last)  # PyTorch's initialization, as in the model
+    x = torch.rand(BATCH, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(BATCH, 24, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    ways = {"PyTorch's layers": layers_block, "im2col": im2col_block, "polyphase": polyphase_block}
+
+    def run(block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        conv.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = block(x, conv.weight, conv.bias)
+        y.backward(grad.to(y.dtype))
+        return y.detach().float(), conv.weight.grad, conv.bias.grad
+
+    ref = run(layers_block)
+    rows = []
+    for name, block in ways.items():
+        got = run(block)  # also the warm-up
+        # the sums run in another order (and in bf16, round differently): the largest difference, relative to
+        # the largest value of the reference
+        diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref))
+        rows.append({"first block": name, "ms (fwd+bwd)": round(median_ms(lambda: run(block), repeats), 2),
+                     "largest difference": f"{diff:.1e}"})
+    base = rows[0]["ms (fwd+bwd)"]
+    for r in rows:
+        r["time vs the layers"] = f"{r['ms (fwd+bwd)'] / base:.2f}x"
+    return rows
+
+
 def main() -> None:
     p = benchmark_parser(__doc__, data_dir=False)
     p.add_argument("--models", nargs="*", default=["fast", "cnn"])
@@ -288,6 +386,9 @@ def main() -> None:
     print(format_table(pool_alternatives(dtype)))
     print(f"\nPyTorch's max-pool by channel count ({BATCH} x C x 24 x 24, channels-last, {precision}), median of 30:")
     print(format_table(pool_by_channels(dtype)))
+    print(f"\nfast's first block (conv 1->24 5x5, max-pool 2x2, ReLU) on {BATCH} images, channels-last, {precision}, "
+          "weights' and bias's gradients, median of 30:")
+    print(format_table(first_block_alternatives(precision)))
 
 
 if __name__ == "__main__":

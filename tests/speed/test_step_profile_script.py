@@ -63,3 +63,36 @@ def test_layer_times_has_a_row_per_layer_and_the_rest(step_profile, monkeypatch)
     timed = [r["what"] for r in rows if isinstance(r["GFLOP/s"], int)]
     assert timed == ["conv 1->24 5x5", "conv 24->32 3x3", "linear 800->256", "linear 256->10"]
     assert plain_ms > 0 and hooked_ms > 0 and mm == 100.0
+
+
+@pytest.mark.parametrize("block", ["im2col_block", "polyphase_block"])
+def test_the_first_block_alternatives_compute_the_layers_outputs_and_gradients(step_profile, block):
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(1, 6, 5)
+    # A blank top half, as MNIST's background: every pool window there is a tie (the bias at all four positions),
+    # whose gradient goes to the window's first position, as max_pool2d sends it.
+    x = torch.rand(3, 1, 16, 16, generator=g)
+    x[:, :, :8] = 0
+    grad = torch.randn(3, 6, 6, 6, generator=g)
+    outputs, grads = [], []
+    for f in (step_profile.layers_block, getattr(step_profile, block)):
+        conv.zero_grad(set_to_none=True)
+        y = f(x, conv.weight, conv.bias)
+        y.backward(grad)
+        outputs.append(y.detach())
+        grads.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
+    assert outputs[1].shape == outputs[0].shape == (3, 6, 6, 6)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for ours, theirs in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, theirs)
+    assert (outputs[0] == 0).any() and (outputs[0] > 0).any()  # the ReLU's mask is part of what is compared
+
+
+def test_the_polyphase_weight_places_the_kernel_at_each_window_position(step_profile):
+    """Group (a, b) of the polyphase conv, on the unshuffled image, is the kernel's conv read at (2i + a, 2j + b)."""
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(2, 1, 5, 5, generator=g), torch.randn(1, 1, 14, 14, generator=g)
+    direct = F.conv2d(x, w)  # 10 x 10
+    phased = F.conv2d(F.pixel_unshuffle(x, 2), step_profile.polyphase_weight(w))  # (1, 8, 5, 5)
+    for group, (a, b) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        torch.testing.assert_close(phased[:, 2 * group:2 * group + 2], direct[:, :, a::2, b::2])
