@@ -237,7 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key (repeatable)")
     _add_data_dir(bn)
-    bn.add_argument("--seeds", type=int, default=1, help="seeds of the time-to-accuracy runs (default 1)")
+    bn.add_argument("--seeds", type=int, default=1, help="how many seeds the time-to-accuracy runs take, in a row "
+                    "from train.seed (default 1)")
     bn.add_argument("--models", nargs="+", default=["cnn", "fast"], metavar="NAME",
                     help="models of the training-rate table (default: cnn fast)")
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
@@ -605,6 +606,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
     from .config import Config, apply_overrides, load_config
     from .models import build_model
+    from .training.fit import TrainingInterrupted
 
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--rounds", args.rounds),
                         ("--train-limit", args.train_limit)):
@@ -621,9 +623,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.data_dir:  # as a value, not a "data.dir=..." string: that would read a folder named 2024 as a number
         cfg = apply_overrides(cfg, {"data.dir": args.data_dir})
     cfg = apply_overrides(cfg, args.overrides)
-    run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, rounds=args.rounds,
-              train_limit=args.train_limit)
+    # SIGTERM as an exception, as Ctrl-C is: the runs' temporary folders are taken back. (Inside a training run
+    # the trainer's own handler takes both, ends the step and raises TrainingInterrupted.)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, rounds=args.rounds,
+                  train_limit=args.train_limit)
+    except (TrainingInterrupted, KeyboardInterrupt, _Terminated) as e:
+        signum = getattr(e, "signum", signal.SIGINT)  # KeyboardInterrupt has none: it is Ctrl-C's
+        # nothing to resume: each run's folder was temporary, and is gone
+        print(f"mnistlab bench: interrupted by {signal.Signals(signum).name}; nothing was written",
+              file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised where the program is (a command that takes it as it takes Ctrl-C)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise _Terminated()
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

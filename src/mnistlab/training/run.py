@@ -6,6 +6,7 @@ This is what ``mnistlab train`` calls; notebooks can call :func:`train` too.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import shlex
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -301,8 +302,18 @@ def resume_command(run_dir: str | Path) -> str:
     return f"mnistlab train --resume {shlex.quote(str(run_dir))}"
 
 
+# Where train()'s warnings go: None prints them as ``mnistlab train``'s; a command that runs train() for its own
+# ends (``mnistlab bench``) sets a function of its own, which says whose warning it is and how often.
+warning_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("warning_sink",
+                                                                                          default=None)
+
+
 def _warn(text: str) -> None:
-    """A warning of ``mnistlab train`` on stderr (shown with --quiet too)."""
+    """A warning of ``mnistlab train`` on stderr (shown with --quiet too), or to :data:`warning_sink`."""
+    sink = warning_sink.get()
+    if sink is not None:
+        sink(text)
+        return
     print(f"mnistlab train: warning: {text}", file=sys.stderr, flush=True)
 
 
