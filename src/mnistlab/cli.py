@@ -206,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare runs: accuracy against training time",
                        description="Print a table of runs (model, parameters, epochs, training seconds, best "
-                       "validation accuracy, test accuracy, stop reason; the machine too when the runs trained on "
+                       "validation accuracy (the tested epoch's; for an unfinished run, the highest in metrics.csv), "
+                       "test accuracy, stop reason; the machine too when the runs trained on "
                        "different CPUs or GPUs), best test accuracy first, and plot test accuracy against training "
                        "time. Reads only the run folders.")
     c.add_argument("runs", metavar="RUN", nargs="+", help="run folders, or folders holding run folders")
@@ -218,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
                         "their dataset, and print the test accuracy of each member and of the ensemble. A run folder "
                         "stands for its best.ckpt (ema.ckpt with --ema). All members must share one dataset, and "
                         "each must be another model: a file given twice, or two files of the same weights, is "
-                        "refused.")
+                        "refused. The ensemble's test_loss (--json) is the cross-entropy of the averaged "
+                        "probabilities, without label smoothing (the members may have trained with different).")
     en.add_argument("runs", metavar="RUN_OR_CKPT", nargs="+", help="run folders or .ckpt files")
     en.add_argument("--ema", action="store_true", help="use each run's weight average (ema.ckpt)")
     en.add_argument("--tta", type=int, default=0, metavar="PIXELS",
@@ -441,7 +443,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .data import load_test
     from .training.allocator import reuse_freed_memory
-    from .training.checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
+    from .training.checkpoint import (
+        check_fits_data,
+        checkpoint_file,
+        model_from_checkpoint,
+        read_checkpoint,
+        stored_config,
+    )
     from .training.evaluate import evaluate
 
     payload = read_checkpoint(args.checkpoint)
@@ -450,6 +458,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         reuse_freed_memory()
     data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
     data = load_test(data_cfg)  # the test files alone: the model holds its normalization
+    check_fits_data(payload, data, checkpoint_file(args.checkpoint))
     model = model_from_checkpoint(payload)
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
                       label_smoothing=cfg.train.label_smoothing)
@@ -459,13 +468,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(jsonout.dumps(report, indent=2))
         return 0
-    epoch = "" if report["epoch"] is None else f" (epoch {report['epoch']})"
+    epoch, batch = report["epoch"], payload.get("batch")
+    if isinstance(epoch, int) and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+        epoch = f" (inside epoch {epoch + 1}, after batch {batch})"  # a last.ckpt saved mid-epoch: "epoch 0" misled
+    else:
+        epoch = "" if epoch is None else f" (epoch {epoch})"
     print(f"{report['model']} from {report['checkpoint']}{epoch} on {data.dataset} test, "
           f"{report['examples']:,} images")
-    if not result.finite:
-        print("no test accuracy: the model's outputs are not finite (its weights diverged)")
-    else:
-        print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
+    if not result.finite:  # its predictions would be argmaxes of NaN (class 0): none are shown
+        print("no test accuracy, confusion matrix or predictions: the model's outputs are not finite (NaN or "
+              "infinite logits: weights that diverged, or too large for float32 arithmetic)")
+        return 0
+    print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
     print("\nper-class accuracy:")
     for name, acc in report["per_class_accuracy"].items():
         print(f"  {name:>12}  {'-' if acc is None else f'{100 * acc:.2f}%'}")
@@ -548,21 +562,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         onnxruntime.set_default_logger_severity(3)
     except ImportError:
         pass  # export_checkpoint says what to install
-    # SIGTERM as an exception, as Ctrl-C is: the half-written file and the folders made for it are taken back.
-    # (Only the main thread may set a handler: main() called from another thread keeps the one there is.)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal) if main_thread else None
-    try:
-        result = export_checkpoint(args.checkpoint, out=args.out, check=args.check)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    result = export_checkpoint(args.checkpoint, out=args.out, check=args.check)
     print(jsonout.dumps(result.to_dict(), indent=2) if args.json else format_export(result))
     return 0
-
-
-def _exit_on_signal(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -623,33 +625,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.data_dir:  # as a value, not a "data.dir=..." string: that would read a folder named 2024 as a number
         cfg = apply_overrides(cfg, {"data.dir": args.data_dir})
     cfg = apply_overrides(cfg, args.overrides)
-    # SIGTERM as an exception, as Ctrl-C is: the runs' temporary folders are taken back. (Inside a training run
-    # the trainer's own handler takes both, ends the step and raises TrainingInterrupted.)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, rounds=args.rounds,
                   train_limit=args.train_limit)
-    except (TrainingInterrupted, KeyboardInterrupt, _Terminated) as e:
-        signum = getattr(e, "signum", signal.SIGINT)  # KeyboardInterrupt has none: it is Ctrl-C's
-        # nothing to resume: each run's folder was temporary, and is gone
-        print(f"mnistlab bench: interrupted by {signal.Signals(signum).name}; nothing was written",
-              file=sys.stderr, flush=True)
-        return 128 + signum
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    except TrainingInterrupted as e:  # in a timed run: it stopped at the end of a step; its folder is gone
+        return _interrupted("bench", e.signum)
     return 0
-
-
-class _Terminated(Exception):
-    """SIGTERM, raised where the program is (a command that takes it as it takes Ctrl-C)."""
-
-    signum = signal.SIGTERM
-
-
-def _raise_terminated(signum: int, frame) -> None:
-    raise _Terminated()
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -705,6 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         "bench": _cmd_bench,
         "sweep": _cmd_sweep,
     }[args.command]
+    # SIGTERM as an exception, as Ctrl-C is, for the commands that do not train: what they write unwinds (atomic
+    # writes remove their temporary file, a report or export cut short its pieces, bench its runs' temporary
+    # folders). Training commands have the trainer's handler, which ends the step and saves or reports first.
+    # Only the main thread may set a handler: main() called from another thread keeps the one there is.
+    sigterm = args.command not in ("train", "lr-find", "sweep") and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if sigterm else None
     try:
         return handler(args)
     except MnistlabError as e:
@@ -712,8 +699,8 @@ def main(argv: list[str] | None = None) -> int:
             _clear_progress_line()  # an error in mid-epoch would begin at the end of the progress bar
             print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, _Terminated) as e:
+        return _interrupted(args.command, getattr(e, "signum", signal.SIGINT))  # KeyboardInterrupt: Ctrl-C
     except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
         from .training.display import divert_to_devnull
 
@@ -722,6 +709,26 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # a bug's traceback, on a line of its own too
         _clear_progress_line()
         raise
+    finally:
+        if sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised where the program is (see main)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise _Terminated()
+
+
+def _interrupted(command: str, signum: int) -> int:
+    """Say that Ctrl-C or a signal stopped ``command``, in one line; its exit status (130, 143)."""
+    _clear_progress_line()
+    print(f"mnistlab {command}: interrupted by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    return 128 + signum
 
 
 def _clear_progress_line() -> None:

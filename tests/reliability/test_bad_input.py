@@ -417,10 +417,14 @@ def test_evaluate_gives_no_accuracy_for_weights_whose_outputs_are_not_finite(run
     _rewrite(run_copy / "best.ckpt", poison)
     assert main(["evaluate", str(run_copy / "best.ckpt"), "--data-dir", str(mini_root)]) == 0
     out = capsys.readouterr().out
-    assert "no test accuracy: the model's outputs are not finite" in out and "test accuracy 1" not in out
+    assert "no test accuracy, confusion matrix or predictions: the model's outputs are not finite" in out
+    assert "test accuracy 1" not in out
+    # nor argmaxes of NaN (class 0) as its predictions, nor a confusion matrix of them
+    assert "confusion matrix (rows" not in out and "first predictions" not in out
     assert main(["evaluate", str(run_copy / "best.ckpt"), "--data-dir", str(mini_root), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["test_accuracy"] is None and set(report["per_class_accuracy"].values()) == {None}
+    assert report["confusion_matrix"] is None and report["first_predictions"] is None
 
 
 def test_evaluate_and_ensemble_need_only_the_test_files(finished_run, mini_root, tmp_path, capsys):
@@ -511,3 +515,89 @@ def test_output_cut_short_by_a_pipe_is_no_traceback():
     script = f"'{sys.executable}' -m mnistlab.cli models | true; exit ${{PIPESTATUS[0]}}"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stderr == "" and proc.returncode == 141, proc.stderr
+
+
+def _poison(stored) -> None:
+    """Finite weights so large the logits overflow (NaN weights are refused on loading)."""
+    for name, tensor in stored["model"].items():
+        if name.endswith("weight"):
+            tensor.fill_(1e30)
+
+
+def test_an_ensemble_with_a_member_whose_outputs_are_not_finite_has_no_accuracy(run_copy, mini_root, tmp_path,
+                                                                                capsys):
+    # It printed "nan%" for the member and, for the ensemble, the share of class 0 in the test set: the NaN rows
+    # of the average all took argmax 0.
+    bad = tmp_path / "bad.ckpt"
+    shutil.copy(run_copy / "best.ckpt", bad)
+    _rewrite(bad, _poison)
+    assert main(["ensemble", str(bad), str(run_copy), "--data-dir", str(mini_root)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "no ensemble accuracy: the outputs of the members marked - are not finite" in out
+    lines = out.splitlines()
+    assert lines[2].split()[-1] == "-" and lines[3].split()[-1].endswith("%")  # the bad member, the good one
+    assert lines[4].startswith("ensemble of 2") and lines[4].split()[-1] == "-"
+    assert main(["ensemble", str(bad), str(run_copy), "--data-dir", str(mini_root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ensemble"]["test_accuracy"] is None and result["ensemble"]["test_loss"] is None
+    assert result["members"][0]["test_accuracy"] is None and result["members"][1]["test_accuracy"] > 0.5
+
+
+def test_a_checkpoint_for_other_images_or_classes_is_one_line(run_copy, mini_root, tmp_path, capsys):
+    # A model of 9 classes (or 32x32 images) ran on the test split: IndexError or a shape error, with a traceback.
+    def nine_classes(stored):
+        model = build_model("cnn", num_classes=9)
+        stored["model"] = {k: v.clone() for k, v in model.state_dict().items()}
+        stored["num_classes"], stored["classes"] = 9, stored["classes"][:9]
+
+    odd = tmp_path / "nine.ckpt"
+    shutil.copy(run_copy / "best.ckpt", odd)
+    _rewrite(odd, nine_classes)
+    for argv in (["evaluate", str(odd)], ["ensemble", str(odd)]):
+        assert main([*argv, "--data-dir", str(mini_root)]) == 2
+        err = capsys.readouterr().err
+        assert f"{odd} holds a model of 9 classes on 28x28 images of 1 channel, but kmnist's test split has 10 " \
+               "classes on 28x28 images of 1 channel" in err, err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ensemble"])
+def test_an_empty_path_is_not_the_current_folder(command, run_copy, monkeypatch, capsys):
+    monkeypatch.chdir(run_copy)  # it evaluated ./best.ckpt
+    assert main([command, ""]) == 2
+    assert "an empty path names no checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_names_a_mid_epoch_checkpoint_by_its_position(run_copy, mini_root, capsys):
+    def inside_epoch(stored):
+        stored["epoch"], stored["batch"] = 0, 3
+
+    _rewrite(run_copy / "best.ckpt", inside_epoch)
+    assert main(["evaluate", str(run_copy / "best.ckpt"), "--data-dir", str(mini_root)]) == 0
+    assert "(inside epoch 1, after batch 3)" in capsys.readouterr().out  # it said "(epoch 0)"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ensemble"])
+def test_ctrl_c_while_scoring_is_one_line(command, run_copy, mini_root, monkeypatch, capsys):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # (the package's name `evaluate` is the function: the module is reached by its full name)
+    monkeypatch.setattr(importlib.import_module("mnistlab.training.evaluate"), "evaluate", interrupted)
+    monkeypatch.setattr(importlib.import_module("mnistlab.training.ensemble"), "evaluate", interrupted)
+    assert main([command, str(run_copy), "--data-dir", str(mini_root)]) == 130
+    assert capsys.readouterr().err == f"mnistlab {command}: interrupted by SIGINT\n"  # it said nothing
+
+
+def test_lr_find_names_the_step_whose_update_overflowed_validation(mini_root):
+    # It blamed a step that never ran: "the loss was not finite at lr 1.00e+80 (step 3)" after 2 steps.
+    from mnistlab.training.lr_find import lr_range_test
+
+    cfg = apply_overrides(Config(), small_overrides(mini_root, "data.train_limit=64", "data.val_size=100",
+                                                    "train.batch_size=64", "optimizer.name=sgd", "model.name=lenet5",
+                                                    "train.precision=fp32"))
+    result = lr_range_test(cfg, min_lr=1e-3, max_lr=1e80, steps=3)
+    assert len(result.losses) == 2
+    assert result.stop_reason.startswith("the validation loss was not finite after step 2 (lr 3.16e+38)"), \
+        result.stop_reason

@@ -1,8 +1,10 @@
-"""`mnistlab evaluate`'s printout, for a dataset whose class names are words."""
+"""`mnistlab evaluate`'s printout, for a dataset whose class names are words; what scoring leaves of the model."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from mnistlab import Config, apply_overrides, train
 from mnistlab.cli import main
@@ -33,3 +35,36 @@ def test_first_predictions_line_up_for_fashion_mnist_class_names(tmp_path, capsy
     assert len(lines) == 10 and "label T-shirt/top  predicted " in lines[0] and "label         Bag  " in lines[1]
     assert len({line.index(" predicted ") for line in lines}) == 1
     assert len({len(line.removesuffix("   <- wrong")) for line in lines}) == 1
+
+
+@pytest.mark.parametrize("call", ["evaluate", "predict_logits"])
+def test_scoring_leaves_every_layer_in_the_mode_it_had(call):
+    # A frozen batch norm held in eval mode inside a training model was put back in training mode (model.train()),
+    # so it moved its statistics in the next steps.
+    import importlib
+
+    from mnistlab.bench import synthetic_data
+    from mnistlab.models import build_model
+
+    ev = importlib.import_module("mnistlab.training.evaluate")  # mnistlab.training.evaluate is the function
+    model = build_model("cnn", batch_norm=True, width=0.25)
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    norms[0].eval()
+    before = [m.training for m in model.modules()]
+    split = synthetic_data(4).train
+    if call == "evaluate":
+        ev.evaluate(model, split)
+    else:
+        ev.predict_logits(model, split.images)
+    assert [m.training for m in model.modules()] == before
+
+
+def test_a_negative_test_time_shift_is_refused():
+    from mnistlab.bench import synthetic_data
+    from mnistlab.errors import ConfigError
+    from mnistlab.models import build_model
+    from mnistlab.training.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match="a test-time shift must be zero or more pixels, got -3"):
+        evaluate(build_model("cnn", width=0.25), synthetic_data(4).train, tta_shift=-3)

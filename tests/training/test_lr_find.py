@@ -94,7 +94,12 @@ def test_it_leaves_the_callers_random_stream_and_threads_and_keeps_the_frozen_la
     ({"steps": 1}, "needs 2 to 100,000 steps"),
     ({"steps": 10**9}, "needs 2 to 100,000 steps"),  # the planned rates are a list: a billion would not fit
     ({"min_lr": 1e-10, "max_lr": 1e300}, "too large to compute"),  # the ratio overflows: every rate would be inf
-    ({"diverge": 1.0}, "diverge must be above 1"),
+    ({"diverge": 1.0}, "diverge must be a finite number above 1"),
+    ({"diverge": float("nan")}, "diverge must be a finite number above 1"),  # would never stop the test
+    ({"diverge": float("inf")}, "diverge must be a finite number above 1"),
+    ({"beta": 1.0}, r"beta must be in \[0, 1\)"),  # divided by zero
+    ({"beta": -1.0}, r"beta must be in \[0, 1\)"),
+    ({"beta": float("nan")}, r"beta must be in \[0, 1\)"),  # every smoothed value NaN
 ])
 def test_bad_settings_are_config_errors(kwargs, message):
     from mnistlab.errors import ConfigError

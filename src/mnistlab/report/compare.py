@@ -75,7 +75,7 @@ def _count(value: object) -> int | None:
 
 
 def run_row(path: Path) -> RunRow:
-    run = read_run(path, checkpoint_state=False)
+    run = read_run(path, checkpoint_state=False, predictions=False)  # summary.json, metrics.csv and config.toml
     s = run.summary
     epochs = _count(s.get("epochs"))  # a hand-edited or damaged summary may hold anything
     if epochs is None and run.metrics:

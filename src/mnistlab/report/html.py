@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from .runfolder import RunFolder, RunFolderError, finite, machine_of, read_run
+from .runfolder import RunFolder, RunFolderError, finite, is_run_folder, machine_of, read_run
 
 PLOTS_DIR = "plots"
 
@@ -107,7 +107,9 @@ def _figures(run: RunFolder) -> list[tuple[str, str, str, bytes]]:
                     f"The {len(idx)} test images given the lowest probability for their true class "
                     f"(of {wrong:,} misclassified), with their index in the test set.",
                     plots.misclassified_png(p["worst_images"], labels, preds, p_pred, p_true, classes, idx)))
-    elif s.get("per_class_accuracy"):
+    elif isinstance(s.get("per_class_accuracy"), dict) and any(finite(v) is not None
+                                                               for v in s["per_class_accuracy"].values()):
+        # (a diverged run's are all null: its report has no test figures)
         pc = s["per_class_accuracy"]
         out.append(("per_class", "Per-class accuracy", "Test accuracy of each class (from summary.json); the worst in red.",
                     plots.per_class_png([finite(v) for v in pc.values()], list(pc), finite(s.get("test_accuracy")))))
@@ -226,6 +228,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
 
     run = read_run(run_dir)
     target = Path(out) if out is not None else run.path
+    if out is not None and is_run_folder(target) and not _same_folder(target, run.path):
+        raise RunFolderError(f"--out {out} is another run's folder: its report.html and plots would be replaced; "
+                             "choose a folder that is not a run")
     figures = _figures(run)
     page = render_html(run, figures)
     report = Report(path=target / "report.html", missing=list(run.missing))
@@ -239,15 +244,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
                 new_files.append(path)
             atomic_write(path, lambda f, png=png: f.write(png))
             report.images[name] = path
-        atomic_write(report.path, lambda f: f.write(page.encode("utf-8")))
-    except OSError as e:
-        # A report that could not be written leaves none of its pieces behind (plots, folders made for them).
+        # a name that is not UTF-8 (a folder's bytes, read as lone surrogates) as \x escapes, as the CLI prints it
+        atomic_write(report.path, lambda f: f.write(page.encode("utf-8", "backslashreplace")))
+    except BaseException as e:
+        # A report that could not be written, or was interrupted (Ctrl-C, SIGTERM), leaves none of its pieces
+        # behind (plots, folders made for them).
         for path in new_files:
             path.unlink(missing_ok=True)
         remove_empty(made)
+        if not isinstance(e, OSError):
+            raise
         hint = "" if out is not None else " (a run folder from elsewhere may be read-only: write the report with --out DIR)"
         raise RunFolderError(f"cannot write the report into {target}: {e.strerror or e}{hint}") from None
     return report
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def write_run_report(run_dir: str | Path, test, test_images, classes) -> Report:

@@ -33,7 +33,9 @@ def plain(text: object) -> str:
     >>> plain("m$x$"), plain("7")
     ('m\\\\$x\\\\$', '7')
     """
-    return str(text).replace("$", r"\$")
+    # A name that is not UTF-8 (a folder's bytes, read as lone surrogates) cannot be drawn: its bytes as \x
+    # escapes can, as the CLI prints them.
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
 
 
 def _figure(width: float, height: float):
@@ -315,7 +317,18 @@ def check_plot_path(path: str | Path) -> Path:
     """
     from ..folders import missing_folders, remove_empty
 
+    from ..errors import MnistlabError
+    from .runfolder import is_run_folder
+
     path = Path(path)
+    if path.is_file():  # `--plot runs/a/summary.json` replaced the run's summary with a PNG
+        if not _is_png(path):
+            raise MnistlabError(f"{path} exists and is not a PNG image: a plot would replace it; choose another "
+                                "file with --plot FILE")
+        folder = path.parent.parent if path.parent.name == "plots" else path.parent
+        if is_run_folder(folder):  # its curves.png, a figure of its report
+            raise MnistlabError(f"{path} is a figure of the run in {folder}: a plot would replace it; choose a "
+                                "file outside the run with --plot FILE")
     missing = missing_folders(path.parent)
     try:
         with _plot_file(path):
@@ -324,6 +337,14 @@ def check_plot_path(path: str | Path) -> Path:
     finally:
         remove_empty(missing)
     return path
+
+
+def _is_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def save_png(png: bytes, path: str | Path) -> Path:

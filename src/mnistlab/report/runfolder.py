@@ -132,11 +132,12 @@ def is_run_folder(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in ("summary.json", "metrics.csv", "config.toml"))
 
 
-def read_run(path: str | Path, *, checkpoint_state: bool = True) -> RunFolder:
+def read_run(path: str | Path, *, checkpoint_state: bool = True, predictions: bool = True) -> RunFolder:
     """Read a run folder. Missing files are listed in ``missing``; a folder with none of them is an error.
 
     ``checkpoint_state``: also read the early-stopping decision from ``last.ckpt``
     (memory-mapped, so only the few numbers needed are read, not the weights).
+    ``predictions``: also read test_predictions.npz (what the report's test figures are drawn from).
     """
     path = Path(path)
     if not path.is_dir():
@@ -150,7 +151,8 @@ def read_run(path: str | Path, *, checkpoint_state: bool = True) -> RunFolder:
     _read_config(run)
     _read_metrics(run)
     _read_summary(run)
-    _read_predictions(run)
+    if predictions:
+        _read_predictions(run)
     if checkpoint_state:
         _read_early_stopping(run)
     return run
@@ -187,6 +189,10 @@ def _read_metrics(run: RunFolder) -> None:
     rows = []
     try:
         for row in csv.DictReader(io.StringIO(text)):
+            if None in row.values():  # fewer fields than the header: a row cut short (a crash, a copy cut off)
+                run.missing.append(f"metrics.csv's row for epoch {row.get('epoch') or '?'} is cut short: left out "
+                                   "of the curves.")
+                continue
             parsed = {}
             for key, value in row.items():
                 if key is None or value in (None, ""):
@@ -260,6 +266,8 @@ def _check_predictions(data: dict[str, np.ndarray]) -> None:
             ("worst_index points outside the test set", worst.ndim != 1 or not np.issubdtype(worst.dtype, np.integer)
              or (worst.size > 0 and not (0 <= worst.min() and worst.max() < max(n, 0)))),
             ("worst_images does not match worst_index", images.shape[:1] != worst.shape[:1]),
+            # an image is H x W, or C x H x W with 1 (gray), 3 or 4 channels: what the report can draw
+            ("worst_images are not images", not (images.ndim == 3 or (images.ndim == 4 and images.shape[1] in (1, 3, 4)))),
             ("probabilities are not one row per image and a column per class",
              probs is not None and probs.shape != (n, k)),
         ) if bad
@@ -294,7 +302,11 @@ def _read_predictions(run: RunFolder) -> None:
 def _read_early_stopping(run: RunFolder) -> None:
     es = run.config.get("early_stopping", {}) if isinstance(run.config.get("early_stopping"), dict) else {}
     criterion = es.get("criterion", "none")
-    if criterion in (None, "none"):
+    if not isinstance(criterion, str):  # a damaged config (a list where a name belongs)
+        run.missing.append(f"config.toml's early_stopping.criterion is {_clip(criterion)}, not a name: the early "
+                           "stopping decision is not shown.")
+        return
+    if criterion == "none":
         return
     monitor = es.get("monitor", "val_loss") if criterion == "patience" else f"val_{es.get('error', 'loss')}"
     stopped = run.summary.get("epochs") if run.summary.get("stopped_by") == "early_stopping" else None

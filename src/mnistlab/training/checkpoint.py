@@ -134,6 +134,8 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
     A run folder without that file is an error, not a reason to fall back on
     last.ckpt: that one may hold a position inside an epoch, never validated.
     """
+    if not str(path).strip():  # Path("") is the current folder: not what an empty argument meant
+        raise CheckpointError("an empty path names no checkpoint; give a run folder or a .ckpt file")
     path = Path(path)
     if not path.is_dir():
         return path
@@ -296,6 +298,22 @@ def stored_config(payload: dict[str, Any], source: str | Path = "the checkpoint"
         return config_from_dict(payload["config"])
     except ConfigError as e:
         raise CheckpointError(f"the config stored in {source} is not valid: {e}") from None
+
+
+def check_fits_data(payload: dict[str, Any], data, path: str | Path) -> None:
+    """A CheckpointError when the checkpoint's model takes other images, or tells apart another number of
+    classes, than the test split of ``data`` (a DataBundle or ScoringSet) holds: its forward pass would fail on
+    them, or score labels it has no output for."""
+    def shape(classes: Any, channels: Any, size: Any) -> str:
+        side = "x".join(map(str, size)) if isinstance(size, (list, tuple)) else repr(size)
+        return f"{classes} classes on {side} images of {channels} channel{'s' * (channels != 1)}"
+
+    mine = (payload.get("num_classes"), payload.get("in_channels"), list(payload.get("image_size") or ()))
+    images = data.test.images  # N x C x H x W
+    theirs = (data.num_classes, int(images.shape[1]), [int(images.shape[2]), int(images.shape[3])])
+    if mine != theirs:
+        raise CheckpointError(f"{path} holds a model of {shape(*mine)}, but {data.dataset}'s test split has "
+                              f"{shape(*theirs)}")
 
 
 def model_from_checkpoint(payload: dict[str, Any]):

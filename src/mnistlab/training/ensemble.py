@@ -14,21 +14,23 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
+from .checkpoint import check_fits_data, checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
 from .evaluate import evaluate
 
 
 @dataclass
 class Member:
     checkpoint: Path
-    accuracy: float  # on the test split, alone
+    accuracy: float | None  # on the test split, alone; None where its outputs are not finite
 
 
 @dataclass
 class EnsembleResult:
     members: list[Member]
-    accuracy: float  # of the averaged softmax outputs
-    loss: float  # cross-entropy of the averaged outputs (no label smoothing: members may differ in theirs)
+    # of the averaged softmax outputs; None where a member's outputs are not finite (the average's argmax
+    # would then be class 0 for every image: a made-up accuracy)
+    accuracy: float | None
+    loss: float | None  # cross-entropy of the averaged outputs (no label smoothing: members may differ in theirs)
     dataset: str
     examples: int
     tta_shift: int = 0  # > 0: every member's outputs averaged over shifted copies of each image (TTA)
@@ -81,23 +83,34 @@ def evaluate_ensemble(
             )
     data_cfg = stored_config(first, paths[0]).data
     data = load_test(replace(data_cfg, dir=data_dir) if data_dir else data_cfg)  # the members hold their normalization
+    for path, payload in zip(paths, payloads):  # before any member is tested
+        check_fits_data(payload, data, path)
     members, total = [], None
     for path, payload in zip(paths, payloads):
         ev = evaluate(model_from_checkpoint(payload), data.test, num_classes=data.num_classes, tta_shift=tta_shift)
-        members.append(Member(path, ev.accuracy))
+        members.append(Member(path, ev.accuracy if ev.finite else None))
         total = ev.probabilities if total is None else total + ev.probabilities
     probs = total / len(paths)
     labels = data.test.labels.cpu()
+    if any(m.accuracy is None for m in members):
+        return EnsembleResult(members, None, None, data.dataset, int(labels.numel()), tta_shift)
     accuracy = float((probs.argmax(1) == labels).double().mean())
     loss = float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels))
     return EnsembleResult(members, accuracy, loss, data.dataset, int(labels.numel()), tta_shift)
 
 
+def _percent(accuracy: float | None) -> str:
+    return f"{'-':>13}" if accuracy is None else f"{100 * accuracy:>12.2f}%"
+
+
 def format_ensemble(result: EnsembleResult) -> str:
     width = max(len(str(m.checkpoint)) for m in result.members)
     lines = [f"{'member':<{width}}  test accuracy", f"{'-' * width}  -------------"]
-    lines += [f"{str(m.checkpoint):<{width}}  {100 * m.accuracy:>12.2f}%" for m in result.members]
-    lines.append(f"{'ensemble of ' + str(len(result.members)):<{width}}  {100 * result.accuracy:>12.2f}%")
+    lines += [f"{str(m.checkpoint):<{width}}  {_percent(m.accuracy)}" for m in result.members]
+    lines.append(f"{'ensemble of ' + str(len(result.members)):<{width}}  {_percent(result.accuracy)}")
+    if result.accuracy is None:
+        lines.append("no ensemble accuracy: the outputs of the members marked - are not finite (NaN or infinite "
+                     "logits), and so is their average")
     if result.tta_shift:
         by = "1 pixel" if result.tta_shift == 1 else f"1 to {result.tta_shift} pixels"
         lines.append(f"with test-time augmentation: each image and its shifts by {by} left, right, up and down, "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,28 +61,40 @@ class Evaluation:
     finite: bool = True
 
     def to_dict(self, classes: list[str] | None = None, first: int = 10) -> dict[str, Any]:
-        """A JSON-ready summary: metrics, per-class accuracy, confusion matrix, first predictions."""
+        """A JSON-ready summary: metrics, per-class accuracy, confusion matrix, first predictions (the last two
+        None where the outputs were not finite: their argmax is class 0, not a prediction)."""
         names = classes or [str(i) for i in range(len(self.per_class_accuracy))]
         return {
             "test_loss": self.loss,
             "test_accuracy": self.accuracy,
             "examples": int(self.labels.numel()),
             "per_class_accuracy": {n: (None if a != a else a) for n, a in zip(names, self.per_class_accuracy)},
-            "confusion_matrix": self.confusion.tolist(),
+            "confusion_matrix": self.confusion.tolist() if self.finite else None,
             "first_predictions": [
                 {"index": i, "label": int(self.labels[i]), "predicted": int(self.predictions[i])}
                 for i in range(min(first, self.labels.numel()))
-            ],
+            ] if self.finite else None,
         }
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode in the block; afterwards every layer in the mode it had. (``model.train(was)``
+    would set them all alike: a frozen batch norm held in eval mode inside a training model would train.)"""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Logits for uint8 (or [0, 1] float) images, in eval mode, batch by batch."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    try:
+    with eval_mode(model):
         forward = _inference(model)
         batch_size = rows_per_pass(model, images[:1].to(device), batch_size)
         outs = []
@@ -91,8 +104,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
         if not outs:
             return torch.empty(0, 0)
         return torch.cat(outs)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -119,15 +130,15 @@ def evaluate(
     >>> round(ev.accuracy, 4)                              # doctest: +SKIP
     0.9912
     """
+    if tta_shift < 0:
+        raise ConfigError(f"a test-time shift must be zero or more pixels, got {tta_shift}")
     if tta_shift and tta_shift >= min(split.images.shape[-2:]):
         side = "x".join(map(str, split.images.shape[-2:]))
         raise ConfigError(f"a test-time shift of {tta_shift} pixels moves the {side} images out of view; "
                           "shifts of 1-3 pixels are the useful ones")
-    was_training = model.training
-    model.eval()
     total_loss = torch.zeros((), dtype=torch.float64)
     preds, probs = [], []
-    try:
+    with eval_mode(model):
         forward = _inference(model)
         batch_size = rows_per_pass(model, split.images[:1], batch_size)
         for x, y in iterate_batches(split, batch_size):
@@ -143,8 +154,6 @@ def evaluate(
                 p = logits.softmax(1)
             probs.append(p.cpu())
             preds.append(p.argmax(1).cpu())
-    finally:
-        model.train(was_training)
     labels = split.labels.cpu()
     n = labels.numel()
     k = num_classes or (probs[0].shape[1] if probs else int(labels.max()) + 1 if n else 0)

@@ -1225,9 +1225,5 @@ class Trainer:
         return self.data.val.images, self.data.val.labels
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        training = self._model.training
-        logits = predict_logits(self._model, images, self.cfg.train.eval_batch_size)
-        if training:  # predict_logits put every layer back in training mode, frozen batch norm too
-            self._train_mode()
-        return logits
+        return predict_logits(self._model, images, self.cfg.train.eval_batch_size)  # each layer's mode kept
 

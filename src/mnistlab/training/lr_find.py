@@ -143,8 +143,9 @@ class _RangeCallback(Callback):
             raise _Ended(f"reached max_lr {self.rates[-1]:.2e} after {step} steps")
 
 
-def check_settings(min_lr: float, max_lr: float, steps: int, diverge: float = 4.0) -> None:
-    """ConfigError unless 0 < min_lr < max_lr (finite, with a finite ratio), 2 <= steps <= MAX_STEPS and diverge > 1."""
+def check_settings(min_lr: float, max_lr: float, steps: int, diverge: float = 4.0, beta: float = BETA) -> None:
+    """ConfigError unless 0 < min_lr < max_lr (finite, with a finite ratio), 2 <= steps <= MAX_STEPS, diverge > 1
+    (finite) and 0 <= beta < 1."""
     if not 0 < min_lr < max_lr or not math.isfinite(max_lr):
         raise ConfigError(f"the range test needs 0 < min_lr < max_lr, got min_lr={min_lr:g}, max_lr={max_lr:g}")
     if not math.isfinite(max_lr / min_lr):  # the rates grow by (max/min)^(1/steps): beyond floats, they become inf
@@ -152,8 +153,10 @@ def check_settings(min_lr: float, max_lr: float, steps: int, diverge: float = 4.
                           "a range such as 1e-7 to 10 covers every useful rate")
     if not 2 <= steps <= MAX_STEPS:
         raise ConfigError(f"the range test needs 2 to {MAX_STEPS:,} steps, got {steps}")
-    if diverge <= 1:
-        raise ConfigError(f"diverge must be above 1 (a factor over the lowest loss), got {diverge:g}")
+    if not 1 < diverge < math.inf:  # NaN or inf would never stop the test
+        raise ConfigError(f"diverge must be a finite number above 1 (a factor over the lowest loss), got {diverge:g}")
+    if not 0 <= beta < 1:  # the average's weight of the past: 1 divides by zero, NaN makes every value NaN
+        raise ConfigError(f"beta must be in [0, 1) (the smoothing's weight of the past), got {beta:g}")
 
 
 def lr_range_test(
@@ -170,7 +173,7 @@ def lr_range_test(
 
     Like ``train``, it puts back torch's global random state and thread count when it ends.
     """
-    check_settings(min_lr, max_lr, steps, diverge)
+    check_settings(min_lr, max_lr, steps, diverge, beta)
     model_options(cfg.model.name)  # an unknown model fails before the data is read (or downloaded)
     with process_state_kept():  # the caller's random stream and thread count come back, as after train()
         return _range_test(cfg, data, min_lr, max_lr, steps, diverge, beta)
@@ -199,7 +202,12 @@ def _range_test(cfg: Config, data: DataBundle | None, min_lr: float, max_lr: flo
     try:
         fit = trainer.fit()
         reason = fit.stop_reason  # a non-finite loss ends fit() before the callback sees it
-        if fit.stopped_by == "non_finite_loss":
+        if fit.stopped_by == "non_finite_loss" and fit.stop_reason.startswith("non-finite validation loss"):
+            # the epoch's steps all ran; its last one left weights whose outputs are not finite
+            step = len(probe.losses)
+            reason = (f"the validation loss was not finite after step {step} (lr {probe.rates[step - 1]:.2e}): "
+                      "that step's update made the outputs overflow")
+        elif fit.stopped_by == "non_finite_loss":
             step = len(probe.losses) + 1
             what = "the gradients were" if fit.stop_reason.startswith("non-finite gradients") else "the loss was"
             reason = f"{what} not finite at lr {probe.rates[step - 1]:.2e} (step {step})"
