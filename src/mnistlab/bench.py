@@ -61,6 +61,7 @@ from .training.run import process_state_kept, settings_warnings, warning_sink
 # Bytes of one synthetic training image in memory: 28 x 28 uint8 pixels and an int64 label.
 _IMAGE_BYTES = 28 * 28 + 8
 
+
 def public_recipe(data: DataBundle, seed: int = 0) -> dict[str, Any]:
     """The public recipe that target 1 of the speed issue measures against, as plain PyTorch.
 

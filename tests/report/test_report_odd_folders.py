@@ -38,11 +38,11 @@ def test_compare_will_not_replace_a_runs_own_plot(copy_run, capsys):
     before = curves.read_bytes()
     assert before.startswith(PNG)
     assert main(["compare", str(run.parent), "--plot", str(curves)]) == 2  # the run found in a folder of runs
-    assert f"is a figure of the run in {run}" in capsys.readouterr().err
+    assert f"is a figure of the report of the run in {run}" in capsys.readouterr().err
     assert main(["lr-find", "--plot", str(curves)]) == 2  # every --plot: before the range test
-    assert f"is a figure of the run in {run}" in capsys.readouterr().err
+    assert f"is a figure of the report of the run in {run}" in capsys.readouterr().err
     assert curves.read_bytes() == before
-    old = run.parent / "compare.png"  # compare's own earlier plot is replaced, as before
+    old = run / "compare.png"  # compare's own earlier plot is replaced, as before, in a run's folder too
     old.write_bytes(PNG + b"old")
     assert main(["compare", str(run), "--plot", str(old)]) == 0
     assert old.read_bytes() != PNG + b"old" and old.read_bytes().startswith(PNG)
@@ -142,3 +142,14 @@ def test_sigterm_in_report_leaves_none_of_its_pieces(copy_run, tmp_path, monkeyp
         signal.signal(signal.SIGTERM, previous)
     assert capsys.readouterr().err == "mnistlab report: interrupted by SIGTERM\n"
     assert not (tmp_path / "new").exists()  # the first plot, the second's temporary file and the folders
+
+
+def test_a_folder_of_runs_is_searched_through_links_once(copy_run, tmp_path):
+    # Path.rglob skipped a run folder reached through a link; a link back up must not loop.
+    run = copy_run()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "linked").symlink_to(run, target_is_directory=True)
+    (runs / "up").symlink_to(runs, target_is_directory=True)
+    (row,) = compare_runs([runs])
+    assert row.run == str(runs / "linked")

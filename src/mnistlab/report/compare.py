@@ -17,6 +17,7 @@ and a note says so.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,7 +53,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if is_run_folder(p):
             runs = [p]
         elif p.is_dir():
-            runs = sorted({f.parent for f in p.rglob("summary.json")} | {f.parent for f in p.rglob("metrics.csv")})
+            runs = _runs_under(p)
             if not runs:
                 raise RunFolderError(f"{p} holds no run folders (none has a summary.json or metrics.csv)")
         else:
@@ -61,6 +62,21 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             if r.resolve() not in {f.resolve() for f in found}:
                 found.append(r)
     return found
+
+
+def _runs_under(folder: Path) -> list[Path]:
+    """The run folders under ``folder``, through links to folders too (``Path.rglob`` skipped a run reached by
+    a link), each real folder once (a link back up would loop)."""
+    runs, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        if "summary.json" in files or "metrics.csv" in files:
+            runs.append(Path(top))
+    return sorted(runs)
 
 
 def _count(value: object) -> int | None:

@@ -315,9 +315,8 @@ def check_plot_path(path: str | Path) -> Path:
     The test makes the plot's missing folders and removes them again: a command that fails
     later leaves nothing behind, and :func:`save_png` makes them when the plot is written.
     """
-    from ..folders import missing_folders, remove_empty
-
     from ..errors import MnistlabError
+    from ..folders import missing_folders, remove_empty
     from .runfolder import is_run_folder
 
     path = Path(path)
@@ -325,10 +324,11 @@ def check_plot_path(path: str | Path) -> Path:
         if not _is_png(path):
             raise MnistlabError(f"{path} exists and is not a PNG image: a plot would replace it; choose another "
                                 "file with --plot FILE")
-        folder = path.parent.parent if path.parent.name == "plots" else path.parent
-        if is_run_folder(folder):  # its curves.png, a figure of its report
-            raise MnistlabError(f"{path} is a figure of the run in {folder}: a plot would replace it; choose a "
-                                "file outside the run with --plot FILE")
+        # A run writes no PNG of its own but its report's figures (a compare.png or lr_find.png beside its files
+        # is the user's, as when the command runs inside the run folder).
+        if path.parent.name == "plots" and is_run_folder(path.parent.parent):
+            raise MnistlabError(f"{path} is a figure of the report of the run in {path.parent.parent}: a plot would "
+                                "replace it; choose a file outside the run's plots folder with --plot FILE")
     missing = missing_folders(path.parent)
     try:
         with _plot_file(path):
