@@ -28,14 +28,12 @@ a    b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -56,7 +54,7 @@ from .training.fit import (
     resolve_precision,
     use_channels_last,
 )
-from .training.run import process_state_kept, settings_warnings, warning_sink
+from .training.run import process_state_kept, settings_warnings, warnings_as
 
 # Bytes of one synthetic training image in memory: 28 x 28 uint8 pixels and an int64 label.
 _IMAGE_BYTES = 28 * 28 + 8
@@ -399,24 +397,8 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
     ``mnistlab bench: warning: ...``, each once.
     """
     _at_least_one(seeds=seeds, steps=steps, rounds=rounds, train_limit=train_limit)
-    shown: set[str] = set()
-
-    def warn(text: str) -> None:  # train() warns once per seed; the user needs it once
-        if text not in shown:
-            shown.add(text)
-            print(f"mnistlab bench: warning: {text}", file=sys.stderr, flush=True)
-
-    with process_state_kept(), _warnings_to(warn):
+    with process_state_kept(), warnings_as("bench") as warn:  # train() warns once per seed: the user needs once
         _run_bench(config, seeds, models, steps, rounds, train_limit, out, warn)
-
-
-@contextlib.contextmanager
-def _warnings_to(warn: Callable[[str], None]) -> Iterator[None]:
-    token = warning_sink.set(warn)
-    try:
-        yield
-    finally:
-        warning_sink.reset(token)
 
 
 def _check_before_running(config: Config, models: Sequence[str], steps: int, device: torch.device,

@@ -534,14 +534,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import format_prediction, predict_files
+    from .predict import format_prediction, predict_files, printable
     from .training.checkpoint import load_model
 
     model = load_model(args.checkpoint)
     results = predict_files(model, args.images, top_k=args.top_k, save_preprocessed=args.save_preprocessed)
     for p in results:
         if p.error is not None:
-            print(f"mnistlab predict: error: {p.error}", file=sys.stderr)
+            print(f"mnistlab predict: error: {printable(p.error)}", file=sys.stderr)  # names as stdout has them
     if args.json:
         print(jsonout.dumps([p.to_dict() for p in results], indent=2))
     else:
@@ -688,9 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     # SIGTERM as an exception, as Ctrl-C is, for the commands that do not train: what they write unwinds (atomic
     # writes remove their temporary file, a report or export cut short its pieces, bench its runs' temporary
-    # folders). Training commands have the trainer's handler, which ends the step and saves or reports first.
+    # folders, a sweep its trial, kept or marked failed). Inside a training run the trainer's own handler takes
+    # over, ends the step and saves first; train and lr-find keep the default outside it.
     # Only the main thread may set a handler: main() called from another thread keeps the one there is.
-    sigterm = args.command not in ("train", "lr-find", "sweep") and threading.current_thread() is threading.main_thread()
+    sigterm = args.command not in ("train", "lr-find") and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if sigterm else None
     try:
         return handler(args)
@@ -714,8 +715,9 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-class _Terminated(Exception):
-    """SIGTERM, raised where the program is (see main)."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (see main), as Ctrl-C's KeyboardInterrupt is: code that takes back
+    its work on an interruption (a sweep keeping a trained trial) treats both alike."""
 
     signum = signal.SIGTERM
 

@@ -62,6 +62,7 @@ from .training.evaluate import predict_logits
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (a 50 MP photo is ~150 MB of RGB)
 INK_THRESHOLD = 0.2  # ink level (0..1, after stretching) that surely is ink, not noise; the crop starts from it
 FRINGE = 2  # pixels of faint edge the crop may add on each side (a 28x28 MNIST digit has 1-2)
+SPECK_SHARE = 0.001  # on a noisy background, lines at the crop's ends holding no more of the clear ink are left out
 FIELD = 28  # output size in pixels
 
 
@@ -140,7 +141,7 @@ def read_grayscale(path: str | Path) -> np.ndarray:
                     raise ImageFileError(f"{path} is a {w}x{h} image: it has no pixels")
                 if w * h > MAX_PIXELS:
                     raise ImageFileError(
-                        f"{path} is {w}x{h} = {w * h / 1e6:.0f} megapixels, more than the {MAX_PIXELS / 1e6:.0f} "
+                        f"{path} is {w}x{h} = {_megapixels(w * h)} megapixels, more than the {MAX_PIXELS / 1e6:.0f} "
                         "megapixels mnistlab reads; scale it down first"
                     )
                 img.load()
@@ -161,6 +162,14 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"cannot read {path}: {e.strerror or e}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageFileError(f"{path} is a damaged or truncated image ({e})") from None
+
+
+def _megapixels(pixels: int) -> str:
+    """
+    >>> _megapixels(60_000_000), _megapixels(8001 * 6250)   # not "50 megapixels, more than the 50"
+    ('60', '50.01')
+    """
+    return f"{pixels / 1e6:.2f}".rstrip("0").rstrip(".")
 
 
 # EXIF orientation (tag 0x0112) -> the transpose that makes the image upright, as ImageOps.exif_transpose does.
@@ -188,13 +197,27 @@ def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit (or 32-bit integer) grayscale
         a = np.asarray(img, dtype=np.float64)
         top = float(a.max())
+        if a.min() < 0:  # signed values have no fixed range: their own span is black to white (0 is not black)
+            return _span(a)
         # 8-bit values in a wider type, 16-bit ones, or 32-bit ones with no fixed range (their maximum is white)
         return np.clip(a / (255.0 if top <= 255 else 65535.0 if top <= 65535 else top), 0, 1).astype(np.float32)
-    if img.mode == "F":  # float grayscale: no fixed range, so its own maximum is white
+    if img.mode == "F":  # float grayscale: no fixed range, so its own span is black to white
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ImageFileError(f"{path} has NaN or infinite pixel values (a float image); save it with finite ones")
-        return np.clip(a / max(float(a.max()), 1e-12), 0, 1).astype(np.float32)
+        # (dividing by the maximum clipped negative values to black, and called a tiny range blank)
+        return _span(a)
+    return _composited(img, path)
+
+
+def _span(a: np.ndarray) -> np.ndarray:
+    """Values from their minimum (black) to their maximum (white); all equal: all black (a blank image)."""
+    low, high = float(a.min()), float(a.max())
+    return ((a - low) / (high - low) if high > low else np.zeros_like(a)).astype(np.float32)
+
+
+def _composited(img: Image.Image, path: Path) -> np.ndarray:
+    """A colour or grayscale image as gray in [0, 1]; transparent parts filled as the image suggests."""
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     try:
         if not has_alpha:
@@ -208,7 +231,10 @@ def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
         return gray
     opaque = gray[alpha >= 0.5]
     tone = float(np.median(opaque)) if opaque.size else 0.0
-    if opaque.size >= gray.size / 2:
+    # Paper holds ink: opaque pixels of another tone than the paper's. Opaque pixels of one tone are the ink
+    # itself, on a transparent layer (a drawing app's export), however much of the canvas it covers.
+    holds_ink = opaque.size and float(np.abs(opaque - tone).max()) >= 0.1
+    if opaque.size >= gray.size / 2 and holds_ink:
         # Mostly opaque: paper with transparent corners or margins. The paper is most of the opaque
         # pixels, so their median is its colour, and the transparent part gets it too.
         background = tone
@@ -276,7 +302,8 @@ def _ink_box(ink: np.ndarray, noise: float) -> tuple[int, int, int, int]:
     On a clean background (``noise`` 0: a drawing, an MNIST image) every pixel that is
     not background is ink, specks included, as in MNIST's own crops. On a noisy one (a
     photo; ``noise`` is the background's own level) the box starts from the clear ink
-    (above ``INK_THRESHOLD``) and widens line by line to take in the faint anti-aliased
+    (above ``INK_THRESHOLD``; lines at its ends holding no more than ``SPECK_SHARE`` of it
+    left out, so a speck far from the digit does not count) and widens line by line to take in the faint anti-aliased
     edge around it -- a line joins while it holds a pixel above ``noise`` -- by at most
     ``FRINGE`` lines per side: some background pixels are above any noise level, and
     2 pixels are nothing in a large photo.
@@ -285,8 +312,11 @@ def _ink_box(ink: np.ndarray, noise: float) -> tuple[int, int, int, int]:
         rows, cols = np.flatnonzero((ink > 0).any(1)), np.flatnonzero((ink > 0).any(0))
         return int(rows[0]), int(rows[-1] + 1), int(cols[0]), int(cols[-1] + 1)
     strong = ink > INK_THRESHOLD
-    rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    # A speck far from the digit (one noisy pixel of a photo, a JPEG artefact) would stretch the box and shrink
+    # the digit in it: the rows and columns holding the outermost 0.1% of the clear ink on each side are left
+    # out. In a small image every ink pixel is more than that, so nothing is left out there.
+    top, bottom = _trimmed_span(strong.sum(1))
+    left, right = _trimmed_span(strong.sum(0))
     faint = ink > noise
     for _ in range(FRINGE):
         grown = False
@@ -303,6 +333,22 @@ def _ink_box(ink: np.ndarray, noise: float) -> tuple[int, int, int, int]:
     return int(top), int(bottom), int(left), int(right)
 
 
+def _trimmed_span(counts: np.ndarray, share: float = SPECK_SHARE) -> tuple[int, int]:
+    """``(first, last + 1)`` of the lines holding ink, leaving out lines at either end that hold together no
+    more than ``share`` of it.
+
+    >>> _trimmed_span(np.array([1, 0, 0, 500, 600, 400, 0, 0]))   # a speck 3 lines above the digit
+    (3, 6)
+    >>> _trimmed_span(np.array([0, 2, 3, 2, 0]))                   # a small digit: every line counts
+    (1, 4)
+    """
+    cumulative = np.cumsum(counts)
+    total = float(cumulative[-1])
+    first = int(np.searchsorted(cumulative, share * total, side="right"))
+    last = int(np.searchsorted(cumulative, (1 - share) * total, side="left"))
+    return first, last + 1
+
+
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
@@ -314,8 +360,9 @@ def load_inputs(paths: Sequence[str | Path], dataset: str = "mnist") -> list[tup
         try:
             out.append((str(p), preprocess(read_grayscale(p), dataset), None))
         except ImageFileError as e:
-            msg = str(e)
-            out.append((str(p), None, msg if msg.startswith(str(p)) else f"{p}: {msg}"))
+            msg = str(e)  # most name the file already ("odd/" as Path names it: "odd")
+            named = msg.startswith((str(p), str(Path(p))))
+            out.append((str(p), None, msg if named else f"{p}: {msg}"))
     return out
 
 
@@ -365,30 +412,50 @@ def predict_files(
 
 
 def _save_inputs(folder: Path, predictions: list[Prediction], good: list[tuple[int, np.ndarray]]) -> None:
+    """Write the inputs; interrupted or failed, take back the files written so far and the folders made."""
+    from .folders import missing_folders, remove_empty
+
+    made = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        remove_empty(made)
         raise MnistlabError(f"cannot create --save-preprocessed folder {folder}: {e.strerror or e}") from None
-    for i, img in good:
-        stem = Path(predictions[i].file).stem or "image"
-        for n in itertools.count(1):
-            target = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
-            try:
-                # "x": a new file only. An existing one, be it the input itself (the folder given is the images'
-                # own), an earlier run's output or another input of the same name, is never overwritten.
-                with open(target, "xb") as f:
-                    try:
-                        Image.fromarray(img).save(f, format="PNG")  # uint8 H x W: mode L
-                    except BaseException:
-                        f.close()
-                        target.unlink(missing_ok=True)  # ours, half written
-                        raise
-                break
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise MnistlabError(f"cannot write {target}: {e.strerror or e}") from None
-        predictions[i].saved_as = str(target)
+    written: list[Path] = []
+    try:
+        for i, img in good:
+            written.append(_save_input(folder, predictions[i], img))
+    except BaseException:  # Ctrl-C, SIGTERM (an exception in the CLI) or a failed write
+        for path in written:
+            path.unlink(missing_ok=True)
+        for pred in predictions:
+            pred.saved_as = None
+        remove_empty(made)
+        raise
+
+
+def _save_input(folder: Path, prediction: Prediction, img: np.ndarray) -> Path:
+    """Write one input as a new PNG (never over an existing file); its path."""
+    stem = Path(prediction.file).stem or "image"
+    for n in itertools.count(1):
+        target = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        try:
+            # "x": a new file only. An existing one, be it the input itself (the folder given is the images'
+            # own), an earlier run's output or another input of the same name, is never overwritten.
+            with open(target, "xb") as f:
+                try:
+                    Image.fromarray(img).save(f, format="PNG")  # uint8 H x W: mode L
+                except BaseException:
+                    f.close()
+                    target.unlink(missing_ok=True)  # ours, half written
+                    raise
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise MnistlabError(f"cannot write {target}: {e.strerror or e}") from None
+    prediction.saved_as = str(target)
+    return target
 
 
 def printable(name: str) -> str:

@@ -8,6 +8,7 @@ the objective, best first, then pruned ones, then failed or still running ones.
 from __future__ import annotations
 
 import csv
+import sys
 import io
 import math
 from dataclasses import dataclass
@@ -148,8 +149,13 @@ def write_results(study, spec: SweepSpec, out: Path) -> tuple[list[TrialRow], di
     """results.csv, objective.png and (once a trial has completed) best.toml in ``out``."""
     rows = collect(study, spec)
     files = {"results": write_csv(rows, spec, out / "results.csv")}
-    files["plot"] = out / "objective.png"
-    files["plot"].write_bytes(objective_png(rows, spec))
+    try:
+        png = objective_png(rows, spec)
+    except Exception as e:  # noqa: BLE001 - e.g. matplotlib left half-imported by a Ctrl-C: the table still counts
+        print(f"mnistlab sweep: warning: objective.png was not drawn ({type(e).__name__}: {e})", file=sys.stderr)
+    else:
+        files["plot"] = out / "objective.png"
+        files["plot"].write_bytes(png)
     best = best_row(rows, spec.direction)
     if best is not None:
         files["best"] = out / "best.toml"

@@ -181,6 +181,10 @@ class ReportToTrial(Callback):
         self.epochs = epochs  # the run's last epoch: a trial that has trained them all is complete, not pruned
         self.pruned_at: int | None = None
         self.values: list[float] = []  # the objective after each epoch
+        self.trained = False  # training has ended (the test and report may still be to come)
+
+    def on_train_end(self, metrics: dict[str, float], trainer: TrainerHandle) -> None:
+        self.trained = True
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         value = float(metrics[self.objective])
@@ -224,21 +228,29 @@ def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
     t0 = time.perf_counter()
     try:
         result = train(cfg, out=run_dir, callbacks=[reporter], quiet=True)
-    except KeyboardInterrupt:
-        # Ctrl-C after training, during the test or report (outside the trainer's signal guard): the
-        # trial's epochs are all there, and its best value with them; it is kept, and the sweep stops.
-        if _tested(run_dir):
-            raise TrialFinished(best_value(reporter.values, spec.direction), reporter.pruned_at is not None) from None
+    except KeyboardInterrupt as e:
+        # Ctrl-C (or SIGTERM, raised as one by the CLI) after training, during the test or report (outside the
+        # trainer's signal guard): the trial's epochs are all there, and its best value with them; it is kept,
+        # with what results.csv shows of a trial, and the sweep stops.
+        if reporter.trained or _tested(run_dir):
+            value = best_value(reporter.values, spec.direction)
+            _record(trial, value, len(reporter.values), t0, "interrupted after training")
+            raise TrialFinished(value, reporter.pruned_at is not None, getattr(e, "signum", signal.SIGINT)) from None
         raise
     history = result.fit.history if result.fit is not None else []
     value = best_value([float(h[spec.objective]) for h in history], spec.direction)
-    trial.set_user_attr("epochs", len(history))
-    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
-    trial.set_user_attr("stop_reason", result.summary.get("stop_reason"))
-    if value is not None:
-        trial.set_user_attr("objective", value)
+    _record(trial, value, len(history), t0, result.summary.get("stop_reason"))
     stopped_by_rule = spec.pruner == "early_stopping" and result.fit is not None and result.fit.stopped_by == "early_stopping"
     return value, reporter.pruned_at is not None or stopped_by_rule
+
+
+def _record(trial, value: float | None, epochs: int, t0: float, stop_reason: str | None) -> None:
+    """What results.csv and best.toml read of a trial (results.collect)."""
+    trial.set_user_attr("epochs", epochs)
+    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+    trial.set_user_attr("stop_reason", stop_reason)
+    if value is not None:
+        trial.set_user_attr("objective", value)
 
 
 def _tested(run_dir: Path) -> bool:
@@ -252,9 +264,9 @@ def _tested(run_dir: Path) -> bool:
 class TrialFinished(KeyboardInterrupt):
     """Ctrl-C came after the trial had trained all its epochs: it is recorded with its value, then the sweep stops."""
 
-    def __init__(self, value: float | None, pruned: bool) -> None:
+    def __init__(self, value: float | None, pruned: bool, signum: int = signal.SIGINT) -> None:
         super().__init__()
-        self.value, self.pruned = value, pruned
+        self.value, self.pruned, self.signum = value, pruned, signum
 
 
 def _fail_dead_trials(study, optuna) -> None:
@@ -286,7 +298,14 @@ def counted(study, optuna) -> int:
 
 def work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None]) -> int:
     """The loop of one process (see the module docstring); returns the number of trials it ran."""
+    from ..training.run import warnings_as
+
     optuna = require_optuna()
+    with warnings_as("sweep"):  # each trial's train() would repeat them, as `mnistlab train`'s
+        return _work(spec, study, out, lock, echo, optuna)
+
+
+def _work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None], optuna) -> int:
     from ..training.fit import TrainingInterrupted
     from .results import trial_line
 
@@ -313,10 +332,10 @@ def work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None]) -
             else:
                 study.tell(trial, e.value)
             raise SweepInterrupted(f"trial {trial.number} had finished training and is kept; the sweep was "
-                                   "interrupted after it", signal.SIGINT) from None
+                                   "interrupted after it", e.signum) from None
         except (TrainingInterrupted, KeyboardInterrupt) as e:
             study.tell(trial, state=S.FAIL, skip_if_finished=True)
-            signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
+            signum = getattr(e, "signum", signal.SIGINT)  # SIGTERM comes as a KeyboardInterrupt with one
             raise SweepInterrupted(f"trial {trial.number} was interrupted and is marked failed", signum) from None
         except Exception as e:  # noqa: BLE001 - a trial must not stay RUNNING; the sweep goes on, or stops below
             message = str(e) if isinstance(e, MnistlabError) else f"{type(e).__name__}: {e}"
@@ -398,6 +417,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
         work(spec, study, out, lock, echo)
         return None
 
+    _fail_dead_trials(study, optuna)  # a trial of a killed run is not "already run"
     done = counted(study, optuna)
     if done:
         echo(f"continuing study {spec.study_name!r} in {url}: {done} of {spec.trials} trials already run")

@@ -145,6 +145,10 @@ def sweep_from_dict(
         base = apply_overrides(base, {"data.dir": data_dir})
     base = apply_overrides(base, list(overrides))
     _known_model(base, "the base config")
+    if base.data.val_size < 1:  # every trial would fail on it (train() refuses it), after the study is made
+        from ..training.fit import VAL_SIZE_NEEDED
+
+        raise ConfigError(VAL_SIZE_NEEDED)
 
     unknown = sorted(set(sweep) - set(_SWEEP_KEYS), key=str)
     if unknown:
@@ -244,6 +248,11 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
         raise ConfigError(f"{where} must be a list of values or a table such as "
                           f"{{type = \"float\", low = 0.0001, high = 0.01, log = true}}, got {spec!r}")
     kind = spec.get("type")
+    if kind is None and "." not in key and spec:
+        # `optimizer.lr = [...]` unquoted: TOML reads it as a table `optimizer` holding `lr`
+        inner = next(iter(spec))
+        raise ConfigError(f'{where} is a table, not a parameter: a dotted key needs quotes in TOML, as in '
+                          f'"{key}.{inner}" = ... (unquoted, {key}.{inner} is a key {inner} in a table {key})')
     if kind not in PARAM_TYPES:
         raise ConfigError(f"{where}: type = {kind!r} is not valid; choose one of: {', '.join(PARAM_TYPES)}")
     allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},

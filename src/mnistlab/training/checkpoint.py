@@ -341,13 +341,16 @@ def model_from_checkpoint(payload: dict[str, Any]):
         # build_model(..., crop=2) and trained through the Python API under a config without it).
         options["crop"] = stored_crop(payload["model"])
     try:
-        model = build_model(
-            payload["model_name"],
-            num_classes=num_classes,
-            in_channels=in_channels,
-            image_size=tuple(size),
-            **options,
-        )
+        # Its initial weights are replaced by the stored ones: drawn from a fork of the global RNG, so that a
+        # caller's random stream (a notebook that loads a model for predict) does not move.
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(
+                payload["model_name"],
+                num_classes=num_classes,
+                in_channels=in_channels,
+                image_size=tuple(size),
+                **options,
+            )
     # A model the stored options cannot build is a bad checkpoint, whatever the builder raised.
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(

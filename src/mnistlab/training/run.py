@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -306,6 +306,25 @@ def resume_command(run_dir: str | Path) -> str:
 # ends (``mnistlab bench``) sets a function of its own, which says whose warning it is and how often.
 warning_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("warning_sink",
                                                                                           default=None)
+
+
+@contextlib.contextmanager
+def warnings_as(command: str) -> Iterator[Callable[[str], None]]:
+    """In the block, train()'s warnings print as ``mnistlab COMMAND: warning: ...``, each text once (a command
+    that runs train() many times, a sweep or bench, has one user to tell); yields that printer for the
+    command's own warnings."""
+    shown: set[str] = set()
+
+    def warn(text: str) -> None:
+        if text not in shown:
+            shown.add(text)
+            print(f"mnistlab {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    token = warning_sink.set(warn)
+    try:
+        yield warn
+    finally:
+        warning_sink.reset(token)
 
 
 def _warn(text: str) -> None:
