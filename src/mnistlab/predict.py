@@ -233,7 +233,7 @@ def _composited(img: Image.Image, path: Path) -> np.ndarray:
     tone = float(np.median(opaque)) if opaque.size else 0.0
     # Paper holds ink: opaque pixels of another tone than the paper's. Opaque pixels of one tone are the ink
     # itself, on a transparent layer (a drawing app's export), however much of the canvas it covers.
-    holds_ink = opaque.size and float(np.abs(opaque - tone).max()) >= 0.1
+    holds_ink = opaque.size > 0 and float(np.abs(opaque - tone).max()) >= 0.1
     if opaque.size >= gray.size / 2 and holds_ink:
         # Mostly opaque: paper with transparent corners or margins. The paper is most of the opaque
         # pixels, so their median is its colour, and the transparent part gets it too.
@@ -303,8 +303,8 @@ def _ink_box(ink: np.ndarray, noise: float) -> tuple[int, int, int, int]:
     not background is ink, specks included, as in MNIST's own crops. On a noisy one (a
     photo; ``noise`` is the background's own level) the box starts from the clear ink
     (above ``INK_THRESHOLD``; lines at its ends holding no more than ``SPECK_SHARE`` of it
-    left out, so a speck far from the digit does not count) and widens line by line to take in the faint anti-aliased
-    edge around it -- a line joins while it holds a pixel above ``noise`` -- by at most
+    left out, so a speck far from the digit does not count) and widens line by line to
+    take in the faint anti-aliased edge around it -- a line joins while it holds a pixel above ``noise`` -- by at most
     ``FRINGE`` lines per side: some background pixels are above any noise level, and
     2 pixels are nothing in a large photo.
     """

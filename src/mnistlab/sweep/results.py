@@ -8,9 +8,9 @@ the objective, best first, then pruned ones, then failed or still running ones.
 from __future__ import annotations
 
 import csv
-import sys
 import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
