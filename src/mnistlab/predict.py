@@ -96,11 +96,18 @@ class Prediction:
 
     @property
     def index(self) -> int:
-        return int(self.top_k[0]["class"])
+        """The predicted class; a ValueError for a file that could not be read (``error`` says why)."""
+        return int(self._best()["class"])
 
     @property
     def name(self) -> str:
-        return str(self.top_k[0]["name"])
+        """The predicted class's name; a ValueError for a file that could not be read."""
+        return str(self._best()["name"])
+
+    def _best(self) -> dict[str, Any]:
+        if not self.top_k:  # a bare IndexError said nothing of the file
+            raise ValueError(f"{self.file} has no prediction: {self.error or 'it was not classified'}")
+        return self.top_k[0]
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:

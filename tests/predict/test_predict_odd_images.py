@@ -105,3 +105,11 @@ def test_errors_name_a_folder_once_and_files_as_stdout_does(digit_run, tmp_path,
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'odd'} is a folder, not an image file" in err  # not "odd/: odd is a folder"
     assert "caf\\xe9.png" in err and "\\udce9" not in err
+
+
+def test_a_file_that_failed_says_so_when_asked_for_its_class(digit_model, tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    (bad,) = predict_files(digit_model, [tmp_path / "zero.png"])
+    for attribute in ("name", "index"):  # a bare IndexError said nothing of the file
+        with pytest.raises(ValueError, match=r"zero.png has no prediction: .*is empty \(0 bytes\)"):
+            getattr(bad, attribute)

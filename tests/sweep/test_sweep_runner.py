@@ -340,3 +340,11 @@ def test_a_plot_that_cannot_be_drawn_leaves_the_table(fake_train, tmp_path, monk
     assert (tmp_path / "results.csv").exists() and (tmp_path / "best.toml").exists()
     assert not (tmp_path / "objective.png").exists() and "plot" not in result.files
     assert "mnistlab sweep: warning: objective.png was not drawn (KeyError" in capsys.readouterr().err
+
+
+def test_a_training_runs_folder_is_not_a_sweep_folder(fake_train, tmp_path):
+    # Accepted: study.db, trial folders, results.csv and best.toml were mixed in with the run's best.ckpt.
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(MnistlabError, match="is a training run's folder"):
+        run_sweep(spec({"optimizer.lr": [0.01]}, sampler="grid"), out=tmp_path, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]

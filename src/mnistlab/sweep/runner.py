@@ -393,6 +393,11 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
 
     optuna = require_optuna()
     out = Path(out) if out is not None else default_out(spec.study_name)
+    from ..report.runfolder import is_run_folder
+
+    if is_run_folder(out):  # its study.db, trial folders and results would be mixed in with the run's files
+        raise MnistlabError(f"{out} is a training run's folder (it holds summary.json, metrics.csv or "
+                            "config.toml); give the sweep a folder of its own with --out")
     made = missing_folders(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
