@@ -402,12 +402,12 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
 
 
 def _check_before_running(config: Config, models: Sequence[str], steps: int, device: torch.device,
-                          warn: Callable[[str], None]) -> None:
+                          warn: Callable[[str], None]) -> torch.nn.Module:
     """What would fail or warn only after minutes of runs: the config's model, the memory of the training-rate
-    runs, the config's warnings (an emulated precision: slow, not wrong). (The memory of the config's own batch
-    is checked once the data is read: a batch holds no more than the split.)"""
+    runs, the config's warnings (an emulated precision: slow, not wrong). Returns the config's model, whose
+    batch's memory is checked once the data is read (a batch holds no more than the split)."""
     model_options(config.model.name)  # an unknown model fails now, not after the data and the public recipe
-    build_model(config.model.name, **config.model.options())  # options it cannot take (a vgg without a layout)
+    model = build_model(config.model.name, **config.model.options())  # options it cannot take (vgg, no layout)
     check_synthetic_memory(config.train.batch_size * steps)
     shape = SimpleNamespace(in_channels=1, image_size=(28, 28))  # every dataset's (and the synthetic images')
     for name in models:
@@ -415,12 +415,13 @@ def _check_before_running(config: Config, models: Sequence[str], steps: int, dev
     for text in [*settings_warnings(config),
                  *filter(None, [emulated_precision(resolve_precision(config.train.precision, device), device)])]:
         warn(text)
+    return model
 
 
 def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, rounds: int, train_limit: int | None,
                out, warn: Callable[[str], None]) -> None:
     device = resolve_device(config.train.device)
-    _check_before_running(config, models, steps, device, warn)
+    model = _check_before_running(config, models, steps, device, warn)
     if config.train.threads:  # for the public recipe and the roofline too, not only inside `train`
         torch.set_num_threads(config.train.threads)
     out(f"machine: {machine_description(device)}")
@@ -431,7 +432,7 @@ def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, ro
     data = load_data(config.data)  # for the public recipe, which runs on the CPU as published
     # the config's batch, as its runs' trainer checks it (no more than the split, or a part of it), but now
     batch = min(config.train.batch_size, len(data.train), config.train.micro_batch_size or len(data.train))
-    check_training_memory(build_model(config.model.name, **config.model.options()), data, batch)
+    check_training_memory(model, data, batch)
     rows, seconds = [], {"public recipe": [], "this config": []}
     first = config.train.seed
     for seed in range(first, first + seeds):  # interleaved: public recipe, this config, public recipe, ...

@@ -452,17 +452,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from .training.evaluate import evaluate
 
-    payload = read_checkpoint(args.checkpoint)
-    cfg = stored_config(payload, checkpoint_file(args.checkpoint))
+    file = checkpoint_file(args.checkpoint)
+    payload = read_checkpoint(file)
+    cfg = stored_config(payload, file)
     if cfg.train.reuse_memory:  # as the run's final test had it: the passes reuse their buffers (training/allocator.py)
         reuse_freed_memory()
     data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
     data = load_test(data_cfg)  # the test files alone: the model holds its normalization
-    check_fits_data(payload, data, checkpoint_file(args.checkpoint))
+    check_fits_data(payload, data, file)
     model = model_from_checkpoint(payload)
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
                       label_smoothing=cfg.train.label_smoothing)
-    report = {"checkpoint": str(checkpoint_file(args.checkpoint)), "model": payload["model_name"],
+    report = {"checkpoint": str(file), "model": payload["model_name"],
               "epoch": payload.get("epoch"),  # a file from the save_checkpoint API may not record one
               **result.to_dict(list(data.classes))}
     if args.json:
@@ -700,8 +701,8 @@ def main(argv: list[str] | None = None) -> int:
             _clear_progress_line()  # an error in mid-epoch would begin at the end of the progress bar
             print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, _Terminated) as e:
-        return _interrupted(args.command, getattr(e, "signum", signal.SIGINT))  # KeyboardInterrupt: Ctrl-C
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as _Terminated, which carries its signal
+        return _interrupted(args.command, getattr(e, "signum", signal.SIGINT))
     except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
         from .training.display import divert_to_devnull
 

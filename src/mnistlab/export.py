@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .errors import MnistlabError
-from .folders import missing_folders, probe_write, remove_empty
+from .folders import missing_folders, probe_write, remove_empty, same_path
 from .training.checkpoint import atomic_write, checkpoint_file, model_from_checkpoint, read_checkpoint
 
 INSTALL_HINT = "pip install 'mnistlab[export]'"
@@ -331,19 +331,11 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, *, chec
     if isinstance(payload.get("epoch"), int):
         extra["mnistlab.epoch"] = str(payload["epoch"])
     target = default_path(file) if out is None else out
-    if _same_file(target, file):  # an atomic rename over it would replace the checkpoint with the graph
+    if same_path(target, file):  # an atomic rename over it would replace the checkpoint with the graph
         raise MnistlabError(f"{target} is the checkpoint being exported: give the ONNX file another name (--out)")
     result = export_onnx(model, target, name=payload["model_name"], check=check, metadata=extra)
     result.checkpoint = file
     return result
-
-
-def _same_file(a: str | Path, b: Path) -> bool:
-    """Whether ``a`` is the file ``b`` (through links, and hard links): one that does not exist is not."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def format_export(result: ExportResult) -> str:

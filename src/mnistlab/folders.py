@@ -29,6 +29,15 @@ def remove_empty(folders: Iterable[Path]) -> None:
             break
 
 
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` are one file or folder (through links, and hard links); one that does not exist
+    is not the other."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def probe_write(folder: Path) -> None:
     """Write and remove a 4 KiB file in ``folder``; raises the OSError if that fails (no write access,
     a full disk, a file system that takes no new files such as /proc). The probe never stays behind."""

@@ -223,12 +223,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
     ``out``: the folder to write into (default: the run folder itself). Only
     the run folder's files are read; what it lacks is listed at the top of the page.
     """
-    from ..folders import missing_folders, remove_empty
+    from ..folders import missing_folders, remove_empty, same_path
     from ..training.checkpoint import atomic_write
 
     run = read_run(run_dir)
     target = Path(out) if out is not None else run.path
-    if out is not None and is_run_folder(target) and not _same_folder(target, run.path):
+    if out is not None and is_run_folder(target) and not same_path(target, run.path):
         raise RunFolderError(f"--out {out} is another run's folder: its report.html and plots would be replaced; "
                              "choose a folder that is not a run")
     figures = _figures(run)
@@ -257,13 +257,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
         hint = "" if out is not None else " (a run folder from elsewhere may be read-only: write the report with --out DIR)"
         raise RunFolderError(f"cannot write the report into {target}: {e.strerror or e}{hint}") from None
     return report
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return False
 
 
 def write_run_report(run_dir: str | Path, test, test_images, classes) -> Report:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
 from ..folders import missing_folders, probe_write, remove_empty
+from ..report.runfolder import is_run_folder
 from .spec import SweepSpec, apply_params, fingerprint, grid_points
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
@@ -393,8 +394,6 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
 
     optuna = require_optuna()
     out = Path(out) if out is not None else default_out(spec.study_name)
-    from ..report.runfolder import is_run_folder
-
     if is_run_folder(out):  # its study.db, trial folders and results would be mixed in with the run's files
         raise MnistlabError(f"{out} is a training run's folder (it holds summary.json, metrics.csv or "
                             "config.toml); give the sweep a folder of its own with --out")

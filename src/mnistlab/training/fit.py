@@ -50,7 +50,7 @@ from .allocator import reuse_freed_memory
 from .checkpoint import load_weights, save_checkpoint, weights_digest
 from .ema import WeightAverage
 from .display import Display
-from .evaluate import evaluate, predict_logits
+from .evaluate import eval_mode, evaluate, predict_logits
 from .finetune import freeze, hold_frozen_batch_norm, released_by, trainable_line
 from .optim import build_optimizer
 from .schedules import lr_at
@@ -164,13 +164,8 @@ def check_training_memory(model: nn.Module, data, batch_size: int) -> None:
     available = available_memory()
     if available is None:
         return
-    training = model.training
-    model.eval()  # batch norm statistics must not move
-    try:
-        with torch.no_grad():
-            outputs = output_bytes(model, torch.zeros(1, data.in_channels, *data.image_size), leaves_only=True)
-    finally:
-        model.train(training)
+    with eval_mode(model), torch.no_grad():  # batch norm statistics must not move
+        outputs = output_bytes(model, torch.zeros(1, data.in_channels, *data.image_size), leaves_only=True)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     need = sum(outputs) * batch_size + 4 * weights
     if need > available:
