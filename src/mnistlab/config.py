@@ -30,7 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import ConfigError
 
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
@@ -166,41 +166,58 @@ def unread_settings(section: str, cfg: Any, reads: dict[str, tuple[str, ...]],
 
 
 # The keys of [optimizer] each optimizer reads besides name, lr and weight_decay (see unread_settings).
-OPTIMIZER_READS = {"sgd": ("momentum", "nesterov"), "adam": ("betas", "eps"), "adamw": ("betas", "eps")}
+OPTIMIZER_READS = {"sgd": ("momentum", "nesterov"), "adam": ("betas", "eps"), "adamw": ("betas", "eps"),
+                   "rmsprop": ("rho", "momentum", "centered", "eps"), "adadelta": ("rho", "eps")}
+# What a key left unset (None) means for each optimizer: PyTorch's defaults, except SGD's momentum (0.9, as
+# every preset of configs/ trains with). Keras' differ a little: RMSprop rho 0.9 and eps 1e-7, Adadelta rho 0.95.
+OPTIMIZER_DEFAULTS = {
+    "sgd": {"momentum": 0.9, "weight_decay": 0.0},
+    "adam": {"eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"eps": 1e-8, "weight_decay": 0.01},  # without it AdamW trains exactly as Adam
+    "rmsprop": {"rho": 0.99, "momentum": 0.0, "eps": 1e-8, "weight_decay": 0.0},
+    "adadelta": {"rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},  # its eps sets the size of the first steps
+}
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "adam"  # sgd | adam | adamw
-    lr: float = 0.01  # peak learning rate (the schedule scales it)
-    momentum: float = 0.9  # SGD only
+    name: str = "adam"  # sgd | adam | adamw | rmsprop | adadelta
+    lr: float = 0.01  # peak learning rate (the schedule scales it); Adadelta is usually run at 1.0
+    # The keys below left unset (None) take the optimizer's own default: OPTIMIZER_DEFAULTS, and setting().
+    momentum: float | None = None  # SGD (unset: 0.9), RMSprop (unset: 0)
     nesterov: bool = False  # SGD only
     betas: tuple[float, float] = (0.7, 0.9)  # Adam/AdamW; short memories suit a one-epoch recipe
-    eps: float = 1e-8  # Adam/AdamW
-    # L2 (SGD, Adam) or decoupled (AdamW); None: the optimizer's own default, PyTorch's (0, and 0.01 for AdamW:
-    # without it AdamW trains exactly as Adam)
+    eps: float | None = None  # Adam/AdamW/RMSprop (unset: 1e-8), Adadelta (unset: 1e-6)
+    # RMSprop (PyTorch's alpha; unset: 0.99), Adadelta (unset: 0.9): decay of the running mean of squared gradients
+    rho: float | None = None
+    centered: bool = False  # RMSprop: divide by the gradient's variance, not its mean square
+    # L2 (SGD, Adam, RMSprop, Adadelta) or decoupled (AdamW); unset: 0, and 0.01 for AdamW
     weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         _choice("optimizer", "name", self.name, OPTIMIZERS)
         _positive("optimizer", self, "lr", "eps")
-        _positive("optimizer", self, "momentum", "weight_decay", allow_zero=True)
-        if self.eps < FLOAT32_TINY:  # the fused fp32 step rounds it to 0: a zero gradient then gives 0/0, NaN
+        _positive("optimizer", self, "momentum", "weight_decay", "rho", allow_zero=True)
+        if self.eps is not None and self.eps < FLOAT32_TINY:  # the fp32 step rounds it to 0: 0/0 gives NaN
             raise ConfigError(f"optimizer.eps must be at least {FLOAT32_TINY:.3g} (float32's smallest normal "
                               f"number; below it the optimizer step divides by 0), got {self.eps:g}")
-        if self.momentum >= 1.0:  # a velocity that never decays: the steps grow without bound
+        if self.momentum is not None and self.momentum >= 1.0:  # a velocity that never decays: steps grow unbounded
             raise ConfigError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
+        if self.rho is not None and self.rho >= 1.0:  # the mean of squares would stay 0: steps of lr / sqrt(eps)
+            raise ConfigError(f"optimizer.rho must be in [0, 1), got {self.rho}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.nesterov and self.momentum == 0:
+        if self.nesterov and self.setting("momentum") == 0:
             raise ConfigError("optimizer.nesterov needs optimizer.momentum > 0")
 
-    @property
-    def decay(self) -> float:
-        """The weight decay to train with: ``weight_decay``, else the optimizer's default."""
-        if self.weight_decay is not None:
-            return self.weight_decay
-        return 0.01 if self.name == "adamw" else 0.0
+    def setting(self, key: str) -> Any:
+        """The value to train with: the key as set, else this optimizer's default (OPTIMIZER_DEFAULTS).
+
+        >>> OptimizerConfig(name="rmsprop").setting("momentum"), OptimizerConfig(name="sgd").setting("momentum")
+        (0.0, 0.9)
+        """
+        value = getattr(self, key)
+        return OPTIMIZER_DEFAULTS[self.name].get(key) if value is None else value
 
 
 @dataclass(frozen=True)
@@ -777,12 +794,19 @@ def _toml_value(v: Any) -> str:
 
 
 def config_to_toml(cfg: Config) -> str:
-    """The config as TOML text; keys set to None (model defaults) are written as comments."""
+    """The config as TOML text; keys set to None (model defaults) are written as comments, an optimizer key
+    with the value the optimizer takes for it."""
+    own = OPTIMIZER_DEFAULTS[cfg.optimizer.name]  # what an unset optimizer key trains with: worth recording
     lines: list[str] = []
     for section, values in config_to_dict(cfg).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            lines.append(f"# {key} = (default)" if value is None else f"{key} = {_toml_value(value)}")
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+            elif section == "optimizer" and key in own:
+                lines.append(f"# {key} = (default: {_toml_value(own[key])}, {cfg.optimizer.name}'s)")
+            else:
+                lines.append(f"# {key} = (default)")
         lines.append("")
     return "\n".join(lines)
 

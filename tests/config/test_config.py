@@ -66,7 +66,7 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("train.batch_size=-8", "train.batch_size must be greater than zero, got -8"),
         ("optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
         ("optimizer.lr=inf", "optimizer.lr must be a finite number"),
-        ("optimizer.name=rmsprop", "choose one of: sgd, adam, adamw"),
+        ("optimizer.name=lbfgs", "choose one of: sgd, adam, adamw, rmsprop, adadelta"),
         ("model.channels=[8, \"X\"]", "model.channels entries must be positive integers or \"M\""),
         ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
         ("model.crop=-1", "model.crop must be zero or more, got -1"),
@@ -265,7 +265,7 @@ def test_optimizer_settings_the_optimizer_does_not_read_are_warned_about_in_a_ru
 
     cfg = apply_overrides(Config(), ["optimizer.nesterov=true", "optimizer.momentum=0.5"])
     assert settings_warnings(cfg) == [
-        "optimizer.momentum = 0.5 is not used by the adam optimizer (it is read by sgd only)",
+        "optimizer.momentum = 0.5 is not used by the adam optimizer (it is read by sgd and rmsprop only)",
         "optimizer.nesterov = True is not used by the adam optimizer (it is read by sgd only)",
     ]
     assert settings_warnings(apply_overrides(cfg, ["optimizer.name=sgd"])) == []

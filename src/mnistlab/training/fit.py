@@ -52,7 +52,7 @@ from .ema import WeightAverage
 from .display import Display
 from .evaluate import eval_mode, evaluate, predict_logits
 from .finetune import freeze, hold_frozen_batch_norm, released_by, trainable_line
-from .optim import build_optimizer
+from .optim import build_optimizer, fill_missing_state
 from .schedules import lr_at
 
 
@@ -1094,6 +1094,7 @@ class Trainer:
         # momentum): the config's, as given for this resume, are the ones to train on under.
         for group in self.optimizer.param_groups:
             group.update({k: v for k, v in self.optimizer.defaults.items() if k != "params"})
+        fill_missing_state(self.optimizer)
         self.lr_scale = float(payload["lr_scale"])
         self._epoch, self._step = int(payload["epoch"]), int(payload["step"])
         self.history = list(payload["history"])

@@ -10,17 +10,40 @@ from ..config import OptimizerConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW, as ``cfg`` says.
+    """SGD (momentum, Nesterov), Adam, AdamW, RMSprop or Adadelta, as ``cfg`` says; a key the config
+    leaves unset takes the optimizer's own default (``OptimizerConfig.setting``).
 
     Adam and AdamW use the fused implementation (one kernel for all parameters)
-    on CPU and CUDA, which PyTorch has shipped for both since 2.4; SGD uses the
-    multi-tensor ``foreach`` path.
+    on CPU and CUDA, which PyTorch has shipped for both since 2.4; the others,
+    which have no fused kernel, use the multi-tensor ``foreach`` path.
     """
     params = [p for p in params if p.requires_grad]
+    lr, decay, eps = cfg.lr, cfg.setting("weight_decay"), cfg.setting("eps")
     if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.decay, foreach=True
-        )
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.setting("momentum"), nesterov=cfg.nesterov,
+                               weight_decay=decay, foreach=True)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.setting("rho"), eps=eps, weight_decay=decay,
+                                   momentum=cfg.setting("momentum"), centered=cfg.centered, foreach=True)
+    if cfg.name == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=cfg.setting("rho"), eps=eps, weight_decay=decay, foreach=True)
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     fused = device.type in ("cpu", "cuda")
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.decay, fused=fused)
+    return cls(params, lr=lr, betas=tuple(cfg.betas), eps=eps, weight_decay=decay, fused=fused)
+
+
+def fill_missing_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give RMSprop the buffers a resume with momentum or centered newly on needs: PyTorch makes them, as
+    zeros, only in a parameter's first step, and its later steps would fail on the missing key.
+
+    Zeros are what a fresh run starts them from: the velocity builds up, and the mean gradient is estimated,
+    from this step on."""
+    if not isinstance(optimizer, torch.optim.RMSprop):
+        return
+    for group in optimizer.param_groups:
+        wanted = ["momentum_buffer"] * (group["momentum"] > 0) + ["grad_avg"] * bool(group["centered"])
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            for key in wanted:
+                if state and key not in state:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
