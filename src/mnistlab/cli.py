@@ -286,6 +286,9 @@ def _train_config(args: argparse.Namespace):
     ):
         if value is not None and not value.strip():
             raise MnistlabError(f"{flag} needs {what}")
+    sets = parse_overrides(args.overrides)
+    # --set finetune.init_from is --init-from: the same rules apply to it.
+    init_from = args.init_from if args.init_from is not None else sets.get("finetune.init_from")
     if args.resume:
         if args.init_from:
             raise MnistlabError("--init-from cannot be combined with --resume: a resumed run continues from its "
@@ -298,11 +301,15 @@ def _train_config(args: argparse.Namespace):
         run = Path(args.resume)
         payload = read_checkpoint(resume_file(run))
         cfg = stored_config(payload, resume_file(run))
+        if "finetune.init_from" in sets and init_from != cfg.finetune.init_from:  # a start point it never used
+            raise MnistlabError(f"finetune.init_from cannot be changed on --resume (the run started from "
+                                f"{cfg.finetune.init_from or 'new weights'}): a resumed run continues from its own "
+                                "last.ckpt")
     elif args.config:
         cfg = load_config(args.config)
-    elif args.init_from:  # fine-tune the checkpoint's architecture unless told otherwise
-        payload = read_init_checkpoint(args.init_from)[1]
-        cfg = replace(Config(), model=stored_config(payload, args.init_from).model)
+    elif isinstance(init_from, str) and init_from.strip():  # fine-tune the checkpoint's architecture unless told
+        payload = read_init_checkpoint(init_from)[1]
+        cfg = replace(Config(), model=stored_config(payload, init_from).model)
     else:
         cfg = Config()
     flags: dict[str, Any] = {
@@ -318,7 +325,6 @@ def _train_config(args: argparse.Namespace):
         flags.update(parse_early_stopping(args.early_stopping))
     # One call, flags first and --set after (a later key wins), so that keys checked together
     # (--freeze with --unfreeze-at or --set finetune.unfreeze_at=...) may come from either.
-    sets = parse_overrides(args.overrides)
     return apply_overrides(cfg, Overrides({**flags, **sets}, sets.texts))
 
 

@@ -13,9 +13,11 @@ written back as TOML into every run folder and as a dict into every checkpoint.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -37,6 +39,7 @@ STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
 MAX_ELASTIC_ALPHA = 1000.0  # pixels; Simard et al. used 34 (with sigma 4)
+MIN_ELASTIC_SIGMA = 0.01  # pixels; Simard et al. used 4
 MAX_WARMUP_EPOCHS = 1e6  # past any run; 1e308 overflowed the count of warm-up steps
 # bytes of a checkpoint file name filled in from checkpoint.filename: file systems allow 255, and the run adds
 # "-v1" to a name that is taken and ".NAME.tmp-PID" while writing
@@ -93,6 +96,7 @@ class ModelConfig:
     crop: int | None = None  # cnn/fast/lenet: pixels cut from each side of the image before the first conv
 
     def __post_init__(self) -> None:
+        _typed(self, "model")
         _positive("model", self, "kernel_size", "stride", "width")
         _positive("model", self, "padding", "crop", allow_zero=True)
         if self.crop is not None and 2 * self.crop >= IMAGE_SIDE:  # a sweep checks its choices with this
@@ -129,6 +133,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.dir, os.PathLike):  # a pathlib.Path from the Python API: stored (and written) as text
             object.__setattr__(self, "dir", os.fspath(self.dir))
+        _typed(self, "data")
+        if self.dir is not None and not self.dir.strip():  # a shell variable that was not set: not "the default"
+            raise ConfigError("data.dir must be a folder, got an empty string; leave it unset for the default "
+                              "($MNISTLAB_DATA, else the cache folder)")
         _choice("data", "dataset", self.dataset, DATASETS)
         _positive("data", self, "val_size", "split_seed", allow_zero=True)
         _positive("data", self, "train_limit")
@@ -141,9 +149,10 @@ def unread_keys(cfg: Any, chosen: str, reads: dict[str, tuple[str, ...]],
     criterion does not read (``reads``: the keys each one reads), each with the ones that read it; in
     ``order``, else as ``reads`` lists them."""
     defaults = type(cfg)()
+    old = _OLD_DEFAULTS.get(type(cfg), {})
     keys = order if order is not None else dict.fromkeys(k for keys in reads.values() for k in keys)
     return [(key, [name for name, read in reads.items() if key in read]) for key in keys
-            if key not in reads[chosen] and getattr(cfg, key) != getattr(defaults, key)]
+            if key not in reads[chosen] and getattr(cfg, key) not in (getattr(defaults, key), old.get(key, ...))]
 
 
 def and_list(names: Sequence[str]) -> str:
@@ -195,6 +204,7 @@ class OptimizerConfig:
     weight_decay: float | None = None
 
     def __post_init__(self) -> None:
+        _typed(self, "optimizer")
         _choice("optimizer", "name", self.name, OPTIMIZERS)
         _positive("optimizer", self, "lr", "eps")
         _positive("optimizer", self, "momentum", "weight_decay", "rho", allow_zero=True)
@@ -220,6 +230,11 @@ class OptimizerConfig:
         return OPTIMIZER_DEFAULTS[self.name].get(key) if value is None else value
 
 
+# Defaults a section had before: configs and checkpoints written then hold them, and they are no setting of the
+# user's to warn about. Until the optimizers' own defaults, every config stored momentum 0.9 and eps 1e-8.
+_OLD_DEFAULTS: dict[type, dict[str, Any]] = {OptimizerConfig: {"momentum": 0.9, "eps": 1e-8}}
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Learning-rate schedule, a pure function of the step (see training/schedules.py)."""
@@ -234,6 +249,7 @@ class ScheduleConfig:
     final_div_factor: float = 100.0  # onecycle: end at lr / div_factor / final_div_factor
 
     def __post_init__(self) -> None:
+        _typed(self, "schedule")
         _choice("schedule", "name", self.name, SCHEDULES)
         _positive("schedule", self, "step_epochs", "gamma", "div_factor", "final_div_factor")
         _positive("schedule", self, "warmup_epochs", "min_lr", allow_zero=True)
@@ -288,6 +304,7 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        _typed(self, "train")
         _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes",
                   "micro_batch_size")
         if self.threads is not None and self.threads > MAX_THREADS:  # far more crashes torch's thread pool
@@ -309,6 +326,7 @@ class FinetuneConfig:
     unfreeze_at: int | None = None  # train the frozen parameters too from the start of this epoch
 
     def __post_init__(self) -> None:
+        _typed(self, "finetune")
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("finetune.init_from must be a checkpoint file or run folder, got an empty string")
         if any(not p.strip() for p in self.freeze):
@@ -343,6 +361,7 @@ class EarlyStoppingConfig:
     restore_best_weights: bool = False  # end with the best epoch's weights, kept as best.ckpt
 
     def __post_init__(self) -> None:
+        _typed(self, "early_stopping")
         _choice("early_stopping", "criterion", self.criterion, STOP_CRITERIA)
         _choice("early_stopping", "monitor", self.monitor, MONITORS)
         _choice("early_stopping", "mode", self.mode, MODES)
@@ -368,6 +387,7 @@ class ReduceLROnPlateauConfig:
     min_lr: float = 0.0  # no reduction goes below this (a decaying schedule still may)
 
     def __post_init__(self) -> None:
+        _typed(self, "reduce_lr")
         _choice("reduce_lr", "monitor", self.monitor, MONITORS)
         _choice("reduce_lr", "mode", self.mode, MODES)
         _choice("reduce_lr", "threshold_mode", self.threshold_mode, ("rel", "abs"))
@@ -379,6 +399,47 @@ class ReduceLROnPlateauConfig:
 # The files of a run folder that mnistlab writes under fixed names: no checkpoint template may produce one.
 RUN_FILE_NAMES = ("best.ckpt", "last.ckpt", "ema.ckpt", "config.toml", "metrics.csv", "summary.json", "report.html",
                   "test_predictions.npz", "run.lock")
+# The folders a run makes in its folder: the report's figures and TensorBoard's events.
+RUN_FOLDER_NAMES = ("plots", "tensorboard")
+
+
+def check_checkpoint_filename(filename: str, run_names: bool = True) -> None:
+    """A ConfigError for a ``checkpoint.filename`` template that cannot name a file in the run folder;
+    ``run_names``: also for one that gives the name of a file or folder the run writes (the Python API's
+    ModelCheckpoint allows those: it adds -v1 to them)."""
+    plain = ("must be a plain file name (the files go into the run folder), "
+             "e.g. \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
+    # not printable: NUL, which no file name holds, and the like
+    if not filename.strip() or any(c in "/\\" or not c.isprintable() for c in filename) or filename.startswith("."):
+        raise ConfigError(f"checkpoint.filename = {filename!r} {plain}")
+    # Filled in now with sample metrics, so that a template that cannot be ({val_accuracy:d}: floats take no
+    # "d") fails here, not after the first epoch with a half-made run folder. The length is measured with
+    # the longest values an epoch plausibly gives (a float's longest repr, 24 characters): {val_loss} of 0.5
+    # passed, and 2.0772511230468750 made a name too long after epoch 1. Still longer ones (a diverging
+    # loss through "{val_loss:.4f}") are cut where the files are named (callbacks/checkpoint.py).
+    try:
+        sample = filename.format(**{**{m: 0.5 for m in EPOCH_METRICS}, "epoch": 1})
+        longest = filename.format(**{**{m: -2.2250738585072014e-308 for m in EPOCH_METRICS}, "epoch": 100_000})
+    except KeyError as e:
+        raise ConfigError(f"checkpoint.filename = {filename!r} uses the unknown field {e}; "
+                          f"the fields are an epoch's metrics: {', '.join(EPOCH_METRICS)}") from None
+    except (ValueError, IndexError, AttributeError, TypeError) as e:
+        raise ConfigError(f"checkpoint.filename = {filename!r} cannot be filled with an epoch's metrics "
+                          f"({e}); epoch is an integer, the others are floats") from None
+    except (MemoryError, OverflowError):  # a width such as {epoch:0>99999999999}
+        raise ConfigError(f"checkpoint.filename = {filename!r} makes names far too long") from None
+    if any(spec and spec.endswith("c") for _, _, spec, _ in string.Formatter().parse(filename)):
+        raise ConfigError(f"checkpoint.filename = {filename!r}: the c conversion makes a character of the "
+                          "number (epoch 47 gives \"/\", a folder); use d or f")
+    if len(longest.encode()) > MAX_CHECKPOINT_NAME:  # found now, not as "File name too long" after epoch 1
+        raise ConfigError(f"checkpoint.filename = {filename[:40]!r}... makes names of up to "
+                          f"{len(longest.encode())} bytes; at most {MAX_CHECKPOINT_NAME} (file systems allow 255)")
+    if any(c in "/\\" or not c.isprintable() for c in sample) or sample.startswith("."):  # a fill character
+        raise ConfigError(f"checkpoint.filename = {filename!r} {plain}")
+    if run_names and sample in RUN_FILE_NAMES + RUN_FOLDER_NAMES:
+        raise ConfigError(f"checkpoint.filename = {filename!r} is the name of a file or folder the run "
+                          f"itself writes ({', '.join(RUN_FILE_NAMES + RUN_FOLDER_NAMES)}); use a template such "
+                          "as \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
 
 
 @dataclass(frozen=True)
@@ -395,34 +456,11 @@ class CheckpointConfig:
     filename: str = "epoch{epoch:03d}-{val_accuracy:.4f}.ckpt"  # template for top-k and periodic files
 
     def __post_init__(self) -> None:
+        _typed(self, "checkpoint")
         _choice("checkpoint", "monitor", self.monitor, MONITORS)
         _choice("checkpoint", "mode", self.mode, MODES)
         _positive("checkpoint", self, "save_top_k", "every_n_epochs", "last_every_n_steps", allow_zero=True)
-        plain = ("must be a plain file name (the files go into the run folder), "
-                 "e.g. \"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
-        if not self.filename.strip() or any(c in self.filename for c in "/\\") or self.filename.startswith("."):
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} {plain}")
-        # Filled in now with sample metrics, so that a template that cannot be ({val_accuracy:d}: floats take no
-        # "d") fails here, not after the first epoch with a half-made run folder.
-        try:
-            sample = self.filename.format(**{**{m: 0.5 for m in EPOCH_METRICS}, "epoch": 1})
-        except KeyError as e:
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} uses the unknown field {e}; "
-                              f"the fields are an epoch's metrics: {', '.join(EPOCH_METRICS)}") from None
-        except (ValueError, IndexError, AttributeError, TypeError) as e:
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} cannot be filled with an epoch's metrics "
-                              f"({e}); epoch is an integer, the others are floats") from None
-        except (MemoryError, OverflowError):  # a width such as {epoch:0>99999999999}
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} makes names far too long") from None
-        if len(sample.encode()) > MAX_CHECKPOINT_NAME:  # found now, not as "File name too long" after epoch 1
-            raise ConfigError(f"checkpoint.filename = {self.filename[:40]!r}... makes names of "
-                              f"{len(sample.encode())} bytes; at most {MAX_CHECKPOINT_NAME} (file systems allow 255)")
-        if any(c in sample for c in "/\\") or sample.startswith("."):  # a fill character of a format spec
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} {plain}")
-        if sample in RUN_FILE_NAMES:
-            raise ConfigError(f"checkpoint.filename = {self.filename!r} is the name of a file the run itself writes "
-                              f"({', '.join(RUN_FILE_NAMES)}); use a template such as "
-                              "\"epoch{epoch:03d}-{val_accuracy:.4f}.ckpt\"")
+        check_checkpoint_filename(self.filename)
 
 
 @dataclass(frozen=True)
@@ -438,6 +476,7 @@ class TensorBoardConfig:
     histogram_every_n_epochs: int = 1
 
     def __post_init__(self) -> None:
+        _typed(self, "tensorboard")
         _positive("tensorboard", self, "log_every_n_steps", "histogram_every_n_epochs", allow_zero=True)
 
 
@@ -457,8 +496,12 @@ class AugmentConfig:
     hflip: bool = False
 
     def __post_init__(self) -> None:
+        _typed(self, "augment")
         _positive("augment", self, "rotation", "shift", "shear", "elastic_alpha", allow_zero=True)
         _positive("augment", self, "elastic_sigma")
+        if self.elastic_sigma < MIN_ELASTIC_SIGMA:  # 1e-50 is 0 in float32: the Gaussian's centre was 0/0, NaN images
+            raise ConfigError(f"augment.elastic_sigma must be at least {MIN_ELASTIC_SIGMA:g} pixels (below it the "
+                              f"Gaussian is one tap: no smoothing at all), got {self.elastic_sigma:g}")
         if not 0.0 <= self.scale < 1.0:
             raise ConfigError(f"augment.scale must be in [0, 1), got {self.scale}")
         for key, bad, limit in (("rotation", self.rotation > 180, "at most 180 (degrees)"),
@@ -480,6 +523,7 @@ class EmaConfig:
     warmup: bool = True  # use min(decay, (1 + step) / (10 + step)): early weights fade out fast
 
     def __post_init__(self) -> None:
+        _typed(self, "ema")
         if not 0.0 < self.decay < 1.0:
             raise ConfigError(f"ema.decay must be in (0, 1), got {self.decay}")
 
@@ -492,6 +536,7 @@ class TtaConfig:
     shift: int = 1  # pixels: the image itself and shifted by 1..shift left/right/up/down (1 + 4 * shift views)
 
     def __post_init__(self) -> None:
+        _typed(self, "tta")
         _positive("tta", self, "shift")
         if self.shift >= IMAGE_SIDE:  # checked again against the real images when the test runs
             raise ConfigError(f"tta.shift must be below {IMAGE_SIDE} pixels (the images' side), got {self.shift}; "
@@ -550,8 +595,21 @@ def check_model_option_types(model: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"model {model!r}: {e}") from None
 
 
+@functools.cache
 def _section_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _typed(section: Any, name: str) -> None:
+    """Check each key of a section against its annotation, as a config file's are (``_coerce``), and store
+    lists as tuples and whole numbers of float keys as floats: the Python API builds sections directly, and
+    ``epochs=True`` or ``lr="0.1"`` trained, or failed, far from the cause (a config.toml that cannot be read
+    back, a bare TypeError)."""
+    for key, tp in _section_types(type(section)).items():
+        value = getattr(section, key)
+        checked = _coerce(value, tp, f"{name}.{key}")
+        if checked is not value:
+            object.__setattr__(section, key, checked)
 
 
 def _type_name(tp: Any) -> str:
@@ -584,8 +642,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, key)
-            except _TooLarge:
-                raise  # the right type, out of range: that is the message, not "wrong type"
+            except _BadValue:
+                raise  # the right type, a value it cannot hold: that is the message, not "wrong type"
             except ConfigError:
                 pass
         raise _wrong_type(key, value, _type_name(tp))
@@ -604,22 +662,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if abs(value) > 2**64:  # past every field's sense (seeds go to 2**64 - 1); float maths would overflow
-                raise _TooLarge(f"{key} = {_digits(value)} is too large (at most 2**64)")
+                raise _BadValue(f"{key} = {_digits(value)} is too large (at most 2**64)")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 return float(value)
             except OverflowError:  # an integer of hundreds of digits
-                raise _TooLarge(f"{key} = {_digits(value)} is too large for a number (at most about 1.8e308)") from None
+                raise _BadValue(f"{key} = {_digits(value)} is too large for a number (at most about 1.8e308)") from None
     elif tp is str:
         if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # a path's bytes that are not UTF-8, as Python passes them on
+                shown = value.encode(errors="surrogateescape").decode(errors="backslashreplace")
+                raise _BadValue(f"{key} = '{shown}' is not UTF-8 text, which config.toml and the checkpoints "
+                                  "store: rename the file or folder") from None
             return value
     raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
 
 
-class _TooLarge(ConfigError):
-    """A number of the right type beyond what the field can hold."""
+class _BadValue(ConfigError):
+    """A value of the right type that the field cannot hold: a number too large, text that is not UTF-8."""
 
 
 def _digits(n: int) -> str:

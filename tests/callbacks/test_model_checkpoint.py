@@ -169,5 +169,19 @@ def test_a_template_naming_a_file_of_the_run_never_replaces_it(trainer, tmp_path
 def test_the_config_refuses_a_template_that_names_a_file_of_the_run(name):
     from mnistlab.config import Config, apply_overrides
 
-    with pytest.raises(ConfigError, match=f"checkpoint.filename = '{name}' is the name of a file the run itself"):
+    with pytest.raises(ConfigError, match=f"checkpoint.filename = '{name}' is the name of a file or folder the run itself"):
         apply_overrides(Config(), [f"checkpoint.filename={name}"])
+
+
+def test_a_runaway_metric_is_cut_to_a_name_a_file_system_takes(trainer, tmp_path):
+    # "{val_loss:.4f}" of a loss of 1e250 is a 256-character name: the write failed and stopped the run.
+    cb = ModelCheckpoint(monitor="val_loss", save_top_k=1, filename="e{epoch}-{val_loss:.4f}.ckpt")
+    drive([cb], epochs(val_loss=[1e250]), trainer)
+    (name,) = [f for f in files(tmp_path) if f != "best.ckpt"]
+    assert len(name.encode()) == 200 and name.startswith("e1-99999999") and name.endswith(".ckpt")
+
+
+@pytest.mark.parametrize("name", ["a\x00{epoch}.ckpt", "e{epoch:c}.ckpt", "{val_loss}" * 15])
+def test_the_api_refuses_names_no_file_can_have(name):
+    with pytest.raises(ConfigError, match="checkpoint.filename"):
+        ModelCheckpoint(filename=name)

@@ -105,8 +105,23 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("schedule.pct_start=1.0", "schedule.pct_start must be in (0, 1), got 1.0"),
         # below float32's smallest normal number the fused step rounds eps to 0: NaN after the first step
         ("optimizer.eps=1e-46", "optimizer.eps must be at least 1.18e-38 (float32's smallest normal number"),
-        ("checkpoint.filename=\"{epoch:0>300}.ckpt\"", "makes names of 305 bytes; at most 200"),
+        ("checkpoint.filename=\"{epoch:0>300}.ckpt\"", "makes names of up to 305 bytes; at most 200"),
         ("checkpoint.filename=\"{epoch:0>99999999999}.ckpt\"", "makes names far too long"),
+        # a metric's own repr is up to 24 characters: {val_loss} x 15 passed the check with 0.5, and a run wrote
+        # 2.0772511230468750 fifteen times after epoch 1 ("File name too long", and a half-made run folder)
+        ("checkpoint.filename=\"" + "{val_loss}" * 15 + ".ckpt\"", "makes names of up to 365 bytes; at most 200"),
+        # NUL passed, then open() raised ValueError after epoch 1 (a traceback); {epoch:c} gave "/" at epoch 47
+        ('checkpoint.filename="a\\u0000{epoch}.ckpt"', "must be a plain file name"),
+        ('checkpoint.filename="a\\t{epoch}.ckpt"', "must be a plain file name"),
+        ('checkpoint.filename="e{epoch:c}.ckpt"', "the c conversion makes a character of the number"),
+        # the folders the run makes: "plots" stopped the report, "tensorboard" the run after epoch 1
+        ('checkpoint.filename="plots"', "is the name of a file or folder the run itself writes"),
+        ('checkpoint.filename="tensorboard"', "is the name of a file or folder the run itself writes"),
+        # the cache folder, and a download there, for a shell variable that was not set
+        ("data.dir=", "data.dir must be a folder, got an empty string"),
+        ("data.dir=\"\"", "data.dir must be a folder, got an empty string"),
+        # 1e-50 is 0 in float32: every augmented image was NaN, and the run "diverged"
+        ("augment.elastic_sigma=1e-50", "augment.elastic_sigma must be at least 0.01 pixels"),
         ("early_stopping.criterion=\"nope\"", "early_stopping.criterion = 'nope' is not valid"),
         # what the shell makes of model.channels=[8,"M"] without single quotes around it
         ("model.channels=[8,M]", "words in a list need double quotes, which the shell removes unless the argument "
@@ -119,6 +134,35 @@ def test_bad_overrides_are_clear(override, message):
     with pytest.raises(ConfigError) as err:
         apply_overrides(Config(), [override])
     assert message in str(err.value)
+
+
+def test_text_that_is_not_utf8_is_refused_before_config_toml_is_written():
+    # A data folder (or init_from, or checkpoint.filename) whose name is not UTF-8 reaches Python as surrogates;
+    # the run wrote config.toml with them and died with a UnicodeEncodeError traceback.
+    for key in ("data.dir", "finetune.init_from", "checkpoint.filename"):
+        with pytest.raises(ConfigError, match=rf"{key} = '/?d\\xff.*' is not UTF-8 text, which config.toml"):
+            apply_overrides(Config(), {key: "/d\udcff" if key != "checkpoint.filename" else "d\udcff{epoch}.ckpt"})
+
+
+def test_sections_built_in_python_get_the_config_files_type_checks():
+    # The Python API builds sections directly: epochs=True trained, wrote "epochs = true" into config.toml and
+    # failed at the final test; lr="0.1" was a bare TypeError.
+    from dataclasses import replace
+
+    cfg = Config()
+    for section, key, value, message in (
+        ("train", "epochs", True, "train.epochs = True has the wrong type; expected int"),
+        ("train", "epochs", 2.0, "train.epochs = 2.0 has the wrong type; expected int"),
+        ("data", "train_limit", 1000.5, "data.train_limit = 1000.5 has the wrong type"),
+        ("optimizer", "lr", "0.1", "optimizer.lr = '0.1' has the wrong type; expected float"),
+        ("finetune", "freeze", "features", "finetune.freeze = 'features' has the wrong type"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            replace(getattr(cfg, section), **{key: value})
+    # what a config file would make of them: lists are tuples, whole numbers of float keys floats
+    optimizer = replace(cfg.optimizer, lr=1, betas=[0.5, 0.5])
+    assert (optimizer.lr, type(optimizer.lr), optimizer.betas) == (1.0, float, (0.5, 0.5))
+    assert replace(cfg.finetune, freeze=["features"]).freeze == ("features",)
 
 
 def test_the_closed_ends_of_the_ranges_are_accepted():

@@ -60,6 +60,10 @@ def fails_cleanly(capsys, argv: list[str], message: str) -> str:
         # one training image is one row for batch norm, as a batch of 1 is (it raised in the first step)
         (["--set", "model.batch_norm=true", "--set", "data.train_limit=1"],
          "the training split has 1 image(s), which leaves batch norm one per process to normalize"),
+        # a traceback after epoch 1 (open() refuses NUL), and a half-made run folder
+        (["--set", 'checkpoint.filename="a\\u0000{epoch}.ckpt"'], "checkpoint.filename = 'a\\x00{epoch}.ckpt' must "
+                                                                  "be a plain file name"),
+        (["--set", "augment.elastic_sigma=1e-50"], "augment.elastic_sigma must be at least 0.01 pixels"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_no_run_folder(mini_root, tmp_path, capsys, args, message):
@@ -384,6 +388,22 @@ def test_version_says_mnistlab_and_torch(capsys):
         main(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.startswith(f"mnistlab {mnistlab.__version__} (torch {torch.__version__[:4]}")
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_one_line(mini_root, tmp_path, capsys):
+    # config.toml is UTF-8: writing the folder's name into it was a UnicodeEncodeError traceback, exit 1
+    odd = os.fsdecode(bytes(tmp_path) + b"/d\xff")
+    os.symlink(mini_root, odd)
+    out = tmp_path / "run"
+    fails_cleanly(capsys, ["train", *small_args(mini_root), "--data-dir", odd, "--out", str(out)],
+                  "is not UTF-8 text, which config.toml and the checkpoints store: rename the file or folder")
+    assert not out.exists()
+
+
+def test_an_empty_data_dir_is_not_the_cache_folder(tmp_path, capsys):
+    fails_cleanly(capsys, ["train", "--data-dir", "", "--out", str(tmp_path / "run")],
+                  "data.dir must be a folder, got an empty string")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("flag, message", [

@@ -312,6 +312,19 @@ def test_a_folder_with_files_of_a_run_that_never_finished_an_epoch_is_refused(mi
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("made", ["report.html", "plots", "tensorboard", "ema.ckpt", "test_predictions.npz"])
+def test_a_folder_holding_a_report_or_other_files_of_a_run_is_refused(mini_root, tmp_path, capsys, made):
+    # `mnistlab report runs/a --out shared/`, then `mnistlab train --out shared/`: run a's report was replaced
+    # without a word, and the new run's files mixed with it.
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / made).mkdir() if "." not in made else (out / made).write_text("mine\n")
+    before = snapshot(out)
+    assert main(["train", *small_args(mini_root), "--out", str(out)]) == 2
+    assert f"{out} already holds files of another run ({made}) but no last.ckpt" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
 class HoldAtEpochEnd(Callback):
     """Keeps a run at the end of its second epoch (epoch 1's last.ckpt written) until released."""
 

@@ -290,3 +290,13 @@ def test_children_started_dying_with_parent_end_when_the_parent_is_killed():
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its killed parent")
+
+
+def test_each_rank_seeds_within_torchs_range():
+    # train.seed may be up to 2**64 - 1: seed + 1_000_003 * rank overflowed torch.manual_seed on rank 1, a
+    # traceback from every process of `--nproc 2 --seed 18446744073709551615`.
+    from mnistlab.training.run import rank_seed
+
+    assert rank_seed(5, 0) == 5 and rank_seed(5, 1) != rank_seed(5, 2)
+    for rank in range(4):
+        torch.manual_seed(rank_seed(2**64 - 1, rank))

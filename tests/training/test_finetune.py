@@ -316,3 +316,31 @@ def test_batch_norm_with_one_image_per_batch_is_refused(mnist_small):
     model = build_model("cnn", **cfg.model.options())
     with pytest.raises(ConfigError, match="train.batch_size 1 leaves batch norm one image per process"):
         Trainer(model, mnist_small, cfg)
+
+
+def test_set_finetune_init_from_is_the_flag(mnist_root, source_run, tmp_path, capsys):
+    # --set finetune.init_from=RUN kept the default model (fast), so the run's cnn weights did not fit it, where
+    # --init-from RUN took the model from the checkpoint, as the README says both do.
+    from mnistlab.cli import _parser, _train_config
+
+    cfg = _train_config(_parser().parse_args(["train", "--set", f"finetune.init_from={source_run}"]))
+    assert (cfg.model.name, cfg.model.width, cfg.finetune.init_from) == ("cnn", 0.25, str(source_run))
+    # with --resume it was taken, ignored and written into config.toml as the run's start
+    import shutil
+
+    run = shutil.copytree(source_run, tmp_path / "run")
+    before = (run / "last.ckpt").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--set", f"finetune.init_from={source_run}"]) == 2
+    assert "finetune.init_from cannot be changed on --resume (the run started from new weights)" in \
+        capsys.readouterr().err
+    assert (run / "last.ckpt").read_bytes() == before
+
+
+def test_a_relative_init_from_is_stored_as_an_absolute_path(tmp_path, monkeypatch):
+    # config.toml rerun from another folder started from another run's weights, or failed
+    from mnistlab.training.run import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _absolute_paths(apply_overrides(Config(), ["finetune.init_from=runs/a", "data.dir=data"]))
+    assert (cfg.finetune.init_from, cfg.data.dir) == (str(tmp_path / "runs" / "a"), str(tmp_path / "data"))
+    assert _absolute_paths(apply_overrides(Config(), ["finetune.init_from=~/a"])).finetune.init_from == "~/a"

@@ -103,3 +103,11 @@ def test_config_toml_records_what_an_unset_optimizer_key_trained_with():
     section = text.split("[optimizer]\n")[1].split("\n\n")[0].splitlines()
     assert "rho = 0.95" in section and "# eps = (default: 1e-06, adadelta's)" in section
     assert "# momentum = (default)" in section  # adadelta has none
+
+
+def test_configs_written_before_the_optimizers_own_defaults_give_no_warnings():
+    # Until 2fb7d32 every config.toml and checkpoint stored momentum 0.9 and eps 1e-8: resuming an Adam run
+    # warned that it does not read momentum.
+    old = apply_overrides(Config(), ["optimizer.momentum=0.9", "optimizer.eps=1e-8"])
+    assert settings_warnings(old) == []
+    assert built("optimizer.name=adam", "optimizer.eps=1e-8").defaults["eps"] == 1e-8

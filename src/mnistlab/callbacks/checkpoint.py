@@ -7,7 +7,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from ..config import RUN_FILE_NAMES, CheckpointConfig
+from ..config import (MAX_CHECKPOINT_NAME, RUN_FILE_NAMES, RUN_FOLDER_NAMES, CheckpointConfig,
+                      check_checkpoint_filename)
 from ..errors import ConfigError
 from .base import EPOCH_METRICS, Callback, MonitorMixin, TrainerHandle
 
@@ -63,6 +64,7 @@ class ModelCheckpoint(MonitorMixin, Callback):
                 f"checkpoint file name template {filename!r} uses unknown field(s) {', '.join(unknown)}; "
                 f"valid fields: {', '.join(EPOCH_METRICS)}"
             )
+        check_checkpoint_filename(filename, run_names=False)  # no folder, NUL, or name too long
         self._init_monitor(monitor, mode)
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.save_best_as = save_best_as
@@ -95,12 +97,19 @@ class ModelCheckpoint(MonitorMixin, Callback):
     def _name(self, epoch: int, metrics: dict[str, float]) -> str:
         fields = {**metrics, "epoch": int(epoch)}
         try:
-            return self.filename.format(**fields)
+            name = self.filename.format(**fields)
         except (KeyError, ValueError) as e:
             raise ConfigError(
                 f"checkpoint file name template {self.filename!r} does not fit the metrics ({e}); "
                 f"valid fields: {', '.join(sorted(fields))}"
             ) from None
+        if len(name.encode()) <= MAX_CHECKPOINT_NAME:
+            return name
+        # A runaway value ("{val_loss:.4f}" of a loss of 1e250) would make a name no file system takes, and
+        # stop the run: cut it short, keeping its suffix (.ckpt).
+        suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+        room = MAX_CHECKPOINT_NAME - len(suffix.encode())
+        return name[: len(name) - len(suffix)].encode()[:room].decode(errors="ignore") + suffix
 
     def _free_path(self, name: str) -> Path:
         """``name``'s path, or with -v1, -v2, ... before its suffix where a file we keep has that name.
@@ -111,7 +120,7 @@ class ModelCheckpoint(MonitorMixin, Callback):
         """
         taken = {p for _, _, p in self.kept} | set(self.periodic)
         if self.dirpath is None:
-            taken |= set(RUN_FILE_NAMES) | ({self.save_best_as} if self.save_best_as else set())
+            taken |= set(RUN_FILE_NAMES + RUN_FOLDER_NAMES) | ({self.save_best_as} if self.save_best_as else set())
         path, n = self._path(name), 0
         while str(path) in taken:
             n += 1

@@ -24,7 +24,8 @@ import torch
 from .. import jsonout
 from ..callbacks import Callback, TensorBoard, build_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
-from ..config import OPTIMIZER_READS, AugmentConfig, Config, config_to_toml, unread_settings
+from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, AugmentConfig, Config, config_to_toml,
+                      unread_settings)
 from ..data import DataBundle, load_data
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
@@ -223,8 +224,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-# Files a run writes besides last.ckpt: a folder holding any of them holds (part of) another run.
-_RUN_FILES = ("config.toml", "metrics.csv", "summary.json", "best.ckpt")
+# Files and folders a run writes besides last.ckpt and its lock: a folder holding any of them holds (part of)
+# another run, or another run's report (`mnistlab report RUN --out DIR`), which a run there would replace.
+_RUN_FILES = tuple(name for name in RUN_FILE_NAMES + RUN_FOLDER_NAMES if name not in ("last.ckpt", "run.lock"))
 
 
 def prepare_run_dir(path: Path, resume: bool) -> None:
@@ -249,8 +251,8 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
     if leftovers:
         raise RunDirError(
             f"{path} already holds files of another run ({', '.join(leftovers)}) but no last.ckpt "
-            "to continue from (it stopped before finishing its first epoch, or before last.ckpt was written); "
-            "delete them or choose another --out"
+            "to continue from (it stopped before finishing its first epoch, or before last.ckpt was written; or "
+            "they are a report, written there by `mnistlab report --out`); delete them or choose another --out"
         )
 
 
@@ -382,7 +384,7 @@ def train(
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
     if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
         raise ConfigError(VAL_SIZE_NEEDED)
-    cfg = _absolute_data_dir(cfg)
+    cfg = _absolute_paths(cfg)
     with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
           deterministic_mode(cfg.train.deterministic)):  # from building the model to the final test, not only fit
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
@@ -523,20 +525,36 @@ def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Di
               f"`mnistlab report {run_dir}`")
 
 
-def _absolute_data_dir(cfg: Config) -> Config:
-    """``data.dir`` as an absolute path, so that the run's config.toml names the folder meant.
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s dropout and augmentation: its own stream, in torch's range (seeds up to
+    2**64 - 1 are valid, and the sum overflowed torch.manual_seed on every rank but the first).
+
+    >>> rank_seed(7, 0), rank_seed(2**64 - 1, 1)
+    (7, 1000002)
+    """
+    return (seed + 1_000_003 * rank) % 2**64
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    """``data.dir`` and ``finetune.init_from`` as absolute paths, so that the run's config.toml names the
+    folder and checkpoint meant.
 
     Stored as given, a relative one ("../data") would mean another folder to ``evaluate``,
-    ``ensemble`` or ``--resume`` run from elsewhere, which would then download the data there.
-    Unset, it is ``$MNISTLAB_DATA``'s folder where that is set: a shell without the variable
-    looked in the cache folder instead (only the cache default is left unset, as it is each user's own).
+    ``ensemble`` or ``--resume`` run from elsewhere, which would then download the data there; a config.toml
+    rerun from another folder started from another run's weights, or from none. Unset, ``data.dir`` is
+    ``$MNISTLAB_DATA``'s folder where that is set: a shell without the variable looked in the cache
+    folder instead (only the cache default is left unset, as it is each user's own).
     """
     given = cfg.data.dir or os.environ.get("MNISTLAB_DATA")
-    if not given:
-        return cfg
-    if not (str(given).startswith("~") or os.path.isabs(given)):
-        given = os.path.abspath(given)
-    return replace(cfg, data=replace(cfg.data, dir=given))
+    if given:
+        cfg = replace(cfg, data=replace(cfg.data, dir=_absolute(given)))
+    if cfg.finetune.init_from is not None:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, init_from=_absolute(cfg.finetune.init_from)))
+    return cfg
+
+
+def _absolute(path: str) -> str:
+    return path if path.startswith("~") or os.path.isabs(path) else os.path.abspath(path)
 
 
 def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool, report: bool,
@@ -646,7 +664,7 @@ def _run(
     data = load_data(cfg.data, device=device)
     model = config_model(cfg, data)
     if distributed.rank() > 0:  # dropout and augmentation draw other numbers on each rank; rank 0 keeps a 1-process run's
-        torch.manual_seed(cfg.train.seed + 1_000_003 * distributed.rank())
+        torch.manual_seed(rank_seed(cfg.train.seed, distributed.rank()))
     init_note = None if init is None else load_init(model, cfg, data, init)
     if run_dir is not None:
         check_free_space(run_dir, model, cfg)

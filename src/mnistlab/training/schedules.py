@@ -67,7 +67,7 @@ def schedule_warnings(cfg: ScheduleConfig) -> list[str]:
     (a warm-up set for one-cycle, which warms up by its own rule, was silently ignored).
 
     >>> schedule_warnings(ScheduleConfig(name="onecycle", warmup_epochs=1))
-    ['schedule.warmup_epochs = 1 is not used by the onecycle schedule (it is read by constant, step and cosine only; one-cycle rises over its first pct_start of the steps)']
+    ['schedule.warmup_epochs = 1.0 is not used by the onecycle schedule (it is read by constant, step and cosine only; one-cycle rises over its first pct_start of the steps)']
     """
     return unread_settings("schedule", cfg, _READS, notes={
         "warmup_epochs": "one-cycle rises over its first pct_start of the steps"})
