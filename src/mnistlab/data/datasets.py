@@ -4,8 +4,9 @@ The raw files are the four uncompressed IDX files in torchvision's layout,
 ``<root>/<Folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, so a folder
 that torchvision already filled works as it is. Every load checks the IDX
 headers and sizes strictly, the MD5 of each file where it is known (and, where
-not, that it is not one of MNIST's files), the label range and that images and
-labels agree; a failed check is a
+not, that it is not one of MNIST's files and that it is what the published
+archive beside it unpacks to), the label range and that images and labels
+agree; a failed check is a
 :class:`~mnistlab.errors.DataError` that names the file and says how to fix it.
 
 :func:`load_data` turns a :class:`~mnistlab.config.DataConfig` into a
@@ -22,12 +23,19 @@ plus what a model needs to know (classes, image size, mean and std).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import gzip
 import hashlib
+import http.client
 import math
 import os
-import socket
+import shutil
+import ssl
+import struct
 import sys
+import urllib.request
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +61,7 @@ __all__ = [
     "load_data",
     "ScoringSet",
     "load_test",
+    "quiet_downloads",
 ]
 
 
@@ -69,7 +78,8 @@ class DatasetSpec:
 
     @property
     def torchvision_class(self) -> Any:
-        """The ``torchvision.datasets`` class that downloads this dataset.
+        """The ``torchvision.datasets`` class of this dataset: its ``mirrors`` and ``resources`` (archive names and
+        their published MD5s) are where _download fetches from.
 
         Imported on first use: ``import torchvision`` costs about a second (it
         pulls in torch._dynamo), which a run on files that are already present
@@ -108,9 +118,10 @@ DATASETS: dict[str, DatasetSpec] = {
         },
     ),
     # For Fashion-MNIST and KMNIST we do not know the MD5s of the *uncompressed* files
-    # with certainty, so none are invented here. Those files are checked by torchvision's
+    # with certainty, so none are invented here. Those files are checked by the published
     # MD5 of each .gz archive when they are downloaded, and on every load by the strict IDX
-    # header and size checks, label range and count checks, and that none is MNIST's file.
+    # header and size checks, label range and count checks, that none is MNIST's file, and,
+    # while the published archive lies beside one, against that archive's CRC-32 and size.
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         folder="FashionMNIST",
@@ -306,77 +317,52 @@ def _fix_mismatched(raw_dir: Path) -> str:
 
 
 def _download(spec: DatasetSpec, root: Path, train: bool, training: bool) -> None:
-    """Download, with torchvision's mirrors and its MD5 check of each archive, the missing files of one split.
+    """Download from the dataset's mirrors, check and unpack the missing files of one split (only those: scoring
+    a model offline must not fail on the training set's).
 
-    Only those: torchvision's ``download()`` fetches all four archives, so scoring a model offline failed on the
-    training set's. An archive that is already there but lacks its published MD5 is the user's (a recompressed
-    copy, say) or an old download cut short; torchvision would write the download over it, so it is left in
-    place, and named in the error. One that this call fetched and that fails its MD5 (cut short, or
-    damaged by a mirror) is removed, so that the next try fetches it again; one that passed stays, and is not
-    fetched again. One that a killed download left (no cleanup runs on SIGKILL) still has its ``.fetching``
-    mark, so the next try knows it for its own and fetches it again. The pieces are removed while the folder
-    is locked, so a process waiting to download the same files never takes one for the user's. A failed
-    download also removes the folders it made (when still empty): a wrong --data-dir leaves nothing.
+    Each archive arrives in a hidden file, ``.NAME.gz.part-PID``, that is renamed to its own name only once it
+    has its published MD5, and unpacks likewise (``.NAME.part-PID``), so a file under a dataset's name is
+    always whole. An archive already there with its published MD5 is unpacked, with no network; one without it
+    is the user's (a recompressed copy, say), never unpacked, downloaded over or removed, and named in the error.
+    The archives stay: a later run unpacks them again offline, and _verified_idx checks raw files against them.
+    All of it runs under the folder's lock, so the hidden files found there are of a killed download (no cleanup
+    runs on SIGKILL) and go, and a process waiting to download the same files uses this one's. A failed download
+    also removes the folders it made (when still empty): a wrong --data-dir leaves nothing.
     """
     raw_dir = spec.raw_dir(root)
     made = missing_folders(raw_dir)
-    timeout = socket.getdefaulttimeout()
-    fetched: list[tuple[str, str]] = []  # the archives this call writes: the only ones it may remove
-    damaged: list[str] = []  # of those, the ones removed for failing their MD5
     try:
         with _folder_lock(raw_dir):  # another process downloading here: wait for it, then use its files
-            archives = _archives(spec, [name for name in spec.files(train) if not (raw_dir / name).is_file()])
-            for name, _ in archives:  # left by a download that was killed (SIGKILL, SIGTERM): ours, not the user's
-                if _fetching(raw_dir, name).exists():
-                    (raw_dir / name).unlink(missing_ok=True)
-                    _fetching(raw_dir, name).unlink()
-            if archives:
-                mismatched = _mismatched(raw_dir, archives)
-                if mismatched:
-                    missing = [os.path.splitext(name)[0] for name, _ in archives]
-                    raise DataError(
-                        f"{spec.name}: {', '.join(missing)} not downloaded: the archives {', '.join(mismatched)} in "
-                        f"{raw_dir} do not have the MD5 torchvision publishes for them, and were left in place, "
-                        f"neither unpacked nor downloaded over. To fix it, {_fix_mismatched(raw_dir)}; then run again.")
-                fetched = [(name, md5) for name, md5 in archives if not (raw_dir / name).exists()]
-                # torchvision writes to the archive's own name: a mark says that a file there is a fetch of ours
-                # until it is whole, so that one a kill cut short is taken away by the next try.
-                for name, _ in fetched:
-                    _fetching(raw_dir, name).touch()
-                # A server that stalls must not hang the run: no data for this long is a failed download.
-                socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-                # Its download() directly: the constructor returns early, without downloading, where an
-                # old torchvision left processed/*.pt files. download() reads self.resources: this split's only.
-                dataset = spec.torchvision_class.__new__(spec.torchvision_class)
-                dataset.root = str(root)
-                dataset.resources = archives
-                try:
-                    dataset.download()
-                except BaseException:  # still under the lock: a process waiting for it must not see the pieces
-                    damaged = _mismatched(raw_dir, fetched)
-                    for name in damaged:
-                        (raw_dir / name).unlink(missing_ok=True)
-                    raise
-                finally:
-                    for name, _ in fetched:
-                        _fetching(raw_dir, name).unlink(missing_ok=True)
+            needed = [name for name in spec.files(train) if not (raw_dir / name).is_file()]
+            for name in needed:  # checked first: the download would be for nothing
+                if (raw_dir / name).is_dir():
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(raw_dir / name))
+            archives = _archives(spec, needed) if needed else []  # no torchvision import if none
+            _remove_leftovers(raw_dir, archives)
+            mismatched = _mismatched(raw_dir, archives)
+            if mismatched:
+                missing = [os.path.splitext(name)[0] for name, _ in archives]
+                raise DataError(
+                    f"{spec.name}: {', '.join(missing)} not downloaded: the archives {', '.join(mismatched)} in "
+                    f"{raw_dir} do not have the MD5 torchvision publishes for them, and were left in place, "
+                    f"neither unpacked nor downloaded over. To fix it, {_fix_mismatched(raw_dir)}; then run again.")
+            for name, md5 in archives:
+                if not (raw_dir / name).exists():
+                    _fetch_from_mirrors(spec, raw_dir, name, md5)
+            for name, _ in archives:
+                _unpack(raw_dir / name, raw_dir / os.path.splitext(name)[0])
     except DataError:
         raise
-    # Any failure inside torchvision's download (URLError, HTTP errors, timeouts, a bad
-    # archive checksum, a full disk) means the files are not there; what to do depends on where
-    # it went wrong. A BaseException (Ctrl-C) only takes its partial archive away (above), and goes on.
+    # Any other failure means the files are not there; what to do depends on where it went wrong. A BaseException
+    # (Ctrl-C, SIGTERM) has already taken its hidden file away (in _fetch_from_mirrors, _unpack), and goes on.
     except BaseException as e:
         remove_empty(made)
         if not isinstance(e, Exception):
             raise
-        message = " ".join(f"{type(e).__name__}: {e}".split())
-        removed = (f"{', '.join(damaged)} failed {'its' if len(damaged) == 1 else 'their'} MD5 check and "
-                   f"{'was' if len(damaged) == 1 else 'were'} removed")
+        message = str(e) if isinstance(e, _MirrorsFailed) else _brief(e)
         local = None
-        if damaged and "corrupted" in str(e):  # torchvision's words for an archive whose MD5 is wrong
-            local = f"{removed} (a broken mirror, or a proxy that alters downloads?)"
-        elif damaged:  # an archive this call fetched was cut short and is gone: say so
-            message += f"; {removed}"
+        if isinstance(e, _MirrorsFailed) and e.md5_failed:
+            local = f"{e.archive} failed its MD5 check (a broken mirror, or a proxy that alters downloads?)"
         elif isinstance(e, OSError) and e.errno == errno.EISDIR:
             local = f"{e.filename} is a folder where a file belongs: remove it"
         elif isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
@@ -384,19 +370,135 @@ def _download(spec: DatasetSpec, root: Path, train: bool, training: bool) -> Non
             local = f"make room in or access to {where} ({e.strerror}), or pass another --data-dir"
         raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", train=train,
                              training=training, download_on=True, local=local) from e
-    finally:
-        socket.setdefaulttimeout(timeout)
 
 
-DOWNLOAD_TIMEOUT_S = 60  # seconds without data from the server before a download counts as failed
+DOWNLOAD_TIMEOUT_S = 60  # seconds without data from the server (connecting, or any one read) before a mirror fails
+_CHUNK = 1 << 20  # bytes read and written at a time, downloading and unpacking
+_USER_AGENT = "mnistlab"  # some servers refuse urllib's default "Python-urllib/3.x"
 # OSErrors of this machine's disk or folders, not of the network (URLError and timeouts have no such errno)
 _LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT,
                  getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk quota; not every platform names it
 
 
-def _fetching(raw_dir: Path, archive: str) -> Path:
-    """The mark of an archive being downloaded (see _download)."""
-    return raw_dir / f".{archive}.fetching"
+class _MirrorsFailed(Exception):
+    """No mirror gave ``archive`` whole with its published MD5; the message says what each did."""
+
+    def __init__(self, archive: str, failures: list[str], md5_failed: bool) -> None:
+        super().__init__(f"{archive}: {'; '.join(failures)}")
+        self.archive = archive
+        self.md5_failed = md5_failed  # one mirror at least sent something else: the network works
+
+
+def _brief(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def _part(path: Path) -> Path:
+    """The hidden file that becomes ``path`` once it is whole (see _download)."""
+    return path.with_name(f".{path.name}.part-{os.getpid()}")
+
+
+def _remove_leftovers(raw_dir: Path, archives: list[tuple[str, str]]) -> None:
+    """Take away what killed downloads left in ``raw_dir``: their hidden files, and the ``.NAME.gz.fetching`` marks
+    of earlier versions, which wrote the download to the archive's own name: the archive beside a mark
+    goes only if it lacks its published MD5 (the user may have copied a good one there since)."""
+    for name in _FILES:
+        for part in [*raw_dir.glob(f".{name}.part-*"), *raw_dir.glob(f".{name}.gz.part-*")]:
+            part.unlink(missing_ok=True)
+    for name, md5 in archives:
+        mark = raw_dir / f".{name}.fetching"
+        if mark.exists():
+            if _mismatched(raw_dir, [(name, md5)]):
+                (raw_dir / name).unlink()
+            mark.unlink()
+
+
+def _fetch_from_mirrors(spec: DatasetSpec, raw_dir: Path, archive: str, md5: str) -> None:
+    """Put ``archive`` in ``raw_dir`` from the first of the dataset's mirrors that sends it with its published MD5.
+
+    A mirror that fails in any way (unreachable, an HTTP error, a stall, a connection cut, other bytes) leaves
+    nothing and the next is tried; an error of this machine's disk stops at once, as no mirror helps with it.
+    """
+    mirrors = spec.torchvision_class.mirrors
+    failures: list[str] = []
+    md5_failed = False
+    for i, mirror in enumerate(mirrors):
+        part = _part(raw_dir / archive)
+        try:
+            got = _fetch(f"{mirror}{archive}", part, f"{spec.name}: downloading {archive} from {mirror}")
+            if got == md5:
+                os.replace(part, raw_dir / archive)
+                return
+            md5_failed = True
+            failures.append(f"failed its MD5 check from {mirror}")
+        except (OSError, http.client.HTTPException) as e:
+            # ssl's errors carry OpenSSL's codes as errno (1, SSL_ERROR_SSL, is also EPERM's): the network's
+            if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS and not isinstance(e, ssl.SSLError):
+                raise
+            failures.append(f"{_brief(e)} from {mirror}")
+        finally:  # also on Ctrl-C and SIGTERM (a KeyboardInterrupt in the CLI): no piece stays behind
+            part.unlink(missing_ok=True)
+        if i + 1 < len(mirrors):
+            _say(f"{spec.name}: {archive}: {failures[-1]}; trying {mirrors[i + 1]}")
+    raise _MirrorsFailed(archive, failures, md5_failed)
+
+
+def _fetch(url: str, part: Path, announce: str) -> str:
+    """Write what ``url`` sends to ``part`` (fsynced) and return its MD5, after saying ``announce`` on stderr
+    with the size, where the server tells it. A response cut short raises ConnectionError."""
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    md5, got = hashlib.md5(usedforsecurity=False), 0
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as f:
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        _say(announce if expected is None else f"{announce} ({expected:,} bytes)")
+        while chunk := response.read(_CHUNK):
+            md5.update(chunk)
+            f.write(chunk)
+            got += len(chunk)
+        # http.client returns what came before the server closed the connection, without a word
+        if expected is not None and got != expected:
+            raise ConnectionError(f"the server sent {got:,} of the {expected:,} bytes it announced")
+        f.flush()
+        os.fsync(f.fileno())
+    return md5.hexdigest()
+
+
+def _unpack(archive: Path, raw: Path) -> None:
+    """gunzip ``archive`` to ``raw``, which appears only whole: a process that does not wait for the folder's lock
+    (load_raw, when the files are there) never reads a part, and a kill or a full disk leaves none."""
+    part = _part(raw)
+    try:
+        with gzip.open(archive) as src, open(part, "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(part, raw)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+_quiet = contextvars.ContextVar("mnistlab_quiet_downloads", default=False)
+
+
+@contextlib.contextmanager
+def quiet_downloads():
+    """Within this block (in this thread or task only), downloads print nothing; else one line an archive on
+    stderr.
+
+    >>> with quiet_downloads():                                                         # doctest: +SKIP
+    ...     images, labels = load_raw("kmnist", "data", train=False, download=True)     # says nothing
+    """
+    token = _quiet.set(True)
+    try:
+        yield
+    finally:
+        _quiet.reset(token)
+
+
+def _say(line: str) -> None:
+    if not _quiet.get():
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -464,7 +566,33 @@ def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
         if mnist_name is not None and _md5(buf) == DATASETS["mnist"].md5[mnist_name]:
             raise DataError(f"{path} is MNIST's {mnist_name} (byte for byte), not a {spec.name} file: a run would "
                             f"train or test on digits labelled with {spec.name}'s classes. {remedy}")
+        _check_against_archive(spec, path, buf)
     return tensor
+
+
+def _check_against_archive(spec: DatasetSpec, path: Path, buf: bytearray) -> None:
+    """Where the published archive of ``path`` lies beside it, ``buf`` (its bytes) must be what it unpacks to.
+
+    A gzip file ends with the CRC-32 and the size (mod 2**32) of what it holds: comparing those costs a CRC-32 of
+    ``buf`` (about 20 ms for KMNIST's 47 MB of training images), and no unpacking. Only on a mismatch is the archive
+    hashed, and torchvision imported for its published MD5: the user's own archive (another MD5) proves nothing.
+    """
+    archive = path.with_name(path.name + ".gz")
+    try:
+        with open(archive, "rb") as f:
+            f.seek(-8, os.SEEK_END)
+            crc, size = struct.unpack("<II", f.read(8))
+    except OSError:  # no archive there (or one too short for a gzip file): nothing to compare with
+        return
+    if zlib.crc32(buf) == crc and len(buf) % 2**32 == size:
+        return
+    published = dict(spec.torchvision_class.resources).get(archive.name)
+    if published is None or _md5(_read_bytes(archive)) != published:
+        return
+    differs = (f"it has {len(buf):,} bytes, the archive's {size:,}" if len(buf) % 2**32 != size
+               else "the same size, other bytes")
+    raise DataError(f"{path} is not what the published archive beside it, {archive.name}, unpacks to ({differs}). "
+                    "Delete it: the next run with data.download=true unpacks the archive again, with no network.")
 
 
 def load_raw(
@@ -473,7 +601,7 @@ def load_raw(
     """Images (uint8, N x 1 x H x W) and labels (int64, N) of one split, verified.
 
     Reads ``root/<Folder>/raw/``; when files of this split are missing and ``download`` is true,
-    torchvision downloads those first (not the other split's). ``training`` (default: ``train``) says
+    those are downloaded first (not the other split's). ``training`` (default: ``train``) says
     whether a training run reads it, which needs both splits: what a missing-file error asks for.
 
     >>> images, labels = load_raw("mnist", "/work/shared/data", train=False, download=False)  # doctest: +SKIP

@@ -27,6 +27,7 @@ from ..callbacks.early_stopping import early_stopping_warnings
 from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, AugmentConfig, Config, config_to_toml,
                       unread_settings)
 from ..data import DataBundle, load_data
+from ..data.datasets import quiet_downloads
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
 from ..machine import cpu_name
@@ -386,6 +387,7 @@ def train(
         raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_paths(cfg)
     with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
+          quiet_downloads() if quiet else contextlib.nullcontext(),
           deterministic_mode(cfg.train.deterministic)):  # from building the model to the final test, not only fit
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
