@@ -301,7 +301,9 @@ def _train_config(args: argparse.Namespace):
         run = Path(args.resume)
         payload = read_checkpoint(resume_file(run))
         cfg = stored_config(payload, resume_file(run))
-        if "finetune.init_from" in sets and init_from != cfg.finetune.init_from:  # a start point it never used
+        given, stored = (os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) else v
+                         for v in (init_from, cfg.finetune.init_from))
+        if "finetune.init_from" in sets and given != stored:  # a start point it never used
             raise MnistlabError(f"finetune.init_from cannot be changed on --resume (the run started from "
                                 f"{cfg.finetune.init_from or 'new weights'}): a resumed run continues from its own "
                                 "last.ckpt")

@@ -500,8 +500,8 @@ class AugmentConfig:
         _positive("augment", self, "rotation", "shift", "shear", "elastic_alpha", allow_zero=True)
         _positive("augment", self, "elastic_sigma")
         if self.elastic_sigma < MIN_ELASTIC_SIGMA:  # 1e-50 is 0 in float32: the Gaussian's centre was 0/0, NaN images
-            raise ConfigError(f"augment.elastic_sigma must be at least {MIN_ELASTIC_SIGMA:g} pixels (below it the "
-                              f"Gaussian is one tap: no smoothing at all), got {self.elastic_sigma:g}")
+            raise ConfigError(f"augment.elastic_sigma must be at least {MIN_ELASTIC_SIGMA:g} pixels (a Gaussian "
+                              f"that narrow smooths nothing already), got {self.elastic_sigma:g}")
         if not 0.0 <= self.scale < 1.0:
             raise ConfigError(f"augment.scale must be in [0, 1), got {self.scale}")
         for key, bad, limit in (("rotation", self.rotation > 180, "at most 180 (degrees)"),
