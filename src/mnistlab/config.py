@@ -149,10 +149,9 @@ def unread_keys(cfg: Any, chosen: str, reads: dict[str, tuple[str, ...]],
     criterion does not read (``reads``: the keys each one reads), each with the ones that read it; in
     ``order``, else as ``reads`` lists them."""
     defaults = type(cfg)()
-    old = _OLD_DEFAULTS.get(type(cfg), {})
     keys = order if order is not None else dict.fromkeys(k for keys in reads.values() for k in keys)
     return [(key, [name for name, read in reads.items() if key in read]) for key in keys
-            if key not in reads[chosen] and getattr(cfg, key) not in (getattr(defaults, key), old.get(key, ...))]
+            if key not in reads[chosen] and getattr(cfg, key) != getattr(defaults, key)]
 
 
 def and_list(names: Sequence[str]) -> str:
@@ -230,9 +229,21 @@ class OptimizerConfig:
         return OPTIMIZER_DEFAULTS[self.name].get(key) if value is None else value
 
 
-# Defaults a section had before: configs and checkpoints written then hold them, and they are no setting of the
-# user's to warn about. Until the optimizers' own defaults, every config stored momentum 0.9 and eps 1e-8.
-_OLD_DEFAULTS: dict[type, dict[str, Any]] = {OptimizerConfig: {"momentum": 0.9, "eps": 1e-8}}
+def stored_before_own_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict that a run stored before unset optimizer keys meant each optimizer's own default, as it
+    would be stored now: its momentum 0.9 and eps 1e-8 were the defaults then, stored for every optimizer, and
+    are unset now (the same values for sgd, adam and adamw, the optimizers of that time), so that resuming an
+    old Adam run does not warn that Adam does not read momentum. A dict of now (its [optimizer] has ``rho``)
+    is returned as it is.
+
+    >>> stored_before_own_defaults({"optimizer": {"name": "adam", "momentum": 0.9, "eps": 1e-8}})["optimizer"]
+    {'name': 'adam'}
+    """
+    optimizer = data.get("optimizer") if isinstance(data, dict) else None
+    if not isinstance(optimizer, dict) or "rho" in optimizer:
+        return data
+    old = {"momentum": 0.9, "eps": 1e-8}
+    return {**data, "optimizer": {k: v for k, v in optimizer.items() if not (k in old and v == old[k])}}
 
 
 @dataclass(frozen=True)

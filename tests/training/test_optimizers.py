@@ -105,9 +105,31 @@ def test_config_toml_records_what_an_unset_optimizer_key_trained_with():
     assert "# momentum = (default)" in section  # adadelta has none
 
 
-def test_configs_written_before_the_optimizers_own_defaults_give_no_warnings():
+def test_runs_stored_before_the_optimizers_own_defaults_resume_without_warnings(mnist_root, tmp_path, capsys):
     # Until 2fb7d32 every config.toml and checkpoint stored momentum 0.9 and eps 1e-8: resuming an Adam run
-    # warned that it does not read momentum.
-    old = apply_overrides(Config(), ["optimizer.momentum=0.9", "optimizer.eps=1e-8"])
-    assert settings_warnings(old) == []
-    assert built("optimizer.name=adam", "optimizer.eps=1e-8").defaults["eps"] == 1e-8
+    # warned that Adam does not read momentum. Read as unset, they must not count as a change of settings
+    # either: an early-stopped run resumed as it was stays stopped.
+    from mnistlab.cli import main
+    from mnistlab.training import save_checkpoint
+
+    cfg = small(mnist_root, "data.train_limit=300", "train.epochs=4", "early_stopping.criterion=patience",
+                "early_stopping.patience=1", "early_stopping.min_delta=100", "schedule.name=constant")
+    run = tmp_path / "run"
+    assert train(cfg, out=run, quiet=True).summary["epochs"] == 2
+    payload = read_checkpoint(run / "last.ckpt")
+    optimizer = {k: v for k, v in payload["config"]["optimizer"].items() if k not in ("rho", "centered")}
+    payload["config"] = {**payload["config"], "optimizer": {**optimizer, "momentum": 0.9, "eps": 1e-8}}
+    save_checkpoint(run / "last.ckpt", payload)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert [row["epoch"] for row in read_checkpoint(run / "last.ckpt")["history"]] == [1, 2]
+
+
+def test_a_key_the_optimizer_does_not_read_is_warned_about_at_any_value():
+    # momentum 0.9 and eps 1e-8 were let through as "the old defaults", whatever config they came from: a
+    # preset's SGD momentum with --optimizer adadelta was dropped without a word
+    assert settings_warnings(apply_overrides(Config(), ["optimizer.name=adadelta", "optimizer.momentum=0.9"])) == [
+        "optimizer.momentum = 0.9 is not used by the adadelta optimizer (it is read by sgd and rmsprop only)"]
+    assert settings_warnings(apply_overrides(Config(), ["optimizer.name=sgd", "optimizer.eps=1e-8"])) == [
+        "optimizer.eps = 1e-08 is not used by the sgd optimizer (it is read by adam, adamw, rmsprop and adadelta "
+        "only)"]

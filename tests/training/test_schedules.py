@@ -91,10 +91,12 @@ def test_cosine_with_warmup_starts_at_base_lr_and_decays_over_the_steps_after_it
     assert out[99] == pytest.approx(0.001)
 
 
-@pytest.mark.parametrize("total, pct_start", [(100, 0.25), (37, 0.3), (1000, 0.25), (64, 0.5)])
+@pytest.mark.parametrize("total, pct_start", [(100, 0.25), (37, 0.3), (1000, 0.25), (64, 0.5),
+                                              (8, 0.9), (16, 0.1), (3, 0.5), (1, 0.25), (5, 0.99)])
 def test_onecycle_matches_pytorchs_onecyclelr_step_by_step(total, pct_start):
     # PyTorch's OneCycleLR peaks at step pct_start * total - 1 (a float); ranges like "peak within 20..25"
-    # cannot tell that from pct_start * total. Compared at every step, to rounding.
+    # cannot tell that from pct_start * total. Compared at every step, to rounding. The short runs: spans of
+    # less than a step were rounded up to one (8 steps at pct_start 0.9 ended at 96x the end rate).
     import torch
 
     cfg = ScheduleConfig(name="onecycle", pct_start=pct_start, div_factor=25.0, final_div_factor=1e4)
@@ -110,6 +112,12 @@ def test_onecycle_matches_pytorchs_onecyclelr_step_by_step(total, pct_start):
         if step < total - 1:
             sched.step()
     assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+
+
+def test_a_onecycle_that_peaks_at_step_0_starts_at_the_peak():
+    # pct_start * total = 1: PyTorch's OneCycleLR divides by zero there
+    cfg = ScheduleConfig(name="onecycle", pct_start=0.5, div_factor=25.0, final_div_factor=1e4)
+    assert lrs(cfg, total=2, per_epoch=2, base=0.1) == pytest.approx([0.1, 0.1 / 25 / 1e4], rel=1e-12)
 
 
 def test_a_step_schedule_past_float_range_gives_an_infinite_rate_not_an_overflow_error():

@@ -291,11 +291,11 @@ def _int_in(value: Any, low: int, high: int) -> bool:
 def stored_config(payload: dict[str, Any], source: str | Path = "the checkpoint"):
     """The Config a checkpoint was trained under; one that is not valid is a CheckpointError naming ``source``
     (the file), not a config error that reads as if the user's own config or flags were wrong."""
-    from ..config import config_from_dict
+    from ..config import config_from_dict, stored_before_own_defaults
     from ..errors import ConfigError
 
     try:
-        return config_from_dict(payload["config"])
+        return config_from_dict(stored_before_own_defaults(payload["config"]))
     except ConfigError as e:
         raise CheckpointError(f"the config stored in {source} is not valid: {e}") from None
 

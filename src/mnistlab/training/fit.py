@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.base import Callback, CallbackList, MonitorMixin
-from ..config import FLOAT32_MAX, Config, config_from_dict, config_to_dict
+from ..config import FLOAT32_MAX, Config, config_from_dict, config_to_dict, stored_before_own_defaults
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal
@@ -1012,7 +1012,8 @@ class Trainer:
             raise CheckpointError(
                 f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
             )
-        stored = config_from_dict(payload["config"])  # the settings the run was trained under
+        # the settings the run was trained under, as the command line read them (stored_config)
+        stored = config_from_dict(stored_before_own_defaults(payload["config"]))
         _check_progress(payload)  # what fit() reads later: a bad value must fail now, before files are written
         done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
         if self.cfg.train.epochs < done + (batch > 0):

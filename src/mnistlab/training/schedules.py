@@ -31,10 +31,13 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
     if cfg.name == "onecycle":
         start = base_lr / cfg.div_factor
         end = start / cfg.final_div_factor
-        peak_step = max(cfg.pct_start * total_steps - 1, 1.0)
+        # The spans are PyTorch's, fractions of a step included: rounded up to a whole step, they kept the last
+        # step of a short fall (8 steps, pct_start 0.9) at 96x its end rate. A fall always spans more than 0
+        # (step > peak_step); a rise of 0 steps (peak at step 0, where PyTorch divides by zero) is the peak.
+        peak_step = cfg.pct_start * total_steps - 1
         if step <= peak_step:
-            return _cos_interp(start, base_lr, step / peak_step)
-        return _cos_interp(base_lr, end, (step - peak_step) / max(total_steps - 1 - peak_step, 1.0))
+            return _cos_interp(start, base_lr, step / peak_step if peak_step > 0 else 1.0)
+        return _cos_interp(base_lr, end, (step - peak_step) / (total_steps - 1 - peak_step))
 
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup_steps:
