@@ -33,7 +33,7 @@ from .errors import ConfigError
 
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
 MODES = ("auto", "min", "max")
@@ -250,10 +250,13 @@ def stored_before_own_defaults(data: dict[str, Any]) -> dict[str, Any]:
 class ScheduleConfig:
     """Learning-rate schedule, a pure function of the step (see training/schedules.py)."""
 
-    name: str = "onecycle"  # constant | step | cosine | onecycle
-    warmup_epochs: float = 0.0  # linear warm-up from 0 (constant, step, cosine)
+    name: str = "onecycle"  # constant | step | multistep | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (constant, step, multistep, cosine)
     step_epochs: int = 1  # step: multiply by gamma every this many epochs
-    gamma: float = 0.1  # step: factor
+    # multistep: multiply by gamma after each of these epochs (PyTorch's MultiStepLR, Keras'
+    # PiecewiseConstantDecay), e.g. [10, 15] for a drop at a half and three quarters of 20 epochs
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1  # step, multistep: factor
     min_lr: float = 0.0  # cosine: final learning rate
     pct_start: float = 0.25  # onecycle: fraction of steps spent rising
     div_factor: float = 10.0  # onecycle: start at lr / div_factor
@@ -272,6 +275,12 @@ class ScheduleConfig:
                                   f"by it), got {getattr(self, key)}")
         if not 0.0 < self.pct_start < 1.0:
             raise ConfigError(f"schedule.pct_start must be in (0, 1), got {self.pct_start}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"schedule.milestones must be epochs of 1 or more in increasing order, got "
+                              f"{list(self.milestones)}")
+        if self.name == "multistep" and not self.milestones:
+            raise ConfigError("schedule.name = multistep needs schedule.milestones: the epochs after which the rate "
+                              "is multiplied by schedule.gamma, e.g. [10, 15]")
 
 
 @dataclass(frozen=True)

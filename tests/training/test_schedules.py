@@ -3,6 +3,7 @@ import math
 import pytest
 
 from mnistlab.config import ScheduleConfig
+from mnistlab.errors import ConfigError
 from mnistlab.training.schedules import lr_at
 
 
@@ -50,7 +51,7 @@ def test_settings_the_schedule_does_not_read_are_named():
     assert schedule_warnings(ScheduleConfig()) == []
     assert schedule_warnings(ScheduleConfig(name="cosine", warmup_epochs=1.0, min_lr=1e-4)) == []
     assert schedule_warnings(ScheduleConfig(name="cosine", gamma=0.5, pct_start=0.3)) == [
-        "schedule.gamma = 0.5 is not used by the cosine schedule (it is read by step only)",
+        "schedule.gamma = 0.5 is not used by the cosine schedule (it is read by step and multistep only)",
         "schedule.pct_start = 0.3 is not used by the cosine schedule (it is read by onecycle only)",
     ]
 
@@ -67,7 +68,7 @@ def test_a_run_warns_of_a_warm_up_the_one_cycle_schedule_ignores(mnist_root, tmp
     train(cfg, out=tmp_path / "run", quiet=True, report=False)
     assert capsys.readouterr().err == (
         "mnistlab train: warning: schedule.warmup_epochs = 0.5 is not used by the onecycle schedule (it is read by "
-        "constant, step and cosine only; one-cycle rises over its first pct_start of the steps)\n")
+        "constant, step, multistep and cosine only; one-cycle rises over its first pct_start of the steps)\n")
 
 
 def test_step_with_warmup_counts_epochs_from_the_first_step():
@@ -112,6 +113,39 @@ def test_onecycle_matches_pytorchs_onecyclelr_step_by_step(total, pct_start):
         if step < total - 1:
             sched.step()
     assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("milestones, gamma", [((3, 7), 0.1), ((1,), 0.5), ((2, 3, 4), 0.3), ((12,), 0.1)])
+def test_multistep_matches_pytorchs_multisteplr_epoch_by_epoch(milestones, gamma):
+    import torch
+
+    cfg = ScheduleConfig(name="multistep", milestones=milestones, gamma=gamma)
+    ours = lrs(cfg, total=100, per_epoch=10, base=0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
+    theirs = []
+    for _ in range(10):  # epochs
+        theirs += [opt.param_groups[0]["lr"]] * 10
+        opt.step()
+        sched.step()
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+
+
+def test_multistep_warms_up_and_says_what_it_needs():
+    out = lrs(ScheduleConfig(name="multistep", milestones=(5,), gamma=0.5, warmup_epochs=1.0))
+    assert out[0] == pytest.approx(0.01) and out[9] == pytest.approx(0.1) and out[10] == 0.1 and out[50] == 0.05
+    with pytest.raises(ConfigError, match="schedule.name = multistep needs schedule.milestones"):
+        ScheduleConfig(name="multistep")
+    for bad in ((5, 3), (3, 3), (0, 2)):
+        with pytest.raises(ConfigError, match="schedule.milestones must be epochs of 1 or more in increasing order"):
+            ScheduleConfig(name="multistep", milestones=bad)
+    from mnistlab.training.schedules import schedule_warnings
+
+    assert schedule_warnings(ScheduleConfig(name="multistep", milestones=(5, 20, 30)), epochs=20) == [
+        "schedule.milestones: the rate drops after epoch 20, 30 only in a run resumed with more epochs than "
+        "train.epochs = 20"]
+    assert schedule_warnings(ScheduleConfig(name="step", milestones=(5,))) == [
+        "schedule.milestones = (5,) is not used by the step schedule (it is read by multistep only)"]
 
 
 def test_a_onecycle_that_peaks_at_step_0_starts_at_the_peak():

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from ..config import ScheduleConfig, unread_settings
@@ -22,6 +23,7 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
 
     - constant: ``base_lr`` (after an optional linear warm-up);
     - step: ``base_lr * gamma ** (epoch // step_epochs)``;
+    - multistep: ``base_lr * gamma ** (the milestones that epochs done have reached)``;
     - cosine: from ``base_lr`` down to ``min_lr`` over the run;
     - onecycle: as PyTorch's OneCycleLR with cosine annealing: from
       ``base_lr / div_factor`` up to ``base_lr`` over the first ``pct_start`` of the
@@ -44,9 +46,11 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
         return base_lr * (step + 1) / warmup_steps
     if cfg.name == "constant":
         return base_lr
-    if cfg.name == "step":
+    if cfg.name in ("step", "multistep"):
+        epoch = step // steps_per_epoch  # epochs done, as PyTorch's StepLR and MultiStepLR count them
+        drops = epoch // cfg.step_epochs if cfg.name == "step" else bisect.bisect_right(cfg.milestones, epoch)
         try:
-            return base_lr * cfg.gamma ** (step // (steps_per_epoch * cfg.step_epochs))
+            return base_lr * cfg.gamma ** drops
         except OverflowError:  # a gamma above 1 past float range: the rate is infinite, and the run's
             return math.inf  # non-finite loss check stops it (Python's power raised, mid-run, as a traceback)
     if cfg.name == "cosine":
@@ -60,17 +64,24 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
 _READS = {
     "constant": ("warmup_epochs",),
     "step": ("warmup_epochs", "step_epochs", "gamma"),
+    "multistep": ("warmup_epochs", "milestones", "gamma"),
     "cosine": ("warmup_epochs", "min_lr"),
     "onecycle": ("pct_start", "div_factor", "final_div_factor"),
 }
 
 
-def schedule_warnings(cfg: ScheduleConfig) -> list[str]:
+def schedule_warnings(cfg: ScheduleConfig, epochs: int | None = None) -> list[str]:
     """The ``[schedule]`` settings the chosen schedule does not read, where they differ from the defaults
-    (a warm-up set for one-cycle, which warms up by its own rule, was silently ignored).
+    (a warm-up set for one-cycle, which warms up by its own rule, was silently ignored), and milestones that a
+    run of ``epochs`` does not reach.
 
     >>> schedule_warnings(ScheduleConfig(name="onecycle", warmup_epochs=1))
-    ['schedule.warmup_epochs = 1.0 is not used by the onecycle schedule (it is read by constant, step and cosine only; one-cycle rises over its first pct_start of the steps)']
+    ['schedule.warmup_epochs = 1.0 is not used by the onecycle schedule (it is read by constant, step, multistep and cosine only; one-cycle rises over its first pct_start of the steps)']
+    >>> schedule_warnings(ScheduleConfig(name="multistep", milestones=(5, 10)), epochs=10)
+    ['schedule.milestones: the rate drops after epoch 10 only in a run resumed with more epochs than train.epochs = 10']
     """
-    return unread_settings("schedule", cfg, _READS, notes={
-        "warmup_epochs": "one-cycle rises over its first pct_start of the steps"})
+    late = [m for m in cfg.milestones if epochs is not None and m >= epochs] if cfg.name == "multistep" else []
+    return [*unread_settings("schedule", cfg, _READS, notes={
+                "warmup_epochs": "one-cycle rises over its first pct_start of the steps"}),
+            *([f"schedule.milestones: the rate drops after epoch {', '.join(map(str, late))} only in a run resumed "
+               f"with more epochs than train.epochs = {epochs}"] if late else [])]
