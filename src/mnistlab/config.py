@@ -396,8 +396,8 @@ class EarlyStoppingConfig:
 
 @dataclass(frozen=True)
 class ReduceLROnPlateauConfig:
-    enabled: bool = False
-    monitor: str = "val_loss"
+    enabled: bool = False  # multiply the rate by factor when monitor stops improving (callbacks/lr_plateau.py)
+    monitor: str = "val_loss"  # the epoch metric to watch (MONITORS)
     mode: str = "auto"  # min | max | auto
     factor: float = 0.1  # new lr = lr * factor
     patience: int = 10  # epochs without improvement before reducing
@@ -466,7 +466,7 @@ def check_checkpoint_filename(filename: str, run_names: bool = True) -> None:
 class CheckpointConfig:
     """best.ckpt and extra checkpoints; last.ckpt (the resume state) is always written."""
 
-    monitor: str = "val_accuracy"
+    monitor: str = "val_accuracy"  # the epoch metric that ranks checkpoints (best.ckpt, top-k)
     mode: str = "auto"  # min | max | auto
     save_top_k: int = 1  # keep the k best checkpoints (0: none besides best.ckpt)
     every_n_epochs: int = 0  # also keep a checkpoint every n epochs (0: off)
