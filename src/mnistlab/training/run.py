@@ -474,7 +474,8 @@ def settings_warnings(cfg: Config) -> list[str]:
     flips = cfg.augment.enabled and cfg.augment.hflip and cfg.data.dataset != "fashion-mnist"
     off = [key for key, value in vars(cfg.augment).items()
            if key != "enabled" and value != getattr(AugmentConfig(), key)] if not cfg.augment.enabled else []
-    return [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs), *schedule_warnings(cfg.schedule, cfg.train.epochs),
+    return [*early_stopping_warnings(cfg.early_stopping, cfg.train.epochs),
+            *schedule_warnings(cfg.schedule, cfg.train.epochs),
             *unread_settings("optimizer", cfg.optimizer, OPTIMIZER_READS),
             *([f"augment.hflip mirrors {cfg.data.dataset}'s training images, where a mirrored one is another symbol "
                "or none (it suits fashion-mnist)"] if flips else []),
