@@ -736,8 +736,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             raise ConfigError(
                 f"unknown key(s) {', '.join(f'{name}.{k}' for k in bad)}; valid keys in [{name}]: {', '.join(types_)}"
             )
-        kwargs = {k: _coerce(v, types_[k], f"{name}.{k}") for k, v in value.items()}
-        built[name] = cls(**kwargs)
+        built[name] = cls(**value)  # each section checks its keys' types (_typed)
     return Config(**built)
 
 
