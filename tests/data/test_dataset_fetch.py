@@ -368,7 +368,7 @@ load_raw("kmnist", {str(tmp_path)!r}, train=False, download=True)
 """], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (raw / "t10k-images-idx3-ubyte").exists()
-    assert [name.split(".part-")[0] for name in hidden(raw)] == [".t10k-images-idx3-ubyte"]  # a dead one's piece
+    assert [name.split(".tmp-")[0] for name in hidden(raw)] == [".t10k-images-idx3-ubyte"]  # a dead one's piece
     import torchvision.datasets
 
     with pytest.MonkeyPatch.context() as mp:

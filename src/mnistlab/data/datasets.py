@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -320,8 +320,8 @@ def _download(spec: DatasetSpec, root: Path, train: bool, training: bool) -> Non
     """Download from the dataset's mirrors, check and unpack the missing files of one split (only those: scoring
     a model offline must not fail on the training set's).
 
-    Each archive arrives in a hidden file, ``.NAME.gz.part-PID``, that is renamed to its own name only once it
-    has its published MD5, and unpacks likewise (``.NAME.part-PID``), so a file under a dataset's name is
+    Each archive arrives in a hidden file, ``.NAME.gz.tmp-PID`` (atomic_write's), that is renamed to its own name
+    only once it has its published MD5, and unpacks likewise (``.NAME.tmp-PID``), so a file under a dataset's name is
     always whole. An archive already there with its published MD5 is unpacked, with no network; one without it
     is the user's (a recompressed copy, say), never unpacked, downloaded over or removed, and named in the error.
     The archives stay: a later run unpacks them again offline, and _verified_idx checks raw files against them.
@@ -393,9 +393,8 @@ def _brief(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def _part(path: Path) -> Path:
-    """The hidden file that becomes ``path`` once it is whole (see _download)."""
-    return path.with_name(f".{path.name}.part-{os.getpid()}")
+class _WrongMD5(Exception):
+    """A mirror sent other bytes than the published archive."""
 
 
 def _remove_leftovers(raw_dir: Path, archives: list[tuple[str, str]]) -> None:
@@ -403,7 +402,7 @@ def _remove_leftovers(raw_dir: Path, archives: list[tuple[str, str]]) -> None:
     of earlier versions, which wrote the download to the archive's own name: the archive beside a mark
     goes only if it lacks its published MD5 (the user may have copied a good one there since)."""
     for name in _FILES:
-        for part in [*raw_dir.glob(f".{name}.part-*"), *raw_dir.glob(f".{name}.gz.part-*")]:
+        for part in [*raw_dir.glob(f".{name}.tmp-*"), *raw_dir.glob(f".{name}.gz.tmp-*")]:  # atomic_write's
             part.unlink(missing_ok=True)
     for name, md5 in archives:
         mark = raw_dir / f".{name}.fetching"
@@ -419,16 +418,17 @@ def _fetch_from_mirrors(spec: DatasetSpec, raw_dir: Path, archive: str, md5: str
     A mirror that fails in any way (unreachable, an HTTP error, a stall, a connection cut, other bytes) leaves
     nothing and the next is tried; an error of this machine's disk stops at once, as no mirror helps with it.
     """
+    from ..training.checkpoint import atomic_write  # (at the top, an import cycle: training imports data)
+
     mirrors = spec.torchvision_class.mirrors
     failures: list[str] = []
     md5_failed = False
     for i, mirror in enumerate(mirrors):
-        part = _part(raw_dir / archive)
-        try:
-            got = _fetch(f"{mirror}{archive}", part, f"{spec.name}: downloading {archive} from {mirror}")
-            if got == md5:
-                os.replace(part, raw_dir / archive)
-                return
+        url, announce = f"{mirror}{archive}", f"{spec.name}: downloading {archive} from {mirror}"
+        try:  # atomic_write takes its hidden file away on any failure, Ctrl-C and SIGTERM too: no piece stays
+            atomic_write(raw_dir / archive, lambda f: _fetch(url, f, md5, announce))
+            return
+        except _WrongMD5:
             md5_failed = True
             failures.append(f"failed its MD5 check from {mirror}")
         except (OSError, http.client.HTTPException) as e:
@@ -436,46 +436,38 @@ def _fetch_from_mirrors(spec: DatasetSpec, raw_dir: Path, archive: str, md5: str
             if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS and not isinstance(e, ssl.SSLError):
                 raise
             failures.append(f"{_brief(e)} from {mirror}")
-        finally:  # also on Ctrl-C and SIGTERM (a KeyboardInterrupt in the CLI): no piece stays behind
-            part.unlink(missing_ok=True)
         if i + 1 < len(mirrors):
             _say(f"{spec.name}: {archive}: {failures[-1]}; trying {mirrors[i + 1]}")
     raise _MirrorsFailed(archive, failures, md5_failed)
 
 
-def _fetch(url: str, part: Path, announce: str) -> str:
-    """Write what ``url`` sends to ``part`` (fsynced) and return its MD5, after saying ``announce`` on stderr
-    with the size, where the server tells it. A response cut short raises ConnectionError."""
+def _fetch(url: str, f: BinaryIO, md5: str, announce: str) -> None:
+    """Write what ``url`` sends to ``f`` after saying ``announce`` on stderr with the size, where the server
+    tells it. A response cut short raises ConnectionError; one without the MD5 ``md5``, _WrongMD5."""
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    md5, got = hashlib.md5(usedforsecurity=False), 0
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as f:
+    digest, got = hashlib.md5(usedforsecurity=False), 0
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         _say(announce if expected is None else f"{announce} ({expected:,} bytes)")
         while chunk := response.read(_CHUNK):
-            md5.update(chunk)
+            digest.update(chunk)
             f.write(chunk)
             got += len(chunk)
-        # http.client returns what came before the server closed the connection, without a word
-        if expected is not None and got != expected:
-            raise ConnectionError(f"the server sent {got:,} of the {expected:,} bytes it announced")
-        f.flush()
-        os.fsync(f.fileno())
-    return md5.hexdigest()
+    # http.client returns what came before the server closed the connection, without a word
+    if expected is not None and got != expected:
+        raise ConnectionError(f"the server sent {got:,} of the {expected:,} bytes it announced")
+    if digest.hexdigest() != md5:
+        raise _WrongMD5
 
 
 def _unpack(archive: Path, raw: Path) -> None:
-    """gunzip ``archive`` to ``raw``, which appears only whole: a process that does not wait for the folder's lock
-    (load_raw, when the files are there) never reads a part, and a kill or a full disk leaves none."""
-    part = _part(raw)
-    try:
-        with gzip.open(archive) as src, open(part, "wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(part, raw)
-    finally:
-        part.unlink(missing_ok=True)
+    """gunzip ``archive`` to ``raw``, which appears only whole (atomic_write): a process that does not wait for the
+    folder's lock (load_raw, when the files are there) never reads a part, and a kill or a full disk leaves none."""
+    from ..training.checkpoint import atomic_write
+
+    with gzip.open(archive) as src:
+        atomic_write(raw, lambda dst: shutil.copyfileobj(src, dst, _CHUNK))
 
 
 _quiet = contextvars.ContextVar("mnistlab_quiet_downloads", default=False)
@@ -587,7 +579,7 @@ def _check_against_archive(spec: DatasetSpec, path: Path, buf: bytearray) -> Non
     if zlib.crc32(buf) == crc and len(buf) % 2**32 == size:
         return
     published = dict(spec.torchvision_class.resources).get(archive.name)
-    if published is None or _md5(_read_bytes(archive)) != published:
+    if published is None or _mismatched(path.parent, [(archive.name, published)]):  # the user's: proves nothing
         return
     differs = (f"it has {len(buf):,} bytes, the archive's {size:,}" if len(buf) % 2**32 != size
                else "the same size, other bytes")
