@@ -53,7 +53,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    "train.grad_checkpoint=true to recompute the conv layers' activations in the backward pass "
                    "instead of storing them (less memory, more time; same results) (repeatable)")
     p.add_argument("--model", help="model name (see `mnistlab models`)")
-    p.add_argument("--optimizer", help="sgd, adam, adamw, rmsprop or adadelta")
+    p.add_argument("--optimizer", help="sgd, adam, adamw, nadam, adamax, rmsprop, adadelta or adagrad")
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--seed", type=int, help="random seed (weights, shuffling, dropout)")
     p.add_argument("--device", help="auto, cpu, cuda or mps")

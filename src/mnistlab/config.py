@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import ConfigError
 
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "adadelta", "adagrad")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STOP_CRITERIA = ("none", "patience", "gl", "pq", "up")
@@ -175,31 +175,39 @@ def unread_settings(section: str, cfg: Any, reads: dict[str, tuple[str, ...]],
 
 # The keys of [optimizer] each optimizer reads besides name, lr and weight_decay (see unread_settings).
 OPTIMIZER_READS = {"sgd": ("momentum", "nesterov"), "adam": ("betas", "eps"), "adamw": ("betas", "eps"),
-                   "rmsprop": ("rho", "momentum", "centered", "eps"), "adadelta": ("rho", "eps")}
+                   "nadam": ("betas", "eps"), "adamax": ("betas", "eps"),
+                   "rmsprop": ("rho", "momentum", "centered", "eps"), "adadelta": ("rho", "eps"), "adagrad": ("eps",)}
 # What a key left unset (None) means for each optimizer: PyTorch's defaults, except SGD's momentum (0.9, as
-# every preset of configs/ trains with). Keras' differ a little: RMSprop rho 0.9 and eps 1e-7, Adadelta rho 0.95.
+# every preset of configs/ trains with). Keras' differ a little: RMSprop rho 0.9 and eps 1e-7, Adadelta rho 0.95,
+# Adagrad eps 1e-7 and its sums starting at 0.1 (PyTorch's at 0, as here).
 OPTIMIZER_DEFAULTS = {
     "sgd": {"momentum": 0.9, "weight_decay": 0.0},
     "adam": {"eps": 1e-8, "weight_decay": 0.0},
     "adamw": {"eps": 1e-8, "weight_decay": 0.01},  # without it AdamW trains exactly as Adam
+    "nadam": {"eps": 1e-8, "weight_decay": 0.0},
+    "adamax": {"eps": 1e-8, "weight_decay": 0.0},
     "rmsprop": {"rho": 0.99, "momentum": 0.0, "eps": 1e-8, "weight_decay": 0.0},
     "adadelta": {"rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},  # its eps sets the size of the first steps
+    "adagrad": {"eps": 1e-10, "weight_decay": 0.0},
 }
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = "adam"  # sgd | adam | adamw | rmsprop | adadelta
+    name: str = "adam"  # sgd | adam | adamw | nadam | adamax | rmsprop | adadelta | adagrad
     lr: float = 0.01  # peak learning rate (the schedule scales it); Adadelta is usually run at 1.0
     # The keys below left unset (None) take the optimizer's own default: OPTIMIZER_DEFAULTS, and setting().
     momentum: float | None = None  # SGD (unset: 0.9), RMSprop (unset: 0)
     nesterov: bool = False  # SGD only
-    betas: tuple[float, float] = (0.7, 0.9)  # Adam/AdamW; short memories suit a one-epoch recipe
-    eps: float | None = None  # Adam/AdamW/RMSprop (unset: 1e-8), Adadelta (unset: 1e-6)
+    # Adam/AdamW/NAdam/Adamax (Adamax's second is the decay of its running maximum of |gradient|); short
+    # memories suit a one-epoch recipe: PyTorch's and Keras' are (0.9, 0.999)
+    betas: tuple[float, float] = (0.7, 0.9)
+    # Adam/AdamW/NAdam/Adamax/RMSprop (unset: 1e-8), Adadelta (unset: 1e-6), Adagrad (unset: 1e-10)
+    eps: float | None = None
     # RMSprop (PyTorch's alpha; unset: 0.99), Adadelta (unset: 0.9): decay of the running mean of squared gradients
     rho: float | None = None
     centered: bool = False  # RMSprop: divide by the gradient's variance, not its mean square
-    # L2 (SGD, Adam, RMSprop, Adadelta) or decoupled (AdamW); unset: 0, and 0.01 for AdamW
+    # L2 (all but AdamW) or decoupled (AdamW); unset: 0, and 0.01 for AdamW
     weight_decay: float | None = None
 
     def __post_init__(self) -> None:

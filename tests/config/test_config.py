@@ -66,7 +66,7 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("train.batch_size=-8", "train.batch_size must be greater than zero, got -8"),
         ("optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
         ("optimizer.lr=inf", "optimizer.lr must be a finite number"),
-        ("optimizer.name=lbfgs", "choose one of: sgd, adam, adamw, rmsprop, adadelta"),
+        ("optimizer.name=lbfgs", "choose one of: sgd, adam, adamw, nadam, adamax, rmsprop, adadelta, adagrad"),
         ("model.channels=[8, \"X\"]", "model.channels entries must be positive integers or \"M\""),
         ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
         ("model.crop=-1", "model.crop must be zero or more, got -1"),
@@ -314,7 +314,8 @@ def test_optimizer_settings_the_optimizer_does_not_read_are_warned_about_in_a_ru
     ]
     assert settings_warnings(apply_overrides(cfg, ["optimizer.name=sgd"])) == []
     assert settings_warnings(apply_overrides(Config(), ["optimizer.name=sgd", "optimizer.betas=[0.9, 0.99]"])) == [
-        "optimizer.betas = (0.9, 0.99) is not used by the sgd optimizer (it is read by adam and adamw only)"]
+        "optimizer.betas = (0.9, 0.99) is not used by the sgd optimizer (it is read by adam, adamw, nadam and "
+        "adamax only)"]
     # with the schedule's and early stopping's, in that order
     assert settings_warnings(apply_overrides(cfg, ["schedule.gamma=0.5", "early_stopping.criterion=gl",
                                                    "early_stopping.patience=3"]))[0].startswith(

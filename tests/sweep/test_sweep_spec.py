@@ -46,7 +46,7 @@ def sweep(params=None, base=None, **keys):
         (dict(params={"train.batch_size": {"type": "int", "low": 0, "high": 64}}),
          "train.batch_size must be greater than zero, got 0"),
         (dict(params={"optimizer.name": {"type": "categorical", "choices": ["adam", "lbfgs"]}}),
-         "optimizer.name = 'lbfgs' is not valid; choose one of: sgd, adam, adamw, rmsprop, adadelta"),
+         "optimizer.name = 'lbfgs' is not valid; choose one of: sgd, adam, adamw, nadam, adamax, rmsprop, adadelta, adagrad"),
         (dict(params={"train.batch_size": [64, 64]}), "choices repeat a value: [64, 64]"),
         (dict(sampler="grid"), "sweep.params.\"optimizer.lr\": the grid sampler needs a list of values"),
         (dict(sampler="grid", trials=3, params={"train.batch_size": [64, 128]}),

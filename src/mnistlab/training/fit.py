@@ -112,11 +112,14 @@ def _check_progress(payload: dict[str, Any]) -> None:
 
 def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Each parameter's optimizer tensors (Adam's moments, SGD's momentum) have its shape: the fused and
-    foreach kernels index them without checking, and a wrong one crashed the process (SIGSEGV)."""
+    foreach kernels index them without checking, and a wrong one crashed the process (SIGSEGV). The step
+    count, and NAdam's product of momentum coefficients, are one number each."""
     for i, p in enumerate(q for group in optimizer.param_groups for q in group["params"]):
         for key, value in optimizer.state.get(p, {}).items():
             if key == "step":
                 ok = _is_amount(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+            elif key == "mu_product":
+                ok = isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
             else:
                 ok = not isinstance(value, torch.Tensor) or (value.shape == p.shape and value.is_floating_point())
             if not ok:

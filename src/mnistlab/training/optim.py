@@ -10,12 +10,12 @@ from ..config import OptimizerConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam, AdamW, RMSprop or Adadelta, as ``cfg`` says; a key the config
-    leaves unset takes the optimizer's own default (``OptimizerConfig.setting``).
+    """SGD (momentum, Nesterov), Adam, AdamW, NAdam, Adamax, RMSprop, Adadelta or Adagrad, as ``cfg``
+    says; a key the config leaves unset takes the optimizer's own default (``OptimizerConfig.setting``).
 
     Adam and AdamW use the fused implementation (one kernel for all parameters)
-    on CPU and CUDA, which PyTorch has shipped for both since 2.4; the others,
-    which have no fused kernel, use the multi-tensor ``foreach`` path.
+    on CPU and CUDA, which PyTorch has shipped for both since 2.4; the others
+    use the multi-tensor ``foreach`` path.
     """
     params = [p for p in params if p.requires_grad]
     lr, decay, eps = cfg.lr, cfg.setting("weight_decay"), cfg.setting("eps")
@@ -27,6 +27,11 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, 
                                    momentum=cfg.setting("momentum"), centered=cfg.centered, foreach=True)
     if cfg.name == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, rho=cfg.setting("rho"), eps=eps, weight_decay=decay, foreach=True)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=decay, foreach=True)
+    if cfg.name in ("nadam", "adamax"):
+        cls = torch.optim.NAdam if cfg.name == "nadam" else torch.optim.Adamax
+        return cls(params, lr=lr, betas=tuple(cfg.betas), eps=eps, weight_decay=decay, foreach=True)
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     fused = device.type in ("cpu", "cuda")
     return cls(params, lr=lr, betas=tuple(cfg.betas), eps=eps, weight_decay=decay, fused=fused)
