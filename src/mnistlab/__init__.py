@@ -23,7 +23,7 @@ from .data import load_data
 from .errors import CheckpointError, ConfigError, DataError, MnistlabError
 from .export import export_onnx
 from .models import build_model, list_models
-from .training import FitResult, evaluate, fit, load_model, train
+from .training import FitResult, TrainingInterrupted, evaluate, fit, load_model, train
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "DataError",
     "FitResult",
     "MnistlabError",
+    "TrainingInterrupted",
     "apply_overrides",
     "build_model",
     "evaluate",

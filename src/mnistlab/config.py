@@ -588,6 +588,12 @@ class Config:
     tta: TtaConfig = field(default_factory=TtaConfig)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # Config(train={...}) was taken as it was, and failed far inside the run
+            section = getattr(self, f.name)
+            if not isinstance(section, f.default_factory):
+                raise ConfigError(f"Config({f.name}=...) takes a {f.default_factory.__name__}, got "
+                                  f"{type(section).__name__}: build a config from dicts with config_from_dict, or "
+                                  "change keys with apply_overrides")
         if self.schedule.name == "cosine" and self.schedule.min_lr > self.optimizer.lr:
             raise ConfigError(f"schedule.min_lr = {self.schedule.min_lr:g} is above optimizer.lr = "
                               f"{self.optimizer.lr:g}: the cosine schedule would rise to it, not decay")

@@ -207,11 +207,41 @@ class MonitorMixin:
         return value > reference if self.mode == "min" else value < reference
 
 
+# What the trainer calls on every callback: a Callback subclass has them all (no-ops unless overridden).
+CALLBACK_METHODS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_batch_begin", "on_batch_end",
+                    "on_validation_end", "on_epoch_end", "state_dict", "load_state_dict")
+
+
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """``callbacks`` as a list, or a TypeError saying what is wrong with it, before anything trains.
+
+    Each must be an instance with every hook the trainer calls (a :class:`Callback` subclass has them all).
+    Without this check a single callback not in a list, a class in place of an instance, or an object lacking
+    a hook failed only inside the run (a hook's AttributeError or a missing ``trainer`` argument; a missing
+    ``state_dict`` at the end of the first epoch, when the first checkpoint is written).
+    """
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable) or isinstance(callbacks, (str, bytes)):
+        raise TypeError(f"callbacks must be a list of callbacks, e.g. callbacks=[cb], got {type(callbacks).__name__}"
+                        + (" (put it in a list)" if isinstance(callbacks, Callback) else ""))
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if isinstance(cb, type):
+            raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback: pass an instance, "
+                            f"{cb.__name__}(...)")
+        if isinstance(cb, Callback):
+            continue
+        missing = [m for m in CALLBACK_METHODS if not callable(getattr(cb, m, None))]
+        if missing:
+            raise TypeError(f"callbacks[{i}] ({type(cb).__name__}) is not a callback: it lacks {', '.join(missing)}; "
+                            "subclass mnistlab.Callback, whose hooks do nothing unless overridden")
+    return callbacks
+
+
 class CallbackList:
     """Calls each hook on every callback in order, and gathers their states."""
 
     def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
-        self.callbacks = list(callbacks)
+        self.callbacks = check_callbacks(callbacks)
 
     def __iter__(self):
         return iter(self.callbacks)

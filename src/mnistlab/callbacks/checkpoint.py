@@ -83,6 +83,17 @@ class ModelCheckpoint(MonitorMixin, Callback):
         self.periodic: list[str] = []  # files kept every n epochs
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
+        # Said now, not after the first epoch's training, where the first save found nowhere to write.
+        if trainer.run_dir is None and (self.dirpath is None or not self.dirpath.is_absolute()):
+            where = "no dirpath" if self.dirpath is None else f"the relative dirpath {str(self.dirpath)!r}"
+            raise ConfigError(f"ModelCheckpoint has nowhere to write: the run has no folder and {where} was given; "
+                              "give fit(..., run_dir=FOLDER), or ModelCheckpoint(dirpath=...) an absolute folder")
+        if self.dirpath is not None:  # made as Keras' and Lightning's are; a missing one failed the first save
+            folder = self._on_disk(str(self.dirpath), trainer)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"ModelCheckpoint cannot make its folder {folder}: {e.strerror or e}") from None
         self._reset()
 
     def _path(self, name: str) -> Path:

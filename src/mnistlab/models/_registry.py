@@ -33,8 +33,12 @@ def register(name: str | None = None) -> Callable[[Builder], Builder]:
 
     def deco(fn: Builder) -> Builder:
         key = name or fn.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model {key!r} is registered twice ({_REGISTRY[key].__module__} and {fn.__module__})")
+        old = _REGISTRY.get(key)
+        # The same function defined again (a notebook cell run twice, a module reloaded) replaces the first.
+        same = old is not None and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__)
+        if old is not None and not same:
+            raise ValueError(f"model {key!r} is registered twice ({old.__module__}.{old.__qualname__} and "
+                             f"{fn.__module__}.{fn.__qualname__})")
         _REGISTRY[key] = fn
         return fn
 
@@ -85,9 +89,10 @@ def build_model(
     ``mean`` / ``std`` are the training split's per-channel statistics; they are
     stored in the model as buffers so a checkpoint carries its normalization.
 
+    >>> import torch
     >>> from mnistlab import build_model
     >>> net = build_model("cnn", num_classes=10)
-    >>> net(torch.rand(2, 1, 28, 28)).shape          # doctest: +SKIP
+    >>> net(torch.rand(2, 1, 28, 28)).shape
     torch.Size([2, 10])
     """
     builder = _get(name)
@@ -108,5 +113,9 @@ def build_model(
         reason = "its sizes overflow" if overflow else "its weights or its feature maps do not fit in memory"
         raise ConfigError(f"model {name!r} is too large to build with {options}: {reason}; "
                           "lower model.width, the channel counts, the kernel size or the padding") from None
+    if not isinstance(net, Net):  # set_normalization, checkpoints and export need a Net's buffers and layout
+        raise TypeError(f"the builder of model {name!r} ({builder.__module__}.{builder.__qualname__}) returned a "
+                        f"{type(net).__name__}, not a mnistlab.models.Net: build it from features and a "
+                        "classifier with Net(...) or a zoo maker such as mnistlab.models.cnn.make_cnn")
     net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
     return net

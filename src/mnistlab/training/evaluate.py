@@ -130,6 +130,11 @@ def evaluate(
     >>> round(ev.accuracy, 4)                              # doctest: +SKIP
     0.9912
     """
+    if not (isinstance(getattr(split, "images", None), torch.Tensor)
+            and isinstance(getattr(split, "labels", None), torch.Tensor)):
+        whole = " (a whole DataBundle: pass one of its splits, data.test or data.val)" if hasattr(split, "test") else ""
+        raise TypeError(f"evaluate() takes a split with images and labels, such as data.test, got "
+                        f"{type(split).__name__}{whole}")
     if tta_shift < 0:
         raise ConfigError(f"a test-time shift must be zero or more pixels, got {tta_shift}")
     if tta_shift and tta_shift >= min(split.images.shape[-2:]):

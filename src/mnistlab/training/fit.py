@@ -43,6 +43,7 @@ from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal
 from ..machine import native_bf16, native_fp16
+from ..models.base import has_forward_hooks, too_large
 from ..models.checkpointing import keep_running_stats
 from ..models.summary import output_bytes
 from . import distributed
@@ -178,6 +179,33 @@ def check_training_memory(model: nn.Module, data, batch_size: int) -> None:
             f"moments), but this machine has {available / 2**30:.1f} GiB free; lower train.batch_size, model.width "
             "or the channel counts"
         )
+
+
+def check_model_outputs(model: nn.Module, data, device: torch.device) -> None:
+    """A ConfigError, before training, unless ``model`` maps two of the data's images to a row of
+    ``data.num_classes`` logits each. A model with another number of outputs failed in the first step with
+    PyTorch's "Target 5 is out of bounds" (fewer), or trained and then broke the confusion matrix of a
+    validation that predicted a class the data does not have (more); one that cannot take the images at all
+    failed there with a message about matrix shapes. A model with forward hooks is left alone (the hooks
+    would see a pass the caller did not ask for)."""
+    if has_forward_hooks(model) or len(data.val) == 0:
+        return
+    shape = f"{data.in_channels} x {data.image_size[0]} x {data.image_size[1]}"
+    try:
+        with eval_mode(model), torch.no_grad():  # no dropout draws, no batch-norm statistics moved
+            out = model(data.val.images[:2].to(device).float().div(255))
+    except (RuntimeError, ValueError, TypeError) as e:
+        if too_large(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"the model cannot take the data's images ({data.dataset}: {shape}, floats in [0, 1]): "
+                          f"{type(e).__name__}: {first}") from e
+    rows = min(2, len(data.val))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rows, data.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model must output one row of {data.num_classes} logits per image ({data.dataset} has "
+                          f"{data.num_classes} classes): for {rows} images it gave {got}; build it with "
+                          f"num_classes={data.num_classes}")
 
 
 def _mib(size: int) -> str:
@@ -522,6 +550,7 @@ class Trainer:
             raise ConfigError(f"the training split has {len(data.train)} image(s), which leaves batch norm one per "
                               f"process to normalize, which it cannot in training; it needs {2 * self._world} or "
                               "more (raise data.train_limit or lower data.val_size), or a model without batch_norm")
+        check_model_outputs(self._model, data, self.device)
         if self.device.type == "cpu":
             # A batch holds no more than the split: a batch size above it is a full-batch run, not a larger one;
             # in parts (train.micro_batch_size), a part's activations are what is kept at once.

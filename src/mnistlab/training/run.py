@@ -23,6 +23,7 @@ import torch
 
 from .. import jsonout
 from ..callbacks import Callback, TensorBoard, build_callbacks
+from ..callbacks.base import check_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
 from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, AugmentConfig, Config, config_to_toml,
                       unread_settings)
@@ -382,6 +383,8 @@ def train(
     0.9912
     """
     wall0 = time.perf_counter()
+    check_config_type(cfg, "train")
+    callbacks = check_callbacks(callbacks)  # before a folder is made: a callback that cannot be called fails now
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
     if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
         raise ConfigError(VAL_SIZE_NEEDED)
@@ -390,6 +393,15 @@ def train(
           quiet_downloads() if quiet else contextlib.nullcontext(),
           deterministic_mode(cfg.train.deterministic)):  # from building the model to the final test, not only fit
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
+
+
+def check_config_type(cfg: Any, caller: str) -> None:
+    """A TypeError unless ``cfg`` is a :class:`Config` (a dict failed deep inside the run with an
+    AttributeError); its sections are checked when it is built (``Config.__post_init__``)."""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"{caller}(): the config must be a mnistlab.Config (Config(), load_config(path), "
+                        "apply_overrides(Config(), ['train.epochs=3']) or mnistlab.config.config_from_dict({...})), "
+                        f"got {type(cfg).__name__}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,187 @@
+"""The Python API used the wrong way: each mistake a user can make is one clear error before anything trains,
+and what the README and docstrings show works as shown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mnistlab
+from mnistlab import Callback, Config, apply_overrides, build_model, evaluate, fit, train
+from mnistlab.callbacks import EarlyStopping, ModelCheckpoint
+from mnistlab.errors import ConfigError
+from mnistlab.models import _registry, register
+from mnistlab.models.cnn import make_cnn
+
+
+def tiny_cfg(mnist_root, *extra: str) -> Config:
+    return apply_overrides(Config(), [f"data.dir={mnist_root}", "data.val_size=500", "data.train_limit=500",
+                                      "train.epochs=1", "train.progress=false", "tensorboard.enabled=false",
+                                      "model.name=cnn", "model.width=0.25", *extra])
+
+
+def small_model(data):
+    return build_model("cnn", width=0.25, mean=data.mean, std=data.std)
+
+
+class CountBatches(Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_batch_end(self, step, metrics, trainer):
+        self.batches += 1
+
+
+class StopAt(Callback):  # the README's example
+    def __init__(self, target):
+        self.target = target
+
+    def on_epoch_end(self, epoch, metrics, trainer):
+        if metrics["val_accuracy"] >= self.target:
+            trainer.request_stop(f"val_accuracy reached {self.target}")
+
+
+def test_a_model_takes_the_splits_uint8_images_as_evaluate_does(mnist_small):
+    # load_model's docstring: model.classes[model(images).argmax(1)[0]]. The splits hold uint8 images; the model
+    # normalized their 0-255 values as if they were in [0, 1] (logits ~250x too large, other classes).
+    torch.manual_seed(0)
+    model = small_model(mnist_small).eval()
+    images = mnist_small.val.images[:64]
+    with torch.no_grad():
+        assert torch.allclose(model(images), model(images.float() / 255), atol=1e-5)
+    with pytest.raises(TypeError, match=r"images must be uint8 \(0-255\) or floating point in \[0, 1\], got torch.int64"):
+        model(images.long())
+    with pytest.raises(TypeError, match=r"images must be a torch.Tensor, got ndarray: torch.from_numpy\(array\)"):
+        model(np.zeros((1, 1, 28, 28), dtype=np.float32))
+
+
+def test_callbacks_that_cannot_be_called_are_refused_before_anything_trains(mnist_small, mnist_root, tmp_path):
+    cfg = tiny_cfg(mnist_root)
+
+    class OnlyEpochEnd:  # not a Callback, and without the other hooks
+        def on_epoch_end(self, epoch, metrics, trainer):
+            pass
+
+    cases = [
+        (StopAt(0.5), r"callbacks must be a list of callbacks, e.g. callbacks=\[cb\], got StopAt \(put it in a list\)"),
+        ([StopAt], r"callbacks\[0\] is the class StopAt, not a callback: pass an instance, StopAt\(...\)"),
+        ([EarlyStopping], r"callbacks\[0\] is the class EarlyStopping"),
+        ([CountBatches(), object()], r"callbacks\[1\] \(object\) is not a callback: it lacks on_train_begin"),
+        ([OnlyEpochEnd()], r"callbacks\[0\] \(OnlyEpochEnd\) is not a callback: it lacks on_train_begin, "
+                           r"on_train_end, on_epoch_begin, on_batch_begin, on_batch_end, on_validation_end, "
+                           r"state_dict, load_state_dict; subclass mnistlab.Callback"),
+    ]
+    for callbacks, message in cases:
+        with pytest.raises(TypeError, match=message):
+            fit(small_model(mnist_small), mnist_small, cfg, callbacks=callbacks)
+        with pytest.raises(TypeError, match=message):
+            train(cfg, out=tmp_path / "run", callbacks=callbacks, quiet=True)
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_config_that_is_not_a_config_is_refused_before_anything_trains(mnist_small, mnist_root, tmp_path):
+    model = small_model(mnist_small)
+    with pytest.raises(TypeError, match=r"fit\(\): the config must be a mnistlab.Config \(.*config_from_dict"
+                                        r"\(\{...\}\)\), got dict"):
+        fit(model, mnist_small, {"train": {"epochs": 1}})
+    with pytest.raises(TypeError, match=r"fit\(\): the config must be a mnistlab.Config .*, got DataBundle"):
+        fit(model, tiny_cfg(mnist_root), mnist_small)  # data and config swapped
+    # Config() took a dict for a section as it was; it trained on, or failed deep inside, with an AttributeError
+    for section in ("train", "schedule"):
+        with pytest.raises(ConfigError, match=rf"Config\({section}=...\) takes a \w+Config, got dict: .*"
+                                              "config_from_dict"):
+            Config(**{section: {"epochs": 1}})
+    with pytest.raises(TypeError, match=r"fit\(\): the model must be a torch.nn.Module .*, got str"):
+        fit("cnn", mnist_small, tiny_cfg(mnist_root))
+    with pytest.raises(TypeError, match=r"fit\(\): the data must be a DataBundle, from load_data\(cfg.data\), got Split"):
+        fit(model, mnist_small.train, tiny_cfg(mnist_root))
+
+
+def test_a_model_with_another_number_of_outputs_is_refused_before_training(mnist_small, mnist_root):
+    cfg = tiny_cfg(mnist_root)
+    for outputs in (5, 20):  # 5: PyTorch's "Target 5 is out of bounds" in the first step; 20: it trained
+        model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, outputs))
+        count = CountBatches()
+        with pytest.raises(ConfigError, match=rf"the model must output one row of 10 logits per image \(mnist has 10 "
+                                              rf"classes\): for 2 images it gave \(2, {outputs}\); build it with "
+                                              rf"num_classes=10"):
+            fit(model, mnist_small, cfg, callbacks=[count])
+        assert count.batches == 0
+    wrong_input = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))  # made for 32x32 images
+    with pytest.raises(ConfigError, match=r"the model cannot take the data's images \(mnist: 1 x 28 x 28, floats in "
+                                          r"\[0, 1\]\): RuntimeError: mat1 and mat2"):
+        fit(wrong_input, mnist_small, cfg)
+    fit(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), mnist_small, cfg)  # any module with the right outputs
+
+
+def test_evaluate_given_the_whole_data_bundle_says_which_split_to_pass(mnist_small):
+    with pytest.raises(TypeError, match=r"evaluate\(\) takes a split with images and labels, such as data.test, got "
+                                        r"DataBundle \(a whole DataBundle: pass one of its splits"):
+        evaluate(small_model(mnist_small), mnist_small)
+
+
+def test_a_registered_builder_must_return_a_net_and_may_be_registered_again(mnist_small):
+    names = ["api_misuse_plain", "api_misuse_tiny"]
+    try:
+        @register(names[0])
+        def plain(*, num_classes, in_channels, image_size):
+            return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], num_classes))
+
+        # It failed with "'Sequential' object has no attribute 'set_normalization'".
+        with pytest.raises(TypeError, match=r"the builder of model 'api_misuse_plain' \(.*plain\) returned a "
+                                            r"Sequential, not a mnistlab.models.Net"):
+            build_model(names[0])
+
+        def define_tiny(channels):  # a notebook cell run twice defines the same function again
+            @register(names[1])
+            def tiny(*, num_classes, in_channels, image_size, width: float = 1.0):
+                return make_cnn("tiny", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                                channels=channels, kernel_sizes=[3, 3], paddings=[1, 1], width=width)
+
+        define_tiny([4, 8])
+        define_tiny([6, 8])  # raised "model 'api_misuse_tiny' is registered twice (... and ...)"
+        assert build_model(names[1]).features[0].out_channels == 6
+
+        with pytest.raises(ValueError, match=r"model 'api_misuse_tiny' is registered twice \(.*define_tiny.<locals>"
+                                             r".tiny and .*other\)"):
+            @register(names[1])
+            def other(*, num_classes, in_channels, image_size):
+                return build_model("cnn", num_classes=num_classes)
+    finally:
+        for name in names:
+            _registry._REGISTRY.pop(name, None)
+
+
+def test_model_checkpoint_without_a_folder_fails_before_training_and_makes_its_dirpath(mnist_small, mnist_root,
+                                                                                       tmp_path):
+    cfg = tiny_cfg(mnist_root)
+    count = CountBatches()
+    # It trained a whole epoch, then failed in save_checkpoint ("needs an absolute path when the run has no folder")
+    with pytest.raises(ConfigError, match=r"ModelCheckpoint has nowhere to write: the run has no folder and no "
+                                          r"dirpath was given; give fit\(..., run_dir=FOLDER\)"):
+        fit(small_model(mnist_small), mnist_small, cfg, callbacks=[count, ModelCheckpoint()])
+    assert count.batches == 0
+    # A dirpath that does not exist yet is made (it failed writing best.ckpt after the first epoch), as Keras' is.
+    folder = tmp_path / "not" / "yet"
+    fit(small_model(mnist_small), mnist_small, cfg, callbacks=[ModelCheckpoint(dirpath=folder)])
+    assert "best.ckpt" in {p.name for p in folder.iterdir()}
+    fit(small_model(mnist_small), mnist_small, cfg, callbacks=[ModelCheckpoint(dirpath="keep")],
+        run_dir=tmp_path / "run")
+    assert "best.ckpt" in {p.name for p in (tmp_path / "run" / "keep").iterdir()}
+
+
+def test_the_interruption_train_raises_can_be_caught_from_the_package(mnist_root, tmp_path):
+    # The README: "In Python, train() raises TrainingInterrupted"; `from mnistlab import TrainingInterrupted` failed.
+    import os
+    import signal
+
+    class CtrlC(Callback):
+        def on_batch_end(self, step, metrics, trainer):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(mnistlab.TrainingInterrupted, match="resume with"):
+        train(tiny_cfg(mnist_root), out=tmp_path / "run", callbacks=[CtrlC()], quiet=True)
+    assert "TrainingInterrupted" in mnistlab.__all__
