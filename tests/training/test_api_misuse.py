@@ -185,3 +185,27 @@ def test_the_interruption_train_raises_can_be_caught_from_the_package(mnist_root
     with pytest.raises(mnistlab.TrainingInterrupted, match="resume with"):
         train(tiny_cfg(mnist_root), out=tmp_path / "run", callbacks=[CtrlC()], quiet=True)
     assert "TrainingInterrupted" in mnistlab.__all__
+
+
+def test_fit_holds_its_run_folders_lock_as_train_does(mnist_small, mnist_root, tmp_path):
+    # fit(run_dir=...) took no lock: a train() or a second fit() into the same folder mixed their last.ckpt and
+    # best.ckpt with its own.
+    from mnistlab.errors import RunDirError
+    from mnistlab.training.run import RunLock
+
+    cfg = tiny_cfg(mnist_root)
+    folder = tmp_path / "run"
+    seen = []
+
+    class TryTheFolder(Callback):
+        def on_epoch_end(self, epoch, metrics, trainer):
+            with pytest.raises(RunDirError, match="in use by another mnistlab run in this process"):
+                train(cfg, out=folder, quiet=True)
+            seen.append((folder / "run.lock").is_file())
+
+    fit(small_model(mnist_small), mnist_small, cfg, callbacks=[TryTheFolder()], run_dir=folder)
+    assert seen == [True]
+    assert not (folder / "run.lock").exists()  # released at the end
+    with RunLock(folder), pytest.raises(RunDirError, match="in use by another mnistlab run in this process"):
+        fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)
+    fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)  # the folder is free again

@@ -17,7 +17,7 @@ from ..errors import CheckpointError, ConfigError, RunDirError
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
-from .run import RunResult, check_config_type, config_model, settings_warnings, train
+from .run import RunLock, RunResult, check_config_type, config_model, settings_warnings, train
 
 
 def fit(
@@ -35,7 +35,8 @@ def fit(
     before the ``callbacks`` given. The callbacks that keep files (History,
     ModelCheckpoint, TensorBoard) are ``train``'s alone. With ``run_dir`` the
     trainer writes last.ckpt there (ema.ckpt with ``[ema]``, and best.ckpt where
-    ``restore_best_weights`` restores; callbacks may write more); without it nothing touches the disk.
+    ``restore_best_weights`` restores; callbacks may write more), holding its run.lock as ``train`` does;
+    without it nothing touches the disk.
     A checkpoint rebuilds its model from ``cfg``'s ``[model]`` section, so with
     ``run_dir`` the model must be the one ``cfg`` describes: that is checked
     before any training.
@@ -57,7 +58,13 @@ def fit(
     for warning in settings_warnings(cfg):
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
-    return Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir).fit()
+    trainer = Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir)
+    if run_dir is None:
+        return trainer.fit()
+    # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
+    # last.ckpt and best.ckpt with this one's.
+    with RunLock(Path(run_dir)):
+        return trainer.fit()
 
 
 def _check_config_describes(model, data, cfg: Config) -> None:
