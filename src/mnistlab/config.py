@@ -40,6 +40,7 @@ MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
 MAX_ELASTIC_ALPHA = 1000.0  # pixels; Simard et al. used 34 (with sigma 4)
 MIN_ELASTIC_SIGMA = 0.01  # pixels; Simard et al. used 4
+MIN_MIX_ALPHA = 0.001  # mixup.alpha, mixup.cutmix_alpha: below about 1e-10 Beta(a, a) draws 0.5 every time, not 0 or 1
 MAX_WARMUP_EPOCHS = 1e6  # past any run; 1e308 overflowed the count of warm-up steps
 # bytes of a checkpoint file name filled in from checkpoint.filename: file systems allow 255, and the run adds
 # "-v1" to a name that is taken and ".NAME.tmp-PID" while writing
@@ -543,6 +544,32 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class MixupConfig:
+    """Training on blends of two images with the same blend of their labels (training/mixing.py): each batch
+    with a shuffled copy of itself; never validation or test. Off unless an alpha is above 0."""
+
+    # mixup (Zhang et al., 2018): a * images + (1 - a) * the copy's, a drawn per batch from Beta(alpha, alpha);
+    # small values keep most batches close to one image (the paper used 0.1-0.4)
+    alpha: float = 0.0
+    # CutMix (Yun et al., 2019): a box of the copy pasted in, its area a fraction drawn from Beta(cutmix_alpha,
+    # cutmix_alpha) of what the model sees (inside model.crop); the paper used 1.0. With both on, each batch is
+    # mixed one way or the other, at even odds.
+    cutmix_alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        _typed(self, "mixup")
+        _positive("mixup", self, "alpha", "cutmix_alpha", allow_zero=True)
+        for key in ("alpha", "cutmix_alpha"):
+            if 0 < getattr(self, key) < MIN_MIX_ALPHA:  # Beta(a, a) below it draws 0 or 1 in float32, or NaN
+                raise ConfigError(f"mixup.{key} must be 0 (off) or at least {MIN_MIX_ALPHA:g}, got "
+                                  f"{getattr(self, key):g}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclass(frozen=True)
 class EmaConfig:
     """An exponential moving average of the weights, evaluated and saved as its own model (ema.ckpt)."""
 
@@ -584,6 +611,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     tta: TtaConfig = field(default_factory=TtaConfig)
 

@@ -311,6 +311,6 @@ def test_micro_batches_leave_batch_norm_no_part_of_one_image(mnist_small):
     cfg = apply_overrides(Config(), ["train.micro_batch_size=2", "train.threads=1"])
     x, y = torch.zeros(5, 1, 28, 28), torch.zeros(5, dtype=torch.long)
     plain = Trainer(build_model("cnn", width=0.25), mnist_small, cfg)
-    assert [len(part) for _, part in plain._parts(x, y)] == [2, 2, 1]  # as even as can be, at most 2 each
+    assert [len(part) for _, part, _ in plain._parts(x, y, None)] == [2, 2, 1]  # as even as can be, at most 2 each
     normed = Trainer(build_model("cnn", width=0.25, batch_norm=True), mnist_small, cfg)
-    assert [len(part) for _, part in normed._parts(x, y)] == [3, 2]  # batch norm cannot normalize one image
+    assert [len(part) for _, part, _ in normed._parts(x, y, None)] == [3, 2]  # batch norm cannot normalize one image

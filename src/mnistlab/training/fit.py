@@ -52,6 +52,7 @@ from .checkpoint import load_weights, save_checkpoint, weights_digest
 from .ema import WeightAverage
 from .display import Display
 from .evaluate import eval_mode, evaluate, predict_logits
+from .mixing import mix_batch
 from .finetune import freeze, hold_frozen_batch_norm, released_by, trainable_line
 from .optim import build_optimizer, fill_missing_state
 from .schedules import lr_at
@@ -695,30 +696,38 @@ class Trainer:
             metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
         return metrics
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
-        """The cross-entropy mean of the global batch, or under DDP this rank's part of it.
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, batch_rows: int,
+              mix: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+        """The cross-entropy mean of the global batch, or under DDP this rank's part of it; with ``[mixup]``
+        (``mix``: the partner labels and the images' own share) the cross-entropy against the blended labels.
 
         DDP averages the gradients over the ranks, so each rank's loss is the sum over its
         rows times world / rows-in-the-global-batch: the average is then the gradient of the
         global batch mean, as one process computes it, even when the last batch splits
         unevenly or leaves a rank no rows (where a mean would be NaN).
         """
+        if mix is not None:  # cross-entropy is linear in the target: the blend of the two labels' losses
+            partner, share = mix
+            return share * self._loss(logits, y, batch_rows) + (1 - share) * self._loss(logits, partner, batch_rows)
         smoothing = self.cfg.train.label_smoothing
         if self._world == 1 and len(y) == batch_rows:  # the whole batch: its mean
             return F.cross_entropy(logits, y, label_smoothing=smoothing)
         # A rank's share, or a part of the batch (train.micro_batch_size): its rows' part of the batch's mean.
         return F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="sum") * (self._world / batch_rows)
 
-    def _parts(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _parts(self, x: torch.Tensor, y: torch.Tensor, mix: tuple[torch.Tensor, float] | None
+               ) -> list[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, float] | None]]:
         """The batch as ``train.micro_batch_size`` asks: in parts of at most that many rows, as even as can
-        be (one part without it). With batch norm no part has fewer than 2 rows, which it cannot normalize."""
+        be (one part without it), each with its rows' mixup partners. With batch norm no part has fewer than
+        2 rows, which it cannot normalize."""
         micro = self.cfg.train.micro_batch_size
         if micro is None or len(y) <= micro:
-            return [(x, y)]
+            return [(x, y, mix)]
         parts = -(-len(y) // micro)
         if self._batch_norm:
             parts = max(1, min(parts, len(y) // 2))
-        return list(zip(x.tensor_split(parts), y.tensor_split(parts)))
+        mixes = [None] * parts if mix is None else [(p, mix[1]) for p in mix[0].tensor_split(parts)]
+        return list(zip(x.tensor_split(parts), y.tensor_split(parts), mixes))
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float] | None, float]:
         cfg, model, opt = self.cfg.train, self._model, self.optimizer
@@ -740,10 +749,10 @@ class Trainer:
                 lr = math.inf
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = self._prepare(x)
+            x, mix = self._prepare(x, y)
             batch_rows = self._batch_rows(batch)
             opt.zero_grad(set_to_none=True)  # only now, so that the last batch's gradients stayed readable
-            step_sums = self._backward_batch(x, y, batch_rows)
+            step_sums = self._backward_batch(x, y, batch_rows, mix)
             # This batch's loss sum, correct and seen, summed over the ranks: every rank sees the same numbers
             # and makes the same non-finite decision.
             step_sums = distributed.all_reduce_sum(step_sums)
@@ -812,28 +821,32 @@ class Trainer:
         return (bool(every) and self._step % every == 0 and batch + 1 < self.steps_per_epoch
                 and all(bool(torch.isfinite(p).all()) for p in self._model.parameters()))
 
-    def _backward_batch(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
+    def _backward_batch(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int,
+                        mix: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
         """Forward and backward this process's rows of a batch, in parts with ``train.micro_batch_size`` (one
         part's activations at once), the gradients adding up; returns the loss sum, correct and seen."""
-        parts = self._parts(x, y)
+        parts = self._parts(x, y, mix)
         sums = torch.zeros(3, dtype=torch.float64)
-        for i, (xp, yp) in enumerate(parts):
+        for i, (xp, yp, mixp) in enumerate(parts):
             # DDP averages the gradients across the ranks once, in the last part's backward: the ranks may have
             # other numbers of parts (the last batch splits unevenly), but each makes one such call
             sync = self._world == 1 or i == len(parts) - 1
             with contextlib.nullcontext() if sync else self._forward.no_sync():
-                sums += self._backward(xp, yp, batch_rows)
+                sums += self._backward(xp, yp, batch_rows, mixp)
         return sums
 
-    def _backward(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int) -> torch.Tensor:
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, batch_rows: int,
+                  mix: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
         """Forward and backward ``x``, a batch of ``batch_rows`` rows or a part of it (its gradients add to
-        those in ``.grad``); returns its loss sum, correct and seen."""
+        those in ``.grad``); returns its loss sum, correct and seen. A mixed batch's predictions count as
+        correct when they name the label with the larger share."""
         with torch.autocast(self.device.type, dtype=self._autocast_dtype or torch.bfloat16,
                             enabled=self._autocast_dtype is not None):
             logits = self._forward(x)
-            loss = self._loss(logits, y, batch_rows)
+            loss = self._loss(logits, y, batch_rows, mix)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-        return torch.tensor([loss.item() * batch_rows / self._world, float((logits.argmax(1) == y).sum()),
+        major = y if mix is None or mix[1] >= 0.5 else mix[0]
+        return torch.tensor([loss.item() * batch_rows / self._world, float((logits.argmax(1) == major).sum()),
                              y.shape[0]], dtype=torch.float64)
 
     def _batch_rows(self, batch: int) -> int:
@@ -841,9 +854,15 @@ class Trainer:
         bs = self.cfg.train.batch_size
         return len(self.data.train) - batch * bs if batch == self.steps_per_epoch - 1 else bs
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, float] | None]:
+        """The batch as the model trains on it: augmented, mixed with ``[mixup]`` (then also the partner labels
+        and the images' own share), and in the model's memory format."""
         x = augment(x, self.cfg.augment)  # a no-op unless [augment] is enabled
-        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+        mix = None
+        if self.cfg.mixup.enabled:
+            x, partner, share = mix_batch(x, y, self.cfg.mixup, crop=getattr(self._model, "crop", 0))
+            mix = (partner, share)
+        return (x.contiguous(memory_format=torch.channels_last) if self._channels_last else x), mix
 
     def compile_ahead(self) -> None:
         """With ``train.compile``: compile the training step before the clock starts, and time it apart
@@ -876,9 +895,9 @@ class Trainer:
             for start in [0] + ([last] if self._batch_rows(last) != self._batch_rows(0) else []):
                 x, y = next(iterate_batches(self.data.train, self.cfg.train.batch_size, start=start, part=self._part,
                                             min_last=self._min_last))
-                x = self._prepare(x)
+                x, mix = self._prepare(x, y)
                 try:
-                    self._backward_batch(x, y, self._batch_rows(start))  # the parts' shapes, with micro-batches
+                    self._backward_batch(x, y, self._batch_rows(start), mix)  # the parts' shapes, with micro-batches
                 except Exception as e:  # inductor's errors run to pages: their start, and the way out
                     if deterministic_refusal(e):  # not the compiler's fault: deterministic_errors says whose
                         raise
