@@ -167,6 +167,11 @@ def matmul_paths(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], tor
     if a.device.type == "cpu" and torch.backends.mkldnn.is_available():
         # aten's oneDNN linear on oneDNN-layout tensors computes x @ w.T; the layouts are converted here, untimed.
         a_dnn, bt_dnn = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+        if a.dtype != torch.float32:
+            try:  # a bf16 one needs AVX-512 (or AVX-NE-CONVERT): on an AVX2 CPU it raises, and torch.mm emulates
+                torch.ops.aten.mkldnn_linear(a_dnn, bt_dnn)
+            except RuntimeError:
+                return paths
         paths["onednn"] = lambda: torch.ops.aten.mkldnn_linear(a_dnn, bt_dnn)
     return paths
 
