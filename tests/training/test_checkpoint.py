@@ -419,3 +419,15 @@ def test_best_and_top_k_files_hold_the_model_not_the_training_state(mnist_root, 
         assert (run / name).stat().st_size < 1.3 * weights + 50_000, name  # the weights and a little metadata
         load_model(run / name)  # a model to use
     assert (run / "last.ckpt").stat().st_size > 3 * weights  # the training state is last.ckpt's
+
+
+def test_save_checkpoint_refuses_a_nul_in_the_path_and_a_payload_without_weights(tmp_path):
+    from mnistlab.training.checkpoint import CheckpointWriteError
+
+    # a bare ValueError ("embedded null byte") from the temporary file's cleanup
+    with pytest.raises(CheckpointWriteError, match="a path cannot hold a NUL character"):
+        save_checkpoint(tmp_path / "a\x00b.ckpt", {"model": {"w": torch.zeros(1)}})
+    for payload in ({"weights": {}}, [("model", {})]):  # a bare KeyError 'model', or a TypeError about indices
+        with pytest.raises(TypeError, match="payload must be a dict holding 'model'"):
+            save_checkpoint(tmp_path / "x.ckpt", payload)
+    assert list(tmp_path.iterdir()) == []

@@ -108,6 +108,11 @@ def atomic_write(path: Path, write) -> None:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (which must hold ``model``: a state_dict) atomically, with format version and digest."""
     path = Path(path)
+    if "\x00" in str(path):  # os.open's ValueError ("embedded null byte") came out of the temporary file's cleanup
+        raise CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: a path cannot hold a NUL character")
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        raise TypeError("save_checkpoint(path, payload): payload must be a dict holding 'model', the model's "
+                        "state_dict(), e.g. {'model': model.state_dict()}")
     payload = dict(payload)
     payload["format_version"] = FORMAT_VERSION
     payload["model"] = {k: v.detach().to("cpu") for k, v in payload["model"].items()}
