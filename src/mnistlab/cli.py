@@ -736,7 +736,12 @@ def _raise_terminated(signum: int, frame) -> None:
 
 
 def _interrupted(command: str, signum: int) -> int:
-    """Say that Ctrl-C or a signal stopped ``command``, in one line; its exit status (130, 143)."""
+    """Say that Ctrl-C or a signal stopped ``command``, in one line; its exit status (130, 143).
+
+    In a process of `train --nproc` (or torchrun) only rank 0 says it: the signal reaches every process, and
+    before or after the training loop (loading the data, testing) each one stopped by it printed the line."""
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0 (see distributed.is_main)
+        return 128 + signum
     _clear_progress_line()
     print(f"mnistlab {command}: interrupted by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
     return 128 + signum

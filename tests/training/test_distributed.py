@@ -8,6 +8,7 @@ of 100, the last one of 91 images, split 45/46 between the ranks.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -217,6 +218,95 @@ def test_the_launcher_leaves_out_torchruns_traceback_of_a_signal_it_passed_on(tm
     assert capfd.readouterr().err == text.decode()
     # torchrun's default of 30 s killed workers still validating or writing last.ckpt: the epoch was lost
     assert SHUTDOWN_TIMEOUT_S >= 600
+
+
+def test_the_launcher_leaves_out_the_tracebacks_of_a_ctrl_c_that_came_while_the_processes_started(tmp_path, capfd):
+    from mnistlab.training.distributed import _relay
+
+    # As torchrun passed them on after a Ctrl-C in the first seconds (recorded, cut short): both workers were
+    # importing torch, and their KeyboardInterrupt tracebacks came interleaved in pieces ("Traceback" in mid-line,
+    # a line's indentation or newline apart from it); torchrun's own SignalException had a second one chained to it.
+    frames = b'  File "<frozen runpy>", line 112, in _get_module_details\n  File "/m/config.py", line 82\n'
+    text = (b"W1202 10:57:43.096000 10361 torch/distributed/elastic/agent/server/api.py:753] Received 2 death "
+            b"signal, shutting down workers\n"
+            b"Could not import runpy module\n"
+            b"Traceback (most recent call last):\n" + frames
+            + b"    _set_new_attribute(cls, '__eq__',Traceback (most recent call last):\n" + frames + b"\n"
+            + b"    @dataclass    \nfrom torch.fx.experimental.proxy_tensor import py_sym_types\n"
+            + b"^^^^^^  File \"/py/dataclasses.py\", line 1220, in wrap\n"
+            + b"    setattr(cls, name, value)\nKeyboardInterrupt\n    import ipaddress\n" + frames
+            + b"KeyboardInterrupt\n"
+            b"Traceback (most recent call last):\n  File \"run.py\", line 9, in main\n    run()\n"
+            b"torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 2\n\n"
+            b"During handling of the above exception, another exception occurred:\n\n"
+            b"Traceback (most recent call last):\n  File \"run.py\", line 11, in main\n    wait()\n"
+            b"torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 2\n")
+    _relay(io.BytesIO(text), tmp_path / "no-error-file", received=[2])
+    assert capfd.readouterr().err == ""
+    # Rank 0 was stopped before its training loop (tracing the graph) and said so; rank 1, in the loop, then
+    # lost its peer in a collective.
+    lost = (b"mnistlab train: interrupted by SIGINT\n[rank1]: Traceback (most recent call last):\n"
+            b"[rank1]:   File \"fit.py\", line 717, in _train_epoch\n[rank1]:     step_sums = all_reduce_sum(step_sums)\n"
+            b"[rank1]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection "
+            b"closed by peer [127.0.0.1]:37278. This is typically caused by a remote worker crashing.\n")
+    _relay(io.BytesIO(lost + text), tmp_path / "no-error-file", received=[2])
+    assert capfd.readouterr().err == "mnistlab train: interrupted by SIGINT\n"
+    # A worker's error among them (here after it joined the process group: torch prefixes its rank) is shown.
+    error = b"[rank1]: Traceback (most recent call last):\n[rank1]:   File \"x.py\", line 1\n[rank1]: OSError: disk\n"
+    _relay(io.BytesIO(text + error + b"resume with: mnistlab train --resume run\n"), tmp_path / "no-error-file",
+           received=[2])
+    assert capfd.readouterr().err == (error + b"resume with: mnistlab train --resume run\n").decode()
+
+
+def test_ctrl_c_ends_a_process_waiting_for_the_others_to_join(tmp_path):
+    # A Ctrl-C while the processes started ended those still importing torch; a rank already in
+    # init_process_group waited on for them (30 minutes, in C++, where Python's handler cannot run),
+    # and torchrun waits for it: the run hung. Here rank 1 of 2 joins a store (as torchrun's agent holds it)
+    # that rank 0 never reaches.
+    import datetime
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = dist.TCPStore("127.0.0.1", port, None, True, timeout=datetime.timedelta(seconds=60),
+                          wait_for_workers=False)
+    env = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    code = ("import torch\nfrom mnistlab.training import distributed\nprint('joining', flush=True)\n"
+            "distributed.init(torch.device('cpu'))\nprint('joined', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "joining\n"
+        deadline = time.monotonic() + 60
+        while store.num_keys() == 0 and time.monotonic() < deadline:  # its keys: inside init_process_group
+            time.sleep(0.05)
+        assert store.num_keys() > 0
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+        del store
+    assert proc.returncode == 130, f"{out}\n{err}"
+    assert out == "" and err == ""  # rank 1 says nothing; rank 0 would say "interrupted by SIGINT", once
+
+
+def test_only_rank_0_says_that_a_signal_stopped_the_run(monkeypatch, capfd):
+    # Ctrl-C before or after the training loop (loading the data, the final test) reaches every process,
+    # and each printed "mnistlab train: interrupted by SIGINT".
+    from mnistlab.cli import _interrupted
+
+    for rank, lines in (("1", []), ("0", ["mnistlab train: interrupted by SIGINT"])):
+        monkeypatch.setenv("RANK", rank)
+        assert _interrupted("train", signal.SIGINT) == 130
+        assert capfd.readouterr().err.splitlines() == lines
+    monkeypatch.delenv("RANK")  # one process
+    assert _interrupted("train", signal.SIGTERM) == 143
+    assert capfd.readouterr().err.splitlines() == ["mnistlab train: interrupted by SIGTERM"]
 
 
 def test_the_launcher_shares_the_cores_out_unless_told(monkeypatch):

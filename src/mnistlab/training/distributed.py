@@ -17,8 +17,10 @@ callback decisions).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,12 +85,55 @@ def init(device: torch.device) -> bool:
     if not launched_by_torchrun() or active():
         return False
     check_processes(int(os.environ["WORLD_SIZE"]), device)
-    if device.type == "cuda":
-        torch.cuda.set_device(local_device(device))
-        dist.init_process_group("nccl", device_id=local_device(device))
-    else:
-        dist.init_process_group("gloo")
+    with _ended_by_a_signal():
+        if device.type == "cuda":
+            torch.cuda.set_device(local_device(device))
+            dist.init_process_group("nccl", device_id=local_device(device))
+        else:
+            dist.init_process_group("gloo")
     return True
+
+
+_STOPPING = {int(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))}
+
+
+@contextlib.contextmanager
+def _ended_by_a_signal():
+    """End this process (exit status 128 + the signal) if SIGINT (or a SIGTERM or SIGHUP that Python handles)
+    comes while the block runs: ``init_process_group`` waits in C++ for every rank to join, for up to 30 minutes,
+    and Python's handler runs only once it returns. A Ctrl-C while the processes start ended the ones still
+    importing torch, and a rank already waiting for them went on waiting, so the run hung without a word
+    (torchrun waits an hour for its workers after passing a signal on, see SHUTDOWN_TIMEOUT_S). The C-level
+    handler writes the signal's number to the wakeup fd even then; a thread here reads it. Nothing has
+    been written by then (the run folder comes after), so ending at once loses nothing."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set the fd
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            signums = [n for n in os.read(read_end, 64) if n in _STOPPING]  # 0: the block ended
+            if signums and not done.is_set():
+                if is_main():
+                    print(f"mnistlab train: interrupted by {signal.Signals(signums[0]).name}", file=sys.stderr,
+                          flush=True)
+                os._exit(128 + signums[0])
+
+    watcher = threading.Thread(target=watch, name="mnistlab-signal-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        os.write(write_end, b"\0")
+        watcher.join()
+        os.close(read_end)
+        os.close(write_end)
 
 
 def shutdown() -> None:
@@ -145,33 +190,77 @@ def _worker_env(nproc: int) -> dict[str, str]:
 SHUTDOWN_TIMEOUT_S = 3600
 
 
+_RANK_PREFIX = re.compile(rb"^\[rank\d+\]: ")  # torch's prefix of a worker's traceback once it joined the group
+_CHAINED = (b"During handling of the above exception", b"The above exception was the direct cause")
+_EXCEPTION_LINE = re.compile(rb"^[A-Za-z_][\w.]*(: |:?\r?\n?$)")  # "KeyboardInterrupt", "RuntimeError: ..."
+
+
+# gloo's error in a rank whose peer is gone: after a signal, one that the signal ended before its training loop
+# (loading the data, tracing the graph), while this rank, already in the loop, waited for it in a collective.
+_PEER_GONE = (b"Connection closed by peer", b"Connection reset by peer")
+
+
+def _of_the_signal(line: bytes) -> bool:
+    """Whether a traceback's last line is the signal's doing: torchrun's ``SignalException``, the
+    ``KeyboardInterrupt`` of a process that Ctrl-C reached before it set a handler (still importing torch),
+    or a rank's loss of a peer that the signal ended."""
+    return (b"SignalException" in line or line.startswith(b"KeyboardInterrupt")
+            or any(gone in line for gone in _PEER_GONE))
+
+
 def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = ()) -> None:
     """Pass the workers' and torchrun's stderr on, line by line as it comes, until a worker has left an
     error: what follows is the other ranks' and torchrun's reaction to its exit (a lost peer's traceback,
     torchrun's ChildFailedError report), not news to the user. After a signal we passed on (``received``),
-    torchrun's own traceback of it (``SignalException``) and its log lines of passing it on ("Received 2 death
-    signal, shutting down workers", "Sending process ... closing signal SIGINT") are left out too: the run
-    stopped as asked, and the resume line above them is what matters."""
-    held: list[bytes] = []  # a traceback, until its last line says whose it is
+    the tracebacks of the signal itself are left out too: torchrun's (``SignalException``, with the one chained
+    to it when a second signal cut its wait short), and the ``KeyboardInterrupt`` of a process that was still
+    starting (torchrun and every worker import torch for seconds; the workers' tracebacks come interleaved,
+    in pieces), and so are torchrun's log lines of passing the signal on ("Received 2 death signal, shutting down
+    workers", "Sending process ... closing signal SIGINT"): the run stopped as asked, and the resume line
+    above them is what matters. A traceback among them that ends in another error is shown whole."""
+    held: list[bytes] = []  # tracebacks begun after a signal (several at once, or chained), until all have ended
+    unended = 0  # tracebacks in ``held`` whose exception line has not come yet
+    other = False  # one of them ended in an error of its own, not the signal's
+    chained = False  # all have ended, and "During handling of the above exception" says another follows
+
+    def flush() -> None:
+        nonlocal held, unended, other, chained
+        if other:
+            sys.stderr.buffer.write(b"".join(held))
+            sys.stderr.flush()
+        held, unended, other, chained = [], 0, False, False
+
     for line in iter(stream.readline, b""):
         if error_file.exists():
             continue
         if received and b"torch/distributed/elastic/" in line:  # its log of passing the signal on
             continue
-        if received and not held and line.startswith(b"Traceback (most recent call last)"):
+        body = _RANK_PREFIX.sub(b"", line)
+        if received and body.startswith(b"Could not import runpy module"):  # Python's, of a signal at its start
+            continue
+        # Anywhere in the line: processes that print tracebacks at once interleave them in pieces, not lines.
+        begun = line.count(b"Traceback (most recent call last)") if received else 0
+        if begun:
+            if held and not unended and not chained:  # a traceback of its own, after those held
+                flush()
             held.append(line)
+            unended, chained = unended + begun, False
             continue
         if held:
-            held.append(line)
-            if not line.startswith((b" ", b"\t")):  # the exception line ends the traceback
-                if b"SignalException" not in line:
-                    sys.stderr.buffer.write(b"".join(held))
-                held = []
-            continue
+            if not body.strip() or body.startswith(_CHAINED) or (unended and body.startswith((b" ", b"\t"))):
+                held.append(line)  # a frame, or what joins two chained tracebacks
+                chained = chained or (not unended and body.startswith(_CHAINED))
+                continue
+            if unended:
+                held.append(line)
+                if _of_the_signal(body) or _EXCEPTION_LINE.match(body):  # the exception line that ends one
+                    unended -= 1
+                    other = other or not _of_the_signal(body)
+                continue  # else a piece of a frame, cut off by another process's (the indentation, the newline)
+            flush()  # all have ended: a line of its own follows
         sys.stderr.buffer.write(line)
         sys.stderr.flush()
-    sys.stderr.buffer.write(b"".join(held))
-    sys.stderr.flush()
+    flush()
 
 
 _PR_SET_PDEATHSIG = 1
