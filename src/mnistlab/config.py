@@ -41,6 +41,9 @@ MAX_THREADS = 1024
 MAX_ELASTIC_ALPHA = 1000.0  # pixels; Simard et al. used 34 (with sigma 4)
 MIN_ELASTIC_SIGMA = 0.01  # pixels; Simard et al. used 4
 MIN_MIX_ALPHA = 0.001  # mixup.alpha, mixup.cutmix_alpha: below about 1e-10 Beta(a, a) draws 0.5 every time, not 0 or 1
+# and above: Beta(a, a) draws 0.5 give or take 0.00035 (one standard deviation) at 1e6; from about 9e307 its two
+# gamma draws overflow their sum, and every share came out 0 (each image replaced by its partner)
+MAX_MIX_ALPHA = 1e6
 MAX_WARMUP_EPOCHS = 1e6  # past any run; 1e308 overflowed the count of warm-up steps
 # bytes of a checkpoint file name filled in from checkpoint.filename: file systems allow 255, and the run adds
 # "-v1" to a name that is taken and ".NAME.tmp-PID" while writing
@@ -563,6 +566,10 @@ class MixupConfig:
             if 0 < getattr(self, key) < MIN_MIX_ALPHA:  # Beta(a, a) below it draws 0 or 1 in float32, or NaN
                 raise ConfigError(f"mixup.{key} must be 0 (off) or at least {MIN_MIX_ALPHA:g}, got "
                                   f"{getattr(self, key):g}")
+            if getattr(self, key) > MAX_MIX_ALPHA:
+                raise ConfigError(f"mixup.{key} must be at most {MAX_MIX_ALPHA:g} (Beta({MAX_MIX_ALPHA:g}, "
+                                  f"{MAX_MIX_ALPHA:g}) already draws 0.5 give or take 0.00035), got "
+                                  f"{getattr(self, key):.10g}")
 
     @property
     def enabled(self) -> bool:

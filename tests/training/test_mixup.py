@@ -68,6 +68,8 @@ def test_with_both_on_each_batch_is_mixed_one_way_or_the_other():
     ("mixup.alpha=-0.1", "mixup.alpha must be zero or more, got -0.1"),
     ("mixup.cutmix_alpha=nan", "mixup.cutmix_alpha must be a finite number"),
     ("mixup.alpha=1e-5", r"mixup.alpha must be 0 \(off\) or at least 0.001, got 1e-05"),
+    # Beta(1e308, 1e308) drew 0 every time (its gamma draws' sum overflowed): every image became its partner
+    ("mixup.cutmix_alpha=1e308", r"mixup.cutmix_alpha must be at most 1e\+06 .*, got 1e\+308"),
 ])
 def test_a_bad_alpha_is_refused(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -205,3 +205,38 @@ def test_the_fused_step_trains_as_the_multi_tensor_one(mnist_root, tmp_path, mon
         assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
     else:  # fp16's rounding of the weights in the forward pass turns differences of 1e-8 into 1e-3 (Adam)
         assert abs(fused.summary["test_accuracy"] - plain.summary["test_accuracy"]) < 0.01
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
+def test_a_resume_in_another_memory_layout_trains_on_as_the_run_would(mnist_root, tmp_path, name):
+    # train.channels_last may change on resume; the checkpoint's moments stay in the layout they were saved in. The
+    # fused kernels pair a parameter's elements with its state's in storage order: resumed in channels-last from
+    # an NCHW run, the step mixed other elements' moments in (SGD's weights 4e-3 off, Adagrad's 3e-2).
+    cfg = small(mnist_root, f"optimizer.name={name}", "optimizer.lr=0.02", "data.train_limit=600",
+                "schedule.name=constant", "train.precision=fp32", "train.epochs=2", "train.channels_last=false")
+    train(cfg, out=tmp_path / "whole", quiet=True)
+    train(apply_overrides(cfg, ["train.epochs=1"]), out=tmp_path / "parts", quiet=True)
+    train(apply_overrides(cfg, ["train.channels_last=true"]), resume=tmp_path / "parts", quiet=True)
+    a, b = (read_checkpoint(tmp_path / run / "last.ckpt")["model"] for run in ("whole", "parts"))
+    # the layouts' float rounding: up to 1.5e-5 apart here
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 2e-4
+
+
+def test_sgds_first_step_skipped_by_the_fp16_loss_scale_leaves_its_momentum_at_zero(mnist_root):
+    # PyTorch's fused SGD makes the momentum with torch.empty_like in its first step and leaves it so when the loss
+    # scale skips that step: the next one added whatever that memory held to the weights (1e19, then a NaN loss).
+    from mnistlab import build_model, load_data
+    from mnistlab.training.fit import Trainer
+
+    cfg = small(mnist_root, "optimizer.name=sgd", "optimizer.lr=0.01", "train.precision=fp16", "data.train_limit=512",
+                "data.val_size=256", "schedule.name=constant")
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, num_classes=10, mean=data.mean, std=data.std, **cfg.model.options())
+    with torch.no_grad():
+        model.classifier[-1].weight.mul_(100)  # large logits: the first steps' gradients overflow in fp16
+    trainer = Trainer(model, data, cfg)
+    result = trainer.fit()
+    assert trainer.skipped_steps >= 1
+    assert result.stopped_by == "max_epochs", result.stop_reason
+    assert all(torch.isfinite(p).all() and p.abs().max() < 100 for p in model.parameters())

@@ -54,7 +54,7 @@ from .display import Display
 from .evaluate import eval_mode, evaluate, predict_logits
 from .mixing import mix_batch
 from .finetune import freeze, hold_frozen_batch_norm, released_by, trainable_line
-from .optim import build_optimizer, fill_missing_state
+from .optim import build_optimizer, fill_missing_state, lay_out_state_as_params
 from .schedules import lr_at
 
 
@@ -958,6 +958,7 @@ class Trainer:
         for p in self._frozen:
             p.requires_grad_(True)
         self.optimizer.add_param_group({"params": self._frozen})
+        fill_missing_state(self.optimizer)  # SGD's momentum for the new group (see there)
         self._frozen = []
         self._compiled = False
         if self._world > 1:  # DDP averages the gradients of the parameters that were trainable when it was built
@@ -1142,6 +1143,7 @@ class Trainer:
                         "own optimizer group at this point: resume without changing it")
             raise CheckpointError(f"the optimizer state in the checkpoint does not fit this config ({e}){hint}") from None
         _check_optimizer_state(self.optimizer)
+        lay_out_state_as_params(self.optimizer)  # the checkpoint's layout may not be this run's
         # load_state_dict also brought back each group's settings as they were (weight decay, betas, eps,
         # momentum): the config's, as given for this resume, are the ones to train on under.
         for group in self.optimizer.param_groups:
