@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mnistlab import apply_overrides
-from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, time_to_accuracy
+from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, variant_runs
 from mnistlab.config import load_config
 from mnistlab.data import load_data
 
@@ -53,13 +53,7 @@ def main() -> None:
     train_images = load_data(base.data).train.images.double()
     print("share of the training images' ink in the outer border: "
           + ", ".join(f"{b} px {100 * border_ink(train_images, b):.2f}%" for b in (1, 2, 3, 4)))
-    rows = []
-    for seed in range(args.seeds):
-        for label, opts in VARIANTS:
-            run = time_to_accuracy([*opts, *threads], [seed], config=base)[0]
-            rows.append({"seed": seed, "variant": label, "val acc %": round(100 * run["val_accuracy"], 2),
-                         "train s": round(run["train_seconds"], 2)})
-        print(f"seed {seed} done", flush=True)
+    rows = variant_runs(base, VARIANTS, args.seeds, threads)
     print()
     print(format_table(rows))
     print()

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from mnistlab import apply_overrides
-from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, time_to_accuracy
+from mnistlab.bench import benchmark_parser, format_table, machine_description, parse_benchmark_args, variant_runs
 from mnistlab.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -36,13 +36,7 @@ def main() -> None:
     base = apply_overrides(load_config(CONFIGS / "fast.toml"), [f"data.dir={args.data_dir}",
                                                                 f"train.epochs={args.epochs}"])
     print(f"machine: {machine_description()}; configs/fast.toml for {args.epochs} epochs")
-    rows = []
-    for seed in range(args.seeds):
-        for label, opts in VARIANTS:
-            run = time_to_accuracy([*opts, *threads], [seed], config=base)[0]
-            rows.append({"seed": seed, "variant": label, "val acc %": round(100 * run["val_accuracy"], 2),
-                         "train s": round(run["train_seconds"], 2)})
-        print(f"seed {seed} done", flush=True)
+    rows = variant_runs(base, VARIANTS, args.seeds, threads)
     print()
     print(format_table(rows))
     print()

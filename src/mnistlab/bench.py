@@ -368,6 +368,21 @@ def time_to_accuracy(overrides: Sequence[str], seeds: Iterable[int], *, config: 
     return rows
 
 
+def variant_runs(config: Config, variants: Sequence[tuple[str, Sequence[str]]], seeds: int,
+                 overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """:func:`time_to_accuracy` of each ``(label, overrides)`` variant of ``config`` for seeds 0 to ``seeds - 1``,
+    the variants interleaved seed by seed (so that the machine's slow stretches fall on all of them); one row
+    per run: seed, variant, best validation accuracy in % and training seconds. Prints a line per seed."""
+    rows = []
+    for seed in range(seeds):
+        for label, opts in variants:
+            run = time_to_accuracy([*opts, *overrides], [seed], config=config)[0]
+            rows.append({"seed": seed, "variant": label, "val acc %": round(100 * run["val_accuracy"], 2),
+                         "train s": round(run["train_seconds"], 2)})
+        print(f"seed {seed} done", flush=True)
+    return rows
+
+
 def _at_least_one(**counts: int | None) -> None:
     """A ValueError for a count below 1 (None: not given)."""
     for name, value in counts.items():
