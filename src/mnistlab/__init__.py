@@ -17,33 +17,55 @@ The Python API, for notebooks and scripts::
 
 from __future__ import annotations
 
-from .callbacks import Callback
-from .config import Config, apply_overrides, load_config
-from .data import load_data
-from .errors import CheckpointError, ConfigError, DataError, MnistlabError
-from .export import export_onnx
-from .models import build_model, list_models
-from .training import FitResult, TrainingInterrupted, evaluate, fit, load_model, train
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Callback",
-    "CheckpointError",
-    "Config",
-    "ConfigError",
-    "DataError",
-    "FitResult",
-    "MnistlabError",
-    "TrainingInterrupted",
-    "apply_overrides",
-    "build_model",
-    "evaluate",
-    "export_onnx",
-    "fit",
-    "list_models",
-    "load_config",
-    "load_data",
-    "load_model",
-    "train",
-]
+# Each name is imported on first use (PEP 562), so that importing the package does not import torch:
+# `mnistlab --help` answers at once, and a Ctrl-C in the seconds torch takes to import reaches the CLI's
+# handler ("interrupted by SIGINT") rather than ending in a traceback from inside torch.
+_HOMES = {
+    "Callback": ".callbacks",
+    "CheckpointError": ".errors",
+    "Config": ".config",
+    "ConfigError": ".errors",
+    "DataError": ".errors",
+    "FitResult": ".training",
+    "MnistlabError": ".errors",
+    "TrainingInterrupted": ".training",
+    "apply_overrides": ".config",
+    "build_model": ".models",
+    "evaluate": ".training",
+    "export_onnx": ".export",
+    "fit": ".training",
+    "list_models": ".models",
+    "load_config": ".config",
+    "load_data": ".data",
+    "load_model": ".training",
+    "train": ".training",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
+
+if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
+    from .callbacks import Callback
+    from .config import Config, apply_overrides, load_config
+    from .data import load_data
+    from .errors import CheckpointError, ConfigError, DataError, MnistlabError
+    from .export import export_onnx
+    from .models import build_model, list_models
+    from .training import FitResult, TrainingInterrupted, evaluate, fit, load_model, train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import codecs
 import dataclasses
 import io
@@ -703,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     sigterm = args.command not in ("train", "lr-find") and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if sigterm else None
     try:
+        _import_torch(args.command)
         return handler(args)
     except MnistlabError as e:
         if not leave_error(str(e)):  # in a process of `train --nproc`: the launcher prints it, once
@@ -735,14 +737,39 @@ def _raise_terminated(signum: int, frame) -> None:
     raise _Terminated()
 
 
-def _interrupted(command: str, signum: int) -> int:
+def _import_torch(command: str) -> None:
+    """Import torch, which every command uses, ending the process at once if Ctrl-C or SIGTERM comes meanwhile.
+
+    The import takes seconds. A Ctrl-C in them raised KeyboardInterrupt wherever Python was: a traceback
+    from deep inside torch, and inside the initialisation of torch's C++ extension a SystemError and then a
+    segmentation fault. Nothing has been written yet, so ending at once loses nothing.
+    """
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        import torch  # noqa: F401
+        return
+
+    def end(signum: int, frame) -> None:
+        os._exit(_interrupted(command, signum, progress=False))
+
+    previous = {signum: signal.signal(signum, end) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        import torch  # noqa: F401
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(command: str, signum: int, progress: bool = True) -> int:
     """Say that Ctrl-C or a signal stopped ``command``, in one line; its exit status (130, 143).
 
     In a process of `train --nproc` (or torchrun) only rank 0 says it: the signal reaches every process, and
-    before or after the training loop (loading the data, testing) each one stopped by it printed the line."""
+    before or after the training loop (loading the data, testing) each one stopped by it printed the line.
+    ``progress=False``: there is no progress line to clear (and its module, which needs torch, is not loaded).
+    """
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0 (see distributed.is_main)
         return 128 + signum
-    _clear_progress_line()
+    if progress:
+        _clear_progress_line()
     print(f"mnistlab {command}: interrupted by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
     return 128 + signum
 
@@ -753,5 +780,29 @@ def _clear_progress_line() -> None:
     clear_progress_line()
 
 
+def run() -> None:
+    """The ``mnistlab`` command (and ``python -m mnistlab``): :func:`main`, then exit with its status.
+
+    The exit skips the interpreter's teardown, which frees every module's objects one by one: with torch,
+    its compiler and matplotlib loaded that took 1 to 2.5 s on the 2-core CPU after a run had finished and
+    printed its result -- as long as a short run's training. In a torchrun worker it also freed gloo's C++
+    objects in no set order, which now and then aborted a finished worker ("terminate called without an
+    active exception", SIGABRT: 1 run in about 7 on the loaded 2-core CI machine), and torchrun then failed
+    the whole run. What an exit must do is still done, in the interpreter's order: other threads are waited
+    for, the atexit handlers run (temporary folders, logging, worker pools), and the output is flushed.
+    """
+    code = main()
+    if not (hasattr(threading, "_shutdown") and hasattr(atexit, "_run_exitfuncs")):  # not CPython: the usual exit
+        sys.exit(code)
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a full disk, a closed stream: the interpreter's exit status for it
+            code = code or 120
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
