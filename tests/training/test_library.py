@@ -107,6 +107,24 @@ def test_train_gives_the_process_its_threads_and_random_stream_back(mnist_root, 
     assert not logging.getLogger("mnistlab").handlers  # and the printing ends with the run
 
 
+def test_fit_trains_on_the_configs_threads_and_gives_the_callers_count_back(mnist_small, mnist_root):
+    # fit() ignored train.threads (train() applied it): a notebook's `--threads 1` config trained on all cores.
+    from mnistlab import Callback
+
+    class Threads(Callback):
+        seen: list[int] = []
+
+        def on_epoch_end(self, epoch, metrics, trainer):
+            self.seen.append(torch.get_num_threads())
+
+    torch.set_num_threads(2)
+    model = build_model("cnn", width=0.25, mean=mnist_small.mean, std=mnist_small.std)
+    fit(model, mnist_small, tiny_cfg(mnist_root, "train.threads=1"), callbacks=[Threads()])
+    assert Threads.seen == [1] and torch.get_num_threads() == 2
+    fit(model, mnist_small, tiny_cfg(mnist_root), callbacks=[Threads()])  # unset: the process's count
+    assert Threads.seen == [1, 2] and torch.get_num_threads() == 2
+
+
 def test_a_path_is_a_data_dir():
     assert DataConfig(dir=Path("/data/mnist")).dir == "/data/mnist"  # written to config.toml as text
 

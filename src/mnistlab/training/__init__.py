@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -58,13 +59,28 @@ def fit(
     for warning in settings_warnings(cfg):
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
-    trainer = Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir)
-    if run_dir is None:
-        return trainer.fit()
-    # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
-    # last.ckpt and best.ckpt with this one's.
-    with RunLock(Path(run_dir)):
-        return trainer.fit()
+    with _threads(cfg.train.threads):
+        trainer = Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir)
+        if run_dir is None:
+            return trainer.fit()
+        # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
+        # last.ckpt and best.ckpt with this one's.
+        with RunLock(Path(run_dir)):
+            return trainer.fit()
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """``train.threads`` for the length of a fit() call (unset: the process's count), then the caller's count,
+    as ``train`` does."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _check_config_describes(model, data, cfg: Config) -> None:
