@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread per test process unless a test sets more: `make test` runs one worker per core, and two
+# threads in each worker spun in OpenMP's waits on the shared cores (3 to 6 times the CPU for the same work,
+# measured on the 2-core machine). Set before torch is imported; the CLI processes the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 

@@ -22,7 +22,7 @@ def finished_run(mnist_root, tmp_path_factory):
 
     cfg = apply_overrides(Config(), {
         "data.dir": str(mnist_root), "data.download": False, "data.train_limit": 2000, "data.val_size": 500,
-        "train.epochs": 3, "train.threads": 2, "train.progress": False, "tensorboard.enabled": False,
+        "train.epochs": 3, "train.threads": 1, "train.progress": False, "tensorboard.enabled": False,
         "early_stopping.criterion": "patience", "early_stopping.monitor": "epoch", "early_stopping.mode": "min",
         "early_stopping.patience": 1, "early_stopping.restore_best_weights": True,
     })
