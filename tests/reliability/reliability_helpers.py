@@ -54,9 +54,11 @@ import sys, types
 import mnistlab.report
 mnistlab.report.write_run_report = lambda *args, **kwargs: types.SimpleNamespace(path="(skipped in tests)")
 """
+# Ended as the `mnistlab` command ends (mnistlab.cli.run): main(), then an exit that skips the interpreter's
+# teardown; sys.exit(main()) spent 2 s of CPU a process tearing torch down, as long as a run's training here.
 MAIN = """
-from mnistlab.cli import main
-sys.exit(main(sys.argv[1:]))
+from mnistlab.cli import run
+run()
 """
 
 

@@ -55,6 +55,21 @@ def finished(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, f"{out}\n{err}"
 
 
+def launched_here(*args: str, cwd: Path) -> int:
+    """``mnistlab ARGS`` (``train --nproc N``) with the launcher in this process: the command's main(), in ``cwd``
+    and with ENV's settings. torchrun and the training processes it starts are real processes, as from the
+    command; only the launcher's own start is saved (seconds of importing torch to start torchrun and wait).
+    Their output goes where this process's goes (pytest captures it). Tests of what the launcher does with a
+    signal start it as a process of its own."""
+    from mnistlab.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        for key in ("PYTHONUNBUFFERED", "OMP_NUM_THREADS"):
+            mp.setenv(key, ENV[key])
+        return main(list(args))
+
+
 def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
@@ -70,9 +85,11 @@ def runs(mnist_root, tmp_path_factory):
     one_cwd, two_cwd = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     one = mnistlab(*train_args(mnist_root, "--out", "run"), cwd=one_cwd, **pipes)
-    two = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "2"), cwd=two_cwd, **pipes)
-    finished(one)
-    finished(two)
+    try:
+        rc = launched_here(*train_args(mnist_root, "--out", "run", "--nproc", "2"), cwd=two_cwd)
+    finally:
+        finished(one)
+    assert rc == 0, "the 2-process run failed: see the captured output"
     return one_cwd, two_cwd
 
 
@@ -127,39 +144,55 @@ def test_two_processes_train_what_one_process_trains(runs):
     assert len(two["rng_ranks"]) == 2 and "rng_ranks" not in one
 
 
-def test_two_processes_in_micro_batches_train_what_one_process_trains(mnist_root, runs, tmp_path):
-    # Each process's 50 images in parts of at most 20 (3 parts), DDP averaging once, in the last part's backward.
+# torch.compile as the identity (compiling takes minutes here): train.compile's passes before training still run.
+# The report is skipped (rank 0's plots take seconds; the `runs` fixture's runs write it); the exit is the command's
+# own (mnistlab.cli.run, what `python -m mnistlab` runs: the workers of --nproc end so).
+NO_COMPILE_MAIN = """
+import sys, types
+import torch
+torch.compile = lambda module, **kwargs: module
+import mnistlab.report
+mnistlab.report.write_run_report = lambda *args, **kwargs: types.SimpleNamespace(path="(skipped in tests)")
+from mnistlab.cli import run
+run()
+"""
+
+
+@pytest.fixture(scope="module")
+def uneven_parts(mnist_root, tmp_path_factory):
+    """A 2-process run in parts of at most 15 rows, with train.compile: the folder, and torchrun's result.
+
+    One run for two tests (each run of 2 processes costs seconds of starting): the parts must train what one
+    process trains, and train.compile's passes before training must not hang the processes.
+    Each process's 50 images of a batch go in 4 parts (13, 13, 12, 12); the last batch of 91 splits 46 / 45:
+    4 parts (12, 12, 11, 11) on rank 0, 3 (15, 15, 15) on rank 1. torch.compile is the identity, and its passes
+    leave no trace, so the run is one in parts without compiling.
+    """
+    cwd = tmp_path_factory.mktemp("parts")
+    script = cwd / "no_compile_main.py"
+    script.write_text(NO_COMPILE_MAIN)
+    args = train_args(mnist_root, "--out", "run", "--set", "train.compile=true", "--set", "train.micro_batch_size=15")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    return cwd, proc
+
+
+def test_two_processes_in_micro_batches_train_what_one_process_trains(runs, uneven_parts):
+    # DDP averaging once per batch, in the last part's backward, however many parts each rank has.
     one_cwd, _ = runs
-    micro = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "2", "--set", "train.micro_batch_size=20"),
-                     cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    finished(micro)
-    one, parts = read_checkpoint(one_cwd / "run" / "last.ckpt"), read_checkpoint(tmp_path / "run" / "last.ckpt")
+    parts_cwd, proc = uneven_parts
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, parts = read_checkpoint(one_cwd / "run" / "last.ckpt"), read_checkpoint(parts_cwd / "run" / "last.ckpt")
     assert parts["step"] == one["step"] == EPOCHS * 20  # one optimizer step per batch, as without parts
     assert max_weight_difference(one["model"], parts["model"]) < WEIGHT_TOL
 
 
-# torch.compile as the identity (compiling takes minutes here): train.compile's passes before training still run.
-NO_COMPILE_MAIN = """
-import sys
-import torch
-torch.compile = lambda module, **kwargs: module
-from mnistlab.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_compile_ahead_in_micro_batches_does_not_hang_two_processes_with_uneven_parts(mnist_root, tmp_path):
-    # 1,991 images: the last batch of 91 splits 46 / 45, in parts of at most 45: 2 parts on rank 0, 1 on rank 1.
-    # train.compile's passes synced every part's backward, so the ranks made unlike numbers of all-reduces and
-    # waited for each other forever.
-    script = tmp_path / "no_compile_main.py"
-    script.write_text(NO_COMPILE_MAIN)
-    args = train_args(mnist_root, "--epochs", "1", "--out", "run", "--set", "train.compile=true",
-                      "--set", "train.micro_batch_size=45")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+def test_compile_ahead_in_micro_batches_does_not_hang_two_processes_with_uneven_parts(uneven_parts):
+    # The last batch's parts: 4 on rank 0, 3 on rank 1 (see uneven_parts). train.compile's passes synced every
+    # part's backward, so the ranks made unlike numbers of all-reduces and waited for each other forever.
+    parts_cwd, proc = uneven_parts
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_checkpoint(tmp_path / "run" / "last.ckpt")["step"] == 20
+    assert read_checkpoint(parts_cwd / "run" / "last.ckpt")["step"] == EPOCHS * 20
 
 
 def test_only_rank_0_writes_files(runs):
@@ -173,7 +206,7 @@ def test_only_rank_0_writes_files(runs):
     assert len(rows) == 1 + EPOCHS  # one writer: a header and one row per epoch, not two
 
 
-def test_ctrl_c_stops_both_processes_and_resume_ends_like_the_uninterrupted_run(mnist_root, runs, tmp_path):
+def test_ctrl_c_stops_both_processes_and_resume_ends_like_the_uninterrupted_run(mnist_root, runs, tmp_path, capfd):
     args = train_args(mnist_root, "--out", "run", "--nproc", "2")
     proc = mnistlab(*args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for line in proc.stdout:  # the first epoch row: training is under way in epoch 2
@@ -188,8 +221,8 @@ def test_ctrl_c_stops_both_processes_and_resume_ends_like_the_uninterrupted_run(
     assert ckpt["step"] < EPOCHS * 20, "the run finished before the signal: nothing was interrupted"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped_by"] == "interrupted"
 
-    finished(mnistlab("train", "--resume", "run", "--nproc", "2", cwd=tmp_path,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    capfd.readouterr()
+    assert launched_here("train", "--resume", "run", "--nproc", "2", cwd=tmp_path) == 0, capfd.readouterr()
     resumed, reference = read_checkpoint(tmp_path / "run" / "last.ckpt"), read_checkpoint(runs[1] / "run" / "last.ckpt")
     # Exact: the same two processes do the same arithmetic; the checkpoint held both ranks' RNG states.
     assert max_weight_difference(resumed["model"], reference["model"]) == 0.0
@@ -334,25 +367,27 @@ def test_no_more_cpu_processes_than_cores(monkeypatch):
         distributed.check_processes(4, torch.device("cpu"), 100)
 
 
-def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, tmp_path):
-    proc = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "3"), cwd=tmp_path,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert err.splitlines() == ["mnistlab train: error: train.batch_size (100) must be divisible by the number of "
-                                "processes (3): each process takes an equal share of every batch"]
+def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, tmp_path, monkeypatch, capfd):
+    # The command's main() in this process (a subprocess would spend seconds importing torch to say one line);
+    # capfd also takes the output of any process it started.
+    from mnistlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(train_args(mnist_root, "--out", "run", "--nproc", "3")) == 2
+    assert capfd.readouterr().err.splitlines() == [
+        "mnistlab train: error: train.batch_size (100) must be divisible by the number of processes (3): each "
+        "process takes an equal share of every batch"]
     assert not (tmp_path / "run").exists()
 
 
-def test_an_error_found_by_the_processes_is_printed_once_and_exits_2(mnist_root, tmp_path):
+def test_an_error_found_by_the_processes_is_printed_once_and_exits_2(mnist_root, tmp_path, capfd):
     # Found by rank 0 alone, after the launch: rank 1, waiting for it, loses its peer; that report and
     # torchrun's are not shown, the error is, once, with the exit status of a 1-process run.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.ckpt").write_bytes(b"a run was here")
-    proc = mnistlab(*train_args(mnist_root, "--out", "run", "--nproc", "2"), cwd=tmp_path,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 2, f"{out}\n{err}"
+    rc = launched_here(*train_args(mnist_root, "--out", "run", "--nproc", "2"), cwd=tmp_path)
+    out, err = capfd.readouterr()
+    assert rc == 2, f"{out}\n{err}"
     assert err.splitlines() == ["mnistlab train: error: run already holds a run; continue it with "
                                 "`mnistlab train --resume run` or choose another --out"]
 
