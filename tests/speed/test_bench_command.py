@@ -14,6 +14,7 @@ from mnistlab import bench
 from mnistlab.callbacks.base import Callback
 from mnistlab.cli import main
 from mnistlab.config import Config, apply_overrides
+from tiny_bench import first_test_images, small_matmuls
 
 TINY = ["--train-limit", "256", "--steps", "1", "--rounds", "1", "--models", "cnn", "--set", "train.epochs=1"]
 
@@ -52,6 +53,12 @@ def test_a_signal_in_a_training_run_is_one_line_and_leaves_nothing(signum, mnist
     monkeypatch.setattr(run, "build_callbacks", lambda *a, **k: [*real(*a, **k), _SignalAtFirstBatch(signum)])
     monkeypatch.setattr(bench, "public_recipe", lambda data, seed: {"test_accuracy": 0.9, "train_seconds": 1.0,
                                                                      "precision": "fp32"})
+    # torch inductor makes its cache folder (torchinductor_<user>, in tempfile's folder unless
+    # TORCHINDUCTOR_CACHE_DIR names one) at its first look-up, which this run can be the one to make: torch's,
+    # not bench's, so it goes where it always goes, whether or not an earlier test in this process looked it up.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert main(["bench", "--data-dir", str(mnist_root), *TINY]) == 128 + signum
     err = capsys.readouterr().err
@@ -89,9 +96,12 @@ def test_settings_that_cannot_run_fail_before_the_first_run(argv, message, mnist
     assert err.startswith("mnistlab bench: error: ") and message in err, err
 
 
-def test_run_bench_keeps_the_callers_state_and_takes_its_seeds_from_train_seed(mnist_root, capsys):
+def test_run_bench_keeps_the_callers_state_and_takes_its_seeds_from_train_seed(mnist_root, capsys, monkeypatch):
+    small_matmuls(monkeypatch)
+    first_test_images(monkeypatch)
     cfg = apply_overrides(Config(), {"data.dir": str(mnist_root), "train.epochs": 1, "train.threads": 1,
-                                     "train.seed": 5, "optimizer.momentum": 0.5})  # momentum: Adam does not read it
+                                     "train.seed": 5, "data.val_size": 100,
+                                     "optimizer.momentum": 0.5})  # momentum: Adam does not read it
     threads = torch.get_num_threads()
     torch.manual_seed(1234)
     expected = torch.rand(3)

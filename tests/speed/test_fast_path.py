@@ -23,6 +23,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.machine import native_bf16
 from mnistlab.models import build_model
 from mnistlab.training.fit import Trainer, use_channels_last
+from tiny_bench import first_test_images, small_matmuls
 
 STEPS, BATCH = 4, 32
 
@@ -69,7 +70,8 @@ def test_channels_last_training_equals_contiguous_training(data):
 
 
 def test_channels_last_auto_follows_the_model_and_device_and_an_explicit_setting_wins():
-    small, big = (build_model(name) for name in ("fast", "alexnet"))  # alexnet: NCHW was faster on the CPU
+    # alexnet: NCHW was faster on the CPU (a choice of the model's, at any width: 0.125 builds in a quarter second)
+    small, big = build_model("fast"), build_model("alexnet", width=0.125)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_channels_last(None, small, cpu) and not use_channels_last(None, big, cpu)
     assert use_channels_last(None, big, cuda)  # NHWC is what tensor cores want
@@ -198,11 +200,15 @@ def test_format_table_aligns_numbers_right():
     assert text.splitlines() == ["model  images/s", "-----  --------", "cnn           5", "fast       1234"]
 
 
-def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys):
+def test_bench_command_runs_on_a_tiny_setting(mnist_root, capsys, monkeypatch):
     from mnistlab.cli import main
 
+    # Tinier still where no line below depends on the size: small matmuls, 1,000 test images, 100 validation ones.
+    small_matmuls(monkeypatch)
+    first_test_images(monkeypatch)
     code = main(["bench", "--data-dir", str(mnist_root), "--train-limit", "256", "--steps", "1", "--models", "cnn",
-                 "--rounds", "2", "--set", "train.epochs=1", "--set", "checkpoint.save_top_k=0"])
+                 "--rounds", "2", "--set", "train.epochs=1", "--set", "checkpoint.save_top_k=0",
+                 "--set", "data.val_size=100"])
     out = capsys.readouterr().out
     assert code == 0
     assert "public recipe" in out and "this config" in out

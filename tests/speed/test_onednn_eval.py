@@ -136,15 +136,19 @@ def test_forward_hooks_still_fire_during_evaluation():
 def test_a_big_model_is_evaluated_in_passes_whose_activations_stay_under_the_mmap_threshold(monkeypatch):
     # ResNet-18's largest activation at 500 images is about 100 MB: glibc mmapped it afresh on every pass and
     # the kernel faulted it in page by page (as long as the compute). Passes of fewer images give the same
-    # results; the small CNNs keep their 500.
+    # results; the small CNNs keep their 500. Here at width 0.375 (a third of width 1's CPU time; its
+    # largest activation, 24 x 28 x 28 floats, is 37.6 MB at 500 images, still over the 32 MiB threshold): 445
+    # images a pass, so 460 images take two passes.
     import sys
 
     from mnistlab.training.allocator import MMAP_THRESHOLD
 
     module = sys.modules["mnistlab.training.evaluate"]
     torch.manual_seed(0)
-    net = build_model("resnet18", num_classes=10, in_channels=1, image_size=(28, 28), mean=(0.13,), std=(0.31,)).eval()
-    split = synthetic_data(2, val=300).test
+    net = build_model("resnet18", num_classes=10, in_channels=1, image_size=(28, 28), mean=(0.13,), std=(0.31,),
+                      width=0.375).eval()
+    n = 460
+    split = synthetic_data(2, val=n).test
     largest = []
     hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel() * o.element_size())) for m in net.modules()]
     with torch.no_grad():
@@ -152,12 +156,12 @@ def test_a_big_model_is_evaluated_in_passes_whose_activations_stay_under_the_mma
         for hook in hooks:
             hook.remove()
         rows = module.rows_per_pass(net, split.images[:1], 500)
-        assert 1 <= rows < 300 and rows * max(largest) <= MMAP_THRESHOLD < (rows + 1) * max(largest)
+        assert 1 <= rows < n and rows * max(largest) <= MMAP_THRESHOLD < (rows + 1) * max(largest)
         assert module.rows_per_pass(_net(), split.images[:1], 500) == 500
     passes = []
     monkeypatch.setattr(net, "forward", lambda x, f=net.forward: passes.append(x.shape[0]) or f(x))
     chunked = evaluate(net, split)
-    assert passes[1:] == [rows, 300 - rows]  # the first pass is the one-image probe
+    assert passes[1:] == [rows, n - rows]  # the first pass is the one-image probe
     monkeypatch.setattr(module, "rows_per_pass", lambda model, image, batch_size: batch_size)
     whole = evaluate(net, split)
     assert torch.equal(chunked.predictions, whole.predictions) and chunked.accuracy == whole.accuracy
