@@ -209,8 +209,8 @@ def misclassified_png(
     boxes = [probe.set_text(t) or probe.get_window_extent(renderer) for t in titles]
     probe.remove()
     width = round(DPI * max(1.6, max(b.width for b in boxes) / DPI + 0.2))  # in pixels, as all below
-    height = round(DPI * ROW_INCHES)
-    title = math.ceil(max(b.height for b in boxes)) + round(DPI * TITLE_PAD_INCHES)
+    height, pad = round(DPI * ROW_INCHES), round(DPI * TITLE_PAD_INCHES)
+    title = math.ceil(max(b.height for b in boxes)) + pad
     room = min(width - 20, height - title - 15)  # 10 px above the title, 5 px below the image
     pictures = [_as_rgb(images[i]) for i in range(n)]
     h, w = pictures[0].shape[:2]
@@ -222,7 +222,6 @@ def misclassified_png(
         row, col = divmod(i, columns)
         top, left = row * height + 10 + title, col * width + (width - big.shape[1]) // 2
         canvas[top : top + big.shape[0], left : left + big.shape[1]] = big
-        pad = round(DPI * TITLE_PAD_INCHES)
         fig.text((left + big.shape[1] / 2) / canvas.shape[1], 1 - (top - pad) / canvas.shape[0], titles[i], **style)
     fig.set_size_inches(canvas.shape[1] / DPI, canvas.shape[0] / DPI)
     fig.figimage(canvas, 0, 0, origin="upper")
