@@ -331,6 +331,29 @@ def test_ctrl_c_ends_a_process_waiting_for_the_others_to_join(tmp_path):
     assert out == "" and err == ""  # rank 1 says nothing; rank 0 would say "interrupted by SIGINT", once
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_join_runs_python_code_ends_the_process_too(signum, tmp_path):
+    # The join runs Python between its C++ calls (the rendezvous, the store barrier). There Python's own handler
+    # ran first and raised KeyboardInterrupt, which unwound through half-made stores and process groups (a
+    # traceback; once, under load, a process that never ended). Here without the watcher thread, in Python code.
+    code = ("import types, time\nfrom mnistlab.training import distributed\n"
+            "distributed.threading.Thread = lambda *a, **k: types.SimpleNamespace(start=int, join=int)\n"
+            "with distributed._ended_by_a_signal():\n"
+            "    print('waiting', flush=True)\n"
+            "    while True:\n"
+            "        time.sleep(0.01)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**ENV, "RANK": "0"}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, err) == (128 + signum, f"mnistlab train: interrupted by {signal.Signals(signum).name}\n")
+
+
 def test_only_rank_0_says_that_a_signal_stopped_the_run(monkeypatch, capfd):
     # Ctrl-C before or after the training loop (loading the data, the final test) reaches every process,
     # and each printed "mnistlab train: interrupted by SIGINT".

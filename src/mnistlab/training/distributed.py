@@ -99,30 +99,36 @@ _STOPPING = {int(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SI
 
 @contextlib.contextmanager
 def _ended_by_a_signal():
-    """End this process (exit status 128 + the signal) if SIGINT (or a SIGTERM or SIGHUP that Python handles)
-    comes while the block runs: ``init_process_group`` waits in C++ for every rank to join, for up to 30 minutes,
-    and Python's handler runs only once it returns. A Ctrl-C while the processes start ended the ones still
-    importing torch, and a rank already waiting for them went on waiting, so the run hung without a word
-    (torchrun waits an hour for its workers after passing a signal on, see SHUTDOWN_TIMEOUT_S). The C-level
-    handler writes the signal's number to the wakeup fd even then; a thread here reads it. Nothing has
-    been written by then (the run folder comes after), so ending at once loses nothing."""
+    """End this process (exit status 128 + the signal) if SIGINT, SIGTERM or SIGHUP comes while the block runs:
+    ``init_process_group`` waits in C++ for every rank to join, for up to 30 minutes, and Python's handler runs
+    only once it returns. A Ctrl-C while the processes start ended the ones still importing torch, and a rank
+    already waiting for them went on waiting, so the run hung without a word (torchrun waits an hour for its
+    workers after passing a signal on, see SHUTDOWN_TIMEOUT_S). The C-level handler writes the signal's number
+    to the wakeup fd even then; a thread here reads it. Nothing has been written by then (the run folder comes
+    after), so ending at once loses nothing."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set the fd
         yield
         return
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
-    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    done = threading.Event()
+    done, ending = threading.Event(), threading.Lock()
+
+    def end(signum: int, frame=None) -> None:
+        ending.acquire()  # the first of the two ways below ends the process; the other waits for that
+        if is_main():
+            print(f"mnistlab train: interrupted by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
     def watch() -> None:
         while not done.is_set():
             signums = [n for n in os.read(read_end, 64) if n in _STOPPING]  # 0: the block ended
             if signums and not done.is_set():
-                if is_main():
-                    print(f"mnistlab train: interrupted by {signal.Signals(signums[0]).name}", file=sys.stderr,
-                          flush=True)
-                os._exit(128 + signums[0])
+                end(signums[0])
 
+    # Python's handler too ends the process, where the join's phases run Python code between the C++ calls: a
+    # KeyboardInterrupt raised there unwound through half-made stores and process groups.
+    handlers = {signum: signal.signal(signum, end) for signum in _STOPPING}
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     watcher = threading.Thread(target=watch, name="mnistlab-signal-watch", daemon=True)
     watcher.start()
     try:
@@ -130,6 +136,8 @@ def _ended_by_a_signal():
     finally:
         done.set()
         signal.set_wakeup_fd(previous)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         os.write(write_end, b"\0")
         watcher.join()
         os.close(read_end)
