@@ -9,6 +9,7 @@ silently skipped every real-data test would look green while testing nothing.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,22 @@ def _no_dataset_downloads(monkeypatch):
         return urlopen(url, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
+
+
+@pytest.fixture
+def child_process():
+    """``child_process(args, **popen_kwargs)``: a Popen with text stdout and stderr piped, killed and reaped when
+    the test ends, whatever happened (a test that failed while its process waited left it running)."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

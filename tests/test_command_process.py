@@ -74,22 +74,17 @@ def test_a_last_flush_that_fails_is_exit_status_120_as_in_python():
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/<pid>/maps for torch's library")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_torch_is_imported_is_one_line(signum, mnist_root, tmp_path):
+def test_a_signal_while_torch_is_imported_is_one_line(signum, mnist_root, tmp_path, child_process):
     # A Ctrl-C in the first seconds of `mnistlab train`, as torch is imported, printed a traceback from deep
     # inside torch; sent as now, once torch's C++ library is loaded, it was a SystemError in the initialisation
     # of torch's extension, then a segmentation fault.
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--data-dir", str(mnist_root),
-                             "--out", "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "libtorch_cpu" not in Path(f"/proc/{proc.pid}/maps").read_text() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the command ended before torch was imported"
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = child_process([sys.executable, "-m", "mnistlab", "train", "--data-dir", str(mnist_root), "--out", "run"],
+                         cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while "libtorch_cpu" not in Path(f"/proc/{proc.pid}/maps").read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before torch was imported"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (128 + signum, f"mnistlab train: interrupted by {signal.Signals(signum).name}\n")
     assert not (tmp_path / "run").exists()

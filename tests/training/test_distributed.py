@@ -291,7 +291,7 @@ def test_the_launcher_leaves_out_the_tracebacks_of_a_ctrl_c_that_came_while_the_
     assert capfd.readouterr().err == (error + b"resume with: mnistlab train --resume run\n").decode()
 
 
-def test_ctrl_c_ends_a_process_waiting_for_the_others_to_join(tmp_path):
+def test_ctrl_c_ends_a_process_waiting_for_the_others_to_join(tmp_path, child_process):
     # A Ctrl-C while the processes started ended those still importing torch; a rank already in
     # init_process_group waited on for them (30 minutes, in C++, where Python's handler cannot run),
     # and torchrun waits for it: the run hung. Here rank 1 of 2 joins a store (as torchrun's agent holds it)
@@ -310,8 +310,7 @@ def test_ctrl_c_ends_a_process_waiting_for_the_others_to_join(tmp_path):
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
     code = ("import torch\nfrom mnistlab.training import distributed\nprint('joining', flush=True)\n"
             "distributed.init(torch.device('cpu'))\nprint('joined', flush=True)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = child_process([sys.executable, "-c", code], env=env, cwd=tmp_path)
     try:
         assert proc.stdout.readline() == "joining\n"
         deadline = time.monotonic() + 60
@@ -324,15 +323,13 @@ def test_ctrl_c_ends_a_process_waiting_for_the_others_to_join(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
-        proc.kill()
-        proc.wait()
         del store
     assert proc.returncode in (130, -signal.SIGINT), f"{out}\n{err}"
     assert out == "" and err == ""  # rank 1 says nothing; rank 0 would say "interrupted by SIGINT", once
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_the_join_runs_python_code_ends_the_process_too(signum, tmp_path):
+def test_a_signal_while_the_join_runs_python_code_ends_the_process_too(signum, tmp_path, child_process):
     # The join runs Python between its C++ calls (the rendezvous, the store barrier). There Python's own handler
     # ran first and raised KeyboardInterrupt, which unwound through half-made stores and process groups (a
     # traceback; once, under load, a process that never ended). Here without the watcher thread, in Python code.
@@ -342,15 +339,10 @@ def test_a_signal_while_the_join_runs_python_code_ends_the_process_too(signum, t
             "    print('waiting', flush=True)\n"
             "    while True:\n"
             "        time.sleep(0.01)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**ENV, "RANK": "0"}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "waiting\n"
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = child_process([sys.executable, "-c", code], env={**ENV, "RANK": "0"}, cwd=tmp_path)
+    assert proc.stdout.readline() == "waiting\n"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (128 + signum, f"mnistlab train: interrupted by {signal.Signals(signum).name}\n")
 
 
