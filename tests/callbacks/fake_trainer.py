@@ -16,8 +16,9 @@ class FakeTrainer:
     """Records what callbacks ask for; its model is an nn.Linear whose weights the driver sets per epoch."""
 
     def __init__(self, run_dir: Path | None = None, lr: float = 0.1, model: nn.Module | None = None,
-                 val: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None, is_main: bool = True) -> None:
         self._run_dir = run_dir
+        self.is_main = is_main  # False: a rank other than 0 of a torchrun run
         self._lr = lr
         self.model = model if model is not None else nn.Linear(2, 1)
         self.val = val
@@ -58,6 +59,8 @@ class FakeTrainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         path = Path(path)
+        if not self.is_main:  # as the trainer: rank 0 writes
+            return path
         if not path.is_absolute():
             path = self._run_dir / path
         path.write_text(f"epoch {self.epoch}\n")  # a small file saying which epoch it holds

@@ -45,3 +45,11 @@ def test_without_a_run_folder_only_rows():
     h = History()
     drive([h], ROWS, FakeTrainer(run_dir=None))
     assert len(h.rows) == 4
+
+
+def test_a_rank_other_than_0_keeps_the_rows_and_writes_no_file(tmp_path):
+    # Under torchrun every rank runs a user's History(path=...); all of them rewrote the one file.
+    h = History(path=tmp_path / "mine.csv")
+    drive([h], ROWS[:2], FakeTrainer(run_dir=None, is_main=False))
+    assert [r["epoch"] for r in h.rows] == [1, 2]
+    assert list(tmp_path.iterdir()) == []

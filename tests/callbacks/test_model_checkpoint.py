@@ -56,6 +56,24 @@ def test_nan_is_never_best(trainer, tmp_path):
     assert files(tmp_path) == ["best.ckpt", "epoch002-0.5000.ckpt"]
 
 
+def test_a_rank_other_than_0_chooses_as_rank_0_and_writes_or_deletes_nothing(tmp_path, monkeypatch):
+    # Under torchrun every rank runs a user's ModelCheckpoint. The ranks other than 0 have no run folder: they
+    # failed at the start ("nowhere to write"); given an absolute dirpath they wrote and deleted rank 0's files.
+    rows = epochs(val_accuracy=[0.5, 0.7, 0.6])
+    rank0 = [ModelCheckpoint(dirpath="top", save_top_k=1), ModelCheckpoint(dirpath=tmp_path / "shared")]
+    drive(rank0, rows, FakeTrainer(run_dir=tmp_path / "run"))
+    kept = files(tmp_path / "shared")  # best.ckpt and epoch002's
+    (tmp_path / "shared" / "epoch001-0.5000.ckpt").write_text("rank 0's\n")  # one rank 1 would drop at epoch 2
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    other = FakeTrainer(run_dir=None, is_main=False)
+    rank1 = [ModelCheckpoint(dirpath="top", save_top_k=1), ModelCheckpoint(dirpath=tmp_path / "shared")]
+    drive(rank1, rows, other)
+    assert other.saved == [] and list((tmp_path / "cwd").iterdir()) == []
+    assert files(tmp_path / "shared") == sorted(kept + ["epoch001-0.5000.ckpt"])
+    assert CallbackList(rank1).state_dict() == CallbackList(rank0).state_dict()  # the same choices
+
+
 def test_dirpath(trainer, tmp_path):
     (tmp_path / "ckpts").mkdir()
     drive([ModelCheckpoint(dirpath=tmp_path / "ckpts")], epochs(val_accuracy=[0.5]), trainer)

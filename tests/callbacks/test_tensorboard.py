@@ -33,19 +33,21 @@ def epoch_metrics(epoch):
             "val_loss": 2.5 / epoch, "val_accuracy": 0.1, "val_error": 0.9, "lr": 0.1, "seconds": 1.0}
 
 
-def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS, steps_done=None, interrupted=False):
+def fake_run(tmp_path, callbacks, first_epoch=1, last_epoch=EPOCHS, steps_done=None, interrupted=False,
+             is_main=True):
     """Call the hooks as the trainer does, with real forward/backward/step on random uint8 images.
 
     A resumed run waits for a later second than the run before it by itself (readers order a folder's
     event files by name, which begins with the second the file was made).
 
     ``first_epoch`` > 1 resumes after epoch first_epoch - 1; ``steps_done`` (default: those epochs' steps) > 0
-    with ``first_epoch`` 1 resumes inside the first epoch. ``interrupted``: no on_train_end, as after a signal."""
+    with ``first_epoch`` 1 resumes inside the first epoch. ``interrupted``: no on_train_end, as after a signal.
+    ``is_main`` False: a rank other than 0 of a torchrun run, which has no run folder."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (40,), generator=g)
     model = tiny_model()
-    trainer = FakeTrainer(run_dir=tmp_path, model=model, val=(images, labels))
+    trainer = FakeTrainer(run_dir=tmp_path if is_main else None, model=model, val=(images, labels), is_main=is_main)
     trainer.epoch = first_epoch - 1
     trainer.step = (first_epoch - 1) * BATCHES if steps_done is None else steps_done
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -189,6 +191,15 @@ def test_switches_turn_parts_off(tmp_path):
     tags = accumulate(tmp_path / "tensorboard").Tags()
     assert tags["histograms"] == [] and tags["images"] == [] and tags["graph"] is False
     assert "loss/train" in tags["scalars"]
+
+
+def test_a_rank_other_than_0_logs_nothing(tmp_path, caplog):
+    # Under torchrun every rank runs a user's TensorBoard(log_dir=...): each wrote every point into the folder,
+    # so the dashboard showed each curve once per process.
+    tb = TensorBoard(log_dir=tmp_path / "logs")
+    fake_run(tmp_path, [tb], is_main=False)
+    tb.add_run_summary({"test_accuracy": 0.5})
+    assert list(tmp_path.iterdir()) == [] and caplog.records == []  # not even "the run has no folder"
 
 
 def test_untraceable_model_is_logged_not_fatal(tmp_path, caplog):

@@ -8,6 +8,7 @@ of 100, the last one of 91 images, split 45/46 between the ranks.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -145,35 +146,43 @@ def test_two_processes_train_what_one_process_trains(runs):
 
 
 # torch.compile as the identity (compiling takes minutes here): train.compile's passes before training still run.
-# The report is skipped (rank 0's plots take seconds; the `runs` fixture's runs write it); the exit is the command's
-# own (mnistlab.cli.run, what `python -m mnistlab` runs: the workers of --nproc end so).
-NO_COMPILE_MAIN = """
-import sys, types
+# A user's script, run by torchrun in every process: train() with callbacks of its own, and ended as a script
+# ends. No report (rank 0's plots take seconds; the `runs` fixture's runs write it).
+USER_SCRIPT = """
+import sys
+from pathlib import Path
 import torch
 torch.compile = lambda module, **kwargs: module
-import mnistlab.report
-mnistlab.report.write_run_report = lambda *args, **kwargs: types.SimpleNamespace(path="(skipped in tests)")
-from mnistlab.cli import run
-run()
+from mnistlab import Config, apply_overrides, train
+from mnistlab.callbacks import History, ModelCheckpoint, TensorBoard
+
+here = Path.cwd()
+train(apply_overrides(Config(), sys.argv[1:]), out="run", report=False, callbacks=[
+    ModelCheckpoint(dirpath="top", monitor="val_loss", save_top_k=2, save_best_as=None, filename="e{epoch}.ckpt"),
+    History(path=here / "mine.csv"), TensorBoard(log_dir=here / "tb", histograms=False, graph=False, images=False)])
 """
 
 
 @pytest.fixture(scope="module")
 def uneven_parts(mnist_root, tmp_path_factory):
-    """A 2-process run in parts of at most 15 rows, with train.compile: the folder, and torchrun's result.
+    """A 2-process run in parts of at most 15 rows, with train.compile and callbacks of the user's that write
+    files: the folder, and torchrun's result.
 
-    One run for two tests (each run of 2 processes costs seconds of starting): the parts must train what one
-    process trains, and train.compile's passes before training must not hang the processes.
+    One run for three tests (each run of 2 processes costs seconds of starting): the parts must train what one
+    process trains, train.compile's passes before training must not hang the processes, and the callbacks must
+    write as in one process.
     Each process's 50 images of a batch go in 4 parts (13, 13, 12, 12); the last batch of 91 splits 46 / 45:
     4 parts (12, 12, 11, 11) on rank 0, 3 (15, 15, 15) on rank 1. torch.compile is the identity, and its passes
     leave no trace, so the run is one in parts without compiling.
     """
     cwd = tmp_path_factory.mktemp("parts")
-    script = cwd / "no_compile_main.py"
-    script.write_text(NO_COMPILE_MAIN)
-    args = train_args(mnist_root, "--out", "run", "--set", "train.compile=true", "--set", "train.micro_batch_size=15")
+    script = cwd / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    overrides = [f"data.dir={mnist_root}", "model.name=lenet5", f"train.epochs={EPOCHS}", "train.batch_size=100",
+                 "train.threads=1", "data.train_limit=1991", "data.val_size=500", "data.download=false",
+                 "tensorboard.enabled=false", "train.precision=fp32", "train.compile=true", "train.micro_batch_size=15"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+                           str(script), *overrides], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
     return cwd, proc
 
 
@@ -193,6 +202,21 @@ def test_compile_ahead_in_micro_batches_does_not_hang_two_processes_with_uneven_
     parts_cwd, proc = uneven_parts
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_checkpoint(parts_cwd / "run" / "last.ckpt")["step"] == EPOCHS * 20
+
+
+def test_a_users_callbacks_that_write_files_write_them_once(uneven_parts):
+    # Every rank runs them, with rank 0's metrics. On the others, ModelCheckpoint failed at the start (they have
+    # no run folder); History and TensorBoard, given paths, wrote the same files from both ranks.
+    cwd, proc = uneven_parts
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mine = (cwd / "mine.csv").read_text()
+    assert mine == (cwd / "run" / "metrics.csv").read_text() and len(mine.splitlines()) == 1 + EPOCHS
+    rows = list(csv.DictReader(io.StringIO(mine)))
+    lowest = sorted(rows, key=lambda r: float(r["val_loss"]))[:2]  # save_top_k=2: the epochs of the two lowest
+    assert sorted(p.name for p in (cwd / "run" / "top").iterdir()) == sorted(f"e{r['epoch']}.ckpt" for r in lowest)
+    events = [p for p in (cwd / "tb").glob("events.out.tfevents.*") if not p.name.endswith(".end")]
+    assert len(events) == 1  # one writer (a file per process, named by its pid)
+    assert sorted(p.name for p in cwd.iterdir()) == ["mine.csv", "run", "tb", "user_script.py"]
 
 
 def test_only_rank_0_writes_files(runs):

@@ -43,6 +43,10 @@ The order in which the trainer calls the hooks::
     on_train_end                      # also after an early stop or a non-finite loss
 
 No callback may rely on running before or after another one.
+
+Under torchrun every process runs the callbacks, each with the same metrics (rank 0's),
+so they all decide alike (rank 0's stop decision is the rule); only the process where
+``trainer.is_main`` is True writes files.
 """
 
 from __future__ import annotations
@@ -73,6 +77,13 @@ class TrainerHandle(Protocol):
     @property
     def run_dir(self) -> Path | None:
         """The run folder, or None when the run writes no files."""
+
+    @property
+    def is_main(self) -> bool:
+        """True where files are written: in a one-process run, and on rank 0 of a multi-process one (torchrun).
+        Every rank runs the callbacks, with rank 0's metrics, so they decide alike; on the other ranks
+        ``run_dir`` is None and ``save_checkpoint`` writes nothing. A callback that writes files of its own
+        (to a path given to it) writes them where this is True, as the built-in ones do."""
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -111,7 +122,8 @@ class TrainerHandle(Protocol):
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write the model as it is now atomically, as best.ckpt is written (its weights, config and history, for
         ``evaluate``, ``predict`` and ``--init-from``; no training state: a run resumes from last.ckpt);
-        relative paths are under run_dir."""
+        relative paths are under run_dir. Where ``is_main`` is False nothing is written (rank 0 writes the
+        file) and the path comes back as given."""
 
     def validation_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The validation images (uint8, N x C x H x W) and labels (int64)."""

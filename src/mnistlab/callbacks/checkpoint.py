@@ -83,6 +83,9 @@ class ModelCheckpoint(MonitorMixin, Callback):
         self.periodic: list[str] = []  # files kept every n epochs
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
+        self._reset()
+        if not trainer.is_main:  # under torchrun the other ranks choose as rank 0 does, and rank 0 writes
+            return
         # Said now, not after the first epoch's training, where the first save found nowhere to write.
         if trainer.run_dir is None and (self.dirpath is None or not self.dirpath.is_absolute()):
             where = "no dirpath" if self.dirpath is None else f"the relative dirpath {str(self.dirpath)!r}"
@@ -94,7 +97,6 @@ class ModelCheckpoint(MonitorMixin, Callback):
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ConfigError(f"ModelCheckpoint cannot make its folder {folder}: {e.strerror or e}") from None
-        self._reset()
 
     def _path(self, name: str) -> Path:
         # A relative path is taken under the run folder by trainer.save_checkpoint.
@@ -170,7 +172,7 @@ class ModelCheckpoint(MonitorMixin, Callback):
         dropped, self.kept = self.kept[self.save_top_k :], self.kept[: self.save_top_k]
         keep = {p for _, _, p in self.kept} | set(self.periodic)
         for _, _, file in dropped:
-            if file not in keep:
+            if file not in keep and trainer.is_main:  # the other ranks of a torchrun run wrote nothing
                 self._on_disk(file, trainer).unlink(missing_ok=True)
 
     def state_dict(self) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class History(Callback):
         self.rows = []
         run_dir = trainer.run_dir
         self._file = self.path if self.path is not None else (Path(run_dir) / "metrics.csv" if run_dir else None)
+        if not trainer.is_main:  # under torchrun rank 0 writes the file; the rows are kept on every rank
+            self._file = None
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [{**metrics, "epoch": int(epoch)}]

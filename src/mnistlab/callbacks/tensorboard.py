@@ -157,6 +157,8 @@ class TensorBoard(Callback):
     # -- hooks ------------------------------------------------------------------
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
+        if not trainer.is_main:  # under torchrun rank 0 logs; a writer per rank would log every point twice
+            return
         log_dir = self.log_dir or (Path(trainer.run_dir) / "tensorboard" if trainer.run_dir else None)
         if log_dir is None:
             log.warning("TensorBoard: the run has no folder and no log_dir was given; nothing is written")

@@ -1217,6 +1217,10 @@ class Trainer:
         return self._run_dir
 
     @property
+    def is_main(self) -> bool:
+        return self._rank == 0
+
+    @property
     def model(self) -> nn.Module:
         return self._model
 
@@ -1262,6 +1266,8 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         path = Path(path)
+        if not self.is_main:  # rank 0 writes it: the other ranks have no folder, and one file needs one writer
+            return path
         if not path.is_absolute():
             if self._run_dir is None:
                 raise ValueError("save_checkpoint needs an absolute path when the run has no folder")
