@@ -28,6 +28,7 @@ _FLAG_KEYS = {
     "seed": "train.seed",
     "device": "train.device",
     "threads": "train.threads",
+    "report": "train.report",
     "dataset": "data.dataset",
     "data_dir": "data.dir",
     "init_from": "finetune.init_from",
@@ -121,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date>-<time>-<model>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.ckpt; "
                    "flags and --set change the stored config (e.g. --epochs to train further)")
+    t.add_argument("--no-report", dest="report", action="store_const", const=False,
+                   help="leave out report.html and plots/ (seconds of plotting; `mnistlab report RUN` writes them "
+                   "later): --set train.report=false")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors, warnings and how to resume "
                    "an interrupted run")
     t.add_argument("--nproc", type=int, metavar="N",
@@ -145,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     lf.add_argument("--plot", metavar="FILE", default="lr_find.png", help="where to write the plot "
                     "(default lr_find.png)")
     lf.add_argument("--json", action="store_true", help="print every step's rate and loss as JSON")
-    lf.set_defaults(epochs=None, max_minutes=None, lr=None, unfreeze_at=None, early_stopping=None, resume=None)
+    lf.set_defaults(epochs=None, max_minutes=None, lr=None, unfreeze_at=None, early_stopping=None, resume=None,
+                    report=None)
 
     e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
                        "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "

@@ -318,6 +318,8 @@ class TrainConfig:
     # fp16 (float16 autocast with a dynamic loss scale, for GPUs before Ampere: a T4, V100; CUDA and CPU only)
     precision: str = "auto"
     progress: bool = True  # progress bar when the output is a terminal
+    # report.html and its plots/ at the end of a run: seconds of plotting (`mnistlab report RUN` writes them later)
+    report: bool = True
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it
     # back to the OS and faulting it in again (training/allocator.py; 1.3-1.7x the training rate of the small CNNs
     # on the AVX-512 EPYC, benchmarks/allocator.txt; 1.0-1.3x on the AVX2 one, allocator_epyc-avx2.txt).

@@ -191,6 +191,25 @@ def test_report_command_with_a_real_run(finished_run, tmp_path, capsys, monkeypa
     assert "fast" in capsys.readouterr().out
 
 
+def test_no_report_leaves_the_report_out_and_a_resume_keeps_it_out(mnist_root, tmp_path, capsys):
+    # Seconds of plotting a run, for sweeps and runs whose folder is thrown away; the results stay readable by
+    # `mnistlab report` and `compare` (test_predictions.npz).
+    run = tmp_path / "run"
+    args = ["--data-dir", str(mnist_root), "--model", "cnn", "--threads", "1", "--set", "model.width=0.25",
+            "--set", "data.train_limit=500", "--set", "data.val_size=300", "--set", "tensorboard.enabled=false"]
+    assert main(["train", *args, "--epochs", "1", "--no-report", "--out", str(run)]) == 0
+    assert "report:" not in capsys.readouterr().out  # no "report: RUN/report.html" line
+    assert not (run / "report.html").exists() and not (run / "plots").exists()
+    assert (run / "test_predictions.npz").is_file() and "report = false" in (run / "config.toml").read_text()
+    (run / "report.html").write_text("epoch 1's")  # as if the first part had written one
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # the stored setting goes on
+    out = capsys.readouterr().out
+    assert f"report.html is not brought up to date (train.report = false); `mnistlab report {run}` does it" in out
+    assert (run / "report.html").read_text() == "epoch 1's" and not (run / "plots").exists()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    assert main(["report", str(run)]) == 0 and (run / "plots" / "curves.png").is_file()
+
+
 def test_models_details_prints_a_keras_style_layer_table(capsys):
     from mnistlab.models import build_model
     from mnistlab.models.summary import count_parameters, layer_table

@@ -87,6 +87,14 @@ def test_a_different_sweep_in_the_same_study_is_refused(fake_train, tmp_path):
         run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, epochs=3, sampler="grid"), out=tmp_path, quiet=True)
 
 
+def test_a_rerun_that_only_turns_the_reports_off_or_the_progress_bar_is_the_same_sweep(fake_train, tmp_path):
+    params = {"optimizer.lr": [0.001, 0.01, 0.1]}
+    run_sweep(spec(params, sampler="grid", trials=1), out=tmp_path, quiet=True)
+    quieter = {"train": {"epochs": 2, "report": False, "progress": False}}
+    run_sweep(spec(params, base=quieter, sampler="grid"), out=tmp_path, quiet=True)
+    assert [(c.optimizer.lr, c.train.report) for c in fake_train] == [(0.001, True), (0.01, False), (0.1, False)]
+
+
 def test_a_storage_that_cannot_be_opened_leaves_no_folder(fake_train, tmp_path):
     with pytest.raises(ConfigError, match="cannot open the sweep storage foo://bar"):
         run_sweep(spec({"optimizer.lr": [0.001]}, storage="foo://bar"), out=tmp_path / "new" / "sweep", quiet=True)

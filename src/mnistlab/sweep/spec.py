@@ -359,6 +359,7 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
     base = config_to_dict(spec.base)
     base["data"].pop("dir")
     base["train"].pop("progress")
+    base["train"].pop("report")  # what each trial writes besides its results, as progress is what it shows
     params = [{"key": p.key, "type": p.type, "low": p.low, "high": p.high, "step": p.step, "log": p.log,
                "choices": list(p.labels())} for p in spec.params]
     return json.loads(json.dumps({"base": base, "params": params, "sampler": spec.sampler,

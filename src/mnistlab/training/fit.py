@@ -247,7 +247,7 @@ def nhwc_crash_layer(model: nn.Module) -> str | None:
 _NOT_TRAINING_SECTIONS = {"checkpoint", "tensorboard", "tta"}
 _NOT_TRAINING = {
     "data": {"dir", "download"},
-    "train": {"progress", "threads", "eval_batch_size", "reuse_memory", "device", "compile", "channels_last"},
+    "train": {"progress", "report", "threads", "eval_batch_size", "reuse_memory", "device", "compile", "channels_last"},
 }
 
 # What places a batch in its epoch: a run interrupted inside an epoch resumes there only if these are unchanged.

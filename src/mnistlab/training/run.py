@@ -368,8 +368,9 @@ def train(
 ) -> RunResult:
     """Train as ``cfg`` says, into a run folder, and test the best checkpoint at the end.
 
-    ``report=False`` leaves out report.html and its plots (seconds of plotting), for runs
-    whose folder is thrown away, like the benchmarks'; ``mnistlab report`` can write it later.
+    ``report=False`` (or ``train.report = false`` in ``cfg``) leaves out report.html and its plots
+    (seconds of plotting), for sweeps and runs whose folder is thrown away, like the benchmarks';
+    ``mnistlab report`` can write it later.
 
     ``resume`` is a run folder (or a checkpoint in it) to continue; ``cfg`` must
     then be the stored config with the user's changes applied (see the CLI).
@@ -389,6 +390,7 @@ def train(
     if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
         raise ConfigError(VAL_SIZE_NEEDED)
     cfg = _absolute_paths(cfg)
+    report = report and cfg.train.report
     with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
           quiet_downloads() if quiet else contextlib.nullcontext(),
           deterministic_mode(cfg.train.deterministic)):  # from building the model to the final test, not only fit
@@ -535,6 +537,9 @@ def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Di
             from ..report import save_test_predictions
 
             save_test_predictions(run_dir, test, data.test.images, data.classes)
+        if not report and (run_dir / "report.html").is_file():  # written by the part of the run before a resume
+            display.log(f"report.html is not brought up to date (train.report = false); `mnistlab report "
+                        f"{shlex.quote(str(run_dir))}` does it")
     except Exception as e:  # noqa: BLE001
         _warn(f"could not write the report ({type(e).__name__}: {e}); the run is complete; retry with "
               f"`mnistlab report {run_dir}`")
