@@ -100,6 +100,8 @@ def test_an_op_without_a_deterministic_version_is_a_config_error_that_names_it(m
 def test_a_callers_own_settings_come_back_exactly(mnist_root, tmp_path, tested):
     """warn_only, and TF32 set through PyTorch's newer API (where the legacy flags would raise)."""
     saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    # "medium" also makes the CPU's oneDNN matmuls bf16: it would stay for the later tests of this process
+    legacy, cpu = torch.get_float32_matmul_precision(), torch.backends.mkldnn.matmul.fp32_precision
     try:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.set_float32_matmul_precision("medium")
@@ -111,6 +113,8 @@ def test_a_callers_own_settings_come_back_exactly(mnist_root, tmp_path, tested):
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.use_deterministic_algorithms(False)
+        torch.set_float32_matmul_precision(legacy)  # then the newer API's fields, which it sets, as they were
+        torch.backends.mkldnn.matmul.fp32_precision = cpu
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
 
 

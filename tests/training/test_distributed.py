@@ -181,9 +181,18 @@ def uneven_parts(mnist_root, tmp_path_factory):
     overrides = [f"data.dir={mnist_root}", "model.name=lenet5", f"train.epochs={EPOCHS}", "train.batch_size=100",
                  "train.threads=1", "data.train_limit=1991", "data.val_size=500", "data.download=false",
                  "tensorboard.enabled=false", "train.precision=fp32", "train.compile=true", "train.micro_batch_size=15"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *overrides], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-    return cwd, proc
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), *overrides], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # a hang
+        # torchrun ends its workers on SIGTERM (killed after its shutdown timeout, 30 s); a timeout that killed
+        # torchrun alone left them running, each in a session of its own.
+        proc.terminate()
+        out, err = proc.communicate(timeout=120)
+        err += "\n(the run did not end within 300 s)"
+    return cwd, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_two_processes_in_micro_batches_train_what_one_process_trains(runs, uneven_parts):
