@@ -464,6 +464,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         read_checkpoint,
         stored_config,
     )
+    from .training.display import Display
     from .training.evaluate import evaluate
 
     file = checkpoint_file(args.checkpoint)
@@ -475,8 +476,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_test(data_cfg)  # the test files alone: the model holds its normalization
     check_fits_data(payload, data, file)
     model = model_from_checkpoint(payload)
+    display = Display()  # a progress bar on a terminal: the big models take minutes on a CPU
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
-                      label_smoothing=cfg.train.label_smoothing)
+                      label_smoothing=cfg.train.label_smoothing,
+                      progress=lambda done, total: display.evaluating(f"testing {file.name}", done, total))
+    display.clear()  # the bar goes before the result is printed
     report = {"checkpoint": str(file), "model": payload["model_name"],
               "epoch": payload.get("epoch"),  # a file from the save_checkpoint API may not record one
               **result.to_dict(list(data.classes))}
@@ -610,11 +614,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .training.display import Display
     from .training.ensemble import evaluate_ensemble, format_ensemble
 
     if args.tta < 0:
         raise ConfigError(f"--tta must be zero or more pixels, got {args.tta}")
-    result = evaluate_ensemble(args.runs, ema=args.ema, data_dir=args.data_dir, tta_shift=args.tta)
+    display = Display()  # a progress bar on a terminal: the big models take minutes on a CPU
+    result = evaluate_ensemble(args.runs, ema=args.ema, data_dir=args.data_dir, tta_shift=args.tta,
+                               progress=display.evaluating)
+    display.clear()
     print(jsonout.dumps(result.to_dict(), indent=2) if args.json else format_ensemble(result))
     return 0
 

@@ -89,8 +89,9 @@ def test_a_dumb_terminal_gets_no_escape_codes_spaces_blank_out_what_a_longer_lin
     terminal.columns = 100
     d = Display(out=terminal)
     d.progress(1, 5, 10, 469, 12.3456, 0.10)
-    d.progress(1, 5, 20, 469, 2.3456, 0.10)  # one character shorter
-    assert terminal.screen() == ["epoch 1/5 [#" + "." * 29 + "] 20/469  loss 2.3456  acc 10.00%"]
+    d.progress(1, 5, 20, 469, 12.3456, 0.10)  # the time left comes with the second draw: a longer line
+    d.progress(1, 5, 30, 469, 2.3456, 0.10)  # one character shorter
+    assert terminal.screen() == ["epoch 1/5 [#" + "." * 29 + "]  30/469  loss 2.3456  acc 10.00%  ETA 0:44"]
     d.epoch_row(METRICS)
     table = io.StringIO()
     Display(out=table).epoch_row(METRICS)
@@ -161,3 +162,76 @@ def test_an_error_that_ends_a_run_mid_epoch_starts_on_a_line_of_its_own(terminal
         with pytest.raises(ValueError):
             cli.main(["models"])
         assert terminal.screen() == []  # blanked, for the traceback Python prints next
+
+
+class Clock:
+    """A monotonic clock the test moves: ``clock.now = 12.5``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_time_left_and_the_rate_are_measured_from_the_first_batch_drawn_in_the_epoch(terminal, monkeypatch):
+    terminal.columns = 120
+    clock = Clock()
+    monkeypatch.setattr(display_module, "time", clock)
+    d = Display(out=terminal)
+    clock.now = 100.0
+    d.progress(1, 2, 1, 21, 2.3, 0.1, images=256)  # the first batch: its one-off costs are not measured
+    assert "ETA" not in terminal.screen()[0] and "img/s" not in terminal.screen()[0]
+    clock.now = 104.0  # 4 batches of 256 in 4 s, 16 to go
+    d.progress(1, 2, 5, 21, 2.0, 0.3, images=5 * 256)
+    assert terminal.screen()[0].endswith("  5/21  loss 2.0000  acc 30.00%  256 img/s  ETA 0:16")
+    # A resumed epoch, or the next one: measured from its own first batch drawn
+    clock.now = 200.0
+    d.progress(2, 2, 11, 21, 0.5, 0.8, images=11 * 256)
+    assert "ETA" not in terminal.screen()[0]
+    clock.now = 202.0  # 2 batches in 2 s, 8 to go
+    d.progress(2, 2, 13, 21, 0.5, 0.8, images=13 * 256)
+    assert terminal.screen()[0].endswith("  256 img/s  ETA 0:08")
+
+
+def test_validation_and_testing_show_a_bar_that_the_next_line_replaces(terminal):
+    terminal.columns = 80
+    d = Display(out=terminal)
+    d.progress(1, 2, 20, 20, 2.0, 0.3)
+    d.evaluating("epoch 1/2 validating", 2500, 5000)
+    assert terminal.screen() == ["epoch 1/2 validating [" + "#" * 15 + "." * 15 + "] 2,500/5,000"]
+    d.epoch_row(METRICS)
+    table = io.StringIO()
+    Display(out=table).epoch_row(METRICS)
+    assert terminal.screen() == table.getvalue().splitlines()
+    d.evaluating("testing best.ckpt", 10_000, 10_000)
+    d.log("test accuracy 99.00%")
+    assert terminal.screen()[-1] == "test accuracy 99.00%"
+    quiet = io.StringIO()  # not a terminal: no bar
+    Display(out=quiet).evaluating("testing best.ckpt", 500, 10_000)
+    assert quiet.getvalue() == ""
+
+
+def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_path, monkeypatch):
+    # alexnet validates 5,000 images in about 90 s on a 2-core CPU and tests 10,000 in 3 minutes: the screen
+    # stood still after the last batch's bar.
+    import sys
+
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.training.run import train
+
+    terminal = Terminal(100)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((100, 24)))
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(display_module, "time", types.SimpleNamespace(monotonic=itertools.count(1).__next__))
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.val_size=300", "data.train_limit=500",
+                                     "train.epochs=1", "train.eval_batch_size=100", "tensorboard.enabled=false",
+                                     "model.name=cnn", "model.width=0.25", "train.threads=1"])
+    train(cfg, out=tmp_path / "run", report=False)
+    drawn = terminal.getvalue()
+    for line in ("epoch 1/1 validating [" + "#" * 30 + "] 300/300", "testing best.ckpt [" + "#" * 30 + "] 10,000/10,000"):
+        assert line in drawn
+    assert "epoch 1/1 validating [" + "#" * 10 + "." * 20 + "] 100/300" in drawn  # drawn as it goes
+    screen = terminal.screen()
+    assert any(row.startswith("test accuracy ") for row in screen)
+    assert not any("[#" in row for row in screen)  # no bar left behind

@@ -216,7 +216,10 @@ def two_runs(mnist_root, tmp_path_factory):
 
 
 def test_the_ensemble_averages_its_members_softmax(two_runs, mnist_root):
-    result = evaluate_ensemble(two_runs)
+    shown = []  # what the command's progress bar is given
+    result = evaluate_ensemble(two_runs, progress=lambda what, done, total: shown.append((what, done, total)))
+    assert shown[0] == ("testing member 1 of 2", 500, 10_000) and shown[-1] == ("testing member 2 of 2", 10_000, 10_000)
+    assert len(shown) == 2 * 20 and ("testing member 1 of 2", 10_000, 10_000) in shown
     test = load_data(small_cfg(mnist_root).data).test
     members = [evaluate(load_model(r / "best.ckpt"), test) for r in two_runs]
     assert [m.accuracy for m in result.members] == [m.accuracy for m in members]

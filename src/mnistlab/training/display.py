@@ -1,4 +1,4 @@
-"""What a run prints: a progress bar per epoch and one table row per epoch."""
+"""What a run prints: a progress bar per epoch (and while it validates or tests) and one table row per epoch."""
 
 from __future__ import annotations
 
@@ -40,24 +40,58 @@ EMA_COLUMN = ("ema_val_acc", "{:>11}", "{:>10.2f}%")  # shown before lr when [em
 BAR, MIN_BAR = 30, 10  # characters of the progress bar: on a wide terminal, and the fewest worth drawing
 
 
-def progress_line(epoch: int, epochs: int, done: int, total: int, loss: float, acc: float, room: int) -> str:
-    """The progress bar's line in at most ``room`` characters. On a narrower terminal the bar shrinks
-    first; then the count goes (the bar shows the same), then the loss, then the accuracy (the epoch's
-    table row has both), then the bar gives way to the count.
+def clock(seconds: float) -> str:
+    """A duration as a clock shows it.
 
-    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 79)
-    'epoch 2/5 [###############...............] 50/100  loss 0.2500  acc 90.00%'
-    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 39)
-    'epoch 2/5 [#######........]  acc 90.00%'
+    >>> clock(42.4), clock(754), clock(3723)
+    ('0:42', '12:34', '1:02:03')
     """
-    head, count = f"epoch {epoch}/{epochs}", f" {done}/{total}"
-    loss_text, acc_text = f"  loss {loss:.4f}", f"  acc {100 * acc:.2f}%"
-    for tail in (count + loss_text + acc_text, loss_text + acc_text, acc_text, ""):
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _bar_line(head: str, done: int, total: int, tails: tuple[str, ...], count: str, room: int) -> str:
+    """``head [####....]tail`` in at most ``room`` characters, with the first of ``tails`` (longest first)
+    that leaves a bar of MIN_BAR or more; with none, the head and ``count``."""
+    for tail in tails:
         width = min(BAR, room - len(head) - len(tail) - 3)  # 3: " [" and "]"
         if width >= MIN_BAR:
             filled = int(width * done / max(total, 1))
             return f"{head} [{'#' * filled}{'.' * (width - filled)}]{tail}"
     return (head + count)[:room]  # no room for a bar: the count shows the progress instead
+
+
+def progress_line(epoch: int, epochs: int, done: int, total: int, loss: float, acc: float, room: int,
+                  rate: float | None = None, eta: float | None = None) -> str:
+    """The progress bar's line in at most ``room`` characters. On a narrower terminal the bar shrinks
+    first; then the rate goes, then the count (the bar shows the same), then the loss, then the accuracy
+    (the epoch's table row has both), then the time left; then the bar gives way to the count.
+
+    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 79)
+    'epoch 2/5 [###############...............]  50/100  loss 0.2500  acc 90.00%'
+    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 99, rate=3120.5, eta=75)
+    'epoch 2/5 [###############...............]  50/100  loss 0.2500  acc 90.00%  3,120 img/s  ETA 1:15'
+    >>> progress_line(2, 5, 50, 100, 0.25, 0.9, 49, rate=3120.5, eta=75)
+    'epoch 2/5 [#######........]  acc 90.00%  ETA 1:15'
+    """
+    head, count = f"epoch {epoch}/{epochs}", f" {done:>{len(str(total))}}/{total}"  # as wide all epoch long
+    loss_text, acc_text = f"  loss {loss:.4f}", f"  acc {100 * acc:.2f}%"
+    rate_text = f"  {rate:,.0f} img/s" if rate is not None else ""
+    eta_text = f"  ETA {clock(eta)}" if eta is not None else ""
+    tails = (count + loss_text + acc_text + rate_text + eta_text, count + loss_text + acc_text + eta_text,
+             loss_text + acc_text + eta_text, acc_text + eta_text, eta_text, "")
+    return _bar_line(head, done, total, tails, count, room)
+
+
+def evaluation_line(what: str, done: int, total: int, room: int) -> str:
+    """The line shown while a model is validated or tested (minutes for the big models on a CPU).
+
+    >>> evaluation_line("epoch 1/3 validating", 2500, 5000, 79)
+    'epoch 1/3 validating [###############...............] 2,500/5,000'
+    """
+    count = f" {done:,}/{total:,}"
+    return _bar_line(what, done, total, (count, ""), count, room)
 
 
 def _room() -> int:
@@ -75,7 +109,7 @@ def clear_progress_line() -> None:
     through logging) starts on a line of its own instead of at the end of the bar."""
     display = _drawing() if _drawing is not None else None
     if display is not None:
-        display._clear()
+        display.clear()
 
 
 @contextlib.contextmanager
@@ -108,6 +142,7 @@ class Display:
         self._header_done = False
         self._last_draw = 0.0
         self._drawn = 0  # characters of the progress line on the screen, for the next draw to blank out
+        self._since: tuple[int, int, float, float] | None = None  # epoch, batch, images and time at its first draw
 
     def _write(self, text: str) -> None:
         try:
@@ -119,30 +154,51 @@ class Display:
 
     def log(self, text: str) -> None:
         if not self.quiet:
-            self._clear()
+            self.clear()
             self._write(text + "\n")
 
-    def _clear(self) -> None:
-        if self.bar and self._drawn:  # blank out the progress line
+    def clear(self) -> None:
+        """Blank out the progress line, if one is drawn, for what is printed next."""
+        if self.bar and self._drawn:
             self._write("\r" + " " * min(self._drawn, _room()) + "\r")
             self._drawn = 0
 
-    def progress(self, epoch: int, epochs: int, done: int, total: int, loss: float, acc: float) -> None:
-        now = time.monotonic()
-        if not self.bar or (now - self._last_draw < 0.1 and done < total):
+    def progress(self, epoch: int, epochs: int, done: int, total: int, loss: float, acc: float,
+                 images: float | None = None) -> None:
+        """Batch ``done`` of ``total`` of the epoch has trained (``images``: the images of the epoch so far)."""
+        if not self.bar:
             return
+        now = time.monotonic()
+        # The rate is measured from the first batch this display saw in the epoch (a resumed epoch starts
+        # inside), so the first batch's one-off costs (memory, oneDNN's kernel choices) do not count.
+        if self._since is None or self._since[0] != epoch or done <= self._since[1]:
+            self._since = (epoch, done, images or 0.0, now)
+        _, batch0, images0, t0 = self._since
+        rate = eta = None
+        if done > batch0 and now > t0:
+            eta = (now - t0) / (done - batch0) * (total - done)
+            rate = (images - images0) / (now - t0) if images is not None else None
+        if now - self._last_draw < 0.1 and done < total:
+            return
+        self._draw(progress_line(epoch, epochs, done, total, loss, acc, _room(), rate, eta), now)
+
+    def evaluating(self, what: str, done: int, total: int) -> None:
+        """``done`` of ``total`` images evaluated; ``what``: "epoch 2/5 validating", "testing best.ckpt"."""
+        now = time.monotonic()
+        if self.bar and (now - self._last_draw >= 0.1 or done >= total):
+            self._draw(evaluation_line(what, done, total, _room()), now)
+
+    def _draw(self, line: str, now: float) -> None:
         self._last_draw = now
-        room = _room()
-        line = progress_line(epoch, epochs, done, total, loss, acc, room)
         # Spaces, not the erase-line escape, blank out the rest of a longer line drawn before: a dumb
         # terminal (TERM=dumb, an editor's shell) prints escapes as text.
-        self._write("\r" + line.ljust(min(self._drawn, room)))
+        self._write("\r" + line.ljust(min(self._drawn, _room())))
         self._drawn = len(line)
         global _drawing
         _drawing = weakref.ref(self)
 
     def epoch_row(self, m: dict) -> None:
-        self._clear()
+        self.clear()
         ema = [100 * m["ema_val_accuracy"]] if "ema_val_accuracy" in m else []
         columns = COLUMNS[:5] + [EMA_COLUMN] * len(ema) + COLUMNS[5:]
         if not self._header_done:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -46,13 +46,15 @@ class EnsembleResult:
 
 
 def evaluate_ensemble(
-    runs: Sequence[str | Path], *, ema: bool = False, data_dir: str | None = None, tta_shift: int = 0
+    runs: Sequence[str | Path], *, ema: bool = False, data_dir: str | None = None, tta_shift: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> EnsembleResult:
     """Test every member and the average of their softmax outputs on the test split of their dataset.
 
     All members must be trained on the same dataset with the same classes. The
     data is loaded as the first member's config says (``data_dir`` overrides
-    where it lives).
+    where it lives). ``progress(what, done, total)`` is called as each member is tested
+    (``what``: "testing member 2 of 3"; ``done`` of ``total`` images).
     """
     from ..data import load_test
     from ..errors import ConfigError
@@ -86,8 +88,11 @@ def evaluate_ensemble(
     for path, payload in zip(paths, payloads):  # before any member is tested
         check_fits_data(payload, data, path)
     members, total = [], None
-    for path, payload in zip(paths, payloads):
-        ev = evaluate(model_from_checkpoint(payload), data.test, num_classes=data.num_classes, tta_shift=tta_shift)
+    for i, (path, payload) in enumerate(zip(paths, payloads), 1):
+        what = f"testing member {i} of {len(paths)}"
+        shown = (lambda done, n, what=what: progress(what, done, n)) if progress is not None else None
+        ev = evaluate(model_from_checkpoint(payload), data.test, num_classes=data.num_classes, tta_shift=tta_shift,
+                      progress=shown)
         members.append(Member(path, ev.accuracy if ev.finite else None))
         total = ev.probabilities if total is None else total + ev.probabilities
     probs = total / len(paths)

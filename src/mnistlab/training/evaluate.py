@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -114,8 +114,12 @@ def evaluate(
     num_classes: int | None = None,
     tta_shift: int = 0,
     label_smoothing: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` (in eval mode) on a data split (uint8 images, int64 labels).
+
+    ``progress(done, total)`` is called after each forward pass with the images done so far
+    (a run draws its progress bar with it: alexnet tests 10,000 images in minutes on a CPU).
 
     ``tta_shift > 0`` turns on test-time augmentation: the softmax outputs are
     averaged over 1 + 4 * ``tta_shift`` views of each image: itself, and shifted
@@ -142,7 +146,7 @@ def evaluate(
         raise ConfigError(f"a test-time shift of {tta_shift} pixels moves the {side} images out of view; "
                           "shifts of 1-3 pixels are the useful ones")
     total_loss = torch.zeros((), dtype=torch.float64)
-    preds, probs = [], []
+    preds, probs, done = [], [], 0
     with eval_mode(model):
         forward = _inference(model)
         batch_size = rows_per_pass(model, split.images[:1], batch_size)
@@ -159,6 +163,9 @@ def evaluate(
                 p = logits.softmax(1)
             probs.append(p.cpu())
             preds.append(p.argmax(1).cpu())
+            if progress is not None:
+                done += len(y)
+                progress(done, len(split.labels))
     labels = split.labels.cpu()
     n = labels.numel()
     k = num_classes or (probs[0].shape[1] if probs else int(labels.max()) + 1 if n else 0)

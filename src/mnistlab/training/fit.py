@@ -687,12 +687,17 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         eps = self.cfg.train.label_smoothing  # val_loss is the training loss on the validation images
+        epoch = f"epoch {self._epoch + 1}/{self.cfg.train.epochs}"
+
+        def shown(what: str):
+            return lambda done, total: self.display.evaluating(f"{epoch} {what}", done, total)
+
         val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
-                       label_smoothing=eps)
+                       label_smoothing=eps, progress=shown("validating"))
         metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
         if self.ema is not None:
             ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
-                           label_smoothing=eps)
+                           label_smoothing=eps, progress=shown("validating the average"))
             metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
         return metrics
 
@@ -770,7 +775,8 @@ class Trainer:
             self._step += 1
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
-            self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2], sums[1] / sums[2])
+            self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2],
+                                  sums[1] / sums[2], float(sums[2]))
             if self._position_due(batch):  # checkpoint.last_every_n_steps
                 elapsed = time.perf_counter() - t0
                 self.train_seconds, before = self.train_seconds + elapsed, before + elapsed

@@ -333,6 +333,7 @@ def warnings_as(command: str) -> Iterator[Callable[[str], None]]:
 
 def _warn(text: str) -> None:
     """A warning of ``mnistlab train`` on stderr (shown with --quiet too), or to :data:`warning_sink`."""
+    clear_progress_line()  # on a line of its own, not at the end of a progress bar on the terminal
     sink = warning_sink.get()
     if sink is not None:
         sink(text)
@@ -639,7 +640,7 @@ def _check_kept_models(run_dir: Path) -> None:
                 ) from None
 
 
-def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, device) -> dict[str, Any]:
+def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, device, display: Display) -> dict[str, Any]:
     """Test accuracies of the weight average (ema.ckpt) and with test-time augmentation, each reported apart.
 
     Like best.ckpt, ema.ckpt was chosen on the validation split; the test split is only read here.
@@ -652,12 +653,20 @@ def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, devic
         models["ema_"] = model_from_checkpoint(ema).to(device)
         out["ema_best_epoch"] = int(ema["epoch"])
     for prefix, m in models.items():
+        name = "ema.ckpt" if prefix else "the tested model"
         if prefix:
-            out[f"{prefix}test_accuracy"] = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes).accuracy
+            out[f"{prefix}test_accuracy"] = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes,
+                                                     progress=_testing(display, name)).accuracy
         if cfg.tta.enabled:
-            ev = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes, tta_shift=cfg.tta.shift)
+            ev = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes, tta_shift=cfg.tta.shift,
+                          progress=_testing(display, f"{name} with test-time augmentation"))
             out[f"{prefix}tta_test_accuracy"] = ev.accuracy
     return out
+
+
+def _testing(display: Display, what: str):
+    """An ``evaluate`` progress callback that shows the final test of ``what`` on the display."""
+    return lambda done, total: display.evaluating(f"testing {what}", done, total)
 
 
 _EXTRA_NAMES = {
@@ -785,7 +794,7 @@ def _run(
     else:  # no validated epoch was ever better than nothing (e.g. non-finite loss in epoch 1)
         test_model, evaluated, best_epoch = result.model, "final weights", result.epochs
     test = evaluate(test_model, data.test, cfg.train.eval_batch_size, data.num_classes,
-                    label_smoothing=cfg.train.label_smoothing)
+                    label_smoothing=cfg.train.label_smoothing, progress=_testing(display, evaluated))
     best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
     summary.update(
         test_accuracy=test.accuracy,
@@ -806,7 +815,7 @@ def _run(
         **_fp16_entry(trainer),
         per_class_accuracy=dict(zip(data.classes, test.per_class_accuracy)),
     )
-    extras = _extra_tests(cfg, run_dir, test_model, data, device)
+    extras = _extra_tests(cfg, run_dir, test_model, data, device, display)
     summary.update(extras)
     write_json(run_dir / "summary.json", summary)
     for cb in cbs:  # the HParams dashboard's final/* numbers: the tested model's too, as summary.json has them
