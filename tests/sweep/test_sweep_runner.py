@@ -195,18 +195,23 @@ def test_config_errors_of_a_combination_are_refused_before_any_trial():
              base={"optimizer": {"name": "sgd"}}, sampler="grid")
 
 
-def test_any_error_in_a_trial_fails_that_trial_and_the_sweep_goes_on(fake_train, tmp_path, monkeypatch):
-    # A KeyError (or a torch RuntimeError) went up as a traceback and left the trial RUNNING in the study.
+def fail_trials_at(monkeypatch, lr: float, message: str) -> None:
+    """Trials at learning rate ``lr`` raise a RuntimeError(message) as they train (fake_train trains the others)."""
     import mnistlab.training.run as run_module
 
     fake = run_module.train
 
     def train(cfg, **kwargs):
-        if cfg.optimizer.lr == 0.01:
-            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        if cfg.optimizer.lr == lr:
+            raise RuntimeError(message)
         return fake(cfg, **kwargs)
 
     monkeypatch.setattr(run_module, "train", train)
+
+
+def test_any_error_in_a_trial_fails_that_trial_and_the_sweep_goes_on(fake_train, tmp_path, monkeypatch):
+    # A KeyError (or a torch RuntimeError) went up as a traceback and left the trial RUNNING in the study.
+    fail_trials_at(monkeypatch, 0.01, "DefaultCPUAllocator: can't allocate memory")
     s = spec({"optimizer.lr": [0.001, 0.01, 0.1]}, sampler="grid")
     result = run_sweep(s, out=tmp_path, quiet=True)
     rows = {r.params["optimizer.lr"]: r for r in result.rows}
@@ -356,3 +361,89 @@ def test_a_training_runs_folder_is_not_a_sweep_folder(fake_train, tmp_path):
     with pytest.raises(MnistlabError, match="is a training run's folder"):
         run_sweep(spec({"optimizer.lr": [0.01]}, sampler="grid"), out=tmp_path, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+# A finite space: 2 optimizers x 2 batch sizes x 3 epoch counts, 12 points.
+FINITE = {"optimizer.name": ["adam", "sgd"], "train.batch_size": [64, 128],
+          "train.epochs": {"type": "int", "low": 1, "high": 3}}
+
+
+def trained(fake_train):
+    return [(c.optimizer.name, c.train.batch_size, c.train.epochs) for c in fake_train]
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_finite_space_never_trains_the_same_values_twice(fake_train, tmp_path, sampler):
+    # Each trial was drawn on its own: 12 trials trained some configs two or three times, others never.
+    # 12 trials also take TPE past its 10 random start-up trials, to its own proposals.
+    result = run_sweep(spec(FINITE, sampler=sampler, trials=12), out=tmp_path, quiet=True)
+    assert sorted(trained(fake_train)) == sorted(
+        (name, bs, epochs) for name in ("adam", "sgd") for bs in (64, 128) for epochs in (1, 2, 3))
+    assert [r.state for r in result.rows] == ["COMPLETE"] * 12
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_more_trials_than_combinations_end_after_each_has_run_once(fake_train, tmp_path, capsys):
+    params = {"optimizer.name": ["adam", "sgd"], "train.batch_size": [64, 128]}
+    result = run_sweep(spec(params, sampler="random", trials=10), out=tmp_path, quiet=True)
+    assert sorted(trained(fake_train)) == [("adam", 64, 2), ("adam", 128, 2), ("sgd", 64, 2), ("sgd", 128, 2)]
+    assert len(result.rows) == 4 and len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 4
+    assert ("mnistlab sweep: warning: 10 trials asked for, but the params take only 4 distinct combinations "
+            "(2 optimizer.name x 2 train.batch_size); no trial repeats another's values, so the sweep ends after 4; "
+            'sampler = "grid" runs each of them in turn') in capsys.readouterr().err
+    run_sweep(spec(params, sampler="random", trials=10), out=tmp_path, quiet=True)  # the same command again
+    assert len(fake_train) == 4
+
+
+def test_a_rerun_and_another_workers_running_trial_are_not_repeated(fake_train, tmp_path):
+    import os
+    import socket
+
+    from mnistlab.sweep.runner import suggest
+
+    params = {"optimizer.name": ["adam", "sgd"], "train.batch_size": [32, 64, 128]}
+    run_sweep(spec(params, sampler="tpe", trials=2), out=tmp_path, quiet=True)
+    # A worker's trial, still training: its values are in the study, as the worker drew them under the lock.
+    s = spec(params, sampler="tpe", trials=6)
+    other = open_study(s, storage_url(s, tmp_path), worker=1).ask()
+    other.set_user_attr("host", socket.gethostname())
+    other.set_user_attr("pid", os.getpid())
+    running = suggest(other, s)
+    run_sweep(s, out=tmp_path, quiet=True)
+    points = [(name, bs) for name, bs, _ in trained(fake_train)] + [tuple(running.values())]
+    assert len(fake_train) == 5 and sorted(points) == sorted((n, b) for n in ("adam", "sgd") for b in (32, 64, 128))
+
+
+def test_a_trials_values_are_in_the_study_before_the_lock_is_let_go(fake_train, tmp_path):
+    # Drawn after the lock, as they were, two workers could both draw the one point left untried.
+    from mnistlab.sweep.runner import work
+
+    s = spec({"optimizer.name": ["adam", "sgd"], "train.batch_size": [64, 128]}, sampler="random", trials=4)
+    study = study_of(s, tmp_path)
+    released = []
+
+    class Lock:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            released.extend(t.params for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)))
+
+    assert work(s, study, tmp_path, Lock(), echo=lambda line: None) == 4
+    assert len(released) == 4 and all(set(p) == {"optimizer.name", "train.batch_size"} for p in released)
+
+
+def test_a_space_whose_last_points_failed_ends_without_retrying_them(fake_train, tmp_path, monkeypatch):
+    # The failing point was drawn again and again (its error would come back), and the good one twice.
+    fail_trials_at(monkeypatch, 0.01, "out of memory")
+    result = run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, sampler="random", trials=2), out=tmp_path, quiet=True)
+    assert [c.optimizer.lr for c in fake_train] == [0.001]
+    assert sorted((r.state, r.params["optimizer.lr"]) for r in result.rows) == [("COMPLETE", 0.001), ("FAIL", 0.01)]
+
+
+def test_a_stepped_float_range_is_finite_despite_float_error(fake_train, tmp_path):
+    # Optuna's third value of 0.1, 0.2, ... is 0.30000000000000004: compared by position, it is not a new point.
+    result = run_sweep(spec({"optimizer.lr": {"type": "float", "low": 0.001, "high": 0.005, "step": 0.001}},
+                            sampler="random", trials=5), out=tmp_path, quiet=True)
+    assert sorted(round(c.optimizer.lr, 9) for c in fake_train) == [0.001, 0.002, 0.003, 0.004, 0.005]
+    assert len(result.rows) == 5

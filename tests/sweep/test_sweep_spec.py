@@ -168,3 +168,69 @@ def test_no_more_workers_than_cpu_cores(monkeypatch):
     assert sweep(trials=9, workers=2).workers == 2
     with pytest.raises(ConfigError, match=r"sweep.workers = 3 but this machine has 2 CPU core\(s\); use at most 2"):
         sweep(trials=9, workers=3)
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ({"type": "int", "low": 64, "high": 300, "step": 64},
+         'sweep.params."train.batch_size": step = 64 does not divide high - low = 300 - 64 = 236, so high = 300 '
+         "would never be tried (the values stop at 256); set high = 256 or 320"),
+        ({"type": "int", "low": 64, "high": 100, "step": 64}, "(the values stop at 64); set high = 128"),
+        ({"type": "float", "low": 0.1, "high": 0.55, "step": 0.1},
+         "step = 0.1 does not divide high - low = 0.55 - 0.1 = 0.45, so high = 0.55 would never be tried (the "
+         "values stop at 0.5); set high = 0.5 or 0.6"),
+    ],
+    ids=["int", "int-step-past-high", "float"],
+)
+def test_a_step_that_does_not_divide_the_range_is_refused_with_a_high_that_fits(param, message):
+    # Optuna quietly ended the range below high instead, and warned about it on every trial.
+    key = "train.batch_size" if param["type"] == "int" else "optimizer.lr"
+    with pytest.raises(ConfigError) as err:
+        sweep({key: param})
+    assert message in str(err.value)
+
+
+def test_a_listed_value_with_a_range_is_checked_at_the_ranges_bounds():
+    # Each value alone fits the base; a listed one with the range's low did not, and failed trial by trial.
+    with pytest.raises(ConfigError, match=r"with model.name = 'lenet', model.stride = 1 \(its low\): model 'lenet' "
+                                          r"does not take option\(s\) stride"):
+        sweep({"model.name": ["cnn", "lenet"], "model.stride": {"type": "int", "low": 1, "high": 2}},
+              base={"model": {"name": "cnn"}})
+    sgd = {"optimizer": {"name": "sgd"}}
+    with pytest.raises(ConfigError, match=r"with optimizer.nesterov = True, optimizer.momentum = 0.0 \(its low\): "
+                                          r"optimizer.nesterov needs optimizer.momentum > 0"):
+        sweep({"optimizer.nesterov": [False, True], "optimizer.momentum": {"type": "float", "low": 0.0, "high": 0.9}},
+              base=sgd)
+    sweep({"optimizer.nesterov": [False, True], "optimizer.momentum": {"type": "float", "low": 0.5, "high": 0.9}},
+          base=sgd)  # momentum above 0 throughout: fine
+
+
+def test_a_finite_space_runs_each_point_at_most_once_by_default():
+    s = sweep({"optimizer.name": ["adam", "sgd"], "train.batch_size": {"type": "int", "low": 64, "high": 128,
+                                                                       "step": 64}})
+    assert s.trials == 4  # not 20: no trial repeats another's values
+    # 0.5 - 0.1 is 0.4 to the file but 0.39999999999999997 in floats: the step fits, in decimals as Optuna checks it
+    assert sweep({"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.5, "step": 0.1}}).trials == 5
+    assert sweep({"optimizer.name": ["adam", "sgd"], "optimizer.lr": LR["optimizer.lr"]}).trials == 20  # endless
+    assert sweep(trials=10, params={"optimizer.name": ["adam", "sgd"]}).trials == 10  # asked for: kept, and warned
+
+
+def test_values_from_the_command_line_are_named_as_the_flags_given(tmp_path, monkeypatch):
+    # `--workers 3` was reported as "sweep.workers = 3", a key the user never wrote.
+    import mnistlab.sweep.spec as spec_module
+
+    path = tmp_path / "s.toml"
+    path.write_text('[sweep]\nsampler = "grid"\ntrials = 2\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
+    with pytest.raises(ConfigError, match=r"s.toml: --workers 3 but the sweep has 2 trial\(s\); use at most 2$"):
+        load_sweep(path, workers=3)
+    with pytest.raises(ConfigError, match=r"--trials 5 but the grid has only 2 points; leave --trials out to run"):
+        load_sweep(path, trials=5)
+    with pytest.raises(ConfigError, match=r"--storage study.db is not a database URL"):
+        load_sweep(path, storage="study.db")
+    monkeypatch.setattr(spec_module.os, "cpu_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"--workers 2 but this machine has 1 CPU core\(s\)"):
+        load_sweep(path, workers=2)
+    path.write_text('[sweep]\nsampler = "grid"\nworkers = 2\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
+    with pytest.raises(ConfigError, match=r"sweep.workers = 2 but this machine has 1 CPU core\(s\)"):  # the file's
+        load_sweep(path)

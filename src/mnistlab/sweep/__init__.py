@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: ``mnistlab sweep FILE`` (spec.py: the file; runner.py: the study; results.py: the outputs).
 
-Only runner.py imports Optuna, and only when a sweep runs: reading and checking a
-sweep file works without the optional extra.
+Only runner.py and untried.py (the sampler of finite spaces) import Optuna, and only when a
+sweep runs: reading and checking a sweep file works without the optional extra.
 """
 
 from .results import TrialRow, best_row, format_table, objective_png, write_results

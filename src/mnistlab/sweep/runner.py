@@ -4,13 +4,15 @@ Every process of a sweep (the one the user started and its ``--workers``)
 runs the same loop against one shared storage::
 
     under the study lock: count finished + running trials; stop at sweep.trials; else ask for a trial
+                          and draw its values (in a finite space, values no other trial holds)
     train the trial into <out>/trial-NNNN/, reporting the objective each epoch (the pruner may stop it)
     tell the study: COMPLETE with the best validation value, PRUNED, or FAIL
 
 Counting and asking under one lock is what makes the total exact with several
 workers; for SQLite (the default) the lock is a file beside the database. A
 server database (PostgreSQL, MySQL) spans machines without a shared file, so
-there a sweep may overshoot its count by up to the number of workers minus one.
+there a sweep may overshoot its count by up to the number of workers minus one,
+and two workers may draw the same values of a finite space (see untried.py).
 
 Ctrl-C: the running trial saves its state and is marked failed; finished trials
 stay in the storage, and running the same command again continues the study.
@@ -38,7 +40,7 @@ from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
 from ..folders import missing_folders, probe_write, remove_empty
 from ..report.runfolder import is_run_folder
-from .spec import SweepSpec, apply_params, fingerprint, grid_points
+from .spec import SweepSpec, apply_params, fingerprint, grid_points, point_key, space_size, too_many_trials
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
 MAX_FAILURES_IN_A_ROW = 3  # a config that cannot train (a bad combination of values) should not loop forever
@@ -146,16 +148,22 @@ def open_study(spec: SweepSpec, url: str, *, worker: int = 0):
     # Each process, and each rerun, draws its own stream: the same seed in two workers (or after
     # Ctrl-C) would otherwise propose the very trials already run. One uninterrupted process
     # with a given seed proposes the same trials every time.
-    study.sampler = make_sampler(spec, seed=spec.seed + 7919 * worker + len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(spec, seed=spec.seed + 7919 * worker + len(study.get_trials(deepcopy=False)),
+                                 taken=lambda: taken_params(study, optuna))
     return study
 
 
-def make_sampler(spec: SweepSpec, seed: int):
+def make_sampler(spec: SweepSpec, seed: int, taken: Callable[[], list[dict[str, Any]]]):
+    """The sampler of spec.sampler; in a finite space, one that proposes only values ``taken()`` does not hold."""
     optuna = require_optuna()
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    # grid: every trial's values are fixed by enqueue_trial (see _next_grid_point); the sampler is never asked
-    return optuna.samplers.RandomSampler(seed=seed)
+    inner = (optuna.samplers.TPESampler if spec.sampler == "tpe" else optuna.samplers.RandomSampler)(seed=seed)
+    # grid: every trial's values are fixed by enqueue_trial (see _next_grid_point); the sampler is never asked.
+    # An endless space (a float range without a step) holds no two trials with the same values to avoid.
+    if spec.sampler == "grid" or space_size(spec.params) is None:
+        return inner
+    from .untried import Untried
+
+    return Untried(inner, spec, seed, taken)
 
 
 def make_pruner(spec: SweepSpec):
@@ -216,12 +224,12 @@ def best_value(values: list[float], direction: str) -> float | None:
     return max(finite) if direction == "maximize" else min(finite)
 
 
-def run_trial(spec: SweepSpec, trial, out: Path) -> tuple[float | None, bool]:
-    """Train one trial into ``out/trial-NNNN``; returns (objective, pruned). The objective is the best
-    value over the epochs on the validation split, the epoch best.ckpt would be chosen by."""
+def run_trial(spec: SweepSpec, trial, labels: dict[str, Any], out: Path) -> tuple[float | None, bool]:
+    """Train one trial (its values: ``labels``, from :func:`suggest`) into ``out/trial-NNNN``; returns
+    (objective, pruned). The objective is the best value over the epochs on the validation split, the epoch
+    best.ckpt would be chosen by."""
     from ..training.run import train
 
-    labels = suggest(trial, spec)
     cfg = apply_params(spec, labels)
     run_dir = out / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", run_dir.name)
@@ -282,13 +290,25 @@ def _fail_dead_trials(study, optuna) -> None:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
 
-def _next_grid_point(spec: SweepSpec, study, optuna) -> dict[str, Any] | None:
+def taken_params(study, optuna) -> list[dict[str, Any]]:
+    """The values (Optuna labels) a new trial must not repeat: those of finished, running and queued trials."""
     S = optuna.trial.TrialState
     taken = [t.params for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))]
     taken += [t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False, states=(S.WAITING,))]
     # A point whose config is invalid would fail again; an interrupted one (no error) is run anew.
     taken += [t.params for t in study.get_trials(deepcopy=False, states=(S.FAIL,)) if "error" in t.user_attrs]
+    return taken
+
+
+def _next_grid_point(spec: SweepSpec, study, optuna) -> dict[str, Any] | None:
+    taken = taken_params(study, optuna)
     return next((p for p in grid_points(spec) if p not in taken), None)
+
+
+def _all_tried(spec: SweepSpec, study, optuna) -> bool:
+    """Every point of a finite space is taken (some failed with an error: fewer trials count than points)."""
+    size = space_size(spec.params)
+    return size is not None and len({point_key(spec, p) for p in taken_params(study, optuna)} - {None}) >= size
 
 
 def counted(study, optuna) -> int:
@@ -322,11 +342,15 @@ def _work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None], 
                 if point is None:
                     return ran
                 study.enqueue_trial(point)
+            elif _all_tried(spec, study, optuna):
+                return ran
             trial = study.ask()
             trial.set_user_attr("host", socket.gethostname())
             trial.set_user_attr("pid", os.getpid())
+            # Drawn before the lock is let go: the next worker's sampler then sees these values taken.
+            labels = suggest(trial, spec)
         try:
-            value, pruned = run_trial(spec, trial, out)
+            value, pruned = run_trial(spec, trial, labels, out)
         except TrialFinished as e:
             if e.pruned or e.value is None:
                 study.tell(trial, state=S.PRUNED)
@@ -422,6 +446,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
         return None
 
     _fail_dead_trials(study, optuna)  # a trial of a killed run is not "already run"
+    if (note := too_many_trials(spec)) is not None:  # said by this process only, not again by each worker
+        print(f"mnistlab sweep: warning: {note}", file=sys.stderr)
     done = counted(study, optuna)
     if done:
         echo(f"continuing study {spec.study_name!r} in {url}: {done} of {spec.trials} trials already run")

@@ -17,9 +17,11 @@ import itertools
 import json
 import math
 import os
+import shlex
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 try:
     import tomllib
@@ -35,7 +37,7 @@ DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("float", "int", "categorical")
 # Selection happens on the validation split only; the test split stays unseen until a trial's final test.
 OBJECTIVES = ("val_accuracy", "val_loss", "val_error", "ema_val_accuracy", "ema_val_loss")
-DEFAULT_TRIALS = 20  # tpe / random when [sweep] gives no count
+DEFAULT_TRIALS = 20  # tpe / random when [sweep] gives no count (fewer where the params take fewer combinations)
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,50 @@ class Param:
                 return choice
         raise ConfigError(f"{self.key}: {label!r} is not one of the choices {list(self.choices)}")
 
+    def size(self) -> int | None:
+        """How many values the dimension takes; None for a float range without a step (endless)."""
+        if self.type == "categorical":
+            return len(self.choices)
+        if self.type == "float" and self.step is None:
+            return None
+        return int((_decimal(self.high) - _decimal(self.low)) / _decimal(self.step or 1)) + 1
+
+    def label_at(self, index: int) -> Any:
+        """The index-th value of a finite dimension (``size()`` of them), as Optuna gives it (see :meth:`labels`)."""
+        if self.type == "categorical":
+            return self.labels()[index]
+        if self.type == "int":
+            return int(self.low) + index * int(self.step or 1)
+        # in decimals, as Optuna checks the grid: the last value is high itself, not a hair above it
+        return float(_decimal(self.low) + index * _decimal(self.step))
+
+    def index_of(self, label: Any) -> int:
+        """Where an Optuna value lies among a finite dimension's values (the inverse of :meth:`label_at`)."""
+        if self.type == "categorical":
+            return self.labels().index(label)
+        # rounded: Optuna's stepped floats carry float error (0.30000000000000004 for the third of 0.1, 0.2, ...)
+        return round((label - self.low) / (self.step or 1))
+
+    def values_to_check(self) -> tuple[Any, ...]:
+        """The values a check at load time tries: every listed one, or a range's low and high."""
+        if self.type == "categorical":
+            return self.choices
+        # A float parameter's samples are floats even where the file's bounds are whole numbers.
+        return (self.low, self.high) if self.type == "int" else (float(self.low), float(self.high))
+
 
 def _label(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+
+def _decimal(x: float) -> Decimal:
+    return Decimal(str(x))  # the number as written (0.1, not 0.1000000000000000055...), as Optuna reads a step
+
+
+def space_size(params: tuple[Param, ...]) -> int | None:
+    """How many distinct points the params span; None when a float range without a step makes them endless."""
+    sizes = [p.size() for p in params]
+    return None if None in sizes else math.prod(sizes)
 
 
 @dataclass(frozen=True)
@@ -120,22 +163,27 @@ def load_sweep(
     for flag, value in (("--trials", trials), ("--workers", workers)):
         if value is not None and value < 1:  # named as given, not as the sweep.trials it stands for
             raise ConfigError(f"{flag} must be 1 or more, got {value}")
+    given = {key: value for key, value in (("trials", trials), ("workers", workers), ("storage", storage))
+             if value is not None}
     if isinstance(sweep, dict):
         sweep.setdefault("study_name", path.stem)
-        for key, value in (("trials", trials), ("workers", workers), ("storage", storage)):
-            if value is not None:
-                sweep[key] = value
+        sweep.update(given)
     try:
-        spec = sweep_from_dict({**data, "sweep": sweep}, overrides=overrides, data_dir=data_dir)
+        spec = sweep_from_dict({**data, "sweep": sweep}, overrides=overrides, data_dir=data_dir, flags=set(given))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return replace(spec, source=path)
 
 
 def sweep_from_dict(
-    data: dict[str, Any], *, overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None
+    data: dict[str, Any], *, overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None,
+    flags: Collection[str] = (),
 ) -> SweepSpec:
-    """A SweepSpec from a parsed sweep file (a config dict with a ``sweep`` table)."""
+    """A SweepSpec from a parsed sweep file (a config dict with a ``sweep`` table).
+
+    ``flags``: the [sweep] keys whose values came from the command line (``--trials``, ``--workers``,
+    ``--storage``); messages about them name the flag the user typed, not the key it stands for.
+    """
     data = dict(data)
     sweep = data.pop("sweep", None)
     if not isinstance(sweep, dict):
@@ -173,8 +221,8 @@ def sweep_from_dict(
     workers = _integer(sweep, "workers", 1, minimum=1)
     storage = sweep.get("storage")
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
-        raise ConfigError(f"sweep.storage = {storage!r} is not a database URL; use e.g. \"sqlite:///study.db\" or "
-                          "\"postgresql://user@host/db\" (default: sqlite:///<out>/study.db)")
+        raise ConfigError(f"{_said('storage', storage, flags)} is not a database URL; use e.g. "
+                          "\"sqlite:///study.db\" or \"postgresql://user@host/db\" (default: sqlite:///<out>/study.db)")
     study_name = sweep.get("study_name", "sweep")
     if not isinstance(study_name, str) or not study_name.strip():
         raise ConfigError(f"sweep.study_name must be a non-empty string, got {study_name!r}")
@@ -186,21 +234,43 @@ def sweep_from_dict(
     params = tuple(_param(key, value, sampler, base) for key, value in raw.items())
     _check_combinations(base, params, objective)
 
-    size = math.prod(len(p.choices) for p in params) if sampler == "grid" else None
-    trials = _integer(sweep, "trials", size if size is not None else DEFAULT_TRIALS, minimum=1)
-    if size is not None and trials > size:
-        raise ConfigError(f"sweep.trials = {trials} but the grid has only {size} points; "
-                          f"leave trials out to run the whole grid")
+    # A finite space (lists, int ranges, float ranges with a step) has `size` distinct points, and no trial
+    # repeats another's values (untried.py): by default the sweep tries each once, at most DEFAULT_TRIALS.
+    size = space_size(params)
+    default = DEFAULT_TRIALS if size is None else size if sampler == "grid" else min(size, DEFAULT_TRIALS)
+    trials = _integer(sweep, "trials", default, minimum=1)
+    if sampler == "grid" and trials > size:
+        raise ConfigError(f"{_said('trials', trials, flags)} but the grid has only {size} points; "
+                          f"leave {'--trials' if 'trials' in flags else 'trials'} out to run the whole grid")
+    given = _said("workers", workers, flags)
     if workers > trials:  # each worker runs whole trials: the others would only start, load the data and leave
-        raise ConfigError(f"sweep.workers = {workers} but the sweep has {trials} trial(s); use at most {trials}")
+        raise ConfigError(f"{given} but the sweep has {trials} trial(s); use at most {trials}")
     cores = os.cpu_count() or 1
     if workers > cores:  # each worker is a training process: more than the cores only slows every trial down
-        raise ConfigError(f"sweep.workers = {workers} but this machine has {cores} CPU core(s); use at most {cores}")
+        raise ConfigError(f"{given} but this machine has {cores} CPU core(s); use at most {cores}")
     return SweepSpec(
         base=base, params=params, sampler=sampler, trials=trials, objective=objective, direction=direction,
         pruner=pruner, storage=storage, study_name=study_name.strip(), seed=seed, workers=workers,
         overrides=tuple(overrides), data_dir=data_dir,
     )
+
+
+def too_many_trials(spec: SweepSpec) -> str | None:
+    """What to say when a finite space has fewer points than the trials asked for (tpe, random): no trial
+    repeats another's values, so the sweep ends when each has been tried once. None when they fit."""
+    size = space_size(spec.params)
+    if size is None or spec.trials <= size:
+        return None
+    dims = " x ".join(f"{p.size()} {p.key}" for p in spec.params)
+    grid = '; sampler = "grid" runs each of them in turn' if all(p.type == "categorical" for p in spec.params) else ""
+    return (f"{spec.trials} trials asked for, but the params take only {size} distinct combinations ({dims}); no "
+            f"trial repeats another's values, so the sweep ends after {size}{grid}")
+
+
+def _said(key: str, value: Any, flags: Collection[str]) -> str:
+    """A [sweep] key's value as the user gave it: ``--workers 3`` from the command line, ``sweep.workers = 3``
+    from the file."""
+    return f"--{key} {shlex.quote(str(value))}" if key in flags else f"sweep.{key} = {value!r}"
 
 
 def _text(table: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -271,7 +341,7 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
         if len(set(same)) != len(same):
             raise ConfigError(f"{where}: choices repeat a value: {choices}")
         param = Param(key, "categorical", choices=tuple(choices))
-        values = list(choices)
+        values = list(param.values_to_check())
     else:
         integer = kind == "int"
         low, high = _number(where, spec, "low", integer), _number(where, spec, "high", integer)
@@ -290,15 +360,29 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
             if log:
                 raise ConfigError(f"{where}: step and log = true cannot be combined (Optuna samples either on a "
                                   "grid or in log space)")
+            _check_step(where, low, high, step)
         param = Param(key, kind, low=low, high=high, step=step, log=log)
-        # A float parameter's samples are floats even where the file's bounds are whole numbers.
-        values = [low, high] if integer else [float(low), float(high)]
+        values = list(param.values_to_check())
     for value in values:  # wrong keys and types fail now, with the config's own message
         try:
             _known_model(apply_overrides(base, {key: value}), "")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return param
+
+
+def _check_step(where: str, low: float, high: float, step: float) -> None:
+    """Refuse a step that does not divide high - low: Optuna would end the range at the last step below high,
+    never trying high itself, with a warning on every trial. Computed in decimals, as Optuna checks it."""
+    span = _decimal(high) - _decimal(low)
+    if span % _decimal(step) == 0:
+        return
+    steps = span // _decimal(step)
+    number = int if isinstance(step, int) and isinstance(low, int) else float
+    below, above = (number(_decimal(low) + n * _decimal(step)) for n in (steps, steps + 1))
+    fits = f"high = {below} or {above}" if below > low else f"high = {above}"
+    raise ConfigError(f"{where}: step = {step} does not divide high - low = {high} - {low} = {span}, so high = {high} "
+                      f"would never be tried (the values stop at {below}); set {fits}")
 
 
 def _known_model(cfg: Config, where: str) -> None:
@@ -316,32 +400,45 @@ _MAX_COMBINATIONS = 10_000  # checked one by one when the file loads (no model i
 
 
 def _check_combinations(base: Config, params: tuple[Param, ...], objective: str) -> None:
-    """Every combination of the listed values makes a valid config: a model option only some models take,
-    or an ``ema_*`` objective with ``ema.enabled`` swept to false, fails now, not trial by trial. Ranges
-    (float, int) are checked at their bounds only, by ``_param``."""
-    listed = [p for p in params if p.type == "categorical"]
-    if not listed or math.prod(len(p.choices) for p in listed) > _MAX_COMBINATIONS:
+    """Every combination of the listed values, with each range at its low and at its high, makes a valid
+    config: a model option only some models take (a listed lenet with a stride range), nesterov swept on
+    with a momentum range from 0, or an ``ema_*`` objective with ``ema.enabled`` swept to false, fails now,
+    not trial by trial. Above _MAX_COMBINATIONS, only each value alone is checked (by ``_param``)."""
+    if math.prod(len(p.values_to_check()) for p in params) > _MAX_COMBINATIONS:
         return
-    for combo in itertools.product(*(p.choices for p in listed)):
-        values = {p.key: value for p, value in zip(listed, combo)}
+    for combo in itertools.product(*(p.values_to_check() for p in params)):
+        values = dict(zip((p.key for p in params), combo))
         try:
             cfg = apply_overrides(base, values)
             _known_model(cfg, "")
         except ConfigError as e:
-            raise ConfigError(f"[sweep.params] with {_describe(values)}: {e}") from None
+            raise ConfigError(f"[sweep.params] with {_describe(params, combo)}: {e}") from None
         if objective.startswith("ema_") and not cfg.ema.enabled:
-            raise ConfigError(f"[sweep.params] with {_describe(values)}: sweep.objective = {objective!r} needs "
+            raise ConfigError(f"[sweep.params] with {_describe(params, combo)}: sweep.objective = {objective!r} needs "
                               "[ema] enabled = true, and this point switches it off")
 
 
-def _describe(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k} = {v!r}" for k, v in values.items())
+def _describe(params: tuple[Param, ...], combo: tuple[Any, ...]) -> str:
+    """``model.name = 'lenet', model.stride = 1 (its low)``: a range's value is one of its bounds."""
+    def one(p: Param, value: Any) -> str:
+        bound = "" if p.type == "categorical" else " (its low)" if value == p.low else " (its high)"
+        return f"{p.key} = {value!r}{bound}"
+
+    return ", ".join(one(p, value) for p, value in zip(params, combo))
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     """Every combination of the params' values (Optuna labels), in file order; the grid sampler runs them in turn."""
     keys = [p.key for p in spec.params]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(p.labels() for p in spec.params))]
+
+
+def point_key(spec: SweepSpec, labels: dict[str, Any]) -> tuple[int, ...] | None:
+    """A point of a finite space as the index of each value among its parameter's values (stepped floats
+    compare despite float error); None for a trial that does not hold every parameter (it died drawing them)."""
+    if any(p.key not in labels for p in spec.params):
+        return None
+    return tuple(p.index_of(labels[p.key]) for p in spec.params)
 
 
 def apply_params(spec: SweepSpec, labels: dict[str, Any]) -> Config:
