@@ -322,16 +322,16 @@ def test_resuming_with_a_change_the_state_cannot_follow_changes_nothing(run_copy
     assert snapshot(run_copy) == before
 
 
-def test_resuming_on_another_dataset_changes_nothing(run_copy, mini_root, tmp_path, capsys):
+def test_resuming_on_another_dataset_changes_nothing(run_copy, tmp_path, capsys):
     # Every dataset of the family has 60,000 training images, so no step count caught it: epoch 2 trained on
-    # Fashion-MNIST with epoch 1's normalization, and best.ckpt stayed the first dataset's model.
-    shutil.copytree(mini_root / "KMNIST", tmp_path / "data" / "FashionMNIST")
+    # Fashion-MNIST with epoch 1's normalization, and best.ckpt stayed the first dataset's model. Refused, the
+    # new dataset was still loaded first, or downloaded where it was missing: refused before any data now.
     before = snapshot(run_copy)
     fails_cleanly(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", "--dataset", "fashion-mnist",
-                           "--data-dir", str(tmp_path / "data")],
+                           "--data-dir", str(tmp_path / "data"), "--set", "data.download=true"],
                   "data.dataset was kmnist, now fashion-mnist: a run trains on one dataset; start a new run from "
                   "this one's weights with --init-from")
-    assert snapshot(run_copy) == before
+    assert snapshot(run_copy) == before and not (tmp_path / "data").exists()
 
 
 def test_a_checkpoint_from_before_steps_per_epoch_was_stored_is_checked_by_its_step_count(run_copy, capsys):

@@ -462,7 +462,7 @@ class _SignalGuard:
     its ``finally`` blocks (the run lock, temporary files) and a notebook's kernel lives on; the CLI
     exits 130. A second SIGTERM, and any second signal in a torchrun worker (whose peers may hold it
     in a collective while it unwinds), ends the process (``os._exit``, 130 / 143). Either is safe:
-    every file is written atomically (temp file, then rename).
+    every file but TensorBoard's appended event files is written atomically (temp file, then rename).
     """
 
     def __init__(self) -> None:
@@ -496,6 +496,49 @@ class _EmaChoice(MonitorMixin):
 
     def __init__(self, monitor: str, mode: str) -> None:
         self._init_monitor(monitor, mode)
+
+
+def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
+    """Refuse a checkpoint ``cfg`` cannot continue from, by what the checkpoint and the config say alone (not
+    a training state, another model or dataset, fewer epochs than trained); the stored config otherwise.
+
+    A run checks this before it loads its data: another ``data.dataset`` would first be loaded, or downloaded.
+    """
+    if payload.get("resumable") is False:
+        raise CheckpointError(
+            "the checkpoint holds a model to use (best.ckpt, ema.ckpt, a top-k or a periodic file), not the "
+            "training state a run continues from: resume the run folder (its last.ckpt), or start a new run from "
+            "these weights with --init-from (finetune.init_from)"
+        )
+    missing = [k for k in _RESUME_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint cannot be resumed from: it holds a model without its training state (it lacks "
+            f"{', '.join(missing)}; another tool's file?): resume the run folder (its last.ckpt), or start a new "
+            "run from these weights with --init-from (finetune.init_from)"
+        )
+    if payload["model_name"] != cfg.model.name:
+        raise CheckpointError(
+            f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {cfg.model.name!r}"
+        )
+    # the settings the run was trained under, as the command line read them (stored_config)
+    stored = config_from_dict(stored_before_own_defaults(payload["config"]))
+    _check_progress(payload)  # what fit() reads later: a bad value must fail now, before files are written
+    done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
+    if cfg.train.epochs < done + (batch > 0):
+        trained = f"{done} epoch{'s' * (done != 1)}"
+        if batch:
+            trained += f" and {batch} batch{'es' * (batch != 1)} of epoch {done + 1}"
+        raise ConfigError(f"train.epochs is {cfg.train.epochs}, but the run has trained {trained}: "
+                          f"resume with --epochs {done + (batch > 0)} or more")
+    if stored.data.dataset != cfg.data.dataset:
+        # The datasets of the family are alike in size, so no count in Trainer.restore would catch it: the run would go on
+        # with the first's input normalization, metrics and best.ckpt, compared epoch by epoch with the new's.
+        raise ConfigError(
+            f"data.dataset was {stored.data.dataset}, now {cfg.data.dataset}: a run trains on one dataset; "
+            "start a new run from this one's weights with --init-from (finetune.init_from)"
+        )
+    return stored
 
 
 class Trainer:
@@ -1053,40 +1096,8 @@ class Trainer:
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint written by this trainer (``last.ckpt``)."""
-        if payload.get("resumable") is False:
-            raise CheckpointError(
-                "the checkpoint holds a model to use (best.ckpt, ema.ckpt, a top-k or a periodic file), not the "
-                "training state a run continues from: resume the run folder (its last.ckpt), or start a new run from "
-                "these weights with --init-from (finetune.init_from)"
-            )
-        missing = [k for k in _RESUME_KEYS if k not in payload]
-        if missing:
-            raise CheckpointError(
-                f"the checkpoint cannot be resumed from: it holds a model without its training state (it lacks "
-                f"{', '.join(missing)}; another tool's file?): resume the run folder (its last.ckpt), or start a new "
-                "run from these weights with --init-from (finetune.init_from)"
-            )
-        if payload["model_name"] != self.cfg.model.name:
-            raise CheckpointError(
-                f"the checkpoint holds a {payload['model_name']!r} model, but the config asks for {self.cfg.model.name!r}"
-            )
-        # the settings the run was trained under, as the command line read them (stored_config)
-        stored = config_from_dict(stored_before_own_defaults(payload["config"]))
-        _check_progress(payload)  # what fit() reads later: a bad value must fail now, before files are written
+        stored = check_resume(payload, self.cfg)
         done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
-        if self.cfg.train.epochs < done + (batch > 0):
-            trained = f"{done} epoch{'s' * (done != 1)}"
-            if batch:
-                trained += f" and {batch} batch{'es' * (batch != 1)} of epoch {done + 1}"
-            raise ConfigError(f"train.epochs is {self.cfg.train.epochs}, but the run has trained {trained}: "
-                              f"resume with --epochs {done + (batch > 0)} or more")
-        if stored.data.dataset != self.cfg.data.dataset:
-            # The datasets of the family are alike in size, so no count below would catch it: the run would go on
-            # with the first's input normalization, metrics and best.ckpt, compared epoch by epoch with the new's.
-            raise ConfigError(
-                f"data.dataset was {stored.data.dataset}, now {self.cfg.data.dataset}: a run trains on one dataset; "
-                "start a new run from this one's weights with --init-from (finetune.init_from)"
-            )
         # The settings that lay out an epoch's batches which this resume changes: (key, "section.key was A, now B")
         changed = [(k, f"{s}.{k} was {getattr(getattr(stored, s), k)}, now {getattr(getattr(self.cfg, s), k)}")
                    for s, k in _EPOCH_LAYOUT if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]

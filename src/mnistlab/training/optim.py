@@ -16,7 +16,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig, 
     SGD, Adam, AdamW and Adagrad take PyTorch's fused step (one kernel for all
     parameters) on CPU and CUDA: on the AVX2 EPYC it took 0.55-0.69x the time of
     the multi-tensor ``foreach`` path for SGD, 0.31-0.45x for Adagrad and Adam,
-    0.5-4.6% of a training step (``benchmarks/fused_optimizers.py``), and gave the
+    saving 0.5-4.6% of a training step (``benchmarks/fused_optimizers.py``), and gave the
     same weights to float rounding. The others have no fused kernel and take the
     ``foreach`` path.
     """

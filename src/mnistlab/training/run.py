@@ -45,6 +45,7 @@ from .fit import (
     FitResult,
     Trainer,
     TrainingInterrupted,
+    check_resume,
     deterministic_errors,
     deterministic_mode,
     emulated_precision,
@@ -690,6 +691,8 @@ def _run(
         torch.set_num_threads(cfg.train.threads)
     device = distributed.local_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    if payload is not None:  # before the data: another dataset would be loaded, or downloaded, and then refused
+        check_resume(payload, cfg)
     data = load_data(cfg.data, device=device)
     model = config_model(cfg, data)
     if distributed.rank() > 0:  # dropout and augmentation draw other numbers on each rank; rank 0 keeps a 1-process run's
