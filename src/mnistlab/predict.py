@@ -151,6 +151,9 @@ def read_grayscale(path: str | Path) -> np.ndarray:
                         f"{path} is {w}x{h} = {_megapixels(w * h)} megapixels, more than the {MAX_PIXELS / 1e6:.0f} "
                         "megapixels mnistlab reads; scale it down first"
                     )
+                if img.format == "EPS" and not _has_ghostscript():  # its load failed with "Unable to locate Ghostscript"
+                    raise ImageFileError(f"{path} is an EPS (PostScript) file, which Pillow draws with Ghostscript, and "
+                                         "Ghostscript (gs) is not installed; install it, or save the image as PNG")
                 img.load()
                 return _to_gray(_upright(img, path), path)
     except ImageFileError:
@@ -169,6 +172,12 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"cannot read {path}: {e.strerror or e}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageFileError(f"{path} is a damaged or truncated image ({e})") from None
+
+
+def _has_ghostscript() -> bool:
+    from PIL import EpsImagePlugin
+
+    return EpsImagePlugin.has_ghostscript()
 
 
 def _megapixels(pixels: int) -> str:

@@ -113,3 +113,17 @@ def test_a_file_that_failed_says_so_when_asked_for_its_class(digit_model, tmp_pa
     for attribute in ("name", "index"):  # a bare IndexError said nothing of the file
         with pytest.raises(ValueError, match=r"zero.png has no prediction: .*is empty \(0 bytes\)"):
             getattr(bad, attribute)
+
+
+def test_an_eps_file_without_ghostscript_is_said_to_need_it(tmp_path, monkeypatch):
+    # It was "a damaged or truncated image (Unable to locate Ghostscript on paths)": the file is fine.
+    import mnistlab.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "_has_ghostscript", lambda: False)
+    eps = tmp_path / "seven.eps"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nnewpath 5 22 moveto 22 22 lineto 10 4 lineto "
+                   "stroke\nshowpage\n")
+    with pytest.raises(predict_module.ImageFileError, match=r"seven.eps is an EPS \(PostScript\) file, which Pillow "
+                                                            r"draws with Ghostscript, and Ghostscript \(gs\) is not "
+                                                            r"installed; install it, or save the image as PNG"):
+        read_grayscale(eps)
