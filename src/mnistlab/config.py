@@ -308,6 +308,10 @@ class TrainConfig:
     seed: int = 0  # weights, shuffling and dropout; CPU runs with the same seed repeat exactly
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | mps
     label_smoothing: float = 0.0  # cross-entropy label smoothing (of val_loss and test_loss too, as in Keras)
+    # Keras' class_weight: each training image's loss times its class's weight, one weight per class in the
+    # dataset's order (the batch's loss stays the mean over its images); "balanced": n / (classes x n of the
+    # class) over the training split; none: unweighted. val_loss and test_loss are not weighted.
+    class_weights: tuple[float, ...] | str | None = None
     grad_clip: float | None = None  # clip the global gradient norm to this
     threads: int | None = None  # torch intra-op threads on CPU (None: PyTorch's default)
     channels_last: bool | None = None  # NHWC memory format; none: auto (on CUDA, and on CPU for models it speeds up)
@@ -349,6 +353,14 @@ class TrainConfig:
         _choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        weights = self.class_weights
+        if isinstance(weights, str) and weights != "balanced":
+            raise ConfigError(f'train.class_weights must be a list of weights, one per class, or "balanced", got '
+                              f"{weights!r}")
+        if isinstance(weights, tuple):
+            if not all(math.isfinite(w) and 0 <= w <= FLOAT32_MAX for w in weights) or not any(weights):
+                raise ConfigError(f"train.class_weights must be finite numbers of 0 or more, not all 0, got "
+                                  f"{list(weights)}")
 
 
 @dataclass(frozen=True)

@@ -498,6 +498,32 @@ class _EmaChoice(MonitorMixin):
         self._init_monitor(monitor, mode)
 
 
+def class_weights(setting: tuple[float, ...] | str | None, data) -> torch.Tensor | None:
+    """``train.class_weights`` for ``data``: one float32 weight per class, or None (unweighted).
+
+    "balanced" is scikit-learn's and Keras' recipe: n / (classes x the class's count) over the training split,
+    so each class weighs as much in an epoch as any other.
+
+    >>> from types import SimpleNamespace as S
+    >>> class_weights("balanced", S(train=S(labels=torch.tensor([0, 0, 0, 1])), num_classes=2, classes=["a", "b"]))
+    tensor([0.6667, 2.0000])
+    """
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes)
+        missing = [str(data.classes[c]) for c in range(data.num_classes) if counts[c] == 0]
+        if missing:
+            raise ConfigError(f'train.class_weights = "balanced" weighs each class by its training images, and the '
+                              f"training split has none of {', '.join(missing)}; give the weights as a list")
+        return (counts.sum() / (data.num_classes * counts.double())).float()
+    if len(setting) != data.num_classes:
+        raise ConfigError(f"train.class_weights has {len(setting)} weight{'s' * (len(setting) != 1)}, but the data "
+                          f"has {data.num_classes} classes ({', '.join(map(str, data.classes))}): give one per class, "
+                          "in that order")
+    return torch.tensor(setting, dtype=torch.float32)
+
+
 def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
     """Refuse a checkpoint ``cfg`` cannot continue from, by what the checkpoint and the config say alone (not
     a training state, another model or dataset, fewer epochs than trained); the stored config otherwise.
@@ -606,6 +632,8 @@ class Trainer:
         self._wrap()
         # bf16 or fp16 autocast for the forward pass and loss; the weights and optimizer stay fp32.
         self.precision = resolve_precision(cfg.train.precision, self.device)
+        weights = class_weights(cfg.train.class_weights, data)  # before any training: a wrong count fails now
+        self._class_weights = weights.to(self.device) if weights is not None else None
         self._autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         # fp16's narrow range: gradients below 6e-8 would flush to 0, so the loss is multiplied by a scale that
         # is halved whenever a step's gradients overflow (that step is skipped) and doubled after 2000 good ones.
@@ -752,12 +780,16 @@ class Trainer:
         DDP averages the gradients over the ranks, so each rank's loss is the sum over its
         rows times world / rows-in-the-global-batch: the average is then the gradient of the
         global batch mean, as one process computes it, even when the last batch splits
-        unevenly or leaves a rank no rows (where a mean would be NaN).
+        unevenly or leaves a rank no rows (where a mean would be NaN). With ``train.class_weights`` each
+        image's loss is first multiplied by its class's weight (Keras' class_weight).
         """
         if mix is not None:  # cross-entropy is linear in the target: the blend of the two labels' losses
             partner, share = mix
             return share * self._loss(logits, y, batch_rows) + (1 - share) * self._loss(logits, partner, batch_rows)
         smoothing = self.cfg.train.label_smoothing
+        if self._class_weights is not None:  # each image's loss times its class's weight, summed as below
+            losses = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="none")
+            return (losses * self._class_weights[y]).sum() * (self._world / batch_rows)
         if self._world == 1 and len(y) == batch_rows:  # the whole batch: its mean
             return F.cross_entropy(logits, y, label_smoothing=smoothing)
         # A rank's share, or a part of the batch (train.micro_batch_size): its rows' part of the batch's mean.
