@@ -558,8 +558,8 @@ def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
         raise ConfigError(f"train.epochs is {cfg.train.epochs}, but the run has trained {trained}: "
                           f"resume with --epochs {done + (batch > 0)} or more")
     if stored.data.dataset != cfg.data.dataset:
-        # The datasets of the family are alike in size, so no count in Trainer.restore would catch it: the run would go on
-        # with the first's input normalization, metrics and best.ckpt, compared epoch by epoch with the new's.
+        # The datasets of the family are alike in size, so no count in Trainer.restore would catch it: the run
+        # would go on with the first's input normalization, metrics and best.ckpt, compared with the new's.
         raise ConfigError(
             f"data.dataset was {stored.data.dataset}, now {cfg.data.dataset}: a run trains on one dataset; "
             "start a new run from this one's weights with --init-from (finetune.init_from)"

@@ -641,8 +641,10 @@ def _check_kept_models(run_dir: Path) -> None:
                 ) from None
 
 
-def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, device, display: Display) -> dict[str, Any]:
-    """Test accuracies of the weight average (ema.ckpt) and with test-time augmentation, each reported apart.
+def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, tested: str, data, device,
+                 display: Display) -> dict[str, Any]:
+    """Test accuracies of the weight average (ema.ckpt) and with test-time augmentation, each reported apart
+    (``model``: the tested model, ``tested`` its name: best.ckpt, or the final weights).
 
     Like best.ckpt, ema.ckpt was chosen on the validation split; the test split is only read here.
     """
@@ -654,7 +656,7 @@ def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, data, devic
         models["ema_"] = model_from_checkpoint(ema).to(device)
         out["ema_best_epoch"] = int(ema["epoch"])
     for prefix, m in models.items():
-        name = "ema.ckpt" if prefix else "the tested model"
+        name = "ema.ckpt" if prefix else tested
         if prefix:
             out[f"{prefix}test_accuracy"] = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes,
                                                      progress=_testing(display, name)).accuracy
@@ -818,7 +820,7 @@ def _run(
         **_fp16_entry(trainer),
         per_class_accuracy=dict(zip(data.classes, test.per_class_accuracy)),
     )
-    extras = _extra_tests(cfg, run_dir, test_model, data, device, display)
+    extras = _extra_tests(cfg, run_dir, test_model, evaluated, data, device, display)
     summary.update(extras)
     write_json(run_dir / "summary.json", summary)
     for cb in cbs:  # the HParams dashboard's final/* numbers: the tested model's too, as summary.json has them
