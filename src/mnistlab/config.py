@@ -321,7 +321,7 @@ class TrainConfig:
     # auto (bf16 autocast on a GPU, Ampere on, or a CPU that computes in bf16; else fp32) | fp32 | bf16 |
     # fp16 (float16 autocast with a dynamic loss scale, for GPUs before Ampere: a T4, V100; CUDA and CPU only)
     precision: str = "auto"
-    progress: bool = True  # progress bar when the output is a terminal
+    progress: bool = True  # progress bars when the output is a terminal or a Jupyter notebook
     # report.html and its plots/ at the end of a run: seconds of plotting (`mnistlab report RUN` writes them later)
     report: bool = True
     # On a CPU under Linux (glibc): keep freed memory in the process for the next step instead of handing it

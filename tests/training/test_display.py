@@ -235,3 +235,19 @@ def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_p
     screen = terminal.screen()
     assert any(row.startswith("test accuracy ") for row in screen)
     assert not any("[#" in row for row in screen)  # no bar left behind
+
+
+def test_a_jupyter_notebook_cell_gets_the_bars_too(monkeypatch):
+    # An IPython kernel's stream is no terminal, so a notebook showed nothing for a whole epoch; its frontends
+    # take "\r" back to the line's start, as a terminal does.
+    class OutStream(io.StringIO):
+        pass
+
+    OutStream.__module__ = "ipykernel.iostream"
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((80, 24)))
+    cell = OutStream()
+    d = Display(out=cell)
+    d.progress(1, 2, 10, 20, 2.0, 0.1)
+    assert cell.getvalue().startswith("\repoch 1/2 [")
+    assert not Display(out=io.StringIO()).bar  # a file or a pipe: the table only
+    assert not Display(out=OutStream(), progress=False).bar  # train.progress = false

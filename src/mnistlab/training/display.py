@@ -130,15 +130,24 @@ def progress_safe_warnings():
             warnings.showwarning = shown
 
 
+def shows_progress(out: TextIO) -> bool:
+    """Whether a progress bar redrawn with ``\r`` shows as one line on ``out``: a terminal, or the output of a
+    Jupyter notebook's cell (an IPython kernel's stream, which is no terminal; JupyterLab, Colab and VS Code
+    take ``\r`` back to the line's start), where a student would otherwise see nothing for a whole epoch."""
+    isatty = getattr(out, "isatty", None)
+    if callable(isatty) and isatty():
+        return True
+    return type(out).__module__.split(".")[0] == "ipykernel"
+
+
 class Display:
-    """Prints the epoch table to ``out``; the progress bar only when ``out`` is a terminal."""
+    """Prints the epoch table to ``out``; the progress bar only where it shows as one line (:func:`shows_progress`)."""
 
     def __init__(self, quiet: bool = False, progress: bool = True, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
         # No stream at all (sys.stdout is None under pythonw or some service hosts): nothing to print to.
         self.quiet = quiet or self.out is None
-        isatty = getattr(self.out, "isatty", None)
-        self.bar = progress and not self.quiet and callable(isatty) and isatty()
+        self.bar = progress and not self.quiet and shows_progress(self.out)
         self._header_done = False
         self._last_draw = 0.0
         self._drawn = 0  # characters of the progress line on the screen, for the next draw to blank out
