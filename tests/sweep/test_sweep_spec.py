@@ -234,3 +234,13 @@ def test_values_from_the_command_line_are_named_as_the_flags_given(tmp_path, mon
     path.write_text('[sweep]\nsampler = "grid"\nworkers = 2\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')
     with pytest.raises(ConfigError, match=r"sweep.workers = 2 but this machine has 1 CPU core\(s\)"):  # the file's
         load_sweep(path)
+
+
+def test_a_float_range_valid_only_at_its_bounds_is_refused():
+    # mixup.alpha takes 0 (off) or 0.001 and up: a range from 0 drew values in between now and then, and each such
+    # trial failed on its config.
+    with pytest.raises(ConfigError, match=r'sweep.params."mixup.alpha": a draw next to 0 \(4.94066e-324\) is refused '
+                                          r"\(mixup.alpha must be 0 \(off\) or at least 0.001"):
+        sweep({"mixup.alpha": {"type": "float", "low": 0.0, "high": 0.4}})
+    assert sweep({"mixup.alpha": {"type": "float", "low": 0.001, "high": 0.4}}).params[0].low == 0.001
+    sweep({"mixup.alpha": [0.0, 0.2, 0.4]})  # listed: 0 (off) among them

@@ -368,6 +368,16 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
             _known_model(apply_overrides(base, {key: value}), "")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+    if param.type == "float" and param.step is None and param.low < param.high:
+        # A key valid at its bounds but not between (mixup.alpha: 0 is off, and 0 < alpha < 0.001 is refused):
+        # the draws next to a bound would fail their trials one by one.
+        for bound, inside in ((param.low, math.nextafter(param.low, param.high)),
+                              (param.high, math.nextafter(param.high, param.low))):
+            try:
+                apply_overrides(base, {key: inside})
+            except ConfigError as e:
+                raise ConfigError(f"{where}: a draw next to {bound:g} ({inside:g}) is refused ({e}); give a range "
+                                  "whose every value is valid, or list the values to try") from None
     return param
 
 
