@@ -68,3 +68,22 @@ def test_a_negative_test_time_shift_is_refused():
 
     with pytest.raises(ConfigError, match="a test-time shift must be zero or more pixels, got -3"):
         evaluate(build_model("cnn", width=0.25), synthetic_data(4).train, tta_shift=-3)
+
+
+def test_float_images_outside_0_1_are_refused_with_what_to_do():
+    # The models normalize their input: 0-255 floats, or images normalized by the caller too, gave wrong answers
+    # with no error (a 7 in 0-255 floats came out a confident 8 or 3).
+    from mnistlab.models import build_model
+    from mnistlab.training.evaluate import predict_logits
+
+    torch.manual_seed(0)
+    model = build_model("cnn", width=0.25)
+    digits = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\] \(the model normalizes them itself\), "
+                                         r"these span \[0, 255\]: pass them unnormalized, or as uint8 images; "
+                                         "divide 0-255 floats by 255"):
+        predict_logits(model, digits.float())
+    with pytest.raises(ValueError, match=r"these span \[-0.4\d+, 2.\d+\]: pass them unnormalized, or as uint8 "
+                                         r"images$"):
+        predict_logits(model, (digits.float() / 255 - 0.1307) / 0.3081)
+    torch.testing.assert_close(predict_logits(model, digits.float() / 255), predict_logits(model, digits))

@@ -129,7 +129,7 @@ class TrainerHandle(Protocol):
         """The validation images (uint8, N x C x H x W) and labels (int64)."""
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of the model, in eval mode, for uint8 or [0, 1] float images."""
+        """Logits of the model, in eval mode, for uint8 or [0, 1] float images (other floats: a ValueError)."""
 
 
 class Callback:

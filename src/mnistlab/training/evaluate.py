@@ -92,7 +92,17 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits for uint8 (or [0, 1] float) images, in eval mode, batch by batch."""
+    """Logits for uint8 (or [0, 1] float) images, in eval mode, batch by batch.
+
+    Float images outside [0, 1] are a ValueError: the models normalize their input themselves, so 0-255
+    floats, or images already normalized with the dataset's mean and std, gave confident wrong answers.
+    """
+    if images.is_floating_point() and images.numel():
+        low, high = float(images.min()), float(images.max())  # once per call: no cost worth a model's forward
+        if low < -1e-4 or high > 1 + 1e-4:
+            scale = "; divide 0-255 floats by 255" if high > 5 else ""  # normalized MNIST peaks at 2.8
+            raise ValueError(f"float images must be in [0, 1] (the model normalizes them itself), these span "
+                             f"[{low:g}, {high:g}]: pass them unnormalized, or as uint8 images{scale}")
     device = next(model.parameters()).device
     with eval_mode(model):
         forward = _inference(model)
