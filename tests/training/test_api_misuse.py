@@ -209,3 +209,18 @@ def test_fit_holds_its_run_folders_lock_as_train_does(mnist_small, mnist_root, t
     with RunLock(folder), pytest.raises(RunDirError, match="in use by another mnistlab run in this process"):
         fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)
     fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)  # the folder is free again
+
+
+def test_fit_in_a_script_torchrun_starts_says_to_call_train(mnist_small, monkeypatch, tmp_path):
+    # Each process trained alone on all the data, and every one wrote the same run folder.
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=r"fit\(\) trains in this process alone, and torchrun started 2: call "
+                                          r"train\(cfg, callbacks=\[...\]\) in the script"):
+        fit(small_model(mnist_small), mnist_small, Config(), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: a plain run
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cfg = apply_overrides(Config(), ["train.epochs=1", "model.name=cnn", "model.width=0.25"])
+    assert fit(small_model(mnist_small), mnist_small, cfg).epochs == 1

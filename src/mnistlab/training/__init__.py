@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -15,6 +16,7 @@ from ..callbacks.base import Callback, check_callbacks
 from ..config import Config
 from ..data import DataBundle
 from ..errors import CheckpointError, ConfigError, RunDirError
+from . import distributed
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
@@ -50,6 +52,11 @@ def fit(
                         f"{type(model).__name__}")
     if not isinstance(data, DataBundle):
         raise TypeError(f"fit(): the data must be a DataBundle, from load_data(cfg.data), got {type(data).__name__}")
+    if distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        # Each process would train alone on all the data, and all of them would write run_dir.
+        raise ConfigError(f"fit() trains in this process alone, and torchrun started {os.environ['WORLD_SIZE']}: "
+                          "call train(cfg, callbacks=[...]) in the script, which joins the other processes (each "
+                          "takes its share of every batch) and writes the run folder from rank 0")
     if run_dir is not None:
         _check_config_describes(model, data, cfg)
         try:
