@@ -479,7 +479,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     display = Display()  # a progress bar on a terminal: the big models take minutes on a CPU
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
                       label_smoothing=cfg.train.label_smoothing,
-                      progress=lambda done, total: display.evaluating(f"testing {file.name}", done, total))
+                      progress=display.evaluation_progress(f"testing {file.name}"))
     display.clear()  # the bar goes before the result is printed
     report = {"checkpoint": str(file), "model": payload["model_name"],
               "epoch": payload.get("epoch"),  # a file from the save_checkpoint API may not record one

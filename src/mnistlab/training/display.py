@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 import weakref
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 def divert_to_devnull(stream: TextIO) -> None:
@@ -196,6 +196,10 @@ class Display:
         now = time.monotonic()
         if self.bar and (now - self._last_draw >= 0.1 or done >= total):
             self._draw(evaluation_line(what, done, total, _room()), now)
+
+    def evaluation_progress(self, what: str) -> Callable[[int, int], None]:
+        """``evaluate``'s ``progress`` callback for a bar named ``what``."""
+        return lambda done, total: self.evaluating(what, done, total)
 
     def _draw(self, line: str, now: float) -> None:
         self._last_draw = now

@@ -759,16 +759,13 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         eps = self.cfg.train.label_smoothing  # val_loss is the training loss on the validation images
         epoch = f"epoch {self._epoch + 1}/{self.cfg.train.epochs}"
-
-        def shown(what: str):
-            return lambda done, total: self.display.evaluating(f"{epoch} {what}", done, total)
-
         val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
-                       label_smoothing=eps, progress=shown("validating"))
+                       label_smoothing=eps, progress=self.display.evaluation_progress(f"{epoch} validating"))
         metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
         if self.ema is not None:
             ema = evaluate(self.ema.module, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
-                           label_smoothing=eps, progress=shown("validating the average"))
+                           label_smoothing=eps,
+                           progress=self.display.evaluation_progress(f"{epoch} validating the average"))
             metrics.update(ema_val_loss=ema.loss, ema_val_accuracy=ema.accuracy)
         return metrics
 

@@ -658,18 +658,14 @@ def _extra_tests(cfg: Config, run_dir: Path, model: torch.nn.Module, tested: str
     for prefix, m in models.items():
         name = "ema.ckpt" if prefix else tested
         if prefix:
-            out[f"{prefix}test_accuracy"] = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes,
-                                                     progress=_testing(display, name)).accuracy
+            ev = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes,
+                          progress=display.evaluation_progress(f"testing {name}"))
+            out[f"{prefix}test_accuracy"] = ev.accuracy
         if cfg.tta.enabled:
             ev = evaluate(m, data.test, cfg.train.eval_batch_size, data.num_classes, tta_shift=cfg.tta.shift,
-                          progress=_testing(display, f"{name} with test-time augmentation"))
+                          progress=display.evaluation_progress(f"testing {name} with test-time augmentation"))
             out[f"{prefix}tta_test_accuracy"] = ev.accuracy
     return out
-
-
-def _testing(display: Display, what: str):
-    """An ``evaluate`` progress callback that shows the final test of ``what`` on the display."""
-    return lambda done, total: display.evaluating(f"testing {what}", done, total)
 
 
 _EXTRA_NAMES = {
@@ -799,7 +795,8 @@ def _run(
     else:  # no validated epoch was ever better than nothing (e.g. non-finite loss in epoch 1)
         test_model, evaluated, best_epoch = result.model, "final weights", result.epochs
     test = evaluate(test_model, data.test, cfg.train.eval_batch_size, data.num_classes,
-                    label_smoothing=cfg.train.label_smoothing, progress=_testing(display, evaluated))
+                    label_smoothing=cfg.train.label_smoothing,
+                    progress=display.evaluation_progress(f"testing {evaluated}"))
     best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
     summary.update(
         test_accuracy=test.accuracy,
