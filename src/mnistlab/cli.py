@@ -22,6 +22,7 @@ _FLAG_KEYS = {
     "model": "model.name",
     "epochs": "train.epochs",
     "max_minutes": "train.max_minutes",
+    "max_steps": "train.max_steps",
     "optimizer": "optimizer.name",
     "lr": "optimizer.lr",
     "batch_size": "train.batch_size",
@@ -113,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, metavar="MIN",
                    help="stop before an epoch that could take the training time past MIN minutes (judged by the "
                    "longest epoch so far; validation and checkpoints not counted); the schedule still spans --epochs")
+    t.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop after N optimizer steps in all, in mid-epoch if need be (that epoch is validated and "
+                   "recorded like the others); the schedule is planned over the steps --epochs and N allow")
     t.add_argument("--lr", type=float, help="peak learning rate (`mnistlab lr-find` suggests one)")
     t.add_argument("--early-stopping", metavar="SPEC",
                    help="none, patience:N, gl:ALPHA, pq:ALPHA or up:S (Prechelt's criteria; strip length "
@@ -149,8 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     lf.add_argument("--plot", metavar="FILE", default="lr_find.png", help="where to write the plot "
                     "(default lr_find.png)")
     lf.add_argument("--json", action="store_true", help="print every step's rate and loss as JSON")
-    lf.set_defaults(epochs=None, max_minutes=None, lr=None, unfreeze_at=None, early_stopping=None, resume=None,
-                    report=None)
+    lf.set_defaults(epochs=None, max_minutes=None, max_steps=None, lr=None, unfreeze_at=None, early_stopping=None,
+                    resume=None, report=None)
 
     e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
                        "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "

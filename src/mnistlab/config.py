@@ -302,6 +302,10 @@ class TrainConfig:
     # Stop before an epoch that could take the training time (train_seconds) past this many minutes
     # (callbacks/time_limit.py); none: no limit.
     max_minutes: float | None = None
+    # Stop after this many optimizer steps in all (Lightning's max_steps), in mid-epoch if need be: that epoch is
+    # validated and recorded like the others. The schedule is planned over min(epochs x steps per epoch, max_steps),
+    # so a one-cycle or cosine schedule ends at the last step; none: the epochs alone.
+    max_steps: int | None = None
     # images per forward pass when evaluating (500 keeps a small CNN's maps in cache); on a CPU a big model takes
     # fewer, so that its largest activation stays under glibc's mmap threshold (training/evaluate.py rows_per_pass)
     eval_batch_size: int = 500
@@ -344,7 +348,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _typed(self, "train")
         _positive("train", self, "epochs", "batch_size", "eval_batch_size", "grad_clip", "threads", "max_minutes",
-                  "micro_batch_size")
+                  "max_steps", "micro_batch_size")
         if self.threads is not None and self.threads > MAX_THREADS:  # far more crashes torch's thread pool
             raise ConfigError(f"train.threads must be at most {MAX_THREADS}, got {self.threads}")
         _positive("train", self, "seed", allow_zero=True)

@@ -22,7 +22,9 @@ SMALL = ["train.batch_size=64", "train.progress=false", "train.threads=1"]
 
 
 def test_every_step_runs_at_its_planned_rate_across_epochs_whatever_the_schedule(mnist_small):
-    cfg = apply_overrides(Config(), [*SMALL, "optimizer.name=sgd", "schedule.name=onecycle", "ema.enabled=true"])
+    # (train.max_steps is the run's, not the test's: it ran 5 steps)
+    cfg = apply_overrides(Config(), [*SMALL, "optimizer.name=sgd", "schedule.name=onecycle", "ema.enabled=true",
+                                     "train.max_steps=5"])
     r = lr_range_test(cfg, data=mnist_small, min_lr=1e-5, max_lr=1e-3, steps=40)  # too small to diverge
     # the rates the trainer reported for each step, over the end of epoch 1: the test's, not the one-cycle's
     assert r.lrs == pytest.approx(geometric_rates(1e-5, 1e-3, 40), rel=1e-12)

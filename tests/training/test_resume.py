@@ -276,8 +276,8 @@ def test_resuming_a_one_cycle_run_with_more_epochs_warns_that_the_rate_is_replan
     capsys.readouterr()
     train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
     err = capsys.readouterr().err
-    assert "warning: train.epochs was 1, now 2: the onecycle schedule is planned over all epochs, so the learning " \
-        "rate now follows the new plan from step 3 on (it may rise again)" in err
+    assert "warning: train.epochs was 1, now 2: the onecycle schedule is planned over all the run's steps (now 6), " \
+        "so the learning rate now follows the new plan from step 3 on (it may rise again)" in err
 
 
 def test_a_resumed_run_adds_to_the_compile_seconds_of_its_first_part(mnist_root, tmp_path):
@@ -324,3 +324,63 @@ def test_micro_batches_leave_batch_norm_no_part_of_one_image(mnist_small):
     assert [len(part) for _, part, _ in plain._parts(x, y, None)] == [2, 2, 1]  # as even as can be, at most 2 each
     normed = Trainer(build_model("cnn", width=0.25, batch_norm=True), mnist_small, cfg)
     assert [len(part) for _, part, _ in normed._parts(x, y, None)] == [3, 2]  # batch norm cannot normalize one image
+
+
+# train.max_steps. small_cfg's 1,500 images in batches of 100: 15 steps an epoch.
+def test_max_steps_ends_the_run_in_mid_epoch_with_the_schedule_planned_over_its_steps(mnist_root, tmp_path, capsys):
+    cfg = small_cfg(mnist_root, "train.epochs=2", "train.max_steps=20")  # one-cycle, the default
+    run = train(cfg, out=tmp_path / "run", quiet=True)  # the last epoch is cut short: max steps, not max epochs
+    assert (run.fit.steps, run.fit.epochs, run.fit.stopped_by) == (20, 2, "max_steps")
+    assert run.fit.stop_reason == run.summary["stop_reason"] == "max steps reached (20)"
+    # epoch 2 (5 of its 15 batches) was validated and recorded like the first
+    assert [row["epoch"] for row in run.fit.history] == [1, 2] and 0 < run.fit.history[1]["val_accuracy"] <= 1
+    # the one-cycle schedule ended at the last step: the final rate, not the rate 20 steps into 30
+    end = cfg.optimizer.lr / cfg.schedule.div_factor / cfg.schedule.final_div_factor
+    assert run.fit.history[-1]["lr"] == pytest.approx(end)
+    stored = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert (stored["epoch"], stored["batch"], stored["step"]) == (2, 0, 20)
+    # more steps than the epochs hold: the epochs end the run, as said
+    capsys.readouterr()
+    whole = train(small_cfg(mnist_root, "train.epochs=1", "train.max_steps=16", "data.train_limit=300"),
+                  out=tmp_path / "whole", quiet=True)
+    assert (whole.fit.steps, whole.fit.stopped_by) == (3, "max_epochs")
+    assert ("train.max_steps = 16 is more than the 3 steps of train.epochs = 1: the run ends after its epochs"
+            in capsys.readouterr().err)
+
+
+def test_max_steps_at_an_epochs_end_stops_there_and_a_resume_with_more_steps_trains_on(mnist_root, tmp_path):
+    cfg = small_cfg(mnist_root, "train.epochs=4", "train.max_steps=15", "schedule.name=constant")
+    first = train(cfg, out=tmp_path / "cut", quiet=True)
+    assert (first.fit.epochs, first.fit.steps, first.fit.stopped_by) == (1, 15, "max_steps")
+    with pytest.raises(ConfigError, match="train.max_steps is 10, but the run has taken 15 steps: resume with "
+                                          "--max-steps 15 or more"):
+        train(apply_overrides(cfg, ["train.max_steps=10"]), resume=tmp_path / "cut", quiet=True)
+    again = train(cfg, resume=tmp_path / "cut", quiet=True)  # as it was: nothing is left
+    assert (again.fit.epochs, again.fit.steps, again.fit.stopped_by) == (1, 15, "max_steps")
+    more = train(apply_overrides(cfg, ["train.max_steps=30"]), resume=tmp_path / "cut", quiet=True)
+    assert (more.fit.epochs, more.fit.steps, more.fit.stopped_by) == (2, 30, "max_steps")
+    # 15 + 15 steps at epochs' ends train what 2 epochs in one go train
+    full = train(small_cfg(mnist_root, "train.epochs=2", "schedule.name=constant"), out=tmp_path / "full", quiet=True)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert drop(more.fit.history) == drop(full.fit.history)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupt_at_the_last_of_max_steps_resumes_to_the_same_end(mnist_root, tmp_path):
+    # Ctrl-C at step 20 (batch 5 of epoch 2) saves that place; the resume takes no step, validates epoch 2 from
+    # its 5 batches' sums, and ends as the uninterrupted run did.
+    from mnistlab.training import TrainingInterrupted
+
+    cfg = small_cfg(mnist_root, "train.epochs=3", "train.max_steps=20")
+    whole = train(cfg, out=tmp_path / "whole", quiet=True)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, out=tmp_path / "cut", quiet=True, callbacks=[InterruptAt(20)])
+    stored = read_checkpoint(tmp_path / "cut" / "last.ckpt")
+    assert (stored["epoch"], stored["batch"], stored["step"]) == (1, 5, 20)
+    cut = train(cfg, resume=tmp_path / "cut", quiet=True)
+    assert (cut.fit.steps, cut.fit.stopped_by) == (20, "max_steps")
+    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert drop(cut.fit.history) == drop(whole.fit.history)
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)

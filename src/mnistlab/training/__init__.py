@@ -35,7 +35,7 @@ def fit(
 
     The config's rules that steer training act as they do in ``train``: the
     ``[early_stopping]`` rule, ``[reduce_lr]`` and ``train.max_minutes``, called
-    before the ``callbacks`` given. The callbacks that keep files (History,
+    before the ``callbacks`` given, and ``train.max_steps``. The callbacks that keep files (History,
     ModelCheckpoint, TensorBoard) are ``train``'s alone. With ``run_dir`` the
     trainer writes last.ckpt there (ema.ckpt with ``[ema]``, and best.ckpt where
     ``restore_best_weights`` restores; callbacks may write more), holding its run.lock as ``train`` does;

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.base import Callback, CallbackList, MonitorMixin
-from ..config import FLOAT32_MAX, Config, config_from_dict, config_to_dict, stored_before_own_defaults
+from ..config import FLOAT32_MAX, Config, TrainConfig, config_from_dict, config_to_dict, stored_before_own_defaults
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
 from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal
@@ -300,7 +300,7 @@ class FitResult:
     model: nn.Module
     history: list[dict[str, float]]  # one metrics dict per epoch
     stop_reason: str
-    stopped_by: str  # max_epochs | early_stopping | time_limit | non_finite_loss | callback
+    stopped_by: str  # max_epochs | max_steps | early_stopping | time_limit | non_finite_loss | callback
     epochs: int  # epochs completed
     steps: int
     train_seconds: float  # time spent in training steps (no validation, no checkpoint writes)
@@ -524,6 +524,17 @@ def class_weights(setting: tuple[float, ...] | str | None, data) -> torch.Tensor
     return torch.tensor(setting, dtype=torch.float32)
 
 
+def planned_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    """The steps a run of ``train.epochs`` epochs of ``steps_per_epoch`` means to take: the span of its
+    learning-rate schedule, cut to ``train.max_steps``.
+
+    >>> planned_steps(TrainConfig(epochs=3), 100), planned_steps(TrainConfig(epochs=3, max_steps=250), 100)
+    (300, 250)
+    """
+    total = train.epochs * steps_per_epoch
+    return total if train.max_steps is None else min(total, train.max_steps)
+
+
 def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
     """Refuse a checkpoint ``cfg`` cannot continue from, by what the checkpoint and the config say alone (not
     a training state, another model or dataset, fewer epochs than trained); the stored config otherwise.
@@ -557,6 +568,10 @@ def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
             trained += f" and {batch} batch{'es' * (batch != 1)} of epoch {done + 1}"
         raise ConfigError(f"train.epochs is {cfg.train.epochs}, but the run has trained {trained}: "
                           f"resume with --epochs {done + (batch > 0)} or more")
+    steps, max_steps = int(payload["step"]), cfg.train.max_steps
+    if max_steps is not None and max_steps < steps:  # == : nothing left, it ends as it stands
+        raise ConfigError(f"train.max_steps is {max_steps}, but the run has taken {steps} steps: resume with "
+                          f"--max-steps {steps} or more")
     if stored.data.dataset != cfg.data.dataset:
         # The datasets of the family are alike in size, so no count in Trainer.restore would catch it: the run
         # would go on with the first's input normalization, metrics and best.ckpt, compared with the new's.
@@ -656,7 +671,9 @@ class Trainer:
         # mode cannot normalize one row (VGG's on 1x1 maps raised at the end of the first epoch).
         self._min_last = 2 * self._world
         self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size, self._min_last)
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.total_steps = planned_steps(cfg.train, self.steps_per_epoch)  # the schedule's span
+        # the epochs the run means to train: train.epochs, or fewer that hold train.max_steps (the display's "of")
+        self.planned_epochs = min(cfg.train.epochs, -(-self.total_steps // self.steps_per_epoch))
         self._epoch = 0  # epochs completed
         self._step = 0  # optimizer steps taken
         self.lr_scale = 1.0  # set by callbacks through set_lr (ReduceLROnPlateau)
@@ -670,6 +687,7 @@ class Trainer:
         self._resume: dict[str, Any] | None = None
         self._signals = _SignalGuard()
         self._rng_ranks: list[dict[str, Any]] = []  # every rank's RNG state at the last epoch end (multi-process)
+        self._cut_short = False  # the last epoch was ended by train.max_steps before its last batch
 
     def _wrap(self) -> None:
         """Build ``self._forward``, the module of the training forward pass.
@@ -701,6 +719,10 @@ class Trainer:
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
                 if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early
                     break
+                inside = self._resume is not None and bool(self._resume.get("batch"))  # resumed in mid-epoch
+                if self._out_of_steps() and not inside:  # resumed with train.max_steps at or below the steps taken
+                    self._steps_done()
+                    break
                 if epoch == self.cfg.finetune.unfreeze_at and self._unfreeze():
                     self.display.log(f"epoch {epoch}: unfroze {', '.join(self.cfg.finetune.freeze)}; "
                                      f"{trainable_line(self._model)}")
@@ -727,6 +749,8 @@ class Trainer:
                 self.history.append(metrics)
                 self.display.epoch_row(metrics)
                 cb.on_epoch_end(epoch, metrics, self)
+                if self._out_of_steps() and (epoch < self.cfg.train.epochs or self._cut_short):
+                    self._steps_done()  # (a last epoch that ran to its end ended at max epochs)
                 # The callbacks saw the same metrics on every rank, so they decided alike; rank 0's decision is
                 # made the rule anyway, so that no rank can train an epoch the others skip (a deadlock).
                 self.stop_reason, self.stopped_by, self.lr_scale = distributed.broadcast_object(
@@ -758,7 +782,7 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         eps = self.cfg.train.label_smoothing  # val_loss is the training loss on the validation images
-        epoch = f"epoch {self._epoch + 1}/{self.cfg.train.epochs}"
+        epoch = f"epoch {self._epoch + 1}/{self.planned_epochs}"
         val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
                        label_smoothing=eps, progress=self.display.evaluation_progress(f"{epoch} validating"))
         metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
@@ -815,11 +839,15 @@ class Trainer:
             start, sums = self._resume["batch"], self._resume["partial"].clone()
             before = float(self._resume.get("partial_seconds", 0.0))  # 0 in checkpoints older than the key
         self._resume = None
+        self._cut_short = False  # ended by train.max_steps before its last batch
         order = epoch_permutation(len(self.data.train), cfg.seed, epoch, self.device)
         batches = iterate_batches(self.data.train, cfg.batch_size, order=order, start=start, part=self._part,
                                   min_last=self._min_last)
         t0 = time.perf_counter()
         for batch, (x, y) in enumerate(batches, start):
+            if self._out_of_steps():  # train.max_steps: the epoch ends here, and is validated as any other
+                self._cut_short = True
+                break
             self.callbacks.on_batch_begin(self._step, self)
             lr = self._scheduled_lr(self._step) * self.lr_scale
             if lr > FLOAT32_MAX:  # SGD's foreach step raised converting it; an infinite rate is stopped below
@@ -847,7 +875,7 @@ class Trainer:
             self._step += 1
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
-            self.display.progress(epoch, self.cfg.train.epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2],
+            self.display.progress(epoch, self.planned_epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2],
                                   sums[1] / sums[2], float(sums[2]))
             if self._position_due(batch):  # checkpoint.last_every_n_steps
                 elapsed = time.perf_counter() - t0
@@ -863,6 +891,15 @@ class Trainer:
         self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
+
+    def _out_of_steps(self) -> bool:
+        """Whether the run has taken its ``train.max_steps``."""
+        return self.cfg.train.max_steps is not None and self._step >= self.cfg.train.max_steps
+
+    def _steps_done(self) -> None:
+        """Stop for ``train.max_steps``, unless a callback stopped the run first."""
+        if self.stop_reason is None:
+            self.stop_reason, self.stopped_by = f"max steps reached ({self.cfg.train.max_steps})", "max_steps"
 
     def _diverged(self, t0: float, reason: str) -> tuple[None, float]:
         """Stop the run in mid-epoch for a non-finite loss or gradients (what ``_train_epoch`` returns then)."""
@@ -960,7 +997,7 @@ class Trainer:
         the trainable parameters change, or when nothing is left to train.
         """
         if (not self.cfg.train.compile or self._compiled or self._epoch >= self.cfg.train.epochs
-                or self.stop_reason is not None):
+                or self.stop_reason is not None or self._out_of_steps()):
             return
         t0 = time.perf_counter()
         if self.device.type == "cpu":  # (a filter already there is not added again)

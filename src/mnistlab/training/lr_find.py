@@ -194,9 +194,10 @@ def _range_test(cfg: Config, data: DataBundle | None, min_lr: float, max_lr: flo
     # The schedule would scale the rates the test sets; the weight average would only cost time.
     epochs = math.ceil(steps / num_batches(len(data.train), cfg.train.batch_size, min_last=2))  # as Trainer counts
     # finetune.unfreeze_at would release the frozen layers partway, at a step set by the data's size: the test
-    # trains the parameters --freeze leaves trainable throughout.
+    # trains the parameters --freeze leaves trainable throughout. The test takes its own --steps, not train.max_steps.
     cfg = apply_overrides(cfg, {"schedule.name": "constant", "schedule.warmup_epochs": 0, "ema.enabled": False,
-                                "train.epochs": epochs, "finetune.unfreeze_at": None})
+                                "train.epochs": epochs, "train.max_steps": None,
+                                "finetune.unfreeze_at": None})
     probe = _RangeCallback(geometric_rates(min_lr, max_lr, steps), diverge, beta)
     trainer = Trainer(model, data, cfg, callbacks=[probe], device=device)
     try:

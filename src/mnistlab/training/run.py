@@ -49,6 +49,7 @@ from .fit import (
     deterministic_errors,
     deterministic_mode,
     emulated_precision,
+    planned_steps,
     resolve_device,
 )
 from .schedules import schedule_warnings
@@ -689,8 +690,9 @@ def _run(
         torch.set_num_threads(cfg.train.threads)
     device = distributed.local_device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    stored = None  # the config the resumed run was trained under
     if payload is not None:  # before the data: another dataset would be loaded, or downloaded, and then refused
-        check_resume(payload, cfg)
+        stored = check_resume(payload, cfg)
     data = load_data(cfg.data, device=device)
     model = config_model(cfg, data)
     if distributed.rank() > 0:  # dropout and augmentation draw other numbers on each rank; rank 0 keeps a 1-process run's
@@ -710,7 +712,8 @@ def _run(
         if trainer.stop_reason is not None:
             display.log(
                 f"the run had stopped ({trainer.stop_reason}): nothing is left to train; to train on, "
-                "resume with new settings (e.g. --epochs, --set early_stopping.patience=...)"
+                f"resume with new settings (e.g. {'--max-steps' if trainer.stopped_by == 'max_steps' else '--epochs'}, "
+                "--set early_stopping.patience=...)"
             )
     trainer.compile_ahead()  # with train.compile; on every rank, before anything is written
     if run_dir is None:  # not rank 0: train in step with the others; rank 0 tests, reports and writes
@@ -731,15 +734,21 @@ def _run(
     if unfreeze_at is not None and unfreeze_at > cfg.train.epochs:  # not an error: a run may stop short and resume
         _warn(f"finetune.unfreeze_at = {unfreeze_at} is after the last epoch (train.epochs = {cfg.train.epochs}): "
               f"the frozen parameters do not train in this run; resume with --epochs {unfreeze_at} or more to reach it")
-    if payload is not None:
-        stored_epochs = (payload["config"].get("train") or {}).get("epochs")
-        if stored_epochs != cfg.train.epochs and cfg.schedule.name in ("onecycle", "cosine"):
-            # Both schedules are planned over train.epochs: a new total moves the whole curve under the steps
-            # already taken (a finished one-cycle run climbs back from its final rate to mid-cycle).
-            _warn(f"train.epochs was {stored_epochs}, now {cfg.train.epochs}: the {cfg.schedule.name} schedule is "
-                  f"planned over all epochs, so the learning rate now follows the new plan from step {trainer.step} "
+    if stored is not None and cfg.schedule.name in ("onecycle", "cosine"):
+        # Both schedules are planned over the run's steps (train.epochs, cut to train.max_steps): a new total
+        # moves the whole curve under the steps already taken (a finished one-cycle run climbs back from its
+        # final rate to mid-cycle).
+        old_plan = planned_steps(stored.train, int(payload.get("steps_per_epoch") or trainer.steps_per_epoch))
+        changed = [f"train.{key} was {getattr(stored.train, key)}, now {getattr(cfg.train, key)}"
+                   for key in ("epochs", "max_steps") if getattr(stored.train, key) != getattr(cfg.train, key)]
+        if old_plan != trainer.total_steps and changed:
+            _warn(f"{'; '.join(changed)}: the {cfg.schedule.name} schedule is planned over all the run's steps (now "
+                  f"{trainer.total_steps}), so the learning rate now follows the new plan from step {trainer.step} "
                   "on (it may rise again); for more epochs at a low rate, resume with --set schedule.name=constant "
                   "--lr RATE")
+    if cfg.train.max_steps is not None and cfg.train.max_steps > trainer.steps_per_epoch * cfg.train.epochs:
+        _warn(f"train.max_steps = {cfg.train.max_steps} is more than the {trainer.steps_per_epoch * cfg.train.epochs} "
+              f"steps of train.epochs = {cfg.train.epochs}: the run ends after its epochs")
     for warning in [*settings_warnings(cfg), *filter(None, [emulated_precision(trainer.precision, device)])]:
         _warn(warning)
     summary: dict[str, Any] = {
