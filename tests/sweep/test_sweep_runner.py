@@ -95,6 +95,23 @@ def test_a_rerun_that_only_turns_the_reports_off_or_the_progress_bar_is_the_same
     assert [(c.optimizer.lr, c.train.report) for c in fake_train] == [(0.001, True), (0.01, False), (0.1, False)]
 
 
+def test_a_study_begun_before_a_config_key_existed_continues_while_the_key_keeps_its_default(fake_train, tmp_path):
+    # A study's fingerprint holds the whole base config: one begun by an older mnistlab lacks the keys added
+    # since (train.max_steps, train.class_weights), and every rerun was refused as "a different sweep".
+    params = {"optimizer.lr": [0.001, 0.01, 0.1]}
+    run_sweep(spec(params, sampler="grid", trials=1), out=tmp_path, quiet=True)
+    study = study_of(spec(params, sampler="grid"), tmp_path)
+    older = study.user_attrs["sweep"]
+    for key in ("max_steps", "class_weights"):
+        del older["base"]["train"][key]
+    study.set_user_attr("sweep", older)
+    with pytest.raises(ConfigError, match=r"differs in: base"):  # given a value, the key changes what trains
+        run_sweep(spec(params, base={"train": {"epochs": 2, "max_steps": 5}}, sampler="grid"), out=tmp_path,
+                  quiet=True)
+    run_sweep(spec(params, sampler="grid"), out=tmp_path, quiet=True)
+    assert [c.optimizer.lr for c in fake_train] == [0.001, 0.01, 0.1]
+
+
 def test_a_storage_that_cannot_be_opened_leaves_no_folder(fake_train, tmp_path):
     with pytest.raises(ConfigError, match="cannot open the sweep storage foo://bar"):
         run_sweep(spec({"optimizer.lr": [0.001]}, storage="foo://bar"), out=tmp_path / "new" / "sweep", quiet=True)

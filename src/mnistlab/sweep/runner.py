@@ -40,7 +40,8 @@ from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
 from ..folders import missing_folders, probe_write, remove_empty
 from ..report.runfolder import is_run_folder
-from .spec import SweepSpec, apply_params, fingerprint, grid_points, point_key, space_size, too_many_trials
+from .spec import (SweepSpec, apply_params, fingerprint, fingerprint_changes, grid_points, point_key, space_size,
+                   too_many_trials)
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
 MAX_FAILURES_IN_A_ROW = 3  # a config that cannot train (a bad combination of values) should not loop forever
@@ -138,8 +139,7 @@ def open_study(spec: SweepSpec, url: str, *, worker: int = 0):
     mine, stored = fingerprint(spec), study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", mine)
-    elif stored != mine:
-        changed = sorted(k for k in mine if mine[k] != stored.get(k))
+    elif changed := fingerprint_changes(mine, stored):
         raise ConfigError(
             f"the study {spec.study_name!r} in {url} was started by a different sweep (it differs in: "
             f"{', '.join(changed)}); trials of different searches are not mixed: choose another --out or "

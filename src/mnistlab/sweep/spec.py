@@ -471,3 +471,20 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
                "choices": list(p.labels())} for p in spec.params]
     return json.loads(json.dumps({"base": base, "params": params, "sampler": spec.sampler,
                                   "objective": spec.objective, "direction": spec.direction, "pruner": spec.pruner}))
+
+
+def fingerprint_changes(mine: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """The parts of a study's stored ``fingerprint`` that this sweep's differs in (none: the same sweep).
+
+    A config key added to mnistlab after the study began (``train.max_steps``, say) is not in the stored base;
+    at its default it trains what the older version trained, so it does not make the sweep another.
+    """
+    from ..config import Config, config_to_dict
+
+    defaults, base = json.loads(json.dumps(config_to_dict(Config()))), mine["base"]
+    old = stored.get("base")
+    if isinstance(old, dict):
+        base = {section: {key: value for key, value in keys.items()
+                          if key in (old.get(section) or {}) or value != defaults.get(section, {}).get(key)}
+                for section, keys in base.items()}
+    return sorted(k for k in mine if (base if k == "base" else mine[k]) != stored.get(k))
