@@ -237,6 +237,26 @@ def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_p
     assert not any("[#" in row for row in screen)  # no bar left behind
 
 
+def test_a_run_that_max_steps_ends_counts_its_bars_to_where_it_ends(mnist_root, tmp_path, monkeypatch):
+    # 500 images in batches of 256: 2 steps an epoch; 3 steps of 3 epochs end after 1 batch of epoch 2
+    import sys
+
+    from mnistlab.config import Config, apply_overrides
+    from mnistlab.training.run import train
+
+    terminal = Terminal(100)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((100, 24)))
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(display_module, "time", types.SimpleNamespace(monotonic=itertools.count(1).__next__))
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.val_size=100", "data.train_limit=500",
+                                     "train.epochs=3", "train.max_steps=3", "tensorboard.enabled=false",
+                                     "model.name=cnn", "model.width=0.25", "train.threads=1"])
+    train(cfg, out=tmp_path / "run", report=False)
+    drawn = terminal.getvalue()
+    assert "epoch 1/2 [" + "#" * 30 + "] 2/2" in drawn and "epoch 2/2 [" + "#" * 30 + "] 1/1" in drawn
+    assert "epoch 2/2 validating [" in drawn and "epoch 3/" not in drawn
+
+
 def test_a_jupyter_notebook_cell_gets_the_bars_too(monkeypatch):
     # An IPython kernel's stream is no terminal, so a notebook showed nothing for a whole epoch; its frontends
     # take "\r" back to the line's start, as a terminal does.

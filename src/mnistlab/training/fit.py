@@ -843,6 +843,9 @@ class Trainer:
         order = epoch_permutation(len(self.data.train), cfg.seed, epoch, self.device)
         batches = iterate_batches(self.data.train, cfg.batch_size, order=order, start=start, part=self._part,
                                   min_last=self._min_last)
+        shown = self.steps_per_epoch  # the batches the progress bar counts to: fewer where train.max_steps ends it
+        if cfg.max_steps is not None:
+            shown = max(min(shown, start + cfg.max_steps - self._step), 1)
         t0 = time.perf_counter()
         for batch, (x, y) in enumerate(batches, start):
             if self._out_of_steps():  # train.max_steps: the epoch ends here, and is validated as any other
@@ -875,7 +878,7 @@ class Trainer:
             self._step += 1
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
-            self.display.progress(epoch, self.planned_epochs, batch + 1, self.steps_per_epoch, sums[0] / sums[2],
+            self.display.progress(epoch, self.planned_epochs, batch + 1, shown, sums[0] / sums[2],
                                   sums[1] / sums[2], float(sums[2]))
             if self._position_due(batch):  # checkpoint.last_every_n_steps
                 elapsed = time.perf_counter() - t0
