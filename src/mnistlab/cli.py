@@ -157,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
                     resume=None, report=None)
 
     e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
-                       "best.ckpt) on the test split: loss, accuracy, per-class accuracy, confusion matrix and the "
-                       "first ten predictions.")
+                       "best.ckpt) on the test split: loss, accuracy, each class's accuracy (recall), precision and F1, "
+                       "confusion matrix and the first ten predictions.")
     e.add_argument("checkpoint", help="a .ckpt file or a run folder")
     _add_data_dir(e, stored=True)
     e.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -503,9 +503,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               "infinite logits: weights that diverged, or too large for float32 arithmetic)")
         return 0
     print(f"test loss {result.loss:.4f}   test accuracy {100 * result.accuracy:.2f}%")
-    print("\nper-class accuracy:")
-    for name, acc in report["per_class_accuracy"].items():
-        print(f"  {name:>12}  {'-' if acc is None else f'{100 * acc:.2f}%'}")
+    # recall is the class's accuracy; precision, how many of the images predicted as it are it
+    print("\nper-class accuracy (recall), precision and F1:")
+    name = max(len(n) for n in [*report["per_class"], "class"])  # a digit, or Fashion-MNIST's "T-shirt/top"
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    print(f"  {'class':>{name}}  {'recall':>7}  {'precision':>9}  {'F1':>7}  {'images':>6}")
+    for n, m in report["per_class"].items():
+        print(f"  {n:>{name}}  {pct(m['recall']):>7}  {pct(m['precision']):>9}  {pct(m['f1']):>7}  {m['images']:>6,}")
+    avg = report["macro_average"]
+    print(f"  {'mean':>{name}}  {pct(avg['recall']):>7}  {pct(avg['precision']):>9}  {pct(avg['f1']):>7}  "
+          f"{report['examples']:>6,}")
     print("\nconfusion matrix (rows: true class, columns: predicted):")
     width = max(5, len(str(int(result.confusion.max()))) + 1)
     print(" " * 4 + "".join(f"{i:>{width}}" for i in range(len(data.classes))))

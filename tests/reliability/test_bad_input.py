@@ -445,6 +445,8 @@ def test_evaluate_gives_no_accuracy_for_weights_whose_outputs_are_not_finite(run
     report = json.loads(capsys.readouterr().out)
     assert report["test_accuracy"] is None and set(report["per_class_accuracy"].values()) == {None}
     assert report["confusion_matrix"] is None and report["first_predictions"] is None
+    assert {m[k] for m in report["per_class"].values() for k in ("precision", "recall", "f1")} == {None}
+    assert set(report["macro_average"].values()) == {None}
 
 
 def test_evaluate_and_ensemble_need_only_the_test_files(finished_run, mini_root, tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -31,10 +33,40 @@ def test_first_predictions_line_up_for_fashion_mnist_class_names(tmp_path, capsy
     train(cfg, out=tmp_path / "run", quiet=True, report=False)
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "run")]) == 0
-    lines = capsys.readouterr().out.split("first predictions:\n")[1].splitlines()
+    out = capsys.readouterr().out
+    lines = out.split("first predictions:\n")[1].splitlines()
     assert len(lines) == 10 and "label T-shirt/top  predicted " in lines[0] and "label         Bag  " in lines[1]
     assert len({line.index(" predicted ") for line in lines}) == 1
     assert len({len(line.removesuffix("   <- wrong")) for line in lines}) == 1
+    # the per-class table: a row per class and the mean, in columns, as --json has them
+    table = out.split("precision and F1:\n")[1].split("\n\n")[0].splitlines()
+    assert table[0].split() == ["class", "recall", "precision", "F1", "images"] and len(table) == 12
+    assert len({len(row) for row in table}) == 1 and table[1].startswith("  T-shirt/top ")
+    assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    for row, (name, m) in zip(table[1:], report["per_class"].items()):
+        assert row.split()[-4:] == [pct(m["recall"]), pct(m["precision"]), pct(m["f1"]), f"{m['images']:,}"]
+        assert row.strip().startswith(name)
+    assert [m["images"] for m in report["per_class"].values()] == [2, 1, 1, 1, 1, 1, 0, 0, 1, 2]
+    assert table[-1].split()[0] == "mean" and table[-1].split()[-1] == "10"
+
+
+def test_precision_recall_and_f1_are_counted_from_the_confusion_matrix_none_where_undefined():
+    from mnistlab.training.evaluate import class_metrics, macro_average
+
+    # class 0: 5 images, 4 right, 1 taken for 1; class 1 predicted 4 times, 2 rightly; class 2 never predicted;
+    # class 3 has no images and is predicted once (a 2 taken for it)
+    confusion = torch.tensor([[4, 1, 0, 0], [0, 2, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0]])
+    rows = class_metrics(confusion)
+    assert [r["images"] for r in rows] == [5, 2, 2, 0]
+    assert [r["recall"] for r in rows] == [0.8, 1.0, 0.0, None]
+    assert [r["precision"] for r in rows] == [1.0, 0.5, None, 0.0]
+    assert rows[0]["f1"] == pytest.approx(2 * 0.8 / 1.8) and rows[1]["f1"] == pytest.approx(2 / 3)
+    assert rows[2]["f1"] is None and rows[3]["f1"] is None
+    means = macro_average(rows)  # over the classes that have each value
+    assert means["recall"] == pytest.approx(1.8 / 3) and means["precision"] == pytest.approx(1.5 / 3)
+    assert means["f1"] == pytest.approx((2 * 0.8 / 1.8 + 2 / 3) / 2)
 
 
 @pytest.mark.parametrize("call", ["evaluate", "predict_logits"])

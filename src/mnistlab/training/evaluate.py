@@ -1,4 +1,4 @@
-"""Evaluation: loss, accuracy, per-class accuracy and confusion matrix on one split."""
+"""Evaluation: loss, accuracy, per-class accuracy, precision, recall and F1, and confusion matrix on one split."""
 
 from __future__ import annotations
 
@@ -47,6 +47,34 @@ def tta_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
                   for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
 
 
+def class_metrics(confusion: torch.Tensor) -> list[dict[str, float | int | None]]:
+    """Each class's precision, recall (its accuracy), F1 and image count from a [true, predicted] confusion
+    matrix, as scikit-learn's classification_report has them; None where a value is undefined: precision for
+    a class never predicted, recall for one with no images, and F1 where either is None.
+
+    >>> [(m["precision"], m["recall"], m["f1"], m["images"]) for m in class_metrics(torch.tensor([[3, 1], [0, 0]]))]
+    [(1.0, 0.75, 0.8571428571428571, 4), (0.0, None, None, 0)]
+    """
+    rows = []
+    for i in range(confusion.shape[0]):
+        hit, images, predicted = int(confusion[i, i]), int(confusion[i].sum()), int(confusion[:, i].sum())
+        precision = hit / predicted if predicted else None
+        recall = hit / images if images else None
+        f1 = (None if precision is None or recall is None
+              else 2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        rows.append({"precision": precision, "recall": recall, "f1": f1, "images": images})
+    return rows
+
+
+def macro_average(rows: list[dict[str, float | int | None]]) -> dict[str, float | None]:
+    """The mean of each metric of :func:`class_metrics` over the classes that have it (None where none has)."""
+    means: dict[str, float | None] = {}
+    for key in ("precision", "recall", "f1"):
+        values = [r[key] for r in rows if r[key] is not None]
+        means[key] = sum(values) / len(values) if values else None
+    return means
+
+
 @dataclass
 class Evaluation:
     loss: float  # mean cross-entropy, with the label smoothing asked for (the training loss's, in a run)
@@ -60,15 +88,27 @@ class Evaluation:
     # argmax of a row of NaNs is class 0 and would score as a made-up accuracy
     finite: bool = True
 
+    def class_metrics(self) -> list[dict[str, float | int | None]]:
+        """Each class's precision, recall, F1 and image count (:func:`class_metrics`); the three metrics None
+        where the outputs were not finite."""
+        rows = class_metrics(self.confusion)
+        if not self.finite:
+            rows = [{**r, "precision": None, "recall": None, "f1": None} for r in rows]
+        return rows
+
     def to_dict(self, classes: list[str] | None = None, first: int = 10) -> dict[str, Any]:
-        """A JSON-ready summary: metrics, per-class accuracy, confusion matrix, first predictions (the last two
-        None where the outputs were not finite: their argmax is class 0, not a prediction)."""
+        """A JSON-ready summary: metrics, per-class accuracy, each class's precision, recall, F1 and images and
+        their macro average, confusion matrix, first predictions (the last two None where the outputs were not
+        finite: their argmax is class 0, not a prediction)."""
         names = classes or [str(i) for i in range(len(self.per_class_accuracy))]
+        rows = self.class_metrics()
         return {
             "test_loss": self.loss,
             "test_accuracy": self.accuracy,
             "examples": int(self.labels.numel()),
             "per_class_accuracy": {n: (None if a != a else a) for n, a in zip(names, self.per_class_accuracy)},
+            "per_class": dict(zip(names, rows)),
+            "macro_average": macro_average(rows),
             "confusion_matrix": self.confusion.tolist() if self.finite else None,
             "first_predictions": [
                 {"index": i, "label": int(self.labels[i]), "predicted": int(self.predictions[i])}
