@@ -11,7 +11,7 @@ from torch import nn
 import mnistlab
 from mnistlab import Callback, Config, apply_overrides, build_model, evaluate, fit, train
 from mnistlab.callbacks import EarlyStopping, ModelCheckpoint
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, RunDirError
 from mnistlab.models import _registry, register
 from mnistlab.models.cnn import make_cnn
 
@@ -190,7 +190,6 @@ def test_the_interruption_train_raises_can_be_caught_from_the_package(mnist_root
 def test_fit_holds_its_run_folders_lock_as_train_does(mnist_small, mnist_root, tmp_path):
     # fit(run_dir=...) took no lock: a train() or a second fit() into the same folder mixed their last.ckpt and
     # best.ckpt with its own.
-    from mnistlab.errors import RunDirError
     from mnistlab.training.run import RunLock
 
     cfg = tiny_cfg(mnist_root)
@@ -208,7 +207,13 @@ def test_fit_holds_its_run_folders_lock_as_train_does(mnist_small, mnist_root, t
     assert not (folder / "run.lock").exists()  # released at the end
     with RunLock(folder), pytest.raises(RunDirError, match="in use by another mnistlab run in this process"):
         fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)
-    fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)  # the folder is free again
+    # free again, it holds a run: refused as train(out=...) refuses it (fit replaced its last.ckpt, leaving the
+    # first run's best.ckpt and metrics.csv beside it)
+    with pytest.raises(RunDirError, match=r"already holds a run; continue it with `mnistlab train --resume .*` or "
+                                          r"pass another run_dir"):
+        fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(cfg, out=folder, quiet=True)
 
 
 def test_fit_in_a_script_torchrun_starts_says_to_call_train(mnist_small, monkeypatch, tmp_path):
@@ -224,3 +229,118 @@ def test_fit_in_a_script_torchrun_starts_says_to_call_train(mnist_small, monkeyp
     monkeypatch.setenv("LOCAL_RANK", "0")
     cfg = apply_overrides(Config(), ["train.epochs=1", "model.name=cnn", "model.width=0.25"])
     assert fit(small_model(mnist_small), mnist_small, cfg).epochs == 1
+
+
+def test_numpy_numbers_from_callbacks_reach_the_checkpoints_as_plain_numbers(mnist_root, tmp_path):
+    # Keras' logs["f1"] = f1_score(...), set_lr(np.float64), restore_weights(np.argmax(...) + 1, ...): each put a
+    # NumPy number into the checkpoints, which weights_only=True then refused: the final test, load_model and
+    # every resume failed, and all the training was lost.
+    from mnistlab.training import read_checkpoint
+
+    class NumpyUser(Callback):
+        def on_epoch_end(self, epoch, metrics, trainer):
+            metrics["f1"] = np.float64(0.5)
+            trainer.set_lr(np.float64(trainer.lr))
+            self.best = trainer.get_weights()
+
+        def on_train_end(self, metrics, trainer):
+            trainer.restore_weights(np.int64(2), self.best)
+
+    cfg = tiny_cfg(mnist_root, "train.epochs=2")
+    run = train(cfg, out=tmp_path / "run", callbacks=[NumpyUser()], quiet=True)
+    assert run.test.accuracy > 0.1  # the final test read best.ckpt
+    stored = read_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert [type(row["f1"]) for row in stored["history"]] == [float, float] and type(stored["lr_scale"]) is float
+    assert type(read_checkpoint(tmp_path / "run" / "best.ckpt")["epoch"]) is int
+    train(apply_overrides(cfg, ["train.epochs=3"]), resume=tmp_path / "run", quiet=True)
+
+
+def test_what_checkpoints_cannot_hold_is_refused_where_a_callback_gives_it(mnist_root, tmp_path):
+    import datetime
+
+    class Stamp(Callback):
+        def on_epoch_end(self, epoch, metrics, trainer):
+            metrics["when"] = datetime.datetime.now()
+
+    with pytest.raises(ConfigError, match="a callback put into the epoch's metrics what checkpoints cannot hold"):
+        train(tiny_cfg(mnist_root), out=tmp_path / "a", callbacks=[Stamp()], quiet=True)
+
+    class Rate(Callback):
+        def __init__(self, lr):
+            self.lr = lr
+
+        def on_epoch_end(self, epoch, metrics, trainer):
+            trainer.set_lr(self.lr)
+
+    for lr in (-0.01, float("nan"), float("inf")):  # last.ckpt held a scale that every resume called damaged
+        with pytest.raises(ValueError, match=r"set_lr: the rate must be a finite number of 0 or more, got"):
+            train(tiny_cfg(mnist_root), out=tmp_path / f"lr{lr}", callbacks=[Rate(lr)], quiet=True)
+
+    class DatedState(Callback):  # a state checked at the first checkpoint left config.toml and metrics.csv behind
+        def state_dict(self):
+            return {"started": datetime.date(2026, 1, 1)}
+
+    with pytest.raises(ConfigError, match=r"callback DatedState: its state_dict\(\) holds objects"):
+        train(tiny_cfg(mnist_root), out=tmp_path / "dated", callbacks=[DatedState()], quiet=True)
+    assert not (tmp_path / "dated" / "config.toml").exists()
+
+
+def test_fit_checks_the_config_describes_the_model_wherever_a_checkpoint_may_be_written(mnist_small, mnist_root,
+                                                                                      tmp_path):
+    # Without run_dir, a ModelCheckpoint (or a callback's save_checkpoint) wrote files labelled with the config's
+    # model: lenet5 padded by 3 under a config of lenet5's 2 loaded back as the other network, without an error.
+    from mnistlab.training import load_model
+
+    other = build_model("lenet5", width=0.25, padding=3, mean=mnist_small.mean, std=mnist_small.std)
+    cfg = tiny_cfg(mnist_root, "model.name=lenet5")
+    count = CountBatches()
+    with pytest.raises(ConfigError, match=r"fit\(\): the config describes another model than the one given"):
+        fit(other, mnist_small, cfg, callbacks=[count, ModelCheckpoint(dirpath=tmp_path / "mc")])
+    assert count.batches == 0
+
+    class Save(Callback):
+        def __init__(self, path):
+            self.path = path
+
+        def on_epoch_end(self, epoch, metrics, trainer):
+            trainer.save_checkpoint(self.path)
+
+    with pytest.raises(ConfigError, match=r"save_checkpoint: the config describes another model .* give fit\(\) "
+                                          r"the config that describes the model"):
+        fit(other, mnist_small, cfg, callbacks=[Save(tmp_path / "x.ckpt")])
+    # the model the config describes: saved, into a folder made for it, and loaded back as that network
+    model = build_model("lenet5", width=0.25, mean=mnist_small.mean, std=mnist_small.std)
+    result = fit(model, mnist_small, cfg, callbacks=[Save(tmp_path / "new" / "x.ckpt")])
+    assert not result.model.training  # back in eval mode, ready to predict with
+    images = mnist_small.val.images[:16]
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "new" / "x.ckpt")(images), model(images), atol=1e-5)
+    # and without writing, any model trains under any config (the README's example)
+    fit(other, mnist_small, cfg)
+
+
+def test_fit_starts_from_finetune_init_from_as_train_does(mnist_small, mnist_root, tmp_path):
+    # fit() applied finetune.freeze but not init_from: the frozen layers kept their random weights
+    from mnistlab.training import read_checkpoint
+
+    train(tiny_cfg(mnist_root), out=tmp_path / "first", quiet=True)
+    start = {}
+
+    class Look(Callback):
+        def on_train_begin(self, trainer):
+            start.update(trainer.get_weights())
+
+    cfg = tiny_cfg(mnist_root, f"finetune.init_from={tmp_path / 'first'}", "finetune.freeze=[\"features\"]")
+    fit(small_model(mnist_small), mnist_small, cfg, callbacks=[Look()])
+    best = read_checkpoint(tmp_path / "first" / "best.ckpt")["model"]
+    # every weight; the input normalization is the new data's, as train() keeps it
+    assert all(torch.equal(start[k], best[k]) for k in best if k not in ("mean", "std"))
+
+
+def test_a_resume_with_other_model_options_is_refused_even_where_the_tensors_fit(mnist_root, tmp_path):
+    # lenet5's padding of 3 or 2 gives the same tensors: the resume trained on with the other network
+    cfg = tiny_cfg(mnist_root, "model.name=lenet5", "model.padding=3", "model.dropout=0.25", "schedule.name=constant")
+    train(cfg, out=tmp_path / "run", quiet=True)
+    with pytest.raises(ConfigError, match=r"model.padding was 3, now None: the run trained another network"):
+        train(apply_overrides(cfg, ["model.padding=none", "train.epochs=2"]), resume=tmp_path / "run", quiet=True)
+    train(apply_overrides(cfg, ["model.dropout=0.5", "train.epochs=2"]), resume=tmp_path / "run", quiet=True)

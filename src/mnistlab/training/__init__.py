@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -11,16 +13,18 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..callbacks import build_callbacks
+from ..callbacks import ModelCheckpoint, build_callbacks
 from ..callbacks.base import Callback, check_callbacks
 from ..config import Config
 from ..data import DataBundle
-from ..errors import CheckpointError, ConfigError, RunDirError
+from ..errors import CheckpointError, ConfigError
 from . import distributed
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
-from .run import RunLock, RunResult, check_config_type, config_model, settings_warnings, train
+from .finetune import read_init_checkpoint
+from .run import (RunLock, RunResult, check_config_type, config_model, load_init, prepare_run_dir, settings_warnings,
+                  train)
 
 
 def fit(
@@ -40,9 +44,15 @@ def fit(
     trainer writes last.ckpt there (ema.ckpt with ``[ema]``, and best.ckpt where
     ``restore_best_weights`` restores; callbacks may write more), holding its run.lock as ``train`` does;
     without it nothing touches the disk.
-    A checkpoint rebuilds its model from ``cfg``'s ``[model]`` section, so with
-    ``run_dir`` the model must be the one ``cfg`` describes: that is checked
-    before any training.
+    ``finetune.init_from`` is loaded into ``model`` first, as ``train`` loads it
+    (on each call), and ``finetune.freeze`` applies.
+    A checkpoint rebuilds its model from ``cfg``'s ``[model]`` section, so where
+    checkpoints may be written (``run_dir``, or a ``ModelCheckpoint`` among the
+    callbacks) the model must be the one ``cfg`` describes: that is checked
+    before any training, and a callback's ``save_checkpoint`` of another model
+    is refused. A ``run_dir`` that holds a run is refused, as ``train`` refuses
+    one: continue that run with ``train(cfg, resume=run_dir)``. The model comes
+    back in eval mode.
     """
     cfg = Config() if cfg is None else cfg
     check_config_type(cfg, "fit")
@@ -57,23 +67,27 @@ def fit(
         raise ConfigError(f"fit() trains in this process alone, and torchrun started {os.environ['WORLD_SIZE']}: "
                           "call train(cfg, callbacks=[...]) in the script, which joins the other processes (each "
                           "takes its share of every batch) and writes the run folder from rank 0")
-    if run_dir is not None:
+    if cfg.finetune.init_from is not None:  # as train() starts from it (the head replaced for other classes)
+        logging.getLogger("mnistlab").info(load_init(model, cfg, data, read_init_checkpoint(cfg.finetune.init_from)))
+    # a checkpoint rebuilds its model from cfg: one of another model would load as the wrong network, or not at all
+    writes = run_dir is not None or any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
+    if writes:
         _check_config_describes(model, data, cfg)
-        try:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunDirError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    if run_dir is not None:
+        prepare_run_dir(Path(run_dir), resume=False, other="pass another run_dir")
     for warning in settings_warnings(cfg):
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
     with _threads(cfg.train.threads):
         trainer = Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir)
-        if run_dir is None:
-            return trainer.fit()
+        if not writes:  # checked only if a callback saves one: building cfg's model costs time
+            trainer.model_differs = functools.cache(lambda: _config_differs(model, data, cfg))
         # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
         # last.ckpt and best.ckpt with this one's.
-        with RunLock(Path(run_dir)):
-            return trainer.fit()
+        with RunLock(Path(run_dir)) if run_dir is not None else contextlib.nullcontext():
+            result = trainer.fit()
+    result.model.eval()  # ready to predict with (dropout off, batch norm's running statistics)
+    return result
 
 
 @contextlib.contextmanager
@@ -90,31 +104,40 @@ def _threads(threads: int | None):
             torch.set_num_threads(before)
 
 
+_DESCRIBE = ("describe the model in the config, e.g. apply_overrides(cfg, ['model.name=...']), and build it with "
+             "build_model(cfg.model.name, **cfg.model.options(), ...)")
+
+
 def _check_config_describes(model, data, cfg: Config) -> None:
-    """Raise ConfigError unless ``cfg``'s model has ``model``'s tensors (names, shapes, crop) and, with its
-    weights, computes what ``model`` does on a few training images: some options change no shape (lenet5's
-    padding of 2 or 3 pixels gives the same tensors), and a checkpoint would rebuild another network."""
+    """Raise ConfigError unless ``cfg`` describes ``model`` (:func:`_config_differs`)."""
+    differs = _config_differs(model, data, cfg)
+    if differs is not None:
+        raise ConfigError(f"fit(): {differs}: {_DESCRIBE}")
+
+
+def _config_differs(model, data, cfg: Config) -> str | None:
+    """How ``cfg``'s model differs from ``model``, or None where it has ``model``'s tensors (names, shapes, crop)
+    and, with its weights, computes what ``model`` does on a few training images: some options change no shape
+    (lenet5's padding of 2 or 3 pixels gives the same tensors), and a checkpoint would rebuild another network."""
     with torch.random.fork_rng(devices=[]):  # its initial weights must not move the caller's dropout draws
-        described = config_model(cfg, data)
-    advice = ("describe the model in the config, e.g. apply_overrides(cfg, ['model.name=...']), and build it with "
-              "build_model(cfg.model.name, **cfg.model.options(), ...)")
+        try:
+            described = config_model(cfg, data)
+        except ConfigError as e:  # a model of the user's own that cfg's [model] cannot build
+            return f"the config's model (model.name = {cfg.model.name!r}) cannot be built ({e})"
     try:
         load_weights(described, model.state_dict(), source="the model given", check_values=False)
     except CheckpointError as e:
-        raise ConfigError(
-            f"fit(run_dir=...): the config describes another model than the one given (model.name = "
-            f"{cfg.model.name!r}, {e}); its checkpoints could not be loaded: {advice}"
-        ) from None
+        return (f"the config describes another model than the one given (model.name = {cfg.model.name!r}, {e}); "
+                "its checkpoints could not be loaded")
     probe = data.train.images[:4]
     if len(probe):
         expected = predict_logits(described, probe)
         got = predict_logits(model, probe).to(expected.device)
         if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3):
-            raise ConfigError(
-                f"fit(run_dir=...): the config describes another model than the one given (model.name = "
-                f"{cfg.model.name!r}): the same tensors, but other outputs on the same images (an option such as "
-                f"padding differs), so its checkpoints would rebuild another network: {advice}"
-            )
+            return (f"the config describes another model than the one given (model.name = {cfg.model.name!r}): the "
+                    "same tensors, but other outputs on the same images (an option such as padding differs), so its "
+                    "checkpoints would rebuild another network")
+    return None
 
 
 __all__ = [

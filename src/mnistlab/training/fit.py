@@ -24,6 +24,7 @@ import contextlib
 import copy
 import logging
 import math
+import operator
 import os
 import signal
 import threading
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +50,7 @@ from ..models.checkpointing import keep_running_stats
 from ..models.summary import output_bytes
 from . import distributed
 from .allocator import reuse_freed_memory
-from .checkpoint import load_weights, save_checkpoint, weights_digest
+from .checkpoint import CheckpointWriteError, load_weights, save_checkpoint, weights_digest, weights_only_refusal
 from .ema import WeightAverage
 from .display import Display
 from .evaluate import eval_mode, evaluate, predict_logits
@@ -498,6 +500,19 @@ class _EmaChoice(MonitorMixin):
         self._init_monitor(monitor, mode)
 
 
+def _plain_metrics(metrics: dict[str, Any]) -> None:
+    """Make the epoch's metrics, which callbacks may have added to, plain data that checkpoints can hold (they
+    load with weights_only=True): NumPy numbers and one-value tensors become Python numbers; anything else that
+    cannot be held is a ConfigError naming the key, at once, not a run whose every checkpoint is unreadable."""
+    for key, value in metrics.items():
+        if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            metrics[key] = value.item()
+    refusal = weights_only_refusal(metrics)
+    if refusal is not None:
+        raise ConfigError(f"a callback put into the epoch's metrics what checkpoints cannot hold ({refusal}): keep "
+                          "them to numbers and strings")
+
+
 def class_weights(setting: tuple[float, ...] | str | None, data) -> torch.Tensor | None:
     """``train.class_weights`` for ``data``: one float32 weight per class, or None (unweighted).
 
@@ -560,6 +575,14 @@ def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
         )
     # the settings the run was trained under, as the command line read them (stored_config)
     stored = config_from_dict(stored_before_own_defaults(payload["config"]))
+    # Options that change the network without changing a tensor's shape (lenet5's padding, stride, crop,
+    # bn_after_pool) would load the weights into another network without an error; dropout only trains.
+    changed = [f"model.{key} was {old}, now {new}" for key, old in stored.model.options().items()
+               if key != "dropout" and old != (new := cfg.model.options()[key])]
+    if changed:
+        raise ConfigError(f"{'; '.join(changed)}: the run trained another network; resume with the run's [model] "
+                          "settings (`mnistlab train --resume` keeps them unless a flag or --set changes them), or "
+                          "start a new run from its weights with --init-from (finetune.init_from)")
     _check_progress(payload)  # what fit() reads later: a bad value must fail now, before files are written
     done, batch = int(payload["epoch"]), int(payload.get("batch", 0))
     if cfg.train.epochs < done + (batch > 0):
@@ -688,6 +711,9 @@ class Trainer:
         self._signals = _SignalGuard()
         self._rng_ranks: list[dict[str, Any]] = []  # every rank's RNG state at the last epoch end (multi-process)
         self._cut_short = False  # the last epoch was ended by train.max_steps before its last batch
+        # how the config's [model] differs from the model trained (a checkpoint would rebuild that), or None: fit()
+        # sets it where it has not checked up front
+        self.model_differs: Callable[[], str | None] = lambda: None
 
     def _wrap(self) -> None:
         """Build ``self._forward``, the module of the training forward pass.
@@ -749,6 +775,7 @@ class Trainer:
                 self.history.append(metrics)
                 self.display.epoch_row(metrics)
                 cb.on_epoch_end(epoch, metrics, self)
+                _plain_metrics(metrics)  # what callbacks added (Keras' logs["f1"] = f1_score(...)) goes into last.ckpt
                 if self._out_of_steps() and (epoch < self.cfg.train.epochs or self._cut_short):
                     self._steps_done()  # (a last epoch that ran to its end ended at max epochs)
                 # The callbacks saw the same metrics on every rank, so they decided alike; rank 0's decision is
@@ -1322,6 +1349,10 @@ class Trainer:
         return self._scheduled_lr(max(self._step - 1, 0)) * self.lr_scale
 
     def set_lr(self, lr: float) -> None:
+        rate = float(lr)  # a NumPy or tensor number too: the checkpoints hold plain floats
+        if not (math.isfinite(rate) and rate >= 0):  # last.ckpt would hold a scale no resume accepts
+            raise ValueError(f"set_lr: the rate must be a finite number of 0 or more, got {lr!r}")
+        lr = rate
         scheduled = self._scheduled_lr(self._step)
         if scheduled <= 0:  # the end of a cosine schedule with min_lr 0: no scale makes 0 anything else, and a
             # scale of 0 would hold every later rate at 0 (a resume with more epochs, where the schedule rises again)
@@ -1332,8 +1363,8 @@ class Trainer:
 
     def request_stop(self, reason: str, by: str = "callback") -> None:
         if self.stop_reason is None:
-            self.stop_reason = reason
-            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else by
+            self.stop_reason = reason = str(reason)  # summary.json and the checkpoints hold text
+            self.stopped_by = "early_stopping" if reason.lower().startswith("early stopping") else str(by)
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self._model.state_dict().items()}
@@ -1344,6 +1375,7 @@ class Trainer:
     def restore_weights(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
         # best.ckpt is what the run is tested with and what evaluate, predict and ensemble read from the run
         # folder; restored weights that stayed in memory would be tested and kept nowhere.
+        epoch = operator.index(epoch)  # a NumPy integer too (np.argmax(...) + 1): checkpoints hold plain ints
         self.set_weights(state)
         self.restored_epoch = epoch
         if self._run_dir is not None:
@@ -1358,6 +1390,14 @@ class Trainer:
             if self._run_dir is None:
                 raise ValueError("save_checkpoint needs an absolute path when the run has no folder")
             path = self._run_dir / path
+        differs = self.model_differs()
+        if differs is not None:
+            raise ConfigError(f"save_checkpoint: {differs}; give fit() the config that describes the model")
+        try:  # as ModelCheckpoint makes its dirpath
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointWriteError(f"save_checkpoint: cannot create the folder {path.parent}: "
+                                       f"{e.strerror or e}") from None
         # The model, not the training state: written while the epoch's callbacks decide, such a file cannot be
         # resumed from, and the optimizer's moments, the RNG and the callbacks' states (early stopping's copy of
         # the best weights) made every best.ckpt and top-k file about 4x the weights.

@@ -233,11 +233,11 @@ def process_alive(pid: int) -> bool:
 _RUN_FILES = tuple(name for name in RUN_FILE_NAMES + RUN_FOLDER_NAMES if name not in ("last.ckpt", "run.lock"))
 
 
-def prepare_run_dir(path: Path, resume: bool) -> None:
+def prepare_run_dir(path: Path, resume: bool, other: str = "choose another --out") -> None:
     """Create the folder and check, before any training, that it is writable and free.
 
     Free means: no live run holds its lock and, unless resuming, no earlier run
-    left files in it -- two runs are never mixed in one folder.
+    left files in it -- two runs are never mixed in one folder. ``other`` is how the caller picks another folder.
     """
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -249,14 +249,14 @@ def prepare_run_dir(path: Path, resume: bool) -> None:
         return
     if (path / "last.ckpt").exists():
         raise RunDirError(
-            f"{path} already holds a run; continue it with `{resume_command(path)}` or choose another --out"
+            f"{path} already holds a run; continue it with `{resume_command(path)}` or {other}"
         )
     leftovers = [name for name in _RUN_FILES if (path / name).exists()]
     if leftovers:
         raise RunDirError(
             f"{path} already holds files of another run ({', '.join(leftovers)}) but no last.ckpt "
             "to continue from (it stopped before finishing its first epoch, or before last.ckpt was written; or "
-            "they are a report, written there by `mnistlab report --out`); delete them or choose another --out"
+            f"they are a report, written there by `mnistlab report --out`); delete them or {other}"
         )
 
 
@@ -716,6 +716,7 @@ def _run(
                 "--set early_stopping.patience=...)"
             )
     trainer.compile_ahead()  # with train.compile; on every rank, before anything is written
+    trainer.callbacks.state_dict()  # a state checkpoints cannot hold fails now, not after epoch 1's files
     if run_dir is None:  # not rank 0: train in step with the others; rank 0 tests, reports and writes
         return RunResult(run_dir=None, fit=trainer.fit(), test=None, summary={})
     write_file(run_dir / "config.toml", config_to_toml(cfg).encode())
