@@ -52,7 +52,7 @@ def test_first_predictions_line_up_for_fashion_mnist_class_names(tmp_path, capsy
     assert table[-1].split()[0] == "mean" and table[-1].split()[-1] == "10"
 
 
-def test_precision_recall_and_f1_are_counted_from_the_confusion_matrix_none_where_undefined():
+def test_precision_recall_and_f1_are_counted_from_the_confusion_matrix_as_scikit_learn_does():
     from mnistlab.training.evaluate import class_metrics, macro_average
 
     # class 0: 5 images, 4 right, 1 taken for 1; class 1 predicted 4 times, 2 rightly; class 2 never predicted;
@@ -61,12 +61,12 @@ def test_precision_recall_and_f1_are_counted_from_the_confusion_matrix_none_wher
     rows = class_metrics(confusion)
     assert [r["images"] for r in rows] == [5, 2, 2, 0]
     assert [r["recall"] for r in rows] == [0.8, 1.0, 0.0, None]
-    assert [r["precision"] for r in rows] == [1.0, 0.5, None, 0.0]
+    assert [r["precision"] for r in rows] == [1.0, 0.5, 0.0, 0.0]  # never predicted: 0, as sklearn
     assert rows[0]["f1"] == pytest.approx(2 * 0.8 / 1.8) and rows[1]["f1"] == pytest.approx(2 / 3)
-    assert rows[2]["f1"] is None and rows[3]["f1"] is None
+    assert rows[2]["f1"] == 0.0 and rows[3]["f1"] == 0.0  # 2TP / (2TP + FP + FN)
     means = macro_average(rows)  # over the classes that have each value
-    assert means["recall"] == pytest.approx(1.8 / 3) and means["precision"] == pytest.approx(1.5 / 3)
-    assert means["f1"] == pytest.approx((2 * 0.8 / 1.8 + 2 / 3) / 2)
+    assert means["recall"] == pytest.approx(1.8 / 3) and means["precision"] == pytest.approx(1.5 / 4)
+    assert means["f1"] == pytest.approx((2 * 0.8 / 1.8 + 2 / 3) / 4)
 
 
 @pytest.mark.parametrize("call", ["evaluate", "predict_logits"])

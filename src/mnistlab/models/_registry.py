@@ -1,7 +1,8 @@
 """Model registry: builders file themselves under a name with ``@register``.
 
 A builder is a function ``builder(*, num_classes, in_channels, image_size, **options)``
-returning a :class:`~mnistlab.models.base.Net`. ``build_model`` drops options
+returning a :class:`~mnistlab.models.base.Net` (everything is passed by keyword, so the
+``*`` may be left out). ``build_model`` drops options
 that are ``None`` so that each model's own defaults hold, and rejects options a
 model does not take with the list of those it does.
 """
@@ -23,6 +24,10 @@ _STRUCTURAL = ("num_classes", "in_channels", "image_size")
 
 def register(name: str | None = None) -> Callable[[Builder], Builder]:
     """File a builder under ``name`` (default: the function's name).
+
+    The builder is called with ``num_classes``, ``in_channels`` and ``image_size`` and the options set, all by
+    keyword; its other parameters, keyword-only or ordinary (``def tiny(num_classes, in_channels, image_size,
+    width=1.0)``), are the options a config's ``[model]`` may set (:func:`model_options`).
 
     >>> from mnistlab.models.cnn import make_cnn
     >>> @register("tiny")                                          # doctest: +SKIP
@@ -51,9 +56,11 @@ def list_models() -> list[str]:
 
 
 def model_options(name: str) -> list[str]:
-    """The user-settable options a model's builder accepts."""
-    params = inspect.signature(_get(name)).parameters
-    return [p for p in params if p not in _STRUCTURAL and params[p].kind is inspect.Parameter.KEYWORD_ONLY]
+    """The user-settable options a model's builder accepts: its parameters but the standard three that can be
+    passed by keyword, as build_model passes them; ordinary ones as well as keyword-only ones."""
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(_get(name)).parameters.values()
+    return [p.name for p in params if p.name not in _STRUCTURAL and p.kind in by_keyword]
 
 
 def _get(name: str) -> Builder:

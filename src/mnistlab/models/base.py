@@ -24,7 +24,10 @@ class Net(nn.Module):
     """A classifier made of a ``features`` extractor and a ``classifier`` head.
 
     The input is a float image batch in [0, 1] of shape (N, C, H, W), or uint8
-    images (0-255, as the data splits hold them), which it scales. The
+    images (0-255, as the data splits hold them), which it scales; float images of
+    another dtype than the model's (float64 from numpy) are converted to it. One
+    image, (C, H, W), and for a one-channel model (H, W) images or an (N, H, W)
+    batch, get the missing axes (:func:`image_batch`). The
     training split's mean and std are buffers of the model (so they travel in
     its ``state_dict`` and every checkpoint); ``forward`` normalizes with them.
 
@@ -181,7 +184,9 @@ class Net(nn.Module):
         return (self._cropped(x) - self.mean) / self.std  # crop first: normalizing the border would be wasted work
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._normalized(_as_float_images(x))
+        # float64 met float32 weights in the first conv ("Input type (double) and bias type (float)"); mean holds
+        # the model's dtype, and .to is free where it is already that
+        x = self._normalized(image_batch(_as_float_images(x), self.in_channels).to(self.mean.dtype))
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             features = checkpointed_features(self.features, x)
         else:
@@ -208,7 +213,7 @@ class Net(nn.Module):
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or not len(x):
                 return self(x)  # (oneDNN has no tensor of 0 images; uint8 images are scaled there)
-            y = self._normalized(x).to_mkldnn()
+            y = self._normalized(image_batch(x, self.in_channels)).to_mkldnn()
             for layer in layers:
                 y = layer(y)
             return self.classifier(torch.flatten(y.to_dense(), 1))
@@ -244,6 +249,28 @@ def _as_float_images(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"images must be uint8 (0-255) or floating point in [0, 1], got {x.dtype}: convert them, "
                         "e.g. x.float() / 255 for 8-bit pixel values")
     return x
+
+
+def image_batch(x: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """``x`` as the (N, C, H, W) batch a model of ``in_channels`` channels takes: one image, (C, H, W) or for one
+    channel (H, W), gets the batch axis, and a one-channel (N, H, W) batch (as numpy MNIST arrays come) the
+    channel axis. Other shapes are a ValueError naming those taken: an (N, H, W) batch broadcast against the
+    (1, C, 1, 1) mean into one image of N channels, and the first conv failed on its channel count. Only the
+    shape is read, never a value: the forward pass of every training step pays nothing for it.
+
+    >>> [tuple(image_batch(torch.zeros(s), 1).shape) for s in [(28, 28), (5, 28, 28), (5, 1, 28, 28)]]
+    [(1, 1, 28, 28), (5, 1, 28, 28), (5, 1, 28, 28)]
+    """
+    if x.dim() == 4:
+        return x
+    if in_channels == 1 and x.dim() == 3:
+        return x.unsqueeze(1)
+    if (in_channels == 1 and x.dim() == 2) or (x.dim() == 3 and x.shape[0] == in_channels):
+        return x.reshape(1, in_channels, *x.shape[-2:])
+    taken = ("(N, 1, H, W), (N, H, W) or one (H, W) image" if in_channels == 1
+             else f"(N, {in_channels}, H, W) or one ({in_channels}, H, W) image")
+    raise ValueError(f"images must be a batch {taken} for this {in_channels}-channel model, got shape "
+                     f"{tuple(x.shape)}")
 
 
 def has_forward_hooks(model: nn.Module) -> bool:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -59,6 +60,9 @@ def evaluate_ensemble(
     from ..data import load_test
     from ..errors import ConfigError
 
+    if isinstance(runs, (str, bytes, os.PathLike)):  # a str was taken letter by letter: "run folder / has no ..."
+        raise TypeError(f"evaluate_ensemble() takes a list of runs or checkpoints, e.g. ['runs/a', 'runs/b'], got "
+                        f"one path, {runs!r}: put it in a list")
     if not runs:
         raise ConfigError("an ensemble needs at least one run or checkpoint")
     paths = [checkpoint_file(r, ema) for r in runs]

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.augment import shift_images
 from ..errors import ConfigError
-from ..models.base import has_forward_hooks
+from ..models.base import has_forward_hooks, image_batch
 from ..models.summary import output_bytes
 from ..data.batching import iterate_batches, to_float
 from .allocator import MMAP_THRESHOLD
@@ -49,19 +49,19 @@ def tta_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
 
 def class_metrics(confusion: torch.Tensor) -> list[dict[str, float | int | None]]:
     """Each class's precision, recall (its accuracy), F1 and image count from a [true, predicted] confusion
-    matrix, as scikit-learn's classification_report has them; None where a value is undefined: precision for
-    a class never predicted, recall for one with no images, and F1 where either is None.
+    matrix, as scikit-learn's classification_report has them with zero_division=0: a class with images that is
+    never predicted has precision 0 and F1 0. None where nothing defines a value: recall for a class with no
+    images, precision for a class neither present nor predicted, F1 for a class neither present nor predicted.
 
     >>> [(m["precision"], m["recall"], m["f1"], m["images"]) for m in class_metrics(torch.tensor([[3, 1], [0, 0]]))]
-    [(1.0, 0.75, 0.8571428571428571, 4), (0.0, None, None, 0)]
+    [(1.0, 0.75, 0.8571428571428571, 4), (0.0, None, 0.0, 0)]
     """
     rows = []
     for i in range(confusion.shape[0]):
         hit, images, predicted = int(confusion[i, i]), int(confusion[i].sum()), int(confusion[:, i].sum())
-        precision = hit / predicted if predicted else None
+        precision = hit / predicted if predicted else (0.0 if images else None)
         recall = hit / images if images else None
-        f1 = (None if precision is None or recall is None
-              else 2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        f1 = 2 * hit / (images + predicted) if images + predicted else None  # 2TP / (2TP + FP + FN)
         rows.append({"precision": precision, "recall": recall, "f1": f1, "images": images})
     return rows
 
@@ -130,29 +130,53 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits for uint8 (or [0, 1] float) images, in eval mode, batch by batch.
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images, [0, 1] float ones, or (as uint8) other integer ones holding 0-255; else a ValueError.
 
-    Float images outside [0, 1] are a ValueError: the models normalize their input themselves, so 0-255
-    floats, or images already normalized with the dataset's mean and std, gave confident wrong answers.
+    The models normalize their input themselves: 0-255 floats, or images already normalized with the dataset's
+    mean and std, gave confident wrong answers, and so did int64 images of 0-255 (numpy's default integer) taken
+    as floats (logits ~900 off). One pass over the values, once per call: no cost worth a model's forward.
     """
-    if images.is_floating_point() and images.numel():
-        low, high = float(images.min()), float(images.max())  # once per call: no cost worth a model's forward
+    if images.dtype in (torch.uint8, torch.bool):  # bool images stay 0 and 1, as floats
+        return images
+    low, high = (images.min().item(), images.max().item()) if images.numel() else (0, 0)
+    if images.is_floating_point():
         if low < -1e-4 or high > 1 + 1e-4:
             scale = "; divide 0-255 floats by 255" if high > 5 else ""  # normalized MNIST peaks at 2.8
             raise ValueError(f"float images must be in [0, 1] (the model normalizes them itself), these span "
                              f"[{low:g}, {high:g}]: pass them unnormalized, or as uint8 images{scale}")
+        return images
+    if low < 0 or high > 255:
+        raise ValueError(f"integer images are taken as 8-bit pixel values, 0-255, but these {images.dtype} images "
+                         f"span [{low}, {high}]: scale them to 0-255, or pass floats in [0, 1]")
+    return images.to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits for uint8 (or [0, 1] float) images, in eval mode, batch by batch: (N, classes), (0, classes)
+    for no images.
+
+    Integer images of another dtype (int64 from numpy) are taken as uint8 ones, and refused with a ValueError
+    where a value is outside 0-255; float images outside [0, 1] are a ValueError too (:func:`_pixels`). A
+    model with ``in_channels`` (every :class:`~mnistlab.models.Net`) takes the shapes its forward does
+    (:func:`~mnistlab.models.base.image_batch`): one image, or a one-channel (N, H, W) batch.
+
+    >>> predict_logits(model, torch.zeros(0, 1, 28, 28)).argmax(1)   # doctest: +SKIP
+    tensor([], dtype=torch.int64)
+    """
+    images = _pixels(images)
+    if isinstance(getattr(model, "in_channels", None), int):  # split into batches below: one image needs its axes
+        images = image_batch(images, model.in_channels)
     device = next(model.parameters()).device
     with eval_mode(model):
         forward = _inference(model)
         batch_size = rows_per_pass(model, images[:1].to(device), batch_size)
         outs = []
-        for i in range(0, images.shape[0], batch_size):
+        # No images pass once, as an empty batch: the model's own (0, classes) output, so .argmax(1) works
+        for i in range(0, max(images.shape[0], 1), batch_size):
             x = images[i : i + batch_size].to(device)
             outs.append(forward(to_float(x) if x.dtype == torch.uint8 else x.float()).float())
-        if not outs:
-            return torch.empty(0, 0)
         return torch.cat(outs)
 
 
