@@ -212,9 +212,8 @@ def test_validation_and_testing_show_a_bar_that_the_next_line_replaces(terminal)
     assert quiet.getvalue() == ""
 
 
-def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_path, monkeypatch):
-    # alexnet validates 5,000 images in about 90 s on a 2-core CPU and tests 10,000 in 3 minutes: the screen
-    # stood still after the last batch's bar.
+def run_on_terminal(mnist_root, tmp_path, monkeypatch, *overrides: str) -> Terminal:
+    """The Terminal a small cnn run drew on (100 columns, no time between redraws), with ``overrides``."""
     import sys
 
     from mnistlab.config import Config, apply_overrides
@@ -224,10 +223,17 @@ def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_p
     monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((100, 24)))
     monkeypatch.setattr(sys, "stdout", terminal)
     monkeypatch.setattr(display_module, "time", types.SimpleNamespace(monotonic=itertools.count(1).__next__))
-    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.val_size=300", "data.train_limit=500",
-                                     "train.epochs=1", "train.eval_batch_size=100", "tensorboard.enabled=false",
-                                     "model.name=cnn", "model.width=0.25", "train.threads=1"])
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=500", "tensorboard.enabled=false",
+                                     "model.name=cnn", "model.width=0.25", "train.threads=1", *overrides])
     train(cfg, out=tmp_path / "run", report=False)
+    return terminal
+
+
+def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_path, monkeypatch):
+    # alexnet validates 5,000 images in about 90 s on a 2-core CPU and tests 10,000 in 3 minutes: the screen
+    # stood still after the last batch's bar.
+    terminal = run_on_terminal(mnist_root, tmp_path, monkeypatch, "data.val_size=300", "train.epochs=1",
+                               "train.eval_batch_size=100")
     drawn = terminal.getvalue()
     for line in ("epoch 1/1 validating [" + "#" * 30 + "] 300/300", "testing best.ckpt [" + "#" * 30 + "] 10,000/10,000"):
         assert line in drawn
@@ -239,20 +245,8 @@ def test_a_run_on_a_terminal_shows_its_validation_and_its_test(mnist_root, tmp_p
 
 def test_a_run_that_max_steps_ends_counts_its_bars_to_where_it_ends(mnist_root, tmp_path, monkeypatch):
     # 500 images in batches of 256: 2 steps an epoch; 3 steps of 3 epochs end after 1 batch of epoch 2
-    import sys
-
-    from mnistlab.config import Config, apply_overrides
-    from mnistlab.training.run import train
-
-    terminal = Terminal(100)
-    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((100, 24)))
-    monkeypatch.setattr(sys, "stdout", terminal)
-    monkeypatch.setattr(display_module, "time", types.SimpleNamespace(monotonic=itertools.count(1).__next__))
-    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.val_size=100", "data.train_limit=500",
-                                     "train.epochs=3", "train.max_steps=3", "tensorboard.enabled=false",
-                                     "model.name=cnn", "model.width=0.25", "train.threads=1"])
-    train(cfg, out=tmp_path / "run", report=False)
-    drawn = terminal.getvalue()
+    drawn = run_on_terminal(mnist_root, tmp_path, monkeypatch, "data.val_size=100", "train.epochs=3",
+                            "train.max_steps=3").getvalue()
     assert "epoch 1/2 [" + "#" * 30 + "] 2/2" in drawn and "epoch 2/2 [" + "#" * 30 + "] 1/1" in drawn
     assert "epoch 2/2 validating [" in drawn and "epoch 3/" not in drawn
 
