@@ -124,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
                    help="train the --freeze parameters too from the start of this epoch (a new optimizer group)")
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date>-<time>-<model>)")
-    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.ckpt; "
-                   "flags and --set change the stored config (e.g. --epochs to train further)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or its last.ckpt) from its "
+                   "last.ckpt; flags and --set change the stored config (e.g. --epochs to train further)")
     t.add_argument("--no-report", dest="report", action="store_const", const=False,
                    help="leave out report.html and plots/ (seconds of plotting; `mnistlab report RUN` writes them "
                    "later): --set train.report=false")

@@ -19,7 +19,7 @@ from mnistlab.cli import main
 from mnistlab.config import Config, apply_overrides
 from mnistlab.models import build_model
 from mnistlab.training import train
-from mnistlab.training.checkpoint import FORMAT_VERSION, content_digest, save_checkpoint, weights_digest
+from mnistlab.training.checkpoint import FORMAT_VERSION, content_digest, resume_file, save_checkpoint, weights_digest
 from reliability_helpers import NO_REPORT, small_args, small_overrides, snapshot, write_idx
 
 
@@ -470,6 +470,27 @@ def test_a_run_killed_in_its_first_epoch_says_to_start_again(tmp_path, capsys):
     (run / "config.toml").write_text("# killed before epoch 1 ended\n")
     fails_cleanly(capsys, ["train", "--resume", str(run)], f"run folder {run} has no last.ckpt to resume from: the "
                                                             "run stopped before it finished its first epoch")
+
+
+def test_resuming_a_checkpoint_other_than_its_folders_last_ckpt_is_refused_before_anything_is_written(run_copy,
+                                                                                                         capsys):
+    # A renamed copy of last.ckpt was continued, and the rest of its run written into the copy's folder: here
+    # over run_copy's own last.ckpt, metrics.csv and best.ckpt (or, from ~/Downloads, a run among a user's files).
+    shutil.copy(run_copy / "last.ckpt", run_copy / "backup.ckpt")
+    before = snapshot(run_copy)
+    for name in ("backup.ckpt", "best.ckpt"):
+        err = fails_cleanly(capsys, ["train", "--resume", str(run_copy / name), "--epochs", "3"],
+                            f"{run_copy / name} is not a last.ckpt: --resume continues a run in its own folder")
+        assert f"Give the run folder (--resume {run_copy})" in err and f"--init-from {run_copy / name}" in err
+    assert snapshot(run_copy) == before
+    # the folder's own last.ckpt, given as a file, is its run folder
+    assert resume_file(run_copy / "last.ckpt") == resume_file(run_copy) == run_copy / "last.ckpt"
+    # best.ckpt put in place of a last.ckpt holds no training state to continue
+    other = run_copy.parent / "other"
+    other.mkdir()
+    shutil.copy(run_copy / "best.ckpt", other / "last.ckpt")
+    fails_cleanly(capsys, ["train", "--resume", str(other)], "the checkpoint holds a model to use (best.ckpt, ema.ckpt")
+    assert sorted(p.name for p in other.iterdir()) == ["last.ckpt"]
 
 
 class _Exploit:

@@ -157,8 +157,8 @@ def test_an_early_stopped_run_trains_on_only_when_resumed_with_new_settings(mnis
     config_toml = (run / "config.toml").read_bytes()
     with pytest.raises(ConfigError, match="train.epochs is 1, but the run has trained 2 epochs: resume with --epochs 2"):
         train(apply_overrides(cfg, ["train.epochs=1"]), resume=run, quiet=True)
-    with pytest.raises(CheckpointError, match="a model to use .*, not the training state a run continues from: .* "
-                                              "--init-from"):
+    with pytest.raises(CheckpointError, match="best.ckpt is not a last.ckpt: --resume continues a run in its own "
+                                              "folder, .* use --init-from"):
         train(apply_overrides(cfg, ["early_stopping.patience=5"]), resume=run / "best.ckpt", quiet=True)
     assert (run / "config.toml").read_bytes() == config_toml
 

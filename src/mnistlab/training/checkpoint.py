@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import pickle
+import shlex
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,22 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
 
 
 def resume_file(path: str | Path) -> Path:
-    """What ``--resume PATH`` reads: a run folder's last.ckpt, or the file given."""
+    """What ``--resume PATH`` reads: a run folder's last.ckpt, or the last.ckpt given.
+
+    The resumed run writes the rest of its files beside the checkpoint, so another file (best.ckpt, a copy of
+    last.ckpt under another name) is refused: continuing from it would replace the files of the run in its
+    folder, or write a run into a folder that holds none.
+    """
     path = Path(path)
     if not path.is_dir():
+        if path.name != "last.ckpt" and (path.exists() or path.is_symlink()):  # a missing one: read_checkpoint says so
+            raise CheckpointError(
+                f"{path} is not a last.ckpt: --resume continues a run in its own folder, from that folder's last.ckpt, "
+                f"and writes the rest of the run there (from another file it would replace that run's later epochs "
+                f"or write a run among other files). Give the run folder (--resume {shlex.quote(str(path.parent))}); "
+                f"to continue from a copy of a last.ckpt, put it in an empty folder as last.ckpt and resume that "
+                f"folder; to start a new run from this file's weights, use --init-from {shlex.quote(str(path))}"
+            )
         return path
     if not (path / "last.ckpt").exists() and not (path / "last.ckpt").is_symlink():
         raise CheckpointError(

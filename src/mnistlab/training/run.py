@@ -375,7 +375,7 @@ def train(
     (seconds of plotting), for sweeps and runs whose folder is thrown away, like the benchmarks';
     ``mnistlab report`` can write it later.
 
-    ``resume`` is a run folder (or a checkpoint in it) to continue; ``cfg`` must
+    ``resume`` is a run folder (or its last.ckpt) to continue; ``cfg`` must
     then be the stored config with the user's changes applied (see the CLI).
 
     Under torchrun every process calls this: rank 0 makes and writes the run
