@@ -202,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
         "not written. Needs mnistlab[export].")
     ex.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder (its best.ckpt) or a .ckpt file")
     ex.add_argument("--out", metavar="FILE", help="the ONNX file to write (default: beside the checkpoint, "
-                    "best.ckpt -> best.onnx); folders on the way are made")
+                    "best.ckpt -> best.onnx); folders on the way are made; an existing file is replaced only if "
+                    "it is an ONNX model or empty")
     ex.add_argument("--no-check", dest="check", action="store_false",
                     help="write without running the file in ONNX Runtime first")
     ex.add_argument("--json", action="store_true", help="print what was written as JSON")

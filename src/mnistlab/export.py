@@ -199,7 +199,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, 
     The model itself is left as it was: a copy in eval mode, float32 and on the CPU is exported (its forward
     hooks run, and are traced, as part of its forward). With ``check`` the file is run in ONNX Runtime first
     and written only if its logits match PyTorch's (:data:`TOLERANCE`); ``metadata`` adds string entries to
-    the file's metadata (not the ``mnistlab.`` ones this sets). The write is atomic: an interrupted export
+    the file's metadata (not the ``mnistlab.`` ones this sets). An existing file at ``path`` is replaced only if
+    it is an ONNX model or empty. The write is atomic: an interrupted export
     leaves the file that was there before, or none. Folders on the way to ``path`` are made (and taken back
     if the export fails); a link is written through, to the file it names.
     """
@@ -259,6 +260,24 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, 
     return result
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether an export may write over the existing file ``path``: an empty file, or an ONNX model (such as an
+    earlier export). Anything else -- last.ckpt, best.ckpt, a user's file given to --out by mistake -- is kept."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return True
+        if not path.is_file() or size >= _PROTOBUF_LIMIT:  # no ONNX model is bigger: not read to find out
+            return False
+        import onnx
+
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError, an unreadable file: not an ONNX model
+        return False
+    # Protobuf parses many byte strings (an empty message is valid); a model has a version, an opset and nodes.
+    return proto.ir_version > 0 and len(proto.opset_import) > 0 and len(proto.graph.node) > 0
+
+
 def _destination(path: str | Path) -> Path:
     """The file ``path`` names, checked before the export's seconds are spent on it."""
     text = os.fspath(path)
@@ -271,6 +290,9 @@ def _destination(path: str | Path) -> Path:
         path = Path(os.path.realpath(path))
     if path.is_dir():
         raise MnistlabError(f"{path} is a folder: give the ONNX file's name, e.g. {path / 'model.onnx'}")
+    if path.exists() and not _replaceable(path):
+        raise MnistlabError(f"{path} exists and is not an ONNX model: an export replaces only an earlier ONNX file "
+                            "(or an empty one); give the ONNX file another name")
     here = next(p for p in path.parents if p.exists() or p.is_symlink())  # "." at the latest
     if not here.is_dir():
         raise MnistlabError(f"cannot write {path}: {here} is {'a file' if here.exists() else 'a broken link'}, "

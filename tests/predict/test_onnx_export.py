@@ -141,17 +141,18 @@ def test_a_file_that_computes_something_else_is_not_kept(digit_model, tmp_path, 
     import mnistlab.export as export
 
     other = build_model("fast", mean=(0.13,), std=(0.31,))  # the same graph with other weights
+    path = tmp_path / "m.onnx"
+    export_onnx(digit_model, path, name="fast", check=False)  # the file that was there before
+    before = path.read_bytes()
     real = export._onnx_proto
     monkeypatch.setattr(export, "_onnx_proto", lambda model, shape: real(other.eval(), shape))
-    path = tmp_path / "m.onnx"
-    path.write_bytes(b"the file that was there before")
     with pytest.raises(MnistlabError, match="computes other outputs than the model: its logits differ by up to .*it "
                                             "was not kept"):
         export_onnx(digit_model, path, name="fast")
-    assert path.read_bytes() == b"the file that was there before"
+    assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left either
     export_onnx(digit_model, path, name="fast", check=False)  # unchecked, it is written
-    assert path.stat().st_size > 100_000
+    assert path.read_bytes() != before and path.stat().st_size > 100_000
 
 
 def test_missing_packages_are_named_with_the_install_command(digit_run, tmp_path, monkeypatch):
@@ -309,10 +310,34 @@ def test_a_long_name_in_new_folders_is_written_and_a_link_is_written_through(dig
     assert export_checkpoint(digit_run, out=long, check=False).path == long and long.is_file()
     assert sorted(p.name for p in long.parent.iterdir()) == [long.name]
     target, link = tmp_path / "target.onnx", tmp_path / "link.onnx"
-    target.write_bytes(b"old")
+    target.write_bytes(b"")  # an empty file may be written over, as an earlier export may
     link.symlink_to(target)
     export_checkpoint(digit_run, out=link, check=False)
     assert link.is_symlink() and target.stat().st_size > 100_000
+
+
+def test_only_an_earlier_onnx_file_is_written_over(digit_run, tmp_path, capsys, monkeypatch):
+    # --out last.ckpt (or best.ckpt, or any file named by mistake) was replaced by the graph, without a word.
+    import shutil
+
+    earlier = export_checkpoint(digit_run, out=tmp_path / "earlier.onnx", check=False).path
+    again = export_checkpoint(digit_run, out=earlier, check=False)
+    assert again.path == earlier and earlier.stat().st_size > 100_000
+
+    def not_reached(*args, dynamo=True, **kwargs):
+        raise AssertionError("exported before the destination was checked")
+
+    monkeypatch.setattr(torch.onnx, "export", not_reached)
+    for name in ("last.ckpt", "best.ckpt"):
+        shutil.copy(digit_run / name, tmp_path / name)
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "no-graph.onnx").write_bytes(onnx.ModelProto(ir_version=10).SerializeToString())  # parses; no model
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "earlier.onnx"}
+    for name in kept:
+        assert main(["export", str(digit_run), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name} exists and is not an ONNX model: an export replaces only an earlier ONNX " in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "earlier.onnx"} == kept
 
 
 def test_sigterm_while_writing_leaves_neither_a_half_file_nor_new_folders(digit_run, tmp_path, monkeypatch, capsys):
