@@ -339,8 +339,14 @@ def test_max_steps_ends_the_run_in_mid_epoch_with_the_schedule_planned_over_its_
     assert run.fit.history[-1]["lr"] == pytest.approx(end)
     stored = read_checkpoint(tmp_path / "run" / "last.ckpt")
     assert (stored["epoch"], stored["batch"], stored["step"]) == (2, 0, 20)
-    # more steps than the epochs hold: the epochs end the run, as said
+    # Resumed for a third epoch without the limit: the schedule spans the 20 steps taken and epoch 3's 15, not 3
+    # whole epochs (45), which left the run at a rate 10 steps short of the one-cycle's final one.
     capsys.readouterr()
+    more = train(apply_overrides(cfg, ["train.epochs=3", "train.max_steps=none"]), resume=tmp_path / "run", quiet=True)
+    assert (more.fit.steps, more.fit.epochs, more.fit.stopped_by) == (35, 3, "max_epochs")
+    assert more.fit.history[-1]["lr"] == pytest.approx(end)
+    assert "the onecycle schedule is planned over all the run's steps (now 35)" in capsys.readouterr().err
+    # more steps than the epochs hold: the epochs end the run, as said
     whole = train(small_cfg(mnist_root, "train.epochs=1", "train.max_steps=16", "data.train_limit=300"),
                   out=tmp_path / "whole", quiet=True)
     assert (whole.fit.steps, whole.fit.stopped_by) == (3, "max_epochs")

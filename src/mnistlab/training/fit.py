@@ -539,14 +539,19 @@ def class_weights(setting: tuple[float, ...] | str | None, data) -> torch.Tensor
     return torch.tensor(setting, dtype=torch.float32)
 
 
-def planned_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+def planned_steps(train: TrainConfig, steps_per_epoch: int, done: int = 0, start: int = 0) -> int:
     """The steps a run of ``train.epochs`` epochs of ``steps_per_epoch`` means to take: the span of its
     learning-rate schedule, cut to ``train.max_steps``.
 
+    A resumed run has trained ``done`` epochs in ``start`` steps: fewer than ``done * steps_per_epoch`` where
+    ``train.max_steps`` ended an epoch early, and the schedule spans the steps the run takes, not those it skipped.
+
     >>> planned_steps(TrainConfig(epochs=3), 100), planned_steps(TrainConfig(epochs=3, max_steps=250), 100)
     (300, 250)
+    >>> planned_steps(TrainConfig(epochs=4), 100, done=3, start=250)  # epoch 3 ended at max_steps = 250
+    350
     """
-    total = train.epochs * steps_per_epoch
+    total = start + (train.epochs - done) * steps_per_epoch
     return total if train.max_steps is None else min(total, train.max_steps)
 
 
@@ -694,9 +699,8 @@ class Trainer:
         # mode cannot normalize one row (VGG's on 1x1 maps raised at the end of the first epoch).
         self._min_last = 2 * self._world
         self.steps_per_epoch = num_batches(len(data.train), cfg.train.batch_size, self._min_last)
-        self.total_steps = planned_steps(cfg.train, self.steps_per_epoch)  # the schedule's span
-        # the epochs the run means to train: train.epochs, or fewer that hold train.max_steps (the display's "of")
-        self.planned_epochs = min(cfg.train.epochs, -(-self.total_steps // self.steps_per_epoch))
+        self._plan_from = (0, 0)  # (epochs, steps) trained before this run or its resumed part (see plan())
+        self._replan()
         self._epoch = 0  # epochs completed
         self._step = 0  # optimizer steps taken
         self.lr_scale = 1.0  # set by callbacks through set_lr (ReduceLROnPlateau)
@@ -921,6 +925,16 @@ class Trainer:
         self.train_seconds += elapsed
         loss_avg, acc = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         return {"train_loss": loss_avg, "train_accuracy": acc, "train_error": 1.0 - acc}, before + elapsed
+
+    def plan(self, train: TrainConfig) -> int:
+        """The steps ``train``'s epochs and max_steps mean for this run, from where it started or was resumed."""
+        return planned_steps(train, self.steps_per_epoch, *self._plan_from)
+
+    def _replan(self) -> None:
+        self.total_steps = self.plan(self.cfg.train)  # the schedule's span
+        # the epochs the run means to train: train.epochs, or fewer that hold train.max_steps (the display's "of")
+        done, start = self._plan_from
+        self.planned_epochs = min(self.cfg.train.epochs, done + -(-(self.total_steps - start) // self.steps_per_epoch))
 
     def _out_of_steps(self) -> bool:
         """Whether the run has taken its ``train.max_steps``."""
@@ -1264,6 +1278,10 @@ class Trainer:
         fill_missing_state(self.optimizer)
         self.lr_scale = float(payload["lr_scale"])
         self._epoch, self._step = int(payload["epoch"]), int(payload["step"])
+        # The epochs trained before the one this resume continues (or the next), and their steps: the schedule
+        # is planned from there, so an epoch that train.max_steps ended early is not counted whole.
+        self._plan_from = (done, self._step - batch)
+        self._replan()
         self.history = list(payload["history"])
         self.train_seconds = float(payload["train_seconds"])
         self.compile_seconds = float(payload.get("compile_seconds", 0.0))  # absent from older checkpoints

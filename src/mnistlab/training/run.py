@@ -49,7 +49,6 @@ from .fit import (
     deterministic_errors,
     deterministic_mode,
     emulated_precision,
-    planned_steps,
     resolve_device,
 )
 from .schedules import schedule_warnings
@@ -739,7 +738,7 @@ def _run(
         # Both schedules are planned over the run's steps (train.epochs, cut to train.max_steps): a new total
         # moves the whole curve under the steps already taken (a finished one-cycle run climbs back from its
         # final rate to mid-cycle).
-        old_plan = planned_steps(stored.train, int(payload.get("steps_per_epoch") or trainer.steps_per_epoch))
+        old_plan = trainer.plan(stored.train)  # (both schedules refuse a resume that changes the epoch's steps)
         changed = [f"train.{key} was {getattr(stored.train, key)}, now {getattr(cfg.train, key)}"
                    for key in ("epochs", "max_steps") if getattr(stored.train, key) != getattr(cfg.train, key)]
         if old_plan != trainer.total_steps and changed:
@@ -747,8 +746,9 @@ def _run(
                   f"{trainer.total_steps}), so the learning rate now follows the new plan from step {trainer.step} "
                   "on (it may rise again); for more epochs at a low rate, resume with --set schedule.name=constant "
                   "--lr RATE")
-    if cfg.train.max_steps is not None and cfg.train.max_steps > trainer.steps_per_epoch * cfg.train.epochs:
-        _warn(f"train.max_steps = {cfg.train.max_steps} is more than the {trainer.steps_per_epoch * cfg.train.epochs} "
+    epoch_steps = trainer.plan(replace(cfg.train, max_steps=None))  # fewer than epochs x steps after a cut epoch
+    if cfg.train.max_steps is not None and cfg.train.max_steps > epoch_steps:
+        _warn(f"train.max_steps = {cfg.train.max_steps} is more than the {epoch_steps} "
               f"steps of train.epochs = {cfg.train.epochs}: the run ends after its epochs")
     for warning in [*settings_warnings(cfg), *filter(None, [emulated_precision(trainer.precision, device)])]:
         _warn(warning)
