@@ -14,7 +14,7 @@ from mnistlab.data import load_data
 from mnistlab.data.augment import shift_images
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.training import read_checkpoint, train
-from mnistlab.training.checkpoint import load_model, save_checkpoint
+from mnistlab.training.checkpoint import checkpoint_file, load_model, save_checkpoint
 from mnistlab.training.ema import WeightAverage
 from mnistlab.training.ensemble import evaluate_ensemble
 from mnistlab.training.evaluate import evaluate
@@ -135,6 +135,25 @@ def test_a_corrupted_weight_average_in_last_ckpt_is_refused(mnist_root, tmp_path
     save_checkpoint(tmp_path / "run" / "last.ckpt", payload)
     with pytest.raises(CheckpointError, match="weight average is corrupted"):
         train(apply_overrides(cfg, ["train.epochs=2"]), resume=tmp_path / "run", quiet=True)
+
+
+def test_a_run_resumed_with_ema_off_keeps_its_old_average_apart(mnist_root, tmp_path, capsys):
+    # ema.ckpt stayed from the epochs with EMA on, and `ensemble --ema RUN` took it for the run's average.
+    cfg = small_cfg(mnist_root, "train.epochs=1", "data.train_limit=200", "train.report=false")
+    train(cfg, out=tmp_path / "run", quiet=True)
+    kept = (tmp_path / "run" / "ema.ckpt").read_bytes()
+    capsys.readouterr()
+    off = train(apply_overrides(cfg, ["train.epochs=2", "ema.enabled=false"]), resume=tmp_path / "run", quiet=True)
+    assert "ema.enabled was true, now false: ema.ckpt is kept as it was" in capsys.readouterr().err
+    assert "ema_test_accuracy" not in off.summary and (tmp_path / "run" / "ema.ckpt").read_bytes() == kept
+    with pytest.raises(CheckpointError, match=r"run .*run was resumed with \[ema\] off \(its config.toml says enabled "
+                                              r"= false\): its ema.ckpt is a weight average of the epochs before that"):
+        checkpoint_file(tmp_path / "run", ema=True)  # what ensemble --ema reads for a run folder
+    assert checkpoint_file(tmp_path / "run" / "ema.ckpt") == tmp_path / "run" / "ema.ckpt"  # named, it is used
+    # turned on again, the run has an average again: the folder means its ema.ckpt
+    train(apply_overrides(cfg, ["train.epochs=3"]), resume=tmp_path / "run", quiet=True)
+    assert checkpoint_file(tmp_path / "run", ema=True) == tmp_path / "run" / "ema.ckpt"
+    assert (tmp_path / "run" / "ema.ckpt").read_bytes() != kept
 
 
 # ---- test-time augmentation ---------------------------------------------------------------

@@ -188,7 +188,10 @@ def test_an_interrupted_epoch_counts_its_seconds_from_before_the_interruption(mn
     with pytest.raises(ConfigError, match="inside epoch 1, after batch 6; .*train.batch_size was 100, now 50"):
         train(apply_overrides(cfg, ["train.batch_size=50"]), resume=tmp_path / "run", quiet=True)
 
-    resumed = train(cfg, resume=tmp_path / "run", quiet=True)
+    capfd.readouterr()
+    resumed = train(cfg, resume=tmp_path / "run")
+    # the place, as the epoch and batch it is (it said "after epoch 0 (step 6)")
+    assert f"resuming {tmp_path / 'run'} inside epoch 1, after batch 6 of 15 (step 6)\n" in capfd.readouterr().out
     seconds = [row["seconds"] for row in resumed.fit.history]
     assert seconds[0] > cut["partial_seconds"]  # the 6 batches before Ctrl-C count in epoch 1's time
     # ... so that the epochs' times add up to the training time (which train.max_minutes limits).

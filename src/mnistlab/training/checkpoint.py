@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import shlex
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,23 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
         else:
             hint = " (the run never finished an epoch?); name a .ckpt file instead"
         raise CheckpointError(f"run folder {path} has no {name}{hint}")
+    if ema and _ema_turned_off(path):
+        raise CheckpointError(
+            f"run {path} was resumed with [ema] off (its config.toml says enabled = false): its ema.ckpt is a weight "
+            f"average of the epochs before that, not of the run; name the file ({path / name}) to use it anyway"
+        )
     return path / name
+
+
+def _ema_turned_off(run: Path) -> bool:
+    """Whether the run folder's config.toml (the config of its last part) has ``[ema] enabled = false``. A
+    run that made ema.ckpt had it on; one resumed with it off left that file as it was, no longer updated."""
+    try:
+        stored = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # none, or not readable: nothing says so
+        return False
+    section = stored.get("ema")
+    return isinstance(section, dict) and section.get("enabled") is False
 
 
 def resume_file(path: str | Path) -> Path:

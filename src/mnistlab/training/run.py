@@ -592,7 +592,7 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         ckpt = resume_file(resume)
         payload = read_checkpoint(ckpt)
         run_dir = ckpt.parent
-        _check_kept_models(run_dir)
+        _check_kept_models(run_dir, cfg.ema.enabled)
     elif out is not None:
         run_dir = Path(out)
         made = missing_folders(run_dir)
@@ -625,10 +625,13 @@ def load_init(model: torch.nn.Module, cfg: Config, data: DataBundle, init: tuple
                                 in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]))
 
 
-def _check_kept_models(run_dir: Path) -> None:
-    """Read a resumed run's best.ckpt and ema.ckpt now: the final test loads them after training, where a
-    damaged one would fail the run only once the new epochs were trained and their files written."""
+def _check_kept_models(run_dir: Path, ema: bool) -> None:
+    """Read a resumed run's best.ckpt and ema.ckpt (with ``ema``: else it is not tested) now: the final test
+    loads them after training, where a damaged one would fail the run only once the new epochs were trained
+    and their files written."""
     if_none = {"best.ckpt": "the final test uses the final weights", "ema.ckpt": "no EMA test is reported"}
+    if not ema:
+        del if_none["ema.ckpt"]
     for name, otherwise in if_none.items():
         kept = run_dir / name
         if kept.exists() or kept.is_symlink():
@@ -703,7 +706,14 @@ def _run(
     trainer = Trainer(model, data, cfg, callbacks=cbs, run_dir=run_dir, display=display, device=device)
     if payload is not None:
         trainer.restore(payload)  # before anything is written: a checkpoint that does not fit changes nothing
-        display.log(f"resuming {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
+        batch = int(payload.get("batch", 0))  # a place inside an epoch (Ctrl-C, last_every_n_steps)
+        where = (f"inside epoch {trainer.epoch + 1}, after batch {batch} of {trainer.steps_per_epoch}" if batch
+                 else f"after epoch {trainer.epoch}")
+        display.log(f"resuming {run_dir} {where} (step {trainer.step})")
+        if run_dir is not None and stored.ema.enabled and not cfg.ema.enabled and (run_dir / "ema.ckpt").exists():
+            _warn("ema.enabled was true, now false: ema.ckpt is kept as it was (the weight average up to now), "
+                  "no longer updated or tested; `mnistlab ensemble --ema` refuses this run folder (name its "
+                  "ema.ckpt to use it anyway)")
         stored_precision = (payload["config"].get("train") or {}).get("precision", "auto")
         if stored_precision != cfg.train.precision:  # allowed (a run moved to a GPU, say), but said
             display.log(f"train.precision was {stored_precision}, now {cfg.train.precision}: the rest of the run "
