@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from mnistlab.config import (
     Config,
@@ -289,7 +290,6 @@ def test_numbers_too_large_for_their_field_are_config_errors(key):
 def test_adamw_decays_by_pytorchs_default_unless_told_otherwise():
     # weight_decay defaulted to 0 for every optimizer, and AdamW without decay is Adam: --optimizer adamw trained
     # bit for bit as adam.
-    import torch
 
     from mnistlab.training.optim import build_optimizer
 
@@ -301,6 +301,24 @@ def test_adamw_decays_by_pytorchs_default_unless_told_otherwise():
     assert decay("optimizer.name=adam") == decay("optimizer.name=sgd") == 0.0
     assert decay("optimizer.name=adamw", "optimizer.weight_decay=0") == 0.0
     assert decay("optimizer.name=sgd", "optimizer.weight_decay=5e-4") == 5e-4
+
+
+def test_more_threads_than_cores_are_warned_about(monkeypatch):
+    # --threads 64 on a 2-core machine was taken without a word.
+    import os
+
+    from mnistlab.training import distributed
+    from mnistlab.training.run import thread_warning
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert thread_warning(None, cpu) is None and thread_warning(4, cpu) is None and thread_warning(8, cuda) is None
+    assert thread_warning(5, cpu) == ("train.threads = 5 is more than this machine's 4 CPU core(s): the threads "
+                                      "cannot all run at once and take turns on the cores; at most 4 keeps one on each")
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # --nproc 2: each process's threads count
+    assert thread_warning(2, cpu) is None
+    assert thread_warning(3, cpu).startswith("train.threads = 3 in each of 2 processes is more than this machine's 4 ")
+    assert thread_warning(3, cpu).endswith("at most 2 keeps one on each")
 
 
 def test_optimizer_settings_the_optimizer_does_not_read_are_warned_about_in_a_run(monkeypatch):

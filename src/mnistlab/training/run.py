@@ -500,6 +500,17 @@ def settings_warnings(cfg: Config) -> list[str]:
                "shift 0)"] if off else [])]
 
 
+def thread_warning(threads: int | None, device: torch.device) -> str | None:
+    """A warning for ``train.threads`` above the CPU cores (those of all processes with --nproc): PyTorch's
+    own choice is one thread per core, and more cannot all run at once."""
+    cores, world = os.cpu_count() or 1, distributed.world_size()
+    if device.type != "cpu" or threads is None or threads * world <= cores:
+        return None
+    each = f" in each of {world} processes" if world > 1 else ""
+    return (f"train.threads = {threads}{each} is more than this machine's {cores} CPU core(s): the threads cannot "
+            f"all run at once and take turns on the cores; at most {max(cores // world, 1)} keeps one on each")
+
+
 def _position(last: Path) -> str:
     """Where the training state in ``last`` stands: "after epoch 2", or "after batch 3 of epoch 3" (written
     inside an epoch, with checkpoint.last_every_n_steps)."""
@@ -760,7 +771,8 @@ def _run(
     if cfg.train.max_steps is not None and cfg.train.max_steps > epoch_steps:
         _warn(f"train.max_steps = {cfg.train.max_steps} is more than the {epoch_steps} "
               f"steps of train.epochs = {cfg.train.epochs}: the run ends after its epochs")
-    for warning in [*settings_warnings(cfg), *filter(None, [emulated_precision(trainer.precision, device)])]:
+    extra = [emulated_precision(trainer.precision, device), thread_warning(cfg.train.threads, device)]
+    for warning in [*settings_warnings(cfg), *filter(None, extra)]:
         _warn(warning)
     summary: dict[str, Any] = {
         "model": cfg.model.name,
