@@ -77,6 +77,8 @@ def test_a_real_sweep_prunes_a_hopeless_trial_and_writes_a_loadable_best_toml(mn
     metrics = (out / f"trial-{best.number:04d}" / "metrics.csv").read_text()
     assert f"{best.value}" in metrics or f"{best.value:.6f}"[:6] in metrics
     cfg = load_config(out / "best.toml")
+    # its header's command works from where the sweep ran (it said --config best.toml, a file in the sweep's folder)
+    assert f"train with: mnistlab train --config {out / 'best.toml'}\n" in (out / "best.toml").read_text()
     assert cfg == apply_overrides(spec.base, {"optimizer.lr": best.params["optimizer.lr"], "model.channels": [4, 8]})
     assert {p.name for p in out.iterdir()} >= {"study.db", "results.csv", "best.toml", "objective.png"}
     assert (out / "objective.png").stat().st_size > 5000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +103,14 @@ def write_csv(rows: Sequence[TrialRow], spec: SweepSpec, path: Path) -> Path:
     return path
 
 
-def best_toml(spec: SweepSpec, best: TrialRow) -> str:
-    """The base config with the best trial's values: a preset for ``mnistlab train --config``."""
+def best_toml(spec: SweepSpec, best: TrialRow, path: Path) -> str:
+    """The base config with the best trial's values: a preset for ``mnistlab train --config``, to be
+    written to ``path`` (which its header names)."""
     cfg = apply_params(spec, best.labels)
     changed = ", ".join(f"{k} = {_value(v)}" for k, v in best.params.items())
     head = (f"# The best trial of sweep {spec.study_name!r}: trial {best.number}, {spec.objective} {best.value:.6g} "
             f"(best epoch on the validation split).\n# Its values: {changed}\n"
-            f"# Written by `mnistlab sweep`; train with: mnistlab train --config best.toml\n\n")
+            f"# Written by `mnistlab sweep`; train with: mnistlab train --config {shlex.quote(str(path))}\n\n")
     return head + config_to_toml(cfg)
 
 
@@ -159,5 +161,5 @@ def write_results(study, spec: SweepSpec, out: Path) -> tuple[list[TrialRow], di
     best = best_row(rows, spec.direction)
     if best is not None:
         files["best"] = out / "best.toml"
-        files["best"].write_text(best_toml(spec, best), encoding="utf-8")
+        files["best"].write_text(best_toml(spec, best, files["best"]), encoding="utf-8")
     return rows, files
