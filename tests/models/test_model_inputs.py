@@ -62,8 +62,11 @@ def test_a_multichannel_model_takes_one_image_of_its_channels_and_refuses_other_
     with pytest.raises(ValueError, match=r"images must be a batch \(N, 3, H, W\) or one \(3, H, W\) image for this "
                                          r"3-channel model, got shape \(28, 28\)"):
         model(x[0, 0])
+    # a one-channel batch broadcast against the 3-channel mean and was classified as if it were colour
+    with pytest.raises(ValueError, match=r"for this 3-channel model, got shape \(2, 1, 28, 28\)"):
+        model(x[:, :1])
     one_channel = small_cnn()
-    for shape in [(28,), (2, 1, 1, 28, 28)]:
+    for shape in [(28,), (2, 1, 1, 28, 28), (2, 3, 28, 28)]:
         with pytest.raises(ValueError, match=re.escape(f"images must be a batch (N, 1, H, W), (N, H, W) or one (H, W) "
                                                        f"image for this 1-channel model, got shape {shape}")):
             one_channel(torch.rand(shape))

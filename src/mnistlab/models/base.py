@@ -255,13 +255,14 @@ def image_batch(x: torch.Tensor, in_channels: int) -> torch.Tensor:
     """``x`` as the (N, C, H, W) batch a model of ``in_channels`` channels takes: one image, (C, H, W) or for one
     channel (H, W), gets the batch axis, and a one-channel (N, H, W) batch (as numpy MNIST arrays come) the
     channel axis. Other shapes are a ValueError naming those taken: an (N, H, W) batch broadcast against the
-    (1, C, 1, 1) mean into one image of N channels, and the first conv failed on its channel count. Only the
+    (1, C, 1, 1) mean into one image of N channels, and the first conv failed on its channel count; an
+    (N, 1, H, W) batch given to a 3-channel model broadcast into 3 channels and was classified. Only the
     shape is read, never a value: the forward pass of every training step pays nothing for it.
 
     >>> [tuple(image_batch(torch.zeros(s), 1).shape) for s in [(28, 28), (5, 28, 28), (5, 1, 28, 28)]]
     [(1, 1, 28, 28), (5, 1, 28, 28), (5, 1, 28, 28)]
     """
-    if x.dim() == 4:
+    if x.dim() == 4 and x.shape[1] == in_channels:
         return x
     if in_channels == 1 and x.dim() == 3:
         return x.unsqueeze(1)
