@@ -214,6 +214,12 @@ def test_fit_holds_its_run_folders_lock_as_train_does(mnist_small, mnist_root, t
         fit(small_model(mnist_small), mnist_small, cfg, run_dir=folder)
     with pytest.raises(RunDirError, match="already holds a run"):
         train(cfg, out=folder, quiet=True)
+    # ... before the caller's model takes finetune.init_from's weights (they were loaded into it, then refused)
+    model = small_model(mnist_small)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RunDirError, match="already holds a run"):
+        fit(model, mnist_small, apply_overrides(cfg, [f"finetune.init_from={folder / 'last.ckpt'}"]), run_dir=folder)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_fit_in_a_script_torchrun_starts_says_to_call_train(mnist_small, monkeypatch, tmp_path):

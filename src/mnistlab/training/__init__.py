@@ -18,6 +18,7 @@ from ..callbacks.base import Callback, check_callbacks
 from ..config import Config
 from ..data import DataBundle
 from ..errors import CheckpointError, ConfigError
+from ..folders import missing_folders, remove_empty
 from . import distributed
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
@@ -67,14 +68,23 @@ def fit(
         raise ConfigError(f"fit() trains in this process alone, and torchrun started {os.environ['WORLD_SIZE']}: "
                           "call train(cfg, callbacks=[...]) in the script, which joins the other processes (each "
                           "takes its share of every batch) and writes the run folder from rank 0")
-    if cfg.finetune.init_from is not None:  # as train() starts from it (the head replaced for other classes)
-        logging.getLogger("mnistlab").info(load_init(model, cfg, data, read_init_checkpoint(cfg.finetune.init_from)))
+    # Everything that may refuse the call comes before the model's weights change: a refused call leaves the
+    # caller's model as it was (the init checkpoint is only read here, and loaded last).
+    init = None if cfg.finetune.init_from is None else read_init_checkpoint(cfg.finetune.init_from)
     # a checkpoint rebuilds its model from cfg: one of another model would load as the wrong network, or not at all
     writes = run_dir is not None or any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
     if writes:
         _check_config_describes(model, data, cfg)
     if run_dir is not None:
+        made = missing_folders(Path(run_dir))
         prepare_run_dir(Path(run_dir), resume=False, other="pass another run_dir")
+    if init is not None:  # as train() starts from it (the head replaced for other classes)
+        try:
+            logging.getLogger("mnistlab").info(load_init(model, cfg, data, init))
+        except BaseException:
+            if run_dir is not None:
+                remove_empty(made)  # the folder made for a run that did not start
+            raise
     for warning in settings_warnings(cfg):
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
