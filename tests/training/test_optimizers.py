@@ -201,8 +201,12 @@ def test_the_fused_step_trains_as_the_multi_tensor_one(mnist_root, tmp_path, mon
     a, b = (read_checkpoint(tmp_path / run / "last.ckpt")["model"] for run in ("fused", "plain"))
     assert fused.summary.get("skipped_steps") == plain.summary.get("skipped_steps")
     assert fused.summary["test_accuracy"] > 0.5 and plain.summary["test_accuracy"] > 0.5  # 10 classes, 20 steps
-    if precision == "fp32":  # 0.2-3e-7 apart here
-        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    if precision == "fp32":
+        # 0.2-3e-7 apart on the Xeon and the AVX2 EPYC. On the AVX-512 EPYC, Adam's 14th step took a gradient
+        # 6e-5 off, a max-pool or ReLU flipped by the steps' 1e-7 rounding differences, and the runs ended 1.7e-5
+        # apart (a standalone loop of the two steps on the same gradients stays 1e-7 apart). A fused step that
+        # computed something else (weight decay, nesterov) would be off by a fraction of lr, 1e-3 and more.
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-4) for k in a)
     else:  # fp16's rounding of the weights in the forward pass turns differences of 1e-8 into 1e-3 (Adam)
         assert abs(fused.summary["test_accuracy"] - plain.summary["test_accuracy"]) < 0.01
 
