@@ -96,16 +96,11 @@ def run_row(path: Path) -> RunRow:
     epochs = _count(s.get("epochs"))  # a hand-edited or damaged summary may hold anything
     if epochs is None and run.metrics:
         epochs = _count(run.metrics[-1].get("epoch"))
-    best_val = finite(s.get("best_val_accuracy"))
-    if best_val is None and run.metrics:
-        vals = [finite(r.get("val_accuracy")) for r in run.metrics]
-        best_val = max((v for v in vals if v is not None), default=None)
-    train_seconds = finite(s.get("train_seconds"))
-    if train_seconds is None and run.metrics:
-        train_seconds = sum(finite(r.get("seconds")) or 0.0 for r in run.metrics) or None
     model = s.get("model") or (run.config.get("model") or {}).get("name") or "?"
     dataset = s.get("dataset") or (run.config.get("data") or {}).get("dataset") or "?"
-    if s:
+    if run.resumed_after is not None:  # summary.json is of the part before the resume (read_run left it out)
+        stop = f"not finished (resumed after epoch {run.resumed_after})"
+    elif s:
         stop = s.get("stop_reason") or "-"
     elif (run.path / "summary.json").exists():  # there, but not a readable JSON object (the report says why)
         stop = "summary.json unreadable"
@@ -118,8 +113,8 @@ def run_row(path: Path) -> RunRow:
         dataset=str(dataset),
         parameters=_count(params),
         epochs=epochs,
-        train_seconds=train_seconds,
-        best_val_accuracy=best_val,
+        train_seconds=run.train_seconds,
+        best_val_accuracy=run.best_val_accuracy,
         test_accuracy=finite(s.get("test_accuracy")),
         stop_reason=str(stop),
         device=str(s.get("device") or "?"),

@@ -29,6 +29,7 @@ from . import plots
 from .runfolder import RunFolder, RunFolderError, finite, is_run_folder, machine_of, read_run
 
 PLOTS_DIR = "plots"
+FIGURES = ("curves", "confusion", "per_class", "misclassified")  # the names _figures draws, as plots/NAME.png
 
 
 @dataclass
@@ -48,6 +49,13 @@ def _seconds(x: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def _epochs(n: Any, otherwise: int | None = None) -> str:
+    """An epoch count from summary.json (a diverged run's null read "None"), else ``otherwise`` (metrics.csv's)."""
+    if isinstance(n, int) and not isinstance(n, bool):
+        return str(n)
+    return "-" if otherwise is None else str(otherwise)
 
 
 def _figures(run: RunFolder) -> list[tuple[str, str, str, bytes]]:
@@ -167,10 +175,10 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
     cards = [
         ("test accuracy", _percent(s.get("test_accuracy"))),
         ("test loss", f"{finite(s.get('test_loss')):.4f}" if finite(s.get("test_loss")) is not None else "-"),
-        ("best val accuracy", _percent(s.get("best_val_accuracy"))),
+        ("best val accuracy", _percent(run.best_val_accuracy)),
         ("parameters", f"{s['parameters']:,}" if isinstance(s.get("parameters"), int) else "-"),
-        ("epochs (best)", f"{s.get('epochs', '-')} ({s.get('best_epoch', '-')})"),
-        ("training time", _seconds(s.get("train_seconds"))),
+        ("epochs (best)", f"{_epochs(s.get('epochs'), run.last_epoch)} ({_epochs(s.get('best_epoch'))})"),
+        ("training time", _seconds(run.train_seconds)),
     ]
     machine = machine_of(s)
     parts = [
@@ -206,7 +214,10 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
         parts += ["<h2>Misclassified test images</h2>", "<p>None: every test image was classified correctly.</p>"]
     if s:
         rows = "".join(f"<tr><th>{e(str(k))}</th><td>{_value(v)}</td></tr>" for k, v in s.items())
-        parts += ["<h2>Summary</h2>", "<p>summary.json as the run wrote it.</p>", f"<table>{rows}</table>"]
+        said = ("summary.json as the run wrote it." if run.resumed_after is None else
+                f"What summary.json says of the run's setup; the rest of it is of the run as it was after epoch "
+                f"{run.resumed_after}, before it was resumed.")
+        parts += ["<h2>Summary</h2>", f"<p>{e(said)}</p>", f"<table>{rows}</table>"]
     if run.config_text is not None:
         parts += ["<h2>Config</h2>", "<p>config.toml: the resolved settings of the run (commented keys keep the "
                   "model's defaults).</p>", f"<pre>{e(run.config_text)}</pre>"]
@@ -256,6 +267,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Report:
             raise
         hint = "" if out is not None else " (a run folder from elsewhere may be read-only: write the report with --out DIR)"
         raise RunFolderError(f"cannot write the report into {target}: {e.strerror or e}{hint}") from None
+    # A figure this report does not have is an earlier report's (of the test before a resume, or of another run
+    # whose report was written to the same --out): left beside this page, it was taken for this run's.
+    for name in sorted(set(FIGURES) - set(report.images)):
+        try:
+            (target / PLOTS_DIR / f"{name}.png").unlink(missing_ok=True)
+        except OSError as e:  # the page is written: a figure that cannot go is said, not an error
+            report.missing.append(f"{PLOTS_DIR}/{name}.png is an earlier report's, and could not be removed "
+                                  f"({e.strerror or e}).")
     return report
 
 

@@ -115,6 +115,30 @@ class RunFolder:
     predictions: dict[str, np.ndarray] | None = None
     early_stopping: EarlyStoppingInfo | None = None
     missing: list[str] = field(default_factory=list)  # one sentence per missing piece
+    # The epoch summary.json was written after, when metrics.csv goes on past it: a resumed run that has not
+    # finished (still training, or killed). Its results are then the earlier part's, left out of ``summary``.
+    resumed_after: int | None = None
+
+    @property
+    def last_epoch(self) -> int | None:
+        """The last epoch metrics.csv records (None without one)."""
+        epochs = [e for e in (finite(r.get("epoch")) for r in self.metrics) if e is not None]
+        return int(max(epochs)) if epochs else None
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """summary.json's, else the best of metrics.csv's (a run that has not finished has only these)."""
+        best = finite(self.summary.get("best_val_accuracy"))
+        vals = [v for v in (finite(r.get("val_accuracy")) for r in self.metrics) if v is not None]
+        return best if best is not None else max(vals, default=None)
+
+    @property
+    def train_seconds(self) -> float | None:
+        """summary.json's, else the sum of metrics.csv's epochs."""
+        seconds = finite(self.summary.get("train_seconds"))
+        if seconds is None and self.metrics:
+            seconds = sum(finite(r.get("seconds")) or 0.0 for r in self.metrics) or None
+        return seconds
 
     @property
     def name(self) -> str:
@@ -151,7 +175,8 @@ def read_run(path: str | Path, *, checkpoint_state: bool = True, predictions: bo
     _read_config(run)
     _read_metrics(run)
     _read_summary(run)
-    if predictions:
+    _leave_out_results_of_before_a_resume(run)
+    if predictions and run.resumed_after is None:
         _read_predictions(run)
     if checkpoint_state:
         _read_early_stopping(run)
@@ -161,7 +186,7 @@ def read_run(path: str | Path, *, checkpoint_state: bool = True, predictions: bo
 def _read_config(run: RunFolder) -> None:
     f = run.path / "config.toml"
     try:
-        run.config_text = f.read_text(encoding="utf-8")
+        run.config_text = f.read_text(encoding="utf-8-sig")  # -sig: a BOM from an editor that saved it
         config = tomllib.loads(run.config_text)
     except FileNotFoundError:
         run.missing.append("config.toml is missing: the run's settings cannot be shown.")
@@ -179,7 +204,7 @@ def _read_config(run: RunFolder) -> None:
 def _read_metrics(run: RunFolder) -> None:
     f = run.path / "metrics.csv"
     try:
-        text = f.read_text(encoding="utf-8")
+        text = f.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM was read into the first column's name
     except FileNotFoundError:
         run.missing.append("metrics.csv is missing: no training curves (the run ended before its first epoch?).")
         return
@@ -201,7 +226,7 @@ def _read_metrics(run: RunFolder) -> None:
                     parsed[key] = float(value)
                 except ValueError:
                     pass
-            if "epoch" in parsed:
+            if finite(parsed.get("epoch")) is not None:  # an inf epoch was an axis limit matplotlib refused
                 rows.append(parsed)
     except csv.Error as e:  # a field past csv's size limit; NUL bytes (Python 3.10) from a crash
         run.missing.append(f"metrics.csv cannot be read ({e}): no training curves.")
@@ -214,11 +239,11 @@ def _read_metrics(run: RunFolder) -> None:
 def _read_summary(run: RunFolder) -> None:
     f = run.path / "summary.json"
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        data = json.loads(f.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         run.missing.append("summary.json is missing: no test results (the run has not finished).")
         return
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: arrays nested deep
         run.missing.append(f"summary.json cannot be read ({e}): no test results.")
         return
     if not isinstance(data, dict):
@@ -236,6 +261,30 @@ def _read_summary(run: RunFolder) -> None:
     if data.get("test_accuracy") is None:
         why = data.get("stop_reason") or "it did not finish"
         run.missing.append(f"the run has no test result ({why}).")
+
+
+# What summary.json says of the run's setup, still true while a resumed part of it trains (the device, the
+# precision and the results may change with the resume).
+_SETUP_KEYS = ("model", "dataset", "parameters", "trainable_parameters", "train_images", "val_images")
+
+
+def _leave_out_results_of_before_a_resume(run: RunFolder) -> None:
+    """A resumed run keeps the summary.json and test_predictions.npz of its earlier part until it ends (a kill,
+    an OOM or a power cut leaves them for good), while metrics.csv grows each epoch: the report showed that
+    earlier test, and its best epoch, as the run's, and compare ranked the run by it.
+
+    The summary of a part that was interrupted is kept: it holds no test (and its predictions were removed), and
+    says how to resume."""
+    done, last = run.summary.get("epochs"), run.last_epoch
+    if not isinstance(done, int) or last is None or last <= done or run.summary.get("stopped_by") == "interrupted":
+        return
+    run.resumed_after = done
+    run.summary = {k: v for k, v in run.summary.items() if k in _SETUP_KEYS}
+    run.missing = [m for m in run.missing if not m.startswith("the run has no test result")]  # the earlier part's
+    old = "summary.json" + (f" and {PREDICTIONS_FILE} are" if (run.path / PREDICTIONS_FILE).is_file() else " is")
+    run.missing.append(f"{old} of the run as it was after epoch {done}; metrics.csv goes on to epoch {last}: it "
+                       "was resumed and has not finished (it is training, or was stopped without a word): no test "
+                       "results until it finishes.")
 
 
 _NUMBER = (int, float)
@@ -309,7 +358,8 @@ def _read_early_stopping(run: RunFolder) -> None:
     if criterion == "none":
         return
     monitor = es.get("monitor", "val_loss") if criterion == "patience" else f"val_{es.get('error', 'loss')}"
-    stopped = run.summary.get("epochs") if run.summary.get("stopped_by") == "early_stopping" else None
+    stopped_by = run.summary.get("stopped_by")
+    stopped = run.summary.get("epochs") if stopped_by == "early_stopping" else None
     info = EarlyStoppingInfo(
         rule={"patience": "EarlyStopping"}.get(criterion, str(criterion).upper()),
         monitor=monitor,
@@ -321,7 +371,11 @@ def _read_early_stopping(run: RunFolder) -> None:
     if state is not None:  # numbers from a file: int() of anything else (a damaged state) would raise
         best, stopped_at = state.get("best_epoch"), state.get("stopped_epoch")
         info.best_epoch = best if isinstance(best, int) and not isinstance(best, bool) else None
-        if isinstance(stopped_at, int) and not isinstance(stopped_at, bool):
+        # A stop stays in the state through a resume with more epochs (or a larger patience): the run went on
+        # past it. It is this run's end only where summary.json says early stopping ended it, or, without a word
+        # from summary.json, where it is the last epoch recorded.
+        current = stopped_by == "early_stopping" if stopped_by is not None else stopped_at == run.last_epoch
+        if isinstance(stopped_at, int) and not isinstance(stopped_at, bool) and current:
             info.stopped_epoch = stopped_at
     info.restored = bool(es.get("restore_best_weights")) and info.best_epoch is not None
     run.early_stopping = info
@@ -360,7 +414,7 @@ def finite(x: Any) -> float | None:
     """``x`` as a float, or None when it is missing or not a finite number."""
     try:
         v = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of hundreds of digits, from a JSON file
         return None
     return v if math.isfinite(v) else None
 

@@ -1,0 +1,108 @@
+"""report and compare on run folders caught part way through a resume, on figures an earlier report left, and on
+files an editor or a damage changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnistlab.cli import main
+from mnistlab.report import PREDICTIONS_FILE, read_run, write_report
+from mnistlab.report.compare import compare_runs
+
+ACC, HUGE = "\"test_accuracy\": ", "0" * 400  # an int of 401 digits: no float holds it
+
+
+def resumed_on_to_epoch_3(run):
+    """What a resumed run's folder holds after its epoch 3, before it ends (or after a kill): History has rewritten
+    metrics.csv with the new epoch; summary.json and test_predictions.npz are still those of the part before."""
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header, last = lines[0].split(","), lines[-1].split(",")
+    row = dict(zip(header, last), epoch="3", val_accuracy="0.999")
+    (run / "metrics.csv").write_text("\n".join([*lines, ",".join(row[k] for k in header)]) + "\n")
+
+
+def test_a_resumed_run_that_has_not_finished_shows_no_test_of_before_the_resume(copy_run, capsys):
+    # The report showed the test accuracy, confusion matrix and best epoch of the part before the resume as this
+    # run's, beside curves that went on past it; compare ranked the run by that test and called it finished.
+    run = copy_run()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    resumed_on_to_epoch_3(run)
+    report = write_report(run)
+    assert list(report.images) == ["curves"]
+    note = ("summary.json and test_predictions.npz are of the run as it was after epoch 2; metrics.csv goes on to "
+            "epoch 3: it was resumed and has not finished")
+    assert note in " ".join(report.missing)
+    page = report.path.read_text()
+    assert '<div class="v">-</div><div class="k">test accuracy</div>' in page
+    assert '<div class="v">3 (-)</div><div class="k">epochs (best)</div>' in page
+    assert '<div class="v">99.90%</div><div class="k">best val accuracy</div>' in page  # metrics.csv's, as compare
+    assert "whose weights (best.ckpt) were tested" not in page  # best.ckpt may be epoch 3's by now
+    (row,) = compare_runs([run])
+    assert (row.test_accuracy, row.epochs, row.best_val_accuracy) == (None, 3, 0.999)
+    assert row.stop_reason == "not finished (resumed after epoch 2)"
+    assert row.model == json.loads((run / "summary.json").read_text())["model"]  # the setup still holds
+    assert main(["compare", str(run), "--plot", str(run.parent / "c.png")]) == 0
+    assert "not finished (resumed after epoch 2)" in capsys.readouterr().out
+
+
+def test_an_early_stop_from_before_a_resume_is_not_drawn_as_the_runs_end(copy_run):
+    # The run stopped early after epoch 2, was resumed with more epochs and ran to epoch 3: last.ckpt's stopping
+    # state still holds the old stop, and the report said "early stopping ended training after epoch 2".
+    run = copy_run()
+    resumed_on_to_epoch_3(run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(epochs=3, stopped_by="max_epochs", stop_reason="max epochs reached (3)")
+    (run / "summary.json").write_text(json.dumps(summary))
+    es = read_run(run).early_stopping
+    assert (es.best_epoch, es.stopped_epoch) == (1, None)
+    page = write_report(run).path.read_text()
+    assert "ended training after epoch 2" not in page and "was on but did not stop training" in page
+
+    (run / "summary.json").unlink()  # killed in the resumed part: only the epochs recorded can tell
+    assert read_run(run).early_stopping.stopped_epoch is None
+    fresh = copy_run("fresh")  # a stop at the last epoch recorded is the run's own
+    (fresh / "summary.json").unlink()
+    assert read_run(fresh).early_stopping.stopped_epoch == 2
+
+
+def test_a_report_removes_the_figures_of_an_earlier_report(copy_run, tmp_path):
+    # plots/confusion.png and the rest stayed from a report of an earlier test (or of another run written to the
+    # same --out folder) beside a page that has no such figure, and were taken for this run's.
+    run = copy_run()
+    (run / PREDICTIONS_FILE).unlink()
+    report = write_report(run)  # per-class accuracy from summary.json; no confusion matrix, no images
+    drawn = ["curves.png", "per_class.png"]
+    assert sorted(p.name for p in (run / "plots").iterdir()) == drawn == sorted(p.name for p in report.images.values())
+
+    out = tmp_path / "shared-report"
+    write_report(copy_run("other"), out=out)
+    assert len(list((out / "plots").iterdir())) == 4
+    write_report(run, out=out)
+    assert sorted(p.name for p in (out / "plots").iterdir()) == drawn
+
+
+@pytest.mark.parametrize("change, check", [
+    # a spreadsheet or editor saved it with a byte-order mark: "metrics.csv holds no epochs", "cannot be read"
+    (lambda run: _edit(run, "metrics.csv", lambda t: "\ufeff" + t),
+     lambda run, report: [r["epoch"] for r in read_run(run).metrics] == [1.0, 2.0]),
+    (lambda run: _edit(run, "summary.json", lambda t: "\ufeff" + t),
+     lambda run, report: compare_runs([run])[0].test_accuracy is not None and not report.missing),
+    # each of these was a traceback: OverflowError, RecursionError, matplotlib's "Axis limits cannot be NaN or Inf"
+    (lambda run: _edit(run, "summary.json", lambda t: t.replace(ACC, f"{ACC}1{HUGE}, \"x\": ")),
+     lambda run, report: compare_runs([run])[0].test_accuracy is None),
+    (lambda run: (run / "summary.json").write_text("[" * 100_000 + "]" * 100_000),
+     lambda run, report: "summary.json cannot be read (maximum recursion depth" in " ".join(report.missing)),
+    (lambda run: _edit(run, "metrics.csv", lambda t: t.replace("\n2,", "\ninf,")),
+     lambda run, report: list(report.images)[0] == "curves"),
+], ids=["metrics.csv-bom", "summary.json-bom", "huge-int", "deep-json", "inf-epoch"])
+def test_edited_and_damaged_files_are_read_or_noted(copy_run, change, check):
+    run = copy_run()
+    change(run)
+    report = write_report(run)
+    assert check(run, report)
+
+
+def _edit(run, name, f):
+    (run / name).write_text(f((run / name).read_text(encoding="utf-8")), encoding="utf-8")
