@@ -161,11 +161,29 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     PosixPath('/data')
     """
     if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser()
+        return _expand_home(Path(data_dir), "data.dir")
     env = os.environ.get("MNISTLAB_DATA")
     if env:
-        return Path(env).expanduser()
-    return _user_cache_dir() / "mnistlab"
+        return _expand_home(Path(env), "$MNISTLAB_DATA")
+    try:
+        return _user_cache_dir() / "mnistlab"
+    except RuntimeError:  # Path.home(): see _expand_home
+        raise DataError(f"the default data folder is in the user's cache folder (~/.cache/mnistlab), but {_NO_HOME}; "
+                        "pass --data-dir (or set data.dir or MNISTLAB_DATA) to the data folder") from None
+
+
+# Where Path.home() and expanduser fail (RuntimeError): a container or service run under a user id with no entry
+# in the user database, and no $HOME
+_NO_HOME = "this user has no home folder ($HOME is not set, and the user database has none for this user)"
+
+
+def _expand_home(path: Path, what: str) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        user = path.parts[0][1:]  # "~name/...": that user's home, which fails the same way for an unknown name
+        why = f"this machine has no user {user!r}" if user else _NO_HOME
+        raise DataError(f"{what} {path} starts with {path.parts[0]}, but {why}; give it as a full path") from None
 
 
 def _user_cache_dir() -> Path:
@@ -294,8 +312,59 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool
     files = (f"put the {'four' if training else 'two test-split'} uncompressed IDX files ({', '.join(wanted)}) "
              f"in {raw_dir}{'' if training else ' (the training files are needed only to train)'}, or pass "
              f"--data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/")
-    return DataError(f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}. To fix it, "
+    elsewhere = _found_elsewhere(spec, raw_dir, [name for name in wanted if not (raw_dir / name).is_file()])
+    return DataError(f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}{elsewhere}. To fix it, "
                      + (f"either (1) {files}; or {download}." if download else f"{files}."))
+
+
+def _misplaced(spec: DatasetSpec, root: Path, names: tuple[str, ...]) -> str | None:
+    """Why the files ``names`` of ``root`` cannot be where they are looked for, where that is certain: data.dir
+    names the dataset's own folder, its raw/ folder or a file in it (the files are in that layout one to three
+    levels up), or one of ``names`` is a link to nothing. Said before any download, which would fetch a second
+    copy into a folder nested in the first, or replace the user's link with a file; None otherwise."""
+    raw_dir = spec.raw_dir(root)
+    for parent in root.parents[:3]:
+        if root in (parent / spec.folder, spec.raw_dir(parent)) or root.parent == spec.raw_dir(parent):
+            if all((spec.raw_dir(parent) / name).is_file() for name in names):
+                parent = Path(os.path.abspath(parent))  # "." said as a folder's name
+                return (f"the data folder {root} is inside the one that holds the files, {parent}: mnistlab (as "
+                        f"torchvision) reads {spec.name} from <data folder>/{spec.folder}/raw/, which here is "
+                        f"{raw_dir} (where a download would put a second copy), not {spec.raw_dir(parent)}. Pass "
+                        f"--data-dir {parent} (or set data.dir or MNISTLAB_DATA to it)")
+    for name in names:
+        path = raw_dir / name
+        if path.is_symlink() and not path.exists():  # is_file() is False for it: it would be called missing
+            return (f"{path} is a link to {os.readlink(path)}, which does not exist (a drive not mounted, a file "
+                    "moved?): restore what it points to, or remove the link (data.download then fetches the file)")
+    return None
+
+
+def _found_elsewhere(spec: DatasetSpec, raw_dir: Path, names: list[str]) -> str:
+    """What stands where ``raw_dir`` should be, or where files of ``names`` lie near it but not in it (in the data
+    folder itself, or under a folder named like the dataset in another way: ``mnist/raw``, ``Fashion-MNIST``):
+    a clause for the missing-file error, or "". Such files may be another dataset's, so they are only pointed
+    at, never read."""
+    root = raw_dir.parent.parent
+    for folder in (root, raw_dir.parent, raw_dir):
+        with contextlib.suppress(OSError):
+            if folder.exists() and not folder.is_dir():  # no file can be put in it, nor downloaded there
+                return f"; {'the data folder ' if folder == root else ''}{folder} is a file, not a folder"
+
+    def simple(name: str) -> str:
+        return "".join(c for c in name.lower() if c.isalnum())
+
+    places = [root]
+    with contextlib.suppress(OSError):  # a data folder that is not there, or that may not be listed
+        for entry in sorted(root.iterdir()):
+            if entry.name != spec.folder and simple(entry.name) in (simple(spec.folder), simple(spec.name)):
+                places += [entry, entry / "raw"]
+    for place in places:
+        with contextlib.suppress(OSError):
+            found = [name for name in names if (place / name).is_file()]
+            if found:
+                return (f"; {place} holds {', '.join(found)}, but mnistlab (as torchvision) reads {spec.name} "
+                        f"from {raw_dir} alone: if they are {spec.name}'s files, move them there")
+    return ""
 
 
 def _archives(spec: DatasetSpec, names: list[str]) -> list[tuple[str, str]]:
@@ -601,7 +670,7 @@ def load_raw(
     (torch.Size([10000, 1, 28, 28]), torch.int64)
     """
     spec = _spec(dataset)
-    root = Path(root).expanduser()
+    root = _expand_home(Path(root), "the data folder")
     raw_dir = spec.raw_dir(root)
     training = train if training is None else training
     image_name, label_name = spec.files(train)
@@ -609,6 +678,9 @@ def load_raw(
 
     try:
         if not (image_path.is_file() and label_path.is_file()):
+            misplaced = _misplaced(spec, root, (image_name, label_name))
+            if misplaced is not None:
+                raise DataError(f"{spec.name}: {misplaced}.")
             if not download:
                 raise _missing_error(spec, raw_dir, "files not found and data.download is false", train=train,
                                      training=training)
@@ -782,6 +854,13 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     root = resolve_data_dir(cfg.dir)
     train_images, train_labels = load_raw(spec.name, root, train=True, download=cfg.download)
     test = _test_split(spec, root, cfg.download, training=True)
+    # A copy of the training files under the test files' names: MNIST's MD5s refuse it, but for the datasets without
+    # known MD5s it would load, and the test accuracy would be measured on the images the model trained on.
+    if test.images.shape == train_images.shape and torch.equal(test.images, train_images):
+        (train_name, _), (test_name, _) = spec.files(True), spec.files(False)
+        raise DataError(f"{spec.raw_dir(root) / test_name} holds the same images as {train_name} beside it: the test "
+                        f"split would be the training set, and its accuracy no test. Replace the two t10k-* files "
+                        f"with the {spec.name} test set (or delete them so data.download fetches it).")
 
     n = train_labels.shape[0]
     if not cfg.val_size < n:
