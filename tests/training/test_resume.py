@@ -163,9 +163,12 @@ def test_an_early_stopped_run_trains_on_only_when_resumed_with_new_settings(mnis
     assert (run / "config.toml").read_bytes() == config_toml
 
     # A new patience given on resume wins over the stored one; the counters continue from the checkpoint.
+    stopped = read_checkpoint(run / "last.ckpt")["callbacks"]["EarlyStopping"]["stopped_epoch"]
     patient = train(apply_overrides(cfg, ["early_stopping.patience=5"]), resume=run, quiet=True)
     assert (patient.summary["stopped_by"], patient.summary["epochs"]) == ("max_epochs", 4)
     assert [h["epoch"] for h in patient.fit.history] == [1, 2, 3, 4]
+    # the stop of before the resume is no longer in the state (the report drew it as the run's end)
+    assert stopped == 2 and read_checkpoint(run / "last.ckpt")["callbacks"]["EarlyStopping"]["stopped_epoch"] is None
 
 
 def test_an_interrupted_epoch_counts_its_seconds_from_before_the_interruption(mnist_root, tmp_path, capfd):

@@ -88,6 +88,12 @@ class _StoppingRule(Callback):
     def on_train_begin(self, trainer: TrainerHandle) -> None:
         self._reset()
 
+    def on_epoch_begin(self, epoch: int, trainer: TrainerHandle) -> None:
+        # A run resumed past its stop (more epochs, another patience) trains on: the stop is no longer its end,
+        # and the state in last.ckpt (which the report reads) must not keep saying so.
+        if self.stopped_epoch is not None and epoch > self.stopped_epoch:
+            self.stopped_epoch = None
+
     def _new_best(self, epoch: int, value: float, trainer: TrainerHandle) -> None:
         self.best_value, self.best_epoch = value, epoch
         if self.restore_best_weights:
