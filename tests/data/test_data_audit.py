@@ -152,3 +152,16 @@ def test_test_files_that_are_copies_of_the_training_files_are_refused(tmp_path):
     os.remove(raw / TEST_FILES[0])
     with pytest.raises(DataError, match="missing t10k-images-idx3-ubyte"):  # deleting them is one of the fixes
         load_data(cfg)
+
+
+def test_training_images_of_one_value_are_refused_naming_the_file(tmp_path):
+    # A zero-filled file loaded, and the model refused its std of 0 ("std must be positive, got [0.0]") without a
+    # word of the data.
+    raw = kmnist_files(tmp_path / "KMNIST" / "raw")
+    write_idx(raw / "train-images-idx3-ubyte", np.zeros((12, 28, 28)))
+    with pytest.raises(DataError, match=r"the 10 training images \(of .*KMNIST/raw/train-images-idx3-ubyte\) have "
+                                        r"every pixel 0: there is nothing to learn from"):
+        load_data(DataConfig(dataset="kmnist", dir=str(tmp_path), val_size=2, download=False))
+    write_idx(raw / "train-images-idx3-ubyte", np.pad(np.full((12, 28, 27), 7), ((0, 0), (0, 0), (0, 1))))
+    # one column of another value is enough to learn from
+    assert load_data(DataConfig(dataset="kmnist", dir=str(tmp_path), val_size=2, download=False)).std[0] > 0

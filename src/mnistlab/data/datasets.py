@@ -872,6 +872,10 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     train = Split(train_images.index_select(0, train_idx), train_labels.index_select(0, train_idx), train_idx)
     val = Split(train_images.index_select(0, val_idx), train_labels.index_select(0, val_idx), val_idx)
     mean, std = channel_stats(train.images)  # on the CPU, before the move: cheap and device-independent
+    if not all(std):  # else the model's normalization refused it: "std must be positive", with no word of the data
+        raise DataError(f"the {len(train)} training images (of {spec.raw_dir(root) / spec.files(True)[0]}) have every "
+                        f"pixel {round(mean[0] * 255)}: there is nothing to learn from; the file is damaged, or not "
+                        f"{spec.name}'s images")
     return DataBundle(
         train=train.to(device),
         val=val.to(device),
