@@ -181,7 +181,9 @@ def test_report_command_with_a_real_run(finished_run, tmp_path, capsys, monkeypa
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion.png", "curves.png", "misclassified.png",
                                                                  "per_class.png"]
     assert main(["report", str(tmp_path / "nope")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope'} does not exist; give a run folder" in capsys.readouterr().err
+    assert main(["report", str(run / "config.toml")]) == 2
+    assert f"{run / 'config.toml'} is not a folder; give a run folder" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # where a blank --out would write
     assert main(["report", str(run), "--out", " "]) == 2  # "" would be the current folder, " " a folder named so
     assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]

@@ -165,7 +165,8 @@ def read_run(path: str | Path, *, checkpoint_state: bool = True, predictions: bo
     """
     path = Path(path)
     if not path.is_dir():
-        raise RunFolderError(f"{path} is not a folder; give a run folder (holding summary.json, metrics.csv, ...)")
+        what = "is not a folder" if path.exists() else "does not exist"  # a typo was told it "is not a folder"
+        raise RunFolderError(f"{path} {what}; give a run folder (holding summary.json, metrics.csv, ...)")
     if not is_run_folder(path):
         raise RunFolderError(
             f"{path} is not a run folder: it has none of summary.json, metrics.csv, config.toml "
