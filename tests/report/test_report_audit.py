@@ -106,3 +106,30 @@ def test_edited_and_damaged_files_are_read_or_noted(copy_run, change, check):
 
 def _edit(run, name, f):
     (run / name).write_text(f((run / name).read_text(encoding="utf-8")), encoding="utf-8")
+
+
+def test_the_curves_draw_the_weight_averages_validation_values(monkeypatch):
+    # metrics.csv's ema_val_loss and ema_val_accuracy (with [ema]) were in no figure: the report showed the
+    # average's test accuracy with nothing to judge its epochs by.
+    from matplotlib.axes import Axes
+
+    from mnistlab.report import plots
+
+    drawn, real = [], Axes.plot
+
+    def plot(ax, x, y, **kw):
+        drawn.append((kw["label"], list(y)))
+        return real(ax, x, y, **kw)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    rows = [{"epoch": 1.0, "train_loss": 0.5, "val_loss": 0.4, "train_accuracy": 0.8, "val_accuracy": 0.85,
+             "lr": 0.01},  # resumed with [ema] on from epoch 2: epoch 1 has no average
+            {"epoch": 2.0, "train_loss": 0.3, "val_loss": 0.3, "train_accuracy": 0.9, "val_accuracy": 0.9,
+             "ema_val_loss": 0.25, "ema_val_accuracy": 0.92, "lr": 0.005}]
+    assert plots.curves_png(rows)[:8] == b"\x89PNG\r\n\x1a\n"
+    average = [y for label, y in drawn if label == "weight average, validation"]
+    assert len(average) == 2 and average[0][1] == 0.25 and average[1][1] == pytest.approx(92.0)
+    assert all(y[0] != y[0] for y in average)  # NaN where the epoch has no average: no point drawn
+    drawn.clear()
+    plots.curves_png([{k: v for k, v in r.items() if not k.startswith("ema_")} for r in rows])
+    assert "weight average, validation" not in [label for label, _ in drawn]

@@ -23,6 +23,7 @@ import numpy as np
 
 DPI = 100
 TRAIN, VAL, LR = "#1f77b4", "#ff7f0e", "#2ca02c"
+EMA = "#8c564b"  # the weight average's validation values ([ema]), dashed
 BEST, STOP, CHOSEN = "#2a9d3a", "#d62728", "#9467bd"
 ROW_INCHES = 1.8  # a row of the misclassified grid: an image and its two-line title
 TITLE_PAD_INCHES = 6 / 72  # between an image and its title (matplotlib's default pad, 6 pt)
@@ -66,7 +67,8 @@ def curves_png(
     chosen_epoch: int | None = None,
     chosen_label: str = "early stopping's best epoch",
 ) -> bytes:
-    """Loss, accuracy (train and validation) and learning rate per epoch, side by side.
+    """Loss, accuracy (train and validation, and the weight average's validation values with ``[ema]``) and
+    learning rate per epoch, side by side.
 
     Vertical lines mark ``best_epoch`` (the checkpoint that was tested),
     ``stopped_epoch`` (where early stopping ended training) and ``chosen_epoch``
@@ -76,8 +78,10 @@ def curves_png(
     fig = _figure(13, 3.8)
     axes = fig.subplots(1, 3)
     panels = [
-        (axes[0], "loss", [("train_loss", "train", TRAIN), ("val_loss", "validation", VAL)], 1.0),
-        (axes[1], "accuracy (%)", [("train_accuracy", "train", TRAIN), ("val_accuracy", "validation", VAL)], 100.0),
+        (axes[0], "loss", [("train_loss", "train", TRAIN), ("val_loss", "validation", VAL),
+                           ("ema_val_loss", "weight average, validation", EMA)], 1.0),
+        (axes[1], "accuracy (%)", [("train_accuracy", "train", TRAIN), ("val_accuracy", "validation", VAL),
+                                   ("ema_val_accuracy", "weight average, validation", EMA)], 100.0),
         (axes[2], "learning rate (end of epoch)", [("lr", "learning rate", LR)], 1.0),
     ]
     marker = "o" if epochs is not None and len(epochs) <= 30 else None
@@ -88,7 +92,8 @@ def curves_png(
         for key, label, color in series:
             values = _column(rows, key)
             if values is not None and epochs is not None:
-                ax.plot(epochs, values * scale, marker=marker, ms=4, color=color, label=label)
+                ax.plot(epochs, values * scale, marker=marker, ms=4, color=color, label=label,
+                        ls="--" if color == EMA else "-")
         lines = [
             (best_epoch, BEST, "--", f"best.ckpt, tested (epoch {best_epoch})"),
             (stopped_epoch, STOP, ":", f"early stop (after epoch {stopped_epoch})"),
