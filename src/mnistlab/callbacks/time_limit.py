@@ -15,7 +15,8 @@ Which epoch a limit stops at depends on the machine's speed, so runs with a limi
 repeat exactly only where the same epochs fit. The time used so far is kept in
 checkpoints: a resumed run goes on counting, and resuming with a larger limit
 trains on. A run that had no limit and is resumed with one counts its earlier
-epochs' seconds too.
+epochs' seconds too. An epoch after which the run ends anyway (its last, by
+``epochs`` or ``max_steps``) is never called a stop by the limit.
 
 >>> cb = TimeLimit(20)                 # minutes
 """
@@ -45,11 +46,14 @@ def _duration(seconds: float) -> str:
 
 
 class TimeLimit(Callback):
-    def __init__(self, max_minutes: float, *, epochs: int | None = None, schedule: str | None = None) -> None:
+    def __init__(self, max_minutes: float, *, epochs: int | None = None, schedule: str | None = None,
+                 max_steps: int | None = None) -> None:
         if not (isinstance(max_minutes, (int, float)) and math.isfinite(max_minutes) and max_minutes > 0):
             raise ConfigError(f"TimeLimit: max_minutes must be a positive number, got {max_minutes!r}")
         self.max_minutes = float(max_minutes)
-        self.epochs, self.schedule = epochs, schedule  # the run's, for the warning about a schedule cut short
+        # The run's train.epochs, schedule and train.max_steps: where it ends anyway, and the warning about a
+        # schedule cut short (the schedule spans max_steps where they come before the last epoch).
+        self.epochs, self.schedule, self.max_steps = epochs, schedule, max_steps
         self._reset()
 
     def _reset(self) -> None:
@@ -66,17 +70,24 @@ class TimeLimit(Callback):
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         self.used += metrics["seconds"]
         self.longest = max(self.longest, metrics["seconds"])
-        if epoch == 1 and self.schedule in _DECAYING and self.epochs is not None and self.longest > 0:
+        # The run ends after this epoch anyway (its last epoch, or train.max_steps reached): the limit stops nothing.
+        last = (self.epochs is not None and epoch >= self.epochs) or (
+            self.max_steps is not None and trainer.step >= self.max_steps)
+        if epoch == 1 and not last and self.schedule in _DECAYING and self.epochs is not None and self.longest > 0:
+            planned = self.epochs
+            if self.max_steps is not None and trainer.step > 0:  # epoch 1's steps: the epoch's length
+                planned = min(planned, -(-self.max_steps // trainer.step))
+            # The epochs that will run: the first always does, then each while the next fits. Compared as
+            # fits < planned, a run of one epoch longer than the limit was told "1 of the 1 epochs" fit.
             fits = 60 * self.max_minutes / self.longest  # not //: inf // x is NaN (a limit of 1e308 minutes)
-            if fits < self.epochs:
-                fit = max(1, int(fits))
+            fit = max(1, int(min(fits, planned)))
+            if fit < planned:
                 log.warning(
                     "time limit: at %s an epoch, about %d of the %d epochs fit in %g min, but the %s schedule is "
                     "planned over all %d: training will stop while its rate is still high (--epochs %d would end "
-                    "it in time)", _duration(self.longest), fit, self.epochs, self.max_minutes, self.schedule,
-                    self.epochs, fit,
+                    "it in time)", _duration(self.longest), fit, planned, self.max_minutes, self.schedule,
+                    planned, fit,
                 )
-        last = self.epochs is not None and epoch >= self.epochs  # the run ends anyway: the limit stopped nothing
         if not last and self.used + self.longest > 60 * self.max_minutes:
             trainer.request_stop(
                 f"time limit of {self.max_minutes:g} min: {_duration(self.used)} of training used after epoch {epoch}, "

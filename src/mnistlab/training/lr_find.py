@@ -104,6 +104,8 @@ def steepest_descent(lrs: Sequence[float], smoothed: Sequence[float], skip_begin
     >>> steepest_descent([1, 2, 3, 4, 5, 6], [5.0, 4.9, 4.0, 2.0, 1.9, 1.8], skip_begin=0, skip_end=0)
     3
     """
+    if not smoothed:  # a loss not finite at the first step ends the test before any step is recorded
+        return None
     stop = len(smoothed) - skip_end
     end = min(stop, int(np.argmin(smoothed)) + 1)
     if end - skip_begin < 3:
