@@ -437,13 +437,25 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     for i in sorted({*range(0, len(result.lrs), every), len(result.lrs) - 1} - {-1}):
         print(f"{i + 1:>5}  {result.lrs[i]:8.1e}  {result.losses[i]:7.4f}  {result.smoothed[i]:7.4f}")
     print(f"stopped: {result.stop_reason}")
-    if result.suggestion is None and len(result.lrs) < MIN_STEPS:
+    s = result.smoothed
+    if result.suggestion is None and not result.lrs:
+        # The first loss is the untrained model's, before any update: no rate made it overflow.
+        print("no suggestion: the loss (or its gradients) was not finite at the first step, before any update, so "
+              "no learning rate can change it; look at what overflows: train.class_weights, train.precision, "
+              "finetune.init_from's weights or the data")
+    elif result.suggestion is None and len(result.lrs) < MIN_STEPS:
         print(f"no suggestion: only {len(result.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise "
               "--steps")
+    elif result.suggestion is None and min(s) > 0.99 * s[0] and max(s) < 1.05 * s[0]:
+        # Neither fell nor rose: the rates up to --max-lr were too small to move the weights in these steps (the
+        # lowest average then lands on an early step by noise, and "lower --max-lr" would be the wrong advice).
+        print(f"no suggestion: the average loss hardly changed ({s[0]:.4f} at the start, {min(s):.4f} at its "
+              f"lowest, {s[-1]:.4f} at the end): up to {result.lrs[-1]:.1e} the rates are too small to train in "
+              "these steps; raise --max-lr")
     elif result.suggestion is None:
         # With enough steps this is the one way to get none: the lowest average came so early that under 3
         # steps lie between the skipped ones and it (a loss still falling at the end gives a suggestion).
-        lowest_step = min(range(len(result.smoothed)), key=result.smoothed.__getitem__) + 1
+        lowest_step = min(range(len(s)), key=s.__getitem__) + 1
         print(f"no suggestion: the average loss was lowest at step {lowest_step}, too early to see it fall after "
               f"the first {SKIP_BEGIN} steps (skipped while the average settles); lower --max-lr or raise --steps, "
               "so that the rates rise more slowly")

@@ -149,6 +149,23 @@ def test_a_loss_lowest_within_the_skipped_steps_asks_for_a_slower_rise(mnist_roo
         "lower --max-lr or raise --steps, so that the rates rise more slowly")
 
 
+def test_rates_too_small_to_move_the_loss_ask_for_a_higher_max_lr(mnist_root, tmp_path, monkeypatch, capsys):
+    # The average hardly changes, its lowest point lands on an early step by noise, and the advice was the
+    # one for a loss that rises at once: "lower --max-lr", which makes the rates smaller still.
+    monkeypatch.chdir(tmp_path)
+    args = ["lr-find", "--data-dir", str(mnist_root), "--set", "data.train_limit=500", "--set", "data.val_size=100",
+            "--model", "cnn", "--set", "model.width=0.25", "--batch-size", "32", "--steps", "30", "--threads", "1"]
+    assert main([*args, "--min-lr", "1e-12", "--max-lr", "1e-11"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("no suggestion: "))
+    assert line.startswith("no suggestion: the average loss hardly changed (") and line.endswith(
+        "up to 1.0e-11 the rates are too small to train in these steps; raise --max-lr")
+    # A first loss that overflows, before any update: no rate is to blame (it raised ValueError from argmin)
+    assert main([*args, "--set", f"train.class_weights={[1e38] * 10}"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("no suggestion: "))
+    assert line.startswith("no suggestion: the loss (or its gradients) was not finite at the first step, before any "
+                           "update, so no learning rate can change it")
+
+
 def test_the_command_refuses_a_plot_it_cannot_write_before_reading_any_data(tmp_path, capsys):
     code = main(["lr-find", "--data-dir", str(tmp_path / "no-data-here"), "--plot", str(tmp_path)])
     assert code == 2
