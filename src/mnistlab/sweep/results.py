@@ -63,6 +63,8 @@ def collect(study, spec: SweepSpec) -> list[TrialRow]:
 
 
 def _value(v: Any) -> str:
+    if v is None:  # an optional key listed as "none" (unset), as the sweep file gives it
+        return "none"
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v).replace(" ", "")
@@ -98,9 +100,16 @@ def write_csv(rows: Sequence[TrialRow], spec: SweepSpec, path: Path) -> Path:
     w.writerow(["trial", "state", spec.objective, *keys, "epochs", "seconds", "run_dir", "note"])
     for r in rows:
         w.writerow([r.number, r.state, "" if r.value is None else repr(r.value),
-                    *(r.params.get(k, "") for k in keys), r.epochs, r.seconds, r.run_dir, r.note])
+                    *(_csv_value(r.params, k) for k in keys), r.epochs, r.seconds, r.run_dir, r.note])
     path.write_text(buf.getvalue(), encoding="utf-8")
     return path
+
+
+def _csv_value(params: dict[str, Any], key: str) -> Any:
+    """A trial's value of a key in results.csv: empty where the trial drew none, ``none`` where it was unset."""
+    if key not in params:
+        return ""
+    return "none" if params[key] is None else params[key]
 
 
 def best_toml(spec: SweepSpec, best: TrialRow, path: Path) -> str:

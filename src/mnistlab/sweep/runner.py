@@ -40,8 +40,8 @@ from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
 from ..folders import missing_folders, probe_write, remove_empty
 from ..report.runfolder import is_run_folder
-from .spec import (SweepSpec, apply_params, fingerprint, fingerprint_changes, grid_points, point_key, space_size,
-                   too_many_trials)
+from .spec import (SEED_LIMIT, SweepSpec, apply_params, describe_changes, fingerprint, fingerprint_changes,
+                   grid_points, point_key, space_size, too_many_trials)
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
 MAX_FAILURES_IN_A_ROW = 3  # a config that cannot train (a bad combination of values) should not loop forever
@@ -142,14 +142,15 @@ def open_study(spec: SweepSpec, url: str, *, worker: int = 0):
     elif changed := fingerprint_changes(mine, stored):
         raise ConfigError(
             f"the study {spec.study_name!r} in {url} was started by a different sweep (it differs in: "
-            f"{', '.join(changed)}); trials of different searches are not mixed: choose another --out or "
-            "sweep.study_name, or restore the sweep file"
+            f"{', '.join(changed)}): {describe_changes(mine, stored)}; trials of different searches are not mixed: "
+            "choose another --out or sweep.study_name, or restore the sweep file"
         )
     # Each process, and each rerun, draws its own stream: the same seed in two workers (or after
     # Ctrl-C) would otherwise propose the very trials already run. One uninterrupted process
-    # with a given seed proposes the same trials every time.
-    study.sampler = make_sampler(spec, seed=spec.seed + 7919 * worker + len(study.get_trials(deepcopy=False)),
-                                 taken=lambda: taken_params(study, optuna))
+    # with a given seed proposes the same trials every time. Wrapped into the samplers' 32-bit range: a
+    # seed near 2**32 - 1 would otherwise be refused by NumPy in the second worker or on the first rerun.
+    seed = (spec.seed + 7919 * worker + len(study.get_trials(deepcopy=False))) % SEED_LIMIT
+    study.sampler = make_sampler(spec, seed=seed, taken=lambda: taken_params(study, optuna))
     return study
 
 

@@ -38,6 +38,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 # Selection happens on the validation split only; the test split stays unseen until a trial's final test.
 OBJECTIVES = ("val_accuracy", "val_loss", "val_error", "ema_val_accuracy", "ema_val_loss")
 DEFAULT_TRIALS = 20  # tpe / random when [sweep] gives no count (fewer where the params take fewer combinations)
+SEED_LIMIT = 2**32  # Optuna's samplers seed NumPy's RandomState, which takes 0 to 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -218,11 +219,20 @@ def sweep_from_dict(
             '[early_stopping] criterion is "none"; set one (e.g. criterion = "patience" with a baseline, or "gl")'
         )
     seed = _integer(sweep, "seed", 0, minimum=0)
+    if seed >= SEED_LIMIT:  # else the sampler's traceback when the study opens, after the folder is made
+        raise ConfigError(f"sweep.seed must be below 2**32 = {SEED_LIMIT} (Optuna's samplers take 32-bit seeds), "
+                          f"got {seed}")
     workers = _integer(sweep, "workers", 1, minimum=1)
     storage = sweep.get("storage")
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
         raise ConfigError(f"{_said('storage', storage, flags)} is not a database URL; use e.g. "
                           "\"sqlite:///study.db\" or \"postgresql://user@host/db\" (default: sqlite:///<out>/study.db)")
+    if storage is not None and _in_memory(storage):
+        # Each process would hold a study of its own, gone when it ends: workers would run the whole count each,
+        # into the same trial folders, and the same command could not continue the sweep.
+        raise ConfigError(f"{_said('storage', storage, flags)} is an in-memory database, which ends with the "
+                          "process: workers could not share it and the sweep could not be continued; give a file "
+                          "(\"sqlite:///study.db\") or leave storage out (default: sqlite:///<out>/study.db)")
     study_name = sweep.get("study_name", "sweep")
     if not isinstance(study_name, str) or not study_name.strip():
         raise ConfigError(f"sweep.study_name must be a non-empty string, got {study_name!r}")
@@ -265,6 +275,20 @@ def too_many_trials(spec: SweepSpec) -> str | None:
     grid = '; sampler = "grid" runs each of them in turn' if all(p.type == "categorical" for p in spec.params) else ""
     return (f"{spec.trials} trials asked for, but the params take only {size} distinct combinations ({dims}); no "
             f"trial repeats another's values, so the sweep ends after {size}{grid}")
+
+
+def _in_memory(url: str) -> bool:
+    """Whether a database URL is SQLite in memory, as SQLAlchemy reads it: no file (``sqlite://``), ``:memory:``,
+    or a ``mode=memory`` URI.
+
+    >>> [_in_memory(u) for u in ("sqlite://", "sqlite:///:memory:", "sqlite:///study.db", "postgresql://h/db")]
+    [True, True, False, False]
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+")[0].lower() != "sqlite":
+        return False
+    path, _, query = rest.partition("?")
+    return path in ("", "/", "/:memory:") or "mode=memory" in query.lower()
 
 
 def _said(key: str, value: Any, flags: Collection[str]) -> str:
@@ -335,11 +359,12 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: choices must be a non-empty list, got {choices!r}")
+        given, choices = choices, [_none_word(base, key, c) for c in choices]
         # 1 and 1.0 are one value to the config (a float field takes both): the same point twice
         same = [float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else repr(_label(c))
                 for c in choices]
         if len(set(same)) != len(same):
-            raise ConfigError(f"{where}: choices repeat a value: {choices}")
+            raise ConfigError(f"{where}: choices repeat a value: {given}")
         param = Param(key, "categorical", choices=tuple(choices))
         values = list(param.values_to_check())
     else:
@@ -379,6 +404,20 @@ def _param(key: str, spec: Any, sampler: str, base: Config) -> Param:
                 raise ConfigError(f"{where}: a draw next to {bound:g} ({inside:g}) is refused ({e}); give a range "
                                   "whose every value is valid, or list the values to try") from None
     return param
+
+
+def _none_word(base: Config, key: str, choice: Any) -> Any:
+    """The word "none" in a list of values: unset (None) for an optional key, as ``--set key=none`` reads it.
+    TOML has no null, so ``"train.grad_clip" = ["none", 1.0]`` is how a file lists "off" beside a value; a key
+    with "none" as a choice of its own (early_stopping.criterion) keeps the word."""
+    if not (isinstance(choice, str) and choice.lower() in ("none", "null")):
+        return choice
+    try:
+        cfg = apply_overrides(base, {key: None})  # a key with the word as a choice gets the word back
+    except ConfigError:
+        return choice  # not optional: the word, refused below with the config's own message
+    section, _, name = key.partition(".")
+    return None if getattr(getattr(cfg, section), name) is None else choice
 
 
 def _check_step(where: str, low: float, high: float, step: float) -> None:
@@ -477,14 +516,81 @@ def fingerprint_changes(mine: dict[str, Any], stored: dict[str, Any]) -> list[st
     """The parts of a study's stored ``fingerprint`` that this sweep's differs in (none: the same sweep).
 
     A config key added to mnistlab after the study began (``train.max_steps``, say) is not in the stored base;
-    at its default it trains what the older version trained, so it does not make the sweep another.
+    at its default it trains what the older version trained, so it does not make the sweep another. The params
+    compare by key: the order of the lines in [sweep.params] changes no trial.
     """
+    return sorted({part for part, _ in _differences(mine, stored)})
+
+
+def describe_changes(mine: dict[str, Any], stored: dict[str, Any], most: int = 6) -> str:
+    """What differs from the study's stored ``fingerprint``, key by key, for the refusal to say what to restore:
+    ``train.batch_size = 32 (the study's: 256); sweep.sampler = "tpe" (the study's: "grid")``."""
+    details = [detail for _, detail in _differences(mine, stored)]
+    more = f"; and {len(details) - most} more" if len(details) > most else ""
+    return "; ".join(details[:most]) + more
+
+
+def _differences(mine: dict[str, Any], stored: dict[str, Any]) -> list[tuple[str, str]]:
+    """(part, what differs in it) for each difference between two fingerprints."""
     from ..config import Config, config_to_dict
 
+    found: list[tuple[str, str]] = []
     defaults, base = json.loads(json.dumps(config_to_dict(Config()))), mine["base"]
     old = stored.get("base")
     if isinstance(old, dict):
         base = {section: {key: value for key, value in keys.items()
                           if key in (old.get(section) or {}) or value != defaults.get(section, {}).get(key)}
                 for section, keys in base.items()}
-    return sorted(k for k in mine if (base if k == "base" else mine[k]) != stored.get(k))
+        for section in sorted(set(base) | set(old), key=str):
+            now, then = base.get(section) or {}, old.get(section)
+            then = then if isinstance(then, dict) else {}
+            for key in sorted(set(now) | set(then), key=str):
+                if now.get(key, _MISSING) != then.get(key, _MISSING):
+                    found.append(("base", f"{section}.{key} = {_shown(now.get(key, _MISSING))} "
+                                          f"(the study's: {_shown(then.get(key, _MISSING))})"))
+    elif base != old:
+        found.append(("base", "the base config (the study holds none)"))
+    params, old_params = _by_key(mine["params"]), _by_key(stored.get("params"))
+    if params != old_params:
+        if old_params is None:
+            found.append(("params", "[sweep.params] (the study holds none)"))
+        else:
+            for key in [*params, *(k for k in old_params if k not in params)]:
+                now, then = params.get(key, _MISSING), old_params.get(key, _MISSING)
+                if now != then:
+                    found.append(("params", f'sweep.params."{key}" = {_shown_param(now)} '
+                                            f"(the study's: {_shown_param(then)})"))
+    for part in sorted(k for k in mine if k not in ("base", "params")):
+        if mine[part] != stored.get(part):
+            found.append((part, f"sweep.{part} = {_shown(mine[part])} (the study's: "
+                                f"{_shown(stored.get(part, _MISSING))})"))
+    return found
+
+
+_MISSING = object()  # a key one side of a comparison does not hold
+
+
+def _by_key(params: Any) -> dict[str, Any] | None:
+    """A fingerprint's params as {key: the rest}; None for what is not a list of them (a damaged attribute)."""
+    if not isinstance(params, list) or not all(isinstance(p, dict) and isinstance(p.get("key"), str) for p in params):
+        return None
+    return {p["key"]: {k: v for k, v in p.items() if k != "key"} for p in params}
+
+
+def _shown(value: Any) -> str:
+    """A fingerprint value as TOML writes it (none for None)."""
+    if value is _MISSING:
+        return "not set"
+    return "none" if value is None else json.dumps(value)
+
+
+def _shown_param(p: Any) -> str:
+    """A fingerprint's param as the sweep file gives it: its list of values, or its range."""
+    if p is _MISSING:
+        return "not searched"
+    if p.get("type") == "categorical":
+        return json.dumps(p.get("choices"))
+    # "is": a low of 0 is shown (0 == False); an unset step and log = false are not
+    bounds = ", ".join(f"{k} = {_shown(p[k])}" for k in ("low", "high", "step", "log")
+                       if p.get(k) is not None and p.get(k) is not False)
+    return f'{{type = "{p.get("type")}", {bounds}}}'
