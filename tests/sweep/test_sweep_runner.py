@@ -185,6 +185,17 @@ def test_report_to_trial_reports_each_epoch_and_stops_through_the_handle():
     for epoch in (1, 2, 3):
         cb.on_epoch_end(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, handle)
     assert cb.pruned_at is None and handle.stop_reason is None
+    # ... nor after the epoch where train.max_steps ends it (10 steps an epoch here; it was pruned, and so could
+    # not become the best, though it had trained all it was to train)
+    trial, handle = Trial(prune_at=2), FakeHandle()
+    cb = ReportToTrial(trial, "val_loss", epochs=5, max_steps=20)
+    for epoch in (1, 2):
+        handle.step = 10 * epoch
+        cb.on_epoch_end(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, handle)
+    assert cb.pruned_at is None and handle.stop_reason is None
+    cb, handle.step = ReportToTrial(Trial(prune_at=1), "val_loss", epochs=5, max_steps=20), 10
+    cb.on_epoch_end(1, {"val_loss": 1.0, "val_accuracy": 0.5}, handle)
+    assert cb.pruned_at == 1
 
 
 def test_a_trial_left_running_by_a_dead_process_is_failed_and_rerun(fake_train, tmp_path):
