@@ -96,13 +96,20 @@ def _sqlite_path(url: str) -> str:
 
     >>> _sqlite_path("sqlite:////tmp/q%3Fx/study.db"), _sqlite_path("postgresql://h/db")
     ('/tmp/q?x/study.db', '')
+    >>> _sqlite_path("sqlite+pysqlite:////tmp/study.db")  # a driver named: SQLite all the same, and as shared
+    '/tmp/study.db'
     """
-    if not url.startswith("sqlite:///"):
+    if not _is_sqlite(url) or "///" not in url:
         return ""
     from sqlalchemy.engine import make_url  # optuna's dependency: there whenever a sweep runs
 
     path = make_url(url).database or ""
     return "" if path == ":memory:" else path
+
+
+def _is_sqlite(url: str) -> bool:
+    """``sqlite:`` with or without a driver (``sqlite+pysqlite:``): the spellings SQLAlchemy reads as SQLite."""
+    return url.partition(":")[0].split("+")[0].lower() == "sqlite"
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -127,7 +134,7 @@ def study_lock(url: str):
 def open_study(spec: SweepSpec, url: str, *, worker: int = 0):
     """Create the study, or load it to continue; refuse one that was started by a different sweep."""
     optuna = require_optuna()
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:") else {}
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if _is_sqlite(url) else {}
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 -- SQLAlchemy raises many types for a bad URL or an unreachable server
