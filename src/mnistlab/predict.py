@@ -15,7 +15,8 @@ user's file needs first:
 2. invert it when the ink is darker than the background (a digit on paper,
    also on dim grey paper): the background is the median of the border
    pixels, and the ink the extreme, darkest or lightest, furthest from it;
-3. subtract the background level and stretch so the strongest ink is 1;
+3. even out the lighting where the border shows a trend (a photo lit from one side, darker corners; see
+   ``_even_lighting``), subtract the background level and stretch so the strongest ink is 1;
 4. crop to the ink: on a clean background every pixel that is not background,
    on a noisy one (a photo) the clear ink plus its faint edge (see ``_ink_box``);
 5. resize so the longer side is ``box`` pixels (20 for MNIST), bilinear with
@@ -64,6 +65,7 @@ INK_THRESHOLD = 0.2  # ink level (0..1, after stretching) that surely is ink, no
 FRINGE = 2  # pixels of faint edge the crop may add on each side (a 28x28 MNIST digit has 1-2)
 SPECK_SHARE = 0.001  # on a noisy background, lines at the crop's ends holding no more of the clear ink are left out
 FIELD = 28  # output size in pixels
+LIGHTING_TREND = 0.05  # a background varying by more than this share of the ink's contrast is evened out
 
 
 class ImageFileError(MnistlabError):
@@ -245,7 +247,9 @@ def _composited(img: Image.Image, path: Path) -> np.ndarray:
     gray, alpha = la[..., 0], la[..., 1]
     if alpha.min() == 1.0:
         return gray
-    opaque = gray[alpha >= 0.5]
+    # The opaque pixels; where none is half opaque (a brush at 40% opacity), the most opaque ones: with none,
+    # light ink was taken for dark, got a light background, and the image was called blank.
+    opaque = gray[alpha >= min(0.5, float(alpha.max()))]
     tone = float(np.median(opaque)) if opaque.size else 0.0
     # Paper holds ink: opaque pixels of another tone than the paper's. Opaque pixels of one tone are the ink
     # itself, on a transparent layer (a drawing app's export), however much of the canvas it covers.
@@ -279,8 +283,10 @@ def preprocess(gray: np.ndarray, dataset: str = "mnist") -> np.ndarray:
     background = float(np.median(border))
     # MNIST digits are light on black: invert where the ink is darker than the paper, that is where the
     # image reaches further below the border's tone than above it (dark ink on dim grey paper as well).
-    if background - float(g.min()) > float(g.max()) - background:
+    dark_ink = background - float(g.min()) > float(g.max()) - background
+    if dark_ink:
         g, background = 1.0 - g, 1.0 - background
+    g, background = _even_lighting(g, background, dark_ink)
     peak = float(g.max())
     if peak - background < 0.1:
         raise ImageFileError("no digit found: the image is blank (its ink differs from the background by under 10%)")
@@ -310,6 +316,50 @@ def preprocess(gray: np.ndarray, dataset: str = "mnist") -> np.ndarray:
     out = np.zeros((FIELD, FIELD), dtype=np.float64)
     out[top : top + new_h, left : left + new_w] = ink
     return np.round(out * 255.0).astype(np.uint8)
+
+
+def _even_lighting(g: np.ndarray, background: float, dark_ink: bool) -> tuple[np.ndarray, float]:
+    """``g`` (ink lighter than the background) and its background level, with the background's smooth trend taken
+    out where its border shows one: a photo of paper lit from one side, or darker in the corners.
+
+    Uncorrected, the dim side of the paper stood out from the bright side as much as faint ink does, and the crop
+    took it in: the digit shrank to a corner of its box beside a grey ramp (from paper lit 70% to 100% across).
+    The trend is a quadratic surface fitted to the border pixels (exact for a linear falloff and a round
+    vignette), leaving out ink that touches the border. A trend under ``LIGHTING_TREND`` of the ink's contrast (a
+    scan, a drawing, an MNIST image, evenly lit paper) leaves the image as it is. Dim light darkens ink and
+    paper alike (it multiplies both), so dark ink is divided by the paper's level; light ink on a dark
+    background has the background's level subtracted.
+    """
+    h, w = g.shape
+    if min(h, w) < 8:  # the border is most of the image: no trend to tell from the ink
+        return g, background
+    y, x = np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w)
+    ring = [(y[0], x), (y[-1], x), (y[1:-1], x[0]), (y[1:-1], x[-1])]  # top, bottom, left, right
+    by = np.concatenate([np.broadcast_to(a, np.broadcast(a, b).shape) for a, b in ring])
+    bx = np.concatenate([np.broadcast_to(b, np.broadcast(a, b).shape) for a, b in ring])
+    values = np.concatenate([g[0], g[-1], g[1:-1, 0], g[1:-1, -1]])
+    terms = np.stack([np.ones_like(bx), bx, by, bx * bx, by * by, bx * by], axis=1)
+    # Ink on the border would pull the fit up: start from the border's darker half, which is background (its
+    # median is), then take in each pixel that lies within the noise of the fit, and fit again.
+    keep = values <= background
+    for _ in range(4):
+        coef = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0]
+        residual = values - terms @ coef
+        spread = 1.4826 * float(np.median(np.abs(residual[keep])))  # the noise's standard deviation, robustly
+        keep = residual <= 3 * spread + 1 / 255
+    on_border = terms @ coef
+    low, high = float(on_border.min()), float(on_border.max())
+    if high - low < LIGHTING_TREND * max(float(g.max()) - background, 1e-6):
+        return g, background
+    # Inside, the surface is held to the levels it has on the border, where it was measured: a quadratic fitted
+    # to a border partly hidden by ink may bulge in the middle, and a bulge upwards would take away ink.
+    surface = (coef[0] + coef[1] * x + coef[3] * x * x)[None, :] + (coef[2] * y + coef[4] * y * y)[:, None]
+    surface = np.clip(surface + coef[5] * np.outer(y, x), low, high)
+    if dark_ink:  # (1 - g) / (1 - surface) is the original image over the paper's own level, 1 on paper
+        flat = (g - surface) / np.maximum(1.0 - surface, 1 / 255)
+    else:
+        flat = g - surface
+    return flat, float(np.median(np.concatenate([flat[0], flat[-1], flat[:, 0], flat[:, -1]])))
 
 
 def _ink_box(ink: np.ndarray, noise: float) -> tuple[int, int, int, int]:
