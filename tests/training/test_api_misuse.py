@@ -122,6 +122,23 @@ def test_evaluate_given_the_whole_data_bundle_says_which_split_to_pass(mnist_sma
         evaluate(small_model(mnist_small), mnist_small)
 
 
+def test_evaluate_refuses_labels_the_model_has_no_output_for(mnist_small):
+    # cross-entropy's "Target 12 is out of bounds" said nothing of a split from another dataset
+    from mnistlab.data import Split
+    from mnistlab.errors import DataError
+
+    model, test = small_model(mnist_small), mnist_small.test
+    images = test.images[:20]
+    for labels, message in [(torch.full((20,), 12), r"the labels go up to 12, but the model has 10 outputs "
+                                                    r"\(classes 0 to 9\): the split is of another dataset"),
+                            (torch.full((20,), -1), r"the labels must be class indices from 0, got -1")]:
+        for shift in (0, 1):
+            with pytest.raises(DataError, match=message):
+                evaluate(model, Split(images, labels), tta_shift=shift)
+    ev = evaluate(model, Split(images, test.labels[:20]))
+    assert ev.labels.numel() == 20 and not ev.probabilities.requires_grad  # no autograd graph built
+
+
 def test_a_registered_builder_must_return_a_net_and_may_be_registered_again(mnist_small):
     names = ["api_misuse_plain", "api_misuse_tiny"]
     try:

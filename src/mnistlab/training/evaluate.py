@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import shift_images
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.base import has_forward_hooks, image_batch
 from ..models.summary import output_bytes
 from ..data.batching import iterate_batches, to_float
@@ -180,6 +180,14 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
         return torch.cat(outs)
 
 
+def _check_labels(top: int, outputs: int) -> None:
+    """Refuse labels the model has no output for, before the loss: cross-entropy's "Target 12 is out of bounds"
+    (or a CUDA assert) said nothing of a split from another dataset, or a model with another head."""
+    if top >= outputs:
+        raise DataError(f"evaluate(): the labels go up to {top}, but the model has {outputs} outputs (classes 0 to "
+                        f"{outputs - 1}): the split is of another dataset than the model was made for")
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -221,17 +229,22 @@ def evaluate(
                           "shifts of 1-3 pixels are the useful ones")
     total_loss = torch.zeros((), dtype=torch.float64)
     preds, probs, done = [], [], 0
+    low, top = (int(split.labels.min()), int(split.labels.max())) if split.labels.numel() else (0, -1)
+    if low < 0:
+        raise DataError(f"evaluate(): the labels must be class indices from 0, got {low}")
     with eval_mode(model):
         forward = _inference(model)
         batch_size = rows_per_pass(model, split.images[:1], batch_size)
         for x, y in iterate_batches(split, batch_size):
             if tta_shift:
                 p = torch.stack([forward(v).float().softmax(1) for v in tta_views(x, tta_shift)]).mean(0)
+                _check_labels(top, p.shape[1])
                 # cross_entropy of log p is that of p (p sums to 1), label smoothing included
                 total_loss += F.cross_entropy(p.clamp_min(1e-12).log(), y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
             else:
                 logits = forward(x).float()
+                _check_labels(top, logits.shape[1])
                 total_loss += F.cross_entropy(logits, y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
                 p = logits.softmax(1)
