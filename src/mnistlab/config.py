@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+import operator
 import os
 import re
 import string
@@ -733,7 +735,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise  # the right type, a value it cannot hold: that is the message, not "wrong type"
             except ConfigError:
                 pass
-        raise _wrong_type(key, value, _type_name(tp))
+        raise _wrong_type(key, value, _type_name(tp) + (" (true or false)" if bool in args else ""))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _wrong_type(key, value, f"a list ({_type_name(tp)})")
@@ -747,12 +749,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        # numbers.Integral: NumPy's integers too (a seed from np.arange), stored as int: config.toml writes repr()
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = operator.index(value)
             if abs(value) > 2**64:  # past every field's sense (seeds go to 2**64 - 1); float maths would overflow
                 raise _BadValue(f"{key} = {_digits(value)} is too large (at most 2**64)")
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # numbers.Real: np.float32 and NumPy's integers too (np.float64 is a float already), stored as float
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             try:
                 return float(value)
             except OverflowError:  # an integer of hundreds of digits
@@ -766,7 +771,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise _BadValue(f"{key} = '{shown}' is not UTF-8 text, which config.toml and the checkpoints "
                                   "store: rename the file or folder") from None
             return value
-    raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}")
+    raise ConfigError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}"
+                      f"{' (true or false)' if tp is bool else ''}")
 
 
 class _BadValue(ConfigError):
@@ -884,12 +890,40 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         try:
             value = _coerce(value, types_[key], dotted)
         except ConfigError:
-            # A text key given a word TOML reads as something else (data.dir=2024, a date, true): the text as typed.
-            if dotted not in texts or isinstance(value, str) or not _takes_text(types_[key]):
+            if dotted not in texts:  # a value from Python, not the command line's text: no second reading
                 raise
-            value = texts[dotted]
+            if value == texts[dotted]:  # text TOML could not read: .5 and True are still plainly a float, a bool
+                loose = _loose_value(value, types_[key])
+                if loose is None:
+                    raise
+                value = _coerce(loose, types_[key], dotted)
+            elif not isinstance(value, str) and _takes_text(types_[key]):
+                # A text key given a word TOML reads as something else (data.dir=2024, a date, true): the text as
+                # typed.
+                value = texts[dotted]
+            else:
+                raise
         changes.setdefault(section, {})[key] = value
     return replace(cfg, **{section: replace(getattr(cfg, section), **kv) for section, kv in changes.items()})
+
+
+def _loose_value(text: str, tp: Any) -> bool | float | None:
+    """A ``--set`` value that TOML refuses but that is one value of ``tp`` beyond doubt, else None: a float as
+    Python and the flags read it (``--lr .5`` worked, ``--set optimizer.lr=.5`` was "the wrong type"), a bool
+    in any case (``True``, Python's). Words such as yes or 1 stay errors: true or false is asked for.
+
+    >>> [_loose_value(text, tp) for text, tp in ((".5", float), ("-5.", float | None), ("True", bool), ("yes", bool))]
+    [0.5, -5.0, True, None]
+    """
+    kinds = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    if bool in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if float in kinds:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return None
 
 
 def _takes_text(tp: Any) -> bool:
