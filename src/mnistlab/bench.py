@@ -132,8 +132,13 @@ def machine_description(device: torch.device | None = None) -> str:
     """One line: :func:`~mnistlab.machine.cpu_name`, whether it has bf16 instructions (which ``train.precision``
     auto uses) or fp16 ones, cores, torch version, threads (and the GPU, if used)."""
     native = [f"{p} instructions" for p, has in (("bf16", native_bf16()), ("fp16", native_fp16())) if has]
-    text = (f"{cpu_name()}{' with ' * bool(native)}{' and '.join(native)}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"load average {os.getloadavg()[0]:.1f} at start")
+    text = (f"{cpu_name()}{' with ' * bool(native)}{' and '.join(native)}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if hasattr(os, "getloadavg"):  # Unix's: on Windows bench stopped here with an AttributeError
+        try:
+            text += f", load average {os.getloadavg()[0]:.1f} at start"
+        except OSError:  # "load average unobtainable"
+            pass
     if device is not None and device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
     return text

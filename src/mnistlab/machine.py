@@ -8,23 +8,63 @@ with AVX-512 (and bf16 instructions), one with AVX2 only.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
+import sys
 
 import torch
 
 
 @functools.cache  # one lscpu per process: every run's summary.json and every benchmark line ask
 def cpu_name() -> str:
-    """The CPU's model name (lscpu's, else the platform's) and torch's CPU capability, e.g. "AMD EPYC (AVX2)"."""
-    model = platform.processor() or platform.machine()
+    """The CPU's model name and torch's CPU capability, e.g. "AMD EPYC (AVX2)".
+
+    The name is lscpu's, else /proc/cpuinfo's (a container without util-linux), else macOS's, else the
+    platform's ("x86_64", which tells two machines apart no better than nothing).
+    """
+    model = None
     try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
+        # lscpu translates its labels ("Modellname:" under LANG=de_DE): read in the C locale, or the name was lost
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5,
+                              env={**os.environ, "LC_ALL": "C"}).stdout
+        model = lscpu_model(text)
     except (OSError, subprocess.SubprocessError):
         pass
+    model = model or cpuinfo_model(_cpuinfo())
+    if not model and sys.platform == "darwin":
+        try:
+            model = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                   timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    model = model or platform.processor() or platform.machine()
     return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def lscpu_model(text: str) -> str | None:
+    """The model name in lscpu's (C locale) output; a CPU of two kinds of cores (ARM's big.LITTLE lists a
+    "Model name:" per cluster) gives both, e.g. "Cortex-A55 + Cortex-A76". None where it names none.
+
+    >>> lscpu_model("Architecture:  x86_64\\nModel name:    AMD EPYC 7B13\\n")
+    'AMD EPYC 7B13'
+    """
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("Model name:")]
+    names = list(dict.fromkeys(n for n in names if n and n != "-"))  # lscpu writes "-" for one it cannot name
+    return " + ".join(names) or None
+
+
+def cpuinfo_model(cpuinfo: str) -> str | None:
+    """The first ``model name`` in /proc/cpuinfo's text (x86, some ARM kernels); None where it has none.
+
+    >>> cpuinfo_model("processor\\t: 0\\nmodel name\\t: AMD EPYC 7B13\\n")
+    'AMD EPYC 7B13'
+    """
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return None
 
 
 # x86's bf16 instructions: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake) and AMX-BF16 (Intel Xeons

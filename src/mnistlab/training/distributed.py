@@ -75,9 +75,12 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
     if batch_size is not None and batch_size % nproc:
         raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
                           f"({nproc}): each process takes an equal share of every batch")
+    # The cores bound the processes on this machine: under torchrun across machines ``nproc`` is WORLD_SIZE,
+    # all of them, and 2 machines of 2 cores running 2 processes each were refused for "--nproc 4".
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", nproc)) if launched_by_torchrun() else nproc
     cores = os.cpu_count() or 1
-    if device.type == "cpu" and nproc > cores:  # each one a training process with its own copy of the data
-        raise ConfigError(f"--nproc {nproc} on the CPU, but this machine has {cores} core(s); use at most {cores}")
+    if device.type == "cpu" and here > cores:  # each one a training process with its own copy of the data
+        raise ConfigError(f"--nproc {here} on the CPU, but this machine has {cores} core(s); use at most {cores}")
 
 
 def init(device: torch.device) -> bool:
@@ -191,7 +194,8 @@ def _worker_env(nproc: int) -> dict[str, str]:
     """Our environment, with the cores shared out: torchrun would give every process one thread
     (and print a banner saying so) unless OMP_NUM_THREADS is set; ``train.threads`` still wins."""
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if not env.get("OMP_NUM_THREADS", "").strip():  # set but empty (`=$UNSET`): OpenMP ignores it, all cores each
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     return env
 
 
