@@ -10,6 +10,7 @@ model does not take with the list of those it does.
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Callable
 
 from ..config import check_model_option_types
@@ -106,12 +107,9 @@ def build_model(
     options = {k: v for k, v in options.items() if v is not None}
     check_options_taken(name, options)
     check_model_option_types(name, options)
-    if num_classes < 1 or in_channels < 1 or min(image_size) < 1:
-        raise ConfigError(
-            f"num_classes, in_channels and image_size must be positive, got {num_classes}, {in_channels}, {image_size}"
-        )
+    num_classes, in_channels, image_size = _structural(num_classes, in_channels, image_size)
     try:
-        net = builder(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **options)
+        net = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
     except (RuntimeError, MemoryError, OverflowError, TypeError) as e:
         # A width or channel count far too large: the allocator refuses, or the size overflows a C integer.
         if not too_large(e):
@@ -119,10 +117,31 @@ def build_model(
         overflow = isinstance(e, OverflowError) or "overflow" in str(e).lower()
         reason = "its sizes overflow" if overflow else "its weights or its feature maps do not fit in memory"
         raise ConfigError(f"model {name!r} is too large to build with {options}: {reason}; "
-                          "lower model.width, the channel counts, the kernel size or the padding") from None
+                          "lower model.width, the channel counts, the hidden widths, the kernel size or the padding"
+                          ) from None
     if not isinstance(net, Net):  # set_normalization, checkpoints and export need a Net's buffers and layout
         raise TypeError(f"the builder of model {name!r} ({builder.__module__}.{builder.__qualname__}) returned a "
                         f"{type(net).__name__}, not a mnistlab.models.Net: build it from features and a "
                         "classifier with Net(...) or a zoo maker such as mnistlab.models.cnn.make_cnn")
     net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
     return net
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _structural(num_classes: object, in_channels: object, image_size: object) -> tuple[int, int, tuple[int, int]]:
+    """The three sizes every builder gets, checked: ``image_size=28`` was "'int' object is not iterable",
+    ``(28, 28, 1)`` "too many values to unpack", and a float or bool count a TypeError from deep inside torch."""
+    try:
+        sides = tuple(image_size)  # a list from JSON, a torch.Size or a numpy array as well
+    except TypeError:
+        sides = None
+    if not (_whole(num_classes) and _whole(in_channels) and sides is not None and len(sides) == 2
+            and all(_whole(s) for s in sides) and min(num_classes, in_channels, *sides) >= 1):
+        raise ConfigError(
+            "num_classes, in_channels and image_size (height, width) must be positive whole numbers, got "
+            f"{num_classes!r}, {in_channels!r}, {image_size!r}"
+        )
+    return int(num_classes), int(in_channels), (int(sides[0]), int(sides[1]))

@@ -150,12 +150,27 @@ class Net(nn.Module):
     def _crop_hint(self) -> str:
         return ", or a smaller crop" if self.crop else ""
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # The crop is an attribute, not the buffer: a plain load_state_dict of weights trained with crop=2 into a
+        # crop=1 model (same shapes for fast) copied crop_pixels=2 and went on cutting 1 pixel, silently giving
+        # other predictions. Refused here as a size mismatch is, also with strict=False: nothing else would notice.
+        stored = state_dict.get(prefix + "crop_pixels")
+        if isinstance(stored, torch.Tensor) and stored.numel() == 1 and int(stored) != self.crop:
+            error_msgs.append(f"crop_pixels: the weights were trained on images cropped by {int(stored)} pixels a "
+                              f"side, but this model crops {self.crop}; build it with crop={int(stored)}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Set the per-channel input statistics (from the training split)."""
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         if mean_t.shape[1] != self.in_channels or std_t.shape[1] != self.in_channels:
             raise ConfigError(f"mean/std need {self.in_channels} value(s), got {list(mean)} / {list(std)}")
+        # NaN or infinite statistics made every output NaN, or (std = inf) every input 0: a constant prediction
+        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()):
+            raise ConfigError(f"mean/std must be finite numbers, got {list(mean)} / {list(std)}")
         if not torch.all(std_t > 0):
             raise ConfigError(f"std must be positive, got {list(std)}")
         self.mean.copy_(mean_t)
