@@ -204,6 +204,26 @@ def fresh(num_classes=10):
                        mean=(0.13,), std=(0.31,))
 
 
+def test_another_dropout_on_or_off_starts_from_the_weights_and_is_refused_on_resume(mnist_root, source_run,
+                                                                                    tmp_path):
+    # Dropout layers exist only where dropout > 0: without them the classifier's layers are numbered otherwise, and
+    # --init-from with model.dropout=0 was "do not fit this model (another architecture or class count?)"; a resume
+    # so changed failed the same way, though check_resume lets dropout change.
+    import shutil
+
+    source = read_checkpoint(source_run / "best.ckpt")["model"]
+    cfg = small_cfg(mnist_root, "model.dropout=0", f"finetune.init_from={source_run}", "train.epochs=1",
+                    "train.report=false", "optimizer.lr=1e-12")  # a step too small to move: the weights stay theirs
+    mine = train(cfg, out=tmp_path / "no-dropout", quiet=True).fit.model.state_dict()
+    assert [k for k in mine if k.startswith("classifier.")] != [k for k in source if k.startswith("classifier.")]
+    heads = zip([k for k in source if k.startswith("classifier.")], [k for k in mine if k.startswith("classifier.")])
+    assert all(torch.allclose(source[a], mine[b], atol=1e-6) for a, b in heads)
+    with pytest.raises(ConfigError, match=r"model.dropout was 0.25, now 0.0: turning dropout off removes the "
+                                          r"classifier's Dropout layers, .* resume with another model.dropout above 0"):
+        run = shutil.copytree(source_run, tmp_path / "resumed")  # the fixture is shared: resumed as a copy
+        train(small_cfg(mnist_root, "model.dropout=0", "train.epochs=2", "train.seed=7"), resume=run, quiet=True)
+
+
 def test_a_different_class_count_replaces_the_output_layer(tmp_path):
     theirs = head_checkpoint(tmp_path / "five.ckpt", num_classes=5)
     model = fresh()

@@ -107,6 +107,28 @@ def read_init_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return path, read_checkpoint(path)
 
 
+def renumbered_head(state: dict[str, Any], own: dict[str, Any], prefix: str = "classifier.") -> dict[str, Any]:
+    """``state`` with its classifier's layers renamed to ``own``'s, in order, where the two differ only in the
+    layers' numbers: Dropout layers exist only where dropout > 0, so a run started from weights trained with
+    another dropout (on or off) found ``classifier.1.weight`` where it had ``classifier.0.weight``. Else as it is.
+
+    >>> sorted(renumbered_head({"classifier.1.weight": 1, "f.w": 2}, {"classifier.0.weight": 0, "f.w": 0}))
+    ['classifier.0.weight', 'f.w']
+    """
+    theirs, ours = [k for k in state if k.startswith(prefix)], [k for k in own if k.startswith(prefix)]
+    if theirs == ours or len(theirs) != len(ours):
+        return state
+    numbers: dict[str, str] = {}
+    for a, b in zip(theirs, ours):
+        (na, _, rest_a), (nb, _, rest_b) = a[len(prefix):].partition("."), b[len(prefix):].partition(".")
+        if rest_a != rest_b or numbers.setdefault(na, nb) != nb:
+            return state  # another head, not the same layers numbered otherwise: load_weights says what differs
+    if len(set(numbers.values())) != len(numbers):
+        return state
+    return {(prefix + numbers[k[len(prefix):].partition(".")[0]] + "." + k[len(prefix):].partition(".")[2]
+             if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
 def init_from_checkpoint(model: nn.Module, payload: dict[str, Any], *, model_name: str, num_classes: int,
                          in_channels: int, image_size: Sequence[int], source: str = "the checkpoint") -> str:
     """Copy the checkpoint's weights into ``model``; return a line saying what was copied.
@@ -122,6 +144,7 @@ def init_from_checkpoint(model: nn.Module, payload: dict[str, Any], *, model_nam
             f"use --model {theirs} with the same [model] options (the CLI does this when --config is not given)"
         )
     own = model.state_dict()
+    payload = {**payload, "model": renumbered_head(payload["model"], own)}
     keep = {"mean", "std"}
     their_classes = payload.get("num_classes")
     head = getattr(model, "output_layer", None)

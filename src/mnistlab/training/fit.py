@@ -1256,6 +1256,17 @@ class Trainer:
                 "checkpoint's optimizer state belongs to the parameters the run trained; resume without changing "
                 "it, or start a new run from this one's weights with --init-from"
             )
+        if stored.model.dropout != self.cfg.model.dropout and set(payload["model"]) != set(self._model.state_dict()):
+            # Dropout layers exist only where dropout > 0: turning it on or off renumbers the classifier's layers
+            # (classifier.0 becomes classifier.1), and load_weights called the run "another architecture".
+            now_on = any(isinstance(m, nn.Dropout) for m in self._model.modules())
+            keep = "model.dropout=0" if now_on else "another model.dropout above 0 (a new rate changes only training)"
+            raise ConfigError(
+                f"model.dropout was {stored.model.dropout}, now {self.cfg.model.dropout}: turning dropout "
+                f"{'on' if now_on else 'off'} {'adds' if now_on else 'removes'} the classifier's Dropout layers, "
+                f"which renumbers its layers, so the run's weights no longer line up with the network; resume with "
+                f"{keep}, or start a new run from its weights with --init-from"
+            )
         load_weights(self._model, payload["model"], source="the checkpoint")
         # A checkpoint written after the unfreeze holds the optimizer with the released group: rebuild that first.
         if released_by(self.cfg.finetune.unfreeze_at, int(payload["epoch"]), int(payload.get("batch", 0))):
