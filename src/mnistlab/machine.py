@@ -16,6 +16,16 @@ import sys
 import torch
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS keeps one (``taskset``, a container's
+    cpuset, a SLURM allocation), else the machine's. ``os.cpu_count()`` counts the host's: under a cpuset of 2 of
+    64 cores, --nproc and the threads were planned for 64."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
 @functools.cache  # one lscpu per process: every run's summary.json and every benchmark line ask
 def cpu_name() -> str:
     """The CPU's model name and torch's CPU capability, e.g. "AMD EPYC (AVX2)".

@@ -305,19 +305,19 @@ def test_adamw_decays_by_pytorchs_default_unless_told_otherwise():
 
 def test_more_threads_than_cores_are_warned_about(monkeypatch):
     # --threads 64 on a 2-core machine was taken without a word.
-    import os
-
+    from mnistlab import machine
     from mnistlab.training import distributed
     from mnistlab.training.run import thread_warning
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 4)
     assert thread_warning(None, cpu) is None and thread_warning(4, cpu) is None and thread_warning(8, cuda) is None
-    assert thread_warning(5, cpu) == ("train.threads = 5 is more than this machine's 4 CPU core(s): the threads "
-                                      "cannot all run at once and take turns on the cores; at most 4 keeps one on each")
+    assert thread_warning(5, cpu) == ("train.threads = 5 is more than the 4 CPU core(s) this process may run on: "
+                                      "the threads cannot all run at once and take turns on the cores; at most 4 "
+                                      "keeps one on each")
     monkeypatch.setattr(distributed, "world_size", lambda: 2)  # --nproc 2: each process's threads count
     assert thread_warning(2, cpu) is None
-    assert thread_warning(3, cpu).startswith("train.threads = 3 in each of 2 processes is more than this machine's 4 ")
+    assert thread_warning(3, cpu).startswith("train.threads = 3 in each of 2 processes is more than the 4 CPU core(s) ")
     assert thread_warning(3, cpu).endswith("at most 2 keeps one on each")
 
 
@@ -338,3 +338,17 @@ def test_optimizer_settings_the_optimizer_does_not_read_are_warned_about_in_a_ru
     assert settings_warnings(apply_overrides(cfg, ["schedule.gamma=0.5", "early_stopping.criterion=gl",
                                                    "early_stopping.patience=3"]))[0].startswith(
         "early_stopping.patience = 3 is not used by criterion 'gl'")
+
+
+def test_the_cores_counted_are_those_the_process_may_run_on(monkeypatch):
+    # os.cpu_count() is the host's: under taskset or a container's cpuset of 2 of 64 cores, --nproc, the sweep's
+    # workers and the threads were planned for 64.
+    import os
+
+    from mnistlab import machine
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert machine.usable_cores() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows
+    assert machine.usable_cores() == 64

@@ -82,7 +82,7 @@ def test_the_machine_line_without_a_load_average(monkeypatch):
 def test_processes_per_machine_not_in_all_are_held_to_the_cores(monkeypatch):
     # torchrun --nnodes 2 --nproc_per_node 2 on machines of 2 cores: every process checks WORLD_SIZE, 4, and
     # all refused ("--nproc 4 on the CPU, but this machine has 2 core(s)").
-    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 2)
     for key, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
     distributed.check_processes(4, torch.device("cpu"), 100)
@@ -98,5 +98,5 @@ def test_an_empty_omp_num_threads_is_not_a_setting(monkeypatch, value):
     # `OMP_NUM_THREADS=$UNSET mnistlab train --nproc 2`: the workers got it empty, which OpenMP ignores
     # (with a warning), so each process ran on all the cores.
     monkeypatch.setenv("OMP_NUM_THREADS", value)
-    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 8)
     assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "4"

@@ -164,7 +164,7 @@ def test_no_more_workers_than_cpu_cores(monkeypatch):
     # 100 workers on 2 cores ran this machine out of memory, each a training process
     import mnistlab.sweep.spec as spec_module
 
-    monkeypatch.setattr(spec_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(spec_module.machine, "usable_cores", lambda: 2)
     assert sweep(trials=9, workers=2).workers == 2
     with pytest.raises(ConfigError, match=r"sweep.workers = 3 but this machine has 2 CPU core\(s\); use at most 2"):
         sweep(trials=9, workers=3)
@@ -228,7 +228,7 @@ def test_values_from_the_command_line_are_named_as_the_flags_given(tmp_path, mon
         load_sweep(path, trials=5)
     with pytest.raises(ConfigError, match=r"--storage study.db is not a database URL"):
         load_sweep(path, storage="study.db")
-    monkeypatch.setattr(spec_module.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(spec_module.machine, "usable_cores", lambda: 1)
     with pytest.raises(ConfigError, match=r"--workers 2 but this machine has 1 CPU core\(s\)"):
         load_sweep(path, workers=2)
     path.write_text('[sweep]\nsampler = "grid"\nworkers = 2\n[sweep.params]\n"optimizer.lr" = [0.001, 0.01]\n')

@@ -397,7 +397,7 @@ def test_the_launcher_shares_the_cores_out_unless_told(monkeypatch):
     from mnistlab.training import distributed
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 8)
     assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "4"
     assert distributed._worker_env(16)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
@@ -408,7 +408,7 @@ def test_no_more_cpu_processes_than_cores(monkeypatch):
     from mnistlab.errors import ConfigError
     from mnistlab.training import distributed
 
-    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 2)
     distributed.check_processes(2, torch.device("cpu"), 100)
     distributed.check_processes(4, torch.device("cuda"), 100)  # one GPU each: the cores are not the limit
     with pytest.raises(ConfigError, match=r"--nproc 4 on the CPU, but this machine has 2 core\(s\); use at most 2"):

@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .. import machine
 from ..callbacks.base import Callback, TrainerHandle
 from ..errors import ConfigError, MnistlabError
 from ..folders import missing_folders, probe_write, remove_empty
@@ -411,7 +412,7 @@ def _share_threads(spec: SweepSpec) -> None:
     if spec.workers > 1 and spec.base.train.threads is None:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+        torch.set_num_threads(max(1, machine.usable_cores() // spec.workers))
 
 
 def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = False,

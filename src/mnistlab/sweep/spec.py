@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import shlex
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -28,6 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from .. import machine
 from ..config import Config, apply_overrides, config_from_dict
 from ..errors import ConfigError
 
@@ -255,7 +255,7 @@ def sweep_from_dict(
     given = _said("workers", workers, flags)
     if workers > trials:  # each worker runs whole trials: the others would only start, load the data and leave
         raise ConfigError(f"{given} but the sweep has {trials} trial(s); use at most {trials}")
-    cores = os.cpu_count() or 1
+    cores = machine.usable_cores()
     if workers > cores:  # each worker is a training process: more than the cores only slows every trial down
         raise ConfigError(f"{given} but this machine has {cores} CPU core(s); use at most {cores}")
     return SweepSpec(

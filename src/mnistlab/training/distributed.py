@@ -32,6 +32,7 @@ from typing import IO, Any, Sequence
 import torch
 import torch.distributed as dist
 
+from .. import machine
 from ..errors import ERROR_FILE, ConfigError
 
 
@@ -78,7 +79,7 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
     # The cores bound the processes on this machine: under torchrun across machines ``nproc`` is WORLD_SIZE,
     # all of them, and 2 machines of 2 cores running 2 processes each were refused for "--nproc 4".
     here = int(os.environ.get("LOCAL_WORLD_SIZE", nproc)) if launched_by_torchrun() else nproc
-    cores = os.cpu_count() or 1
+    cores = machine.usable_cores()
     if device.type == "cpu" and here > cores:  # each one a training process with its own copy of the data
         raise ConfigError(f"--nproc {here} on the CPU, but this machine has {cores} core(s); use at most {cores}")
 
@@ -195,7 +196,7 @@ def _worker_env(nproc: int) -> dict[str, str]:
     (and print a banner saying so) unless OMP_NUM_THREADS is set; ``train.threads`` still wins."""
     env = dict(os.environ)
     if not env.get("OMP_NUM_THREADS", "").strip():  # set but empty (`=$UNSET`): OpenMP ignores it, all cores each
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        env["OMP_NUM_THREADS"] = str(max(1, machine.usable_cores() // nproc))
     return env
 
 

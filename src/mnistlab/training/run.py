@@ -31,6 +31,7 @@ from ..data import DataBundle, load_data
 from ..data.datasets import quiet_downloads
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
 from ..folders import missing_folders, probe_write, remove_empty
+from .. import machine
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
@@ -503,12 +504,13 @@ def settings_warnings(cfg: Config) -> list[str]:
 def thread_warning(threads: int | None, device: torch.device) -> str | None:
     """A warning for ``train.threads`` above the CPU cores (those of all processes with --nproc): PyTorch's
     own choice is one thread per core, and more cannot all run at once."""
-    cores, world = os.cpu_count() or 1, distributed.world_size()
+    cores, world = machine.usable_cores(), distributed.world_size()
     if device.type != "cpu" or threads is None or threads * world <= cores:
         return None
     each = f" in each of {world} processes" if world > 1 else ""
-    return (f"train.threads = {threads}{each} is more than this machine's {cores} CPU core(s): the threads cannot "
-            f"all run at once and take turns on the cores; at most {max(cores // world, 1)} keeps one on each")
+    return (f"train.threads = {threads}{each} is more than the {cores} CPU core(s) this process may run on: the "
+            f"threads cannot all run at once and take turns on the cores; at most {max(cores // world, 1)} keeps one "
+            "on each")
 
 
 def _position(last: Path) -> str:
