@@ -284,8 +284,9 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool
     tests at the end); else only the test split is read (evaluate, predict), and only its files are asked for.
     ``local``: what went wrong on this machine (a full disk, an unwritable folder), not on the network."""
     wanted = _FILES if training else spec.files(False)
+    absent = [name for name in wanted if not (raw_dir / name).is_file()]
     missing = [name + (" (a folder is there)" if (raw_dir / name).is_dir() else "")
-               for name in wanted if not (raw_dir / name).is_file()] or ["nothing (but the download failed)"]
+               for name in absent] or ["nothing (but the download failed)"]
     if local is not None:
         download = f"(2) let the download succeed: data.download is on; {local}, and run again"
     elif download_on:
@@ -312,7 +313,7 @@ def _missing_error(spec: DatasetSpec, raw_dir: Path, reason: str, *, train: bool
     files = (f"put the {'four' if training else 'two test-split'} uncompressed IDX files ({', '.join(wanted)}) "
              f"in {raw_dir}{'' if training else ' (the training files are needed only to train)'}, or pass "
              f"--data-dir (or set MNISTLAB_DATA) to a folder that has them under {spec.folder}/raw/")
-    elsewhere = _found_elsewhere(spec, raw_dir, [name for name in wanted if not (raw_dir / name).is_file()])
+    elsewhere = _found_elsewhere(spec, raw_dir, absent)
     return DataError(f"{spec.name}: {reason}; missing {', '.join(missing)} in {raw_dir}{elsewhere}. To fix it, "
                      + (f"either (1) {files}; or {download}." if download else f"{files}."))
 

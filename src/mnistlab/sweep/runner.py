@@ -42,7 +42,7 @@ from ..errors import ConfigError, MnistlabError
 from ..folders import missing_folders, probe_write, remove_empty
 from ..report.runfolder import is_run_folder
 from .spec import (SEED_LIMIT, SweepSpec, apply_params, describe_changes, fingerprint, fingerprint_changes,
-                   grid_points, point_key, space_size, too_many_trials)
+                   grid_points, is_sqlite, point_key, space_size, too_many_trials)
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
 MAX_FAILURES_IN_A_ROW = 3  # a config that cannot train (a bad combination of values) should not loop forever
@@ -100,17 +100,12 @@ def _sqlite_path(url: str) -> str:
     >>> _sqlite_path("sqlite+pysqlite:////tmp/study.db")  # a driver named: SQLite all the same, and as shared
     '/tmp/study.db'
     """
-    if not _is_sqlite(url) or "///" not in url:
+    if not is_sqlite(url) or "///" not in url:
         return ""
     from sqlalchemy.engine import make_url  # optuna's dependency: there whenever a sweep runs
 
     path = make_url(url).database or ""
     return "" if path == ":memory:" else path
-
-
-def _is_sqlite(url: str) -> bool:
-    """``sqlite:`` with or without a driver (``sqlite+pysqlite:``): the spellings SQLAlchemy reads as SQLite."""
-    return url.partition(":")[0].split("+")[0].lower() == "sqlite"
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -135,7 +130,7 @@ def study_lock(url: str):
 def open_study(spec: SweepSpec, url: str, *, worker: int = 0):
     """Create the study, or load it to continue; refuse one that was started by a different sweep."""
     optuna = require_optuna()
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if _is_sqlite(url) else {}
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if is_sqlite(url) else {}
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:  # noqa: BLE001 -- SQLAlchemy raises many types for a bad URL or an unreachable server

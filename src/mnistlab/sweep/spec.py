@@ -277,6 +277,11 @@ def too_many_trials(spec: SweepSpec) -> str | None:
             f"trial repeats another's values, so the sweep ends after {size}{grid}")
 
 
+def is_sqlite(url: str) -> bool:
+    """``sqlite:`` with or without a driver (``sqlite+pysqlite:``): the spellings SQLAlchemy reads as SQLite."""
+    return url.partition(":")[0].split("+")[0].lower() == "sqlite"
+
+
 def _in_memory(url: str) -> bool:
     """Whether a database URL is SQLite in memory, as SQLAlchemy reads it: no file (``sqlite://``), ``:memory:``,
     or a ``mode=memory`` URI.
@@ -284,10 +289,9 @@ def _in_memory(url: str) -> bool:
     >>> [_in_memory(u) for u in ("sqlite://", "sqlite:///:memory:", "sqlite:///study.db", "postgresql://h/db")]
     [True, True, False, False]
     """
-    scheme, _, rest = url.partition("://")
-    if scheme.split("+")[0].lower() != "sqlite":
+    if not is_sqlite(url):
         return False
-    path, _, query = rest.partition("?")
+    path, _, query = url.partition("://")[2].partition("?")
     return path in ("", "/", "/:memory:") or "mode=memory" in query.lower()
 
 
