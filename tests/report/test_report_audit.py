@@ -133,3 +133,35 @@ def test_the_curves_draw_the_weight_averages_validation_values(monkeypatch):
     drawn.clear()
     plots.curves_png([{k: v for k, v in r.items() if not k.startswith("ema_")} for r in rows])
     assert "weight average, validation" not in [label for label, _ in drawn]
+
+
+def test_compare_of_a_folder_lists_a_run_stopped_in_its_first_epoch(copy_run, tmp_path, capsys):
+    # A run killed in epoch 1 holds config.toml (and last.ckpt, to resume) but no metrics yet: naming it showed
+    # it as not finished, but `compare FOLDER` left it out, so a sweep of runs hid the ones that never got far.
+    done = copy_run("runs/done")
+    started = copy_run("runs/started")
+    for f in started.iterdir():
+        if f.name not in ("config.toml", "last.ckpt"):
+            f.unlink() if f.is_file() else None
+    other = tmp_path / "runs" / "tool"
+    other.mkdir()
+    (other / "config.toml").write_text("[server]\nport = 8080\n")  # another program's config.toml: no run
+    rows = {row.run: row for row in compare_runs([tmp_path / "runs"])}
+    assert set(rows) == {str(done), str(started)}
+    assert rows[str(started)].stop_reason == "not finished (no summary.json)"
+    assert rows[str(started)].model == json.loads((done / "summary.json").read_text())["model"]  # from config.toml
+    assert main(["compare", str(tmp_path / "runs"), "--plot", str(tmp_path / "c.png")]) == 0
+    assert "not finished (no summary.json)" in capsys.readouterr().out
+
+
+def test_the_epochs_card_of_a_run_that_diverged_in_epoch_1_shows_no_best_epoch(copy_run):
+    # Diverged in epoch 1: no epoch finished, and the weights as training stopped were tested (summary.json's
+    # best_epoch 0). The card read "0 (0)", as if epoch 0 had been found best.
+    run = copy_run()
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(epochs=0, best_epoch=0, use_checkpoint=None, evaluated="final weights", test_accuracy=None,
+                   stopped_by="non_finite_loss", stop_reason="non-finite loss (nan) at epoch 1, step 3")
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.csv").unlink()
+    page = write_report(run).path.read_text()
+    assert '<div class="v">0 (-)</div><div class="k">epochs (best)</div>' in page

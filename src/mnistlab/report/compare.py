@@ -18,6 +18,7 @@ and a note says so.
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,7 +56,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         elif p.is_dir():
             runs = _runs_under(p)
             if not runs:
-                raise RunFolderError(f"{p} holds no run folders (none has a summary.json or metrics.csv)")
+                raise RunFolderError(f"{p} holds no run folders (none has a summary.json, metrics.csv or a run's "
+                                     "config.toml)")
         else:
             raise RunFolderError(f"{p} is a file; give run folders or a folder of runs")
         for r in runs:
@@ -74,9 +76,19 @@ def _runs_under(folder: Path) -> list[Path]:
             dirs.clear()
             continue
         seen.add(real)
-        if "summary.json" in files or "metrics.csv" in files:
+        if "summary.json" in files or "metrics.csv" in files or ("config.toml" in files and _run_config(top)):
             runs.append(Path(top))
     return sorted(runs)
+
+
+def _run_config(folder: str) -> bool:
+    """Whether ``folder``'s config.toml is a run's: a run stopped in its first epoch holds that (and perhaps a
+    last.ckpt to resume) but no metrics yet, and was left out of the table. Another tool's config.toml is not."""
+    try:
+        config = tomllib.loads(Path(folder, "config.toml").read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return all(isinstance(config.get(table), dict) for table in ("model", "data", "train"))
 
 
 def _count(value: object) -> int | None:

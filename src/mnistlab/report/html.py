@@ -177,7 +177,8 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
         ("test loss", f"{finite(s.get('test_loss')):.4f}" if finite(s.get("test_loss")) is not None else "-"),
         ("best val accuracy", _percent(run.best_val_accuracy)),
         ("parameters", f"{s['parameters']:,}" if isinstance(s.get("parameters"), int) else "-"),
-        ("epochs (best)", f"{_epochs(s.get('epochs'), run.last_epoch)} ({_epochs(s.get('best_epoch'))})"),
+        # best_epoch 0: no epoch finished (diverged in epoch 1), and the weights as it stopped were tested
+        ("epochs (best)", f"{_epochs(s.get('epochs'), run.last_epoch)} ({_epochs(s.get('best_epoch') or None)})"),
         ("training time", _seconds(run.train_seconds)),
     ]
     machine = machine_of(s)
