@@ -91,8 +91,25 @@ def test_a_rerun_that_only_turns_the_reports_off_or_the_progress_bar_is_the_same
     params = {"optimizer.lr": [0.001, 0.01, 0.1]}
     run_sweep(spec(params, sampler="grid", trials=1), out=tmp_path, quiet=True)
     quieter = {"train": {"epochs": 2, "report": False, "progress": False}}
-    run_sweep(spec(params, base=quieter, sampler="grid"), out=tmp_path, quiet=True)
-    assert [(c.optimizer.lr, c.train.report) for c in fake_train] == [(0.001, True), (0.01, False), (0.1, False)]
+    run_sweep(spec(params, base=quieter, sampler="grid", trials=2), out=tmp_path, quiet=True)
+    # On another machine, with its own thread count (--set train.threads=1): it was "a different sweep".
+    other_machine = {"train": {"epochs": 2, "threads": 1}}
+    run_sweep(spec(params, base=other_machine, sampler="grid"), out=tmp_path, quiet=True)
+    assert [(c.optimizer.lr, c.train.report, c.train.threads) for c in fake_train] == [
+        (0.001, True, None), (0.01, False, None), (0.1, True, 1)]
+
+
+def test_a_study_that_stored_its_thread_count_continues_with_another(fake_train, tmp_path):
+    # Studies begun before train.threads was left out of the fingerprint hold it; a rerun with another count
+    # (or none) continues them.
+    params = {"optimizer.lr": [0.001, 0.01, 0.1]}
+    run_sweep(spec(params, sampler="grid", trials=1), out=tmp_path, quiet=True)
+    study = study_of(spec(params, sampler="grid"), tmp_path)
+    older = study.user_attrs["sweep"]
+    older["base"]["train"]["threads"] = 2
+    study.set_user_attr("sweep", older)
+    run_sweep(spec(params, base={"train": {"epochs": 2, "threads": 1}}, sampler="grid"), out=tmp_path, quiet=True)
+    assert [c.optimizer.lr for c in fake_train] == [0.001, 0.01, 0.1]
 
 
 def test_a_study_begun_before_a_config_key_existed_continues_while_the_key_keeps_its_default(fake_train, tmp_path):

@@ -499,17 +499,23 @@ def apply_params(spec: SweepSpec, labels: dict[str, Any]) -> Config:
     return apply_overrides(spec.base, {key: spec.param(key).value_of(v) for key, v in labels.items()})
 
 
+# Config keys a rerun may change and still be the same search: where the data is read from, what each trial shows
+# (progress) and writes besides its results (report), and how many threads it computes with (a rerun on another
+# machine, or with more workers, sets its own; the numbers differ only by rounding, as between two machines).
+_NOT_THE_SEARCH = (("data", "dir"), ("train", "progress"), ("train", "report"), ("train", "threads"))
+
+
 def fingerprint(spec: SweepSpec) -> dict[str, Any]:
     """What makes two sweeps the same study: trials of different searches must not be mixed in one study.
 
-    Where data lives and the trial count are left out: a rerun may point elsewhere or ask for more trials.
+    The keys in _NOT_THE_SEARCH and the trial count are left out: a rerun may read the data from elsewhere, on
+    another machine, or ask for more trials.
     """
     from ..config import config_to_dict
 
     base = config_to_dict(spec.base)
-    base["data"].pop("dir")
-    base["train"].pop("progress")
-    base["train"].pop("report")  # what each trial writes besides its results, as progress is what it shows
+    for section, key in _NOT_THE_SEARCH:
+        base[section].pop(key)
     params = [{"key": p.key, "type": p.type, "low": p.low, "high": p.high, "step": p.step, "log": p.log,
                "choices": list(p.labels())} for p in spec.params]
     return json.loads(json.dumps({"base": base, "params": params, "sampler": spec.sampler,
@@ -542,6 +548,9 @@ def _differences(mine: dict[str, Any], stored: dict[str, Any]) -> list[tuple[str
     defaults, base = json.loads(json.dumps(config_to_dict(Config()))), mine["base"]
     old = stored.get("base")
     if isinstance(old, dict):
+        # A study stored before a key joined _NOT_THE_SEARCH holds it: it is not compared either.
+        old = {section: {key: value for key, value in keys.items() if (section, key) not in _NOT_THE_SEARCH}
+               if isinstance(keys, dict) else keys for section, keys in old.items()}
         base = {section: {key: value for key, value in keys.items()
                           if key in (old.get(section) or {}) or value != defaults.get(section, {}).get(key)}
                 for section, keys in base.items()}
