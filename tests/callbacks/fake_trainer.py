@@ -16,8 +16,10 @@ class FakeTrainer:
     """Records what callbacks ask for; its model is an nn.Linear whose weights the driver sets per epoch."""
 
     def __init__(self, run_dir: Path | None = None, lr: float = 0.1, model: nn.Module | None = None,
-                 val: tuple[torch.Tensor, torch.Tensor] | None = None, is_main: bool = True) -> None:
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None, is_main: bool = True,
+                 planned_epochs: int = 1000) -> None:
         self._run_dir = run_dir
+        self.planned_epochs = planned_epochs  # the run's last epoch (train.epochs, or where max_steps end it)
         self.is_main = is_main  # False: a rank other than 0 of a torchrun run
         self._lr = lr
         self.model = model if model is not None else nn.Linear(2, 1)

@@ -8,22 +8,33 @@ import logging
 import pytest
 
 from mnistlab import Config, apply_overrides
-from mnistlab.callbacks import TimeLimit, build_callbacks
+from mnistlab.callbacks import Callback, TimeLimit
 
 from fake_trainer import FakeTrainer, drive, epochs
 
-# The fake trainer takes one optimizer step an epoch: max_steps=N ends its run after epoch N.
+# The trainer's planned_epochs is where train.epochs or train.max_steps end the run (the real runs below check it).
 
 
 def test_the_limit_does_not_claim_the_stop_of_a_run_that_max_steps_ends():
     # After epoch 2 the next epoch would not fit (50 + 25 s > 60 s), but train.max_steps ends the run there anyway:
     # summary.json said stopped_by "time_limit" where "max_steps" ended it.
-    trainer = FakeTrainer()
-    assert drive([TimeLimit(1.0, epochs=5, max_steps=2)], epochs(seconds=[25.0, 25.0]), trainer) is None
+    trainer = FakeTrainer(planned_epochs=2)  # train.epochs = 5, max_steps reached in epoch 2
+    assert drive([TimeLimit(1.0)], epochs(seconds=[25.0, 25.0]), trainer) is None
     assert trainer.stop_reasons == [] and trainer.stopped_by is None
-    assert drive([TimeLimit(1.0, epochs=5, max_steps=3)], epochs(seconds=[25.0, 25.0]), FakeTrainer()) == 2
-    cbs = build_callbacks(apply_overrides(Config(), ["train.max_minutes=20", "train.max_steps=500"]), None)
-    assert [cb.max_steps for cb in cbs if isinstance(cb, TimeLimit)] == [500]
+    assert drive([TimeLimit(1.0)], epochs(seconds=[25.0, 25.0]), FakeTrainer(planned_epochs=3)) == 2
+
+
+class _Planned(Callback):
+    """Records the trainer's planned_epochs as a user's callback sees it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def on_train_begin(self, trainer) -> None:
+        self.seen.append(("begin", trainer.planned_epochs))
+
+    def on_epoch_end(self, epoch, metrics, trainer) -> None:
+        self.seen.append((f"epoch {epoch}", trainer.planned_epochs))
 
 
 def test_a_real_run_ended_by_max_steps_says_so_under_a_limit(mnist_root, tmp_path, no_report):
@@ -33,27 +44,34 @@ def test_a_real_run_ended_by_max_steps_says_so_under_a_limit(mnist_root, tmp_pat
                                      "model.name=cnn", "model.width=0.25", "train.batch_size=64", "train.epochs=3",
                                      "train.max_steps=5", "train.max_minutes=1e-7", "train.threads=1",
                                      "train.progress=false", "tensorboard.enabled=false", "train.report=false"])
-    s = train(cfg, out=tmp_path / "run", quiet=True).summary  # 5 batches an epoch: max_steps ends epoch 1
+    planned = _Planned()
+    s = train(cfg, out=tmp_path / "run", quiet=True, callbacks=[planned]).summary  # 5 batches an epoch
     assert (s["epochs"], s["stopped_by"], s["stop_reason"]) == (1, "max_steps", "max steps reached (5)")
+    assert planned.seen == [("begin", 1), ("epoch 1", 1)]  # max_steps end epoch 1: the run's last
+    # Resumed with more steps (7: two into epoch 2) and epochs: the plan is the resumed run's.
+    planned = _Planned()
+    more = apply_overrides(cfg, ["train.max_steps=7", "train.epochs=4", "train.max_minutes=60"])
+    s = train(more, resume=tmp_path / "run", quiet=True, callbacks=[planned]).summary
+    assert (s["epochs"], s["stopped_by"]) == (2, "max_steps") and planned.seen == [("begin", 2), ("epoch 2", 2)]
 
 
 def test_no_warning_of_a_schedule_cut_short_in_a_run_of_one_epoch(caplog):
     # The first epoch always runs, and it is the last: it warned "about 1 of the 1 epochs fit in 1 min, but the
     # onecycle schedule is planned over all 1: training will stop while its rate is still high (--epochs 1 ...)"
     with caplog.at_level(logging.WARNING, logger="mnistlab"):
-        drive([TimeLimit(1.0, epochs=1, schedule="onecycle")], epochs(seconds=[126.0]), FakeTrainer())
+        drive([TimeLimit(1.0, schedule="onecycle")], epochs(seconds=[126.0]), FakeTrainer(planned_epochs=1))
     assert caplog.messages == []
 
 
 def test_the_warning_of_a_schedule_cut_short_counts_the_epochs_max_steps_plans(caplog):
     with caplog.at_level(logging.WARNING, logger="mnistlab"):
         # max_steps ends the run inside epoch 1, before the limit could
-        drive([TimeLimit(1.0, epochs=4, schedule="cosine", max_steps=1)], epochs(seconds=[126.0]), FakeTrainer())
+        drive([TimeLimit(1.0, schedule="cosine")], epochs(seconds=[126.0]), FakeTrainer(planned_epochs=1))
     assert caplog.messages == []
     with caplog.at_level(logging.WARNING, logger="mnistlab"):
-        # The schedule spans max_steps = 12 one-step epochs, not all 32: 9 of those 12 fit.
-        drive([TimeLimit(20, epochs=32, schedule="onecycle", max_steps=12)], epochs(seconds=[126.0]), FakeTrainer())
-        drive([TimeLimit(1.0, epochs=2, schedule="onecycle")], epochs(seconds=[126.0]), FakeTrainer())
+        # The schedule spans the epochs max_steps plan (12), not all 32 of train.epochs: 9 of those 12 fit.
+        drive([TimeLimit(20, schedule="onecycle")], epochs(seconds=[126.0]), FakeTrainer(planned_epochs=12))
+        drive([TimeLimit(1.0, schedule="onecycle")], epochs(seconds=[126.0]), FakeTrainer(planned_epochs=2))
     assert caplog.messages == [
         "time limit: at 2.1 min an epoch, about 9 of the 12 epochs fit in 20 min, but the onecycle schedule is "
         "planned over all 12: training will stop while its rate is still high (--epochs 9 would end it in time)",
@@ -79,6 +97,5 @@ def test_a_range_test_whose_first_loss_is_not_finite_reports_it(mnist_small):
 @pytest.mark.parametrize("limit, expected", [(1e308, None), (0.5, 1)])
 def test_huge_and_tiny_limits_still_decide(limit, expected):
     # min(fits, planned) keeps int() away from an infinite count of epochs (60 x 1e308 minutes is inf seconds)
-    trainer = FakeTrainer()
-    assert drive([TimeLimit(limit, epochs=3, schedule="cosine", max_steps=3)], epochs(seconds=[60.0] * 3),
-                 trainer) == expected
+    trainer = FakeTrainer(planned_epochs=3)
+    assert drive([TimeLimit(limit, schedule="cosine")], epochs(seconds=[60.0] * 3), trainer) == expected

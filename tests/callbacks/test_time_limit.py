@@ -60,8 +60,8 @@ def test_bad_limits_are_refused(bad):
 def test_the_config_builds_it():
     assert not any(isinstance(cb, TimeLimit) for cb in build_callbacks(Config(), None))
     cbs = build_callbacks(apply_overrides(Config(), ["train.max_minutes=20"]), None)
-    limits = [(cb.max_minutes, cb.epochs, cb.schedule) for cb in cbs if isinstance(cb, TimeLimit)]
-    assert limits == [(20.0, 2, "onecycle")]
+    limits = [(cb.max_minutes, cb.schedule) for cb in cbs if isinstance(cb, TimeLimit)]
+    assert limits == [(20.0, "onecycle")]
     with pytest.raises(ConfigError, match="train.max_minutes must be greater than zero"):
         apply_overrides(Config(), ["train.max_minutes=0"])
 
@@ -89,23 +89,24 @@ def test_a_real_run_stops_on_time_and_a_resume_with_more_time_trains_on(mnist_ro
 
 def test_it_warns_after_epoch_1_when_a_decaying_schedule_will_be_cut_short(caplog):
     with caplog.at_level(logging.WARNING, logger="mnistlab"):
-        drive([TimeLimit(20, epochs=32, schedule="onecycle")], epochs(seconds=[126.0, 126.0]), FakeTrainer())
+        drive([TimeLimit(20, schedule="onecycle")], epochs(seconds=[126.0, 126.0]), FakeTrainer(planned_epochs=32))
     assert caplog.messages == [
         "time limit: at 2.1 min an epoch, about 9 of the 32 epochs fit in 20 min, but the onecycle schedule is "
         "planned over all 32: training will stop while its rate is still high (--epochs 9 would end it in time)"
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mnistlab"):
-        drive([TimeLimit(20, epochs=32, schedule="constant")], epochs(seconds=[126.0]), FakeTrainer())
-        drive([TimeLimit(20, epochs=8, schedule="cosine")], epochs(seconds=[126.0]), FakeTrainer())  # 8 fit
+        drive([TimeLimit(20, schedule="constant")], epochs(seconds=[126.0]), FakeTrainer(planned_epochs=32))
+        drive([TimeLimit(20, schedule="cosine")], epochs(seconds=[126.0]), FakeTrainer(planned_epochs=8))  # 8 fit
         # 60 x 1e308 minutes is inf seconds, and inf // 126 was NaN: int() of it raised after epoch 1
-        assert drive([TimeLimit(1e308, epochs=3, schedule="cosine")], epochs(seconds=[126.0] * 3), FakeTrainer()) is None
+        assert drive([TimeLimit(1e308, schedule="cosine")], epochs(seconds=[126.0] * 3),
+                     FakeTrainer(planned_epochs=3)) is None
     assert caplog.messages == []
 
 
 def test_a_run_that_ends_with_its_last_epoch_was_not_stopped_by_the_limit():
     # The limit would stop after epoch 2 (the next epoch cannot fit), but there is no next epoch.
-    trainer = FakeTrainer()
-    assert drive([TimeLimit(1.0, epochs=2)], epochs(seconds=[25.0, 25.0]), trainer) is None
+    trainer = FakeTrainer(planned_epochs=2)
+    assert drive([TimeLimit(1.0)], epochs(seconds=[25.0, 25.0]), trainer) is None
     assert trainer.stop_reasons == [] and trainer.stopped_by is None
-    assert drive([TimeLimit(1.0, epochs=3)], epochs(seconds=[25.0, 25.0]), FakeTrainer()) == 2
+    assert drive([TimeLimit(1.0)], epochs(seconds=[25.0, 25.0]), FakeTrainer(planned_epochs=3)) == 2

@@ -32,7 +32,7 @@ def fake_train(monkeypatch) -> list:
     def train(cfg, *, out, callbacks=(), quiet=False, resume=None):
         Path(out).mkdir(parents=True)  # a second trial in the same folder would fail here, as the real one refuses
         calls.append(cfg)
-        handle = FakeHandle()
+        handle = FakeHandle(planned_epochs=cfg.train.epochs)
         stopper = early_stopping_from_config(cfg.early_stopping)
         cbs = ([stopper] if stopper else []) + list(callbacks)
         for cb in cbs:

@@ -71,7 +71,8 @@ def fake_accuracy(cfg, epoch: int) -> float:
 class FakeHandle:
     """The part of the trainer handle the stopping rules use, with Trainer.request_stop's rule for stopped_by."""
 
-    def __init__(self) -> None:
+    def __init__(self, planned_epochs: int = 1000) -> None:
+        self.planned_epochs = planned_epochs  # the run's last epoch (train.epochs, or where max_steps end it)
         self.stop_reason: str | None = None
         self.stopped_by: str | None = None
 

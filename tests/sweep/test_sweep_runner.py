@@ -197,20 +197,14 @@ def test_report_to_trial_reports_each_epoch_and_stops_through_the_handle():
     assert cb.pruned_at == 2 and handle.stop_reason == "pruned by the sweep at epoch 2 (val_loss 0.5)"
     assert handle.stopped_by == "callback"  # not "early_stopping": a pruned trial is told apart from our rule
     # after the run's last epoch there is nothing left to save: the trial is complete, whatever the pruner says
-    trial, handle = Trial(prune_at=3), FakeHandle()
-    cb = ReportToTrial(trial, "val_loss", epochs=3)
+    # (the trainer's planned_epochs: train.epochs, or the epoch where train.max_steps end the run; pruned there, a
+    # trial that had trained all it was to train could not become the best)
+    trial, handle = Trial(prune_at=3), FakeHandle(planned_epochs=3)
+    cb = ReportToTrial(trial, "val_loss")
     for epoch in (1, 2, 3):
         cb.on_epoch_end(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, handle)
     assert cb.pruned_at is None and handle.stop_reason is None
-    # ... nor after the epoch where train.max_steps ends it (10 steps an epoch here; it was pruned, and so could
-    # not become the best, though it had trained all it was to train)
-    trial, handle = Trial(prune_at=2), FakeHandle()
-    cb = ReportToTrial(trial, "val_loss", epochs=5, max_steps=20)
-    for epoch in (1, 2):
-        handle.step = 10 * epoch
-        cb.on_epoch_end(epoch, {"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, handle)
-    assert cb.pruned_at is None and handle.stop_reason is None
-    cb, handle.step = ReportToTrial(Trial(prune_at=1), "val_loss", epochs=5, max_steps=20), 10
+    cb, handle = ReportToTrial(Trial(prune_at=1), "val_loss"), FakeHandle(planned_epochs=2)
     cb.on_epoch_end(1, {"val_loss": 1.0, "val_accuracy": 0.5}, handle)
     assert cb.pruned_at == 1
 

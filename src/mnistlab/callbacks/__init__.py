@@ -61,8 +61,7 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
     if cfg.reduce_lr.enabled:
         callbacks.append(ReduceLROnPlateau.from_config(cfg.reduce_lr))
     if cfg.train.max_minutes is not None:
-        callbacks.append(TimeLimit(cfg.train.max_minutes, epochs=cfg.train.epochs, schedule=cfg.schedule.name,
-                                   max_steps=cfg.train.max_steps))
+        callbacks.append(TimeLimit(cfg.train.max_minutes, schedule=cfg.schedule.name))
     if run_dir is not None and cfg.tensorboard.enabled:
         callbacks.append(TensorBoard.from_config(cfg.tensorboard, hparams=flat_config(cfg)))
     return callbacks

@@ -75,6 +75,11 @@ class TrainerHandle(Protocol):
         """Optimizer steps taken so far."""
 
     @property
+    def planned_epochs(self) -> int:
+        """The epoch the run ends after unless a callback stops it: ``train.epochs``, or the one in which
+        ``train.max_steps`` are reached (Keras' ``params["epochs"]``, Lightning's ``max_epochs``)."""
+
+    @property
     def run_dir(self) -> Path | None:
         """The run folder, or None when the run writes no files."""
 

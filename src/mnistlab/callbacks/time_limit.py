@@ -7,16 +7,17 @@ end past the limit, judged by the longest epoch so far. So the first epoch alway
 runs, and a run stays within the limit unless an epoch takes longer than all before
 it. The schedule is still planned over ``train.epochs``: to end a one-cycle or
 cosine schedule on time, give epochs that fit (a limit alone cuts it short, as
-early stopping does). Given the run's ``epochs`` and ``schedule``, it warns after
-the first epoch when such a schedule will not end in time, and says how many
-epochs would fit.
+early stopping does). Given the run's ``schedule``, it warns after the first
+epoch when such a schedule will not end in time, and says how many epochs would
+fit.
 
 Which epoch a limit stops at depends on the machine's speed, so runs with a limit
 repeat exactly only where the same epochs fit. The time used so far is kept in
 checkpoints: a resumed run goes on counting, and resuming with a larger limit
 trains on. A run that had no limit and is resumed with one counts its earlier
 epochs' seconds too. An epoch after which the run ends anyway (its last, by
-``epochs`` or ``max_steps``) is never called a stop by the limit.
+``epochs`` or ``max_steps``: the trainer's ``planned_epochs``) is never called a
+stop by the limit.
 
 >>> cb = TimeLimit(20)                 # minutes
 """
@@ -46,14 +47,11 @@ def _duration(seconds: float) -> str:
 
 
 class TimeLimit(Callback):
-    def __init__(self, max_minutes: float, *, epochs: int | None = None, schedule: str | None = None,
-                 max_steps: int | None = None) -> None:
+    def __init__(self, max_minutes: float, *, schedule: str | None = None) -> None:
         if not (isinstance(max_minutes, (int, float)) and math.isfinite(max_minutes) and max_minutes > 0):
             raise ConfigError(f"TimeLimit: max_minutes must be a positive number, got {max_minutes!r}")
         self.max_minutes = float(max_minutes)
-        # The run's train.epochs, schedule and train.max_steps: where it ends anyway, and the warning about a
-        # schedule cut short (the schedule spans max_steps where they come before the last epoch).
-        self.epochs, self.schedule, self.max_steps = epochs, schedule, max_steps
+        self.schedule = schedule  # the run's schedule.name: whether being cut short leaves its rate high
         self._reset()
 
     def _reset(self) -> None:
@@ -71,12 +69,9 @@ class TimeLimit(Callback):
         self.used += metrics["seconds"]
         self.longest = max(self.longest, metrics["seconds"])
         # The run ends after this epoch anyway (its last epoch, or train.max_steps reached): the limit stops nothing.
-        last = (self.epochs is not None and epoch >= self.epochs) or (
-            self.max_steps is not None and trainer.step >= self.max_steps)
-        if epoch == 1 and not last and self.schedule in _DECAYING and self.epochs is not None and self.longest > 0:
-            planned = self.epochs
-            if self.max_steps is not None and trainer.step > 0:  # epoch 1's steps: the epoch's length
-                planned = min(planned, -(-self.max_steps // trainer.step))
+        planned = trainer.planned_epochs
+        last = epoch >= planned
+        if epoch == 1 and not last and self.schedule in _DECAYING and self.longest > 0:
             # The epochs that will run: the first always does, then each while the next fits. Compared as
             # fits < planned, a run of one epoch longer than the limit was told "1 of the 1 epochs" fit.
             fits = 60 * self.max_minutes / self.longest  # not //: inf // x is NaN (a limit of 1e308 minutes)

@@ -188,12 +188,9 @@ class ReportToTrial(Callback):
     complete run folder (best.ckpt, summary.json); ``run_trial`` then marks the trial pruned.
     """
 
-    def __init__(self, trial, objective: str, epochs: int | None = None, max_steps: int | None = None) -> None:
+    def __init__(self, trial, objective: str) -> None:
         self.trial = trial
         self.objective = objective
-        # The run's last epoch, and train.max_steps, which may end it sooner: a trial that has trained them all is
-        # complete, not pruned (pruned, it could not become the best).
-        self.epochs, self.max_steps = epochs, max_steps
         self.pruned_at: int | None = None
         self.values: list[float] = []  # the objective after each epoch
         self.trained = False  # training has ended (the test and report may still be to come)
@@ -205,8 +202,9 @@ class ReportToTrial(Callback):
         value = float(metrics[self.objective])
         self.values.append(value)
         self.trial.report(value, epoch)
-        last = epoch == self.epochs or (self.max_steps is not None and trainer.step >= self.max_steps)
-        if self.pruned_at is None and not last and self.trial.should_prune():
+        # After the run's last epoch (train.epochs, or max_steps reached) the trial is complete, not pruned:
+        # pruned, it could not become the best.
+        if self.pruned_at is None and epoch < trainer.planned_epochs and self.trial.should_prune():
             self.pruned_at = epoch
             trainer.request_stop(f"pruned by the sweep at epoch {epoch} ({self.objective} {value:.4g})")
 
@@ -240,7 +238,7 @@ def run_trial(spec: SweepSpec, trial, labels: dict[str, Any], out: Path) -> tupl
     cfg = apply_params(spec, labels)
     run_dir = out / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", run_dir.name)
-    reporter = ReportToTrial(trial, spec.objective, cfg.train.epochs, cfg.train.max_steps)
+    reporter = ReportToTrial(trial, spec.objective)
     t0 = time.perf_counter()
     try:
         result = train(cfg, out=run_dir, callbacks=[reporter], quiet=True)

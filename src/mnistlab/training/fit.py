@@ -813,7 +813,7 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         eps = self.cfg.train.label_smoothing  # val_loss is the training loss on the validation images
-        epoch = f"epoch {self._epoch + 1}/{self.planned_epochs}"
+        epoch = f"epoch {self._epoch + 1}/{self._planned_epochs}"
         val = evaluate(self._model, self.data.val, self.cfg.train.eval_batch_size, self.data.num_classes,
                        label_smoothing=eps, progress=self.display.evaluation_progress(f"{epoch} validating"))
         metrics = {"val_loss": val.loss, "val_accuracy": val.accuracy, "val_error": 1.0 - val.accuracy}
@@ -909,7 +909,7 @@ class Trainer:
             self._step += 1
             sums += step_sums
             self.callbacks.on_batch_end(self._step, {"loss": loss_value, "lr": lr}, self)
-            self.display.progress(epoch, self.planned_epochs, batch + 1, shown, sums[0] / sums[2],
+            self.display.progress(epoch, self._planned_epochs, batch + 1, shown, sums[0] / sums[2],
                                   sums[1] / sums[2], float(sums[2]))
             if self._position_due(batch):  # checkpoint.last_every_n_steps
                 elapsed = time.perf_counter() - t0
@@ -934,7 +934,7 @@ class Trainer:
         self.total_steps = self.plan(self.cfg.train)  # the schedule's span
         # the epochs the run means to train: train.epochs, or fewer that hold train.max_steps (the display's "of")
         done, start = self._plan_from
-        self.planned_epochs = min(self.cfg.train.epochs, done + -(-(self.total_steps - start) // self.steps_per_epoch))
+        self._planned_epochs = min(self.cfg.train.epochs, done + -(-(self.total_steps - start) // self.steps_per_epoch))
 
     def _out_of_steps(self) -> bool:
         """Whether the run has taken its ``train.max_steps``."""
@@ -1353,6 +1353,10 @@ class Trainer:
     @property
     def step(self) -> int:
         return self._step
+
+    @property
+    def planned_epochs(self) -> int:
+        return self._planned_epochs
 
     @property
     def run_dir(self) -> Path | None:
