@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     from . import __version__
 
-    parser.add_argument("--version", action="version", version=f"mnistlab {__version__} (torch {_torch_version()})")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__} (torch {_torch_version()})",
+                        help="print the versions of mnistlab and torch, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
@@ -113,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="number of epochs")
     t.add_argument("--max-minutes", type=float, metavar="MIN",
                    help="stop before an epoch that could take the training time past MIN minutes (judged by the "
-                   "longest epoch so far; validation and checkpoints not counted); the schedule still spans --epochs")
+                   "longest epoch so far; validation and checkpoints not counted); the schedule still spans --epochs "
+                   "(or --max-steps)")
     t.add_argument("--max-steps", type=int, metavar="N",
                    help="stop after N optimizer steps in all, in mid-epoch if need be (that epoch is validated and "
                    "recorded like the others); the schedule is planned over the steps --epochs and N allow")
@@ -157,14 +159,15 @@ def _parser() -> argparse.ArgumentParser:
                     resume=None, report=None)
 
     e = sub.add_parser("evaluate", help="test a checkpoint", description="Evaluate a checkpoint (or a run folder's "
-                       "best.ckpt) on the test split: loss, accuracy, each class's accuracy (recall), precision and F1, "
-                       "confusion matrix and the first ten predictions.")
+                       "best.ckpt) on the test split: loss, accuracy, each class's accuracy (recall), precision and "
+                       "F1, confusion matrix and the first ten predictions.")
     e.add_argument("checkpoint", help="a .ckpt file or a run folder")
     _add_data_dir(e, stored=True)
     e.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     m = sub.add_parser("models", help="list the model zoo", description="List every registered model with its "
-                       "parameters and multiply-accumulates per image.")
+                       "parameters, multiply-accumulates per image, input size and the [model] options it takes; "
+                       "--details prints one model's layer table.")
     m.add_argument("--dataset", default="mnist", help="size the models for this dataset's images (default mnist)")
     m.add_argument("--details", metavar="NAME", nargs="?", const="",
                    help="print the layer table of one model (no NAME: the config's model, else fast, the default of "
@@ -218,11 +221,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare runs: accuracy against training time",
                        description="Print a table of runs (model, parameters, epochs, training seconds, best "
                        "validation accuracy (the tested epoch's; for an unfinished run, the highest in metrics.csv), "
-                       "test accuracy, stop reason; the machine too when the runs trained on "
-                       "different CPUs or GPUs), best test accuracy first, and plot test accuracy against training "
-                       "time. Reads only the run folders.")
+                       "test accuracy, stop reason; the machine, the precision or the dataset too when the runs differ "
+                       "in it), best test accuracy first (within each dataset), and plot test accuracy against "
+                       "training time. Reads only the run folders.")
     c.add_argument("runs", metavar="RUN", nargs="+", help="run folders, or folders holding run folders")
-    c.add_argument("--plot", metavar="FILE", default="compare.png", help="where to write the plot (default compare.png)")
+    c.add_argument("--plot", metavar="FILE", default="compare.png",
+                   help="where to write the plot (default compare.png)")
     c.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
 
     en = sub.add_parser("ensemble", help="test the average of several models",
@@ -267,7 +271,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the study.")
     sw.add_argument("config", metavar="CONFIG", help="sweep file (TOML)")
     sw.add_argument("--out", metavar="DIR", help="sweep folder (default: sweeps/<date>-<time>-<name>)")
-    sw.add_argument("--trials", type=int, metavar="N", help="trials in all (complete or pruned), over reruns and workers")
+    sw.add_argument("--trials", type=int, metavar="N",
+                    help="trials in all (complete or pruned), over reruns and workers (default: [sweep] trials, else "
+                    "20, or the number of combinations of a finite space where fewer; a grid: all of them)")
     sw.add_argument("--workers", type=int, metavar="N",
                     help="processes sharing the study (default 1; at most one per trial and per CPU core)")
     sw.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///DIR/study.db)")
