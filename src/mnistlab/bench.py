@@ -133,7 +133,7 @@ def machine_description(device: torch.device | None = None) -> str:
     auto uses) or fp16 ones, cores, torch version, threads (and the GPU, if used)."""
     native = [f"{p} instructions" for p, has in (("bf16", native_bf16()), ("fp16", native_fp16())) if has]
     text = (f"{cpu_name()}{' with ' * bool(native)}{' and '.join(native)}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}")
     if hasattr(os, "getloadavg"):  # Unix's: on Windows bench stopped here with an AttributeError
         try:
             text += f", load average {os.getloadavg()[0]:.1f} at start"

@@ -100,3 +100,10 @@ def test_an_empty_omp_num_threads_is_not_a_setting(monkeypatch, value):
     monkeypatch.setenv("OMP_NUM_THREADS", value)
     monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 8)
     assert distributed._worker_env(2)["OMP_NUM_THREADS"] == "4"
+
+
+def test_the_machine_line_counts_one_thread_in_the_singular(monkeypatch):
+    monkeypatch.setattr(bench.torch, "get_num_threads", lambda: 1)
+    assert ", 1 thread," in bench.machine_description() + ","  # it said "1 threads"
+    monkeypatch.setattr(bench.torch, "get_num_threads", lambda: 2)
+    assert ", 2 threads" in bench.machine_description()
