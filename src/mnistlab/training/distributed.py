@@ -213,15 +213,23 @@ _EXCEPTION_LINE = re.compile(rb"^[A-Za-z_][\w.]*(: |:?\r?\n?$)")  # "KeyboardInt
 _PEER_GONE = (b"Connection closed by peer", b"Connection reset by peer")
 
 
+# torchrun's log of a worker's end; a negative exit code is a signal that ended it (-9: SIGKILL, the OOM killer's)
+_FAILED = re.compile(rb"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
+
+
+def _peer_gone(line: bytes) -> bool:
+    return any(gone in line for gone in _PEER_GONE)
+
+
 def _of_the_signal(line: bytes) -> bool:
     """Whether a traceback's last line is the signal's doing: torchrun's ``SignalException``, the
     ``KeyboardInterrupt`` of a process that Ctrl-C reached before it set a handler (still importing torch),
     or a rank's loss of a peer that the signal ended."""
-    return (b"SignalException" in line or line.startswith(b"KeyboardInterrupt")
-            or any(gone in line for gone in _PEER_GONE))
+    return b"SignalException" in line or line.startswith(b"KeyboardInterrupt") or _peer_gone(line)
 
 
-def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = ()) -> None:
+def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
+           killed: list[tuple[int, int]] | None = None) -> None:
     """Pass the workers' and torchrun's stderr on, line by line as it comes, until a worker has left an
     error: what follows is the other ranks' and torchrun's reaction to its exit (a lost peer's traceback,
     torchrun's ChildFailedError report), not news to the user. After a signal we passed on (``received``),
@@ -230,33 +238,62 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = ()) ->
     starting (torchrun and every worker import torch for seconds; the workers' tracebacks come interleaved,
     in pieces), and so are torchrun's log lines of passing the signal on ("Received 2 death signal, shutting down
     workers", "Sending process ... closing signal SIGINT"): the run stopped as asked, and the resume line
-    above them is what matters. A traceback among them that ends in another error is shown whole."""
-    held: list[bytes] = []  # tracebacks begun after a signal (several at once, or chained), until all have ended
+    above them is what matters. A traceback among them that ends in another error is shown whole.
+
+    Without a signal of ours, a worker that a signal ended (SIGKILL from the OOM killer, a segfault) is put in
+    ``killed`` as (local rank, signal number), for :func:`launch` to say in one line; what follows torchrun's log
+    of it (its ChildFailedError report) and the other ranks' tracebacks of the lost peer are left out: they
+    buried that cause under 80 lines, the first of them rank 0's "Connection reset by peer"."""
+
+    def ends_quietly(line: bytes) -> bool:  # a traceback that ends so is left out (``received`` fills as it runs)
+        return _of_the_signal(line) if received else _peer_gone(line)
+
+    elastic: list[bytes] = []  # torchrun's log lines, held until a line is written: a kill may follow them
+    ended = False  # a worker was killed by a signal: the rest is the reaction to it
+    held: list[bytes] = []  # tracebacks begun (several at once, or chained), until all have ended
+    # Without a signal of ours, the tracebacks of a lost peer, until the stream ends: left out if a worker turns
+    # out to have been killed, else shown then (a peer lost for another reason, a node of a multi-node run gone)
+    lost: list[bytes] = []
     unended = 0  # tracebacks in ``held`` whose exception line has not come yet
     other = False  # one of them ended in an error of its own, not the signal's
     chained = False  # all have ended, and "During handling of the above exception" says another follows
 
+    def write(lines: list[bytes]) -> None:
+        nonlocal elastic
+        sys.stderr.buffer.write(b"".join([*elastic, *lines]))  # torchrun's log lines held until now come first
+        sys.stderr.flush()
+        elastic = []
+
     def flush() -> None:
         nonlocal held, unended, other, chained
         if other:
-            sys.stderr.buffer.write(b"".join(held))
-            sys.stderr.flush()
+            write(held)
+        elif not received:
+            lost.extend(held)
         held, unended, other, chained = [], 0, False, False
 
     for line in iter(stream.readline, b""):
-        if error_file.exists():
+        if error_file.exists() or ended:
             continue
         if received and b"torch/distributed/elastic/" in line:  # its log of passing the signal on
+            continue
+        if b"torch/distributed/elastic/" in line:
+            killed_by = _FAILED.search(line)
+            if killed_by and int(killed_by.group(1)) < 0 and killed is not None:
+                killed.append((int(killed_by.group(2)), -int(killed_by.group(1))))
+                ended, elastic = True, []  # ("Sending process ... closing signal SIGTERM" to the others, too)
+            else:  # in its place among the tracebacks held, else until the next line is written
+                (held if held else elastic).append(line)
             continue
         body = _RANK_PREFIX.sub(b"", line)
         if received and body.startswith(b"Could not import runpy module"):  # Python's, of a signal at its start
             continue
         # Anywhere in the line: processes that print tracebacks at once interleave them in pieces, not lines.
-        begun = line.count(b"Traceback (most recent call last)") if received else 0
+        begun = line.count(b"Traceback (most recent call last)")
         if begun:
             if held and not unended and not chained:  # a traceback of its own, after those held
                 flush()
-            held.append(line)
+            held, elastic = [*held, *elastic, line], []  # torchrun's lines before it go (or stay) with it
             unended, chained = unended + begun, False
             continue
         if held:
@@ -266,14 +303,33 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = ()) ->
                 continue
             if unended:
                 held.append(line)
-                if _of_the_signal(body) or _EXCEPTION_LINE.match(body):  # the exception line that ends one
+                if ends_quietly(body) or _EXCEPTION_LINE.match(body):  # the exception line that ends one
                     unended -= 1
-                    other = other or not _of_the_signal(body)
+                    other = other or not ends_quietly(body)
                 continue  # else a piece of a frame, cut off by another process's (the indentation, the newline)
             flush()  # all have ended: a line of its own follows
-        sys.stderr.buffer.write(line)
-        sys.stderr.flush()
+        write([line])
+    # A traceback the stream ended inside is shown, unless a signal of ours cut it short (as before: all was shown)
+    other = other or (unended > 0 and not received and not ended)
     flush()
+    if (elastic or lost) and not ended:
+        write(lost)
+
+
+def _killed_line(nproc: int, local_rank: int, signum: int) -> str:
+    """What to say of a worker that a signal ended: which, by what, and where the run stands.
+
+    >>> _killed_line(2, 1, 9)[:66]
+    'process 1 of 2 was killed by SIGKILL (out of memory? `dmesg` says '
+    """
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    why = " (out of memory? `dmesg` says whether the kernel's OOM killer ended it)" if name == "SIGKILL" else ""
+    return (f"process {local_rank} of {nproc} was killed by {name}{why}, and the others were stopped; the run "
+            "folder keeps what was saved before (last.ckpt, at the last epoch's end): continue with "
+            f"`mnistlab train --resume RUN --nproc {nproc}`, or, if no epoch ended, start the run anew")
 
 
 _PR_SET_PDEATHSIG = 1
@@ -312,7 +368,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         proc = subprocess.Popen(cmd, start_new_session=True, env=env, stderr=subprocess.PIPE,
                                 preexec_fn=dying_with_parent())
         received: list[int] = []
-        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file, received), daemon=True)
+        killed: list[tuple[int, int]] = []
+        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file, received, killed), daemon=True)
         relay.start()
 
         def forward(signum, frame) -> None:
@@ -330,5 +387,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         if error_file.exists():
             print(f"mnistlab train: error: {error_file.read_text()}", file=sys.stderr)
             return 2
+        if killed and not received:
+            print(f"mnistlab train: error: {_killed_line(nproc, *killed[0])}", file=sys.stderr)
+            return 128 + killed[0][1]
     # torchrun itself ends with an error after a signal, however cleanly the workers stopped.
     return 128 + received[0] if received and rc != 0 else rc

@@ -104,7 +104,11 @@ def read_init_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
         path = checkpoint_file(path)
     except CheckpointError as e:
         raise CheckpointError(f"finetune.init_from: {e}") from None
-    return path, read_checkpoint(path)
+    try:
+        return path, read_checkpoint(path)
+    except CheckpointError as e:  # said as the folder's error is: which setting named it, and what it takes
+        raise CheckpointError(f"finetune.init_from: {e}; it takes a .ckpt file that mnistlab train wrote (best.ckpt, "
+                              "last.ckpt, an epoch's .ckpt) or a run folder (its best.ckpt)") from None
 
 
 def renumbered_head(state: dict[str, Any], own: dict[str, Any], prefix: str = "classifier.") -> dict[str, Any]:
