@@ -1224,11 +1224,13 @@ class Trainer:
         old_steps = int(stored_steps or ((int(payload["step"]) - batch) // done if done else self.steps_per_epoch))
         # Inside an epoch the settings checked above are unchanged: a new length comes from the number of processes.
         if batch and stored_steps and old_steps != self.steps_per_epoch:
+            old_world = len(payload.get("rng_ranks") or [None])  # each process's random state: stored with 2 or more
             raise ConfigError(
                 f"the run was interrupted inside epoch {done + 1}, after batch {batch} of {old_steps}; with "
                 f"{self._world} process{'es' * (self._world > 1)} the epoch would have {self.steps_per_epoch} "
                 "batches (the number of processes sets how small the last batch may be), so the rest of the epoch "
-                "would hold other images: resume with the number of processes it was interrupted with"
+                "would hold other images: resume with the number of processes it was interrupted with, "
+                + (f"{old_world} (--nproc {old_world})" if old_world > 1 else "1 (without --nproc)")
             )
         if batch > self.steps_per_epoch:  # == : interrupted after an epoch's last step, before its validation
             raise CheckpointError(f"the checkpoint says batch {batch} of an epoch of {self.steps_per_epoch} batches: "

@@ -298,14 +298,22 @@ def write_file(path: Path, data: bytes) -> None:
         raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def resume_command(run_dir: str | Path) -> str:
+def resume_command(run_dir: str | Path, nproc: int = 1) -> str:
     """The command that continues the run in ``run_dir``, as messages tell the user to run it (the folder
-    quoted as one shell word).
+    quoted as one shell word), in the ``nproc`` processes it trained in: interrupted inside an epoch, a run
+    resumed in another number of them may be refused (the epoch's batches would be others).
 
-    >>> resume_command("runs/a"), resume_command("my runs/rün 1")
-    ('mnistlab train --resume runs/a', "mnistlab train --resume 'my runs/rün 1'")
+    >>> resume_command("runs/a"), resume_command("my runs/rün 1", nproc=2)
+    ('mnistlab train --resume runs/a', "mnistlab train --resume 'my runs/rün 1' --nproc 2")
     """
-    return f"mnistlab train --resume {shlex.quote(str(run_dir))}"
+    return f"mnistlab train --resume {shlex.quote(str(run_dir))}" + (f" --nproc {nproc}" if nproc > 1 else "")
+
+
+def _processes_here() -> int:
+    """This run's processes, for its resume command: all of them, unless they span machines (a multi-node
+    torchrun, started by hand on each, with its own flags: ``--nproc`` would start them all on one)."""
+    world = distributed.world_size()
+    return world if int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world else 1
 
 
 # Where train()'s warnings go: None prints them as ``mnistlab train``'s; a command that runs train() for its own
@@ -537,7 +545,7 @@ def _how_to_go_on(run_dir: Path) -> str:
     written before its last.ckpt, and a folder with them but no last.ckpt can be neither resumed nor reused)."""
     if (run_dir / "last.ckpt").is_file():
         return ("the checkpoints written before are intact: once the folder can be written again (room on the disk, "
-                f"write access), continue with `{resume_command(run_dir)}`")
+                f"write access), continue with `{resume_command(run_dir, _processes_here())}`")
     return ("no epoch had been saved to resume from: once the folder can be written again (room on the disk, write "
             f"access), delete {shlex.quote(str(run_dir))} and start the run anew")
 
@@ -804,6 +812,7 @@ def _run(
     try:
         result = trainer.fit()
     except TrainingInterrupted as e:
+        resume_with = resume_command(run_dir, _processes_here())
         summary.update(
             stop_reason=trainer.stop_reason,
             stopped_by="interrupted",
@@ -811,14 +820,14 @@ def _run(
             train_seconds=trainer.train_seconds,
             **_compile_entry(cfg, trainer.compile_seconds),
             **_fp16_entry(trainer),
-            resume_with=resume_command(run_dir),
+            resume_with=resume_with,
         )
         write_json(run_dir / "summary.json", summary)
         # A resumed run's test predictions are of the test it had before: report would show them as this one's.
         (run_dir / PREDICTIONS_FILE).unlink(missing_ok=True)
         # Printed by `mnistlab train`, not here: a sweep that runs this as a trial has other advice.
         e.run_dir = run_dir
-        e.advice = f"{trainer.stop_reason}; progress saved to {e.checkpoint}\nresume with: {resume_command(run_dir)}"
+        e.advice = f"{trainer.stop_reason}; progress saved to {e.checkpoint}\nresume with: {resume_with}"
         e.args = (e.advice,)
         raise
     except CheckpointWriteError as e:
