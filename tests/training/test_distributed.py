@@ -425,7 +425,7 @@ def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, t
     assert main(train_args(mnist_root, "--out", "run", "--nproc", "3")) == 2
     assert capfd.readouterr().err.splitlines() == [
         "mnistlab train: error: train.batch_size (100) must be divisible by the number of processes (3): each "
-        "process takes an equal share of every batch"]
+        "process takes an equal share of every batch; use --batch-size 99 or 102"]
     assert not (tmp_path / "run").exists()
 
 

@@ -91,3 +91,32 @@ def test_an_init_from_that_is_no_checkpoint_says_which_setting_and_what_it_takes
     assert message.endswith("it takes a .ckpt file that mnistlab train wrote (best.ckpt, last.ckpt, an epoch's "
                             ".ckpt) or a run folder (its best.ckpt)"), message
     assert "\n" not in message
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    # Each process takes cuda:LOCAL_RANK; the third of --nproc 3 on a 2-GPU machine died in set_device
+    # ("invalid device ordinal") with a traceback per process.
+    import torch
+
+    from mnistlab.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    distributed.check_processes(2, torch.device("cuda"), 64)
+    with pytest.raises(ConfigError, match=r"^--nproc 3 on CUDA, but this machine has 2 GPU\(s\); use at most 2 "):
+        distributed.check_processes(3, torch.device("cuda"), 66)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # under torchrun across machines: the processes on this one
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    distributed.check_processes(4, torch.device("cuda"), 64)
+
+
+def test_a_batch_not_divisible_by_the_processes_is_told_the_nearest_that_are():
+    import torch
+
+    from mnistlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"; use --batch-size 62 or 64$"):
+        distributed.check_processes(2, torch.device("cpu"), 63)
+    with pytest.raises(ConfigError, match=r"; use --batch-size 2$"):  # not 0
+        distributed.check_processes(2, torch.device("cpu"), 1)

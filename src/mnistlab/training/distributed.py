@@ -74,14 +74,20 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
         raise ConfigError("multi-process training runs on CUDA (NCCL) or the CPU (gloo), not MPS; "
                           "use --device cpu or a single process")
     if batch_size is not None and batch_size % nproc:
+        near = sorted({max(nproc, batch_size // nproc * nproc), (batch_size // nproc + 1) * nproc})
         raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
-                          f"({nproc}): each process takes an equal share of every batch")
+                          f"({nproc}): each process takes an equal share of every batch; use --batch-size "
+                          + " or ".join(map(str, near)))
     # The cores bound the processes on this machine: under torchrun across machines ``nproc`` is WORLD_SIZE,
     # all of them, and 2 machines of 2 cores running 2 processes each were refused for "--nproc 4".
     here = int(os.environ.get("LOCAL_WORLD_SIZE", nproc)) if launched_by_torchrun() else nproc
     cores = machine.usable_cores()
     if device.type == "cpu" and here > cores:  # each one a training process with its own copy of the data
         raise ConfigError(f"--nproc {here} on the CPU, but this machine has {cores} core(s); use at most {cores}")
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and here > gpus:  # each takes cuda:LOCAL_RANK: the ones past the last had none
+        raise ConfigError(f"--nproc {here} on CUDA, but this machine has {gpus} GPU(s); use at most {gpus} "
+                          "(one process per GPU)")
 
 
 def init(device: torch.device) -> bool:
