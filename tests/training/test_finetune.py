@@ -364,3 +364,13 @@ def test_a_relative_init_from_is_stored_as_an_absolute_path(tmp_path, monkeypatc
     cfg = _absolute_paths(apply_overrides(Config(), ["finetune.init_from=runs/a", "data.dir=data"]))
     assert (cfg.finetune.init_from, cfg.data.dir) == (str(tmp_path / "runs" / "a"), str(tmp_path / "data"))
     assert _absolute_paths(apply_overrides(Config(), ["finetune.init_from=~/a"])).finetune.init_from == "~/a"
+
+
+def test_init_from_with_other_model_options_names_them(mnist_root, source_run, tmp_path, capsys):
+    # The shapes that differ were listed, but not the setting behind them: model.width = 0.5 on a run trained
+    # at 0.25 gave "another architecture or class count?" and tensor names.
+    assert main(["train", "--init-from", str(source_run), "--set", "model.width=0.5", "--data-dir", str(mnist_root),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "shapes differ: features.0.weight" in err, err
+    assert err.rstrip().endswith("[model] options differ from the checkpoint's: width = 0.5 (its: 0.25)"), err

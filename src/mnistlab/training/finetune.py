@@ -134,12 +134,15 @@ def renumbered_head(state: dict[str, Any], own: dict[str, Any], prefix: str = "c
 
 
 def init_from_checkpoint(model: nn.Module, payload: dict[str, Any], *, model_name: str, num_classes: int,
-                         in_channels: int, image_size: Sequence[int], source: str = "the checkpoint") -> str:
+                         in_channels: int, image_size: Sequence[int], source: str = "the checkpoint",
+                         model_options: dict[str, Any] | None = None) -> str:
     """Copy the checkpoint's weights into ``model``; return a line saying what was copied.
 
     The output layer is kept as built when the class count differs; the
     normalization buffers are kept as built (the new data's); every other
-    tensor must fit, else a CheckpointError says which do not and why.
+    tensor must fit, else a CheckpointError says which do not and why (with
+    ``model_options``, the config's [model] section, also which options differ
+    from those the checkpoint was trained with).
     """
     theirs = payload["model_name"]
     if theirs != model_name:
@@ -167,11 +170,31 @@ def init_from_checkpoint(model: nn.Module, payload: dict[str, Any], *, model_nam
         ours = [in_channels, *image_size]
         why = (f"; it was trained on {'x'.join(map(str, shape))} images and this data is {'x'.join(map(str, ours))}"
                if shape != ours else "")
+        why += _options_that_differ(payload, model_options)
         raise CheckpointError(f"finetune.init_from: {e}{why}") from None
     note = f"initialized from {source} ({theirs}, {payload.get('dataset', '?')}, epoch {payload.get('epoch', '?')})"
     if replaced:
         note += f"; new output layer {head} for {num_classes} classes (the checkpoint has {their_classes})"
     return note
+
+
+def _options_that_differ(payload: dict[str, Any], options: dict[str, Any] | None) -> str:
+    """``; [model] options differ from the checkpoint's: width = 2 (its: 1)`` where they do, else "": which
+    setting made the shapes differ, not only which tensors.
+
+    >>> print(_options_that_differ({"config": {"model": {"name": "cnn", "width": 1.0}}}, {"name": "cnn", "width": 2.0}))
+    ; [model] options differ from the checkpoint's: width = 2.0 (its: 1.0)
+    """
+    stored = (payload.get("config") or {}).get("model") if isinstance(payload.get("config"), dict) else None
+    if not isinstance(stored, dict) or options is None:
+        return ""
+
+    def shown(v: Any) -> str:
+        return "none" if v is None else repr(v) if isinstance(v, str) else str(v)
+
+    differ = [f"{k} = {shown(options.get(k))} (its: {shown(stored.get(k))})"
+              for k in sorted(set(options) | set(stored)) if k != "name" and options.get(k) != stored.get(k)]
+    return "; [model] options differ from the checkpoint's: " + ", ".join(differ) if differ else ""
 
 
 def released_by(unfreeze_at: int | None, epochs_done: int, batch: int) -> bool:

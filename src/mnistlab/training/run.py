@@ -25,8 +25,8 @@ from .. import jsonout
 from ..callbacks import Callback, TensorBoard, build_callbacks
 from ..callbacks.base import check_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
-from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, AugmentConfig, Config, config_to_toml,
-                      unread_settings)
+from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, AugmentConfig, Config, config_to_dict,
+                      config_to_toml, unread_settings)
 from ..data import DataBundle, load_data
 from ..data.datasets import quiet_downloads
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
@@ -654,7 +654,8 @@ def load_init(model: torch.nn.Module, cfg: Config, data: DataBundle, init: tuple
     """Load ``finetune.init_from``'s checkpoint (``init``, from :func:`read_init_checkpoint`) into ``model``;
     returns the line saying what was taken and what was replaced."""
     return init_from_checkpoint(model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
-                                in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]))
+                                in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]),
+                                model_options=config_to_dict(cfg)["model"])
 
 
 def _check_kept_models(run_dir: Path, ema: bool) -> None:
