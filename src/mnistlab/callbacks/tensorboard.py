@@ -40,6 +40,7 @@ import itertools
 import logging
 import math
 import os
+import shlex
 import socket
 import time
 import warnings
@@ -97,6 +98,9 @@ def _as_float_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(255) if images.dtype == torch.uint8 else images.float()
 
 
+_LAST_BUCKET = 1e20  # the largest bucket edge of add_histogram's default ("tensorflow") bins
+
+
 class TensorBoard(Callback):
     """Write scalars, histograms, the graph, image grids and hyperparameters for TensorBoard.
 
@@ -143,6 +147,7 @@ class TensorBoard(Callback):
         self._grads: dict[str, torch.Tensor] | None = None
         self._end: dict[str, Any] | None = None  # what on_train_end wrote into the .end file, for add_run_summary
         self._end_file: Path | None = None
+        self._run_dir: Path | None = None  # for the advice when add_run_summary cannot write
 
     @classmethod
     def from_config(cls, cfg: TensorBoardConfig, hparams: dict[str, Any] | None = None) -> "TensorBoard":
@@ -164,6 +169,7 @@ class TensorBoard(Callback):
             log.warning("TensorBoard: the run has no folder and no log_dir was given; nothing is written")
             return
         self._end = self._end_file = None
+        self._run_dir = Path(trainer.run_dir) if trainer.run_dir else None
         # A resumed run (also one cut inside its first epoch, still at epoch 0) has the graph and samples
         # already; resumed after epoch e, it drops the events of epochs > e and the old end-of-run summary.
         resumed = trainer.step > 0
@@ -251,8 +257,14 @@ class TensorBoard(Callback):
         self._end["final"].update(_final(summary, _SUMMARY))
         try:
             self._write_end()
-        except OSError as e:  # after the run's own error handling: say here which file and why
-            raise RunDirError(f"cannot write the TensorBoard run summary {e.filename}: {e.strerror or e}") from None
+        except OSError as e:  # after the run's own error handling: say here which file, why and what to do
+            # The run has trained and been tested (summary.json is written); resuming it as it is trains
+            # nothing, tests it again and writes what came after the test: this file, the report.
+            again = (f"`mnistlab train --resume {shlex.quote(str(self._run_dir))}` tests the run again and writes it"
+                     if self._run_dir is not None else "write it again")
+            raise RunDirError(f"cannot write the TensorBoard run summary {e.filename}: {e.strerror or e}; the "
+                              f"checkpoints and summary.json are kept: once the folder can be written again (room "
+                              f"on the disk, write access), {again}") from None
 
     # -- pieces -------------------------------------------------------------------
 
@@ -311,7 +323,10 @@ class TensorBoard(Callback):
         if not torch.isfinite(values).all():
             log.warning("TensorBoard: %s has non-finite values at epoch %d; histogram skipped", tag, step)
             return
-        self.writer.add_histogram(tag, values, step)
+        # TensorBoard's default buckets end at 1e20: weights all beyond it (a run diverging, still finite) fell in
+        # none, and add_histogram raised "The histogram is empty", which ended the run with a traceback.
+        bins = "auto" if float(values.abs().max()) >= _LAST_BUCKET else "tensorflow"
+        self.writer.add_histogram(tag, values, step, bins=bins)
 
     def _add_grid(self, tag: str, images: torch.Tensor, step: int) -> None:
         from torchvision.utils import make_grid

@@ -40,6 +40,25 @@ EMA_COLUMN = ("ema_val_acc", "{:>11}", "{:>10.2f}%")  # shown before lr when [em
 BAR, MIN_BAR = 30, 10  # characters of the progress bar: on a wide terminal, and the fewest worth drawing
 
 
+def _cell(fmt: str, value: float) -> str:
+    """A table cell as wide as its column's header: a number the fixed format makes wider (a diverging but
+    finite loss of 3.5e13 took 20 characters and pushed every later column out of line) is written in
+    scientific notation with as many digits as the column has room for. Whole numbers (the epoch) stay whole.
+
+    >>> _cell("{:>10.4f}", 0.25), _cell("{:>10.4f}", 34716385702260.15), _cell("{:>7.1f}", 123456.7)
+    ('    0.2500', '3.4716e+13', '1.2e+05')
+    """
+    text = fmt.format(value)
+    width = len(fmt.format(0))  # the cell's width: every format here pads to its column
+    if len(text) <= width or isinstance(value, int):
+        return text
+    for digits in range(max(width - 6, 0), -1, -1):  # d.dddde+XX: 6 characters besides the digits
+        short = f"{value:>{width}.{digits}e}"
+        if len(short) <= width:
+            return short
+    return text  # no room even for 1e+300: as wide as it takes
+
+
 def clock(seconds: float) -> str:
     """A duration as a clock shows it.
 
@@ -219,4 +238,4 @@ class Display:
             self._header_done = True
         values = [int(m["epoch"]), m["train_loss"], 100 * m["train_accuracy"], m["val_loss"], 100 * m["val_accuracy"],
                   *ema, m["lr"], m["seconds"]]
-        self.log("  ".join(fmt.format(v) for (_, _, fmt), v in zip(columns, values)))
+        self.log("  ".join(_cell(fmt, v) for (_, _, fmt), v in zip(columns, values)))
