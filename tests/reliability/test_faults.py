@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -85,7 +86,9 @@ def test_divergence_in_the_first_steps_says_no_checkpoint_is_usable(mini_root, t
     # test accuracy (the share of zeros), with a confusion matrix and "misclassified" images to match.
     assert summary["evaluated"] == "final weights" and summary["test_accuracy"] is None
     assert set(summary["per_class_accuracy"].values()) == {None}
-    assert "no test accuracy: the outputs of final weights (epoch 0) are not finite" in captured.out
+    assert re.search(r"no test accuracy: the outputs of final weights after step \d+ \(no epoch finished\) are "
+                     r"not finite\n", captured.out), captured.out
+    assert "tested with final weights after step " in captured.out and "epoch 0" not in captured.out
     assert "test accuracy 9" not in captured.out and not (out / "test_predictions.npz").exists()
 
 
@@ -487,3 +490,27 @@ def test_the_divergence_warning_names_where_a_mid_epoch_last_ckpt_stands(mini_ro
     last = read_checkpoint(tmp_path / "run" / "last.ckpt")
     assert (last["epoch"], last["batch"]) == (0, int(said.group(1)))
     assert all(bool(torch.isfinite(w).all()) for w in last["model"].values())  # the diverged weights are not saved
+
+
+def test_a_tensorboard_summary_that_cannot_be_written_comes_after_the_report_and_results(mini_root, tmp_path, capsys,
+                                                                                          monkeypatch):
+    # The TensorBoard end-of-run summary was written before the report: a folder that could no longer be written
+    # there ended the run without test_predictions.npz, report.html or the test accuracy line.
+    from mnistlab.callbacks import TensorBoard
+
+    real, calls = TensorBoard._write_end, []
+
+    def write_end(self):
+        calls.append(1)
+        if len(calls) == 2:  # the first is on_train_end's; the second add_run_summary's, after the test
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "my run" / "tensorboard" / "x.end"))
+        real(self)
+
+    monkeypatch.setattr(TensorBoard, "_write_end", write_end)
+    with pytest.raises(RunDirError, match="cannot write the TensorBoard run summary .*No space left on device"):
+        train(cfg(mini_root, "train.epochs=1", "tensorboard.enabled=true", "train.report=true"),
+              out=tmp_path / "my run")
+    out = capsys.readouterr().out
+    assert "report: (skipped)" in out  # the report was written (by the stand-in these tests put in its place)
+    assert "test accuracy " in out and (tmp_path / "my run" / "summary.json").is_file()
+    assert f"run folder: '{tmp_path / 'my run'}'\n" in out  # quoted, to paste into a shell (it was not)

@@ -873,9 +873,6 @@ def _run(
     extras = _extra_tests(cfg, run_dir, test_model, evaluated, data, device, display)
     summary.update(extras)
     write_json(run_dir / "summary.json", summary)
-    for cb in cbs:  # the HParams dashboard's final/* numbers: the tested model's too, as summary.json has them
-        if isinstance(cb, TensorBoard):
-            cb.add_run_summary(summary)
     _write_report(run_dir, test, data, display, report)  # without the test's figures if its outputs were not finite
     display.log(f"stopped: {result.stop_reason}")
     if result.stopped_by == "non_finite_loss":  # a failed run, even though it ends normally: say it on stderr too
@@ -884,15 +881,24 @@ def _run(
         _warn(f"training diverged: {result.stop_reason}; "
               f"{'; '.join(kept) or 'no epoch finished, so no checkpoint was written'}; "
               "try a lower learning rate (optimizer.lr)")
+    # "epoch 0" read as an epoch: a run that diverged in its first epoch tested the weights as it stopped
+    tested = (f"{evaluated} from epoch {best_epoch}" if best_epoch
+              else f"{evaluated} after step {result.steps} (no epoch finished)")
     if not test.finite:
-        display.log(f"no test accuracy: the outputs of {evaluated} (epoch {best_epoch}) are not finite")
+        display.log(f"no test accuracy: the outputs of {tested} are not finite")
     display.log(
         (f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f})" if test.finite else "tested")
-        + f" with {evaluated} from epoch {best_epoch}"
+        + f" with {tested}"
         f"{' (restored by early stopping)' if trainer.restored_epoch is not None else ''}; "
         f"{result.train_seconds:.1f} s of training"
-        f"{f' (and {result.compile_seconds:.1f} s compiling)' if result.compile_seconds else ''}; run folder: {run_dir}"
+        f"{f' (and {result.compile_seconds:.1f} s compiling)' if result.compile_seconds else ''}; "
+        f"run folder: {shlex.quote(str(run_dir))}"  # quoted as the resume command is: pasted into a shell
     )
     if any(k in extras for k in _EXTRA_NAMES):
         display.log("test accuracy " + "; ".join(f"{_EXTRA_NAMES[k]} {100 * v:.2f}%" for k, v in extras.items() if k in _EXTRA_NAMES))
+    # The HParams dashboard's final/* numbers, the tested model's too, as summary.json has them. Last: a folder
+    # that can no longer be written fails this with advice, after the report and the results are out.
+    for cb in cbs:
+        if isinstance(cb, TensorBoard):
+            cb.add_run_summary(summary)
     return RunResult(run_dir=run_dir, fit=result, test=test, summary=summary)
