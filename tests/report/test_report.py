@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from mnistlab.report import PREDICTIONS_FILE, RunFolderError, read_run, write_report
+from mnistlab.report.html import FIGURES  # what a later report removes when it lacks one: all that a run draws
 from mnistlab.report.runfolder import WORST
-
-FIGURES = ("curves", "confusion", "per_class", "misclassified")
 
 
 def embedded_images(page: str) -> list[bytes]:
@@ -25,6 +24,7 @@ def test_a_run_ends_with_its_report_and_test_predictions(finished_run, mnist_sma
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_by"] == "early_stopping" and summary["epochs"] == 2
     assert (run_dir / "report.html").is_file()
+    assert FIGURES == ("curves", "confusion", "per_class", "misclassified")
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(f"{n}.png" for n in FIGURES)
 
     with np.load(run_dir / PREDICTIONS_FILE, allow_pickle=False) as z:  # plain arrays, no pickles
