@@ -265,9 +265,11 @@ def _replaceable(path: Path) -> bool:
     earlier export). Anything else -- last.ckpt, best.ckpt, a user's file given to --out by mistake -- is kept."""
     try:
         size = path.stat().st_size
+        if not path.is_file():  # /dev/null has no size either
+            return False
         if size == 0:
             return True
-        if not path.is_file() or size >= _PROTOBUF_LIMIT:  # no ONNX model is bigger: not read to find out
+        if size >= _PROTOBUF_LIMIT:  # no ONNX model is bigger: not read to find out
             return False
         import onnx
 
@@ -290,6 +292,9 @@ def _destination(path: str | Path) -> Path:
         path = Path(os.path.realpath(path))
     if path.is_dir():
         raise MnistlabError(f"{path} is a folder: give the ONNX file's name, e.g. {path / 'model.onnx'}")
+    if path.exists() and not path.is_file():  # the rename would replace /dev/null (as root) with the file
+        raise MnistlabError(f"{path} is not a regular file (a device, a pipe or a socket): an export writes a file; "
+                            "give the ONNX file's name, e.g. model.onnx")
     if path.exists() and not _replaceable(path):
         raise MnistlabError(f"{path} exists and is not an ONNX model: an export replaces only an earlier ONNX file "
                             "(or an empty one); give the ONNX file another name")
@@ -348,7 +353,7 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, *, chec
     require_export_packages(check)  # before reading the checkpoint: a missing extra is the first thing to know
     file = checkpoint_file(source)
     payload = read_checkpoint(file)
-    model = model_from_checkpoint(payload)
+    model = model_from_checkpoint(payload, file)
     extra = {"mnistlab.weights_sha256": str(payload["weights_sha256"])}
     if isinstance(payload.get("epoch"), int):
         extra["mnistlab.epoch"] = str(payload["epoch"])

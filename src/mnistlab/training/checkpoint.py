@@ -9,6 +9,7 @@ the stored config, so a checkpoint is a complete model without pickled code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -16,6 +17,7 @@ import pickle
 import shlex
 import tomllib
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,10 @@ def atomic_write(path: Path, write) -> None:
     never a mix: the rename is atomic, and the data is fsync-ed before it.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # The rename would put a regular file in the place of a device or a pipe: /dev/null, as root. A folder
+        # is refused by os.replace itself.
+        raise OSError(errno.EINVAL, "not a regular file (a device, a pipe or a socket)", str(path))
     suffix = f".tmp-{os.getpid()}"
     # A name of up to 255 bytes is valid: the temporary one keeps as much of it as fits beside its dot and suffix.
     stem = os.fsencode(path.name)[:255 - 1 - len(suffix)]
@@ -115,6 +121,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise TypeError("save_checkpoint(path, payload): payload must be a dict holding 'model', the model's "
                         "state_dict(), e.g. {'model': model.state_dict()}")
+    _refuse_what_cannot_be_read(payload)
     payload = dict(payload)
     payload["format_version"] = FORMAT_VERSION
     payload["model"] = {k: v.detach().to("cpu") for k, v in payload["model"].items()}
@@ -129,6 +136,40 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         reason = (cause.strerror or str(cause)) if cause is not None else " ".join(str(e).split())
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {reason}") from e
     return path
+
+
+def _without_tensors(obj: Any, memo: dict[int, Any]) -> Any:
+    """``obj`` with its tensors as None, inside the containers the weights-only reader takes (of those exact
+    types); anything else is kept as it is, so that it is refused as it would be when read."""
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, torch.Tensor):
+        return None
+    kind = type(obj)
+    if kind in (dict, OrderedDict):
+        memo[id(obj)] = copy = kind()
+        copy.update((key, _without_tensors(value, memo)) for key, value in obj.items())
+        return copy
+    if kind is list:
+        memo[id(obj)] = copy = []
+        copy.extend(_without_tensors(item, memo) for item in obj)
+        return copy
+    if kind in (tuple, set):
+        return kind(_without_tensors(item, memo) for item in obj)
+    return obj
+
+
+def _refuse_what_cannot_be_read(payload: dict[str, Any]) -> None:
+    """A TypeError, before anything is written, for a payload that read_checkpoint would refuse as one that
+    could run code: a NumPy number or a Path saves without complaint, and the file could never be loaded."""
+    refusal = weights_only_refusal(_without_tensors(payload, {}))
+    if refusal is None:
+        return
+    keys = [k for k in payload if weights_only_refusal(_without_tensors({k: payload[k]}, {})) is not None]
+    where = f"payload[{keys[0]!r}]" if keys else "the payload"
+    raise TypeError(f"save_checkpoint: {where} holds what a checkpoint cannot ({refusal}): checkpoints are read "
+                    "with torch.load(weights_only=True); keep it to tensors, numbers, strings, lists and dicts "
+                    "(float(x) for a NumPy number, str(p) for a path)")
 
 
 class CheckpointWriteError(CheckpointError):
@@ -241,13 +282,15 @@ def weights_only_refusal(obj: Any) -> str | None:
     For small objects (a callback's state): it is saved and loaded once in memory.
     """
     buffer = io.BytesIO()
+    # torch.serialization's own names: this round trip in memory is no write, and must not fail where
+    # torch.save is replaced to fail the writes (the tests of a full disk do that).
     try:
-        torch.save(obj, buffer)
+        torch.serialization.save(obj, buffer)
     except (pickle.PicklingError, TypeError, AttributeError) as e:  # a lock, a lambda, a generator: not even saved
         return f"it cannot be saved at all ({type(e).__name__}: {e})"
     buffer.seek(0)
     try:
-        torch.load(buffer, weights_only=True)
+        torch.serialization.load(buffer, weights_only=True)
     except pickle.UnpicklingError as e:
         return _unpickling_reason(e)
     return None
@@ -274,6 +317,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is a torch checkpoint in the legacy (pre-1.6, non-zip) format, which "
                                   "mnistlab does not read: it is not a mnistlab checkpoint")
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated, or not a torch checkpoint at all)")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -282,8 +326,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a checkpoint: {e})") from None
     except Exception as e:  # torch raises assorted types on garbage; none may escape as a traceback
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(
+            f"{path} holds bare weights (torch.save(model.state_dict())), not a mnistlab checkpoint: it does not say "
+            "which model they are for; build that model with mnistlab.build_model(...) and load them with "
+            "mnistlab.training.load_weights(model, torch.load(path, weights_only=True))"
+        )
     if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
-        raise CheckpointError(f"{path} is not a mnistlab checkpoint (missing keys)")
+        missing = [k for k in _REQUIRED if k not in payload] if isinstance(payload, dict) else None
+        what = f"it lacks {', '.join(missing)}" if missing else f"it holds a {type(payload).__name__}, not a dict"
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint ({what}); give a .ckpt file that mnistlab "
+                              "wrote, or its run folder")
     version = payload["format_version"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"{path} is not a mnistlab checkpoint (its format version is {version!r})")
@@ -292,6 +345,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} has checkpoint format {version}, newer than this mnistlab reads ({FORMAT_VERSION}); "
             "upgrade mnistlab to load it"
         )
+    _check_structure(path, payload, path.stat().st_size)
     state = payload["model"]
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -309,10 +363,100 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if digest != payload["weights_sha256"]:
         raise CheckpointError(f"{path} is corrupted: the SHA-256 of its weights does not match the stored one")
     # Checkpoints from before the key have only the weights' digest.
-    if "content_sha256" in payload and content_digest(payload) != payload["content_sha256"]:
+    if "content_sha256" in payload and _content_digest_of(path, payload) != payload["content_sha256"]:
         raise CheckpointError(f"{path} is corrupted: the SHA-256 of its training state (optimizer, random state, "
                               "progress) does not match the stored one")
     return payload
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a zip whose entries would unpack to more than the file holds.
+
+    torch.save stores its entries uncompressed, once each; torch.load also inflates compressed ones, and reads
+    entries that share bytes, so a file of 300 KB could unpack to a 200 MB tensor (a zip bomb).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (its zip directory is damaged: {e})") from None
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise CheckpointError(f"{path} is not a checkpoint torch.save wrote: its entry {packed[0]} is compressed "
+                              "(torch.save stores them as they are); save it again with torch.save")
+    declared = sum(e.file_size for e in entries)
+    if declared > path.stat().st_size:
+        raise CheckpointError(f"{path} is not a checkpoint torch.save wrote: its entries declare {declared} bytes, "
+                              f"more than the file's {path.stat().st_size} (entries that overlap)")
+
+
+# Bounds on what a checkpoint holds besides its tensors' bytes. mnistlab's payloads are a few levels deep, with
+# some thousands of values at most (a long run's history). A crafted pickle can hold a list that contains itself,
+# or one list twice in each of 40 levels: 2**40 values to hash, from a file of 100 bytes.
+_MAX_DEPTH, _MAX_VALUES = 32, 1_000_000
+
+
+def _tensor_problem(t: torch.Tensor) -> str | None:
+    """Why the tensor ``t`` is none that mnistlab writes, or None. Each written tensor has its own bytes in the
+    file; a view that repeats its elements (stride 0) makes a tensor of gigabytes from a few bytes, which
+    hashing it would allocate."""
+    if t.layout != torch.strided:
+        return f"a {str(t.layout).removeprefix('torch.')} tensor"
+    if t.device.type == "meta":
+        return "a tensor without data (on the meta device)"
+    if t.is_quantized or t.numel() == 0:
+        return None
+    try:
+        room = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return "a tensor whose data cannot be read"
+    need = t.numel() * t.element_size()
+    if need > room:
+        return f"a tensor of shape {list(t.shape)} ({need} bytes) over {max(room, 0)} bytes of data (a repeating view)"
+    return None
+
+
+def _check_structure(path: Path, payload: Any, file_bytes: int) -> None:
+    """Refuse what would exhaust memory, time or the stack when it is hashed or read: see ``_MAX_DEPTH``,
+    ``_MAX_VALUES`` and ``_tensor_problem``. Tensors reached through shared references count each time, as
+    hashing reads them each time; a file holds each storage once, so a total of 4 times the file is refused."""
+    seen = {"values": 0, "bytes": 0}
+    most_bytes = 4 * file_bytes + (1 << 20)
+
+    def refuse(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a mnistlab checkpoint ({what}): damaged, or crafted to exhaust "
+                               "memory or time; use a checkpoint mnistlab wrote")
+
+    def walk(obj: Any, depth: int) -> None:
+        seen["values"] += 1
+        if seen["values"] > _MAX_VALUES:
+            raise refuse(f"it holds more than {_MAX_VALUES:,} values, or the same ones many times over")
+        if depth > _MAX_DEPTH:
+            raise refuse(f"its data is nested more than {_MAX_DEPTH} levels deep, or holds itself")
+        if isinstance(obj, torch.Tensor):
+            problem = _tensor_problem(obj)
+            if problem:
+                raise refuse(f"it holds {problem}")
+            seen["bytes"] += obj.numel() * obj.element_size()
+            if seen["bytes"] > most_bytes:
+                raise refuse(f"its tensors take {seen['bytes']:,} bytes or more, from a file of {file_bytes:,}")
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(key, depth + 1)
+                walk(value, depth + 1)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            for item in obj:
+                walk(item, depth + 1)
+
+    walk(payload, 0)
+
+
+def _content_digest_of(path: Path, payload: dict[str, Any]) -> str:
+    try:  # _check_structure has bounded it; a value that cannot be hashed is still one line, not a traceback
+        return content_digest(payload)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not a mnistlab checkpoint (its training state cannot be hashed: "
+                              f"{type(e).__name__}: {e})") from None
 
 
 # Bounds on what a checkpoint may ask model_from_checkpoint to build: a crafted file must not
@@ -322,6 +466,24 @@ _MAX_IMAGE_SIDE, _MAX_CHANNELS, _MAX_CLASSES = 1024, 4, 100_000
 
 def _int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _structure(payload: dict[str, Any], source: str | Path = "the checkpoint") -> tuple[int, int, Any]:
+    """The checkpoint's num_classes, in_channels and image_size, each checked: check_fits_data compares them
+    with the data before the model is built (an image_size of 28 made its list() a TypeError)."""
+    num_classes, in_channels, size = (payload.get(k) for k in ("num_classes", "in_channels", "image_size"))
+    if not (
+        _int_in(num_classes, 1, _MAX_CLASSES)
+        and _int_in(in_channels, 1, _MAX_CHANNELS)
+        and isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(_int_in(s, 1, _MAX_IMAGE_SIDE) for s in size)
+    ):
+        raise CheckpointError(
+            f"{source} lacks what is needed to rebuild its model: num_classes, in_channels and image_size (two "
+            f"sides) must be positive integers, got {num_classes!r}, {in_channels!r} and {size!r}"
+        )
+    return num_classes, in_channels, size
 
 
 def stored_config(payload: dict[str, Any], source: str | Path = "the checkpoint"):
@@ -344,7 +506,8 @@ def check_fits_data(payload: dict[str, Any], data, path: str | Path) -> None:
         side = "x".join(map(str, size)) if isinstance(size, (list, tuple)) else repr(size)
         return f"{classes} classes on {side} images of {channels} channel{'s' * (channels != 1)}"
 
-    mine = (payload.get("num_classes"), payload.get("in_channels"), list(payload.get("image_size") or ()))
+    num_classes, in_channels, size = _structure(payload, path)
+    mine = (num_classes, in_channels, list(size))
     images = data.test.images  # N x C x H x W
     theirs = (data.num_classes, int(images.shape[1]), [int(images.shape[2]), int(images.shape[3])])
     if mine != theirs:
@@ -352,30 +515,13 @@ def check_fits_data(payload: dict[str, Any], data, path: str | Path) -> None:
                               f"{shape(*theirs)}")
 
 
-def model_from_checkpoint(payload: dict[str, Any]):
-    """Rebuild the model a checkpoint payload describes and load its weights."""
+def model_from_checkpoint(payload: dict[str, Any], source: str | Path = "the checkpoint"):
+    """Rebuild the model a checkpoint payload describes and load its weights; ``source`` (the file) is named in
+    the errors."""
     from ..models import build_model
 
-    num_classes, in_channels, size = (payload.get(k) for k in ("num_classes", "in_channels", "image_size"))
-    if not (
-        _int_in(num_classes, 1, _MAX_CLASSES)
-        and _int_in(in_channels, 1, _MAX_CHANNELS)
-        and isinstance(size, (list, tuple))
-        and len(size) == 2
-        and all(_int_in(s, 1, _MAX_IMAGE_SIDE) for s in size)
-    ):
-        raise CheckpointError(
-            "checkpoint lacks what is needed to rebuild its model: num_classes, in_channels and image_size (two "
-            f"sides) must be positive integers, got {num_classes!r}, {in_channels!r} and {size!r}"
-        )
-    cfg = stored_config(payload)
-    if not isinstance(payload["model_name"], str):
-        raise CheckpointError(f"the checkpoint's model name is not a string: {payload['model_name']!r}")
-    options = cfg.model.options()
-    if stored_crop(payload["model"]):
-        # The weights know their crop even where the stored config does not (a model built with
-        # build_model(..., crop=2) and trained through the Python API under a config without it).
-        options["crop"] = stored_crop(payload["model"])
+    num_classes, in_channels, size, options = _stored_model(payload, source)
+    _refuse_a_larger_model(payload["model_name"], payload["model"], num_classes, in_channels, size, options)
     try:
         # Its initial weights are replaced by the stored ones: drawn from a fork of the global RNG, so that a
         # caller's random stream (a notebook that loads a model for predict) does not move.
@@ -402,6 +548,56 @@ def model_from_checkpoint(payload: dict[str, Any]):
     model.classes = [str(c) for c in classes] if ok else [str(i) for i in range(num_classes)]
     model.dataset = str(payload.get("dataset", ""))
     return model
+
+
+def _stored_model(payload: dict[str, Any], source: str | Path = "the checkpoint") -> tuple[int, int, Any, dict]:
+    """The num_classes, in_channels, image_size and [model] options a checkpoint's model is built with, each
+    checked."""
+    num_classes, in_channels, size = _structure(payload, source)
+    cfg = stored_config(payload, source)
+    if not isinstance(payload["model_name"], str):
+        raise CheckpointError(f"the checkpoint's model name is not a string: {payload['model_name']!r}")
+    options = cfg.model.options()
+    if stored_crop(payload["model"]):
+        # The weights know their crop even where the stored config does not (a model built with
+        # build_model(..., crop=2) and trained through the Python API under a config without it).
+        options["crop"] = stored_crop(payload["model"])
+    return num_classes, in_channels, size, options
+
+
+def refuse_a_larger_model(payload: dict[str, Any], source: str | Path = "the checkpoint") -> None:
+    """A CheckpointError where the model the checkpoint's config describes holds more values than its weights
+    (see ``_refuse_a_larger_model``); a config that cannot be read is left to the code that builds the model
+    (``--init-from`` with ``--config`` builds the user's)."""
+    try:
+        spec = _stored_model(payload, source)
+    except CheckpointError:
+        return
+    _refuse_a_larger_model(payload["model_name"], payload["model"], *spec)
+
+
+def _refuse_a_larger_model(name: str, state: dict[str, torch.Tensor], num_classes: int, in_channels: int,
+                           size: Any, options: dict[str, Any]) -> None:
+    """Refuse, before it is built, a model with more values than the checkpoint's weights: they cannot fit it.
+
+    Building it first would allocate and initialize it: a few KB of crafted sizes (a cnn on 1024 x 1024
+    images has 210 billion weights) would take all memory before load_weights said the weights do not fit.
+    It is counted on the meta device, which allocates nothing.
+    """
+    from ..models._registry import _get
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            shapes = _get(name)(num_classes=num_classes, in_channels=in_channels, image_size=tuple(size),
+                                **{k: v for k, v in options.items() if v is not None}).state_dict()
+    except Exception:  # noqa: BLE001 - a model that cannot be built: build_model says why, in its own words
+        return
+    needed, held = (sum(t.numel() for t in d.values()) for d in (shapes, state))
+    if needed > held:
+        raise CheckpointError(
+            f"the weights from {name} do not fit the model its config describes (another architecture or class "
+            f"count?): that model has {needed:,} values, the checkpoint's weights {held:,}"
+        )
 
 
 def stored_crop(state: dict[str, torch.Tensor]) -> int:
@@ -464,5 +660,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     >>> model = load_model("runs/my-run/best.ckpt")       # doctest: +SKIP
     >>> model.classes[model(images).argmax(1)[0]]          # doctest: +SKIP
     """
-    model = model_from_checkpoint(read_checkpoint(path))
+    file = checkpoint_file(path)
+    model = model_from_checkpoint(read_checkpoint(file), file)
     return model.to(device).eval()

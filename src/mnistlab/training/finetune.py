@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import checkpoint_file, load_weights, read_checkpoint
+from .checkpoint import checkpoint_file, load_weights, read_checkpoint, refuse_a_larger_model
 
 
 def split_patterns(text: str) -> tuple[str, ...]:
@@ -105,10 +105,15 @@ def read_init_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     except CheckpointError as e:
         raise CheckpointError(f"finetune.init_from: {e}") from None
     try:
-        return path, read_checkpoint(path)
+        payload = read_checkpoint(path)
     except CheckpointError as e:  # said as the folder's error is: which setting named it, and what it takes
         raise CheckpointError(f"finetune.init_from: {e}; it takes a .ckpt file that mnistlab train wrote (best.ckpt, "
                               "last.ckpt, an epoch's .ckpt) or a run folder (its best.ckpt)") from None
+    try:  # the run builds the model the checkpoint's config describes: one larger than its weights is crafted
+        refuse_a_larger_model(payload, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"finetune.init_from: {e}") from None
+    return path, payload
 
 
 def renumbered_head(state: dict[str, Any], own: dict[str, Any], prefix: str = "classifier.") -> dict[str, Any]:
