@@ -1125,8 +1125,12 @@ class Trainer:
         return True
 
     def _scheduled_lr(self, step: int) -> float:
+        # The epochs done before ``step``, counted from the start of this run or its resumed epoch: an earlier epoch
+        # that train.max_steps cut short has fewer steps than steps_per_epoch (step // steps_per_epoch lags behind).
+        done, start = self._plan_from
         return lr_at(
             step,
+            epoch=done + (step - start) // self.steps_per_epoch if step >= start else None,
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
             base_lr=self.cfg.optimizer.lr,

@@ -18,7 +18,8 @@ def _cos_interp(start: float, end: float, frac: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
 
 
-def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: ScheduleConfig) -> float:
+def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: ScheduleConfig,
+          epoch: int | None = None) -> float:
     """The learning rate for optimizer step ``step`` (0-based) of a run of ``total_steps``.
 
     - constant: ``base_lr`` (after an optional linear warm-up);
@@ -28,6 +29,9 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
     - onecycle: as PyTorch's OneCycleLR with cosine annealing: from
       ``base_lr / div_factor`` up to ``base_lr`` over the first ``pct_start`` of the
       steps, then down to ``base_lr / div_factor / final_div_factor``.
+
+    ``epoch``: the epochs done before this step (step and multistep count them); unset, ``step // steps_per_epoch``,
+    which an epoch cut short by ``train.max_steps`` and resumed puts behind.
     """
     total_steps = max(total_steps, 1)
     if cfg.name == "onecycle":
@@ -47,7 +51,8 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
     if cfg.name == "constant":
         return base_lr
     if cfg.name in ("step", "multistep"):
-        epoch = step // steps_per_epoch  # epochs done, as PyTorch's StepLR and MultiStepLR count them
+        if epoch is None:  # epochs done, as PyTorch's StepLR and MultiStepLR count them
+            epoch = step // steps_per_epoch
         drops = epoch // cfg.step_epochs if cfg.name == "step" else bisect.bisect_right(cfg.milestones, epoch)
         try:
             return base_lr * cfg.gamma ** drops
