@@ -411,6 +411,7 @@ def test_no_more_cpu_processes_than_cores(monkeypatch):
 
     monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 2)
     distributed.check_processes(2, torch.device("cpu"), 100)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     distributed.check_processes(4, torch.device("cuda"), 100)  # one GPU each: the cores are not the limit
     with pytest.raises(ConfigError, match=r"--nproc 4 on the CPU, but this machine has 2 core\(s\); use at most 2"):
         distributed.check_processes(4, torch.device("cpu"), 100)
