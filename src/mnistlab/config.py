@@ -14,6 +14,7 @@ written back as TOML into every run folder and as a dict into every checkpoint.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import numbers
 import operator
@@ -705,8 +706,13 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-def _wrong_type(key: str, value: Any, expected: str) -> ConfigError:
+def _wrong_type(key: str, value: Any, expected: str, list_expected: bool = False) -> ConfigError:
     message = f"{key} = {value!r} has the wrong type; expected {expected}"
+    if list_expected and isinstance(value, str) and "," in value and not value.lstrip().startswith("["):
+        # `--set model.channels=16,32`: the values without the brackets that make a TOML list
+        items = [v.strip() for v in value.split(",")]
+        shown = ", ".join(v if re.fullmatch(r"[-+]?[\d.eE+-]+|true|false", v) else json.dumps(v) for v in items)
+        return ConfigError(f"{message}; a list is written in brackets: --set '{key}=[{shown}]'")
     if isinstance(value, str) and value.lstrip().startswith("["):
         # `--set model.channels=[8,"M"]` reaches us as [8,M]: the shell took the quotes, the list did not parse
         quoted = re.sub(r'(?<=[\[,\s])([A-Za-z_][\w.-]*)(?=\s*[,\]])', r'"\1"', value)
@@ -735,10 +741,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise  # the right type, a value it cannot hold: that is the message, not "wrong type"
             except ConfigError:
                 pass
-        raise _wrong_type(key, value, _type_name(tp) + (" (true or false)" if bool in args else ""))
+        raise _wrong_type(key, value, _type_name(tp) + (" (true or false)" if bool in args else ""),
+                          list_expected=any(typing.get_origin(a) is tuple for a in args))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise _wrong_type(key, value, f"a list ({_type_name(tp)})")
+            raise _wrong_type(key, value, f"a list ({_type_name(tp)})", list_expected=True)
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)

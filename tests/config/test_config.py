@@ -129,6 +129,10 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
                                  "is in single quotes: --set 'model.channels=[8,\"M\"]'"),
         ("model.channels=[8,M,@]", "has the wrong type; expected tuple[Union[int, str], ...] | None; it was read "
                                    "as text, not a list"),
+        # a list without its brackets (Hydra's and many tools' way): said how to write it
+        ("model.channels=16,32", "a list is written in brackets: --set 'model.channels=[16, 32]'"),
+        ("model.channels=32,M,64", "a list is written in brackets: --set 'model.channels=[32, \"M\", 64]'"),
+        ("optimizer.betas=0.9,0.99", "a list is written in brackets: --set 'optimizer.betas=[0.9, 0.99]'"),
     ],
 )
 def test_bad_overrides_are_clear(override, message):
