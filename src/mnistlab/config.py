@@ -69,9 +69,15 @@ def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> Non
         raise ConfigError(f"{section}.{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+SEED_LIMIT = 2**32
+
+
 def _seed(section: str, key: str, value: int) -> None:
-    if value >= 2**64:  # torch's generators take 64-bit seeds
-        raise ConfigError(f"{section}.{key} must be below 2**64, got {value}")
+    # torch takes seeds up to 2**64 - 1, but its CPU generator (mt19937) keeps only the low 32 bits: 2**32 drew
+    # the numbers of 0 (the same validation split, the same initial weights) as if it were another seed.
+    if value >= SEED_LIMIT:
+        raise ConfigError(f"{section}.{key} must be below 2**32 = {SEED_LIMIT}, got {value}: torch's CPU generator "
+                          f"keeps only a seed's low 32 bits, so it would draw what {value % SEED_LIMIT} draws")
 
 
 def _positive(section: str, obj: Any, *keys: str, allow_zero: bool = False) -> None:

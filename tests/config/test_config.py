@@ -87,8 +87,11 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("checkpoint.filename=\"e{epoch.ckpt\"", "cannot be filled with an epoch's metrics"),
         ("train.threads=100000", "train.threads must be at most 1024"),
         ("tta.shift=28", "tta.shift must be below 28 pixels"),
-        ("train.seed=18446744073709551616", "train.seed must be below 2**64"),
-        ("data.split_seed=18446744073709551616", "data.split_seed must be below 2**64"),
+        ("train.seed=18446744073709551616", "train.seed must be below 2**32 = 4294967296, got 18446744073709551616"),
+        # torch's CPU generator keeps 32 bits: 2**32 drew what 0 draws (the same split, the same initial weights)
+        ("data.split_seed=4294967296", "data.split_seed must be below 2**32 = 4294967296, got 4294967296: torch's "
+                                       "CPU generator keeps only a seed's low 32 bits, so it would draw what 0 draws"),
+        ("train.seed=4294967303", "so it would draw what 7 draws"),
         ("early_stopping.baseline=nan", "early_stopping.baseline must be a finite number"),
         ("early_stopping.divergence_threshold=inf", "early_stopping.divergence_threshold must be a finite number"),
         ("augment.elastic_alpha=1e300", "augment.elastic_alpha must be at most 1000 pixels"),

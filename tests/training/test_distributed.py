@@ -471,10 +471,13 @@ def test_children_started_dying_with_parent_end_when_the_parent_is_killed():
 
 
 def test_each_rank_seeds_within_torchs_range():
-    # train.seed may be up to 2**64 - 1: seed + 1_000_003 * rank overflowed torch.manual_seed on rank 1, a
-    # traceback from every process of `--nproc 2 --seed 18446744073709551615`.
+    # seed + 1_000_003 * rank overflowed torch.manual_seed on rank 1 (a traceback from every process of `--nproc 2
+    # --seed 18446744073709551615`, when seeds went to 2**64 - 1); the ranks' seeds stay within the 32 bits the CPU
+    # generator keeps, where each is its own stream.
     from mnistlab.training.run import rank_seed
 
     assert rank_seed(5, 0) == 5 and rank_seed(5, 1) != rank_seed(5, 2)
-    for rank in range(4):
-        torch.manual_seed(rank_seed(2**64 - 1, rank))
+    top = [rank_seed(2**32 - 1, rank) for rank in range(4)]
+    assert all(0 <= s < 2**32 for s in top) and len(set(top)) == 4
+    for seed in top:
+        torch.manual_seed(seed)

@@ -25,8 +25,8 @@ from .. import jsonout
 from ..callbacks import Callback, TensorBoard, build_callbacks
 from ..callbacks.base import check_callbacks
 from ..callbacks.early_stopping import early_stopping_warnings
-from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, AugmentConfig, Config, config_to_dict,
-                      config_to_toml, unread_settings)
+from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, SEED_LIMIT, AugmentConfig, Config,
+                      config_to_dict, config_to_toml, unread_settings)
 from ..data import DataBundle, load_data
 from ..data.datasets import quiet_downloads
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
@@ -580,13 +580,14 @@ def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Di
 
 
 def rank_seed(seed: int, rank: int) -> int:
-    """The seed of process ``rank``'s dropout and augmentation: its own stream, in torch's range (seeds up to
-    2**64 - 1 are valid, and the sum overflowed torch.manual_seed on every rank but the first).
+    """The seed of process ``rank``'s dropout and augmentation: its own stream, within the 32 bits torch's CPU
+    generator keeps (seeds up to 2**32 - 1 are valid; a sum past 2**64 overflowed torch.manual_seed, and one past
+    2**32 would be another rank's seed in all but name).
 
-    >>> rank_seed(7, 0), rank_seed(2**64 - 1, 1)
+    >>> rank_seed(7, 0), rank_seed(2**32 - 1, 1)
     (7, 1000002)
     """
-    return (seed + 1_000_003 * rank) % 2**64
+    return (seed + 1_000_003 * rank) % SEED_LIMIT
 
 
 def _absolute_paths(cfg: Config) -> Config:
