@@ -838,6 +838,10 @@ def run() -> None:
     if not (hasattr(threading, "_shutdown") and hasattr(atexit, "_run_exitfuncs")):  # not CPython: the usual exit
         sys.exit(code)
     threading._shutdown()
+    # A Ctrl-C (or SIGTERM) now would print a traceback from inside an exit handler: the command has said its
+    # last word, and a second Ctrl-C is to end it at once, with the status it has.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, frame: os._exit(code or 128 + signum))
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

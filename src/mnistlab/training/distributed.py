@@ -383,7 +383,8 @@ def launch(nproc: int, argv: list[str]) -> int:
             proc.send_signal(signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM)
 
         passed_on = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
-        old = {s: signal.signal(s, forward) for s in passed_on}
+        # an ignored one (nohup's SIGHUP) stays ignored, as in one process (fit's _SignalGuard)
+        old = {s: signal.signal(s, forward) for s in passed_on if signal.getsignal(s) is not signal.SIG_IGN}
         try:
             rc = proc.wait()
         finally:

@@ -477,7 +477,10 @@ class _SignalGuard:
             # a SIGTERM, the signal the ranks agree on.
             hup = [signal.SIGHUP] if hasattr(signal, "SIGHUP") and not distributed.launched_by_torchrun() else []
             for s in (signal.SIGINT, signal.SIGTERM, *hup):
-                self._old[s] = signal.signal(s, self._handle)
+                # One ignored when the run started stays ignored: `nohup mnistlab train` (SIGHUP), a shell's
+                # background job (SIGINT). Handled, closing the terminal stopped the run nohup was for.
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -741,10 +744,13 @@ class Trainer:
 
     def _fit(self) -> FitResult:
         cb = self.callbacks
-        cb.on_train_begin(self)
-        if self._resume is not None:
-            cb.load_state_dict(self._resume.get("callbacks", {}))
+        # From before the callbacks begin: TensorBoard's graph and images take most of a second there, after
+        # config.toml and the "training" line, and a signal in it took Python's default, leaving a folder with
+        # neither a last.ckpt to resume nor room for a new run. Caught, it stops the run after its first step.
         with self._signals:
+            cb.on_train_begin(self)
+            if self._resume is not None:
+                cb.load_state_dict(self._resume.get("callbacks", {}))
             self.compile_ahead()  # a no-op if train.run did it already
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
                 if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early

@@ -153,9 +153,10 @@ class RunLock:
             return
         aside.unlink(missing_ok=True)
         owner = _parse_lock(judged)
-        if owner is not None:  # a killed run may have left half-written temporary files
-            for tmp in self.path.parent.glob(f".*.tmp-{owner[0]}"):
-                tmp.unlink(missing_ok=True)
+        if owner is not None:  # a killed run may have left half-written temporary files (the report's in plots/)
+            for folder in (self.path.parent, self.path.parent / "plots"):
+                for tmp in folder.glob(f".*.tmp-{owner[0]}"):
+                    tmp.unlink(missing_ok=True)
 
     def refuse_if_held(self) -> None:
         """Raise RunDirError if a live process other than this one, or a run in this one, holds the lock."""
@@ -305,8 +306,13 @@ def resume_command(run_dir: str | Path, nproc: int = 1) -> str:
 
     >>> resume_command("runs/a"), resume_command("my runs/rün 1", nproc=2)
     ('mnistlab train --resume runs/a', "mnistlab train --resume 'my runs/rün 1' --nproc 2")
+    >>> resume_command("-x")  # not a flag
+    'mnistlab train --resume ./-x'
     """
-    return f"mnistlab train --resume {shlex.quote(str(run_dir))}" + (f" --nproc {nproc}" if nproc > 1 else "")
+    text = str(run_dir)
+    if text.startswith("-"):  # `--resume -x` reads as a flag, not the folder -x
+        text = f"./{text}"
+    return f"mnistlab train --resume {shlex.quote(text)}" + (f" --nproc {nproc}" if nproc > 1 else "")
 
 
 def _processes_here() -> int:
