@@ -272,7 +272,8 @@ def test_a_run_interrupted_inside_an_epoch_resumes_only_with_the_same_epoch_leng
     stored["content_sha256"] = content_digest(stored)
     torch.save(stored, path)
     with pytest.raises(ConfigError, match=rf"interrupted inside epoch 1, after batch 2 of {steps + 1}; with 1 process "
-                                          rf"the epoch would have {steps} batches.*interrupted with, 1 \(without --nproc\)$"):
+                                          rf"the epoch would have {steps} batches.*interrupted with, "
+                                          r"1 \(without --nproc\)$"):
         train(cfg, resume=tmp_path / "cut", quiet=True)
     # Written by 2 processes (each one's random state stored): the message says how many, as it did not
     stored["rng_ranks"] = [stored["rng"], stored["rng"]]
