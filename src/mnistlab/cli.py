@@ -755,7 +755,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as _Terminated, which carries its signal
-        return _interrupted(args.command, getattr(e, "signum", signal.SIGINT))
+        code = _interrupted(args.command, getattr(e, "signum", signal.SIGINT))
+        if getattr(e, "resume_with", None) and os.environ.get("RANK", "0") == "0":  # train's second Ctrl-C
+            print(f"resume with: {e.resume_with}", file=sys.stderr, flush=True)
+        return code
     except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
         from .training.display import divert_to_devnull
 

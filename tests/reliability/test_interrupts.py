@@ -313,8 +313,10 @@ def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(mini_root, tmp_path)
     before = (out / "last.ckpt").read_bytes()  # nothing else is written while the loop waits on this write
     t0 = time.monotonic()
     send(proc, signal.SIGINT)
-    rc, _, _ = finish(proc, timeout=30)
+    rc, _, stderr = finish(proc, timeout=30)
     assert rc == 130 and time.monotonic() - t0 < 10  # not the 60 s the write would have taken
+    # how to go on from the last complete last.ckpt, as after one Ctrl-C (it said only "interrupted by SIGINT")
+    assert stderr.rstrip().endswith(f"resume with: mnistlab train --resume {out}"), stderr
     assert (out / "last.ckpt").read_bytes() == before  # the last complete checkpoint, untouched
     assert read_checkpoint(out / "last.ckpt")["epoch"] == 1  # from the end of epoch 1; epoch 2 was cut at step 21
 

@@ -838,6 +838,10 @@ def _run(
         e.advice = f"{trainer.stop_reason}; progress saved to {e.checkpoint}\nresume with: {resume_with}"
         e.args = (e.advice,)
         raise
+    except KeyboardInterrupt as e:  # a second Ctrl-C: out at once, the last complete last.ckpt left as it was
+        if (run_dir / "last.ckpt").is_file():  # (the CLI says how to go on from it, as after the first)
+            e.resume_with = resume_command(run_dir, _processes_here())
+        raise
     except CheckpointWriteError as e:
         raise CheckpointWriteError(f"{e}; {_how_to_go_on(run_dir)}") from None
     except OSError as e:  # metrics.csv or another file of the run could not be written (disk full, folder gone)
