@@ -69,6 +69,8 @@ def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> Non
         raise ConfigError(f"{section}.{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+# Seeds are below 2**32: torch's CPU generator keeps 32 bits of one, and Optuna's samplers (sweep.seed) seed
+# NumPy's RandomState, which takes 0 to 2**32 - 1.
 SEED_LIMIT = 2**32
 
 

@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .. import machine
-from ..config import Config, apply_overrides, config_from_dict
+from ..config import SEED_LIMIT, Config, apply_overrides, config_from_dict
 from ..errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -38,7 +38,6 @@ PARAM_TYPES = ("float", "int", "categorical")
 # Selection happens on the validation split only; the test split stays unseen until a trial's final test.
 OBJECTIVES = ("val_accuracy", "val_loss", "val_error", "ema_val_accuracy", "ema_val_loss")
 DEFAULT_TRIALS = 20  # tpe / random when [sweep] gives no count (fewer where the params take fewer combinations)
-SEED_LIMIT = 2**32  # Optuna's samplers seed NumPy's RandomState, which takes 0 to 2**32 - 1
 
 
 @dataclass(frozen=True)
