@@ -503,6 +503,19 @@ class _EmaChoice(MonitorMixin):
         self._init_monitor(monitor, mode)
 
 
+def place_in_run(epoch: int, batch: int, steps: int | None = None) -> str:
+    """A training state's place, in the words of the resume line, a resume's refusals and the divergence warning:
+    "after epoch 2", or "inside epoch 3, after batch 6 of 15" for one written inside an epoch (Ctrl-C,
+    checkpoint.last_every_n_steps), ``epoch`` epochs done.
+
+    >>> place_in_run(2, 0), place_in_run(2, 6, 15), place_in_run(2, 6)
+    ('after epoch 2', 'inside epoch 3, after batch 6 of 15', 'inside epoch 3, after batch 6')
+    """
+    if not batch:
+        return f"after epoch {epoch}"
+    return f"inside epoch {epoch + 1}, after batch {batch}" + (f" of {steps}" if steps else "")
+
+
 def _plain_metrics(metrics: dict[str, Any]) -> None:
     """Make the epoch's metrics, which callbacks may have added to, plain data that checkpoints can hold (they
     load with weights_only=True): NumPy numbers and one-value tensors become Python numbers; anything else that
@@ -1223,7 +1236,7 @@ class Trainer:
                    for s, k in _EPOCH_LAYOUT if getattr(getattr(stored, s), k) != getattr(getattr(self.cfg, s), k)]
         if batch and changed:
             raise ConfigError(
-                f"the run was interrupted inside epoch {done + 1}, after batch {batch}; that place means the same "
+                f"the run was interrupted {place_in_run(done, batch)}; that place means the same "
                 f"images only with the settings that laid out the epoch's batches, but "
                 f"{'; '.join(m for _, m in changed)}: resume without changing them"
             )
@@ -1236,7 +1249,7 @@ class Trainer:
         if batch and stored_steps and old_steps != self.steps_per_epoch:
             old_world = len(payload.get("rng_ranks") or [None])  # each process's random state: stored with 2 or more
             raise ConfigError(
-                f"the run was interrupted inside epoch {done + 1}, after batch {batch} of {old_steps}; with "
+                f"the run was interrupted {place_in_run(done, batch, old_steps)}; with "
                 f"{self._world} process{'es' * (self._world > 1)} the epoch would have {self.steps_per_epoch} "
                 "batches (the number of processes sets how small the last batch may be), so the rest of the epoch "
                 "would hold other images: resume with the number of processes it was interrupted with, "

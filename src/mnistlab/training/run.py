@@ -50,6 +50,7 @@ from .fit import (
     deterministic_errors,
     deterministic_mode,
     emulated_precision,
+    place_in_run,
     resolve_device,
 )
 from .schedules import schedule_warnings
@@ -527,23 +528,11 @@ def thread_warning(threads: int | None, device: torch.device) -> str | None:
             "on each")
 
 
-def _place(epoch: int, batch: int, steps: int | None = None) -> str:
-    """A training state's place, in the resume line's words: "after epoch 2", or "inside epoch 3, after batch 6
-    of 15" for one written inside an epoch (Ctrl-C, checkpoint.last_every_n_steps), ``epoch`` epochs done.
-
-    >>> _place(2, 0), _place(2, 6, 15), _place(2, 6)
-    ('after epoch 2', 'inside epoch 3, after batch 6 of 15', 'inside epoch 3, after batch 6')
-    """
-    if not batch:
-        return f"after epoch {epoch}"
-    return f"inside epoch {epoch + 1}, after batch {batch}" + (f" of {steps}" if steps else "")
-
-
 def _position(last: Path) -> str:
-    """Where the training state in ``last`` stands (see ``_place``)."""
+    """Where the training state in ``last`` stands (see ``place_in_run``)."""
     stored = read_checkpoint(last)
     steps = stored.get("steps_per_epoch")  # not in checkpoints from before it was stored
-    return _place(int(stored["epoch"]), int(stored.get("batch", 0)), int(steps) if steps else None)
+    return place_in_run(int(stored["epoch"]), int(stored.get("batch", 0)), int(steps) if steps else None)
 
 
 def _how_to_go_on(run_dir: Path) -> str:
@@ -747,7 +736,8 @@ def _run(
     if payload is not None:
         trainer.restore(payload)  # before anything is written: a checkpoint that does not fit changes nothing
         batch = int(payload.get("batch", 0))  # a place inside an epoch (Ctrl-C, last_every_n_steps)
-        display.log(f"resuming {run_dir} {_place(trainer.epoch, batch, trainer.steps_per_epoch)} (step {trainer.step})")
+        where = place_in_run(trainer.epoch, batch, trainer.steps_per_epoch)
+        display.log(f"resuming {run_dir} {where} (step {trainer.step})")
         if run_dir is not None and stored.ema.enabled and not cfg.ema.enabled and (run_dir / "ema.ckpt").exists():
             _warn("ema.enabled was true, now false: ema.ckpt is kept as it was (the weight average up to now), "
                   "no longer updated or tested; `mnistlab ensemble --ema` refuses this run folder (name its "
