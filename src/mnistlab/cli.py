@@ -755,10 +755,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as _Terminated, which carries its signal
-        code = _interrupted(args.command, getattr(e, "signum", signal.SIGINT))
-        if getattr(e, "resume_with", None) and os.environ.get("RANK", "0") == "0":  # train's second Ctrl-C
-            print(f"resume with: {e.resume_with}", file=sys.stderr, flush=True)
-        return code
+        # train's second Ctrl-C carries how to resume from the last complete last.ckpt
+        return _interrupted(args.command, getattr(e, "signum", signal.SIGINT),
+                            resume_with=getattr(e, "resume_with", None))
     except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
         from .training.display import divert_to_devnull
 
@@ -805,8 +804,9 @@ def _import_torch(command: str) -> None:
             signal.signal(signum, handler)
 
 
-def _interrupted(command: str, signum: int, progress: bool = True) -> int:
-    """Say that Ctrl-C or a signal stopped ``command``, in one line; its exit status (130, 143).
+def _interrupted(command: str, signum: int, progress: bool = True, resume_with: str | None = None) -> int:
+    """Say that Ctrl-C or a signal stopped ``command``, in one line (and ``resume_with``, the command that
+    continues the run, on a second); its exit status (130, 143).
 
     In a process of `train --nproc` (or torchrun) only rank 0 says it: the signal reaches every process, and
     before or after the training loop (loading the data, testing) each one stopped by it printed the line.
@@ -817,6 +817,8 @@ def _interrupted(command: str, signum: int, progress: bool = True) -> int:
     if progress:
         _clear_progress_line()
     print(f"mnistlab {command}: interrupted by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    if resume_with:
+        print(f"resume with: {resume_with}", file=sys.stderr, flush=True)
     return 128 + signum
 
 
