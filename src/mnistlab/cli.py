@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonout
-from .errors import ConfigError, MnistlabError, leave_error
+from .errors import ConfigError, MnistlabError, leave_error, raise_signalled
 
 _FLAG_KEYS = {
     "model": "model.name",
@@ -742,10 +742,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM as an exception, as Ctrl-C is, for the commands that do not train: what they write unwinds (atomic
     # writes remove their temporary file, a report or export cut short its pieces, bench its runs' temporary
     # folders, a sweep its trial, kept or marked failed). Inside a training run the trainer's own handler takes
-    # over, ends the step and saves first; train and lr-find keep the default outside it.
+    # over, ends the step and saves first; outside those steps train() sets its own (training/run.py), which
+    # adds the resume line; lr-find keeps the default.
     # Only the main thread may set a handler: main() called from another thread keeps the one there is.
     sigterm = args.command not in ("train", "lr-find") and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if sigterm else None
+    previous = signal.signal(signal.SIGTERM, raise_signalled) if sigterm else None
     try:
         _import_torch(args.command)
         return handler(args)
@@ -754,8 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             _clear_progress_line()  # an error in mid-epoch would begin at the end of the progress bar
             print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as _Terminated, which carries its signal
-        # train's second Ctrl-C carries how to resume from the last complete last.ckpt
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Signalled, which carries its signal
+        # train's, outside the trainer's steps or a second Ctrl-C in them, carries how to resume from last.ckpt
         return _interrupted(args.command, getattr(e, "signum", signal.SIGINT),
                             resume_with=getattr(e, "resume_with", None))
     except BrokenPipeError:  # `mnistlab models | head`: the reader left; say nothing more, as a SIGPIPE death would
@@ -769,17 +770,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sigterm:
             signal.signal(signal.SIGTERM, previous)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is (see main), as Ctrl-C's KeyboardInterrupt is: code that takes back
-    its work on an interruption (a sweep keeping a trained trial) treats both alike."""
-
-    signum = signal.SIGTERM
-
-
-def _raise_terminated(signum: int, frame) -> None:
-    raise _Terminated()
 
 
 def _import_torch(command: str) -> None:

@@ -52,6 +52,21 @@ class RunDirError(MnistlabError):
     """The run folder cannot be used (in use by another run, not writable)."""
 
 
+class Signalled(KeyboardInterrupt):
+    """Not an error: SIGTERM (or SIGHUP) raised where the program is, as Ctrl-C raises KeyboardInterrupt, so that
+    code taking back its work on an interruption (a sweep keeping a trained trial) treats them alike; ``signum``
+    says which signal it was, for the exit status (128 + signum) and the one line the CLI prints."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+def raise_signalled(signum: int, frame) -> None:
+    """A signal handler: raise :class:`Signalled` for ``signum``."""
+    raise Signalled(signum)
+
+
 def deterministic_refusal(e: BaseException) -> str | None:
     """PyTorch's refusal, under ``torch.use_deterministic_algorithms(True)``, of an op that has no deterministic
     version, where ``e`` is one or was caused by one (torch.compile wraps it), as its first line without the

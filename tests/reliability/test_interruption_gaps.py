@@ -170,3 +170,46 @@ def test_a_ctrl_c_while_the_command_exits_prints_no_traceback():
     proc = subprocess.run(cli_command("models", patch=CTRL_C_WHILE_EXITING), capture_output=True, text=True,
                           env=ENV, timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+# A function of training/run.py patched: the process gets `{sig}` as `{name}` is called, before the call.
+SIGNAL_AT_CALL = r"""
+import os, signal
+import mnistlab.training.run as run_module
+real = getattr(run_module, "{name}")
+def signal_then_call(*args, **kwargs):
+    os.kill(os.getpid(), signal.{sig})
+    return real(*args, **kwargs)
+setattr(run_module, "{name}", signal_then_call)
+"""
+
+
+def signal_at_call(sig: str, name: str) -> str:
+    return SIGNAL_AT_CALL.replace("{sig}", sig).replace("{name}", name)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_final_test_says_how_to_finish_the_run(mini_root, tmp_path, name):
+    # After the trainer's steps its handler is gone: a SIGTERM during the final test ended the process without
+    # a word (the shell showed 143) and a Ctrl-C said only "interrupted by SIGINT". The run is trained and
+    # saved, and a resume then only tests it and writes summary.json: the lines now say so.
+    out = tmp_path / "run"
+    rc, stdout, stderr = finish(start_cli("train", *small_args(mini_root, "--epochs", "1", "--out", str(out)),
+                                          patch=signal_at_call(name, "evaluate")))
+    assert rc == 128 + getattr(signal, name), (rc, stderr)
+    assert stderr.splitlines()[-2:] == [f"mnistlab train: interrupted by {name}",
+                                        f"resume with: mnistlab train --resume {out}"], stderr
+    assert "Traceback" not in stderr and not (out / "summary.json").exists()
+    resumed = run_cli("train", "--resume", str(out))
+    assert resumed.returncode == 0 and "nothing is left to train" in resumed.stdout, resumed.stderr
+    assert json.loads((out / "summary.json").read_text())["test_accuracy"] > 0.2
+
+
+def test_a_sigterm_while_the_data_loads_is_one_line_and_leaves_no_folder(mini_root, tmp_path):
+    # Before training there is nothing to resume: one line, exit 143, and the folder the run made is gone (a
+    # SIGTERM there used to end the process silently, leaving the new folder behind).
+    out = tmp_path / "new" / "run"
+    rc, stdout, stderr = finish(start_cli("train", *small_args(mini_root, "--out", str(out)),
+                                          patch=signal_at_call("SIGTERM", "load_data")))
+    assert (rc, stderr) == (143, "mnistlab train: interrupted by SIGTERM\n")
+    assert not (tmp_path / "new").exists()

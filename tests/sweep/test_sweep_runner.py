@@ -334,7 +334,7 @@ def test_an_interruption_during_the_test_keeps_the_trained_trial_with_its_value(
     import signal
 
     import mnistlab.training.run as run_module
-    from mnistlab.cli import _Terminated
+    from mnistlab.errors import Signalled
     from mnistlab.sweep.results import collect
     from mnistlab.sweep.runner import SweepInterrupted
 
@@ -344,7 +344,7 @@ def test_an_interruption_during_the_test_keeps_the_trained_trial_with_its_value(
         fake(cfg, out=out, callbacks=callbacks, **kwargs)
         for cb in callbacks:
             cb.on_train_end({}, None)  # the trainer's end: the test comes next
-        raise KeyboardInterrupt if signal_name == "SIGINT" else _Terminated()
+        raise KeyboardInterrupt if signal_name == "SIGINT" else Signalled(signal.SIGTERM)
 
     monkeypatch.setattr(run_module, "train", train)
     s = spec({"optimizer.lr": [0.01, 0.1]}, sampler="grid")

@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from ..callbacks.base import Callback, CallbackList, MonitorMixin
 from ..config import FLOAT32_MAX, Config, TrainConfig, config_from_dict, config_to_dict, stored_before_own_defaults
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
-from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal
+from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal, raise_signalled
 from ..machine import native_bf16, native_fp16
 from ..models.base import has_forward_hooks, too_large
 from ..models.checkpointing import keep_running_stats
@@ -457,6 +457,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def stopping_signals() -> list[int]:
+    """The signals that stop a training run: SIGINT, SIGTERM and, in one process, SIGHUP (the terminal closing;
+    under torchrun the launcher passes it on as a SIGTERM, the signal the ranks agree on). One ignored when the
+    run started stays ignored: `nohup mnistlab train` (SIGHUP), a shell's background job (SIGINT). Handled,
+    closing the terminal stopped the run nohup was for."""
+    hup = [signal.SIGHUP] if hasattr(signal, "SIGHUP") and not distributed.launched_by_torchrun() else []
+    return [s for s in (signal.SIGINT, signal.SIGTERM, *hup) if signal.getsignal(s) is not signal.SIG_IGN]
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Inside the block each of :func:`stopping_signals` raises where the program is, as Ctrl-C does (SIGTERM and
+    SIGHUP as :class:`~mnistlab.errors.Signalled`): for the work after training (the test, the report), which
+    is not cut into steps for the trainer's guard to stop between. Only the main thread may set handlers;
+    elsewhere the block changes nothing."""
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, raise_signalled) for s in stopping_signals() if s != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 class _SignalGuard:
     """First SIGINT/SIGTERM/SIGHUP asks the loop to stop at the next step; a second one ends the run at once.
 
@@ -473,14 +498,8 @@ class _SignalGuard:
 
     def __enter__(self) -> "_SignalGuard":
         if threading.current_thread() is threading.main_thread():
-            # SIGHUP (the terminal closing) too, in one process; under torchrun the launcher passes it on as
-            # a SIGTERM, the signal the ranks agree on.
-            hup = [signal.SIGHUP] if hasattr(signal, "SIGHUP") and not distributed.launched_by_torchrun() else []
-            for s in (signal.SIGINT, signal.SIGTERM, *hup):
-                # One ignored when the run started stays ignored: `nohup mnistlab train` (SIGHUP), a shell's
-                # background job (SIGINT). Handled, closing the terminal stopped the run nohup was for.
-                if signal.getsignal(s) is not signal.SIG_IGN:
-                    self._old[s] = signal.signal(s, self._handle)
+            for s in stopping_signals():
+                self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:

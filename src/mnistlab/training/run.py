@@ -52,6 +52,7 @@ from .fit import (
     emulated_precision,
     place_in_run,
     resolve_device,
+    signals_raise,
 )
 from .schedules import schedule_warnings
 
@@ -411,7 +412,10 @@ def train(
     report = report and cfg.train.report
     with (process_state_kept(), callback_messages(not quiet), progress_safe_warnings(),
           quiet_downloads() if quiet else contextlib.nullcontext(),
-          deterministic_mode(cfg.train.deterministic)):  # from building the model to the final test, not only fit
+          deterministic_mode(cfg.train.deterministic),  # from building the model to the final test, not only fit
+          # SIGTERM and SIGHUP raise as Ctrl-C does before and after the trainer's steps, which its own handler
+          # stops between: they ended the process without a word while the data loaded or the test ran.
+          signals_raise()):
         return _train_here_or_with_others(cfg, out, resume, callbacks, quiet, report, wall0)
 
 
@@ -634,7 +638,11 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
             payload, init = distributed.broadcast_object((payload, init))
             return _run(cfg, run_dir, payload, init, callbacks, Display(quiet=quiet, progress=cfg.train.progress),
                         report, wall0)
-    except BaseException:
+    except BaseException as e:
+        # A signal outside the trainer's steps (loading, the test), or a second Ctrl-C inside them: the CLI says
+        # how to go on from the last complete last.ckpt (a trained run's resume only tests and writes summary.json).
+        if isinstance(e, KeyboardInterrupt) and (run_dir / "last.ckpt").is_file():
+            e.resume_with = resume_command(run_dir, _processes_here())
         remove_empty(made)  # a run that failed before writing anything leaves no empty folder behind (nor runs/)
         raise
 
@@ -752,6 +760,9 @@ def _run(
                 f"resume with new settings (e.g. {'--max-steps' if trainer.stopped_by == 'max_steps' else '--epochs'}, "
                 "--set early_stopping.patience=...)"
             )
+        elif trainer.epoch >= cfg.train.epochs and not batch:  # its last epoch ended, or its test was interrupted
+            display.log(f"the run has trained its {cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}: nothing is "
+                        f"left to train, it is tested; to train on, resume with --epochs {trainer.epoch + 1} or more")
     trainer.compile_ahead()  # with train.compile; on every rank, before anything is written
     trainer.callbacks.state_dict()  # a state checkpoints cannot hold fails now, not after epoch 1's files
     if run_dir is None:  # not rank 0: train in step with the others; rank 0 tests, reports and writes
@@ -827,10 +838,6 @@ def _run(
         e.run_dir = run_dir
         e.advice = f"{trainer.stop_reason}; progress saved to {e.checkpoint}\nresume with: {resume_with}"
         e.args = (e.advice,)
-        raise
-    except KeyboardInterrupt as e:  # a second Ctrl-C: out at once, the last complete last.ckpt left as it was
-        if (run_dir / "last.ckpt").is_file():  # (the CLI says how to go on from it, as after the first)
-            e.resume_with = resume_command(run_dir, _processes_here())
         raise
     except CheckpointWriteError as e:
         raise CheckpointWriteError(f"{e}; {_how_to_go_on(run_dir)}") from None
