@@ -153,6 +153,7 @@ def test_a_resume_in_the_same_second_names_its_file_to_be_read_after_the_old_one
     trainer.epoch, trainer.step = 1, BATCHES
     tb = TensorBoard(graph=False, histograms=False, images=False)
     tb.on_train_begin(trainer)
+    tb.on_epoch_end(2, epoch_metrics(2), trainer)  # a resumed run's writer is made at its first event
     tb.writer.close()
     assert sorted(p.name for p in log_dir.iterdir())[0] == old.name
 
@@ -184,6 +185,19 @@ def test_resuming_a_finished_run_replaces_its_end_of_run_summary(tmp_path):
     ui.Reload()
     assert [e.step for e in ui.Tensors("final/val_loss")] == [4]
     assert [e.step for e in ui.Tensors("stop_reason/text_summary")] == [4]
+
+
+def test_resuming_a_finished_run_adds_no_events_file_but_its_summary(tmp_path):
+    # A resume with nothing to train (its epochs done, or only the test left after an interruption) added two
+    # events files holding nothing but a purge marker: one beside the epochs' file, one beside the steps'.
+    def events(kind):
+        return sorted(p.name for p in (tmp_path / "tensorboard").rglob("events.*") if p.name.endswith(".end") == kind)
+
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False, log_every_n_steps=1)])
+    kept, (end,) = events(False), events(True)
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False, log_every_n_steps=1)], first_epoch=3, last_epoch=2)
+    assert events(False) == kept and len(kept) == 2
+    assert len(events(True)) == 1 and events(True) != [end]  # the summary is written again
 
 
 def test_switches_turn_parts_off(tmp_path):

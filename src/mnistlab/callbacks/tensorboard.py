@@ -143,6 +143,8 @@ class TensorBoard(Callback):
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self.writer = None
         self._steps_writer = None
+        self._log_dir: Path | None = None  # None: nothing to write (another rank, or no folder)
+        self._epochs_purge: int | None = None
         self._steps_purge: int | None = None
         self._grads: dict[str, torch.Tensor] | None = None
         self._end: dict[str, Any] | None = None  # what on_train_end wrote into the .end file, for add_run_summary
@@ -162,6 +164,7 @@ class TensorBoard(Callback):
     # -- hooks ------------------------------------------------------------------
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
+        self._log_dir = None
         if not trainer.is_main:  # under torchrun rank 0 logs; a writer per rank would log every point twice
             return
         log_dir = self.log_dir or (Path(trainer.run_dir) / "tensorboard" if trainer.run_dir else None)
@@ -177,26 +180,25 @@ class TensorBoard(Callback):
             for old in Path(log_dir).glob(f"events.out.tfevents.*{_END_SUFFIX}"):
                 old.unlink(missing_ok=True)
         self._log_dir = Path(log_dir)
-        self.writer = _summary_writer(self._log_dir, _purge_step(self._log_dir, trainer.epoch + 1 if resumed else None))
-        # The per-step scalars' writer: made at the first step logged (a run shorter than log_every_n_steps
-        # listed an empty run), but at once when resumed, whose purge marker drops the points of the part that
-        # was cut short.
+        # The writers are made at their first event (the per-step scalars' at the first step logged: a run
+        # shorter than log_every_n_steps listed an empty run), a resumed run's with the purge marker that drops
+        # what the interrupted part wrote after its checkpoint. A resume that trains nothing (its epochs done,
+        # only the test left) added two events files holding nothing but that marker.
+        self._epochs_purge = trainer.epoch + 1 if resumed else None
         self._steps_purge = trainer.step + 1 if resumed else None
-        if self.log_every_n_steps and resumed:
-            self._open_steps_writer()
         if not resumed:
+            self._open_epochs_writer()
             if self.graph:
                 self._add_graph(trainer)
             if self.images:
                 images, _ = trainer.validation_data()
                 self._add_grid("inputs/samples", images[: self.max_images], step=0)
-        self.writer.flush()
 
     def on_batch_begin(self, step: int, trainer: TrainerHandle) -> None:
         self._grads = None  # let the previous batch's gradients go before this backward pass
 
     def on_batch_end(self, step: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
-        if self.writer is None:
+        if self._log_dir is None:
             return
         if self._histograms_at(trainer.epoch + 1):  # trainer.epoch is the one before this batch's
             self._grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
@@ -210,8 +212,10 @@ class TensorBoard(Callback):
                     self._steps_writer.add_scalar(tag, float(metrics[key]), step)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
-        if self.writer is None:
+        if self._log_dir is None:
             return
+        if self.writer is None:
+            self._open_epochs_writer()
         for key, tag in _SCALARS.items():
             if key in metrics:
                 self.writer.add_scalar(tag, float(metrics[key]), epoch)
@@ -223,16 +227,14 @@ class TensorBoard(Callback):
             self._grads = None
         if self.images:
             self._add_misclassified(trainer, epoch)
-        self.writer.flush()
 
     def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
-        if self.writer is None:
+        if self._log_dir is None:
             return
-        self.writer.close()
-        self.writer = None
-        if self._steps_writer is not None:
-            self._steps_writer.close()
-            self._steps_writer = None
+        for writer in (self.writer, self._steps_writer):
+            if writer is not None:
+                writer.close()
+        self.writer = self._steps_writer = None
         self._end = {
             "step": int(metrics.get("epoch", trainer.epoch)) + 1,  # after the last epoch's step
             "final": _final(metrics, _FINAL),
@@ -267,6 +269,9 @@ class TensorBoard(Callback):
                               f"on the disk, write access), {again}") from None
 
     # -- pieces -------------------------------------------------------------------
+
+    def _open_epochs_writer(self) -> None:
+        self.writer = _summary_writer(self._log_dir, _purge_step(self._log_dir, self._epochs_purge))
 
     def _open_steps_writer(self) -> None:
         # A folder of their own: readers drop every tag's events from a folder's purge step on, and the
