@@ -442,6 +442,20 @@ def test_an_error_found_by_the_processes_is_printed_once_and_exits_2(mnist_root,
                                 "`mnistlab train --resume run` or choose another --out"]
 
 
+def test_the_launch_leaves_nothing_in_the_temporary_directory(mnist_root, tmp_path, monkeypatch, capfd):
+    # torchrun made a torchelastic_* folder (its workers' logs and error files) in the temporary directory at
+    # every `train --nproc` and never removed it: hundreds piled up under /tmp. TMPDIR reaches torchrun and the
+    # workers; the launcher here keeps the temporary directory it had (tempfile caches it), where its own goes.
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"a run was here")  # refused by the workers: a quick launch
+    assert launched_here(*train_args(mnist_root, "--out", "run", "--nproc", "2"), cwd=tmp_path) == 2
+    assert "already holds a run" in capfd.readouterr().err
+    assert sorted(p.name for p in tmpdir.iterdir()) == []
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_children_started_dying_with_parent_end_when_the_parent_is_killed():
     # torchrun (train --nproc) and sweep workers run in sessions of their own; after a SIGKILL of the

@@ -366,9 +366,12 @@ def launch(nproc: int, argv: list[str]) -> int:
     """
     # torchrun waits this long for the workers after passing a signal on, then kills them (its default, 30 s,
     # cut a validation or a checkpoint write short and lost the epoch). A second Ctrl-C still ends them at once.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}", "-m", "mnistlab", *argv]
     with tempfile.TemporaryDirectory(prefix="mnistlab-launch-") as tmp:
+        # torchrun's folder for the workers' logs and error files, removed with ours: left to itself it made a
+        # torchelastic_* folder in the temporary directory at every launch and never removed it.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}", "--log-dir", str(Path(tmp) / "torchrun"),
+               "-m", "mnistlab", *argv]
         error_file = Path(tmp) / "error"
         env = {**_worker_env(nproc), ERROR_FILE: str(error_file)}
         proc = subprocess.Popen(cmd, start_new_session=True, env=env, stderr=subprocess.PIPE,
