@@ -21,8 +21,13 @@ import pytest
 import torch
 import torchvision.datasets
 
+import mnistlab.data.datasets as datasets
+import mnistlab.training.checkpoint as checkpoint
+from mnistlab.cli import main
 from mnistlab.config import DataConfig
-from mnistlab.data import DATASETS, channel_stats, load_data, load_raw, read_idx, resolve_data_dir, split_indices
+from mnistlab.data import (
+    DATASETS, channel_stats, load_data, load_raw, load_test, read_idx, resolve_data_dir, split_indices
+)
 from mnistlab.errors import ConfigError, DataError
 
 MNIST_FILES = tuple(DATASETS["mnist"].md5)
@@ -44,6 +49,12 @@ def fake_dataset(root: Path, dataset: str = "kmnist", *, n_train=6, n_test=4, la
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, *size)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10 if labels is None else labels)
     return raw
+
+
+def write_split(raw: Path, prefix: str, n: int) -> None:
+    """Random images (uint8: 60,000 as int64 would take 376 MB) and labels under ``prefix``'s names in ``raw``."""
+    write_idx(raw / f"{prefix}-images-idx3-ubyte", np.random.default_rng(n).integers(0, 256, (n, 28, 28), np.uint8))
+    write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
 
 
 def copy_mnist(mnist_root: Path, tmp_path: Path, *names: str) -> Path:
@@ -240,6 +251,21 @@ def test_one_flipped_byte_fails_the_checksum(mnist_root, tmp_path):
     assert DATASETS["mnist"].md5["t10k-images-idx3-ubyte"] in message and "Delete it" in message
 
 
+def test_another_datasets_files_in_mnists_folder_are_not_called_corrupted(tmp_path):
+    # Fashion-MNIST's files have MNIST's sizes: in MNIST/raw (code that names every dataset's folder "mnist") they
+    # pass the header and size checks, and the MD5 check called the whole files "corrupted".
+    raw = tmp_path / "MNIST" / "raw"
+    write_split(raw, "t10k", 10_000)
+    path = raw / "t10k-images-idx3-ubyte"
+    with pytest.raises(DataError) as err:
+        load_raw("mnist", tmp_path, train=False, download=False)
+    actual, expected = hashlib.md5(path.read_bytes()).hexdigest(), DATASETS["mnist"].md5[path.name]
+    assert str(err.value) == (
+        f"{path} is not mnist's t10k-images-idx3-ubyte: its MD5 checksum is {actual}, expected {expected} (a damaged "
+        "copy, or another data set's file of the same size). Delete it so it is downloaded again (with "
+        "data.download=true), or replace it with a good copy.")
+
+
 def test_wrong_magic_number(mnist_root, tmp_path):
     raw = copy_mnist(mnist_root, tmp_path, *TEST_FILES)
     path = raw / "t10k-labels-idx1-ubyte"
@@ -312,6 +338,93 @@ def test_images_must_be_28x28(tmp_path):
     fake_dataset(tmp_path, "kmnist", size=(32, 32))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte holds 32x32 images, expected 28x28 for kmnist"):
         load_raw("kmnist", tmp_path, train=True, download=False)
+
+
+# ---------------------------------------------------------------------------
+# train and test files swapped or renamed
+
+
+@pytest.mark.parametrize("dataset", ["kmnist", "fashion-mnist"])
+def test_a_copy_with_its_train_and_test_files_swapped_is_refused_in_one_line(tmp_path, dataset, capsys):
+    # It loaded: a run trained on the 10,000 test images and measured its test accuracy on the 60,000 training
+    # images, with no word (these datasets' MD5s are not known, and no archive lay beside the files).
+    raw = tmp_path / DATASETS[dataset].folder / "raw"
+    write_split(raw, "train", 10_000)  # the test set under the training set's names, and the other way round
+    write_split(raw, "t10k", 60_000)
+    message = (f"{raw / 't10k-images-idx3-ubyte'} holds 60,000 images, more than the 10,000 of {dataset}'s test "
+               f"set, and as many as its training set: the train-* and t10k-* files look swapped, or one split's "
+               f"file was put under the other's name. Give each file the name of its split ({dataset}'s train-* "
+               f"files hold 60,000 images or labels, its t10k-* files 10,000), or delete the misnamed files so "
+               f"data.download=true fetches the published ones.")
+    cfg = DataConfig(dataset=dataset, dir=str(tmp_path), val_size=5000, train_limit=100, download=False)
+    for load in (load_data, load_test):  # train, and evaluate, which reads the test split alone
+        with pytest.raises(DataError) as err:
+            load(cfg)
+        assert str(err.value) == message
+    argv = ["train", "--data-dir", str(tmp_path), "--dataset", dataset, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"mnistlab train: error: {message}\n" and captured.out == ""
+    assert not (tmp_path / "run").exists()
+    for kind in ("images-idx3", "labels-idx1"):  # named as the message says, the same files load
+        (raw / f"train-{kind}-ubyte").rename(raw / "swap")
+        (raw / f"t10k-{kind}-ubyte").rename(raw / f"train-{kind}-ubyte")
+        (raw / "swap").rename(raw / f"t10k-{kind}-ubyte")
+    data = load_data(cfg)
+    assert (len(data.train), len(data.val), len(data.test)) == (100, 5000, 10_000)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_file_holding_more_than_its_published_split_is_refused(tmp_path, train):
+    # A file longer than the split (two files joined, another data set's) loaded as this dataset's; as many as
+    # the published split, or fewer (a copy cut short on purpose, as the tests' own), still load.
+    prefix, published = ("train", 60_000) if train else ("t10k", 10_000)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_split(raw, prefix, published)
+    assert len(load_raw("fashion-mnist", tmp_path, train=train, download=False)[0]) == published
+    write_split(raw, prefix, published + 1)
+    with pytest.raises(DataError) as err:
+        load_raw("fashion-mnist", tmp_path, train=train, download=False)
+    split = "training" if train else "test"
+    assert str(err.value) == (
+        f"{raw / f'{prefix}-images-idx3-ubyte'} holds {published + 1:,} images, more than the {published:,} of "
+        f"fashion-mnist's {split} set: it is not fashion-mnist's {prefix}-images-idx3-ubyte (another data set's, or "
+        "files joined?). Replace it with a good copy, or delete it so data.download=true fetches the published one.")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_mnists_file_of_one_split_under_the_others_name_is_called_so_not_corrupted(mnist_root, tmp_path, train):
+    # The MD5 check said "is corrupted ... Delete it so it is downloaded again": a download of 47 MB, where
+    # the file was whole and a rename was the fix.
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    here, there = ("train", "t10k") if train else ("t10k", "train")
+    for kind in ("images-idx3", "labels-idx1"):  # links: the shared files are only read
+        (raw / f"{here}-{kind}-ubyte").symlink_to(mnist_root / "MNIST" / "raw" / f"{there}-{kind}-ubyte")
+    with pytest.raises(DataError) as err:
+        load_raw("mnist", tmp_path, train=train, download=False)
+    assert str(err.value).startswith(
+        f"{raw / f'{here}-images-idx3-ubyte'} is MNIST's {there}-images-idx3-ubyte (byte for byte), not its "
+        f"{here}-images-idx3-ubyte: the train-* and t10k-* files look swapped, or one split's file was put under the "
+        "other's name. Give each file the name of its split (mnist's train-* files hold 60,000 ")
+
+
+def test_an_unreadable_dataset_file_says_how_to_fix_it(tmp_path, monkeypatch):
+    # It said "cannot read FILE: Permission denied" and no more. chmod 000 does not stop root (CI), so the
+    # refusal is made by the open call itself.
+    raw = fake_dataset(tmp_path, "kmnist")
+    locked = raw / "t10k-images-idx3-ubyte"
+
+    def refuse(path, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "open", refuse, raising=False)  # the module's name open, before the builtin's
+    with pytest.raises(DataError) as err:
+        load_raw("kmnist", tmp_path, train=False, download=False)
+    assert str(err.value) == (f"cannot read {locked}: Permission denied; make it readable for this user (chmod a+r), "
+                              "or pass --data-dir (or set data.dir) to a copy this user may read")
 
 
 # ---------------------------------------------------------------------------
@@ -406,6 +519,27 @@ def test_a_download_that_fails_on_this_machine_says_so(tmp_path, download_calls)
                                         r"or pass another --data-dir"):
         load_raw("mnist", tmp_path / "afile", train=False, download=True)
     assert download_calls == []  # not the network's fault: nothing was fetched
+
+
+@pytest.mark.parametrize("code, why", [(30, "Read-only file system"), (13, "Permission denied")])
+def test_a_data_folder_that_takes_no_new_file_is_named_not_the_hidden_file_of_the_download(
+        tmp_path, download_calls, monkeypatch, code, why):
+    # It said "make room in or access to .../KMNIST/raw/.t10k-images-idx3-ubyte.gz.tmp-PID": a file that was never
+    # made, under a name the user had never seen. (chmod does not stop root, so the refusal is made by open.)
+    raw = tmp_path / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+
+    def refuse(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(code, why, str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", refuse, raising=False)  # atomic_write's, which the download uses
+    with pytest.raises(DataError) as err:
+        load_raw("kmnist", tmp_path, train=False, download=True)
+    assert str(err.value).endswith(f"; or (2) let the download succeed: data.download is on; make room in or access "
+                                   f"to {raw} ({why}), or pass another --data-dir, and run again.")
+    assert download_calls == [] and list(raw.iterdir()) == []  # this machine's fault: no mirror was asked
 
 
 def test_a_folder_where_a_dataset_file_belongs_is_named_before_anything_is_fetched(tmp_path, download_calls):

@@ -3,10 +3,11 @@
 The raw files are the four uncompressed IDX files in torchvision's layout,
 ``<root>/<Folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, so a folder
 that torchvision already filled works as it is. Every load checks the IDX
-headers and sizes strictly, the MD5 of each file where it is known (and, where
-not, that it is not one of MNIST's files and that it is what the published
-archive beside it unpacks to), the label range and that images and labels
-agree; a failed check is a
+headers and sizes strictly, that no file holds more than its split's published
+set (a swapped train and test split), the MD5 of each file where it is known
+(and, where not, that it is not one of MNIST's files and that it is what the
+published archive beside it unpacks to), the label range and that images and
+labels agree; a failed check is a
 :class:`~mnistlab.errors.DataError` that names the file and says how to fix it.
 
 :func:`load_data` turns a :class:`~mnistlab.config.DataConfig` into a
@@ -75,6 +76,10 @@ class DatasetSpec:
     md5: Mapping[str, str | None]  # uncompressed raw file name -> MD5 (None: not known, see DATASETS)
     image_size: tuple[int, int] = (28, 28)  # (H, W) of every image
     in_channels: int = 1  # grayscale
+    # Images (and labels) in the published training and test sets: a file holding more is not this split's (the
+    # train-* and t10k-* files swapped, say), which the datasets without known MD5s cannot tell otherwise. Fewer
+    # pass: a copy cut short on purpose (the tests' small ones) stays usable.
+    split_sizes: tuple[int, int] = (60_000, 10_000)
 
     @property
     def torchvision_class(self) -> Any:
@@ -101,6 +106,10 @@ class DatasetSpec:
     def raw_dir(self, root: str | Path) -> Path:
         return Path(root) / self.folder / "raw"
 
+    def split_size(self, train: bool) -> int:
+        """How many images (and labels) the published training or test set has."""
+        return self.split_sizes[0 if train else 1]
+
 
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -120,8 +129,9 @@ DATASETS: dict[str, DatasetSpec] = {
     # For Fashion-MNIST and KMNIST we do not know the MD5s of the *uncompressed* files
     # with certainty, so none are invented here. Those files are checked by the published
     # MD5 of each .gz archive when they are downloaded, and on every load by the strict IDX
-    # header and size checks, label range and count checks, that none is MNIST's file, and,
-    # while the published archive lies beside one, against that archive's CRC-32 and size.
+    # header and size checks, label range and count checks (no more than the published split: see split_sizes),
+    # that none is MNIST's file, and, while the published archive lies beside one, against that archive's CRC-32
+    # and size.
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         folder="FashionMNIST",
@@ -218,6 +228,9 @@ def _read_bytes(path: Path) -> bytearray:
                                 f"{_MAX_IDX_BYTES:,}): it is not a data file, or a damaged one")
             buf = bytearray(size)
             got = f.readinto(buf)
+    except PermissionError as e:  # a copy made by another user, with its mode: the error said no more than this
+        raise DataError(f"cannot read {path}: {e.strerror or e}; make it readable for this user (chmod a+r), or "
+                        "pass --data-dir (or set data.dir) to a copy this user may read") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     del buf[got:]  # in case the file shrank between fstat and read
@@ -437,6 +450,8 @@ def _download(spec: DatasetSpec, root: Path, train: bool, training: bool) -> Non
             local = f"{e.filename} is a folder where a file belongs: remove it"
         elif isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
             where = e.filename or root
+            if e.filename and Path(e.filename).parent == raw_dir and not os.path.lexists(e.filename):
+                where = raw_dir  # a file it was making there (a hidden one, named nowhere else): the folder is at fault
             local = f"make room in or access to {where} ({e.strerror}), or pass another --data-dir"
         raise _missing_error(spec, raw_dir, f"downloading into {raw_dir} failed ({message})", train=train,
                              training=training, download_on=True, local=local) from e
@@ -598,10 +613,12 @@ def _md5(buf: bytearray) -> str:
 
 
 # MNIST's files copied into the folder of Fashion-MNIST or KMNIST would load (they have the same shapes, and
-# sizes) and train on digits under that dataset's class names. Hashing a whole training-images file takes 0.2 s,
-# and every file of those datasets has the size of MNIST's, so first the MD5 of a file's first 64 KiB is looked
-# up here; only a match is hashed whole, against MNIST's published MD5. These are MD5s of the first 64 KiB of
-# MNIST's published files (all of a label file: its published MD5); a test checks them against those files.
+# sizes) and train on digits under that dataset's class names; in MNIST's own folder, one split's file under the
+# other's name failed its MD5 as "corrupted" where a rename was the fix. Hashing a whole training-images file
+# takes 0.2 s, and every file of those datasets has the size of MNIST's, so first the MD5 of a file's first
+# 64 KiB is looked up here; only a match is hashed whole, against MNIST's published MD5. These are MD5s of the
+# first 64 KiB of MNIST's published files (all of a label file: its published MD5); a test checks them against
+# those files.
 _HEAD_BYTES = 1 << 16
 _MNIST_BY_HEAD_MD5 = {
     "e86c114c692f9b4ec0f98a61565091e7": "train-images-idx3-ubyte",
@@ -611,25 +628,67 @@ _MNIST_BY_HEAD_MD5 = {
 }
 
 
-def _verified_idx(spec: DatasetSpec, path: Path, ndim: int) -> torch.Tensor:
+def _verified_idx(spec: DatasetSpec, path: Path, ndim: int, *, train: bool) -> torch.Tensor:
+    """The IDX file ``path`` of split ``train`` of ``spec``, checked in the order that names a mistake best: its
+    header and size, whether it is one of MNIST's published files (of another split, or given for another data
+    set), its count against the published split's, then its MD5 where known, else the archive beside it."""
     remedy = "Delete it so it is downloaded again (with data.download=true), or replace it with a good copy."
     buf = _read_bytes(path)
     try:
         tensor = _parse_idx(buf, path, ndim)  # header and size first: their messages are the more specific
     except DataError as e:  # a download cut short, say: the file of a known dataset can be fetched again
         raise DataError(f"{e}. {remedy}") from None
+    mnist_name = _mnist_file(buf)
+    if mnist_name is not None and spec.name != "mnist":
+        raise DataError(f"{path} is MNIST's {mnist_name} (byte for byte), not a {spec.name} file: a run would "
+                        f"train or test on digits labelled with {spec.name}'s classes. {remedy}")
+    if mnist_name is not None and mnist_name != path.name:  # whole, under another name: called "corrupted" before
+        raise DataError(f"{path} is MNIST's {mnist_name} (byte for byte), not its {path.name}: {_SWAPPED}. "
+                        f"{_name_by_split(spec)}")
+    _check_split_size(spec, path, tensor.shape[0], train=train)
     expected = spec.md5.get(path.name)
-    if expected is not None:
-        actual = _md5(buf)
-        if actual != expected:
-            raise DataError(f"{path} is corrupted: its MD5 checksum is {actual}, expected {expected}. {remedy}")
-    else:  # MD5s not known (see DATASETS): at least it must not be one of MNIST's files
-        mnist_name = _MNIST_BY_HEAD_MD5.get(_md5(buf[:_HEAD_BYTES]))
-        if mnist_name is not None and _md5(buf) == DATASETS["mnist"].md5[mnist_name]:
-            raise DataError(f"{path} is MNIST's {mnist_name} (byte for byte), not a {spec.name} file: a run would "
-                            f"train or test on digits labelled with {spec.name}'s classes. {remedy}")
+    if expected is None:  # MD5s not known (see DATASETS): the published archive beside it, if any, tells
         _check_against_archive(spec, path, buf)
+    elif mnist_name is None:  # not the published file (whose MD5 _mnist_file has just matched)
+        # Fashion-MNIST's and KMNIST's files have MNIST's sizes: put in MNIST's folder (as code that names every
+        # dataset's folder "mnist" does), they pass every check before this one, and are not damaged
+        raise DataError(f"{path} is not {spec.name}'s {path.name}: its MD5 checksum is {_md5(buf)}, expected "
+                        f"{expected} (a damaged copy, or another data set's file of the same size). {remedy}")
     return tensor
+
+
+_SWAPPED = "the train-* and t10k-* files look swapped, or one split's file was put under the other's name"
+
+
+def _name_by_split(spec: DatasetSpec) -> str:
+    n_train, n_test = spec.split_sizes
+    return (f"Give each file the name of its split ({spec.name}'s train-* files hold {n_train:,} images or labels, "
+            f"its t10k-* files {n_test:,}), or delete the misnamed files so data.download=true fetches the "
+            "published ones.")
+
+
+def _mnist_file(buf: bytearray) -> str | None:
+    """The name of MNIST's published file that ``buf`` is byte for byte, or None: a full MD5 only where the first
+    64 KiB match (see _MNIST_BY_HEAD_MD5), as they do for MNIST's own files, which are hashed whole anyway."""
+    name = _MNIST_BY_HEAD_MD5.get(_md5(buf[:_HEAD_BYTES]))
+    return name if name is not None and _md5(buf) == DATASETS["mnist"].md5[name] else None
+
+
+def _check_split_size(spec: DatasetSpec, path: Path, count: int, *, train: bool) -> None:
+    """A file of split ``train`` with ``count`` entries must not hold more than the published split: with no
+    published archive beside it, the only check that tells a swapped Fashion-MNIST or KMNIST test file (60,000
+    entries) from its own (10,000)."""
+    published = spec.split_size(train)
+    if count <= published:
+        return
+    kind = "images" if "-images-" in path.name else "labels"
+    if count == spec.split_size(not train):
+        why, fix = f", and as many as its {'test' if train else 'training'} set: {_SWAPPED}", _name_by_split(spec)
+    else:
+        why = f": it is not {spec.name}'s {path.name} (another data set's, or files joined?)"
+        fix = "Replace it with a good copy, or delete it so data.download=true fetches the published one."
+    raise DataError(f"{path} holds {count:,} {kind}, more than the {published:,} of {spec.name}'s "
+                    f"{'training' if train else 'test'} set{why}. {fix}")
 
 
 def _check_against_archive(spec: DatasetSpec, path: Path, buf: bytearray) -> None:
@@ -693,8 +752,8 @@ def load_raw(
         raise DataError(f"cannot look into the data folder {raw_dir}: {e.strerror or e}; make it readable, or pass "
                         "another --data-dir") from None
 
-    images = _verified_idx(spec, image_path, 3)
-    labels = _verified_idx(spec, label_path, 1)
+    images = _verified_idx(spec, image_path, 3, train=train)
+    labels = _verified_idx(spec, label_path, 1, train=train)
     if images.shape[0] != labels.shape[0]:
         raise DataError(
             f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels; "
