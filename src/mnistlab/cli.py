@@ -476,8 +476,6 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from .data import load_test
     from .training.allocator import reuse_freed_memory
     from .training.checkpoint import (
@@ -488,15 +486,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         stored_config,
     )
     from .training.display import Display
-    from .training.evaluate import evaluate
+    from .training.evaluate import evaluate, stored_data
 
     file = checkpoint_file(args.checkpoint)
     payload = read_checkpoint(file)
     cfg = stored_config(payload, file)
     if cfg.train.reuse_memory:  # as the run's final test had it: the passes reuse their buffers (training/allocator.py)
         reuse_freed_memory()
-    data_cfg = replace(cfg.data, dir=args.data_dir) if args.data_dir else cfg.data
-    data = load_test(data_cfg)  # the test files alone: the model holds its normalization
+    data = load_test(stored_data(cfg.data, args.data_dir))  # the test files alone: the model holds its normalization
     check_fits_data(payload, data, file)
     model = model_from_checkpoint(payload)
     display = Display()  # a progress bar on a terminal: the big models take minutes on a CPU
@@ -504,14 +501,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       label_smoothing=cfg.train.label_smoothing,
                       progress=display.evaluation_progress(f"testing {file.name}"))
     display.clear()  # the bar goes before the result is printed
+    epoch, batch = payload.get("epoch"), payload.get("batch")
+    inside = isinstance(epoch, int) and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0
     report = {"checkpoint": str(file), "model": payload["model_name"],
-              "epoch": payload.get("epoch"),  # a file from the save_checkpoint API may not record one
+              "epoch": epoch,  # a file from the save_checkpoint API may not record one
+              # a last.ckpt saved inside an epoch (Ctrl-C): the batches of the next one it had done; "epoch": 0
+              # alone misled as the text once did
+              "batch": batch if inside else None,
               **result.to_dict(list(data.classes))}
     if args.json:
         print(jsonout.dumps(report, indent=2))
         return 0
-    epoch, batch = report["epoch"], payload.get("batch")
-    if isinstance(epoch, int) and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+    if inside:
         epoch = f" (inside epoch {epoch + 1}, after batch {batch})"  # a last.ckpt saved mid-epoch: "epoch 0" misled
     else:
         epoch = "" if epoch is None else f" (epoch {epoch})"

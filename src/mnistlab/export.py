@@ -285,6 +285,10 @@ def _destination(path: str | Path) -> Path:
     text = os.fspath(path)
     if not str(text).strip():
         raise MnistlabError("the ONNX file needs a name")
+    if str(text) == "-":  # stands for stdout on most command lines; it wrote a file named "-" in the current folder
+        raise MnistlabError("- is not a file name here: an ONNX file is binary and is not written to standard output "
+                            "(which takes the export's summary); give the file's name, e.g. model.onnx (./- for "
+                            "a file named -)")
     if str(text).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of the folder's name
         raise MnistlabError(f"{text} names a folder: give the ONNX file's name, e.g. {Path(text) / 'model.onnx'}")
     path = Path(text)

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import MnistlabError
+from .errors import CheckpointError, MnistlabError
 from .training.evaluate import predict_logits
 
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (a 50 MP photo is ~150 MB of RGB)
@@ -131,13 +133,20 @@ def read_grayscale(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.is_dir():
-        raise ImageFileError(f"{path} is a folder, not an image file")
+        raise ImageFileError(f"{path} is a folder, not an image file: give the image files in it ({path / '*.png'})")
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
-        raise ImageFileError(f"{path} does not exist") from None
+        if path.is_symlink():  # "does not exist" was all it said of a link whose target had gone
+            raise ImageFileError(f"{path} is a link to {os.readlink(path)}, which does not exist") from None
+        stdin = " (predict reads image files, not standard input)" if str(path) == "-" else ""
+        raise ImageFileError(f"{path} does not exist{stdin}") from None
     except OSError as e:
         raise ImageFileError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):  # a pipe (<(cat seven.png)) has no size: it was called "empty (0 bytes)"
+        raise ImageFileError(f"{path} is not a regular file (a pipe, a device or a socket): predict reads image "
+                             "files; save the image to a file first")
+    size = info.st_size
     if size == 0:
         raise ImageFileError(f"{path} is empty (0 bytes)")
     try:
@@ -453,6 +462,10 @@ def predict_files(
         raise MnistlabError(f"--top-k must be 1 or more, got {top_k}")
     if save_preprocessed is not None and not str(save_preprocessed).strip():  # Path("") is the current folder
         raise MnistlabError("--save-preprocessed needs a folder name")
+    _check_takes_field(model)
+    if save_preprocessed is not None and Path(save_preprocessed).exists() and not Path(save_preprocessed).is_dir():
+        # now, not after every image has been read (seconds each for a photo)
+        raise MnistlabError(f"--save-preprocessed {save_preprocessed} is a file, not a folder: give a folder's name")
     classes = list(getattr(model, "classes", None) or [])
     dataset = getattr(model, "dataset", "") or "mnist"
     inputs = load_inputs(paths, dataset)
@@ -475,6 +488,20 @@ def predict_files(
             {"class": int(c), "name": classes[int(c)], "probability": float(v)} for v, c in zip(values, indices)
         ]
     return predictions
+
+
+def _check_takes_field(model: torch.nn.Module) -> None:
+    """A CheckpointError, before any image is read, for a model of other images than the 1 x 28 x 28 ones
+    :func:`preprocess` makes (a checkpoint saved through the Python API for 32x32 or colour images): its forward
+    pass failed on them with a traceback ("mat1 and mat2 shapes cannot be multiplied")."""
+    channels, size = getattr(model, "in_channels", None), getattr(model, "image_size", None)
+    if channels is None and size is None:  # not a zoo model: nothing says what it takes; its forward will tell
+        return
+    if (channels, tuple(size or ())) != (1, (FIELD, FIELD)):
+        side = "x".join(map(str, size)) if size else "?"
+        raise CheckpointError(f"the model takes {side} images of {channels} channel{'s' * (channels != 1)}, and "
+                              f"predict makes {FIELD}x{FIELD} grayscale ones, as the MNIST family's are: it cannot "
+                              "classify image files with this model")
 
 
 def _save_inputs(folder: Path, predictions: list[Prediction], good: list[tuple[int, np.ndarray]]) -> None:

@@ -178,14 +178,19 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("case", ["out is a folder", "empty out", "no checkpoint", "code in the checkpoint"])
-def test_bad_input_is_one_line_and_writes_nothing(digit_run, tmp_path, capsys, case):
+@pytest.mark.parametrize("case", [
+    "out is a folder", "empty out", "out is -", "no checkpoint", "code in the checkpoint"])
+def test_bad_input_is_one_line_and_writes_nothing(digit_run, tmp_path, capsys, monkeypatch, case):
     target = digit_run
     args = ["--out", str(tmp_path / "m.onnx")]
     if case == "out is a folder":
         args, message = ["--out", str(tmp_path)], f"{tmp_path} is a folder: give the ONNX file's name"
     elif case == "empty out":
         args, message = ["--out", " "], "--out needs a file name"
+    elif case == "out is -":  # it wrote a file named "-" into the current folder
+        monkeypatch.chdir(tmp_path)
+        args, message = ["--out", "-"], ("- is not a file name here: an ONNX file is binary and is not written to "
+                                         "standard output (which takes the export's summary); give the file's name")
     elif case == "no checkpoint":
         target, message = tmp_path / "nothing.ckpt", "does not exist"
     else:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,7 +16,7 @@ import torch
 
 from ..errors import CheckpointError
 from .checkpoint import check_fits_data, checkpoint_file, model_from_checkpoint, read_checkpoint, stored_config
-from .evaluate import evaluate
+from .evaluate import evaluate, stored_data
 
 
 @dataclass
@@ -87,8 +87,7 @@ def evaluate_ensemble(
                 f"{p} was trained on {payload.get('dataset')!r} with classes {payload.get('classes')}, but "
                 f"{paths[0]} on {first.get('dataset')!r} with {first.get('classes')}: an ensemble needs one dataset"
             )
-    data_cfg = stored_config(first, paths[0]).data
-    data = load_test(replace(data_cfg, dir=data_dir) if data_dir else data_cfg)  # the members hold their normalization
+    data = load_test(stored_data(stored_config(first, paths[0]).data, data_dir))  # the members hold their normalization
     for path, payload in zip(paths, payloads):  # before any member is tested
         check_fits_data(payload, data, path)
     members, total = [], None

@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import DataConfig
 from ..data.augment import shift_images
 from ..errors import ConfigError, DataError
 from ..models.base import has_forward_hooks, image_batch
 from ..models.summary import output_bytes
 from ..data.batching import iterate_batches, to_float
 from .allocator import MMAP_THRESHOLD
+
+
+def stored_data(data: DataConfig, data_dir: str | None) -> DataConfig:
+    """The data config a stored model is tested under (``evaluate``, ``ensemble``): its run's, with the folder
+    ``data_dir`` where one is given.
+
+    An empty ``data_dir`` (``--data-dir ""``, a shell variable that was not set) is a ConfigError: it was taken
+    for the flag left out, and the run's own folder was read without a word.
+
+    >>> stored_data(DataConfig(dir="/data"), "/elsewhere").dir
+    '/elsewhere'
+    """
+    if data_dir is None:
+        return data
+    if not str(data_dir).strip():
+        raise ConfigError("--data-dir needs a folder; leave it out for the data folder the checkpoint's run used")
+    return replace(data, dir=data_dir)
 
 
 def _inference(model: nn.Module):
@@ -180,9 +198,14 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
         return torch.cat(outs)
 
 
-def _check_labels(top: int, outputs: int) -> None:
+def _check_labels(top: int, outputs: int, num_classes: int | None) -> None:
     """Refuse labels the model has no output for, before the loss: cross-entropy's "Target 12 is out of bounds"
-    (or a CUDA assert) said nothing of a split from another dataset, or a model with another head."""
+    (or a CUDA assert) said nothing of a split from another dataset, or a model with another head. Refuse too a
+    model with more outputs than the ``num_classes`` asked for: a prediction of a class past them made the
+    confusion matrix a RuntimeError ("shape '[10, 10]' is invalid"), once the whole split had been scored."""
+    if num_classes and outputs > num_classes:
+        raise ConfigError(f"evaluate(): num_classes is {num_classes}, but the model has {outputs} outputs: give the "
+                          "model's class count, or leave num_classes out")
     if top >= outputs:
         raise DataError(f"evaluate(): the labels go up to {top}, but the model has {outputs} outputs (classes 0 to "
                         f"{outputs - 1}): the split is of another dataset than the model was made for")
@@ -238,13 +261,13 @@ def evaluate(
         for x, y in iterate_batches(split, batch_size):
             if tta_shift:
                 p = torch.stack([forward(v).float().softmax(1) for v in tta_views(x, tta_shift)]).mean(0)
-                _check_labels(top, p.shape[1])
+                _check_labels(top, p.shape[1], num_classes)
                 # cross_entropy of log p is that of p (p sums to 1), label smoothing included
                 total_loss += F.cross_entropy(p.clamp_min(1e-12).log(), y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
             else:
                 logits = forward(x).float()
-                _check_labels(top, logits.shape[1])
+                _check_labels(top, logits.shape[1], num_classes)
                 total_loss += F.cross_entropy(logits, y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
                 p = logits.softmax(1)
