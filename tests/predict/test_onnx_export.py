@@ -416,3 +416,14 @@ def test_the_command_runs_from_a_thread_that_may_not_set_signal_handlers(digit_r
     worker.start()
     worker.join()
     assert codes == [0] and (tmp_path / "m.onnx").is_file()
+
+
+def test_a_pipe_given_as_the_onnx_file_is_refused_and_left_as_it_is(tmp_path):
+    # --out /dev/null, as root, renamed the export over the device: /dev/null became a regular file for every
+    # process on the machine. A fifo stands in for the device: the same kind of file, and no test may touch /dev.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(MnistlabError, match=r"pipe is not a regular file \(a device, a pipe or a socket\): an export "
+                                            r"writes a file; give the ONNX file's name"):
+        export_onnx(build_model("cnn"), fifo, check=False)
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
