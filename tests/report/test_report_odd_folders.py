@@ -153,3 +153,20 @@ def test_a_folder_of_runs_is_searched_through_links_once(copy_run, tmp_path):
     (runs / "up").symlink_to(runs, target_is_directory=True)
     (row,) = compare_runs([runs])
     assert row.run == str(runs / "linked")
+
+
+@pytest.mark.parametrize("command", ["compare", "lr-find"])
+def test_a_plot_to_dash_is_refused_and_dot_slash_dash_names_the_file(copy_run, tmp_path, monkeypatch, capsys,
+                                                                      command):
+    # `--plot -` (standard output on most command lines) wrote a file named "-" in the current folder without a
+    # word; a PNG on a terminal is no better. Refused before any work, as a plot over a file that is not one is.
+    run = copy_run()
+    monkeypatch.chdir(tmp_path)
+    args = [str(run)] if command == "compare" else ["--data-dir", str(tmp_path / "no-data")]
+    assert main([command, *args, "--plot", "-"]) == 2
+    assert capsys.readouterr().err == (
+        f"mnistlab {command}: error: - is not a file name here: a plot is a PNG image and is not written to standard "
+        "output; give the file's name, e.g. plot.png (./- for a file named -)\n")
+    assert not (tmp_path / "-").exists()
+    assert main(["compare", str(run), "--plot", "./-"]) == 0
+    assert (tmp_path / "-").read_bytes().startswith(PNG)

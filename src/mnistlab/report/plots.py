@@ -15,6 +15,7 @@ import contextlib
 import errno
 import io
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -348,6 +349,9 @@ def check_plot_path(path: str | Path) -> Path:
     from ..folders import missing_folders, remove_empty
     from .runfolder import is_run_folder
 
+    if os.fspath(path) == "-":  # stdout on most command lines; Path("./-") is "-" too, so asked before Path()
+        raise MnistlabError("- is not a file name here: a plot is a PNG image and is not written to standard output; "
+                            "give the file's name, e.g. plot.png (./- for a file named -)")
     path = Path(path)
     if path.is_file():  # `--plot runs/a/summary.json` replaced the run's summary with a PNG
         if not _is_png(path):
