@@ -46,8 +46,13 @@ class FakeTrainer:
         self.lrs_set.append(lr)
 
     def request_stop(self, reason: str, by: str = "callback") -> None:
+        if not self.stop_reasons:  # the trainer's rule: the first request wins
+            self.stopped_by = by
         self.stop_reasons.append(reason)
-        self.stopped_by = by
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.stop_reasons[0] if self.stop_reasons else None
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}

@@ -207,6 +207,12 @@ def test_report_to_trial_reports_each_epoch_and_stops_through_the_handle():
     cb, handle = ReportToTrial(Trial(prune_at=1), "val_loss"), FakeHandle(planned_epochs=2)
     cb.on_epoch_end(1, {"val_loss": 1.0, "val_accuracy": 0.5}, handle)
     assert cb.pruned_at == 1
+    # Stopped at this epoch by a callback before this one (train.max_minutes' time limit): the run's reason is the
+    # time limit's, and the trial, complete, is not marked pruned as well (it was, beside that summary.json).
+    cb, handle = ReportToTrial(Trial(prune_at=1), "val_loss"), FakeHandle(planned_epochs=3)
+    handle.request_stop("time limit")
+    cb.on_epoch_end(1, {"val_loss": 1.0, "val_accuracy": 0.5}, handle)
+    assert cb.pruned_at is None and handle.stop_reason == "time limit"
 
 
 def test_a_trial_left_running_by_a_dead_process_is_failed_and_rerun(fake_train, tmp_path):

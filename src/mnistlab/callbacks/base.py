@@ -111,7 +111,13 @@ class TrainerHandle(Protocol):
 
     def request_stop(self, reason: str, by: str = "callback") -> None:
         """Stop after this epoch; ``reason`` is printed and stored in summary.json, ``by`` as its
-        ``stopped_by`` (a reason starting with "early stopping" counts as ``early_stopping``)."""
+        ``stopped_by`` (a reason starting with "early stopping" counts as ``early_stopping``). The first
+        request wins."""
+
+    @property
+    def stop_reason(self) -> str | None:
+        """The reason the run stops for, once a callback has requested it (or ``train.max_steps`` is reached),
+        else None (Keras' ``model.stop_training``, Lightning's ``trainer.should_stop``)."""
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """A copy of the model's state_dict, on the CPU."""

@@ -203,8 +203,10 @@ class ReportToTrial(Callback):
         self.values.append(value)
         self.trial.report(value, epoch)
         # After the run's last epoch (train.epochs, or max_steps reached) the trial is complete, not pruned:
-        # pruned, it could not become the best.
-        if self.pruned_at is None and epoch < trainer.planned_epochs and self.trial.should_prune():
+        # pruned, it could not become the best. So it is when a callback before this one has stopped the run
+        # (the time limit): summary.json gives that reason, and the trial was marked pruned besides.
+        if (self.pruned_at is None and epoch < trainer.planned_epochs and trainer.stop_reason is None
+                and self.trial.should_prune()):
             self.pruned_at = epoch
             trainer.request_stop(f"pruned by the sweep at epoch {epoch} ({self.objective} {value:.4g})")
 
