@@ -81,7 +81,7 @@ class TrainerHandle(Protocol):
 
     @property
     def run_dir(self) -> Path | None:
-        """The run folder, or None when the run writes no files."""
+        """The run folder as an absolute path, or None when the run writes no files."""
 
     @property
     def is_main(self) -> bool:

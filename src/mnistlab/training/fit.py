@@ -1404,7 +1404,9 @@ class Trainer:
 
     @property
     def run_dir(self) -> Path | None:
-        return self._run_dir
+        # Absolute: save_checkpoint takes a relative path under the run folder, so with train(out="runs/x")
+        # a callback's save_checkpoint(trainer.run_dir / "a.ckpt") wrote runs/x/runs/x/a.ckpt.
+        return None if self._run_dir is None else self._run_dir.absolute()
 
     @property
     def is_main(self) -> bool:
