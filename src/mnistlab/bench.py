@@ -41,7 +41,7 @@ from .callbacks.base import Callback
 from .config import Config, apply_overrides
 from .data.datasets import DataBundle, Split
 from .errors import ConfigError
-from .machine import cpu_name, native_bf16, native_fp16
+from .machine import cpu_name, native_bf16, native_fp16, usable_cores
 from .models import build_model, model_options
 from .models.summary import count_macs
 from .training.evaluate import evaluate
@@ -54,7 +54,8 @@ from .training.fit import (
     resolve_precision,
     use_channels_last,
 )
-from .training.run import process_state_kept, settings_warnings, warnings_as
+from .training.finetune import read_init_checkpoint
+from .training.run import config_model, load_init, process_state_kept, settings_warnings, warnings_as
 
 # Bytes of one synthetic training image in memory: 28 x 28 uint8 pixels and an int64 label.
 _IMAGE_BYTES = 28 * 28 + 8
@@ -132,7 +133,12 @@ def machine_description(device: torch.device | None = None) -> str:
     """One line: :func:`~mnistlab.machine.cpu_name`, whether it has bf16 instructions (which ``train.precision``
     auto uses) or fp16 ones, cores, torch version, threads (and the GPU, if used)."""
     native = [f"{p} instructions" for p, has in (("bf16", native_bf16()), ("fp16", native_fp16())) if has]
-    text = (f"{cpu_name()}{' with ' * bool(native)}{' and '.join(native)}, {os.cpu_count()} cores, "
+    # under taskset, a container's cpuset or a SLURM allocation the numbers below come from fewer cores than
+    # the machine has: "64 cores" alone said the measurement had them all
+    usable = usable_cores()
+    total = os.cpu_count() or usable
+    cores = f"{total} cores" + (f" ({usable} usable by this process)" if usable != total else "")
+    text = (f"{cpu_name()}{' with ' * bool(native)}{' and '.join(native)}, {cores}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}")
     if hasattr(os, "getloadavg"):  # Unix's: on Windows bench stopped here with an AttributeError
         try:
@@ -443,10 +449,24 @@ def _check_before_running(config: Config, models: Sequence[str], steps: int, dev
     return model
 
 
+def _check_training(config: Config, data: DataBundle, device: torch.device, init: tuple[Any, Any] | None) -> None:
+    """What ``train`` refuses only once the data is read: the config's model built for it with
+    ``finetune.init_from``'s weights (``init``, read before the data), and the trainer's checks (batch norm on
+    batches of one image, class_weights of another count, every parameter frozen, sync_batchnorm on a CPU, ...).
+    They came after the first public recipe's run."""
+    model = config_model(config, data)
+    if init is not None:
+        load_init(model, config, data, init)
+    # glibc's allocator settings are the run's own, and stay for the whole process once set: the check leaves the
+    # public recipe's first run under the settings it had before
+    Trainer(model, data, apply_overrides(config, {"train.reuse_memory": False}), device=device)
+
+
 def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, rounds: int, train_limit: int | None,
                out, warn: Callable[[str], None]) -> None:
     device = resolve_device(config.train.device)
     model = _check_before_running(config, models, steps, device, warn)
+    init = None if config.finetune.init_from is None else read_init_checkpoint(config.finetune.init_from)
     if config.train.threads:  # for the public recipe and the roofline too, not only inside `train`
         torch.set_num_threads(config.train.threads)
     out(f"machine: {machine_description(device)}")
@@ -455,6 +475,7 @@ def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, ro
     from .data import load_data
 
     data = load_data(config.data)  # for the public recipe, which runs on the CPU as published
+    _check_training(config, data, device, init)
     # the config's batch, as its runs' trainer checks it (no more than the split, or a part of it), but now
     batch = min(config.train.batch_size, len(data.train), config.train.micro_batch_size or len(data.train))
     check_training_memory(model, data, batch)

@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     lf.add_argument("--min-lr", type=float, default=1e-7, metavar="LR", help="first rate (default 1e-7)")
     lf.add_argument("--max-lr", type=float, default=10.0, metavar="LR", help="last rate (default 10)")
     lf.add_argument("--steps", type=int, default=100, metavar="N",
-                    help="training steps at most (default 100; 2 to 100,000)")
+                    help="training steps at most (default 100; 2 to 100,000; a suggestion needs 14 or more)")
     lf.add_argument("--plot", metavar="FILE", default="lr_find.png", help="where to write the plot "
                     "(default lr_find.png)")
     lf.add_argument("--json", action="store_true", help="print every step's rate and loss as JSON")
@@ -416,7 +416,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .report.plots import check_plot_path, lr_find_png, save_png
     from .training.fit import TrainingInterrupted, emulated_precision, resolve_device, resolve_precision
-    from .training.lr_find import MIN_STEPS, SKIP_BEGIN, check_settings, lr_range_test
+    from .training.lr_find import MIN_STEPS, NOISE_FALLS, SKIP_BEGIN, check_settings, descent, lr_range_test
 
     cfg = _train_config(args)
     check_settings(args.min_lr, args.max_lr, args.steps)
@@ -449,6 +449,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         print("no suggestion: the loss (or its gradients) was not finite at the first step, before any update, so "
               "no learning rate can change it; look at what overflows: train.class_weights, train.precision, "
               "finetune.init_from's weights or the data")
+    elif result.suggestion is None and args.steps < MIN_STEPS:
+        # every planned step ran: "lower --min-lr" would change nothing
+        print(f"no suggestion: --steps {args.steps} is fewer than the {MIN_STEPS} steps a suggestion needs (the "
+              f"first {SKIP_BEGIN} are skipped while the average settles); raise --steps")
     elif result.suggestion is None and len(result.lrs) < MIN_STEPS:
         print(f"no suggestion: only {len(result.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise "
               "--steps")
@@ -458,9 +462,19 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         print(f"no suggestion: the average loss hardly changed ({s[0]:.4f} at the start, {min(s):.4f} at its "
               f"lowest, {s[-1]:.4f} at the end): up to {result.lrs[-1]:.1e} the rates are too small to train in "
               "these steps; raise --max-lr")
+    elif result.suggestion is None and min(range(len(s)), key=s.__getitem__) >= SKIP_BEGIN + 2:
+        # Late enough for a slope, but the fall to it was the batches' noise: a flat curve's chance wander.
+        fall, noise = descent(s, result.losses)
+        advice = (f"up to {result.lrs[-1]:.1e} the rates are too small to train in these steps; raise --max-lr"
+                  if result.stop_reason.startswith("reached max_lr") else "no rate before those that broke it "
+                  "trained it; raise --steps, so that the rates rise more slowly (weights that start trained, "
+                  "from --init-from, may have nothing left to learn at any rate)")
+        print(f"no suggestion: the average loss fell by {fall:.4f} to its lowest ({min(s):.4f}, at lr "
+              f"{result.lowest:.1e}), no more than {NOISE_FALLS:g}x the noise of the batches' losses ({noise:.4f}): "
+              + advice)
     elif result.suggestion is None:
-        # With enough steps this is the one way to get none: the lowest average came so early that under 3
-        # steps lie between the skipped ones and it (a loss still falling at the end gives a suggestion).
+        # The one way left to get none: the lowest average came so early that under 3 steps lie between the
+        # skipped ones and it (a loss still falling at the end gives a suggestion).
         lowest_step = min(range(len(s)), key=s.__getitem__) + 1
         print(f"no suggestion: the average loss was lowest at step {lowest_step}, too early to see it fall after "
               f"the first {SKIP_BEGIN} steps (skipped while the average settles); lower --max-lr or raise --steps, "

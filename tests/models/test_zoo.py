@@ -136,14 +136,22 @@ def test_unknown_model_lists_the_models():
         ("cnn", {"stride": 4}, r"shrink the image below 1x1 \(28x28 -> 7x7 after the 5x5 conv \(stride 4, padding 2\) "
                                r"-> 3x3 after the 2x2 max-pool -> 1x1 after the 5x5 conv \(stride 4, padding 2\); the "
                                r"2x2 max-pool after that, features.4, cannot take 1x1\); use fewer pooling stages, a "
-                               r"smaller kernel or stride, or more padding$"),
-        ("cnn", {"kernel_size": 29, "padding": 0}, r"\(the 29x29 conv on the 28x28 input, features.0, cannot take 28x28\)"),
+                               r"smaller kernel or stride, or more padding; it fits with model.stride = 3 or "
+                               r"model.channels = \[16\] \(each alone, the other options as set\)$"),
+        # refused before its layers are made: lenet at kernel_size 5000 wrote 6.4 GB of weights, then "too large"
+        ("cnn", {"kernel_size": 29, "padding": 0}, r"its first conv's 29x29 kernel is larger than the 28x28 input it "
+                                                   r"slides over \(padding 0\); use a smaller kernel; it fits with "
+                                                   r"model.kernel_size = 9 or model.padding = 10 \(each alone"),
+        ("lenet", {"kernel_size": 5000}, r"5000x5000 kernel is larger .* it fits with model.kernel_size = 9 \(the"),
         ("cnn", {"crop": -1}, "crop must be a whole number of pixels, 0 or more, got -1"),
         ("resnet18", {"crop": 2}, "does not take option"),
         ("cnn", {"width": 1e9}, "too large to build with {'width': 1000000000.0}: its weights or its feature maps do not"),
         ("cnn", {"width": 1e300}, "its sizes overflow"),
         ("cnn", {"channels": [2**62]}, "its sizes overflow"),  # torch says "overflowed", in lower case
-        ("cnn", {"padding": 100_000}, "its weights or its feature maps do not fit"),  # not "shrink below 1x1"
+        # outputs that see only zeros (its 13 GB dry run at 5000 came before "too large" at 100,000)
+        ("cnn", {"padding": 100_000}, r"padding = 100000 is more than kernel_size - 1 = 4: the outputs beyond that "
+                                      r"see only the padding's zeros; use 0 to 4 \(2 keeps the size"),
+        ("lenet5", {"padding": 5}, r"padding = 5 is more than kernel_size - 1 = 4"),
         # From the Python API, the config's types: these were TypeErrors from deep inside, or (batch_norm) taken
         ("cnn", {"kernel_size": 2.5}, "model 'cnn': kernel_size = 2.5 has the wrong type; expected int"),
         ("cnn", {"stride": 2.0}, "stride = 2.0 has the wrong type; expected int"),

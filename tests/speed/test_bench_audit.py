@@ -107,3 +107,12 @@ def test_the_machine_line_counts_one_thread_in_the_singular(monkeypatch):
     assert ", 1 thread," in bench.machine_description() + ","  # it said "1 threads"
     monkeypatch.setattr(bench.torch, "get_num_threads", lambda: 2)
     assert ", 2 threads" in bench.machine_description()
+
+
+def test_the_machine_line_says_how_many_of_the_cores_the_process_may_use(monkeypatch):
+    # Under `taskset -c 0` (a cpuset, a SLURM allocation) the line said "64 cores" for numbers measured on one.
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # the process's cores
+    assert ", 64 cores (1 usable by this process), torch " in bench.machine_description()
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert ", 64 cores, torch " in bench.machine_description()

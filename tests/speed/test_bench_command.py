@@ -87,6 +87,12 @@ def test_a_signal_outside_the_trainer_is_one_line_too(signum, mnist_root, monkey
     (["--set", "model.channels=[512, 512]", "--set", "train.batch_size=30000"], "a training batch of 30000 needs"),
     (["--steps", "1000000000"], "synthetic images in memory"),
     (["--steps", "1", "--set", "train.batch_size=1000000"], "a training batch of 1000000 needs about"),
+    # what train() refuses once the data is read: these came after the public recipe's first run
+    (["--set", "data.val_size=0"], "data.val_size must be at least 1 to train"),
+    (["--set", "train.batch_size=1", "--set", "model.batch_norm=true"], "leaves batch norm one image per process"),
+    (["--set", "train.class_weights=[1, 2]"], "train.class_weights has 2 weights, but the data has 10 classes"),
+    (["--set", 'finetune.freeze=["features", "classifier"]'], "holds every parameter of the model"),
+    (["--set", "finetune.init_from=no-such.ckpt"], "finetune.init_from: checkpoint no-such.ckpt does not exist"),
 ])
 def test_settings_that_cannot_run_fail_before_the_first_run(argv, message, mnist_root, monkeypatch, capsys):
     # Each failed only after the data and the public recipe (the memory ones with the allocator's traceback).

@@ -10,12 +10,16 @@ model does not take with the list of those it does.
 from __future__ import annotations
 
 import inspect
+import json
 import numbers
-from typing import Callable
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.overrides import TorchFunctionMode
 
 from ..config import check_model_option_types
 from ..errors import ConfigError
-from .base import Net, too_large
+from .base import MapTooSmall, Net, too_large
 
 Builder = Callable[..., Net]
 _REGISTRY: dict[str, Builder] = {}
@@ -109,7 +113,15 @@ def build_model(
     check_model_option_types(name, options)
     num_classes, in_channels, image_size = _structural(num_classes, in_channels, image_size)
     try:
-        net = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+        with _MemoryBudget() as budget:
+            net = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+    except _OverBudget:
+        raise ConfigError(f"model {name!r} is too large to build with {options}: its weights and its dry run's "
+                          f"input need more than {_bytes(budget.used)}, but this machine has {_bytes(budget.free)} "
+                          "free; lower model.width, the channel counts, the hidden widths or the kernel size") from None
+    except MapTooSmall as e:  # which kernel, stride, crop or layout would fit, not only which layer failed
+        sizes = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        raise MapTooSmall(f"{e}{_values_that_fit(builder, sizes, options)}") from None
     except (RuntimeError, MemoryError, OverflowError, TypeError) as e:
         # A width or channel count far too large: the allocator refuses, or the size overflows a C integer.
         if not too_large(e):
@@ -125,6 +137,98 @@ def build_model(
                         "classifier with Net(...) or a zoo maker such as mnistlab.models.cnn.make_cnn")
     net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
     return net
+
+
+def _bytes(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
+class _OverBudget(Exception):
+    """Raised inside a build when the tensors made so far would not fit in the free memory."""
+
+
+class _MemoryBudget(TorchFunctionMode):
+    """Counts the bytes of the CPU tensors a build makes (its weights and buffers, the dry run's input) and
+    refuses the build once they pass the machine's free memory (Linux's MemAvailable; elsewhere nothing is
+    counted). It refuses right after ``torch.empty`` has reserved a weight, before its initialization writes
+    it: the allocator refuses only a tensor larger than the machine, so weights of 20 GB in tensors of a few
+    GB each (alexnet at width 16) were all initialized, and a 16 GB machine swapped until the OOM killer came."""
+
+    _FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.full)  # (a tuple: ``func`` need not be hashable)
+
+    def __init__(self) -> None:
+        super().__init__()
+        from ..training.fit import available_memory
+
+        self.free, self.used = available_memory(), 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.free is not None and func in self._FACTORIES and isinstance(out, torch.Tensor) \
+                and out.device.type == "cpu":
+            self.used += out.numel() * out.element_size()
+            if self.used > self.free:
+                raise _OverBudget()
+        return out
+
+
+def _values_that_fit(builder: Builder, sizes: dict[str, Any], options: dict[str, Any]) -> str:
+    """For a model whose layers shrink the image below 1x1: the nearest value of each option that sizes the
+    map (crop, stride, kernel_size, padding, channels; those set first) with which it fits, the others as set,
+    as text to end its message ("" where none does). Each value is tried on the meta device, which allocates
+    nothing: a kernel of 10,000 pixels would have its weights built, and initialized, on the way down."""
+    from ..training.fit import available_memory  # (training imports the models: not at import time)
+
+    params = inspect.signature(builder).parameters
+    free = available_memory()
+
+    def fits(**changed: Any) -> bool:
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                net = builder(**sizes, **{**options, **changed})
+        except Exception:  # noqa: BLE001 - any refusal (shrinks, overflows, a bad value): this value does not fit
+            return False
+        tensors = [*net.parameters(), *net.buffers()]
+        return free is None or sum(x.numel() * x.element_size() for x in tensors) <= free  # and builds here
+
+    def nearest(key: str, values: Sequence[Any]) -> Any:
+        """The first of ``values`` (ordered from the set one outwards; a range is not made into a list, whatever
+        its length) that fits. The map grows along them, so if the last one fits a binary search finds it."""
+        if not values or not fits(**{key: values[-1]}):
+            return None
+        lo, hi = 0, len(values) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(**{key: values[mid]}) else (mid + 1, hi)
+        return values[lo]
+
+    def current(key: str) -> Any:
+        return options[key] if key in options else params[key].default
+
+    found = []
+    for key in sorted(("crop", "stride", "kernel_size", "padding", "channels"), key=lambda k: k not in options):
+        if key not in params or not isinstance(current(key), (int, list, tuple)):  # (None: the model's own rule)
+            continue
+        value = current(key)
+        if key in ("crop", "stride", "kernel_size"):  # smaller: less cut, smaller steps, smaller windows
+            fitting = nearest(key, range(value - 1, -1 if key == "crop" else 0, -1))
+        elif key == "padding":  # more, up to kernel_size - 1 (beyond it, outputs see only zeros)
+            kernel = current("kernel_size")
+            fitting = nearest(key, range(value + 1, kernel)) if isinstance(kernel, int) else None
+        else:  # the layout: VGG-style lists lose their last pools, plain ones their last stages
+            layout = list(value)
+            if "M" in layout:
+                pools = [i for i, c in enumerate(layout) if c == "M"]
+                shorter = [[c for i, c in enumerate(layout) if i not in pools[len(pools) - n:]] for n in
+                           range(1, len(pools) + 1)]
+            else:
+                shorter = [layout[:n] for n in range(len(layout) - 1, 0, -1)]
+            fitting = nearest(key, shorter)
+        if fitting is not None:
+            found.append(f"model.{key} = {json.dumps(fitting)}")
+    if not found:
+        return ""
+    return f"; it fits with {' or '.join(found)} ({'each alone, ' * (len(found) > 1)}the other options as set)"
 
 
 def _whole(value: object) -> bool:

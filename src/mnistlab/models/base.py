@@ -12,6 +12,10 @@ from ..errors import ConfigError, deterministic_refusal
 from .checkpointing import checkpointed_features
 
 
+class MapTooSmall(ConfigError):
+    """The model's layers shrink the image below 1x1: ``build_model`` adds which option values would fit."""
+
+
 def too_large(e: BaseException) -> bool:
     """Whether ``e`` says a tensor could not be made for its size: the allocator refused, or a size overflowed."""
     if isinstance(e, (MemoryError, OverflowError)):
@@ -86,7 +90,7 @@ class Net(nn.Module):
             raise ConfigError(f"model {name or type(self).__name__}: crop must be a whole number of pixels, 0 or more, "
                               f"got {crop!r}")
         if 2 * crop >= min(self.image_size):
-            raise ConfigError(f"model {name or type(self).__name__}: crop={crop} cuts {2 * crop} pixels from each axis "
+            raise MapTooSmall(f"model {name or type(self).__name__}: crop={crop} cuts {2 * crop} pixels from each axis "
                               f"and leaves nothing of {self.image_size[0]}x{self.image_size[1]} images")
         self.crop = crop
         if crop:  # only then: uncropped models keep the state dict they always had
@@ -107,7 +111,7 @@ class Net(nn.Module):
         except RuntimeError as e:
             if too_large(e) or deterministic_refusal(e):  # not a shrinking map: its callers say what it is
                 raise
-            raise ConfigError(
+            raise MapTooSmall(
                 f"model {name or type(self).__name__} does not fit {self._size_text()}: "
                 f"its layers shrink the image below 1x1 ({self._shrinking(dummy) or str(e).splitlines()[0]}); "
                 f"use fewer pooling stages, a smaller kernel or stride, or more padding{self._crop_hint()}"
@@ -115,7 +119,7 @@ class Net(nn.Module):
         finally:
             self.features.train(was_training)
         if out[0].numel() == 0:
-            raise ConfigError(
+            raise MapTooSmall(
                 f"model {name or type(self).__name__} does not fit {self._size_text()}: "
                 f"its feature map is {tuple(out.shape[1:])}; use fewer pooling stages, a smaller kernel or stride, "
                 f"or more padding{self._crop_hint()}"

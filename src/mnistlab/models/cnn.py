@@ -13,9 +13,9 @@ from torch import nn
 
 from ..errors import ConfigError
 
-from ._layers import Activation, check_options, classifier_head, conv_pool_stack
+from ._layers import Activation, check_options, check_padding, classifier_head, conv_pool_stack
 from ._registry import register
-from .base import Net, scaled
+from .base import MapTooSmall, Net, scaled
 
 
 def make_cnn(
@@ -56,6 +56,7 @@ def make_cnn(
     if bn_after_pool and not batch_norm:
         raise ConfigError(f"model {name!r}: bn_after_pool moves the batch norm after the pool; "
                           "it needs batch_norm = true")
+    _check_first_kernel(name, image_size, crop, kernel_sizes[0], paddings[0])
     features = conv_pool_stack(
         in_channels, [scaled(c, width) for c in channels], kernel_sizes, paddings,
         stride=stride, batch_norm=batch_norm, bn_after_pool=bn_after_pool, activation=activation, pool=pool,
@@ -72,6 +73,22 @@ def make_cnn(
     # either way (benchmarks/roofline.txt)
     net.channels_last_on_cpu = True
     return net
+
+
+def _check_first_kernel(name: str, image_size: tuple[int, int], crop: int, kernel: int,
+                        padding: int | tuple[int, int]) -> None:
+    """A MapTooSmall for a first conv wider than its (cropped, padded) input, before any layer is made: the
+    weights of every conv were allocated and initialized before the dry run found it (lenet at kernel_size
+    5000: 6.4 GB written, 9 s, then "too large" for a kernel that cannot fit at any width)."""
+    pads = (padding, padding) if isinstance(padding, int) else padding
+    sides = [s - 2 * crop + 2 * p for s, p in zip(image_size, pads)]
+    if 2 * crop < min(image_size) and kernel > min(sides):  # (a crop that leaves nothing: Net says so)
+        (h, w), cut = image_size, 2 * crop
+        images = f"{h}x{w} images" + (f" cropped to {h - cut}x{w - cut} (crop={crop})" if crop else "")
+        raise MapTooSmall(f"model {name} does not fit {images}: its first conv's {kernel}x{kernel} kernel is larger "
+                          f"than the {sides[0]}x{sides[1]} input it slides over (padding "
+                          f"{pads[0] if pads[0] == pads[1] else pads}); use a smaller kernel"
+                          + (", or a smaller crop" if crop else ""))
 
 
 @register("cnn")
@@ -96,6 +113,8 @@ def cnn(
     ``padding`` defaults to ``kernel_size // 2``, so convs with an odd kernel keep the image size
     (an even kernel makes it one pixel larger).
     """
+    if padding is not None:
+        check_padding("cnn", padding, kernel_size)
     padding = kernel_size // 2 if padding is None else padding
     net = make_cnn(
         "cnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,

@@ -6,6 +6,7 @@ from typing import Sequence
 
 from torch import nn
 
+from ._layers import check_padding
 from ._registry import register
 from .base import Net
 from .cnn import make_cnn
@@ -33,6 +34,7 @@ def lenet(
 
     The convs are unpadded ("valid") as in LeNet: 28x28 -> 26 -> 13 -> 11 -> 5.
     """
+    check_padding("lenet", padding, kernel_size)
     n = len(channels)
     return make_cnn(
         "lenet", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
@@ -67,6 +69,8 @@ def lenet5(
     6 on 20x20 (per side, per axis). That keeps the paper's 28x28 -> 14 -> 10 -> 5
     feature maps. ``padding`` overrides this for the first conv; later convs are unpadded.
     """
+    if padding is not None:  # (its own rule pads images below 24x24 by more: to the paper's 32x32)
+        check_padding("lenet5", padding, kernel_size)
     first = padding if padding is not None else tuple(max(0, (LENET5_INPUT - s + 1) // 2) for s in image_size)
     return make_cnn(
         "lenet5", num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=channels,
