@@ -53,7 +53,7 @@ def main() -> None:
     print(f"preset: {Path(args.config).name} {' '.join(args.overrides)}".rstrip())
     rows, ref_s, mine_s, mine_acc, ref_acc, precisions = [], [], [], [], [], set()
     for seed in range(args.seeds):
-        ref = public_recipe(data, seed)
+        ref = public_recipe(data, seed, reuse_memory=cfg.train.reuse_memory)
         mine = time_to_accuracy([], [seed], config=cfg)[0]
         precisions.add(mine["precision"])
         ref_s.append(ref["train_seconds"])

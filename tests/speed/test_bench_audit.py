@@ -116,3 +116,16 @@ def test_the_machine_line_says_how_many_of_the_cores_the_process_may_use(monkeyp
     assert ", 64 cores (1 usable by this process), torch " in bench.machine_description()
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(64)))
     assert ", 64 cores, torch " in bench.machine_description()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_public_recipe_runs_under_the_allocator_the_compared_runs_set(monkeypatch, reuse):
+    # train.reuse_memory sets glibc's malloc for the whole process, for good: the first seed's public recipe ran
+    # before any mnistlab run had set it, the later seeds' after, so seed 0's reference was up to 1.3x slower.
+    import mnistlab.bench as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "reuse_freed_memory", lambda: calls.append("set"))
+    monkeypatch.setattr(bench, "_public_recipe", lambda data, seed: calls.append("recipe") or {"seed": seed})
+    assert bench.public_recipe(None, 3, reuse_memory=reuse) == {"seed": 3}
+    assert calls == (["set", "recipe"] if reuse else ["recipe"])

@@ -51,7 +51,7 @@ def test_a_signal_in_a_training_run_is_one_line_and_leaves_nothing(signum, mnist
 
     real = run.build_callbacks
     monkeypatch.setattr(run, "build_callbacks", lambda *a, **k: [*real(*a, **k), _SignalAtFirstBatch(signum)])
-    monkeypatch.setattr(bench, "public_recipe", lambda data, seed: {"test_accuracy": 0.9, "train_seconds": 1.0,
+    monkeypatch.setattr(bench, "public_recipe", lambda data, seed, reuse_memory: {"test_accuracy": 0.9, "train_seconds": 1.0,
                                                                      "precision": "fp32"})
     # torch inductor makes its cache folder (torchinductor_<user>, in tempfile's folder unless
     # TORCHINDUCTOR_CACHE_DIR names one) at its first look-up, which this run can be the one to make: torch's,
@@ -70,7 +70,7 @@ def test_a_signal_in_a_training_run_is_one_line_and_leaves_nothing(signum, mnist
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_outside_the_trainer_is_one_line_too(signum, mnist_root, monkeypatch, capsys):
     # SIGTERM killed the process (its temporary folders stayed); Ctrl-C exited 130 without a word.
-    def recipe(data, seed):
+    def recipe(data, seed, reuse_memory):
         os.kill(os.getpid(), signum)
         # The kernel may hand the signal to another thread (torch's), whose C handler then flags it for this
         # one: under load that came after the next line had already run. The sleep ends when it is handled.
@@ -96,7 +96,7 @@ def test_a_signal_outside_the_trainer_is_one_line_too(signum, mnist_root, monkey
 ])
 def test_settings_that_cannot_run_fail_before_the_first_run(argv, message, mnist_root, monkeypatch, capsys):
     # Each failed only after the data and the public recipe (the memory ones with the allocator's traceback).
-    monkeypatch.setattr(bench, "public_recipe", lambda *a: pytest.fail("a run started"))
+    monkeypatch.setattr(bench, "public_recipe", lambda *a, **k: pytest.fail("a run started"))
     assert main(["bench", "--data-dir", str(mnist_root), "--models", "cnn", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mnistlab bench: error: ") and message in err, err
@@ -127,7 +127,7 @@ def test_run_bench_keeps_the_callers_state_and_takes_its_seeds_from_train_seed(m
 
 def test_the_ratio_is_of_the_seconds_measured_not_of_the_rounded_ones(mnist_root, monkeypatch):
     # Both rounded to 0.00 s: the ratio divided by zero; at 0.004 / 0.001 it read 0.00x or 0.50x by rounding.
-    monkeypatch.setattr(bench, "public_recipe", lambda data, seed: {"test_accuracy": 0.9, "train_seconds": 0.004,
+    monkeypatch.setattr(bench, "public_recipe", lambda data, seed, reuse_memory: {"test_accuracy": 0.9, "train_seconds": 0.004,
                                                                      "precision": "fp32"})
     monkeypatch.setattr(bench, "time_to_accuracy", lambda o, seeds, config: [{
         "test_accuracy": 0.9, "train_seconds": 0.001, "precision": "fp32", "compile_seconds": 0.0}])
