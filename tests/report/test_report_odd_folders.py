@@ -170,3 +170,11 @@ def test_a_plot_to_dash_is_refused_and_dot_slash_dash_names_the_file(copy_run, t
     assert not (tmp_path / "-").exists()
     assert main(["compare", str(run), "--plot", "./-"]) == 0
     assert (tmp_path / "-").read_bytes().startswith(PNG)
+
+
+def test_a_plot_named_as_another_image_format_is_refused(copy_run, tmp_path, capsys):
+    # `--plot curve.jpg` wrote PNG bytes under a JPEG's name, which some viewers refuse to open.
+    assert main(["compare", str(copy_run()), "--plot", str(tmp_path / "curve.jpg")]) == 2
+    assert capsys.readouterr().err == (f"mnistlab compare: error: {tmp_path / 'curve.jpg'}: a plot is written as a "
+                                       "PNG image; give a file name ending in .png\n")
+    assert not (tmp_path / "curve.jpg").exists()

@@ -362,6 +362,8 @@ def check_plot_path(path: str | Path) -> Path:
         if path.parent.name == "plots" and is_run_folder(path.parent.parent):
             raise MnistlabError(f"{path} is a figure of the report of the run in {path.parent.parent}: a plot would "
                                 "replace it; choose a file outside the run's plots folder with --plot FILE")
+    if path.suffix and path.suffix.lower() != ".png":  # `--plot curve.jpg` wrote PNG bytes under a JPEG's name
+        raise MnistlabError(f"{path}: a plot is written as a PNG image; give a file name ending in .png")
     missing = missing_folders(path.parent)
     try:
         with _plot_file(path):
