@@ -469,9 +469,9 @@ def stopping_signals() -> list[int]:
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """Inside the block each of :func:`stopping_signals` raises where the program is, as Ctrl-C does (SIGTERM and
-    SIGHUP as :class:`~mnistlab.errors.Signalled`): for the work after training (the test, the report), which
-    is not cut into steps for the trainer's guard to stop between. Only the main thread may set handlers;
-    elsewhere the block changes nothing."""
+    SIGHUP as :class:`~mnistlab.errors.Signalled`): for the work before and after the trainer's steps (loading
+    the data, the test, the report), which its guard, set for the steps, does not cover. Only the main thread
+    may set handlers; elsewhere the block changes nothing."""
     old = {}
     if threading.current_thread() is threading.main_thread():
         old = {s: signal.signal(s, raise_signalled) for s in stopping_signals() if s != signal.SIGINT}
