@@ -116,8 +116,9 @@ class TrainerHandle(Protocol):
 
     @property
     def stop_reason(self) -> str | None:
-        """The reason the run stops for, once a callback has requested it (or ``train.max_steps`` is reached),
-        else None (Keras' ``model.stop_training``, Lightning's ``trainer.should_stop``)."""
+        """The first stop a callback has requested (one called before this one in the same ``on_epoch_end``,
+        say), else None; in ``on_train_end`` the run's stop reason, whatever stopped it (Keras'
+        ``model.stop_training``, Lightning's ``trainer.should_stop``)."""
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """A copy of the model's state_dict, on the CPU."""
