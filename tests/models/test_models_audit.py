@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +51,6 @@ def test_build_model_sizes_of_the_wrong_kind_are_one_config_error(sizes):
 
 
 def test_build_model_takes_sizes_as_list_torch_size_or_numpy_integers():
-    np = pytest.importorskip("numpy")
     for kwargs in [{"image_size": [20, 24]}, {"image_size": torch.Size([20, 24])},
                    {"image_size": np.array([20, 24]), "num_classes": np.int64(3)}]:
         net = build_model("cnn", width=0.25, **kwargs)
