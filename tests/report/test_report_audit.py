@@ -47,6 +47,26 @@ def test_a_resumed_run_that_has_not_finished_shows_no_test_of_before_the_resume(
     assert "not finished (resumed after epoch 2)" in capsys.readouterr().out
 
 
+def test_a_run_resumed_after_ctrl_c_and_killed_is_not_shown_as_interrupted_before_its_new_epochs(copy_run):
+    # Ctrl-C in epoch 2 wrote an "interrupted" summary.json (epochs 1); the resume trained epoch 2 and was killed.
+    # The report said "stopped: interrupted ... at epoch 2" with "1" epoch and the first part's seconds beside
+    # curves to epoch 2, and compare listed it so.
+    run = copy_run()
+    (run / PREDICTIONS_FILE).unlink()  # an interrupted run's predictions are removed
+    summary = json.loads((run / "summary.json").read_text())
+    setup = {k: summary[k] for k in ("model", "dataset", "parameters", "device")}
+    stop = "interrupted by SIGINT at epoch 2, batch 3 of 8"
+    (run / "summary.json").write_text(json.dumps({**setup, "stop_reason": stop, "stopped_by": "interrupted",
+                                                  "epochs": 1, "train_seconds": 1e-6}))
+    assert read_run(run).resumed_after == 1
+    page = write_report(run).path.read_text()
+    assert stop not in page
+    assert '<div class="v">2 (-)</div><div class="k">epochs (best)</div>' in page
+    (row,) = compare_runs([run])
+    assert (row.epochs, row.stop_reason, row.test_accuracy) == (2, "not finished (resumed after epoch 1)", None)
+    assert row.train_seconds > 1e-6  # metrics.csv's epochs, not the first part's seconds
+
+
 def test_an_early_stop_from_before_a_resume_is_not_drawn_as_the_runs_end(copy_run):
     # The run stopped early after epoch 2, was resumed with more epochs and ran to epoch 3: last.ckpt's stopping
     # state still holds the old stop, and the report said "early stopping ended training after epoch 2".

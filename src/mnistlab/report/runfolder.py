@@ -274,10 +274,10 @@ def _leave_out_results_of_before_a_resume(run: RunFolder) -> None:
     an OOM or a power cut leaves them for good), while metrics.csv grows each epoch: the report showed that
     earlier test, and its best epoch, as the run's, and compare ranked the run by it.
 
-    The summary of a part that was interrupted is kept: it holds no test (and its predictions were removed), and
-    says how to resume."""
+    An interrupted part's summary (Ctrl-C) counts the epochs it completed, each already in metrics.csv: epochs
+    past it were trained by a resume since, so its stop reason, epochs and seconds are no longer the run's."""
     done, last = run.summary.get("epochs"), run.last_epoch
-    if not isinstance(done, int) or last is None or last <= done or run.summary.get("stopped_by") == "interrupted":
+    if not isinstance(done, int) or last is None or last <= done:
         return
     run.resumed_after = done
     run.summary = {k: v for k, v in run.summary.items() if k in _SETUP_KEYS}
