@@ -50,6 +50,9 @@ def fake_train(monkeypatch) -> list:
                 break
         reason = handle.stop_reason or (f"max epochs reached ({cfg.train.epochs})" if history else "non-finite loss")
         stopped_by = handle.stopped_by or ("max_epochs" if history else "non_finite_loss")
+        handle.stop_reason, handle.stopped_by = reason, stopped_by  # in on_train_end the run's reason, as the trainer's
+        for cb in cbs:
+            cb.on_train_end({**(history[-1] if history else {}), "stop_reason": reason}, handle)
         fit = FitResult(model=None, history=history, stop_reason=reason, stopped_by=stopped_by,
                         epochs=len(history), steps=0, train_seconds=0.0)
         return RunResult(run_dir=Path(out), fit=fit, test=None, summary={"stop_reason": reason})

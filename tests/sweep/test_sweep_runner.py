@@ -79,6 +79,46 @@ def test_a_grid_rerun_runs_only_the_missing_points(fake_train, tmp_path):
     assert [c.optimizer.lr for c in fake_train] == [0.001, 0.01, 0.1]
 
 
+def test_a_grid_point_left_queued_by_an_interrupted_sweep_is_run_and_so_is_every_other(fake_train, tmp_path):
+    # Ctrl-C (or kill -9) between enqueueing a point and asking for it leaves a WAITING trial. Optuna's ask()
+    # takes the oldest waiting trial, so each later point was run one turn late and the last stayed queued for
+    # ever: every rerun ended with it untried and the grid one short, without a word.
+    s = spec({"optimizer.lr": [0.001, 0.01, 0.1]}, sampler="grid")
+    study_of(s, tmp_path).enqueue_trial(grid_points(s)[0])
+    result = run_sweep(s, out=tmp_path, quiet=True)
+    assert sorted(c.optimizer.lr for c in fake_train) == [0.001, 0.01, 0.1]
+    assert sorted(r.state for r in result.rows) == ["COMPLETE"] * 3
+    # the last point queued, the others done: it was taken for tried, and the grid ended one short
+    fake_train.clear()
+    run_sweep(spec({"optimizer.lr": [0.001, 0.01, 0.1]}, sampler="grid", trials=2), out=tmp_path / "b", quiet=True)
+    study_of(s, tmp_path / "b").enqueue_trial(grid_points(s)[2])
+    result = run_sweep(s, out=tmp_path / "b", quiet=True)
+    assert [c.optimizer.lr for c in fake_train] == [0.001, 0.01, 0.1]
+    assert [r.state for r in result.rows] == ["COMPLETE"] * 3
+
+
+def test_ctrl_c_right_after_a_trial_is_asked_for_does_not_leave_it_running(fake_train, tmp_path, monkeypatch):
+    # Before its host and pid were stored, no rerun could tell the trial's process had gone: RUNNING for ever, it
+    # counted towards the total, and the grid ended one point short on every rerun.
+    from mnistlab.sweep.runner import SweepInterrupted
+
+    real = optuna.trial.Trial.set_user_attr
+
+    def interrupted(self, key, value):
+        if key == "host":
+            raise KeyboardInterrupt
+        real(self, key, value)
+
+    s = spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid")
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", interrupted)
+    with pytest.raises(SweepInterrupted):
+        run_sweep(s, out=tmp_path, quiet=True)
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", real)
+    result = run_sweep(s, out=tmp_path, quiet=True)
+    assert sorted(c.optimizer.lr for c in fake_train) == [0.001, 0.01]
+    assert sorted(r.state for r in result.rows) == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
 def test_a_different_sweep_in_the_same_study_is_refused(fake_train, tmp_path):
     run_sweep(spec({"optimizer.lr": [0.001, 0.01]}, sampler="grid"), out=tmp_path, quiet=True)
     with pytest.raises(ConfigError, match=r"was started by a different sweep \(it differs in: params\)"):
@@ -169,6 +209,39 @@ def test_early_stopping_pruner_prunes_what_our_rule_stops(fake_train, tmp_path):
     assert (rows[1].state, rows[1].epochs) == ("PRUNED", 3)
     assert rows[1].note.startswith("early stopping: val_accuracy did not beat the baseline 0.35")
     assert not (tmp_path / "best.toml").read_text().count("lr = 0.0001")
+
+
+def test_early_stopping_pruner_never_prunes_a_trial_stopped_at_its_last_epoch(fake_train, tmp_path):
+    # As for Optuna's pruners (ReportToTrial): a trial that trained every planned epoch is complete. With 3 epochs,
+    # lr 1e-4 (0.1, 0.2, 0.3) misses the baseline and the rule stops it at epoch 3, which was its last anyway.
+    base = {"early_stopping": {"criterion": "patience", "monitor": "val_accuracy", "baseline": 0.35, "patience": 1,
+                               "min_delta": 0.1, "start_epoch": 2}}
+    s = spec({"optimizer.lr": [0.01, 1e-4]}, epochs=3, base=base, sampler="grid", pruner="early_stopping")
+    rows = {r.number: r for r in run_sweep(s, out=tmp_path, quiet=True).rows}
+    assert rows[1].note.startswith("early stopping")  # the rule did stop it, at its last epoch
+    assert (rows[1].state, rows[1].epochs, rows[1].value) == ("COMPLETE", 3, pytest.approx(0.3))
+
+
+def test_a_trial_our_rule_stopped_is_pruned_even_when_ctrl_c_comes_during_its_test(fake_train, tmp_path, monkeypatch):
+    # Kept after training (see the test below), it was recorded COMPLETE: a trial the early_stopping pruner
+    # prunes could become the best, and best.toml name it.
+    import mnistlab.training.run as run_module
+    from mnistlab.sweep.runner import SweepInterrupted
+
+    fake = run_module.train
+
+    def train(cfg, *, out, callbacks=(), **kwargs):
+        fake(cfg, out=out, callbacks=callbacks, **kwargs)
+        raise KeyboardInterrupt  # during the test, after training
+
+    monkeypatch.setattr(run_module, "train", train)
+    base = {"early_stopping": {"criterion": "patience", "monitor": "val_accuracy", "baseline": 0.35, "patience": 1,
+                               "min_delta": 0.1, "start_epoch": 2}}
+    s = spec({"optimizer.lr": [1e-4, 0.01]}, epochs=4, base=base, sampler="grid", pruner="early_stopping")
+    with pytest.raises(SweepInterrupted, match="had finished training and is kept"):
+        run_sweep(s, out=tmp_path, quiet=True)
+    (trial,) = study_of(s, tmp_path).get_trials()
+    assert trial.state == S.PRUNED and trial.user_attrs["epochs"] == 3
 
 
 def test_a_diverged_trial_counts_as_pruned_and_is_not_drawn_again(fake_train, tmp_path):
@@ -347,9 +420,7 @@ def test_an_interruption_during_the_test_keeps_the_trained_trial_with_its_value(
     fake = run_module.train
 
     def train(cfg, *, out, callbacks=(), **kwargs):
-        fake(cfg, out=out, callbacks=callbacks, **kwargs)
-        for cb in callbacks:
-            cb.on_train_end({}, None)  # the trainer's end: the test comes next
+        fake(cfg, out=out, callbacks=callbacks, **kwargs)  # ends with on_train_end, as the trainer: the test is next
         raise KeyboardInterrupt if signal_name == "SIGINT" else Signalled(signal.SIGTERM)
 
     monkeypatch.setattr(run_module, "train", train)

@@ -194,13 +194,22 @@ class ReportToTrial(Callback):
         self.pruned_at: int | None = None
         self.values: list[float] = []  # the objective after each epoch
         self.trained = False  # training has ended (the test and report may still be to come)
+        self.ended_early = False  # the last epoch trained was before the run's planned last one
+        self.stop_reason: str | None = None  # the run's, once training has ended
 
     def on_train_end(self, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         self.trained = True
+        self.stop_reason = trainer.stop_reason
+
+    def stopped_by_rule(self) -> bool:
+        """The config's early-stopping rule ended the run before its last planned epoch: what the
+        ``early_stopping`` pruner prunes. A stop at the last epoch cut nothing short, so the trial is complete."""
+        return self.ended_early and (self.stop_reason or "").lower().startswith("early stopping")
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         value = float(metrics[self.objective])
         self.values.append(value)
+        self.ended_early = epoch < trainer.planned_epochs
         self.trial.report(value, epoch)
         # After the run's last epoch (train.epochs, or max_steps reached) the trial is complete, not pruned:
         # pruned, it could not become the best. So it is when a callback before this one has stopped the run
@@ -251,13 +260,13 @@ def run_trial(spec: SweepSpec, trial, labels: dict[str, Any], out: Path) -> tupl
         if reporter.trained or _tested(run_dir):
             value = best_value(reporter.values, spec.direction)
             _record(trial, value, len(reporter.values), t0, "interrupted after training")
-            raise TrialFinished(value, reporter.pruned_at is not None, getattr(e, "signum", signal.SIGINT)) from None
+            pruned = reporter.pruned_at is not None or (spec.pruner == "early_stopping" and reporter.stopped_by_rule())
+            raise TrialFinished(value, pruned, getattr(e, "signum", signal.SIGINT)) from None
         raise
     history = result.fit.history if result.fit is not None else []
     value = best_value([float(h[spec.objective]) for h in history], spec.direction)
     _record(trial, value, len(history), t0, result.summary.get("stop_reason"))
-    stopped_by_rule = spec.pruner == "early_stopping" and result.fit is not None and result.fit.stopped_by == "early_stopping"
-    return value, reporter.pruned_at is not None or stopped_by_rule
+    return value, reporter.pruned_at is not None or (spec.pruner == "early_stopping" and reporter.stopped_by_rule())
 
 
 def _record(trial, value: float | None, epochs: int, t0: float, stop_reason: str | None) -> None:
@@ -345,17 +354,26 @@ def _work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None], 
             if counted(study, optuna) >= spec.trials:
                 return ran
             if spec.sampler == "grid":
-                point = _next_grid_point(spec, study, optuna)
-                if point is None:
-                    return ran
-                study.enqueue_trial(point)
+                # A point left queued (Ctrl-C between enqueue and ask) is the one ask() takes next: enqueueing
+                # another behind it would leave the last point queued, and counted as taken, for ever.
+                if not study.get_trials(deepcopy=False, states=(S.WAITING,)):
+                    point = _next_grid_point(spec, study, optuna)
+                    if point is None:
+                        return ran
+                    study.enqueue_trial(point)
             elif _all_tried(spec, study, optuna):
                 return ran
             trial = study.ask()
-            trial.set_user_attr("host", socket.gethostname())
-            trial.set_user_attr("pid", os.getpid())
-            # Drawn before the lock is let go: the next worker's sampler then sees these values taken.
-            labels = suggest(trial, spec)
+            try:
+                trial.set_user_attr("host", socket.gethostname())
+                trial.set_user_attr("pid", os.getpid())
+                # Drawn before the lock is let go: the next worker's sampler then sees these values taken.
+                labels = suggest(trial, spec)
+            except BaseException:
+                # Ctrl-C before the pid is stored: no rerun could tell this trial's process has gone, and RUNNING
+                # for ever it would count towards sweep.trials (and hold its grid point) on every rerun.
+                study.tell(trial, state=S.FAIL, skip_if_finished=True)
+                raise
         try:
             value, pruned = run_trial(spec, trial, labels, out)
         except TrialFinished as e:
