@@ -892,10 +892,12 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         if isinstance(value, os.PathLike):  # a pathlib.Path for data.dir or finetune.init_from, from Python
             value = os.fspath(value)
         section, _, key = dotted.partition(".")
-        if section not in hints or not key:
+        if not key:
             raise ConfigError(
                 f"override {dotted!r} must look like section.key=value; valid sections: {', '.join(hints)}"
             )
+        if section not in hints:  # it has the shape: "must look like section.key" said nothing of what was wrong
+            raise ConfigError(f"unknown section {section!r} in override {dotted!r}; valid sections: {', '.join(hints)}")
         cls = hints[section]
         types_ = _section_types(cls)
         if key not in types_:

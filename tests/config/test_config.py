@@ -60,7 +60,7 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
     "override, message",
     [
         ("train.epoch=3", "valid keys in [train]: epochs, batch_size"),
-        ("trian.epochs=3", "valid sections: model, data"),
+        ("trian.epochs=3", "unknown section 'trian' in override 'trian.epochs'; valid sections: model, data"),
         ("train.epochs=\"three\"", "train.epochs = 'three' has the wrong type; expected int"),
         ("train.epochs=2.5", "expected int"),
         ("train.epochs=0", "train.epochs must be greater than zero, got 0"),

@@ -29,7 +29,7 @@ def sweep(params=None, base=None, **keys):
         (dict(params={}), "[sweep.params] is missing or empty"),
         (dict(params={"optimizer.lrr": [0.1, 0.2]}),
          "sweep.params.\"optimizer.lrr\": unknown key 'optimizer.lrr'; valid keys in [optimizer]: name, lr"),
-        (dict(params={"optim.lr": [0.1]}), "override 'optim.lr' must look like section.key=value; valid sections: model"),
+        (dict(params={"optim.lr": [0.1]}), "unknown section 'optim' in override 'optim.lr'; valid sections: model"),
         (dict(params={"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}),
          "sweep.params.\"optimizer.lr\": low must be below high, got low = 0.1 and high = 0.01"),
         (dict(params={"optimizer.lr": {"type": "float", "low": 0.0, "high": 0.01, "log": True}}),
