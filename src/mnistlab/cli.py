@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonout
-from .errors import ConfigError, MnistlabError, leave_error, raise_signalled
+from .errors import CheckpointError, ConfigError, MnistlabError, leave_error, raise_signalled
 
 _FLAG_KEYS = {
     "model": "model.name",
@@ -601,7 +601,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import format_prediction, predict_files, printable
     from .training.checkpoint import load_model
 
-    model = load_model(args.checkpoint)
+    try:
+        model = load_model(args.checkpoint)
+    except CheckpointError as e:
+        # `predict seven.png runs/x`: the image was read as the checkpoint, and the error said no more than that
+        if any(_is_checkpoint_path(a) for a in args.images):
+            raise CheckpointError(f"{e} (the checkpoint or run folder comes first: mnistlab predict RUN IMAGE...)") \
+                from None
+        raise
     results = predict_files(model, args.images, top_k=args.top_k, save_preprocessed=args.save_preprocessed)
     for p in results:
         if p.error is not None:
@@ -613,6 +620,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if p.error is None:
                 print(format_prediction(p))
     return 1 if any(p.error is not None for p in results) else 0
+
+
+def _is_checkpoint_path(text: str) -> bool:
+    """A .ckpt file or a folder holding a best.ckpt (a run folder), as ``predict``'s first argument would be."""
+    path = Path(text)
+    return (path.suffix == ".ckpt" and path.is_file()) or (path / "best.ckpt").is_file()
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

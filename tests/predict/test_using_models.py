@@ -109,3 +109,14 @@ def test_evaluate_refuses_a_model_with_more_outputs_than_the_classes_asked_for()
                                           r"count, or leave num_classes out"):
         evaluate(model, split, num_classes=10)
     assert evaluate(model, split).confusion.shape == (12, 12)  # its own class count: scored
+
+
+def test_the_arguments_given_the_wrong_way_round_are_told_which_comes_first(digit_run, drawn_digits, capsys):
+    # `predict seven.png runs/x` said only "seven.png is not a readable checkpoint".
+    image = drawn_digits[7, "paper.png"]
+    assert main(["predict", str(image), str(digit_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnistlab predict: error: {image}") and err.endswith(
+        " (the checkpoint or run folder comes first: mnistlab predict RUN IMAGE...)\n"), err
+    assert main(["predict", str(image), str(drawn_digits[1, "paper.png"])]) == 2  # no run among them: no such hint
+    assert "comes first" not in capsys.readouterr().err
