@@ -580,6 +580,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if args.details:  # a name given wins over the config's, as with `train --config F --model NAME`
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=args.details))
         cfg = apply_overrides(cfg, args.overrides)
+        others = [o.partition("=")[0].strip() for o in args.overrides if not o.lstrip().startswith("model.")]
+        if others:  # checked, then ignored: `--set train.epochs=3` looked as if it had done something
+            raise MnistlabError(f"--set {others[0]}: --details shows the model, which only [model] options change "
+                                "(use --dataset for the dataset)")
         model = build_model(cfg.model.name, **kwargs, **cfg.model.options())
         shape = f"{'x'.join(map(str, size))} ({args.dataset})"
         if model.crop:

@@ -246,6 +246,10 @@ def test_models_details_shows_a_config_s_layout(capsys, tmp_path):
     assert "8x14x14" in capsys.readouterr().out
     assert main(["models", "--set", "model.crop=2"]) == 2
     assert "add --details" in capsys.readouterr().err
+    # Any other key was checked, then ignored: the table looked as if it had taken it.
+    assert main(["models", "--details", "cnn", "--set", "train.epochs=3"]) == 2
+    assert capsys.readouterr().err == ("mnistlab models: error: --set train.epochs: --details shows the model, which "
+                                       "only [model] options change (use --dataset for the dataset)\n")
 
 
 @pytest.mark.parametrize("name", ["fast", "resnet18"])
