@@ -775,9 +775,10 @@ def main(argv: list[str] | None = None) -> int:
     # writes remove their temporary file, a report or export cut short its pieces, bench its runs' temporary
     # folders, a sweep its trial, kept or marked failed). Inside a training run the trainer's own handler takes
     # over, ends the step and saves first; outside those steps train() sets its own (training/run.py), which
-    # adds the resume line; lr-find keeps the default.
+    # adds the resume line, and lr-find has this one (with the default, a SIGTERM while it loaded the data ended
+    # it without a word).
     # Only the main thread may set a handler: main() called from another thread keeps the one there is.
-    sigterm = args.command not in ("train", "lr-find") and threading.current_thread() is threading.main_thread()
+    sigterm = args.command != "train" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, raise_signalled) if sigterm else None
     try:
         _import_torch(args.command)

@@ -213,3 +213,13 @@ def test_a_sigterm_while_the_data_loads_is_one_line_and_leaves_no_folder(mini_ro
                                           patch=signal_at_call("SIGTERM", "load_data")))
     assert (rc, stderr) == (143, "mnistlab train: interrupted by SIGTERM\n")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_sigterm_while_lr_find_loads_its_data_is_one_line(mini_root, tmp_path):
+    # lr-find kept SIGTERM's default outside its steps: the process ended without a word (the shell showed 143).
+    patch = SIGNAL_AT_CALL.replace("mnistlab.training.run", "mnistlab.training.lr_find").replace(
+        "{sig}", "SIGTERM").replace("{name}", "load_data")
+    rc, stdout, stderr = finish(start_cli("lr-find", "--data-dir", str(mini_root), "--dataset", "kmnist",
+                                          "--plot", str(tmp_path / "p.png"), patch=patch))
+    assert (rc, stderr) == (143, "mnistlab lr-find: interrupted by SIGTERM\n")
+    assert list(tmp_path.iterdir()) == []
