@@ -139,6 +139,13 @@ def build_model(
     return net
 
 
+def meta_model(builder: Builder, **kwargs: Any) -> Net:
+    """What ``builder(**kwargs)`` makes, on the meta device: its shapes and sizes with nothing allocated or
+    initialized (crafted or mistaken sizes can mean billions of weights), and the random stream untouched."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return builder(**kwargs)
+
+
 def _bytes(size: int) -> str:
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
@@ -184,8 +191,7 @@ def _values_that_fit(builder: Builder, sizes: dict[str, Any], options: dict[str,
 
     def fits(**changed: Any) -> bool:
         try:
-            with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                net = builder(**sizes, **{**options, **changed})
+            net = meta_model(builder, **sizes, **{**options, **changed})
         except Exception:  # noqa: BLE001 - any refusal (shrinks, overflows, a bad value): this value does not fit
             return False
         tensors = [*net.parameters(), *net.buffers()]

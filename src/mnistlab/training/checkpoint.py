@@ -587,12 +587,11 @@ def _refuse_a_larger_model(name: str, state: dict[str, torch.Tensor], num_classe
     images has 210 billion weights) would take all memory before load_weights said the weights do not fit.
     It is counted on the meta device, which allocates nothing.
     """
-    from ..models._registry import _get
+    from ..models._registry import _get, meta_model
 
     try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            shapes = _get(name)(num_classes=num_classes, in_channels=in_channels, image_size=tuple(size),
-                                **{k: v for k, v in options.items() if v is not None}).state_dict()
+        shapes = meta_model(_get(name), num_classes=num_classes, in_channels=in_channels, image_size=tuple(size),
+                            **{k: v for k, v in options.items() if v is not None}).state_dict()
     except Exception:  # noqa: BLE001 - a model that cannot be built: build_model says why, in its own words
         return
     needed, held = (sum(t.numel() for t in d.values()) for d in (shapes, state))
