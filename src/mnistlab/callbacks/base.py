@@ -120,6 +120,11 @@ class TrainerHandle(Protocol):
         say), else None; in ``on_train_end`` the run's stop reason, whatever stopped it (Keras'
         ``model.stop_training``, Lightning's ``trainer.should_stop``)."""
 
+    @property
+    def stopped_by(self) -> str | None:
+        """What ``stop_reason`` is of, summary.json's ``stopped_by``: ``request_stop``'s ``by`` ("early_stopping"
+        for a reason starting with "early stopping"), and in ``on_train_end`` also max_epochs, max_steps, ..."""
+
     def get_weights(self) -> dict[str, torch.Tensor]:
         """A copy of the model's state_dict, on the CPU."""
 

@@ -195,16 +195,16 @@ class ReportToTrial(Callback):
         self.values: list[float] = []  # the objective after each epoch
         self.trained = False  # training has ended (the test and report may still be to come)
         self.ended_early = False  # the last epoch trained was before the run's planned last one
-        self.stop_reason: str | None = None  # the run's, once training has ended
+        self.stopped_by: str | None = None  # the run's summary.json stopped_by, once training has ended
 
     def on_train_end(self, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         self.trained = True
-        self.stop_reason = trainer.stop_reason
+        self.stopped_by = trainer.stopped_by
 
     def stopped_by_rule(self) -> bool:
         """The config's early-stopping rule ended the run before its last planned epoch: what the
         ``early_stopping`` pruner prunes. A stop at the last epoch cut nothing short, so the trial is complete."""
-        return self.ended_early and (self.stop_reason or "").lower().startswith("early stopping")
+        return self.ended_early and self.stopped_by == "early_stopping"
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         value = float(metrics[self.objective])
