@@ -14,7 +14,9 @@ optuna = import_optuna()  # skipped without Optuna, but a failure under CI=true 
 
 from mnistlab.errors import ConfigError, MnistlabError  # noqa: E402
 from mnistlab.sweep import grid_points, run_sweep, sweep_from_dict  # noqa: E402
-from mnistlab.sweep.runner import ReportToTrial, open_study, require_optuna, storage_url  # noqa: E402
+from mnistlab.sweep.runner import (  # noqa: E402
+    ReportToTrial, make_pruner, most_epochs, open_study, require_optuna, storage_url,
+)
 
 S = optuna.trial.TrialState
 
@@ -196,6 +198,18 @@ def test_median_pruner_prunes_a_trial_below_the_median(fake_train, tmp_path):
     assert [r.number for r in result.rows][-1] == 2  # pruned trials come after the finished ones
     study = study_of(s, tmp_path)
     assert study.trials[2].intermediate_values == {1: pytest.approx(fake_accuracy(fake_train[2], 1))}
+
+
+@pytest.mark.parametrize("params, most", [
+    ({"optimizer.lr": [0.001, 0.01]}, 2),
+    ({"train.epochs": [4, 20, 9]}, 20),
+    ({"train.epochs": {"type": "int", "low": 2, "high": 12, "step": 2}}, 12),
+])
+def test_hyperband_plans_its_brackets_up_to_the_most_epochs_a_trial_can_train(params, most):
+    s = spec(params, epochs=2, pruner="hyperband")
+    assert most_epochs(s) == most
+    # Its brackets come from this maximum: 20 epochs give three (rungs from epoch 1, 3, 9); the base's 2 gave one.
+    assert make_pruner(s)._max_resource == most
 
 
 def test_early_stopping_pruner_prunes_what_our_rule_stops(fake_train, tmp_path):

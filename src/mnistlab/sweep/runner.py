@@ -176,9 +176,22 @@ def make_pruner(spec: SweepSpec):
         # Sweeps here hold tens of trials, not thousands: two finished trials are enough to compare against.
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.base.train.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most_epochs(spec))
     # none, and early_stopping (our own rule stops the trial; see run_trial)
     return optuna.pruners.NopPruner()
+
+
+def most_epochs(spec: SweepSpec) -> int:
+    """The most epochs a trial can train: the largest value of a swept ``train.epochs``, else the base config's.
+
+    Hyperband plans its brackets from it (floor(log3(max / 1)) + 1 of them): with the base's count instead, a
+    sweep of epochs 2..20 on a base of 2 got one bracket, the most aggressive (prune from epoch 1), not three.
+    """
+    swept = [p for p in spec.params if p.key == "train.epochs"]
+    if not swept:
+        return spec.base.train.epochs
+    param = swept[0]
+    return int(max(param.choices) if param.type == "categorical" else param.high)
 
 
 class ReportToTrial(Callback):
