@@ -30,11 +30,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class WeightAverage:
     """The EMA of ``model``: ``module`` is a frozen copy in eval mode, updated by :meth:`update`."""
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
+        # As ema.decay is checked in the config: 1.5 extrapolated away from the weights (a diverging "average"),
+        # 1 kept the first weights, NaN made every weight NaN, all without a word.
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+            raise ConfigError(f"the weight average's decay must be a number in (0, 1), got {decay!r}")
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay, self.warmup = decay, warmup

@@ -188,6 +188,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
         images = image_batch(images, model.in_channels)
     device = next(model.parameters()).device
     with eval_mode(model):
+        _check_image_size(model, images)
         forward = _inference(model)
         batch_size = rows_per_pass(model, images[:1].to(device), batch_size)
         outs = []
@@ -209,6 +210,22 @@ def _check_labels(top: int, outputs: int, num_classes: int | None) -> None:
     if top >= outputs:
         raise DataError(f"evaluate(): the labels go up to {top}, but the model has {outputs} outputs (classes 0 to "
                         f"{outputs - 1}): the split is of another dataset than the model was made for")
+
+
+def _check_image_size(model: nn.Module, images: torch.Tensor) -> None:
+    """A DataError for images of another size than ``model`` (a :class:`~mnistlab.models.Net`) was built for,
+    where its forward cannot take them: PyTorch's "mat1 and mat2 shapes cannot be multiplied" said nothing of
+    the images. Models that take any size (ResNet's global pooling) still evaluate them. Call in eval mode."""
+    built = tuple(getattr(model, "image_size", ()) or ())
+    if not images.numel() or len(built) != 2 or tuple(images.shape[-2:]) == built or has_forward_hooks(model):
+        return  # (hooks would see a pass the caller did not ask for)
+    one = images[:1].to(next((p.device for p in model.parameters()), images.device))
+    try:
+        model(to_float(one) if one.dtype == torch.uint8 else one.float())
+    except RuntimeError:
+        side = "x".join(map(str, images.shape[-2:]))
+        raise DataError(f"the images are {side}, but the model was built for "
+                        f"{built[0]}x{built[1]} images and cannot take these") from None
 
 
 @torch.no_grad()
@@ -244,6 +261,8 @@ def evaluate(
         whole = " (a whole DataBundle: pass one of its splits, data.test or data.val)" if hasattr(split, "test") else ""
         raise TypeError(f"evaluate() takes a split with images and labels, such as data.test, got "
                         f"{type(split).__name__}{whole}")
+    if isinstance(tta_shift, float) or not hasattr(tta_shift, "__index__"):  # range() raised a bare TypeError
+        raise ConfigError(f"a test-time shift must be a whole number of pixels, got {tta_shift!r}")
     if tta_shift < 0:
         raise ConfigError(f"a test-time shift must be zero or more pixels, got {tta_shift}")
     if tta_shift and tta_shift >= min(split.images.shape[-2:]):
@@ -256,6 +275,7 @@ def evaluate(
     if low < 0:
         raise DataError(f"evaluate(): the labels must be class indices from 0, got {low}")
     with eval_mode(model):
+        _check_image_size(model, split.images)
         forward = _inference(model)
         batch_size = rows_per_pass(model, split.images[:1], batch_size)
         for x, y in iterate_batches(split, batch_size):

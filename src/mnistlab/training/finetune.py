@@ -56,7 +56,7 @@ def _layer_names(model: nn.Module) -> str:
     return ", ".join(f"{top}.{{{','.join(c)}}}" if c else top for top, c in groups.items())
 
 
-def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+def match_parameters(model: nn.Module, patterns: str | Sequence[str]) -> list[str]:
     """Names of the parameters that any pattern matches (in model order).
 
     A pattern is a parameter name, a module name (a prefix ending at a dot:
@@ -66,7 +66,15 @@ def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
 
     >>> match_parameters(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)), ["0"])
     ['0.weight', '0.bias']
+
+    One string is split as ``--freeze`` splits it (iterated, ``"features"`` was
+    eight one-letter patterns, and the error named ``'f'``):
+
+    >>> match_parameters(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)), "0, 2.bias")
+    ['0.weight', '0.bias', '2.bias']
     """
+    if isinstance(patterns, str):
+        patterns = split_patterns(patterns)
     names = [n for n, _ in model.named_parameters()]
     for pattern in patterns:
         if not any(_matches(n, pattern) for n in names):
@@ -78,8 +86,11 @@ def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     return [n for n in names if any(_matches(n, p) for p in patterns)]
 
 
-def freeze(model: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:
-    """Set ``requires_grad=False`` on the parameters ``patterns`` match; return them."""
+def freeze(model: nn.Module, patterns: str | Sequence[str]) -> list[nn.Parameter]:
+    """Set ``requires_grad=False`` on the parameters ``patterns`` (a list, or one string as ``--freeze`` takes
+    it) match; return them."""
+    if isinstance(patterns, str):
+        patterns = split_patterns(patterns)
     if not patterns:
         return []
     chosen = set(match_parameters(model, patterns))

@@ -46,7 +46,10 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: MixupConfig, crop: int = 0
     With both alphas above 0, each batch is mixed by mixup or by CutMix, at even odds. CutMix's box lies
     inside what a model with ``crop`` pixels cut from each side sees, and the share is 1 minus the box's
     part of that area, as it came out in whole pixels (the box is clipped at the edges, as in the paper).
+    With both alphas 0 (``[mixup]`` off, as the config has it) the batch comes back as it is, with share 1.
     """
+    if not cfg.enabled:  # Beta(0, 0) raised torch's "Expected parameter concentration ... to satisfy" here
+        return x, y, 1.0
     n = x.shape[0]
     perm = torch.randperm(n, device=x.device)
     cutmix = cfg.cutmix_alpha > 0 and (cfg.alpha == 0 or float(torch.rand(())) < 0.5)
