@@ -6,6 +6,10 @@
 >>> x, y = next(iterate_batches(data.train, 256, order=order))                 # doctest: +SKIP
 """
 
+import torch
+
+from ..config import Config, DataConfig
+from . import datasets
 from .batching import epoch_permutation, iterate_batches, num_batches, to_float
 from .datasets import (
     DATASETS,
@@ -13,13 +17,33 @@ from .datasets import (
     DatasetSpec,
     Split,
     channel_stats,
-    load_data,
     load_raw,
     load_test,
     read_idx,
     resolve_data_dir,
     split_indices,
 )
+
+
+def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle:
+    """Load, verify and split a dataset as ``cfg`` (a config's ``[data]`` section, ``cfg.data``) says; the splits
+    are uint8 tensors on ``device``. See :func:`mnistlab.data.datasets.load_data`.
+
+    >>> load_data(Config())
+    Traceback (most recent call last):
+    ...
+    TypeError: load_data() takes a DataConfig, got a whole Config: pass its data section, load_data(cfg.data)
+    """
+    # The whole Config (the README's load_data(cfg.data) written load_data(cfg)), a dict or a dataset name failed
+    # inside with "AttributeError: 'Config' object has no attribute 'dataset'".
+    if isinstance(cfg, Config):
+        raise TypeError("load_data() takes a DataConfig, got a whole Config: pass its data section, "
+                        "load_data(cfg.data)")
+    if not isinstance(cfg, DataConfig):
+        raise TypeError(f"load_data() takes a DataConfig (cfg.data, or mnistlab.config.DataConfig(dataset=...)), got "
+                        f"{type(cfg).__name__}")
+    return datasets.load_data(cfg, device)
+
 
 __all__ = [
     "DATASETS",

@@ -24,8 +24,8 @@ from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoi
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
 from .finetune import read_init_checkpoint
-from .run import (RunLock, RunResult, check_config_type, config_model, load_init, prepare_run_dir, settings_warnings,
-                  train)
+from .run import (RunLock, RunResult, check_config_type, check_folder_given, config_model, load_init, prepare_run_dir,
+                  settings_warnings, train)
 
 
 def fit(
@@ -53,7 +53,10 @@ def fit(
     before any training, and a callback's ``save_checkpoint`` of another model
     is refused. A ``run_dir`` that holds a run is refused, as ``train`` refuses
     one: continue that run with ``train(cfg, resume=run_dir)``. The model comes
-    back in eval mode.
+    back in eval mode, also where a Ctrl-C (a notebook's "interrupt kernel") stopped it after a step with
+    :class:`TrainingInterrupted`, the model then keeping the weights trained so far. It stays in the layout it
+    trained in: channels-last where ``train.channels_last`` chose it (as ``load_model`` gives these models, the
+    faster layout for them), whose conv weights take ``.reshape``, not ``.view``.
     """
     cfg = Config() if cfg is None else cfg
     check_config_type(cfg, "fit")
@@ -63,6 +66,7 @@ def fit(
                         f"{type(model).__name__}")
     if not isinstance(data, DataBundle):
         raise TypeError(f"fit(): the data must be a DataBundle, from load_data(cfg.data), got {type(data).__name__}")
+    check_folder_given(run_dir, "fit", "run_dir", "leave it out to train without writing files")
     if distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         # Each process would train alone on all the data, and all of them would write run_dir.
         raise ConfigError(f"fit() trains in this process alone, and torchrun started {os.environ['WORLD_SIZE']}: "
@@ -95,8 +99,19 @@ def fit(
         # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
         # last.ckpt and best.ckpt with this one's.
         with RunLock(Path(run_dir)) if run_dir is not None else contextlib.nullcontext():
-            result = trainer.fit()
-    result.model.eval()  # ready to predict with (dropout off, batch norm's running statistics)
+            try:
+                result = trainer.fit()
+            except TrainingInterrupted as e:  # its message was only "SIGINT": say where, and what is kept
+                kept = (f"progress saved to {e.checkpoint}; continue with train(cfg, resume={str(run_dir)!r})"
+                        if e.checkpoint is not None else "the model keeps the weights trained so far")
+                e.advice = f"{trainer.stop_reason}; {kept}"
+                e.args = (e.advice,)
+                raise
+            finally:
+                # Ready to predict with (dropout off, batch norm's running statistics), also after a Ctrl-C
+                # (Jupyter's "interrupt kernel": TrainingInterrupted) or an error: the caller's model keeps the
+                # weights trained so far, and was left in train mode, so its predictions drew dropout.
+                model.eval()
     return result
 
 

@@ -394,6 +394,9 @@ def train(
     ``resume`` is a run folder (or its last.ckpt) to continue; ``cfg`` must
     then be the stored config with the user's changes applied (see the CLI).
 
+    The result's ``fit.model`` is the final weights, in eval mode as ``fit`` gives it back; ``test`` and
+    ``summary`` are of the model the run tested (best.ckpt where there is one).
+
     Under torchrun every process calls this: rank 0 makes and writes the run
     folder, reads the checkpoints and sends them to the other ranks, which train
     and write nothing (``run_dir`` is then None in their result).
@@ -404,6 +407,7 @@ def train(
     """
     wall0 = time.perf_counter()
     check_config_type(cfg, "train")
+    check_folder_given(out, "train", "out", "leave it out for runs/<date>-<time>-<model>")
     callbacks = check_callbacks(callbacks)  # before a folder is made: a callback that cannot be called fails now
     model_options(cfg.model.name)  # an unknown model name fails here, before a folder is made or data is read
     if cfg.data.val_size < 1:  # the data layer takes 0 (all images to train on); a run must choose on something
@@ -426,6 +430,14 @@ def check_config_type(cfg: Any, caller: str) -> None:
         raise TypeError(f"{caller}(): the config must be a mnistlab.Config (Config(), load_config(path), "
                         "apply_overrides(Config(), ['train.epochs=3']) or mnistlab.config.config_from_dict({...})), "
                         f"got {type(cfg).__name__}")
+
+
+def check_folder_given(path: Any, caller: str, name: str, otherwise: str) -> None:
+    """A ConfigError for an empty folder name, as the CLI's ``--out ""`` is one: ``Path("")`` is the current
+    folder, so ``train(cfg, out=os.environ.get("OUT", ""))`` wrote a run among the notebook's files (an empty
+    ``resume`` is refused by :func:`~mnistlab.training.checkpoint.resume_file`)."""
+    if isinstance(path, str) and not path.strip():
+        raise ConfigError(f"{caller}(): {name}={path!r} names no folder (it would be the current one); {otherwise}")
 
 
 @contextlib.contextmanager
@@ -847,6 +859,9 @@ def _run(
             + (f" ({e.filename})" if e.filename else "")
             + f"; {_how_to_go_on(run_dir)}"
         ) from None
+    # As fit() gives it back: the last validation put the model back in train mode, and a notebook that used
+    # result.fit.model drew dropout and batch statistics in its predictions.
+    result.model.eval()
 
     best_path = run_dir / "best.ckpt"
     if best_path.exists():
