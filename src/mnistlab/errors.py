@@ -61,6 +61,9 @@ class Signalled(KeyboardInterrupt):
         super().__init__()
         self.signum = signum
 
+    def __reduce__(self):  # as cls(*args) it could not be unpickled (a worker process's interruption)
+        return type(self), (self.signum,), self.__dict__
+
 
 def raise_signalled(signum: int, frame) -> None:
     """A signal handler: raise :class:`Signalled` for ``signum``."""

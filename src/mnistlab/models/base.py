@@ -170,13 +170,15 @@ class Net(nn.Module):
         """Set the per-channel input statistics (from the training split)."""
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        # (listed from the tensors: a single number is taken, and list(0.0) failed in the message itself)
+        got_mean, got_std = mean_t.flatten().tolist(), std_t.flatten().tolist()
         if mean_t.shape[1] != self.in_channels or std_t.shape[1] != self.in_channels:
-            raise ConfigError(f"mean/std need {self.in_channels} value(s), got {list(mean)} / {list(std)}")
+            raise ConfigError(f"mean/std need {self.in_channels} value(s), got {got_mean} / {got_std}")
         # NaN or infinite statistics made every output NaN, or (std = inf) every input 0: a constant prediction
         if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()):
-            raise ConfigError(f"mean/std must be finite numbers, got {list(mean)} / {list(std)}")
+            raise ConfigError(f"mean/std must be finite numbers, got {got_mean} / {got_std}")
         if not torch.all(std_t > 0):
-            raise ConfigError(f"std must be positive, got {list(std)}")
+            raise ConfigError(f"std must be positive, got {got_std}")
         self.mean.copy_(mean_t)
         self.std.copy_(std_t)
 

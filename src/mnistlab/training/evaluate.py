@@ -183,6 +183,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     >>> predict_logits(model, torch.zeros(0, 1, 28, 28)).argmax(1)   # doctest: +SKIP
     tensor([], dtype=torch.int64)
     """
+    _check_batch_size(batch_size, "predict_logits")
     images = _pixels(images)
     if isinstance(getattr(model, "in_channels", None), int):  # split into batches below: one image needs its axes
         images = image_batch(images, model.in_channels)
@@ -210,6 +211,13 @@ def _check_labels(top: int, outputs: int, num_classes: int | None) -> None:
     if top >= outputs:
         raise DataError(f"evaluate(): the labels go up to {top}, but the model has {outputs} outputs (classes 0 to "
                         f"{outputs - 1}): the split is of another dataset than the model was made for")
+
+
+def _check_batch_size(batch_size: Any, caller: str) -> None:
+    """A ConfigError unless ``batch_size`` is a whole number of at least 1: "256" and None were a bare TypeError
+    ("'<=' not supported"), 2.5 another, and predict_logits' 0 "range() arg 3 must not be zero"."""
+    if isinstance(batch_size, (bool, float)) or not hasattr(batch_size, "__index__") or batch_size < 1:
+        raise ConfigError(f"{caller}(): batch_size must be a whole number of images, 1 or more, got {batch_size!r}")
 
 
 def _check_image_size(model: nn.Module, images: torch.Tensor) -> None:
@@ -261,6 +269,7 @@ def evaluate(
         whole = " (a whole DataBundle: pass one of its splits, data.test or data.val)" if hasattr(split, "test") else ""
         raise TypeError(f"evaluate() takes a split with images and labels, such as data.test, got "
                         f"{type(split).__name__}{whole}")
+    _check_batch_size(batch_size, "evaluate")
     if isinstance(tta_shift, float) or not hasattr(tta_shift, "__index__"):  # range() raised a bare TypeError
         raise ConfigError(f"a test-time shift must be a whole number of pixels, got {tta_shift!r}")
     if tta_shift < 0:

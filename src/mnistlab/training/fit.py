@@ -296,6 +296,11 @@ class TrainingInterrupted(Exception):
     def exit_code(self) -> int:
         return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
 
+    def __reduce__(self):
+        # Pickled as cls(*args), it failed to unpickle ("missing 'checkpoint'"), so a run in a
+        # multiprocessing or joblib worker that was interrupted came back as a broken pool instead.
+        return type(self), (self.signum, self.checkpoint), {**self.__dict__, "args": self.args}
+
 
 @dataclass
 class FitResult:
