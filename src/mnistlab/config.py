@@ -387,6 +387,9 @@ class FinetuneConfig:
     unfreeze_at: int | None = None  # train the frozen parameters too from the start of this epoch
 
     def __post_init__(self) -> None:
+        # a pathlib.Path, as data.dir and apply_overrides take one: stored (and written) as text
+        if isinstance(self.init_from, os.PathLike):
+            object.__setattr__(self, "init_from", os.fspath(self.init_from))
         _typed(self, "finetune")
         if self.init_from is not None and not self.init_from.strip():
             raise ConfigError("finetune.init_from must be a checkpoint file or run folder, got an empty string")
@@ -716,10 +719,14 @@ def _type_name(tp: Any) -> str:
 
 def _wrong_type(key: str, value: Any, expected: str, list_expected: bool = False) -> ConfigError:
     message = f"{key} = {value!r} has the wrong type; expected {expected}"
-    if list_expected and isinstance(value, str) and "," in value and not value.lstrip().startswith("["):
-        # `--set model.channels=16,32`: the values without the brackets that make a TOML list
-        items = [v.strip() for v in value.split(",")]
-        shown = ", ".join(v if re.fullmatch(r"[-+]?[\d.eE+-]+|true|false", v) else json.dumps(v) for v in items)
+    inner = value.strip() if isinstance(value, str) else ""
+    if inner[:1] == "(" and inner[-1:] == ")":  # Python's tuple, (0.9, 0.99): its items, not "(0.9" and "0.99)"
+        inner = inner[1:-1]
+    if list_expected and inner and not inner.startswith("["):
+        # `--set model.channels=16,32` or `--set finetune.freeze=features` (as --freeze takes it): the values
+        # without the brackets that make a TOML list, separated by commas or spaces
+        items = [v for v in re.split(r"[,\s]+", inner) if v]
+        shown = ", ".join(v if _toml_scalar(v) else json.dumps(v) for v in items)
         return ConfigError(f"{message}; a list is written in brackets: --set '{key}=[{shown}]'")
     if isinstance(value, str) and value.lstrip().startswith("["):
         # `--set model.channels=[8,"M"]` reaches us as [8,M]: the shell took the quotes, the list did not parse
@@ -731,6 +738,16 @@ def _wrong_type(key: str, value: Any, expected: str, list_expected: bool = False
         return ConfigError(f"{message}; words in a list need double quotes, which the shell removes unless the "
                            f"argument is in single quotes: --set '{key}={quoted}'")
     return ConfigError(message)
+
+
+def _toml_scalar(text: str) -> bool:
+    """Whether TOML reads ``text`` as a number or true/false (else a list item needs quotes): a pattern of
+    digits and e's took the parameter name "e" for a number."""
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return False
+    return isinstance(value, (int, float, bool))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -844,10 +861,20 @@ def load_config(path: str | Path) -> Config:
     """Read a TOML config file; missing sections and keys keep their defaults."""
     path = Path(path)
     try:
+        # `--config=~/my.toml` arrives with its ~ (the shell expands one only at the start of a word), and
+        # data.dir's ~ is the home folder too
+        path = path.expanduser()
+    except RuntimeError:  # no home folder: the name as given, reported below as missing
+        pass
+    if path.is_dir():  # `--config runs/NAME`: "[Errno 21] Is a directory" said nothing of what was wanted
+        inside = path / "config.toml"
+        hint = f"; a run folder's settings are in {inside}" if inside.is_file() else ""
+        raise ConfigError(f"config file {path} is a folder, not a TOML file{hint}")
+    try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors add one) is skipped
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError, and a NUL in the name (Python API)
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
         data = tomllib.loads(text)
@@ -964,8 +991,14 @@ def parse_overrides(texts: Iterable[str]) -> Overrides:
     >>> parse_overrides(["train.epochs=3", "model.channels=[8, 16]", "train.epochs=4"])
     {'train.epochs': 4, 'model.channels': [8, 16]}
     """
+    if isinstance(texts, str):  # one override, not in a list: its characters were "override 't' must look like..."
+        raise ConfigError(f"overrides must be a list of 'section.key=value' strings (or a dict), got the text "
+                          f"{texts!r}; put it in a list: [{texts!r}]")
     out = Overrides()
     for text in texts:
+        if not isinstance(text, str):  # ("train.epochs", 3) was an AttributeError
+            raise ConfigError(f"override {text!r} must be a string like 'section.key=value' (e.g. "
+                              "train.batch_size=128), or give a dict {'section.key': value}")
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.batch_size=128)")
