@@ -306,6 +306,9 @@ def _train_config(args: argparse.Namespace):
     sets = parse_overrides(args.overrides)
     # --set finetune.init_from is --init-from: the same rules apply to it.
     init_from = args.init_from if args.init_from is not None else sets.get("finetune.init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        # A run folder named 2024, which TOML reads as a number: the text as typed, as apply_overrides takes it.
+        init_from = sets.texts["finetune.init_from"]
     if args.resume:
         if args.init_from:
             raise MnistlabError("--init-from cannot be combined with --resume: a resumed run continues from its "

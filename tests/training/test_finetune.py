@@ -356,6 +356,31 @@ def test_set_finetune_init_from_is_the_flag(mnist_root, source_run, tmp_path, ca
     assert (run / "last.ckpt").read_bytes() == before
 
 
+def test_set_finetune_init_from_takes_a_run_folder_named_like_a_number(source_run, tmp_path, monkeypatch):
+    # TOML read `--set finetune.init_from=2024` as the number 2024: the default model was built, not the run's
+    from mnistlab.cli import _parser, _train_config
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(source_run, tmp_path / "2024")
+    cfg = _train_config(_parser().parse_args(["train", "--set", "finetune.init_from=2024"]))
+    assert (cfg.model.name, cfg.model.width, cfg.finetune.init_from) == ("cnn", 0.25, "2024")
+
+
+def test_a_checkpoint_path_starting_with_a_tilde_is_in_the_home_folder(source_run, tmp_path, monkeypatch):
+    # `--init-from=~/runs/a` (no shell expands that ~), a config's init_from = "~/runs/a", load_model("~/...")
+    # said "checkpoint ~/runs/a does not exist", where data.dir's ~ was the home folder
+    import shutil
+
+    from mnistlab.training.checkpoint import checkpoint_file, resume_file
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(source_run, tmp_path / "runs" / "a")
+    assert read_init_checkpoint("~/runs/a")[0] == tmp_path / "runs" / "a" / "best.ckpt"
+    assert checkpoint_file("~/runs/a/last.ckpt") == tmp_path / "runs" / "a" / "last.ckpt"
+    assert resume_file("~/runs/a") == tmp_path / "runs" / "a" / "last.ckpt"  # --resume=~/runs/a
+
+
 def test_a_relative_init_from_is_stored_as_an_absolute_path(tmp_path, monkeypatch):
     # config.toml rerun from another folder started from another run's weights, or failed
     from mnistlab.training.run import _absolute_paths

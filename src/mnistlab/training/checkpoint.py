@@ -185,7 +185,7 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
     """
     if not str(path).strip():  # Path("") is the current folder: not what an empty argument meant
         raise CheckpointError("an empty path names no checkpoint; give a run folder or a .ckpt file")
-    path = Path(path)
+    path = _home(Path(path))
     if not path.is_dir():
         return path
     name = "ema.ckpt" if ema else "best.ckpt"
@@ -216,6 +216,15 @@ def _ema_turned_off(run: Path) -> bool:
     return isinstance(section, dict) and section.get("enabled") is False
 
 
+def _home(path: Path) -> Path:
+    """``~/runs/a`` in the home folder, as data.dir's ``~`` is: ``--init-from=~/runs/a`` or a config file's
+    ``init_from = "~/runs/a"`` reaches us with its ~ (a shell expands one only at the start of a word)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # no home folder: the name as given, reported as missing
+        return path
+
+
 def resume_file(path: str | Path) -> Path:
     """What ``--resume PATH`` reads: a run folder's last.ckpt, or the last.ckpt given.
 
@@ -223,7 +232,7 @@ def resume_file(path: str | Path) -> Path:
     last.ckpt under another name) is refused: continuing from it would replace the files of the run in its
     folder, or write a run into a folder that holds none.
     """
-    path = Path(path)
+    path = _home(Path(path))
     if not path.is_dir():
         if path.name != "last.ckpt" and (path.exists() or path.is_symlink()):  # a missing one: read_checkpoint says so
             raise CheckpointError(
