@@ -47,3 +47,15 @@ def test_interruptions_survive_pickling_as_a_worker_process_sends_them_back():
         TrainingInterrupted, signal.SIGTERM, Path("runs/x/last.ckpt"), Path("runs/x"), e.advice, e.args, 143)
     s = pickle.loads(pickle.dumps(Signalled(signal.SIGHUP)))
     assert type(s) is Signalled and s.signum == signal.SIGHUP
+
+
+def test_load_data_takes_the_device_names_train_device_does(mnist_root):
+    # device="auto" (cfg.train.device's default) was torch's "Expected one of cpu, cuda, ... string: auto"
+    from mnistlab.config import DataConfig
+    from mnistlab.data import load_data
+
+    data = load_data(DataConfig(dir=str(mnist_root), train_limit=100, val_size=100), device="auto")
+    assert data.train.images.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
+            load_data(DataConfig(dir=str(mnist_root), train_limit=100, val_size=100), device="cuda")

@@ -42,6 +42,12 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"load_data() takes a DataConfig (cfg.data, or mnistlab.config.DataConfig(dataset=...)), got "
                         f"{type(cfg).__name__}")
+    if isinstance(device, str):
+        # cfg.train.device's names, checked before any file is read: "auto" was torch's "Expected one of cpu,
+        # cuda, ... device type at start of device string: auto" once the splits were loaded
+        from ..training.fit import resolve_device
+
+        device = resolve_device(device) if device in ("auto", "cuda", "mps") else device
     return datasets.load_data(cfg, device)
 
 
