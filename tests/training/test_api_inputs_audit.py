@@ -59,3 +59,35 @@ def test_load_data_takes_the_device_names_train_device_does(mnist_root):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device is available"):
             load_data(DataConfig(dir=str(mnist_root), train_limit=100, val_size=100), device="cuda")
+
+
+def test_fit_leaves_the_freeze_to_the_call_and_a_refused_call_leaves_the_model_as_it_was(mnist_small, mnist_root,
+                                                                                          tmp_path):
+    from test_api_misuse import small_model, tiny_cfg
+
+    from mnistlab import apply_overrides, fit, train
+
+    model = small_model(mnist_small)
+    cfg = tiny_cfg(mnist_root)
+    # freeze ["*"] is refused, and left every parameter frozen: freeze ["features"] then "held every parameter" too
+    with pytest.raises(ConfigError, match=r"finetune.freeze \['\*'\] holds every parameter"):
+        fit(model, mnist_small, apply_overrides(cfg, ['finetune.freeze=["*"]']))
+    assert all(p.requires_grad for p in model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, mnist_small, apply_overrides(cfg, ['finetune.freeze=["features"]']))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("features."))  # frozen in the call
+    assert not all(torch.equal(before[k], after[k]) for k in after if k.startswith("classifier."))
+    assert all(p.requires_grad for p in model.parameters())  # and trainable again after it
+
+    # A refused call (a class_weights count the data does not have) came after init_from was loaded and the
+    # model went channels-last: the caller's model kept the checkpoint's weights and the other layout.
+    source = train(tiny_cfg(mnist_root, "train.seed=3"), out=tmp_path / "source", quiet=True, report=False)
+    fresh = small_model(mnist_small)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ConfigError, match="class_weights"):
+        fit(fresh, mnist_small, apply_overrides(cfg, [f"finetune.init_from={source.run_dir}",
+                                                      "train.class_weights=[1.0, 2.0]"]), run_dir=tmp_path / "new")
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert all(t.is_contiguous() for t in fresh.parameters())
+    assert not (tmp_path / "new").exists()

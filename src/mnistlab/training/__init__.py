@@ -52,8 +52,9 @@ def fit(
     callbacks) the model must be the one ``cfg`` describes: that is checked
     before any training, and a callback's ``save_checkpoint`` of another model
     is refused. A ``run_dir`` that holds a run is refused, as ``train`` refuses
-    one: continue that run with ``train(cfg, resume=run_dir)``. The model comes
-    back in eval mode, also where a Ctrl-C (a notebook's "interrupt kernel") stopped it after a step with
+    one: continue that run with ``train(cfg, resume=run_dir)``. ``finetune.freeze`` holds for the call: the
+    parameters it froze are trainable again after it. A call refused before training leaves the model as it was
+    (weights, device, layout). The model comes back in eval mode, also where a Ctrl-C (a notebook's "interrupt kernel") stopped it after a step with
     :class:`TrainingInterrupted`, the model then keeping the weights trained so far. It stays in the layout it
     trained in: channels-last where ``train.channels_last`` chose it (as ``load_model`` gives these models, the
     faster layout for them), whose conv weights take ``.reshape``, not ``.view``.
@@ -82,6 +83,7 @@ def fit(
     if run_dir is not None:
         made = missing_folders(Path(run_dir))
         prepare_run_dir(Path(run_dir), resume=False, other="pass another run_dir")
+    callers = _CallersModel(model, keep_values=init is not None)
     if init is not None:  # as train() starts from it (the head replaced for other classes)
         try:
             logging.getLogger("mnistlab").info(load_init(model, cfg, data, init))
@@ -92,8 +94,15 @@ def fit(
     for warning in settings_warnings(cfg):
         warnings.warn(warning, stacklevel=2)
     steering = build_callbacks(cfg, None)  # without a folder: only those that steer the training
-    with _threads(cfg.train.threads):
-        trainer = Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir)
+    with _threads(cfg.train.threads), contextlib.ExitStack() as stack:
+        stack.callback(callers.trainable_back)
+        try:
+            trainer = Trainer(model, data, cfg, callbacks=[*steering, *callbacks], run_dir=run_dir)
+        except BaseException:
+            callers.all_back()
+            if run_dir is not None:
+                remove_empty(made)
+            raise
         if not writes:  # checked only if a callback saves one: building cfg's model costs time
             trainer.model_differs = functools.cache(lambda: _config_differs(model, data, cfg))
         # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
@@ -113,6 +122,38 @@ def fit(
                 # weights trained so far, and was left in train mode, so its predictions drew dropout.
                 model.eval()
     return result
+
+
+class _CallersModel:
+    """What fit() changes in the caller's model besides training it, kept to be put back.
+
+    ``finetune.freeze`` is the call's setting: its frozen parameters stayed frozen after the call, so a second
+    fit() with freeze ``["*"]`` refused and then ``["features"]`` said that too "holds every parameter", and a
+    later fit() without a freeze trained only what the first had left trainable. A refused call (the Trainer's
+    checks come after it moved the model to the device, to channels-last, and after init_from was loaded) also
+    gets its device, layout, weights and gradient checkpointing back.
+    """
+
+    def __init__(self, model: nn.Module, keep_values: bool) -> None:
+        self.model = model
+        self.trainable = [(p, p.requires_grad) for p in model.parameters()]
+        self.tensors = [(t, t.data) for t in (*model.parameters(), *model.buffers())]  # device and layout
+        self.values = [d.clone() for _, d in self.tensors] if keep_values else None  # as init_from overwrites them
+        self.checkpointing = getattr(model, "grad_checkpointing", None)
+
+    def trainable_back(self) -> None:
+        for p, flag in self.trainable:
+            p.requires_grad_(flag)
+
+    def all_back(self) -> None:
+        with torch.no_grad():
+            for i, (t, d) in enumerate(self.tensors):
+                t.data = d
+                if self.values is not None:
+                    d.copy_(self.values[i])
+        if self.checkpointing is not None:
+            self.model.grad_checkpointing = self.checkpointing
+        self.trainable_back()
 
 
 @contextlib.contextmanager
