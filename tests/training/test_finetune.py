@@ -241,6 +241,27 @@ def test_a_different_class_count_replaces_the_output_layer(tmp_path):
     assert float(mine["mean"]) == pytest.approx(0.13)
 
 
+def test_a_replaced_output_layer_that_the_freeze_holds_for_the_whole_run_is_refused(tmp_path, mnist_small,
+                                                                                     mnist_root):
+    # It kept its random start: the run trained the rest around a random head, to chance accuracy, without a word
+    from mnistlab.training.run import load_init
+
+    head_checkpoint(tmp_path / "five.ckpt", num_classes=5)
+    five = read_init_checkpoint(tmp_path / "five.ckpt")
+    for freeze in ('["classifier"]', '["*"]', '["classifier.2.weight"]'):
+        cfg = small_cfg(mnist_root, f"finetune.freeze={freeze}")
+        with pytest.raises(ConfigError, match=r"finetune.freeze holds classifier.2.weight.*the output layer that "
+                                              r"init_from replaces for 10 classes \(the checkpoint has 5\)"):
+            load_init(fresh(), cfg, mnist_small, five)
+    # released later, or not held, or the checkpoint's own head kept: as before
+    for extra in (['finetune.freeze=["*"]', "finetune.unfreeze_at=2", "train.epochs=2"],
+                  ['finetune.freeze=["features"]']):
+        assert "new output layer classifier.2" in load_init(fresh(), small_cfg(mnist_root, *extra), mnist_small, five)
+    head_checkpoint(tmp_path / "ten.ckpt")
+    ten = read_init_checkpoint(tmp_path / "ten.ckpt")
+    load_init(fresh(), small_cfg(mnist_root, 'finetune.freeze=["*"]'), mnist_small, ten)
+
+
 def test_the_same_class_count_copies_the_output_layer_too(tmp_path):
     theirs = head_checkpoint(tmp_path / "ten.ckpt")
     model = fresh()

@@ -194,6 +194,21 @@ def init_from_checkpoint(model: nn.Module, payload: dict[str, Any], *, model_nam
     return note
 
 
+def check_frozen_head(model: nn.Module, payload: dict[str, Any], num_classes: int, freeze: Sequence[str],
+                      unfreeze_at: int | None) -> None:
+    """A ConfigError where init_from replaces the output layer (the checkpoint has another class count) and
+    ``freeze`` holds it with no ``unfreeze_at``: the new layer would keep its random start for the whole run,
+    and the run would train to chance accuracy without a word."""
+    head = getattr(model, "output_layer", None)
+    if payload.get("num_classes") == num_classes or head is None or not freeze or unfreeze_at is not None:
+        return
+    held = [n for n in match_parameters(model, freeze) if n.startswith(head + ".")]
+    if held:
+        raise ConfigError(f"finetune.freeze holds {', '.join(held)}, the output layer that init_from replaces for "
+                          f"{num_classes} classes (the checkpoint has {payload.get('num_classes')}): it would stay at "
+                          f"its random start; leave it out of finetune.freeze, or set finetune.unfreeze_at")
+
+
 def _options_that_differ(payload: dict[str, Any], options: dict[str, Any] | None) -> str:
     """``; [model] options differ from the checkpoint's: width = 2 (its: 1)`` where they do, else "": which
     setting made the shapes differ, not only which tensors.

@@ -40,7 +40,7 @@ from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoin
 from . import distributed
 from .display import Display, clear_progress_line, divert_to_devnull, progress_safe_warnings
 from .evaluate import Evaluation, evaluate
-from .finetune import init_from_checkpoint, read_init_checkpoint, trainable_line
+from .finetune import check_frozen_head, init_from_checkpoint, read_init_checkpoint, trainable_line
 from .fit import (
     VAL_SIZE_NEEDED,
     FitResult,
@@ -669,6 +669,7 @@ def config_model(cfg: Config, data: DataBundle) -> torch.nn.Module:
 def load_init(model: torch.nn.Module, cfg: Config, data: DataBundle, init: tuple[Path, dict[str, Any]]) -> str:
     """Load ``finetune.init_from``'s checkpoint (``init``, from :func:`read_init_checkpoint`) into ``model``;
     returns the line saying what was taken and what was replaced."""
+    check_frozen_head(model, init[1], data.num_classes, cfg.finetune.freeze, cfg.finetune.unfreeze_at)
     return init_from_checkpoint(model, init[1], model_name=cfg.model.name, num_classes=data.num_classes,
                                 in_channels=data.in_channels, image_size=data.image_size, source=str(init[0]),
                                 model_options=config_to_dict(cfg)["model"])
