@@ -419,7 +419,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .report.plots import check_plot_path, lr_find_png, save_png
     from .training.fit import TrainingInterrupted, emulated_precision, resolve_device, resolve_precision
-    from .training.lr_find import MIN_STEPS, NOISE_FALLS, SKIP_BEGIN, check_settings, descent, lr_range_test
+    from .training.lr_find import check_settings, lr_range_test
 
     cfg = _train_config(args)
     check_settings(args.min_lr, args.max_lr, args.steps)
@@ -436,7 +436,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     png = lr_find_png(result.lrs, result.losses, result.smoothed, suggestion=result.suggestion, lowest=result.lowest)
     plot = save_png(png, args.plot)
     if args.json:
-        print(jsonout.dumps({**result.to_dict(), "plot": str(plot)}, indent=2))
+        print(jsonout.dumps({**result.to_dict(), "no_suggestion": result.why_no_suggestion(args.steps),
+                             "plot": str(plot)}, indent=2))
         return 0
     print(f"learning-rate range test: {cfg.model.name} on {cfg.data.dataset}, {cfg.optimizer.name}, batch "
           f"{cfg.train.batch_size}, " + (f"{result.precision} autocast, " if result.precision != "fp32" else "")
@@ -446,42 +447,9 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     for i in sorted({*range(0, len(result.lrs), every), len(result.lrs) - 1} - {-1}):
         print(f"{i + 1:>5}  {result.lrs[i]:8.1e}  {result.losses[i]:7.4f}  {result.smoothed[i]:7.4f}")
     print(f"stopped: {result.stop_reason}")
-    s = result.smoothed
-    if result.suggestion is None and not result.lrs:
-        # The first loss is the untrained model's, before any update: no rate made it overflow.
-        print("no suggestion: the loss (or its gradients) was not finite at the first step, before any update, so "
-              "no learning rate can change it; look at what overflows: train.class_weights, train.precision, "
-              "finetune.init_from's weights or the data")
-    elif result.suggestion is None and args.steps < MIN_STEPS:
-        # every planned step ran: "lower --min-lr" would change nothing
-        print(f"no suggestion: --steps {args.steps} is fewer than the {MIN_STEPS} steps a suggestion needs (the "
-              f"first {SKIP_BEGIN} are skipped while the average settles); raise --steps")
-    elif result.suggestion is None and len(result.lrs) < MIN_STEPS:
-        print(f"no suggestion: only {len(result.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise "
-              "--steps")
-    elif result.suggestion is None and min(s) > 0.99 * s[0] and max(s) < 1.05 * s[0]:
-        # Neither fell nor rose: the rates up to --max-lr were too small to move the weights in these steps (the
-        # lowest average then lands on an early step by noise, and "lower --max-lr" would be the wrong advice).
-        print(f"no suggestion: the average loss hardly changed ({s[0]:.4f} at the start, {min(s):.4f} at its "
-              f"lowest, {s[-1]:.4f} at the end): up to {result.lrs[-1]:.1e} the rates are too small to train in "
-              "these steps; raise --max-lr")
-    elif result.suggestion is None and min(range(len(s)), key=s.__getitem__) >= SKIP_BEGIN + 2:
-        # Late enough for a slope, but the fall to it was the batches' noise: a flat curve's chance wander.
-        fall, noise = descent(s, result.losses)
-        advice = (f"up to {result.lrs[-1]:.1e} the rates are too small to train in these steps; raise --max-lr"
-                  if result.stop_reason.startswith("reached max_lr") else "no rate before those that broke it "
-                  "trained it; raise --steps, so that the rates rise more slowly (weights that start trained, "
-                  "from --init-from, may have nothing left to learn at any rate)")
-        print(f"no suggestion: the average loss fell by {fall:.4f} to its lowest ({min(s):.4f}, at lr "
-              f"{result.lowest:.1e}), no more than {NOISE_FALLS:g}x the noise of the batches' losses ({noise:.4f}): "
-              + advice)
-    elif result.suggestion is None:
-        # The one way left to get none: the lowest average came so early that under 3 steps lie between the
-        # skipped ones and it (a loss still falling at the end gives a suggestion).
-        lowest_step = min(range(len(s)), key=s.__getitem__) + 1
-        print(f"no suggestion: the average loss was lowest at step {lowest_step}, too early to see it fall after "
-              f"the first {SKIP_BEGIN} steps (skipped while the average settles); lower --max-lr or raise --steps, "
-              "so that the rates rise more slowly")
+    why_none = result.why_no_suggestion(args.steps)
+    if why_none is not None:
+        print(f"no suggestion: {why_none}")
     else:
         print(f"suggested learning rate: {result.suggestion:.1e} (steepest descent of the average loss); the "
               f"lowest average came at {result.lowest:.1e}, an upper bound. Train with --lr {result.suggestion:.1e}")

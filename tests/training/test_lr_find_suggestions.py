@@ -49,6 +49,20 @@ def test_too_few_planned_steps_ask_for_more_steps_not_a_lower_min_lr(monkeypatch
                     "skipped while the average settles); raise --steps")
 
 
+def test_json_output_says_why_there_is_no_suggestion(monkeypatch, tmp_path, capsys):
+    # --json gave "suggestion": null and no reason: the text output's line was worked out in the CLI alone
+    import json
+
+    lrs = geometric_rates(1e-7, 10, 5)
+    losses = [2.3, 2.3, 2.2, 2.1, 2.4]
+    result = RangeTest(lrs, losses, smooth(losses), None, lrs[3], "reached max_lr 1.00e+01 after 5 steps")
+    _fake(monkeypatch, result)
+    assert main(["lr-find", "--steps", "5", "--json", "--plot", str(tmp_path / "p.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["suggestion"] is None and out["no_suggestion"] == result.why_no_suggestion(5)
+    assert out["no_suggestion"].startswith("--steps 5 is fewer than the 14 steps a suggestion needs")
+
+
 @pytest.mark.parametrize("stop, advice", [
     ("reached max_lr 1.00e-06 after 40 steps", "up to 1.0e-06 the rates are too small to train in these steps; "
                                                "raise --max-lr"),

@@ -67,6 +67,46 @@ class RangeTest:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def why_no_suggestion(self, planned_steps: int) -> str | None:
+        """Why :attr:`suggestion` is None, and what to change (``lr-find``'s flags); None where there is one.
+
+        ``planned_steps`` is the ``steps`` the test was asked for: fewer may have run.
+        """
+        if self.suggestion is not None:
+            return None
+        s = self.smoothed
+        if not self.lrs:  # the first loss is the untrained model's, before any update: no rate made it overflow
+            return ("the loss (or its gradients) was not finite at the first step, before any update, so no learning "
+                    "rate can change it; look at what overflows: train.class_weights, train.precision, "
+                    "finetune.init_from's weights or the data")
+        if planned_steps < MIN_STEPS:  # every planned step ran: "lower --min-lr" would change nothing
+            return (f"--steps {planned_steps} is fewer than the {MIN_STEPS} steps a suggestion needs (the first "
+                    f"{SKIP_BEGIN} are skipped while the average settles); raise --steps")
+        if len(self.lrs) < MIN_STEPS:
+            return f"only {len(self.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise --steps"
+        if min(s) > 0.99 * s[0] and max(s) < 1.05 * s[0]:
+            # Neither fell nor rose: the rates up to --max-lr were too small to move the weights in these steps
+            # (the lowest average then lands on an early step by noise, and "lower --max-lr" would be wrong advice).
+            return (f"the average loss hardly changed ({s[0]:.4f} at the start, {min(s):.4f} at its lowest, "
+                    f"{s[-1]:.4f} at the end): up to {self.lrs[-1]:.1e} the rates are too small to train in these "
+                    "steps; raise --max-lr")
+        lowest_step = int(np.argmin(s)) + 1
+        if lowest_step > SKIP_BEGIN + 2:
+            # Late enough for a slope (steepest_descent's 3 points), but the fall to it was the batches' noise:
+            # a flat curve's chance wander.
+            fall, noise = descent(s, self.losses)
+            advice = (f"up to {self.lrs[-1]:.1e} the rates are too small to train in these steps; raise --max-lr"
+                      if self.stop_reason.startswith("reached max_lr") else "no rate before those that broke it "
+                      "trained it; raise --steps, so that the rates rise more slowly (weights that start trained, "
+                      "from --init-from, may have nothing left to learn at any rate)")
+            return (f"the average loss fell by {fall:.4f} to its lowest ({min(s):.4f}, at lr {self.lowest:.1e}), "
+                    f"no more than {NOISE_FALLS:g}x the noise of the batches' losses ({noise:.4f}): {advice}")
+        # The one way left: the lowest average came so early that under 3 steps lie between the skipped ones and
+        # it (a loss still falling at the end gives a suggestion).
+        return (f"the average loss was lowest at step {lowest_step}, too early to see it fall after the first "
+                f"{SKIP_BEGIN} steps (skipped while the average settles); lower --max-lr or raise --steps, so that "
+                "the rates rise more slowly")
+
 
 def geometric_rates(min_lr: float, max_lr: float, steps: int) -> list[float]:
     """``steps`` rates from ``min_lr`` to ``max_lr``, each the same factor above the one before.
