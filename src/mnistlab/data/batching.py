@@ -115,6 +115,10 @@ def iterate_batches(
     if order is not None:
         if order.dim() != 1 or order.dtype != torch.int64:
             raise ValueError(f"order must be a 1-D int64 tensor of indices, got {order.dtype} {tuple(order.shape)}")
+        # Checked here, once per call: index_select would raise only at the batch holding the stray index.
+        if order.numel() and not (0 <= int(order.min()) and int(order.max()) < len(split)):
+            raise ValueError(f"order must hold indices in [0, {len(split)}) of the split's {len(split)} examples, "
+                             f"got values from {int(order.min())} to {int(order.max())}")
         order = order.to(split.images.device)  # a no-op when the caller made it there
     if not 0 <= start <= total:
         raise ValueError(f"start must be a batch number in [0, {total}], got {start}")
