@@ -77,8 +77,8 @@ _READS = {
 
 def schedule_warnings(cfg: ScheduleConfig, epochs: int | None = None) -> list[str]:
     """The ``[schedule]`` settings the chosen schedule does not read, where they differ from the defaults
-    (a warm-up set for one-cycle, which warms up by its own rule, was silently ignored), and milestones that a
-    run of ``epochs`` does not reach.
+    (a warm-up set for one-cycle, which warms up by its own rule, was silently ignored), the milestones or
+    ``step_epochs`` that a run of ``epochs`` does not reach, and a warm-up that outlasts it.
 
     >>> schedule_warnings(ScheduleConfig(name="onecycle", warmup_epochs=1))
     ['schedule.warmup_epochs = 1.0 is not used by the onecycle schedule (it is read by constant, step, multistep and cosine only; one-cycle rises over its first pct_start of the steps)']
@@ -86,7 +86,27 @@ def schedule_warnings(cfg: ScheduleConfig, epochs: int | None = None) -> list[st
     ['schedule.milestones: the rate drops after epoch 10 only in a run resumed with more epochs than train.epochs = 10']
     """
     late = [m for m in cfg.milestones if epochs is not None and m >= epochs] if cfg.name == "multistep" else []
+    # The step schedule's first drop, after epoch step_epochs, is as out of reach as a late milestone: the rate
+    # stayed at optimizer.lr for the whole run without a word.
+    late += [cfg.step_epochs] if cfg.name == "step" and epochs is not None and cfg.step_epochs >= epochs else []
     return [*unread_settings("schedule", cfg, _READS, notes={
                 "warmup_epochs": "one-cycle rises over its first pct_start of the steps"}),
-            *([f"schedule.milestones: the rate drops after epoch {', '.join(map(str, late))} only in a run resumed "
-               f"with more epochs than train.epochs = {epochs}"] if late else [])]
+            *([f"schedule.{'milestones' if cfg.name == 'multistep' else 'step_epochs'}: the rate "
+               f"{'' if cfg.name == 'multistep' else 'first '}drops after epoch {', '.join(map(str, late))} only in "
+               f"a run resumed with more epochs than train.epochs = {epochs}"] if late else []),
+            *_warmup_warnings(cfg, epochs)]
+
+
+def _warmup_warnings(cfg: ScheduleConfig, epochs: int | None) -> list[str]:
+    """A warm-up the run's epochs do not see the end of: the rate never reached optimizer.lr (and a cosine
+    schedule never decayed), without a word."""
+    if epochs is None or cfg.name == "onecycle" or not cfg.warmup_epochs:
+        return []
+    if cfg.warmup_epochs > epochs:
+        return [f"schedule.warmup_epochs = {cfg.warmup_epochs:g} is longer than train.epochs = {epochs}: the run "
+                f"ends in the warm-up, its rate rising to only about {epochs / cfg.warmup_epochs:.0%} of optimizer.lr"
+                + (" and never decaying to schedule.min_lr" if cfg.name == "cosine" else "")]
+    if cfg.warmup_epochs == epochs and cfg.name == "cosine":
+        return [f"schedule.warmup_epochs = {cfg.warmup_epochs:g} is all of train.epochs = {epochs}: the cosine "
+                "schedule has no steps left to decay to schedule.min_lr"]
+    return []
