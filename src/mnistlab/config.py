@@ -239,7 +239,9 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.rho must be in [0, 1), got {self.rho}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.nesterov and self.setting("momentum") == 0:
+        # SGD's alone: nesterov with rmsprop (which reads momentum) was refused as if it needed it, where any other
+        # optimizer that does not read nesterov gets the warning (unread_settings)
+        if self.name == "sgd" and self.nesterov and self.setting("momentum") == 0:
             raise ConfigError("optimizer.nesterov needs optimizer.momentum > 0")
 
     def setting(self, key: str) -> Any:

@@ -56,3 +56,27 @@ def test_a_cosine_warm_up_as_long_as_the_run_leaves_no_decay_and_is_warned_about
     assert schedule_warnings(ScheduleConfig(name="onecycle", warmup_epochs=5.0), epochs=2) == [
         "schedule.warmup_epochs = 5.0 is not used by the onecycle schedule (it is read by constant, step, multistep "
         "and cosine only; one-cycle rises over its first pct_start of the steps)"]
+
+
+def test_a_resume_that_moves_a_constant_schedules_warm_up_is_refused(mnist_root, tmp_path):
+    # The warm-up counts steps: batch 64 -> 32 after one epoch of a 2-epoch warm-up put the rate back from
+    # 0.005 to 0.00275 and had it climb again. Once past the warm-up of both epoch lengths, it resumes.
+    from mnistlab.errors import ConfigError
+    from mnistlab.training import train
+
+    def small(*extra):
+        return apply_overrides(Config(), [
+            f"data.dir={mnist_root}", "data.train_limit=640", "data.val_size=100", "model.name=cnn", "model.width=0.25",
+            "train.batch_size=64", "train.threads=1", "train.progress=false", "tensorboard.enabled=false",
+            "train.epochs=1", "schedule.name=constant", "optimizer.lr=0.01", *extra])
+
+    for warmup, refused in ((2, True), (0.5, False)):
+        run = tmp_path / f"warmup-{warmup}"
+        train(small(f"schedule.warmup_epochs={warmup}"), out=run, quiet=True, report=False)
+        resumed = small(f"schedule.warmup_epochs={warmup}", "train.epochs=2", "train.batch_size=32")
+        if refused:
+            with pytest.raises(ConfigError, match=r"an epoch was 10 steps and would now be 20 \(train.batch_size was "
+                                                  r"64, now 32\): the constant schedule's warm-up counts steps"):
+                train(resumed, resume=run, quiet=True, report=False)
+        else:  # 10 steps taken, past both the 5-step and the 10-step warm-up
+            assert len(train(resumed, resume=run, quiet=True, report=False).fit.history) == 2

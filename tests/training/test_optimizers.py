@@ -63,6 +63,10 @@ def test_nesterov_counts_sgds_default_momentum():
     assert apply_overrides(Config(), ["optimizer.name=sgd", "optimizer.nesterov=true"]).optimizer.nesterov
     with pytest.raises(ConfigError, match="optimizer.nesterov needs optimizer.momentum > 0"):
         apply_overrides(Config(), ["optimizer.name=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"])
+    # RMSprop reads momentum (default 0) but not nesterov: that is the unread key's warning, not this refusal
+    rmsprop = apply_overrides(Config(), ["optimizer.name=rmsprop", "optimizer.nesterov=true"])
+    assert settings_warnings(rmsprop) == [
+        "optimizer.nesterov = True is not used by the rmsprop optimizer (it is read by sgd only)"]
 
 
 def test_keys_another_optimizer_reads_are_warned_about():

@@ -1288,14 +1288,21 @@ class Trainer:
                 "state (moments, momentum) belongs to the first; resume without changing it, or start a new run from "
                 "this one's weights with --init-from"
             )
-        if not batch and old_steps != self.steps_per_epoch and self.cfg.schedule.name != "constant":
+        # A constant rate's warm-up counts steps too: resumed inside it (or inside the longer one that the new
+        # epoch length makes), the rate fell back part-way and climbed again.
+        warmup = self.cfg.schedule.warmup_epochs
+        in_warmup = bool(warmup) and int(payload["step"]) < max(round(warmup * old_steps),
+                                                                 round(warmup * self.steps_per_epoch))
+        if not batch and old_steps != self.steps_per_epoch and (self.cfg.schedule.name != "constant" or in_warmup):
             why = ("; ".join(m for k, m in changed if k != "seed")  # the seed orders the images, not how many
                    or "the number of processes sets how small the last batch may be")
+            what, otherwise = ((f"the {self.cfg.schedule.name} schedule counts steps", "or with schedule.name = constant")
+                               if self.cfg.schedule.name != "constant" else
+                               ("the constant schedule's warm-up counts steps", "or once the warm-up is over"))
             raise ConfigError(
                 f"an epoch was {old_steps} steps and would now be {self.steps_per_epoch} ({why}): "
-                f"the {self.cfg.schedule.name} schedule counts steps, so the {int(payload['step'])} taken would no "
-                "longer line up with the epochs; resume with the same batch size and data settings, or with "
-                "schedule.name = constant"
+                f"{what}, so the {int(payload['step'])} taken would no longer line up with the epochs; resume with "
+                f"the same batch size and data settings, {otherwise}"
             )
         if tuple(stored.finetune.freeze) != tuple(self.cfg.finetune.freeze):
             # The optimizer's state is matched to the parameters by position: with another frozen set, one
