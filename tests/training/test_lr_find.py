@@ -119,8 +119,8 @@ def test_the_command_prints_the_curve_and_suggestion_and_writes_only_the_plot(mn
             "--batch-size", "64", "--steps", "30", "--min-lr", "1e-4", "--max-lr", "0.1", "--threads", "1"]
     assert main([*args, "--json", "--plot", "curves/lr.png"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"lrs", "losses", "smoothed", "suggestion", "lowest", "stop_reason", "precision", "no_suggestion",
-                        "plot"}
+    assert set(out) == {"lrs", "losses", "smoothed", "suggestion", "lowest", "stop_reason", "precision",
+                        "no_suggestion", "plot"}
     assert out["lrs"] == pytest.approx(geometric_rates(1e-4, 0.1, 30)[:len(out["lrs"])])
     with Image.open(tmp_path / "curves" / "lr.png") as img:
         assert img.format == "PNG" and img.size[0] >= 600

@@ -54,8 +54,9 @@ def fit(
     is refused. A ``run_dir`` that holds a run is refused, as ``train`` refuses
     one: continue that run with ``train(cfg, resume=run_dir)``. ``finetune.freeze`` holds for the call: the
     parameters it froze are trainable again after it. A call refused before training leaves the model as it was
-    (weights, device, layout). The model comes back in eval mode, also where a Ctrl-C (a notebook's "interrupt kernel") stopped it after a step with
-    :class:`TrainingInterrupted`, the model then keeping the weights trained so far. It stays in the layout it
+    (weights, device, layout). The model comes back in eval mode, also where a Ctrl-C (a notebook's "interrupt
+    kernel") stopped it after a step with :class:`TrainingInterrupted`, the model then keeping the weights
+    trained so far. It stays in the layout it
     trained in: channels-last where ``train.channels_last`` chose it (as ``load_model`` gives these models, the
     faster layout for them), whose conv weights take ``.reshape``, not ``.view``.
     """
@@ -88,6 +89,7 @@ def fit(
         try:
             logging.getLogger("mnistlab").info(load_init(model, cfg, data, init))
         except BaseException:
+            callers.all_back()
             if run_dir is not None:
                 remove_empty(made)  # the folder made for a run that did not start
             raise

@@ -1296,8 +1296,9 @@ class Trainer:
         if not batch and old_steps != self.steps_per_epoch and (self.cfg.schedule.name != "constant" or in_warmup):
             why = ("; ".join(m for k, m in changed if k != "seed")  # the seed orders the images, not how many
                    or "the number of processes sets how small the last batch may be")
-            what, otherwise = ((f"the {self.cfg.schedule.name} schedule counts steps", "or with schedule.name = constant")
-                               if self.cfg.schedule.name != "constant" else
+            name = self.cfg.schedule.name
+            what, otherwise = ((f"the {name} schedule counts steps", "or with schedule.name = constant")
+                               if name != "constant" else
                                ("the constant schedule's warm-up counts steps", "or once the warm-up is over"))
             raise ConfigError(
                 f"an epoch was {old_steps} steps and would now be {self.steps_per_epoch} ({why}): "
