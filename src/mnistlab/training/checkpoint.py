@@ -15,6 +15,7 @@ import io
 import os
 import pickle
 import shlex
+import threading
 import tomllib
 import warnings
 import zipfile
@@ -80,6 +81,9 @@ def content_digest(payload: dict[str, Any]) -> str:
 _UNHASHED = ("model", "weights_sha256", "content_sha256")
 
 
+_WRITING = threading.RLock()  # see atomic_write; re-entrant, for a ``write`` that itself writes a file
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -95,15 +99,19 @@ def atomic_write(path: Path, write) -> None:
     # A name of up to 255 bytes is valid: the temporary one keeps as much of it as fits beside its dot and suffix.
     stem = os.fsencode(path.name)[:255 - 1 - len(suffix)]
     tmp = path.with_name(f".{os.fsdecode(stem)}{suffix}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # One temporary name per process (a run's lock takeover removes a killed one's ``.*.tmp-PID``), so threads take
+    # turns: two writing the same file at once shared it, and one's rename took the other's file from under it
+    # ("No such file or directory"), or renamed a file the other was still writing.
+    with _WRITING:
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -186,7 +194,7 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
     if not str(path).strip():  # Path("") is the current folder: not what an empty argument meant
         raise CheckpointError("an empty path names no checkpoint; give a run folder or a .ckpt file")
     path = _home(Path(path))
-    if not path.is_dir():
+    if not _is_dir(path):
         return path
     name = "ema.ckpt" if ema else "best.ckpt"
     if not (path / name).is_file():
@@ -216,6 +224,15 @@ def _ema_turned_off(run: Path) -> bool:
     return isinstance(section, dict) and section.get("enabled") is False
 
 
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, where what stops the path being looked at is a CheckpointError: Python 3.11 raises a
+    name too long, or a folder on the way that cannot be searched, as an OSError (a traceback, not a line)."""
+    try:
+        return path.is_dir()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+
+
 def _home(path: Path) -> Path:
     """``~/runs/a`` in the home folder, as data.dir's ``~`` is: ``--init-from=~/runs/a`` or a config file's
     ``init_from = "~/runs/a"`` reaches us with its ~ (a shell expands one only at the start of a word)."""
@@ -233,7 +250,7 @@ def resume_file(path: str | Path) -> Path:
     folder, or write a run into a folder that holds none.
     """
     path = _home(Path(path))
-    if not path.is_dir():
+    if not _is_dir(path):
         if path.name != "last.ckpt" and (path.exists() or path.is_symlink()):  # a missing one: read_checkpoint says so
             raise CheckpointError(
                 f"{path} is not a last.ckpt: --resume continues a run in its own folder, from that folder's last.ckpt, "
@@ -320,7 +337,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             pass
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    if not zipfile.is_zipfile(path):  # every checkpoint mnistlab writes is torch's zip format
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as e:  # is_zipfile lets this through for a damaged zip64 end record: one flipped byte
+        raise CheckpointError(f"{path} is not a readable checkpoint (its zip directory is damaged: {e})") from None
+    if not is_zip:  # every checkpoint mnistlab writes is torch's zip format
         with path.open("rb") as f:
             legacy = f.read(2) == b"\x80\x02"  # a pickle protocol 2 header: torch.save's format before 1.6
         if legacy:
@@ -390,7 +411,8 @@ def _check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    # NotImplementedError: a flipped byte in an entry's "version needed to extract" ("zip file version 24.2")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (its zip directory is damaged: {e})") from None
     packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
     if packed:
@@ -623,7 +645,8 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     """``load_state_dict`` with an error that says which shapes or names do not fit.
 
     ``check_values`` also refuses integer tensors for floating-point weights and NaN or infinite
-    values: weights read from a file must be a usable model (a callback's ``set_weights`` may load any).
+    values (counted in the model's dtype, where larger float64 values become infinite): weights read
+    from a file must be a usable model (a callback's ``set_weights`` may load any).
     """
     own = model.state_dict()
     theirs, ours = stored_crop(state), stored_crop(own)
@@ -657,12 +680,21 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     if ints:
         raise CheckpointError(f"the weights from {source} are not floating point ({ints[0]} is {state[ints[0]].dtype}):"
                               " not weights any training wrote")
-    bad = [k for k in own if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    bad = [k for k in own if state[k].is_floating_point() and not _finite_as_loaded(state[k], own[k])]
     if bad:
+        kind = str(own[bad[0]].dtype).removeprefix("torch.")  # float64 values of 1e300 are inf in a float32 model
         raise CheckpointError(f"the weights from {source} hold NaN or infinite values ({', '.join(bad[:3])}"
-                              f"{' ...' if len(bad) > 3 else ''}): a diverged or damaged model, which would only "
-                              "predict noise")
+                              f"{' ...' if len(bad) > 3 else ''}) as the model's {kind}: a diverged or damaged "
+                              "model, which would only predict noise")
     model.load_state_dict(state)
+
+
+def _finite_as_loaded(value: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether ``value`` is finite once copied into the dtype of ``like``, as load_state_dict copies it: float64
+    weights of 1e300 are finite, and infinite in a float32 model."""
+    if like.is_floating_point():
+        value = value.to(like.dtype)
+    return bool(torch.isfinite(value).all())
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
