@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,11 @@ from .base import Callback, TrainerHandle
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over ``path``: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``text`` as the checkpoints are written (a temporary file renamed over ``path``): readers never
+    see half a file."""
+    from ..training.checkpoint import atomic_write  # here: the training package imports the callbacks
+
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class History(Callback):
