@@ -95,3 +95,18 @@ def test_two_threads_writing_one_file_at_once_both_succeed_and_leave_a_whole_fil
     assert errors == []
     assert target.read_bytes() == b"B" * 10  # the later write, whole
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_fifo_for_config_toml_does_not_hang_choosing_ema_ckpt(tmp_path):
+    # _ema_turned_off read config.toml: a named pipe there waited for a writer for ever
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ema.ckpt").write_bytes(b"x")
+    os.mkfifo(run / "config.toml")
+    code = f"from mnistlab.training.checkpoint import checkpoint_file; print(checkpoint_file({str(run)!r}, ema=True))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == str(run / "ema.ckpt"), done.stderr

@@ -216,8 +216,11 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
 def _ema_turned_off(run: Path) -> bool:
     """Whether the run folder's config.toml (the config of its last part) has ``[ema] enabled = false``. A
     run that made ema.ckpt had it on; one resumed with it off left that file as it was, no longer updated."""
+    config = run / "config.toml"
     try:
-        stored = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+        if not config.is_file():  # a FIFO there made read_text wait for a writer for ever
+            return False
+        stored = tomllib.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # none, or not readable: nothing says so
         return False
     section = stored.get("ema")
