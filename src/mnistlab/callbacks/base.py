@@ -52,6 +52,7 @@ so they all decide alike (rank 0's stop decision is the rule); only the process 
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -60,6 +61,28 @@ from torch import nn
 
 from ..config import EPOCH_METRICS  # the keys of the metrics dict passed to ``on_epoch_end`` (module docstring)
 from ..errors import ConfigError
+
+
+def checked_setting(owner: str, name: str, value: Any, *, integer: bool = False, optional: bool = False) -> Any:
+    """``value`` as a finite float (an int with ``integer``), or a ConfigError naming the setting.
+
+    The config checks its sections, but the Python API's callbacks took anything: GL(alpha=nan) never
+    stopped, ReduceLROnPlateau(threshold=nan) cut the rate every epoch however the metric fell,
+    EarlyStopping(patience=2.7) waited 2 epochs and min_delta="0.1" failed with abs()'s TypeError.
+
+    >>> checked_setting("EarlyStopping", "patience", 3.0, integer=True)
+    3
+    """
+    if value is None and optional:
+        return None
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if integer:
+        if real and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise ConfigError(f"{owner}: {name} must be a whole number, got {value!r}")
+    if real and math.isfinite(value):
+        return float(value)
+    raise ConfigError(f"{owner}: {name} must be a finite number{' (or None)' if optional else ''}, got {value!r}")
 
 
 class TrainerHandle(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 from ..config import (MAX_CHECKPOINT_NAME, RUN_FILE_NAMES, RUN_FOLDER_NAMES, CheckpointConfig,
                       check_checkpoint_filename)
 from ..errors import ConfigError
-from .base import EPOCH_METRICS, Callback, MonitorMixin, TrainerHandle
+from .base import EPOCH_METRICS, Callback, MonitorMixin, TrainerHandle, checked_setting
 
 
 def _template_fields(template: str) -> list[str]:
@@ -34,8 +34,10 @@ class ModelCheckpoint(MonitorMixin, Callback):
     * ``every_n_epochs`` > 0: every n-th epoch is also kept under the template
       name, and never deleted;
     * a name that a kept file (or, in the run folder, one of the run's own
-      files such as best.ckpt) already has gets ``-v1``, ``-v2``, ... before
-      its suffix, as in Lightning: nothing kept is overwritten.
+      files such as best.ckpt), or in a ``dirpath`` a file already there
+      (another run's, where runs share it), has gets ``-v1``, ``-v2``, ...
+      before its suffix, as in Lightning: nothing is overwritten, and so
+      nothing of another run's is later deleted as if it were one of ours.
 
     "Keep the last" is the trainer's job: it writes ``last.ckpt`` (the resume
     state) after every epoch. Files go to ``dirpath`` (default: the run folder);
@@ -56,6 +58,8 @@ class ModelCheckpoint(MonitorMixin, Callback):
         every_n_epochs: int = 0,
         filename: str = "epoch{epoch:03d}-{val_accuracy:.4f}.ckpt",
     ) -> None:
+        save_top_k = checked_setting("ModelCheckpoint", "save_top_k", save_top_k, integer=True)
+        every_n_epochs = checked_setting("ModelCheckpoint", "every_n_epochs", every_n_epochs, integer=True)
         if save_top_k < 0 or every_n_epochs < 0:
             raise ConfigError(f"save_top_k and every_n_epochs must be 0 or more, got {save_top_k} and {every_n_epochs}")
         unknown = sorted(set(_template_fields(filename)) - set(EPOCH_METRICS))
@@ -124,8 +128,12 @@ class ModelCheckpoint(MonitorMixin, Callback):
         room = MAX_CHECKPOINT_NAME - len(suffix.encode())
         return name[: len(name) - len(suffix)].encode()[:room].decode(errors="ignore") + suffix
 
-    def _free_path(self, name: str) -> Path:
-        """``name``'s path, or with -v1, -v2, ... before its suffix where a file we keep has that name.
+    def _free_path(self, name: str, trainer: TrainerHandle) -> Path:
+        """``name``'s path, or with -v1, -v2, ... before its suffix where a file we keep, or one in ``dirpath``, has
+        that name (in a dirpath two runs share, the second wrote over the first's files and then deleted them as
+        its own when they left its top k). The run folder is the run's alone: a file there is its own, written
+        for an epoch a kill -9 came after, which the resumed run writes again under the same name, as the
+        uninterrupted one did.
 
         A template without ``{epoch}`` (``acc{val_accuracy:.2f}.ckpt``) gives two epochs one name; so can
         one that names a file the run writes itself (best.ckpt). Overwriting would replace a kept epoch
@@ -135,7 +143,9 @@ class ModelCheckpoint(MonitorMixin, Callback):
         if self.dirpath is None:
             taken |= set(RUN_FILE_NAMES + RUN_FOLDER_NAMES) | ({self.save_best_as} if self.save_best_as else set())
         path, n = self._path(name), 0
-        while str(path) in taken:
+        # Only where files are written: the other ranks of a torchrun run would see the file rank 0 just wrote.
+        on_disk = self.dirpath is not None and trainer.is_main
+        while str(path) in taken or (on_disk and self._on_disk(str(path), trainer).exists()):
             n += 1
             path = self._path(f"{Path(name).stem}-v{n}{Path(name).suffix}")
         return path
@@ -154,7 +164,7 @@ class ModelCheckpoint(MonitorMixin, Callback):
         def save() -> str:
             nonlocal saved
             if saved is None:
-                file = self._free_path(self._name(epoch, metrics))
+                file = self._free_path(self._name(epoch, metrics), trainer)
                 trainer.save_checkpoint(file)
                 saved = str(file)
             return saved

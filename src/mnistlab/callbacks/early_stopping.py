@@ -49,7 +49,7 @@ import torch
 
 from ..config import EarlyStoppingConfig, and_list, unread_keys
 from ..errors import ConfigError
-from .base import Callback, MonitorMixin, TrainerHandle
+from .base import Callback, MonitorMixin, TrainerHandle, checked_setting
 
 log = logging.getLogger("mnistlab")
 
@@ -70,7 +70,10 @@ class _StoppingRule(Callback):
     Settings are never part of the state, so those given on resume win.
     """
 
+    _ignores_epochs_before_start = False  # True where epochs before start_epoch give no best value
+
     def __init__(self, *, start_epoch: int = 1, stop_on_nonfinite: bool = True, restore_best_weights: bool = False):
+        start_epoch = checked_setting(type(self).__name__, "start_epoch", start_epoch, integer=True)
         if start_epoch < 1:
             raise ConfigError(f"start_epoch must be 1 or more (epochs count from 1), got {start_epoch}")
         self.start_epoch = int(start_epoch)
@@ -114,11 +117,13 @@ class _StoppingRule(Callback):
         if not self.restore_best_weights:
             return
         if self.best_weights is None:
-            why = (
-                "no epoch had a finite value"
-                if self.best_epoch is None
-                else f"restore_best_weights was turned on after the best epoch ({self.best_epoch})"
-            )
+            if self.best_epoch is not None:
+                why = f"restore_best_weights was turned on after the best epoch ({self.best_epoch})"
+            elif self._ignores_epochs_before_start and trainer.epoch < self.start_epoch:
+                # Not "no finite value": the epochs run were all before start_epoch, which it ignores.
+                why = f"the run ended after epoch {trainer.epoch}, before start_epoch {self.start_epoch}"
+            else:
+                why = "no epoch had a finite value"
             log.warning("%s: no best weights to restore (%s); keeping the final weights", type(self).__name__, why)
             return
         trainer.restore_weights(self.best_epoch, self.best_weights)
@@ -167,6 +172,8 @@ class EarlyStopping(MonitorMixin, _StoppingRule):
     'min'
     """
 
+    _ignores_epochs_before_start = True
+
     def __init__(
         self,
         monitor: str = "val_loss",
@@ -179,6 +186,12 @@ class EarlyStopping(MonitorMixin, _StoppingRule):
         divergence_threshold: float | None = None,
         restore_best_weights: bool = False,
     ) -> None:
+        patience = checked_setting("EarlyStopping", "patience", patience, integer=True)
+        min_delta = checked_setting("EarlyStopping", "min_delta", min_delta)
+        # NaN would never be beaten nor crossed: the setting would be silently off (as the config refuses it).
+        baseline = checked_setting("EarlyStopping", "baseline", baseline, optional=True)
+        divergence_threshold = checked_setting("EarlyStopping", "divergence_threshold", divergence_threshold,
+                                               optional=True)
         if patience < 0:
             raise ConfigError(f"patience must be 0 or more, got {patience}")
         if restore_best_weights and monitor.startswith("ema_"):
@@ -268,6 +281,7 @@ class PrecheltStopping(_StoppingRule):
     ) -> None:
         if error not in ("loss", "error"):
             raise ConfigError(f"error must be 'loss' (val_loss/train_loss) or 'error' (1 - accuracy), got {error!r}")
+        strip = checked_setting(type(self).__name__, "strip", strip, integer=True)
         if strip < 1:
             raise ConfigError(f"strip (Prechelt's k, in epochs) must be 1 or more, got {strip}")
         self.error = error
@@ -361,6 +375,7 @@ class GL(PrecheltStopping):
     criterion = "GL"
 
     def __init__(self, alpha: float = 5.0, **kwargs: Any) -> None:
+        alpha = checked_setting("GL", "alpha", alpha)  # NaN: GL > alpha never holds, the rule never stops
         if alpha < 0:
             raise ConfigError(f"GL alpha (percent) must be 0 or more, got {alpha}")
         self.alpha = float(alpha)
@@ -382,6 +397,7 @@ class PQ(PrecheltStopping):
     criterion = "PQ"
 
     def __init__(self, alpha: float = 0.5, strip: int = 5, **kwargs: Any) -> None:
+        alpha = checked_setting("PQ", "alpha", alpha)
         if alpha < 0:
             raise ConfigError(f"PQ alpha must be 0 or more, got {alpha}")
         self.alpha = float(alpha)
@@ -418,6 +434,7 @@ class UP(PrecheltStopping):
     criterion = "UP"
 
     def __init__(self, strips: int = 3, strip: int = 5, **kwargs: Any) -> None:
+        strips = checked_setting("UP", "strips", strips, integer=True)
         if strips < 1:
             raise ConfigError(f"UP strips (Prechelt's s) must be 1 or more, got {strips}")
         self.strips = int(strips)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import ReduceLROnPlateauConfig
 from ..errors import ConfigError
-from .base import Callback, MonitorMixin, TrainerHandle
+from .base import Callback, MonitorMixin, TrainerHandle, checked_setting
 
 log = logging.getLogger("mnistlab")
 
@@ -48,6 +48,12 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
         min_lr: float = 0.0,
         eps: float = 1e-8,
     ) -> None:
+        # NaN passed the checks below: threshold=nan made no epoch an improvement (a cut every epoch).
+        factor, threshold, min_lr, eps = (checked_setting("ReduceLROnPlateau", name, value) for name, value in
+                                          (("factor", factor), ("threshold", threshold), ("min_lr", min_lr),
+                                           ("eps", eps)))
+        patience, cooldown = (checked_setting("ReduceLROnPlateau", name, value, integer=True)
+                              for name, value in (("patience", patience), ("cooldown", cooldown)))
         if not 0.0 < factor < 1.0:
             raise ConfigError(f"factor must be in (0, 1), got {factor}")
         for name, value in (("patience", patience), ("cooldown", cooldown), ("min_lr", min_lr), ("threshold", threshold)):
