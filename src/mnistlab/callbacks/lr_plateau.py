@@ -17,7 +17,8 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
 
     * An epoch improves when the value beats the best so far by more than
       ``threshold``: relative (``threshold_mode="rel"``, PyTorch's default:
-      below ``best * (1 - threshold)`` in min mode) or absolute (``"abs"``, Keras'
+      below ``best - |best| * threshold`` in min mode, PyTorch's ``best * (1 - threshold)`` for
+      the metrics here, none of which is negative) or absolute (``"abs"``, Keras'
       ``min_delta``: below ``best - threshold``).
     * Counting follows Keras (and this project's EarlyStopping): the learning
       rate is reduced at the end of the ``patience``-th epoch in a row without
