@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runfolder import RunFolderError, finite, is_run_folder, machine_of, read_run
+from .runfolder import RunFolderError, finite, machine_of, read_run
 
 
 @dataclass
@@ -51,7 +51,9 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise RunFolderError(f"{p} does not exist")
-        if is_run_folder(p):
+        # A folder with results is a run; one with only a config.toml may be a folder of runs that keeps its
+        # config (or another tool's) beside them: it was taken for one run, not searched, and its runs left out.
+        if (p / "summary.json").is_file() or (p / "metrics.csv").is_file():
             runs = [p]
         elif p.is_dir():
             runs = _runs_under(p)
@@ -69,15 +71,20 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 def _runs_under(folder: Path) -> list[Path]:
     """The run folders under ``folder``, through links to folders too (``Path.rglob`` skipped a run reached by
     a link), each real folder once (a link back up would loop)."""
-    runs, seen = [], set()
+    runs, configs, seen = [], [], set()
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:
             dirs.clear()
             continue
         seen.add(real)
-        if "summary.json" in files or "metrics.csv" in files or ("config.toml" in files and _run_config(top)):
+        if "summary.json" in files or "metrics.csv" in files:
             runs.append(Path(top))
+        elif "config.toml" in files and _run_config(top):
+            configs.append(Path(top))
+    # A folder with only a run's config.toml is a run stopped in its first epoch, unless runs lie under it: then
+    # it is a folder of runs keeping the config they were trained with (`train --config exp/config.toml`).
+    runs += [c for c in configs if not any(c in r.parents for r in runs + configs)]
     return sorted(runs)
 
 
