@@ -640,6 +640,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     plot = write_compare_plot(rows, args.plot)
     if args.json:
         print(jsonout.dumps([r.to_dict() for r in rows], indent=2))
+        # on stderr, so stdout stays one JSON document: the plot was written without a word
+        print(f"plot of test accuracy against training time: {plot}", file=sys.stderr)
     else:
         print(format_table(rows))
         print(f"\nplot of test accuracy against training time: {plot}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from mnistlab.cli import main
 from mnistlab.report.compare import compare_runs, find_runs
@@ -46,3 +47,21 @@ def test_compare_still_lists_a_run_stopped_in_its_first_epoch(tmp_path, capsys):
     (other / "config.toml").write_text("[tool]\nx = 1\n")
     assert main(["compare", str(other), "--plot", str(tmp_path / "c.png")]) == 2
     assert "holds no run folders" in capsys.readouterr().err
+
+
+def test_at_equal_accuracy_a_run_without_a_training_time_ranks_last_not_first(tmp_path):
+    # ties were broken on train_seconds or 0: a run whose time was not recorded ranked as the fastest
+    fake_run(tmp_path / "timed", model="cnn", test_accuracy=0.98, train_seconds=5.0)
+    fake_run(tmp_path / "untimed", model="cnn", test_accuracy=0.98)
+    assert [Path(r.run).name for r in compare_runs([tmp_path])] == ["timed", "untimed"]
+
+
+def test_compare_json_says_on_stderr_where_it_wrote_the_plot(tmp_path, capsys, monkeypatch):
+    # the plot (compare.png in the current folder by default) was written without a word in --json mode
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path / "runs" / "a", model="cnn", test_accuracy=0.98, train_seconds=5.0)
+    assert main(["compare", "runs", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [row["model"] for row in json.loads(out)] == ["cnn"]
+    assert err.strip() == "plot of test accuracy against training time: compare.png"
+    assert (tmp_path / "compare.png").is_file()

@@ -151,7 +151,7 @@ def compare_runs(paths: Sequence[str | Path]) -> list[RunRow]:
     rows = [run_row(p) for p in find_runs(paths)]
     grouped = len(_datasets(rows)) > 1
     return sorted(rows, key=lambda r: ((r.dataset == "?", r.dataset) if grouped else (), r.test_accuracy is None,
-                                       -(r.test_accuracy or 0.0), r.train_seconds or 0.0))
+                                       -(r.test_accuracy or 0.0), r.train_seconds is None, r.train_seconds or 0.0))
 
 
 def _datasets(rows: Sequence[RunRow]) -> list[str]:
