@@ -110,3 +110,15 @@ def test_a_fifo_for_config_toml_does_not_hang_choosing_ema_ckpt(tmp_path):
     code = f"from mnistlab.training.checkpoint import checkpoint_file; print(checkpoint_file({str(run)!r}, ema=True))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == str(run / "ema.ckpt"), done.stderr
+
+
+def test_a_folder_of_runs_given_as_a_run_says_so(tmp_path):
+    # `mnistlab ensemble runs/` said "run folder runs has no best.ckpt (the run never finished an epoch?)"
+    from mnistlab.training.checkpoint import checkpoint_file
+
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "best.ckpt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"runs is a folder of runs, not a run: name the runs in it \(.*/runs/a "
+                                              r".*/runs/b\)"):
+        checkpoint_file(tmp_path / "runs")

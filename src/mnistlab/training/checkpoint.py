@@ -198,6 +198,10 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
         return path
     name = "ema.ckpt" if ema else "best.ckpt"
     if not (path / name).is_file():
+        inside = _runs_inside(path, name)
+        if inside:  # `mnistlab ensemble runs/` was "run folder runs has no best.ckpt (the run never finished...)"
+            shown = " ".join(shlex.quote(str(r)) for r in inside[:3]) + (" ..." if len(inside) > 3 else "")
+            raise CheckpointError(f"{path} is a folder of runs, not a run: name the runs in it ({shown})")
         if ema:
             hint = " (was the run trained with [ema] enabled?)"
         elif (path / "last.ckpt").is_file():
@@ -225,6 +229,14 @@ def _ema_turned_off(run: Path) -> bool:
         return False
     section = stored.get("ema")
     return isinstance(section, dict) and section.get("enabled") is False
+
+
+def _runs_inside(folder: Path, name: str) -> list[Path]:
+    """The folders right under ``folder`` that hold ``name`` (best.ckpt), sorted: runs, where it holds none."""
+    try:
+        return sorted(d for d in folder.iterdir() if (d / name).is_file())
+    except OSError:
+        return []
 
 
 def _is_dir(path: Path) -> bool:
