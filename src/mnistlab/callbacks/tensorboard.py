@@ -6,6 +6,8 @@ shows every run, named ``<run>/tensorboard``):
 * scalars per epoch: ``loss/train``, ``loss/val``, ``accuracy/train``,
   ``accuracy/val``, ``lr`` and, with ``[ema]``, ``loss/ema_val`` and
   ``accuracy/ema_val`` (the weight average's);
+* per epoch too, any other number a callback adds to the epoch's metrics (Keras'
+  ``logs["f1"] = ...``), under its own name (``f1``), as metrics.csv has it;
 * histograms every ``histogram_every_n_epochs`` epochs: ``weights/<parameter>``
   and ``gradients/<parameter>`` (the gradient of the epoch's last batch);
 * the model graph (traced once on two validation images);
@@ -39,6 +41,7 @@ import functools
 import itertools
 import logging
 import math
+import numbers
 import os
 import shlex
 import socket
@@ -49,9 +52,9 @@ from typing import Any
 
 import torch
 
-from ..config import TensorBoardConfig
-from ..errors import RunDirError
-from .base import Callback, TrainerHandle
+from ..config import EPOCH_METRICS, TensorBoardConfig
+from ..errors import ConfigError, RunDirError
+from .base import Callback, TrainerHandle, checked_setting
 
 log = logging.getLogger("mnistlab")
 
@@ -68,6 +71,9 @@ _SCALARS = {
     "ema_val_accuracy": "accuracy/ema_val",
 }
 _STEP_SCALARS = {"loss": "loss/train_step", "lr": "lr/step"}  # of on_batch_end's metrics
+# The trainer's own keys of an epoch's metrics: logged under _SCALARS' tags, or not at all (the errors are
+# 1 - the accuracies). Any other number in the dict is a callback's (Keras' logs["f1"]) and keeps its name.
+_OWN = frozenset(EPOCH_METRICS) | frozenset(_SCALARS)
 _FINAL = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "ema_val_loss", "ema_val_accuracy", "epoch")
 # summary.json's numbers for the tested model (best.ckpt, often not the last epoch): add_run_summary adds them.
 _SUMMARY = ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "ema_test_accuracy", "ema_best_epoch",
@@ -96,6 +102,14 @@ def _final(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
 
 def _as_float_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(255) if images.dtype == torch.uint8 else images.float()
+
+
+def _count(name: str, value: Any) -> int:
+    """A setting that is a whole number, 0 or more (0: off), or a ConfigError naming it."""
+    value = checked_setting("TensorBoard", name, value, integer=True)
+    if value < 0:
+        raise ConfigError(f"TensorBoard: {name} must be 0 or more (0: off), got {value}")
+    return value
 
 
 _LAST_BUCKET = 1e20  # the largest bucket edge of add_histogram's default ("tensorflow") bins
@@ -138,15 +152,19 @@ class TensorBoard(Callback):
         self.graph = graph
         self.images = images
         self.hparams = dict(hparams or {})
-        self.max_images = max_images
-        self.log_every_n_steps = log_every_n_steps
-        self.histogram_every_n_epochs = histogram_every_n_epochs
+        # Checked as the config checks [tensorboard]: the Python API took anything, and max_images=-1 logged all
+        # validation images but one as the samples' grid, log_every_n_steps=-1 logged every step, 2.5 steps 5,
+        # 10, ... and histogram_every_n_epochs=-1 turned the histograms off without a word.
+        self.max_images = _count("max_images", max_images)
+        self.log_every_n_steps = _count("log_every_n_steps", log_every_n_steps)
+        self.histogram_every_n_epochs = _count("histogram_every_n_epochs", histogram_every_n_epochs)
         self.writer = None
         self._steps_writer = None
         self._log_dir: Path | None = None  # None: nothing to write (another rank, or no folder)
         self._epochs_purge: int | None = None
         self._steps_purge: int | None = None
         self._grads: dict[str, torch.Tensor] | None = None
+        self._added: tuple[int, dict[str, Any]] | None = None  # the last epoch and its metrics, for _log_added
         self._end: dict[str, Any] | None = None  # what on_train_end wrote into the .end file, for add_run_summary
         self._end_file: Path | None = None
         self._run_dir: Path | None = None  # for the advice when add_run_summary cannot write
@@ -164,14 +182,17 @@ class TensorBoard(Callback):
     # -- hooks ------------------------------------------------------------------
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
-        self._log_dir = None
+        # A callback reused after a run that ended without on_train_end (an error, Ctrl-C in a notebook) held
+        # that run's open writers: the next run's steps went into the old run's folder, and a resume of it
+        # wrote its epochs into the old file, without the purge marker, so they showed twice.
+        self._close_writers()
+        self._log_dir = self._grads = self._added = self._end = self._end_file = None
         if not trainer.is_main:  # under torchrun rank 0 logs; a writer per rank would log every point twice
             return
         log_dir = self.log_dir or (Path(trainer.run_dir) / "tensorboard" if trainer.run_dir else None)
         if log_dir is None:
             log.warning("TensorBoard: the run has no folder and no log_dir was given; nothing is written")
             return
-        self._end = self._end_file = None
         self._run_dir = Path(trainer.run_dir) if trainer.run_dir else None
         # A resumed run (also one cut inside its first epoch, still at epoch 0) has the graph and samples
         # already; resumed after epoch e, it drops the events of epochs > e and the old end-of-run summary.
@@ -184,15 +205,21 @@ class TensorBoard(Callback):
         # shorter than log_every_n_steps listed an empty run), a resumed run's with the purge marker that drops
         # what the interrupted part wrote after its checkpoint. A resume that trains nothing (its epochs done,
         # only the test left) added two events files holding nothing but that marker.
-        self._epochs_purge = trainer.epoch + 1 if resumed else None
+        # A resume into a folder without events (tensorboard.enabled was false before it, or log_dir is new) has
+        # no graph and samples yet, nor anything to purge: it begins as a new run does (it wrote neither).
+        begins = not resumed or not _event_stamps(self._log_dir)
+        self._epochs_purge = None if begins else trainer.epoch + 1
         self._steps_purge = trainer.step + 1 if resumed else None
-        if not resumed:
+        if begins:
             self._open_epochs_writer()
             if self.graph:
                 self._add_graph(trainer)
             if self.images:
                 images, _ = trainer.validation_data()
                 self._add_grid("inputs/samples", images[: self.max_images], step=0)
+
+    def on_epoch_begin(self, epoch: int, trainer: TrainerHandle) -> None:
+        self._log_added()
 
     def on_batch_begin(self, step: int, trainer: TrainerHandle) -> None:
         self._grads = None  # let the previous batch's gradients go before this backward pass
@@ -227,14 +254,27 @@ class TensorBoard(Callback):
             self._grads = None
         if self.images:
             self._add_misclassified(trainer, epoch)
+        self._added = (epoch, metrics)
+
+    def _log_added(self) -> None:
+        """The numbers callbacks added to the last epoch's metrics (metrics.csv has them), under their own names.
+        Written at the next epoch's start or the run's end, not in on_epoch_end: the callbacks after this one (a
+        user's come after the run's own) add theirs after it. They were in metrics.csv only."""
+        if self._added is None or self.writer is None:
+            return
+        epoch, metrics = self._added
+        self._added = None
+        for key, value in metrics.items():
+            if torch.is_tensor(value) and value.numel() == 1:  # a one-value tensor, as metrics.csv takes it
+                value = value.item()
+            if key not in _OWN and isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy's too
+                self.writer.add_scalar(key, float(value), epoch)
 
     def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
         if self._log_dir is None:
             return
-        for writer in (self.writer, self._steps_writer):
-            if writer is not None:
-                writer.close()
-        self.writer = self._steps_writer = None
+        self._log_added()
+        self._close_writers()
         self._end = {
             "step": int(metrics.get("epoch", trainer.epoch)) + 1,  # after the last epoch's step
             "final": _final(metrics, _FINAL),
@@ -269,6 +309,12 @@ class TensorBoard(Callback):
                               f"on the disk, write access), {again}") from None
 
     # -- pieces -------------------------------------------------------------------
+
+    def _close_writers(self) -> None:
+        for writer in (self.writer, self._steps_writer):
+            if writer is not None:
+                writer.close()
+        self.writer = self._steps_writer = None
 
     def _open_epochs_writer(self) -> None:
         self.writer = _summary_writer(self._log_dir, _purge_step(self._log_dir, self._epochs_purge))
