@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
                        "parameters, multiply-accumulates per image, input size and the [model] options it takes; "
                        "--details prints one model's layer table.")
     m.add_argument("--dataset", default="mnist", help="size the models for this dataset's images (default mnist)")
-    m.add_argument("--details", metavar="NAME", nargs="?", const="",
+    m.add_argument("--details", metavar="NAME", nargs="?", const=True,  # True: no NAME; "" is refused
                    help="print the layer table of one model (no NAME: the config's model, else fast, the default of "
                    "`mnistlab train`)")
     m.add_argument("--config", metavar="FILE", help="with --details: build the model with this config's [model] "
@@ -304,8 +304,10 @@ def _train_config(args: argparse.Namespace):
         if value is not None and not value.strip():
             raise MnistlabError(f"{flag} needs {what}")
     sets = parse_overrides(args.overrides)
-    # --set finetune.init_from is --init-from: the same rules apply to it.
-    init_from = args.init_from if args.init_from is not None else sets.get("finetune.init_from")
+    # --set finetune.init_from is --init-from: the same rules apply to it, and given both, --set wins as for any
+    # key. (The model was built as the flag's checkpoint describes it, but the weights came from --set's: with
+    # another architecture the run failed, saying to do what the CLI claims to do without --config.)
+    init_from = sets.get("finetune.init_from") if "finetune.init_from" in sets else args.init_from
     if init_from is not None and not isinstance(init_from, str):
         # A run folder named 2024, which TOML reads as a number: the text as typed, as apply_overrides takes it.
         init_from = sets.texts["finetune.init_from"]
@@ -544,11 +546,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
         raise MnistlabError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
     size = (1, 28, 28)  # every dataset of the family has 28x28 grayscale images
     kwargs = dict(num_classes=10, in_channels=size[0], image_size=size[1:])
-    if args.details is None and (args.config or args.overrides):
+    if args.details is None and (args.config is not None or args.overrides):
         raise MnistlabError("--config and --set choose the options of the model --details shows; add --details")
     if args.details is not None:
-        cfg = load_config(args.config) if args.config else Config()
-        if args.details:  # a name given wins over the config's, as with `train --config F --model NAME`
+        if args.config is not None and not args.config.strip():  # was the model's own defaults, without a word
+            raise MnistlabError("--config needs a TOML file; leave it out for the model's own defaults")
+        cfg = load_config(args.config) if args.config is not None else Config()
+        if isinstance(args.details, str) and not args.details.strip():  # `--details "$UNSET"` showed fast
+            raise MnistlabError("--details needs a model name; leave NAME out for the config's model, else fast")
+        if args.details is not True:  # a name given wins over the config's, as with `train --config F --model NAME`
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=args.details))
         cfg = apply_overrides(cfg, args.overrides)
         others = [o.partition("=")[0].strip() for o in args.overrides if not o.lstrip().startswith("model.")]
@@ -622,6 +628,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if not args.run.strip():  # Path("") is the current folder (a shell variable that was not set)
+        raise MnistlabError("RUN needs a run folder, got an empty name")
     if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
         raise MnistlabError("--out needs a folder name; leave it out to write into the run folder")
     report = write_report(args.run, out=args.out)
@@ -635,6 +643,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare_runs, format_table, write_compare_plot
     from .report.plots import check_plot_path
 
+    if not all(r.strip() for r in args.runs):  # Path("") is the current folder: it compared the runs found there
+        raise MnistlabError("RUN needs a run folder or a folder holding run folders, got an empty name")
     check_plot_path(args.plot)
     rows = compare_runs(args.runs)
     plot = write_compare_plot(rows, args.plot)
@@ -679,9 +689,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             build_model(name)
         except ConfigError as e:
             raise ConfigError(f"--models {name}: {e} (the training-rate table uses each model's defaults)") from None
-    cfg = load_config(args.config) if args.config else Config()
-    if args.data_dir:  # as a value, not a "data.dir=..." string: that would read a folder named 2024 as a number
-        cfg = apply_overrides(cfg, {"data.dir": args.data_dir})
+    # An empty --config or --data-dir (a shell variable that was not set) is an error, as in `train`: it was taken
+    # for the flag left out, and the default recipe or data folder was timed without a word.
+    if args.config is not None and not args.config.strip():
+        raise ConfigError("--config needs a TOML file; leave it out for the default recipe of `mnistlab train`")
+    cfg = load_config(args.config) if args.config is not None else Config()
+    if args.data_dir is not None:  # as a value, not "data.dir=...": that would read a folder named 2024 as a number
+        cfg = apply_overrides(cfg, {"data.dir": args.data_dir})  # "" is refused there
     cfg = apply_overrides(cfg, args.overrides)
     try:
         run_bench(cfg, seeds=args.seeds, models=args.models, steps=args.steps, rounds=args.rounds,
@@ -696,6 +710,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.out is not None and not args.out.strip():  # "" would put the sweep into the current folder
         raise ConfigError("--out needs a folder name (the sweep folder), got an empty one")
+    # --worker I is the hidden flag of the extra processes a sweep starts (always with --out and --workers N,
+    # 1 <= I < N). Typed by hand, as `--worker 4` for --workers 4, it ran the sweep as a silent extra process:
+    # no table, results.csv, best.toml or objective.png, and exit status 0.
+    if args.worker is not None and (args.out is None or args.workers is None or not 1 <= args.worker < args.workers):
+        raise ConfigError(f"--worker {args.worker} is for the processes a sweep starts itself; to run the sweep in "
+                          "several processes, give --workers N")
     spec = load_sweep(args.config, overrides=args.overrides, data_dir=args.data_dir, trials=args.trials,
                       workers=args.workers, storage=args.storage)
     try:
