@@ -282,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a key of the base config (repeatable)")
     sw.add_argument("--quiet", action="store_true", help="print only the final table and errors")
     sw.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set on the extra processes a sweep starts
+    parser.commands = sub.choices  # each command's parser, by name: main() reports a flag it does not take
     return parser
 
 
@@ -749,7 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     # was done; stderr already escapes such characters.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="mnistlab_escape")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own error: "mnistlab: ... (see mnistlab --help)" led to a list of the commands
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` passes on to torchrun
     handler = {
         "train": _cmd_train,

@@ -371,7 +371,11 @@ def test_a_checkpoint_whose_stored_config_is_not_valid_is_named_as_the_culprit(r
                                    "(see mnistlab train --help)"),
     (["evaluate"], "mnistlab evaluate: error: the following arguments are required: checkpoint"),
     (["trian"], "mnistlab: error: argument COMMAND: invalid choice: 'trian'"),
-    (["train", "--no-such-flag"], "mnistlab: error: unrecognized arguments: --no-such-flag"),
+    # the command's help, which lists its flags (mnistlab --help lists only the commands)
+    (["train", "--no-such-flag"], "mnistlab train: error: unrecognized arguments: --no-such-flag "
+                                  "(see mnistlab train --help)"),
+    (["lr-find", "--lr", "0.1"], "mnistlab lr-find: error: unrecognized arguments: --lr 0.1 "
+                                 "(see mnistlab lr-find --help)"),
 ])
 def test_what_argparse_refuses_is_one_line_too(capsys, argv, message):
     # argparse printed its usage block first: 8 lines before the one that says what is wrong
