@@ -244,3 +244,13 @@ def test_a_float_range_valid_only_at_its_bounds_is_refused():
         sweep({"mixup.alpha": {"type": "float", "low": 0.0, "high": 0.4}})
     assert sweep({"mixup.alpha": {"type": "float", "low": 0.001, "high": 0.4}}).params[0].low == 0.001
     sweep({"mixup.alpha": [0.0, 0.2, 0.4]})  # listed: 0 (off) among them
+
+
+def test_an_empty_or_folder_sweep_file_name_says_so(tmp_path):
+    # "" was "cannot read sweep file .: [Errno 21] Is a directory: '.'"
+    from mnistlab.sweep import load_sweep
+
+    with pytest.raises(ConfigError, match="the sweep file's name is empty"):
+        load_sweep("")
+    with pytest.raises(ConfigError, match=f"sweep file {tmp_path} is a folder, not a TOML file"):
+        load_sweep(tmp_path)

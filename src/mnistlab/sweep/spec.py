@@ -147,7 +147,11 @@ def load_sweep(
     storage: str | None = None,
 ) -> SweepSpec:
     """Read and check a sweep file; the keyword arguments are the command line's, winning over the file."""
+    if not str(path).strip():  # Path("") is the current folder: "cannot read sweep file .: Is a directory"
+        raise ConfigError("the sweep file's name is empty; give a TOML file (see configs/sweep-example.toml)")
     path = Path(path)
+    if path.is_dir():  # as load_config says of a folder given as the config
+        raise ConfigError(f"sweep file {path} is a folder, not a TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark, as load_config
     except FileNotFoundError:
