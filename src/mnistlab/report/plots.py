@@ -60,6 +60,12 @@ def _column(rows: Sequence[dict[str, float]], key: str) -> np.ndarray | None:
     return np.array([r.get(key, math.nan) for r in rows], dtype=np.float64)
 
 
+def _finite(*columns: np.ndarray | None) -> np.ndarray:
+    """The finite values of ``columns`` (those not None), as one flat array."""
+    values = np.concatenate([c for c in columns if c is not None] or [np.zeros(0)])
+    return values[np.isfinite(values)]
+
+
 def curves_png(
     rows: Sequence[dict[str, float]],
     *,
@@ -73,7 +79,8 @@ def curves_png(
 
     Vertical lines mark ``best_epoch`` (the checkpoint that was tested),
     ``stopped_epoch`` (where early stopping ended training) and ``chosen_epoch``
-    (the epoch early stopping judged best, when it differs from ``best_epoch``).
+    (the epoch early stopping judged best, when it differs from ``best_epoch``). The loss axis is logarithmic
+    where the losses span more than 1000x (a diverging run), as is the rate's where it spans more than 20x.
     """
     epochs = _column(rows, "epoch")
     fig = _figure(13, 3.8)
@@ -110,11 +117,15 @@ def curves_png(
                 ax.set_xticks(np.arange(lo, hi + 1))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
-    lr = _column(rows, "lr")
-    if lr is not None and np.nanmin(lr) > 0 and np.nanmax(lr) / np.nanmin(lr) > 20:
+    # A diverging run's losses (1e15 in epoch 1, 2e4 later) flattened every other value to a line at 0.
+    losses = _finite(*(_column(rows, k) for k in ("train_loss", "val_loss", "ema_val_loss")))
+    if len(losses) and losses.min() > 0 and losses.max() / losses.min() > 1000:
+        axes[0].set_yscale("log")
+    lr = _finite(_column(rows, "lr"))  # (np.nanmin of an all-NaN column printed a RuntimeWarning)
+    if len(lr) and lr.min() > 0 and lr.max() / lr.min() > 20:
         axes[2].set_yscale("log")
-    elif lr is not None and np.isfinite(lr).any():
-        axes[2].set_ylim(0, 1.15 * float(np.nanmax(lr)) or 1.0)  # from 0, so a constant rate reads as one
+    elif len(lr):
+        axes[2].set_ylim(0, 1.15 * float(lr.max()) or 1.0)  # from 0, so a constant rate reads as one
     if epochs is None:
         for ax in axes:
             ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
@@ -156,23 +167,27 @@ def per_class_png(accuracy: Sequence[float | None], classes: Sequence[str], over
     ax = fig.subplots()
     y = np.arange(k)
     finite = np.isfinite(acc)
-    # the worst class in red, unless all are equal
-    worst = int(np.nanargmin(acc)) if finite.any() and np.nanmin(acc) < np.nanmax(acc) else -1
-    colors = ["#d62728" if i == worst else "#1f77b4" for i in range(k)]
-    ax.barh(y, np.where(finite, acc, 0), color=colors)
+    # the worst classes in red (all that share the lowest accuracy), unless all are equal
+    low, high = (float(np.nanmin(acc)), float(np.nanmax(acc))) if finite.any() else (0.0, 0.0)
+    worst = finite & (acc == low) & (low < high)
+    red, blue = "#d62728", "#1f77b4"
+    ax.barh(y, np.where(finite, acc, 0), color=[red if w else blue for w in worst])
     ax.set_yticks(y, [plain(c) for c in classes])
     ax.invert_yaxis()
-    low = float(np.nanmin(acc)) if finite.any() else 0.0
     left = max(0.0, math.floor((low - 5) / 5) * 5)
     ax.set_xlim(left, 100.5)
-    for i, a in enumerate(acc):  # the value inside the end of its bar
-        if math.isfinite(a):
-            ax.text(a - 0.15, i, f"{a:.2f}%", va="center", ha="right", fontsize=8, color="white")
-        else:
+    for i, a in enumerate(acc):
+        if not math.isfinite(a):
             ax.text(left + 0.15, i, "no test images", va="center", fontsize=8)
-    if overall is not None:
+        elif (a - left) / (100.5 - left) >= 0.15:  # the value inside the end of its bar
+            ax.text(a - 0.15, i, f"{a:.2f}%", va="center", ha="right", fontsize=8, color="white")
+        else:  # a short bar (0%: none) cannot hold "21.64%": white on white beyond the axis, it was not seen
+            ax.annotate(f"{a:.2f}%", (max(a, left), i), xytext=(3, 0), textcoords="offset points", va="center",
+                        ha="left", fontsize=8, color=red if worst[i] else "black")
+    if overall is not None and math.isfinite(overall):  # (a NaN drew an "all classes nan%" line)
         ax.axvline(100 * overall, color="black", ls="--", lw=1, label=f"all classes {100 * overall:.2f}%")
-        ax.legend(fontsize=8, loc="lower left")
+        # below the axis: inside, at the lower left, it covered the last class's bar and its value
+        ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1, -0.08), frameon=False)
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("per-class test accuracy")
     ax.grid(True, axis="x", alpha=0.3)
@@ -198,6 +213,8 @@ def misclassified_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     n = len(images)
+    # A model with 3 errors drew them at the left of 8 columns' width, the rest of the page blank.
+    columns = min(columns, n) if n else columns
     rows = max(1, math.ceil(n / columns))
     # One picture of all the images (figimage) and the titles as figure text: an Axes per image, with the
     # ticks and spines each makes, cost 40 ms apiece, and laying 40 of them out took seconds.
