@@ -201,9 +201,23 @@ def _worker_env(nproc: int) -> dict[str, str]:
     """Our environment, with the cores shared out: torchrun would give every process one thread
     (and print a banner saying so) unless OMP_NUM_THREADS is set; ``train.threads`` still wins."""
     env = dict(os.environ)
-    if not env.get("OMP_NUM_THREADS", "").strip():  # set but empty (`=$UNSET`): OpenMP ignores it, all cores each
+    if not _omp_threads_set(env.get("OMP_NUM_THREADS", "")):
         env["OMP_NUM_THREADS"] = str(max(1, machine.usable_cores() // nproc))
     return env
+
+
+def _omp_threads_set(value: str) -> bool:
+    """Whether OpenMP takes ``value`` of OMP_NUM_THREADS: a count of 1 or more (the first of a list, ``4,2``).
+    Anything else (empty, as `=$UNSET` gives, ``0``, ``auto``) it ignores, with a "libgomp: Invalid value" line
+    from every process, and each process took all the cores, as if nothing had been set.
+
+    >>> [_omp_threads_set(v) for v in ("4", " 2 ", "4,2", "", "0", "auto", "-1")]
+    [True, True, True, False, False, False, False]
+    """
+    try:
+        return int(value.split(",")[0]) >= 1
+    except ValueError:
+        return False
 
 
 SHUTDOWN_TIMEOUT_S = 3600
@@ -235,7 +249,7 @@ def _of_the_signal(line: bytes) -> bool:
 
 
 def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
-           killed: list[tuple[int, int]] | None = None) -> None:
+           killed: list[tuple[int, int]] | None = None, failed: list[int] | None = None) -> None:
     """Pass the workers' and torchrun's stderr on, line by line as it comes, until a worker has left an
     error: what follows is the other ranks' and torchrun's reaction to its exit (a lost peer's traceback,
     torchrun's ChildFailedError report), not news to the user. After a signal we passed on (``received``),
@@ -249,7 +263,12 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
     Without a signal of ours, a worker that a signal ended (SIGKILL from the OOM killer, a segfault) is put in
     ``killed`` as (local rank, signal number), for :func:`launch` to say in one line; what follows torchrun's log
     of it (its ChildFailedError report) and the other ranks' tracebacks of the lost peer are left out: they
-    buried that cause under 80 lines, the first of them rank 0's "Connection reset by peer"."""
+    buried that cause under 80 lines, the first of them rank 0's "Connection reset by peer".
+
+    So for a worker that failed of an error of its own (a bug: exit status 1 and its traceback, shown): torchrun's
+    log line of its failure is shown, its local rank put in ``failed``, and what follows is left out (torchrun's
+    50-line traceback of ChildFailedError with its report, the other ranks' tracebacks of the lost peer), which
+    made 130 lines and read as torchrun itself crashing."""
 
     def ends_quietly(line: bytes) -> bool:  # a traceback that ends so is left out (``received`` fills as it runs)
         return _of_the_signal(line) if received else _peer_gone(line)
@@ -262,6 +281,7 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
     lost: list[bytes] = []
     unended = 0  # tracebacks in ``held`` whose exception line has not come yet
     other = False  # one of them ended in an error of its own, not the signal's
+    shown = False  # a traceback that ended in an error of its own has been written
     chained = False  # all have ended, and "During handling of the above exception" says another follows
 
     def write(lines: list[bytes]) -> None:
@@ -271,9 +291,10 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
         elastic = []
 
     def flush() -> None:
-        nonlocal held, unended, other, chained
+        nonlocal held, unended, other, chained, shown
         if other:
             write(held)
+            shown = True
         elif not received:
             lost.extend(held)
         held, unended, other, chained = [], 0, False, False
@@ -288,6 +309,14 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
             if killed_by and int(killed_by.group(1)) < 0 and killed is not None:
                 killed.append((int(killed_by.group(2)), -int(killed_by.group(1))))
                 ended, elastic = True, []  # ("Sending process ... closing signal SIGTERM" to the others, too)
+            elif killed_by and 0 < int(killed_by.group(1)) < 128 and (shown or other) and failed is not None:
+                # Its error is on the screen, or held (``other``) and written now, this line after it; the rest is
+                # the reaction to it. Not so for a lost peer alone, the only word of a node gone.
+                failed.append(int(killed_by.group(2)))
+                elastic = []
+                flush()  # (a lost peer's traceback held goes to ``lost``, not shown)
+                write([line])
+                ended = True
             else:  # in its place among the tracebacks held, else until the next line is written
                 (held if held else elastic).append(line)
             continue
@@ -378,7 +407,9 @@ def launch(nproc: int, argv: list[str]) -> int:
                                 preexec_fn=dying_with_parent())
         received: list[int] = []
         killed: list[tuple[int, int]] = []
-        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file, received, killed), daemon=True)
+        failed: list[int] = []
+        relay = threading.Thread(target=_relay, args=(proc.stderr, error_file, received, killed, failed),
+                                 daemon=True)
         relay.start()
 
         def forward(signum, frame) -> None:
@@ -400,5 +431,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         if killed and not received:
             print(f"mnistlab train: error: {_killed_line(nproc, *killed[0])}", file=sys.stderr)
             return 128 + killed[0][1]
+        if failed and not received and rc != 0:  # its traceback is above; torchrun's report of it is not
+            print(f"mnistlab train: process {failed[0]} of {nproc} failed with the error above, and the others "
+                  "were stopped", file=sys.stderr)
     # torchrun itself ends with an error after a signal, however cleanly the workers stopped.
     return 128 + received[0] if received and rc != 0 else rc
