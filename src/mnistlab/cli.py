@@ -389,7 +389,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             from .training.fit import resolve_device
 
             distributed.check_processes(args.nproc, resolve_device(cfg.train.device), cfg.train.batch_size)
-            return distributed.launch(args.nproc, _without_nproc(args.argv))
+            return distributed.launch(args.nproc, _without_nproc(args.argv), run=args.resume or args.out)
         # Given to torchrun by hand, it must agree with torchrun.
         here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         if args.nproc != here:

@@ -181,8 +181,11 @@ def uneven_parts(mnist_root, tmp_path_factory):
     overrides = [f"data.dir={mnist_root}", "model.name=lenet5", f"train.epochs={EPOCHS}", "train.batch_size=100",
                  "train.threads=1", "data.train_limit=1991", "data.val_size=500", "data.download=false",
                  "tensorboard.enabled=false", "train.precision=fp32", "train.compile=true", "train.micro_batch_size=15"]
+    # --log-dir (outside cwd, whose files a test lists): without it torchrun leaves a torchelastic_* folder in /tmp
+    logs = tmp_path_factory.mktemp("torchrun-logs")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(script), *overrides], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                             "--log-dir", str(logs), str(script), *overrides], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=300)
@@ -415,14 +418,19 @@ def test_no_more_cpu_processes_than_cores(monkeypatch):
     distributed.check_processes(4, torch.device("cuda"), 100)  # one GPU each: the cores are not the limit
     with pytest.raises(ConfigError, match=r"--nproc 4 on the CPU, but this machine has 2 core\(s\); use at most 2"):
         distributed.check_processes(4, torch.device("cpu"), 100)
+    # before the batch: --nproc 3 asked for --batch-size 99 or 102 first, which the cores then refused
+    with pytest.raises(ConfigError, match=r"--nproc 3 on the CPU, but this machine has 2 core\(s\)"):
+        distributed.check_processes(3, torch.device("cpu"), 100)
 
 
 def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, tmp_path, monkeypatch, capfd):
     # The command's main() in this process (a subprocess would spend seconds importing torch to say one line);
     # capfd also takes the output of any process it started.
     from mnistlab.cli import main
+    from mnistlab.training import distributed
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distributed.machine, "usable_cores", lambda: 8)  # cores enough: the batch is what fails
     assert main(train_args(mnist_root, "--out", "run", "--nproc", "3")) == 2
     assert capfd.readouterr().err.splitlines() == [
         "mnistlab train: error: train.batch_size (100) must be divisible by the number of processes (3): each "

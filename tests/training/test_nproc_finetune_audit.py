@@ -44,14 +44,16 @@ def test_a_worker_killed_by_a_signal_is_one_line_naming_it_and_the_way_on(tmp_pa
     real = subprocess.Popen
     script = f"import sys; sys.stderr.write({KILLED_STDERR!r}); sys.exit(1)"  # torchrun's exit after that
     monkeypatch.setattr(distributed.subprocess, "Popen", lambda cmd, **kw: real([sys.executable, "-c", script], **kw))
-    rc = distributed.launch(2, ["train", "--out", str(tmp_path / "run")])
+    rc = distributed.launch(2, ["train", "--out", str(tmp_path / "my run")], run=str(tmp_path / "my run"))
     err = capfd.readouterr().err
     assert rc == 128 + 9, err  # as the shell says of one process killed so
     assert err.splitlines() == [
         "mnistlab train: error: process 1 of 2 was killed by SIGKILL (out of memory? `dmesg` says whether the "
         "kernel's OOM killer ended it), and the others were stopped; the run folder keeps what was saved before "
-        "(last.ckpt, at the last epoch's end): continue with `mnistlab train --resume RUN --nproc 2`, or, if no "
-        "epoch ended, start the run anew"]
+        f"(last.ckpt, at the last epoch's end): continue with `mnistlab train --resume '{tmp_path / 'my run'}' "
+        "--nproc 2`, or, if no epoch ended, start the run anew"]  # the folder named, quoted: RUN was pasted as is
+    # A run folder the command line did not name (runs/<date>-<time>-<model>, made by rank 0): RUN.
+    assert "`mnistlab train --resume RUN --nproc 2`" in distributed._killed_line(2, 1, 9)
 
 
 def test_a_worker_that_failed_of_its_own_error_is_still_shown_whole(tmp_path, capfd):

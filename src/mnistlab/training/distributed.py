@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -73,11 +74,6 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
     if nproc > 1 and device.type == "mps":
         raise ConfigError("multi-process training runs on CUDA (NCCL) or the CPU (gloo), not MPS; "
                           "use --device cpu or a single process")
-    if batch_size is not None and batch_size % nproc:
-        near = sorted({max(nproc, batch_size // nproc * nproc), (batch_size // nproc + 1) * nproc})
-        raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
-                          f"({nproc}): each process takes an equal share of every batch; use --batch-size "
-                          + " or ".join(map(str, near)))
     # The cores bound the processes on this machine: under torchrun across machines ``nproc`` is WORLD_SIZE,
     # all of them, and 2 machines of 2 cores running 2 processes each were refused for "--nproc 4".
     here = int(os.environ.get("LOCAL_WORLD_SIZE", nproc)) if launched_by_torchrun() else nproc
@@ -88,6 +84,13 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
     if device.type == "cuda" and here > gpus:  # each takes cuda:LOCAL_RANK: the ones past the last had none
         raise ConfigError(f"--nproc {here} on CUDA, but this machine has {gpus} GPU(s); use at most {gpus} "
                           "(one process per GPU)")
+    # After the count is known to fit: --nproc 3 on 2 cores asked for --batch-size 255 or 258 first, then
+    # refused either for the cores.
+    if batch_size is not None and batch_size % nproc:
+        near = sorted({max(nproc, batch_size // nproc * nproc), (batch_size // nproc + 1) * nproc})
+        raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes "
+                          f"({nproc}): each process takes an equal share of every batch; use --batch-size "
+                          + " or ".join(map(str, near)))
 
 
 def init(device: torch.device) -> bool:
@@ -351,8 +354,9 @@ def _relay(stream: IO[bytes], error_file: Path, received: Sequence[int] = (),
         write(lost)
 
 
-def _killed_line(nproc: int, local_rank: int, signum: int) -> str:
-    """What to say of a worker that a signal ended: which, by what, and where the run stands.
+def _killed_line(nproc: int, local_rank: int, signum: int, run: str | None = None) -> str:
+    """What to say of a worker that a signal ended: which, by what, and where the run stands (``run``: the run
+    folder, where the command line named it; else RUN, the folder the run's first line named).
 
     >>> _killed_line(2, 1, 9)[:66]
     'process 1 of 2 was killed by SIGKILL (out of memory? `dmesg` says '
@@ -364,7 +368,8 @@ def _killed_line(nproc: int, local_rank: int, signum: int) -> str:
     why = " (out of memory? `dmesg` says whether the kernel's OOM killer ended it)" if name == "SIGKILL" else ""
     return (f"process {local_rank} of {nproc} was killed by {name}{why}, and the others were stopped; the run "
             "folder keeps what was saved before (last.ckpt, at the last epoch's end): continue with "
-            f"`mnistlab train --resume RUN --nproc {nproc}`, or, if no epoch ended, start the run anew")
+            f"`mnistlab train --resume {shlex.quote(run) if run else 'RUN'} --nproc {nproc}`, or, if no epoch "
+            "ended, start the run anew")
 
 
 _PR_SET_PDEATHSIG = 1
@@ -381,8 +386,9 @@ def dying_with_parent():
     return lambda: libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``mnistlab ARGV`` in ``nproc`` processes on this machine through torchrun; its exit status.
+def launch(nproc: int, argv: list[str], run: str | None = None) -> int:
+    """Run ``mnistlab ARGV`` in ``nproc`` processes on this machine through torchrun; its exit status. ``run``
+    is the run folder where ``--out`` or ``--resume`` names it (for the way on after a worker is killed).
 
     torchrun runs in a session of its own,
     so a Ctrl-C in the terminal reaches only this process, which passes each
@@ -429,7 +435,7 @@ def launch(nproc: int, argv: list[str]) -> int:
             print(f"mnistlab train: error: {error_file.read_text()}", file=sys.stderr)
             return 2
         if killed and not received:
-            print(f"mnistlab train: error: {_killed_line(nproc, *killed[0])}", file=sys.stderr)
+            print(f"mnistlab train: error: {_killed_line(nproc, *killed[0], run)}", file=sys.stderr)
             return 128 + killed[0][1]
         if failed and not received and rc != 0:  # its traceback is above; torchrun's report of it is not
             print(f"mnistlab train: process {failed[0]} of {nproc} failed with the error above, and the others "
