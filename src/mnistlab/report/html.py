@@ -160,6 +160,8 @@ def _figure_html(name: str, title: str, caption: str, png: bytes, bold_title: bo
 
 
 def _value(v: Any) -> str:
+    if v is None or isinstance(v, bool):  # as summary.json has them (null, true), not Python's None and True
+        return json.dumps(v)
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (dict, list)):

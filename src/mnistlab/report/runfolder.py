@@ -37,6 +37,7 @@ import csv
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,9 @@ class RunFolder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        # From the absolute path: `mnistlab report .` (inside the run folder) named the run "" on the page,
+        # and `report ..` named it "..". abspath, not resolve: a link to a run keeps the name it was given.
+        return Path(os.path.abspath(self.path)).name or str(self.path)
 
     @property
     def classes(self) -> list[str]:
@@ -368,6 +371,14 @@ def _read_early_stopping(run: RunFolder) -> None:
         stopped_epoch=int(stopped) if stopped is not None else None,
         restored=False,
     )
+    said = run.summary.get("restored_by_early_stopping")
+    tested = run.summary.get("best_epoch")
+    if said is True and isinstance(tested, int) and not isinstance(tested, bool) and tested > 0:
+        # best.ckpt, the tested model, is then the rule's best epoch (run.py): known without last.ckpt, which
+        # users delete once a run is done (the page said "the epoch early stopping judged best is unknown").
+        info.best_epoch, info.restored = tested, True
+        run.early_stopping = info
+        return
     state = _stopping_state(run)
     if state is not None:  # numbers from a file: int() of anything else (a damaged state) would raise
         best, stopped_at = state.get("best_epoch"), state.get("stopped_epoch")
@@ -378,7 +389,11 @@ def _read_early_stopping(run: RunFolder) -> None:
         current = stopped_by == "early_stopping" if stopped_by is not None else stopped_at == run.last_epoch
         if isinstance(stopped_at, int) and not isinstance(stopped_at, bool) and current:
             info.stopped_epoch = stopped_at
-    info.restored = bool(es.get("restore_best_weights")) and info.best_epoch is not None
+    # summary.json says whether the weights were restored: restore_best_weights turned on by a resume after the
+    # best epoch has no weights to restore, and the report said "It restored the weights of epoch N" while
+    # best.ckpt of another epoch was tested. The config decides only for a run that has not said (not finished).
+    restore = said if isinstance(said, bool) else bool(es.get("restore_best_weights"))
+    info.restored = restore and info.best_epoch is not None
     run.early_stopping = info
 
 
