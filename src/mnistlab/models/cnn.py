@@ -77,17 +77,30 @@ def make_cnn(
 
 def _check_first_kernel(name: str, image_size: tuple[int, int], crop: int, kernel: int,
                         padding: int | tuple[int, int]) -> None:
-    """A MapTooSmall for a first conv wider than its (cropped, padded) input, before any layer is made: the
+    """A MapTooSmall for a first conv wider than its (cropped, padded) input, or than the input plus one side's
+    padding (taps that never see a pixel; see below), before any layer is made: the
     weights of every conv were allocated and initialized before the dry run found it (lenet at kernel_size
     5000: 6.4 GB written, 9 s, then "too large" for a kernel that cannot fit at any width)."""
     pads = (padding, padding) if isinstance(padding, int) else padding
-    sides = [s - 2 * crop + 2 * p for s, p in zip(image_size, pads)]
-    if 2 * crop < min(image_size) and kernel > min(sides):  # (a crop that leaves nothing: Net says so)
-        (h, w), cut = image_size, 2 * crop
-        images = f"{h}x{w} images" + (f" cropped to {h - cut}x{w - cut} (crop={crop})" if crop else "")
+    if 2 * crop >= min(image_size):  # a crop that leaves nothing: Net says so
+        return
+    (h, w), cut = image_size, 2 * crop
+    images = f"{h}x{w} images" + (f" cropped to {h - cut}x{w - cut} (crop={crop})" if crop else "")
+    sides = [s - cut + 2 * p for s, p in zip(image_size, pads)]
+    if kernel > min(sides):
         raise MapTooSmall(f"model {name} does not fit {images}: its first conv's {kernel}x{kernel} kernel is larger "
                           f"than the {sides[0]}x{sides[1]} input it slides over (padding "
                           f"{pads[0] if pads[0] == pads[1] else pads}); use a smaller kernel"
+                          + (", or a smaller crop" if crop else ""))
+    # A kernel wider than the input plus one side's padding has taps that never see a pixel, for any output
+    # (its last tap is past the input already at the first one). cnn pads k // 2, so it built any kernel, with
+    # mostly dead weights (kernel_size 301: 48 M parameters and 10 G MACs an image, where 29 K and 2.8 M were),
+    # and at 2001 its dry forward ran for minutes. A valid conv (padding 0) is refused by the check above.
+    reach = [s - cut + p for s, p in zip(image_size, pads)]
+    if kernel > min(reach):
+        raise MapTooSmall(f"model {name} does not fit {images}: its first conv's {kernel}x{kernel} kernel is larger "
+                          f"than the input plus its padding on one side ({reach[0]}x{reach[1]}), so its outer taps "
+                          "would only ever see the padding's zeros; use a smaller kernel"
                           + (", or a smaller crop" if crop else ""))
 
 

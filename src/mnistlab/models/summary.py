@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -42,15 +43,28 @@ def _trace(model: nn.Module, input_size: Sequence[int] | None) -> list[dict[str,
         if not hasattr(model, "in_channels") or not hasattr(model, "image_size"):
             raise ValueError(f"{type(model).__name__} has no in_channels / image_size; pass input_size=(C, H, W)")
         input_size = (model.in_channels, *model.image_size)
+    # A parametrized layer (weight_norm, spectral_norm) holds its weight in its ``parametrizations`` child: it
+    # was no leaf, and without a bias held no parameter of its own, so it had no row and its MACs were not
+    # counted, while its parametrization modules were listed as layers whose "output" was the weight. The layer
+    # is a row with the parametrization's parameters; the parametrization modules are none.
+    inside = {sub for m in model.modules() if parametrize.is_parametrized(m) for sub in m.parametrizations.modules()}
     rows: dict[nn.Module, dict[str, Any]] = {}
+    seen: set[int] = set()  # a parameter two layers share (tied weights) counts once, as in count_parameters
     for name, m in model.named_modules():
-        is_leaf = next(m.children(), None) is None
-        if is_leaf or next(m.parameters(recurse=False), None) is not None:
+        if m in inside:
+            continue
+        is_leaf = all(c in inside for c in m.children())
+        own = list(m.parameters(recurse=False))
+        if parametrize.is_parametrized(m):
+            own += m.parametrizations.parameters()
+        if is_leaf or own:
+            counted = [p for p in own if id(p) not in seen]
+            seen.update(id(p) for p in counted)
             rows[m] = {
                 "name": name or "(model)",
                 "type": type(m).__name__,
                 "output_shape": None,  # stays None for a layer the forward pass does not use
-                "params": sum(p.numel() for p in m.parameters(recurse=False)),
+                "params": sum(p.numel() for p in counted),
                 "macs": 0,
             }
 
@@ -124,7 +138,8 @@ def layer_table(model: nn.Module, input_size: Sequence[int] | None = None) -> li
 
     Each row has ``name`` (dotted path), ``type``, ``output_shape`` (per image,
     without the batch axis; None for a layer the forward pass does not reach),
-    ``params`` (the layer's own parameters) and ``macs`` (as in :func:`count_macs`).
+    ``params`` (the layer's own parameters, with those of its weight_norm-style parametrizations; one that
+    layers share in the first one's row only) and ``macs`` (as in :func:`count_macs`).
 
     >>> [r["output_shape"] for r in layer_table(nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 5, 5))]
     [(2, 3, 3)]
