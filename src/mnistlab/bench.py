@@ -332,9 +332,11 @@ def roofline(
     for name in models:
         b = batch_size[name] if isinstance(batch_size, dict) else batch_size
         s = steps[name] if isinstance(steps, dict) else steps
-        model = build_model(name, num_classes=10, in_channels=1, image_size=(28, 28))
-        macs = count_macs(model)
         cfg = apply_overrides(Config(), [f"model.name={name}", *overrides])
+        # as training_rate builds it: with the defaults, overrides=["model.width=0.5"] reported the full width's
+        # MACs, and a compute fraction 4x what the half-width model reached
+        model = build_model(name, num_classes=10, in_channels=1, image_size=(28, 28), **cfg.model.options())
+        macs = count_macs(model)
         layout = "NHWC" if use_channels_last(cfg.train.channels_last, model, torch.device(device)) else "NCHW"
         measured = []  # (images/s, fp32 matmul rate, bf16 matmul rate or None) per round
         for _ in range(rounds):

@@ -304,6 +304,19 @@ def test_roofline_in_bf16_trains_in_bf16_and_gives_both_fractions(monkeypatch):
     assert bf16["bf16 matmul GFLOP/s"] == 400.0 and bf16["of bf16"] == f"{gflops / 4:.0f}%"
 
 
+def test_roofline_counts_the_macs_of_the_model_its_overrides_train(monkeypatch):
+    # It built the default model for its MACs: overrides=["model.width=0.5"] reported the full width's, and a
+    # fraction of the machine's rate about 4x what the half-width model reached
+    from mnistlab import bench
+    from mnistlab.models.summary import count_macs
+
+    monkeypatch.setattr(bench, "matmul_rates", lambda *a, **k: {"mm": 100.0})
+    monkeypatch.setattr(bench, "training_rate", lambda name, **k: 1e4)
+    half = count_macs(build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28), width=0.5))
+    row = bench.roofline(["cnn"], overrides=["model.width=0.5"])[0]
+    assert row["MMACs/image"] == round(half / 1e6, 2) != round(count_macs(build_model("cnn")) / 1e6, 2)
+
+
 def test_roofline_rounds_give_the_median_fraction_each_against_its_own_matmul_rate(monkeypatch):
     from mnistlab import bench
     from mnistlab.models import build_model
