@@ -678,24 +678,27 @@ class Config:
 # dict <-> Config with type checks
 
 
-def check_model_option_types(model: str, options: dict[str, Any]) -> None:
-    """A ConfigError for a ``build_model`` option of the wrong type (``kernel_size=2.5``, ``batch_norm="yes"``),
-    by the types ``[model]`` has in the config: the Python API gets the config's checks.
+def check_model_option_types(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` as the config would hold them (a NumPy integer a plain int, a list a tuple), or a ConfigError
+    for a ``build_model`` option of the wrong type (``kernel_size=2.5``, ``batch_norm="yes"``), by the types
+    ``[model]`` has in the config: the Python API gets the config's checks.
 
     >>> check_model_option_types("cnn", {"kernel_size": 2.5})
     Traceback (most recent call last):
     mnistlab.errors.ConfigError: model 'cnn': kernel_size = 2.5 has the wrong type; expected int
     """
     hints = _section_types(ModelConfig)
+    out = dict(options)
     for key, value in options.items():
         if key == "name" or key not in hints or value is None:
             continue
         kinds = [a for a in typing.get_args(hints[key]) if a is not type(None)] or [hints[key]]
         tp = kinds[0] if len(kinds) == 1 else hints[key]
         try:
-            _coerce(value, tp, key)
+            out[key] = _coerce(value, tp, key)
         except ConfigError as e:
             raise ConfigError(f"model {model!r}: {e}") from None
+    return out
 
 
 @functools.cache

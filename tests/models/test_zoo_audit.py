@@ -116,3 +116,17 @@ def test_the_cli_refuses_a_huge_cnn_kernel_in_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "2001x2001 kernel is larger than the input plus its padding on one side" in err
     assert time.monotonic() - start < 20  # its dry forward ran for minutes
+
+
+def test_numpy_numbers_are_taken_as_the_options_they_stand_for():
+    # kernel_size=np.int64(3) was a TypeError inside the builder, crop=np.int64(1) "crop must be a whole number"
+    # and channels=[np.int64(8)] "entries must be positive integers": the checked values were thrown away
+    import numpy as np
+
+    from mnistlab.models import build_model
+    from mnistlab.models.summary import count_parameters
+
+    plain = build_model("cnn", kernel_size=3, crop=1, channels=[8, 16], width=0.5)
+    numpy = build_model("cnn", kernel_size=np.int64(3), crop=np.int64(1), channels=[np.int64(8), np.int64(16)],
+                        width=np.float32(0.5))
+    assert count_parameters(numpy) == count_parameters(plain) and numpy.crop == plain.crop == 1

@@ -110,18 +110,20 @@ def build_model(
     builder = _get(name)
     options = {k: v for k, v in options.items() if v is not None}
     check_options_taken(name, options)
-    check_model_option_types(name, options)
+    # the builder gets the values checked, as the config holds them (kernel_size=np.int64(3) was a TypeError
+    # inside it); the messages name them as given
+    checked = check_model_option_types(name, options)
     num_classes, in_channels, image_size = _structural(num_classes, in_channels, image_size)
     try:
         with _MemoryBudget() as budget:
-            net = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+            net = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **checked)
     except _OverBudget:
         raise ConfigError(f"model {name!r} is too large to build with {options}: its weights and its dry run's "
                           f"input need more than {_bytes(budget.used)}, but this machine has {_bytes(budget.free)} "
                           "free; lower model.width, the channel counts, the hidden widths or the kernel size") from None
     except MapTooSmall as e:  # which kernel, stride, crop or layout would fit, not only which layer failed
         sizes = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-        raise MapTooSmall(f"{e}{_values_that_fit(builder, sizes, options)}") from None
+        raise MapTooSmall(f"{e}{_values_that_fit(builder, sizes, checked)}") from None
     except (RuntimeError, MemoryError, OverflowError, TypeError) as e:
         # A width or channel count far too large: the allocator refuses, or the size overflows a C integer.
         if not too_large(e):
