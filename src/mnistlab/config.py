@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import ConfigError
+from .folders import expand_home
 
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "adadelta", "adagrad")
@@ -864,13 +865,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> Config:
     """Read a TOML config file; missing sections and keys keep their defaults."""
-    path = Path(path)
-    try:
-        # `--config=~/my.toml` arrives with its ~ (the shell expands one only at the start of a word), and
-        # data.dir's ~ is the home folder too
-        path = path.expanduser()
-    except RuntimeError:  # no home folder: the name as given, reported below as missing
-        pass
+    path = expand_home(Path(path), "config file", ConfigError)  # as data.dir's ~ is the home folder
     if path.is_dir():  # `--config runs/NAME`: "[Errno 21] Is a directory" said nothing of what was wanted
         inside = path / "config.toml"
         hint = f"; a run folder's settings are in {inside}" if inside.is_file() else ""

@@ -10,6 +10,21 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+# Where Path.home() and expanduser fail (RuntimeError): a container or service run under a user id with no entry
+# in the user database, and no $HOME
+NO_HOME = "this user has no home folder ($HOME is not set, and the user database has none for this user)"
+
+
+def expand_home(path: Path, what: str, error: type[Exception]) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded (a shell expands one only at the start of a word:
+    ``--config=~/x.toml`` arrives with it), or ``error`` saying why it cannot be, naming the setting ``what``."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        user = path.parts[0][1:]  # "~name/...": that user's home, which fails the same way for an unknown name
+        why = f"this machine has no user {user!r}" if user else NO_HOME
+        raise error(f"{what} {path} starts with {path.parts[0]}, but {why}; give it as a full path") from None
+
 
 def missing_folders(folder: Path) -> list[Path]:
     """``folder`` and those of its parents that do not exist yet, the deepest first."""

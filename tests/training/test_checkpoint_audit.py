@@ -122,3 +122,12 @@ def test_a_folder_of_runs_given_as_a_run_says_so(tmp_path):
     with pytest.raises(CheckpointError, match=r"runs is a folder of runs, not a run: name the runs in it \(.*/runs/a "
                                               r".*/runs/b\)"):
         checkpoint_file(tmp_path / "runs")
+
+
+def test_a_tilde_of_an_unknown_user_says_so():
+    # the ~ expansion is folders.expand_home, shared with data.dir and --config
+    from mnistlab.training.checkpoint import checkpoint_file
+
+    with pytest.raises(CheckpointError, match=r"checkpoint ~nosuchuser-mnistlab/run starts with ~nosuchuser-mnistlab, "
+                                              r"but this machine has no user 'nosuchuser-mnistlab'"):
+        checkpoint_file("~nosuchuser-mnistlab/run")

@@ -47,7 +47,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
-from ..folders import missing_folders, remove_empty
+from ..folders import NO_HOME, expand_home, missing_folders, remove_empty
 
 __all__ = [
     "DATASETS",
@@ -171,29 +171,15 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     PosixPath('/data')
     """
     if data_dir is not None and str(data_dir) != "":
-        return _expand_home(Path(data_dir), "data.dir")
+        return expand_home(Path(data_dir), "data.dir", DataError)
     env = os.environ.get("MNISTLAB_DATA")
     if env:
-        return _expand_home(Path(env), "$MNISTLAB_DATA")
+        return expand_home(Path(env), "$MNISTLAB_DATA", DataError)
     try:
         return _user_cache_dir() / "mnistlab"
-    except RuntimeError:  # Path.home(): see _expand_home
-        raise DataError(f"the default data folder is in the user's cache folder (~/.cache/mnistlab), but {_NO_HOME}; "
+    except RuntimeError:  # Path.home(): see folders.NO_HOME
+        raise DataError(f"the default data folder is in the user's cache folder (~/.cache/mnistlab), but {NO_HOME}; "
                         "pass --data-dir (or set data.dir or MNISTLAB_DATA) to the data folder") from None
-
-
-# Where Path.home() and expanduser fail (RuntimeError): a container or service run under a user id with no entry
-# in the user database, and no $HOME
-_NO_HOME = "this user has no home folder ($HOME is not set, and the user database has none for this user)"
-
-
-def _expand_home(path: Path, what: str) -> Path:
-    try:
-        return path.expanduser()
-    except RuntimeError:
-        user = path.parts[0][1:]  # "~name/...": that user's home, which fails the same way for an unknown name
-        why = f"this machine has no user {user!r}" if user else _NO_HOME
-        raise DataError(f"{what} {path} starts with {path.parts[0]}, but {why}; give it as a full path") from None
 
 
 def _user_cache_dir() -> Path:
@@ -730,7 +716,7 @@ def load_raw(
     (torch.Size([10000, 1, 28, 28]), torch.int64)
     """
     spec = _spec(dataset)
-    root = _expand_home(Path(root), "the data folder")
+    root = expand_home(Path(root), "the data folder", DataError)
     raw_dir = spec.raw_dir(root)
     training = train if training is None else training
     image_name, label_name = spec.files(train)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..folders import expand_home
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_name", "config", "model", "weights_sha256")
@@ -193,7 +194,7 @@ def checkpoint_file(path: str | Path, ema: bool = False) -> Path:
     """
     if not str(path).strip():  # Path("") is the current folder: not what an empty argument meant
         raise CheckpointError("an empty path names no checkpoint; give a run folder or a .ckpt file")
-    path = _home(Path(path))
+    path = expand_home(Path(path), "checkpoint", CheckpointError)  # --init-from=~/runs/a
     if not _is_dir(path):
         return path
     name = "ema.ckpt" if ema else "best.ckpt"
@@ -248,15 +249,6 @@ def _is_dir(path: Path) -> bool:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
 
 
-def _home(path: Path) -> Path:
-    """``~/runs/a`` in the home folder, as data.dir's ``~`` is: ``--init-from=~/runs/a`` or a config file's
-    ``init_from = "~/runs/a"`` reaches us with its ~ (a shell expands one only at the start of a word)."""
-    try:
-        return path.expanduser()
-    except RuntimeError:  # no home folder: the name as given, reported as missing
-        return path
-
-
 def resume_file(path: str | Path) -> Path:
     """What ``--resume PATH`` reads: a run folder's last.ckpt, or the last.ckpt given.
 
@@ -264,7 +256,7 @@ def resume_file(path: str | Path) -> Path:
     last.ckpt under another name) is refused: continuing from it would replace the files of the run in its
     folder, or write a run into a folder that holds none.
     """
-    path = _home(Path(path))
+    path = expand_home(Path(path), "checkpoint", CheckpointError)  # --resume=~/runs/a
     if not _is_dir(path):
         if path.name != "last.ckpt" and (path.exists() or path.is_symlink()):  # a missing one: read_checkpoint says so
             raise CheckpointError(
