@@ -286,6 +286,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _needs(flag: str, value: str | None, what: str) -> None:
+    """``{flag} needs {what}`` for an empty value (`--out ""`, `"$UNSET"`), which is an error, not the flag left
+    out: ``Path("")`` is the current folder (a run, report or sweep written among its files), and ``""`` read as
+    false took the default (the default recipe timed, the default config shown)."""
+    if value is not None and not value.strip():
+        raise MnistlabError(f"{flag} needs {what}")
+
+
 def _train_config(args: argparse.Namespace):
     from .callbacks import parse_early_stopping
     from dataclasses import replace
@@ -294,16 +302,11 @@ def _train_config(args: argparse.Namespace):
     from .training.checkpoint import read_checkpoint, resume_file, stored_config
     from .training.finetune import read_init_checkpoint, split_patterns
 
-    # An empty value (`--resume ""`, a shell variable that was not set) is an error, not the flag left out:
-    # --resume "" resumed the current folder, with the default config in place of the run's.
-    for flag, value, what in (
-        ("--resume", getattr(args, "resume", None), "a run folder or its last.ckpt; leave it out to start a new run"),
-        ("--config", args.config, "a TOML file; leave it out for the default settings"),
-        ("--early-stopping", getattr(args, "early_stopping", None),
-         "none, patience:N, gl:ALPHA, pq:ALPHA or up:S; leave it out for the config's [early_stopping]"),
-    ):
-        if value is not None and not value.strip():
-            raise MnistlabError(f"{flag} needs {what}")
+    # --resume "" resumed the current folder, with the default config in place of the run's
+    _needs("--resume", getattr(args, "resume", None), "a run folder or its last.ckpt; leave it out to start a new run")
+    _needs("--config", args.config, "a TOML file; leave it out for the default settings")
+    _needs("--early-stopping", getattr(args, "early_stopping", None),
+           "none, patience:N, gl:ALPHA, pq:ALPHA or up:S; leave it out for the config's [early_stopping]")
     sets = parse_overrides(args.overrides)
     # --set finetune.init_from is --init-from: the same rules apply to it, and given both, --set wins as for any
     # key. (The model was built as the flag's checkpoint describes it, but the weights came from --set's: with
@@ -379,8 +382,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from .training import distributed
 
-    if args.out is not None and not args.out.strip():
-        raise MnistlabError("--out needs a folder name; leave it out for runs/<date>-<time>-<model>")
+    _needs("--out", args.out, "a folder name; leave it out for runs/<date>-<time>-<model>")
     cfg = _train_config(args)  # before launching: a bad setting is one error line, not one per process
     if args.nproc is not None:
         if args.nproc < 1:
@@ -550,11 +552,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.details is None and (args.config is not None or args.overrides):
         raise MnistlabError("--config and --set choose the options of the model --details shows; add --details")
     if args.details is not None:
-        if args.config is not None and not args.config.strip():  # was the model's own defaults, without a word
-            raise MnistlabError("--config needs a TOML file; leave it out for the model's own defaults")
+        _needs("--config", args.config, "a TOML file; leave it out for the model's own defaults")
         cfg = load_config(args.config) if args.config is not None else Config()
-        if isinstance(args.details, str) and not args.details.strip():  # `--details "$UNSET"` showed fast
-            raise MnistlabError("--details needs a model name; leave NAME out for the config's model, else fast")
+        if isinstance(args.details, str):  # `--details "$UNSET"` showed fast
+            _needs("--details", args.details, "a model name; leave NAME out for the config's model, else fast")
         if args.details is not True:  # a name given wins over the config's, as with `train --config F --model NAME`
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=args.details))
         cfg = apply_overrides(cfg, args.overrides)
@@ -613,8 +614,7 @@ def _is_checkpoint_path(text: str) -> bool:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint, format_export
 
-    if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
-        raise MnistlabError("--out needs a file name; leave it out to write beside the checkpoint")
+    _needs("--out", args.out, "a file name; leave it out to write beside the checkpoint")
     try:  # ONNX Runtime's process-wide logger warns on stderr of things that are not the export's (telemetry)
         import onnxruntime
 
@@ -629,10 +629,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    if not args.run.strip():  # Path("") is the current folder (a shell variable that was not set)
-        raise MnistlabError("RUN needs a run folder, got an empty name")
-    if args.out is not None and not args.out.strip():  # Path("") is the current folder: not what was meant
-        raise MnistlabError("--out needs a folder name; leave it out to write into the run folder")
+    _needs("RUN", args.run, "a run folder, got an empty name")
+    _needs("--out", args.out, "a folder name; leave it out to write into the run folder")
     report = write_report(args.run, out=args.out)
     print(f"wrote {report.path} ({len(report.images)} figure{'s' * (len(report.images) != 1)})")
     for note in report.missing:
@@ -644,8 +642,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare_runs, format_table, write_compare_plot
     from .report.plots import check_plot_path
 
-    if not all(r.strip() for r in args.runs):  # Path("") is the current folder: it compared the runs found there
-        raise MnistlabError("RUN needs a run folder or a folder holding run folders, got an empty name")
+    for run in args.runs:  # (it compared the runs found in the current folder)
+        _needs("RUN", run, "a run folder or a folder holding run folders, got an empty name")
     check_plot_path(args.plot)
     rows = compare_runs(args.runs)
     plot = write_compare_plot(rows, args.plot)
@@ -692,8 +690,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--models {name}: {e} (the training-rate table uses each model's defaults)") from None
     # An empty --config or --data-dir (a shell variable that was not set) is an error, as in `train`: it was taken
     # for the flag left out, and the default recipe or data folder was timed without a word.
-    if args.config is not None and not args.config.strip():
-        raise ConfigError("--config needs a TOML file; leave it out for the default recipe of `mnistlab train`")
+    _needs("--config", args.config, "a TOML file; leave it out for the default recipe of `mnistlab train`")
     cfg = load_config(args.config) if args.config is not None else Config()
     if args.data_dir is not None:  # as a value, not "data.dir=...": that would read a folder named 2024 as a number
         cfg = apply_overrides(cfg, {"data.dir": args.data_dir})  # "" is refused there
@@ -709,8 +706,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepInterrupted, format_table, load_sweep, run_sweep
 
-    if args.out is not None and not args.out.strip():  # "" would put the sweep into the current folder
-        raise ConfigError("--out needs a folder name (the sweep folder), got an empty one")
+    _needs("--out", args.out, "a folder name (the sweep folder), got an empty one")
     # --worker I is the hidden flag of the extra processes a sweep starts (always with --out and --workers N,
     # 1 <= I < N). Typed by hand, as `--worker 4` for --workers 4, it ran the sweep as a silent extra process:
     # no table, results.csv, best.toml or objective.png, and exit status 0.
