@@ -57,7 +57,7 @@ from .evaluate import eval_mode, evaluate, predict_logits
 from .mixing import mix_batch
 from .finetune import freeze, hold_frozen_batch_norm, released_by, trainable_line
 from .optim import build_optimizer, fill_missing_state, lay_out_state_as_params
-from .schedules import lr_at
+from .schedules import lr_at, warmup_steps
 
 
 def _is_count(value: Any) -> bool:
@@ -1290,9 +1290,8 @@ class Trainer:
             )
         # A constant rate's warm-up counts steps too: resumed inside it (or inside the longer one that the new
         # epoch length makes), the rate fell back part-way and climbed again.
-        warmup = self.cfg.schedule.warmup_epochs
-        in_warmup = bool(warmup) and int(payload["step"]) < max(round(warmup * old_steps),
-                                                                 round(warmup * self.steps_per_epoch))
+        in_warmup = int(payload["step"]) < max(warmup_steps(self.cfg.schedule, old_steps),
+                                               warmup_steps(self.cfg.schedule, self.steps_per_epoch))
         if not batch and old_steps != self.steps_per_epoch and (self.cfg.schedule.name != "constant" or in_warmup):
             why = ("; ".join(m for k, m in changed if k != "seed")  # the seed orders the images, not how many
                    or "the number of processes sets how small the last batch may be")

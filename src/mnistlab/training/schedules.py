@@ -18,6 +18,12 @@ def _cos_interp(start: float, end: float, frac: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
 
 
+def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> int:
+    """The steps of the linear warm-up (constant, step, multistep, cosine): ``warmup_epochs`` of
+    ``steps_per_epoch``, rounded. A resume that changes the epoch's length checks by it too (fit.py)."""
+    return int(round(cfg.warmup_epochs * steps_per_epoch))
+
+
 def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: ScheduleConfig,
           epoch: int | None = None) -> float:
     """The learning rate for optimizer step ``step`` (0-based) of a run of ``total_steps``.
@@ -45,9 +51,9 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
             return _cos_interp(start, base_lr, step / peak_step if peak_step > 0 else 1.0)
         return _cos_interp(base_lr, end, (step - peak_step) / (total_steps - 1 - peak_step))
 
-    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
     if cfg.name == "constant":
         return base_lr
     if cfg.name in ("step", "multistep"):
@@ -59,7 +65,7 @@ def lr_at(step: int, *, total_steps: int, steps_per_epoch: int, base_lr: float, 
         except OverflowError:  # a gamma above 1 past float range: the rate is infinite, and the run's
             return math.inf  # non-finite loss check stops it (Python's power raised, mid-run, as a traceback)
     if cfg.name == "cosine":
-        frac = (step - warmup_steps) / max(total_steps - warmup_steps - 1, 1)
+        frac = (step - warmup) / max(total_steps - warmup - 1, 1)
         return _cos_interp(base_lr, cfg.min_lr, frac)
     raise ValueError(f"unknown schedule {cfg.name!r}")
 
