@@ -26,6 +26,7 @@ from .fit import FitResult, Trainer, TrainingInterrupted
 from .finetune import read_init_checkpoint
 from .run import (RunLock, RunResult, check_config_type, check_folder_given, config_model, load_init, prepare_run_dir,
                   settings_warnings, train)
+from .schedules import max_steps_warnings
 
 
 def fit(
@@ -105,6 +106,9 @@ def fit(
             if run_dir is not None:
                 remove_empty(made)
             raise
+        for warning in max_steps_warnings(cfg.schedule, cfg.train.epochs, cfg.train.max_steps,
+                                          trainer.steps_per_epoch):  # the steps of an epoch are known now
+            warnings.warn(warning, stacklevel=2)
         if not writes:  # checked only if a callback saves one: building cfg's model costs time
             trainer.model_differs = functools.cache(lambda: _config_differs(model, data, cfg))
         # As train() does: a second run into the folder (fit or train, here or in another process) would mix its

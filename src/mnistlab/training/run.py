@@ -54,7 +54,7 @@ from .fit import (
     resolve_device,
     signals_raise,
 )
-from .schedules import schedule_warnings
+from .schedules import max_steps_warnings, schedule_warnings
 
 
 @dataclass
@@ -812,7 +812,8 @@ def _run(
     if cfg.train.max_steps is not None and cfg.train.max_steps > epoch_steps:
         _warn(f"train.max_steps = {cfg.train.max_steps} is more than the {epoch_steps} "
               f"steps of train.epochs = {cfg.train.epochs}: the run ends after its epochs")
-    extra = [emulated_precision(trainer.precision, device), thread_warning(cfg.train.threads, device)]
+    extra = [emulated_precision(trainer.precision, device), thread_warning(cfg.train.threads, device),
+             *max_steps_warnings(cfg.schedule, cfg.train.epochs, cfg.train.max_steps, trainer.steps_per_epoch)]
     for warning in [*settings_warnings(cfg), *filter(None, extra)]:
         _warn(warning)
     summary: dict[str, Any] = {

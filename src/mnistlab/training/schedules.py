@@ -103,6 +103,39 @@ def schedule_warnings(cfg: ScheduleConfig, epochs: int | None = None) -> list[st
             *_warmup_warnings(cfg, epochs)]
 
 
+def max_steps_warnings(cfg: ScheduleConfig, epochs: int, max_steps: int | None, steps_per_epoch: int) -> list[str]:
+    """What of the schedule a run ended by ``train.max_steps`` does not reach, where ``epochs`` alone would
+    (:func:`schedule_warnings` has said what they do not): the end of the warm-up, and drops of the step and
+    multistep schedules. Cosine and one-cycle are planned over the steps the run takes, and fit into them.
+
+    >>> max_steps_warnings(ScheduleConfig(name="constant", warmup_epochs=1), epochs=5, max_steps=50,
+    ...                    steps_per_epoch=100)
+    ['schedule.warmup_epochs = 1 is 100 steps, more than train.max_steps = 50: the run ends in the warm-up, its rate rising to only about 50% of optimizer.lr']
+    """
+    if max_steps is None or cfg.name == "onecycle":
+        return []
+    out = []
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    said = cfg.warmup_epochs > epochs or (cfg.warmup_epochs == epochs and cfg.name == "cosine")  # by epochs
+    if not said and warmup > max_steps:
+        out.append(f"schedule.warmup_epochs = {cfg.warmup_epochs:g} is {warmup} steps, more than train.max_steps = "
+                   f"{max_steps}: the run ends in the warm-up, its rate rising to only about "
+                   f"{max_steps / warmup:.0%} of optimizer.lr"
+                   + (" and never decaying to schedule.min_lr" if cfg.name == "cosine" else ""))
+    elif not said and warmup == max_steps and cfg.name == "cosine":
+        out.append(f"schedule.warmup_epochs = {cfg.warmup_epochs:g} is {warmup} steps, all of train.max_steps = "
+                   f"{max_steps}: the cosine schedule has no steps left to decay to schedule.min_lr")
+    # A drop after epoch e acts from step e x steps_per_epoch (0-based) on; the run's last step is max_steps - 1.
+    drops = ([cfg.step_epochs] if cfg.name == "step" else list(cfg.milestones) if cfg.name == "multistep" else [])
+    cut = [e for e in drops if e < epochs and e * steps_per_epoch >= max_steps]
+    if cut:
+        key = "milestones" if cfg.name == "multistep" else "step_epochs"
+        out.append(f"schedule.{key}: the rate {'' if cfg.name == 'multistep' else 'first '}drops after epoch "
+                   f"{', '.join(map(str, cut))}, which train.max_steps = {max_steps} ({steps_per_epoch} steps an "
+                   "epoch) ends the run before")
+    return out
+
+
 def _warmup_warnings(cfg: ScheduleConfig, epochs: int | None) -> list[str]:
     """A warm-up the run's epochs do not see the end of: the rate never reached optimizer.lr (and a cosine
     schedule never decayed), without a word."""
