@@ -15,10 +15,10 @@ from .datasets import (
     DATASETS,
     DataBundle,
     DatasetSpec,
+    ScoringSet,
     Split,
     channel_stats,
     load_raw,
-    load_test,
     read_idx,
     resolve_data_dir,
     split_indices,
@@ -34,13 +34,31 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     ...
     TypeError: load_data() takes a DataConfig, got a whole Config: pass its data section, load_data(cfg.data)
     """
+    return datasets.load_data(cfg, _checked(cfg, device, "load_data"))
+
+
+def load_test(cfg: DataConfig, device: str | torch.device = "cpu") -> ScoringSet:
+    """The test split of ``cfg.dataset`` alone (``cfg``: a config's ``[data]`` section), on ``device``: what
+    scoring a trained model needs. See :func:`mnistlab.data.datasets.load_test`.
+
+    >>> load_test(Config())
+    Traceback (most recent call last):
+    ...
+    TypeError: load_test() takes a DataConfig, got a whole Config: pass its data section, load_test(cfg.data)
+    """
+    # load_data's checks: load_test(cfg) and device="auto" failed as load_data's did before them
+    return datasets.load_test(cfg, _checked(cfg, device, "load_test"))
+
+
+def _checked(cfg: DataConfig, device: str | torch.device, caller: str) -> str | torch.device:
+    """``device`` resolved, after ``cfg`` is checked to be a DataConfig."""
     # The whole Config (the README's load_data(cfg.data) written load_data(cfg)), a dict or a dataset name failed
     # inside with "AttributeError: 'Config' object has no attribute 'dataset'".
     if isinstance(cfg, Config):
-        raise TypeError("load_data() takes a DataConfig, got a whole Config: pass its data section, "
-                        "load_data(cfg.data)")
+        raise TypeError(f"{caller}() takes a DataConfig, got a whole Config: pass its data section, "
+                        f"{caller}(cfg.data)")
     if not isinstance(cfg, DataConfig):
-        raise TypeError(f"load_data() takes a DataConfig (cfg.data, or mnistlab.config.DataConfig(dataset=...)), got "
+        raise TypeError(f"{caller}() takes a DataConfig (cfg.data, or mnistlab.config.DataConfig(dataset=...)), got "
                         f"{type(cfg).__name__}")
     if isinstance(device, str):
         # cfg.train.device's names, checked before any file is read: "auto" was torch's "Expected one of cpu,
@@ -48,7 +66,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
         from ..training.fit import resolve_device
 
         device = resolve_device(device) if device in ("auto", "cuda", "mps") else device
-    return datasets.load_data(cfg, device)
+    return device
 
 
 __all__ = [

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -54,6 +55,11 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     >>> to_float(torch.tensor([0, 51, 255], dtype=torch.uint8)).tolist()
     [0.0, 0.20000000298023224, 1.0]
     """
+    # Float images were divided by 255 again, in place: .float() of a float32 tensor is that tensor, so the
+    # caller's images changed too
+    if images.dtype != torch.uint8:
+        raise ValueError(f"to_float takes uint8 images (0 to 255), got {images.dtype}: float images are converted "
+                         "already (divide them by 255 yourself if they hold 0 to 255)")
     return images.float().div_(255)
 
 
@@ -67,6 +73,9 @@ def num_batches(n: int, batch_size: int, min_last: int = 1) -> int:
     >>> num_batches(10, 4), num_batches(9, 4), num_batches(9, 4, min_last=2)
     (3, 3, 2)
     """
+    # A float (32.0, or 2.5) gave a float count, and iterate_batches a TypeError at its first batch
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if n < 0:
@@ -120,6 +129,8 @@ def iterate_batches(
             raise ValueError(f"order must hold indices in [0, {len(split)}) of the split's {len(split)} examples, "
                              f"got values from {int(order.min())} to {int(order.max())}")
         order = order.to(split.images.device)  # a no-op when the caller made it there
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral):  # 1.0 failed at the first batch
+        raise TypeError(f"start must be an integer batch number, got {start!r}")
     if not 0 <= start <= total:
         raise ValueError(f"start must be a batch number in [0, {total}], got {start}")
     if part is not None:

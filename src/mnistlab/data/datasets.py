@@ -171,15 +171,25 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     PosixPath('/data')
     """
     if data_dir is not None and str(data_dir) != "":
-        return expand_home(Path(data_dir), "data.dir", DataError)
+        return _data_folder(data_dir, "data.dir")
     env = os.environ.get("MNISTLAB_DATA")
     if env:
-        return expand_home(Path(env), "$MNISTLAB_DATA", DataError)
+        return _data_folder(env, "$MNISTLAB_DATA")
     try:
         return _user_cache_dir() / "mnistlab"
     except RuntimeError:  # Path.home(): see folders.NO_HOME
         raise DataError(f"the default data folder is in the user's cache folder (~/.cache/mnistlab), but {NO_HOME}; "
                         "pass --data-dir (or set data.dir or MNISTLAB_DATA) to the data folder") from None
+
+
+def _data_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """``folder`` (the setting ``what``) as a Path with ``~`` expanded, or a DataError saying why it cannot be one."""
+    # A NUL (TOML's "\u0000") is in no file name: os.stat's ValueError ("embedded null byte") came out as a
+    # traceback from the missing-file error's look around the folder
+    if "\0" in os.fspath(folder):
+        raise DataError(f"{what} {os.fspath(folder)!r} holds a NUL character (\\0), which no file or folder name can "
+                        "hold; give the data folder's path")
+    return expand_home(Path(folder), what, DataError)
 
 
 def _user_cache_dir() -> Path:
@@ -230,7 +240,9 @@ def _parse_idx(buf: bytearray, path: Path, expected_ndim: int) -> torch.Tensor:
     magic = bytes(buf[:4])
     want = bytes((0, 0, 0x08, expected_ndim))
     if magic[:3] != want[:3]:
-        hint = " (it looks gzip-compressed: uncompress it with gunzip)" if magic[:2] == b"\x1f\x8b" else ""
+        # gunzip itself refuses a name without .gz ("unknown suffix -- ignored"): the hint says what works
+        hint = (f" (it looks gzip-compressed: unpack it, e.g. in its folder: gzip -dc {path.name} > {path.name}.new && "
+                f"mv {path.name}.new {path.name})") if magic[:2] == b"\x1f\x8b" else ""
         raise DataError(
             f"{path} is not an IDX file of unsigned bytes: its magic number is {magic.hex(' ')}, "
             f"expected {want.hex(' ')}{hint}"
@@ -255,7 +267,11 @@ def _parse_idx(buf: bytearray, path: Path, expected_ndim: int) -> torch.Tensor:
             f"{path} has {found - expected} trailing byte(s) after the {expected} bytes of data "
             f"its header announces ({shape})"
         )
-    array = np.frombuffer(buf, dtype=np.uint8, count=expected, offset=header).reshape(dims)
+    try:
+        array = np.frombuffer(buf, dtype=np.uint8, count=expected, offset=header).reshape(dims)
+    except ValueError:  # a 0 beside dims whose product passes 2**63 (0 x 4294967295 x 4294967295): NumPy's limit
+        raise DataError(f"{path} has a damaged IDX header: it announces {shape} values, a shape no array can "
+                        "have") from None
     return torch.from_numpy(array)
 
 
@@ -716,7 +732,7 @@ def load_raw(
     (torch.Size([10000, 1, 28, 28]), torch.int64)
     """
     spec = _spec(dataset)
-    root = expand_home(Path(root), "the data folder", DataError)
+    root = _data_folder(root, "the data folder")
     raw_dir = spec.raw_dir(root)
     training = train if training is None else training
     image_name, label_name = spec.files(train)
