@@ -14,7 +14,8 @@ has one), so it takes what ``mnistlab predict`` feeds the model:
 
 The file's metadata (``metadata_props``) names the model, the dataset, the class
 names (a JSON list) and the input; :func:`export_checkpoint` (``mnistlab export``)
-adds the checkpoint's epoch and the SHA-256 of its weights.
+adds the checkpoint's epoch (and ``mnistlab.batch``, the batches of the next epoch
+trained, for a last.ckpt saved inside one) and the SHA-256 of its weights.
 Unless told not to, :func:`export_onnx` runs the written graph in ONNX Runtime
 on random images of two batch sizes and compares its logits with PyTorch's:
 a file that computes something else is not kept.
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from .errors import MnistlabError
-from .folders import missing_folders, probe_write, remove_empty, same_path
+from .folders import expand_home, missing_folders, probe_write, remove_empty, same_path
 from .training.checkpoint import atomic_write, checkpoint_file, model_from_checkpoint, read_checkpoint
 
 INSTALL_HINT = "pip install 'mnistlab[export]'"
@@ -291,7 +292,8 @@ def _destination(path: str | Path) -> Path:
                             "a file named -)")
     if str(text).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of the folder's name
         raise MnistlabError(f"{text} names a folder: give the ONNX file's name, e.g. {Path(text) / 'model.onnx'}")
-    path = Path(text)
+    # --out=~/m.onnx arrives unexpanded (a shell expands ~ only at a word's start): it made a folder named ~
+    path = expand_home(Path(text), "the ONNX file", MnistlabError)
     if path.is_symlink():  # write the file the link names, and keep the link
         path = Path(os.path.realpath(path))
     if path.is_dir():
@@ -359,8 +361,13 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, *, chec
     payload = read_checkpoint(file)
     model = model_from_checkpoint(payload, file)
     extra = {"mnistlab.weights_sha256": str(payload["weights_sha256"])}
-    if isinstance(payload.get("epoch"), int):
-        extra["mnistlab.epoch"] = str(payload["epoch"])
+    epoch, batch = payload.get("epoch"), payload.get("batch")
+    if isinstance(epoch, int):
+        extra["mnistlab.epoch"] = str(epoch)
+        # A last.ckpt saved inside an epoch (Ctrl-C) has trained `batch` batches of the next one: "epoch" 0 alone
+        # said nothing had been trained (evaluate --json says the same with its "batch").
+        if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+            extra["mnistlab.batch"] = str(batch)
     target = default_path(file) if out is None else out
     if same_path(target, file):  # an atomic rename over it would replace the checkpoint with the graph
         raise MnistlabError(f"{target} is the checkpoint being exported: give the ONNX file another name (--out)")

@@ -60,6 +60,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import CheckpointError, MnistlabError
+from .folders import expand_home
 from .training.evaluate import predict_logits
 
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (a 50 MP photo is ~150 MB of RGB)
@@ -286,8 +287,13 @@ def preprocess(gray: np.ndarray, dataset: str = "mnist") -> np.ndarray:
     >>> out.shape, out.dtype, int(out[14, 14]) > 200, int(out[0, 0])
     ((28, 28), dtype('uint8'), True, 0)
     """
-    recipe = RECIPES.get(dataset, RECIPES["mnist"])
+    if dataset not in RECIPES:  # "fashion" or "Fashion-MNIST" was given MNIST's recipe without a word
+        raise MnistlabError(f"unknown dataset {dataset!r} for preprocessing; choose one of: {', '.join(RECIPES)}")
+    recipe = RECIPES[dataset]
     g = np.asarray(gray, dtype=np.float64)
+    if g.ndim != 2:  # an RGB array failed with "too many values to unpack"
+        raise MnistlabError(f"preprocess takes a 2-D grayscale image (H x W), got an array of shape {g.shape}; "
+                            "read_grayscale gives one from an image file")
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     background = float(np.median(border))
     # MNIST digits are light on black: invert where the ink is darker than the paper, that is where the
@@ -428,10 +434,12 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def load_inputs(paths: Sequence[str | Path], dataset: str = "mnist") -> list[tuple[str, np.ndarray | None, str | None]]:
+def load_inputs(
+    paths: Sequence[str | Path] | str | Path, dataset: str = "mnist"
+) -> list[tuple[str, np.ndarray | None, str | None]]:
     """``(file, 28x28 uint8 image or None, error or None)`` for each path, in order."""
     out = []
-    for p in paths:
+    for p in _path_list(paths):
         try:
             out.append((str(p), preprocess(read_grayscale(p), dataset), None))
         except ImageFileError as e:
@@ -447,27 +455,37 @@ def load_inputs(paths: Sequence[str | Path], dataset: str = "mnist") -> list[tup
 
 def predict_files(
     model: torch.nn.Module,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path] | str | Path,
     *,
     top_k: int = 3,
     save_preprocessed: str | Path | None = None,
 ) -> list[Prediction]:
-    """Preprocess and classify each file; a file that cannot be read gets ``error`` set, the rest are classified.
+    """Preprocess and classify each file (one path alone is one file); a file that cannot be read, or whose
+    outputs are not finite (NaN: weights that diverged), gets ``error`` set, the rest are classified.
 
     ``model`` is one from :func:`~mnistlab.training.checkpoint.load_model` (it has ``classes``
     and ``dataset``). With ``save_preprocessed``, the 28x28 input of each file is written there
     as a PNG (light digit on black, as the model sees it).
     """
+    paths = _path_list(paths)
+    if isinstance(top_k, bool) or not hasattr(top_k, "__index__"):  # 2.0 failed in torch's topk with a TypeError
+        raise MnistlabError(f"--top-k must be a whole number, 1 or more, got {top_k!r}")
+    top_k = int(top_k)  # a NumPy integer too
     if top_k < 1:
         raise MnistlabError(f"--top-k must be 1 or more, got {top_k}")
     if save_preprocessed is not None and not str(save_preprocessed).strip():  # Path("") is the current folder
         raise MnistlabError("--save-preprocessed needs a folder name")
+    if save_preprocessed is not None:  # --save-preprocessed=~/x reaches us unexpanded: it made a folder named ~
+        save_preprocessed = expand_home(Path(save_preprocessed), "--save-preprocessed", MnistlabError)
     _check_takes_field(model)
     if save_preprocessed is not None and Path(save_preprocessed).exists() and not Path(save_preprocessed).is_dir():
         # now, not after every image has been read (seconds each for a photo)
         raise MnistlabError(f"--save-preprocessed {save_preprocessed} is a file, not a folder: give a folder's name")
     classes = list(getattr(model, "classes", None) or [])
     dataset = getattr(model, "dataset", "") or "mnist"
+    if dataset not in RECIPES:  # said before any image is read, of the model (preprocess's words are the caller's)
+        raise CheckpointError(f"the model was trained on {dataset!r}, and predict knows how the images of "
+                              f"{', '.join(RECIPES)} were made, not of that dataset: it cannot prepare images for it")
     inputs = load_inputs(paths, dataset)
     good = [(i, img) for i, (_, img, _) in enumerate(inputs) if img is not None]
     predictions = [Prediction(file=f, error=err) for f, _, err in inputs]
@@ -481,13 +499,23 @@ def predict_files(
         classes = [str(i) for i in range(probs.shape[1])]
     k = min(top_k, probs.shape[1])
     for (i, _), image, p in zip(good, x, probs):
-        values, indices = p.topk(k)
         pred = predictions[i]
+        if not torch.isfinite(p).all():
+            # The top class of NaNs is an arbitrary one (it printed "8  nan%"): no prediction, as evaluate gives none.
+            pred.error = (f"{pred.file}: the model's outputs for it are not finite (NaN or infinite): its weights "
+                          "cannot classify it (a run that diverged?)")
+            continue
+        values, indices = p.topk(k)
         pred.image, pred.probabilities = image, p
         pred.top_k = [
             {"class": int(c), "name": classes[int(c)], "probability": float(v)} for v, c in zip(values, indices)
         ]
     return predictions
+
+
+def _path_list(paths: Sequence[str | Path] | str | Path) -> list[str | Path]:
+    """The files to read: one path given alone is one file (a string was read as a file per character)."""
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
 
 
 def _check_takes_field(model: torch.nn.Module) -> None:
