@@ -46,6 +46,7 @@ from .spec import (SEED_LIMIT, SweepSpec, apply_params, describe_changes, finger
 
 INSTALL_HINT = "pip install 'mnistlab[tune]'"
 MAX_FAILURES_IN_A_ROW = 3  # a config that cannot train (a bad combination of values) should not loop forever
+NO_SOURCE = "sweep workers start from the sweep file: run the sweep from a file to use workers > 1"
 SQLITE_TIMEOUT_S = 120  # workers wait this long for SQLite's write lock instead of failing with "database is locked"
 
 
@@ -423,7 +424,7 @@ def _work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None], 
 
 def _worker_command(spec: SweepSpec, out: Path, url: str, index: int, quiet: bool) -> list[str]:
     if spec.source is None:
-        raise ConfigError("sweep workers start from the sweep file: run the sweep from a file to use workers > 1")
+        raise ConfigError(NO_SOURCE)
     cmd = [sys.executable, "-m", "mnistlab", "sweep", str(spec.source), "--out", str(out), "--storage", url,
            "--trials", str(spec.trials), "--workers", str(spec.workers), "--worker", str(index)]
     if spec.data_dir is not None:
@@ -455,6 +456,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
     from .results import write_results
 
     optuna = require_optuna()
+    if worker is None and spec.workers > 1 and spec.source is None:  # said before the folder and study.db are made
+        raise ConfigError(NO_SOURCE)
     out = Path(out) if out is not None else default_out(spec.study_name)
     if is_run_folder(out):  # its study.db, trial folders and results would be mixed in with the run's files
         raise MnistlabError(f"{out} is a training run's folder (it holds summary.json, metrics.csv or "
@@ -511,6 +514,12 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, quiet: bool = F
             f"same command again: {_continue_command(spec, out, command)}",
             getattr(e, "signum", signal.SIGINT),
         ) from None
+    except MnistlabError:
+        # Three failed trials in a row: the trials that finished before them still get their table and best.toml
+        # (they were left in study.db only, with no results.csv to say which won).
+        _stop_workers(workers)
+        write_results(study, spec, out)
+        raise
     except BaseException:
         _stop_workers(workers)
         raise

@@ -18,7 +18,7 @@ import json
 import math
 import shlex
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Collection
 
@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .. import machine
-from ..config import SEED_LIMIT, Config, apply_overrides, config_from_dict
+from ..config import SEED_LIMIT, Config, apply_overrides, config_from_dict, parse_overrides
 from ..errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -245,6 +245,18 @@ def sweep_from_dict(
         raise ConfigError("[sweep.params] is missing or empty; add one entry per config key to search, e.g. "
                           '"optimizer.lr" = {type = "float", low = 1e-4, high = 1e-2, log = true}')
     params = tuple(_param(key, value, sampler, base) for key, value in raw.items())
+    # A --set of a searched key was silently replaced by each trial's own value (--set optimizer.lr=0.01 trained
+    # every lr but 0.01).
+    searched = [key for key in parse_overrides(list(overrides)) if key in raw]
+    if searched:
+        raise ConfigError(f"--set {searched[0]} sets a key that [sweep.params] searches, so each trial would "
+                          f"replace its value; leave the --set out, or take \"{searched[0]}\" out of [sweep.params]")
+    if objective.endswith("loss") and any(p.key == "train.label_smoothing" and p.size() != 1 for p in params):
+        # val_loss is the loss with the trial's own smoothing: a perfect model scores about 0.5 at 0.1 and 0 at 0,
+        # so the lowest smoothing always won, whatever it did to the predictions.
+        raise ConfigError(f'sweep.params."train.label_smoothing" changes what {objective} measures (the loss on '
+                          "the smoothed labels), so the trials' values would not compare; rank them with "
+                          'sweep.objective = "val_accuracy" or "val_error"')
     _check_combinations(base, params, objective)
 
     # A finite space (lists, int ranges, float ranges with a step) has `size` distinct points, and no trial
@@ -333,6 +345,11 @@ _NOT_SEARCHABLE = {
     "data.dataset": "a sweep ranks its trials on one dataset's validation images; sweep each dataset on its own",
     "data.val_size": "each value validates on other images, so the trials' objectives would not compare",
     "data.split_seed": "each value validates on other images, so the trials' objectives would not compare",
+    # test-time augmentation acts on the final test only: every value trained the same trial again
+    "tta.enabled": "it acts on the final test only, and trials are ranked on the validation split, where every "
+                   "value scores the same",
+    "tta.shift": "it acts on the final test only, and trials are ranked on the validation split, where every "
+                 "value scores the same",
 }
 
 
@@ -431,7 +448,12 @@ def _check_step(where: str, low: float, high: float, step: float) -> None:
     """Refuse a step that does not divide high - low: Optuna would end the range at the last step below high,
     never trying high itself, with a warning on every trial. Computed in decimals, as Optuna checks it."""
     span = _decimal(high) - _decimal(low)
-    if span % _decimal(step) == 0:
+    try:
+        rest = span % _decimal(step)
+    except InvalidOperation:  # more steps than decimal's 28 digits hold: a traceback (DivisionImpossible) before
+        raise ConfigError(f"{where}: the range {low} to {high} in steps of {step} holds more than 10**28 values; "
+                          "give a larger step or a narrower range") from None
+    if rest == 0:
         return
     steps = span // _decimal(step)
     number = int if isinstance(step, int) and isinstance(low, int) else float
