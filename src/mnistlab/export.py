@@ -196,7 +196,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, 
                 metadata: dict[str, str] | None = None) -> ExportResult:
     """Write ``model`` (a zoo model, as :func:`~mnistlab.load_model` or training gives it) to ``path`` as ONNX.
 
-    ``name`` (the zoo name, e.g. ``"cnn"``; default: the model's class name) goes into the file's metadata.
+    ``name`` (the zoo name, e.g. ``"cnn"``; default: the name :func:`~mnistlab.build_model` built it by, else
+    the model's class name) goes into the file's metadata.
     The model itself is left as it was: a copy in eval mode, float32 and on the CPU is exported (its forward
     hooks run, and are traced, as part of its forward). With ``check`` the file is run in ONNX Runtime first
     and written only if its logits match PyTorch's (:data:`TOLERANCE`); ``metadata`` adds string entries to
@@ -230,7 +231,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, name: str | None = None, 
         plain = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
         proto = _onnx_proto(plain, shape)
         classes = [str(c) for c in getattr(model, "classes", None) or range(_classes(plain, shape))]
-        name = name or type(model).__name__
+        name = name or getattr(model, "model_name", None) or type(model).__name__
         props = {
             "mnistlab.version": __version__,
             "mnistlab.model": name,

@@ -463,8 +463,8 @@ def predict_files(
     """Preprocess and classify each file (one path alone is one file); a file that cannot be read, or whose
     outputs are not finite (NaN: weights that diverged), gets ``error`` set, the rest are classified.
 
-    ``model`` is one from :func:`~mnistlab.training.checkpoint.load_model` (it has ``classes``
-    and ``dataset``). With ``save_preprocessed``, the 28x28 input of each file is written there
+    ``model`` is one from :func:`~mnistlab.training.checkpoint.load_model` or ``train()`` (it has ``classes``
+    and ``dataset``; without ``dataset``, MNIST's preprocessing is used). With ``save_preprocessed``, the 28x28 input of each file is written there
     as a PNG (light digit on black, as the model sees it).
     """
     paths = _path_list(paths)

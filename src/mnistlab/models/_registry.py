@@ -138,6 +138,7 @@ def build_model(
                         f"{type(net).__name__}, not a mnistlab.models.Net: build it from features and a "
                         "classifier with Net(...) or a zoo maker such as mnistlab.models.cnn.make_cnn")
     net.set_normalization(mean if mean is not None else (0.0,) * in_channels, std if std is not None else (1.0,) * in_channels)
+    net.model_name = name  # the zoo name, for what names the model later (export's metadata said "Net")
     return net
 
 

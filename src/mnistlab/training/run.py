@@ -661,9 +661,13 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
 
 def config_model(cfg: Config, data: DataBundle) -> torch.nn.Module:
     """The model ``cfg`` names, freshly initialized (from the global RNG) and sized for ``data``:
-    its classes, channels, image size and normalization."""
-    return build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                       image_size=data.image_size, mean=data.mean, std=data.std, **cfg.model.options())
+    its classes, channels, image size and normalization, and named by them as a loaded one is."""
+    model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, mean=data.mean, std=data.std, **cfg.model.options())
+    # as model_from_checkpoint sets them: train()'s fit.model predicted a Fashion-MNIST image with MNIST's
+    # preprocessing and the class names "0".."9" (predict_files), and was exported without them
+    model.classes, model.dataset = list(data.classes), data.dataset
+    return model
 
 
 def load_init(model: torch.nn.Module, cfg: Config, data: DataBundle, init: tuple[Path, dict[str, Any]]) -> str:
