@@ -82,8 +82,18 @@ class SweepResult:
 
 
 def default_out(name: str, root: str | Path = "sweeps") -> Path:
-    """``sweeps/<date>-<time>-<name>``; not created here (the sweep creates it when it starts)."""
-    return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+    """``sweeps/<date>-<time>-<name>``; not created here (the sweep creates it when it starts).
+
+    The study's name is any text Optuna takes; in the folder's name a path separator is a ``-`` (study_name
+    "lr/wd" made sweeps/<stamp>-lr/wd/, a folder in a folder) and it is cut to 100 bytes (a folder's name
+    holds at most 255).
+
+    >>> default_out("lr/wd").name[-6:], len(default_out("x" * 300).name)
+    ('-lr-wd', 116)
+    """
+    part = name.replace("/", "-").replace(os.sep, "-").replace("\0", "-")
+    part = part.encode()[:100].decode(errors="ignore")  # bytes: a file name holds 255 of them
+    return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{part}"
 
 
 def storage_url(spec: SweepSpec, out: Path) -> str:
