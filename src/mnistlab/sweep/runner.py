@@ -335,9 +335,22 @@ def taken_params(study, optuna) -> list[dict[str, Any]]:
     S = optuna.trial.TrialState
     taken = [t.params for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))]
     taken += [t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False, states=(S.WAITING,))]
-    # A point whose config is invalid would fail again; an interrupted one (no error) is run anew.
-    taken += [t.params for t in study.get_trials(deepcopy=False, states=(S.FAIL,)) if "error" in t.user_attrs]
+    # A point whose config is invalid would fail again (running out of memory too: the model or batch its values
+    # make is too large); an interrupted one (no error), or one whose files could not be written (see _passing),
+    # is run anew.
+    taken += [t.params for t in study.get_trials(deepcopy=False, states=(S.FAIL,))
+              if "error" in t.user_attrs and not t.user_attrs.get("passing")]
     return taken
+
+
+def _passing(error: BaseException) -> bool:
+    """Whether a trial's error says nothing of its values: a file of its run could not be written (a full disk, a
+    folder made read-only). Counted as tried, the point was never run again, also after the disk was cleared and
+    the sweep rerun."""
+    from ..errors import RunDirError
+    from ..training.checkpoint import CheckpointWriteError
+
+    return isinstance(error, (OSError, RunDirError, CheckpointWriteError))
 
 
 def _next_grid_point(spec: SweepSpec, study, optuna) -> dict[str, Any] | None:
@@ -414,6 +427,8 @@ def _work(spec: SweepSpec, study, out: Path, lock, echo: Callable[[str], None], 
         except Exception as e:  # noqa: BLE001 - a trial must not stay RUNNING; the sweep goes on, or stops below
             message = str(e) if isinstance(e, MnistlabError) else f"{type(e).__name__}: {e}"
             trial.set_user_attr("error", message)
+            if _passing(e):  # its values are tried again (taken_params), here or on a rerun
+                trial.set_user_attr("passing", True)
             if not (out / f"trial-{trial.number:04d}").exists():  # it failed before its run folder was made
                 trial.set_user_attr("run_dir", None)
             study.tell(trial, state=S.FAIL)
