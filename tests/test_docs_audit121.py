@@ -6,6 +6,7 @@ No training: they read the README, the config's defaults, the presets and the ar
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,12 @@ def test_documented_callback_defaults_are_the_configs():
     # The defaults README's Callbacks section states, as [early_stopping], [checkpoint] and [tensorboard] hold them.
     cfg = Config()
     es, tb, ck = cfg.early_stopping, cfg.tensorboard, cfg.checkpoint
-    assert (es.alpha, es.strip, es.strips, es.error) == (5.0, 5, 3, "loss")  # "alpha ... default 5", "strip ... 5"
+    from mnistlab.callbacks.early_stopping import alpha_of
+
+    assert (es.strip, es.strips, es.error) == (5, 3, "loss")  # "strip ... default 5", "UP's s, default 3"
+    # "unset, 5 for GL and 0.5 for PQ"
+    assert [alpha_of(replace(es, criterion=c)) for c in ("gl", "pq")] == [5.0, 0.5] and es.alpha is None
+    assert "unset, 5 for GL and 0.5 for PQ" in README
     assert es.stop_on_nonfinite is True and es.divergence_threshold is None
     assert (tb.log_every_n_steps, tb.histogram_every_n_epochs, tb.graph, tb.images) == (50, 1, True, True)
     assert ck.save_top_k == 1 and ck.monitor == "val_accuracy"  # "1 by default", "validation accuracy unless set"

@@ -419,7 +419,9 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0  # patience: smallest change that counts as improvement
     baseline: float | None = None  # patience: stop if the monitor does not beat this
     start_epoch: int = 1  # epochs before it are ignored (no best value, no count): Keras' start_from_epoch + 1
-    alpha: float = 5.0  # GL: stop when GL > alpha (percent); PQ: when GL/P_k > alpha
+    # GL: stop when GL > alpha (percent; unset: 5); PQ: when GL/P_k > alpha (unset: 0.5). Unset, each takes a
+    # threshold Prechelt tried for it (GL 1 to 5, PQ 0.5 to 3); one shared 5 made PQ PQ_5, past them.
+    alpha: float | None = None
     strip: int = 5  # Prechelt's strip length k in epochs (PQ, UP)
     strips: int = 3  # UP: s successive strips of rising validation error
     error: str = "loss"  # what Prechelt's E means: loss (validation/training loss) or error (1 - accuracy)

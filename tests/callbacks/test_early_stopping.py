@@ -187,8 +187,9 @@ def test_a_new_monitor_on_resume_starts_afresh_instead_of_comparing_with_the_old
     (dict(criterion="up", strips=3), 19, ["UP_3 cannot stop a run of 19 epochs: it compares E_va at the ends of "
                                           "5-epoch strips, so its first possible stop is after epoch 20"]),
     (dict(criterion="up", strips=3), 20, []),
-    (dict(criterion="pq", strip=4, start_epoch=5), 7, ["PQ_5 cannot stop a run of 7 epochs: it decides at the ends "
-                                                       "of 4-epoch strips, so its first possible stop is after epoch 8"]),
+    (dict(criterion="pq", strip=4, start_epoch=5), 7, ["PQ_0.5 cannot stop a run of 7 epochs: it decides at the "
+                                                       "ends of 4-epoch strips, so its first possible stop is after "
+                                                       "epoch 8"]),
     (dict(criterion="gl"), 1, ["GL_5 cannot stop a run of 1 epoch, so its first possible stop is after epoch 2"]),
     (dict(criterion="gl"), 2, []),
     (dict(criterion="patience", patience=3), 3, ["early stopping with patience 3 cannot stop a run of 3 epochs, so "

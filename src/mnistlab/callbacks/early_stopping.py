@@ -51,6 +51,11 @@ from ..config import EarlyStoppingConfig, and_list, unread_keys
 from ..errors import ConfigError
 from .base import Callback, MonitorMixin, TrainerHandle, checked_setting
 
+# The thresholds early_stopping.alpha means when unset: within the ranges Prechelt (1998) tried, GL_1..GL_5
+# and PQ_0.5..PQ_3. One shared default of 5 made `--early-stopping pq` PQ_5, where PQ() is PQ_0.5.
+GL_ALPHA = 5.0
+PQ_ALPHA = 0.5
+
 log = logging.getLogger("mnistlab")
 
 
@@ -374,7 +379,7 @@ class GL(PrecheltStopping):
 
     criterion = "GL"
 
-    def __init__(self, alpha: float = 5.0, **kwargs: Any) -> None:
+    def __init__(self, alpha: float = GL_ALPHA, **kwargs: Any) -> None:
         alpha = checked_setting("GL", "alpha", alpha)  # NaN: GL > alpha never holds, the rule never stops
         if alpha < 0:
             raise ConfigError(f"GL alpha (percent) must be 0 or more, got {alpha}")
@@ -396,7 +401,7 @@ class PQ(PrecheltStopping):
 
     criterion = "PQ"
 
-    def __init__(self, alpha: float = 0.5, strip: int = 5, **kwargs: Any) -> None:
+    def __init__(self, alpha: float = PQ_ALPHA, strip: int = 5, **kwargs: Any) -> None:
         alpha = checked_setting("PQ", "alpha", alpha)
         if alpha < 0:
             raise ConfigError(f"PQ alpha must be 0 or more, got {alpha}")
@@ -477,12 +482,23 @@ def early_stopping_from_config(cfg: EarlyStoppingConfig) -> Callback | None:
             **common,
         )
     if cfg.criterion == "gl":
-        return GL(alpha=cfg.alpha, error=cfg.error, **common)
+        return GL(alpha=alpha_of(cfg), error=cfg.error, **common)
     if cfg.criterion == "pq":
-        return PQ(alpha=cfg.alpha, strip=cfg.strip, error=cfg.error, **common)
+        return PQ(alpha=alpha_of(cfg), strip=cfg.strip, error=cfg.error, **common)
     if cfg.criterion == "up":
         return UP(strips=cfg.strips, strip=cfg.strip, error=cfg.error, **common)
     raise ConfigError(f"early_stopping.criterion = {cfg.criterion!r} is not valid; choose one of: none, patience, gl, pq, up")
+
+
+def alpha_of(cfg: EarlyStoppingConfig) -> float:
+    """``early_stopping.alpha``, or where it is unset the criterion's own default (GL 5, PQ 0.5).
+
+    >>> alpha_of(EarlyStoppingConfig(criterion="pq")), alpha_of(EarlyStoppingConfig(criterion="gl", alpha=2.0))
+    (0.5, 2.0)
+    """
+    if cfg.alpha is not None:
+        return cfg.alpha
+    return PQ_ALPHA if cfg.criterion == "pq" else GL_ALPHA
 
 
 # The settings each kind of rule reads besides start_epoch, stop_on_nonfinite and restore_best_weights.
@@ -514,10 +530,10 @@ def early_stopping_warnings(cfg: EarlyStoppingConfig, epochs: int) -> list[str]:
         wait = max(cfg.patience - 1, 1) if cfg.baseline is not None else max(cfg.patience, 1)
         first, name, how = start + wait, f"early stopping with patience {cfg.patience}", ""
     elif cfg.criterion == "gl":
-        first, name, how = max(2, start), f"GL_{cfg.alpha:g}", ""
+        first, name, how = max(2, start), f"GL_{alpha_of(cfg):g}", ""
     elif cfg.criterion == "pq":
         first = k * -(-max(k, start) // k)
-        name, how = f"PQ_{cfg.alpha:g}", f": it decides at the ends of {k}-epoch strips"
+        name, how = f"PQ_{alpha_of(cfg):g}", f": it decides at the ends of {k}-epoch strips"
     else:
         first = k * -(-max((cfg.strips + 1) * k, start) // k)
         name, how = f"UP_{cfg.strips}", f": it compares E_va at the ends of {k}-epoch strips"
