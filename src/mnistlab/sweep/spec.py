@@ -195,6 +195,11 @@ def sweep_from_dict(
     base = config_from_dict(data)
     if data_dir is not None:
         base = apply_overrides(base, {"data.dir": data_dir})
+    # [sweep] is the sweep file's, not a config section: apply_overrides said "unknown section 'sweep'" only
+    own = [key for key in parse_overrides(list(overrides)) if key.split(".")[0] == "sweep"]
+    if own:
+        raise ConfigError(f"--set {own[0]}: --set changes the base config, not [sweep]; give --trials, --workers or "
+                          "--storage for those, or edit the sweep file's [sweep] table")
     base = apply_overrides(base, list(overrides))
     _known_model(base, "the base config")
     if base.data.val_size < 1:  # every trial would fail on it (train() refuses it), after the study is made
