@@ -290,18 +290,24 @@ def training_rate(
         return _training_rate(model_name, batch_size, steps, overrides, device, config, callbacks)
 
 
-def _training_rate(model_name: str, batch_size: int, steps: int, overrides: Sequence[str], device: str,
-                   config: Config | None, callbacks: Sequence[Callback]) -> float:
+def _rate_trainer(model_name: str, batch_size: int, images: int, overrides: Sequence[str], device: str,
+                  config: Config | None, callbacks: Sequence[Callback] = ()) -> Trainer:
+    """The Trainer of a training-rate run, on ``images`` synthetic images."""
     cfg = apply_overrides(config or Config(), [
         f"model.name={model_name}", f"train.batch_size={batch_size}", "train.epochs=2", "train.progress=false",
         "schedule.name=constant", f"train.device={device}", *overrides,
     ])
     dev = resolve_device(cfg.train.device)
-    data = synthetic_data(batch_size * steps, device=dev)
+    data = synthetic_data(images, device=dev)
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=10, in_channels=1, image_size=(28, 28), mean=data.mean,
                         std=data.std, **cfg.model.options())
-    result = Trainer(model, data, cfg, callbacks=callbacks, device=dev).fit()
+    return Trainer(model, data, cfg, callbacks=callbacks, device=dev)
+
+
+def _training_rate(model_name: str, batch_size: int, steps: int, overrides: Sequence[str], device: str,
+                   config: Config | None, callbacks: Sequence[Callback]) -> float:
+    result = _rate_trainer(model_name, batch_size, batch_size * steps, overrides, device, config, callbacks).fit()
     return batch_size * steps / result.history[-1]["seconds"]
 
 
@@ -442,17 +448,32 @@ def run_bench(config: Config, *, seeds: int = 1, models: Sequence[str] = ("cnn",
         _run_bench(config, seeds, models, steps, rounds, train_limit, out, warn)
 
 
-def _check_before_running(config: Config, models: Sequence[str], steps: int, device: torch.device,
-                          warn: Callable[[str], None]) -> torch.nn.Module:
-    """What would fail or warn only after minutes of runs: the config's model, the memory of the training-rate
-    runs, the config's warnings (an emulated precision: slow, not wrong). Returns the config's model, whose
-    batch's memory is checked once the data is read (a batch holds no more than the split)."""
+def _check_before_running(config: Config, models: Sequence[str], seeds: int, steps: int, rate_overrides: Sequence[str],
+                          device: torch.device, warn: Callable[[str], None]) -> torch.nn.Module:
+    """What would fail or warn only after minutes of runs: the config's model, the last seed, the memory and the
+    trainer's checks of the training-rate runs (``rate_overrides``: their settings), the config's warnings (an
+    emulated precision: slow, not wrong). Returns the config's model, whose batch's memory is checked once the
+    data is read (a batch holds no more than the split)."""
     model_options(config.model.name)  # an unknown model fails now, not after the data and the public recipe
     model = build_model(config.model.name, **config.model.options())  # options it cannot take (vgg, no layout)
+    last = config.train.seed + seeds - 1
+    try:  # seed 2**32 - 1 and --seeds 2 ran the first seed's runs, then refused the second's seed
+        apply_overrides(config, {"train.seed": last})
+    except ConfigError as e:
+        raise ConfigError(f"{seeds} seeds from train.seed {config.train.seed} go up to {last}: {e}") from None
     check_synthetic_memory(config.train.batch_size * steps)
     shape = SimpleNamespace(in_channels=1, image_size=(28, 28))  # every dataset's (and the synthetic images')
     for name in models:
         check_training_memory(build_model(name), shape, config.train.batch_size)
+        # The checks of its Trainer (batch norm on a batch of one image, say), which came after the
+        # time-to-accuracy runs. Two images are enough: the trainer checks a batch of no more than the split.
+        # reuse_memory off: it would set the allocator of the whole process before the public recipe and the
+        # config's runs, which may have it off.
+        try:
+            _rate_trainer(name, config.train.batch_size, 2, [*rate_overrides, "train.reuse_memory=false"],
+                          device.type, None)
+        except ConfigError as e:
+            raise ConfigError(f"the training-rate run of {name}: {e}") from None
     for text in [*settings_warnings(config),
                  *filter(None, [emulated_precision(resolve_precision(config.train.precision, device), device)])]:
         warn(text)
@@ -473,7 +494,11 @@ def _check_training(config: Config, data: DataBundle, device: torch.device, init
 def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, rounds: int, train_limit: int | None,
                out, warn: Callable[[str], None]) -> None:
     device = resolve_device(config.train.device)
-    model = _check_before_running(config, models, steps, device, warn)
+    setting = config.train.channels_last
+    cl = [f"train.channels_last={'none' if setting is None else str(setting).lower()}"]  # the training-rate runs'
+    if config.train.threads:
+        cl.append(f"train.threads={config.train.threads}")
+    model = _check_before_running(config, models, seeds, steps, [*cl, "train.precision=fp32"], device, warn)
     init = None if config.finetune.init_from is None else read_init_checkpoint(config.finetune.init_from)
     if config.train.threads:  # for the public recipe and the roofline too, not only inside `train`
         torch.set_num_threads(config.train.threads)
@@ -508,10 +533,6 @@ def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, ro
         "measured again before each model)")
     if device.type == "cpu" and torch.get_num_threads() > 1:
         out(thread_scaling())
-    setting = config.train.channels_last
-    cl = [f"train.channels_last={'none' if setting is None else str(setting).lower()}"]
-    if config.train.threads:
-        cl.append(f"train.threads={config.train.threads}")
     out(format_table(roofline(models, batch_size=config.train.batch_size, steps=steps, overrides=cl,
                               device=device.type, rounds=rounds)))
 

@@ -7,7 +7,8 @@ augmentation, label smoothing and precision: the step that training will take),
 and each step's loss is recorded. The loss stays flat while the rate is too small
 to learn, falls, then climbs once the rate is too large; the test stops there,
 when the smoothed loss passes ``diverge`` times its lowest value or a loss is not
-finite, since the rest would only cost time.
+finite, since the rest would only cost time (and before a rate above float32's
+largest number, which the weights cannot take).
 
 The suggestion is the rate at which the smoothed loss falls fastest against
 log(lr), as Lightning suggests (skipping the first 10 steps, whose average is
@@ -27,6 +28,7 @@ every step's rate), and nothing is written to disk.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from ..callbacks import Callback
-from ..config import Config, apply_overrides
+from ..config import FLOAT32_MAX, Config, apply_overrides
 from ..data import DataBundle, load_data, num_batches
 from ..errors import ConfigError
 from ..models import model_options
@@ -208,7 +210,13 @@ class _RangeCallback(Callback):
         self._lowest = math.inf  # of the smoothed losses
 
     def on_batch_begin(self, step: int, trainer) -> None:
-        trainer.set_lr(self.rates[step])  # ``step`` steps are done: this sets the rate of the next one
+        rate = self.rates[step]  # ``step`` steps are done: this is the rate of the next one
+        if rate > FLOAT32_MAX:
+            # The trainer applies it as inf (float32 weights take no larger factor): the step ran at lr inf, which
+            # --json wrote as null, and so was the lowest average's rate where that step had it.
+            raise _Ended(f"the next rate, {rate:.2e} (step {step + 1} of {len(self.rates)}), is above float32's "
+                         f"largest number ({FLOAT32_MAX:.2e}), which the weights cannot take")
+        trainer.set_lr(rate)
 
     def on_batch_end(self, step: int, metrics: dict[str, float], trainer) -> None:
         self.lrs.append(metrics["lr"])
@@ -223,13 +231,19 @@ class _RangeCallback(Callback):
 
 
 def check_settings(min_lr: float, max_lr: float, steps: int, diverge: float = 4.0, beta: float = BETA) -> None:
-    """ConfigError unless 0 < min_lr < max_lr (finite, with a finite ratio), 2 <= steps <= MAX_STEPS, diverge > 1
-    (finite) and 0 <= beta < 1."""
+    """ConfigError unless 0 < min_lr < max_lr (finite, with a finite ratio; min_lr no more than float32's largest
+    number), steps is a whole number with 2 <= steps <= MAX_STEPS, diverge > 1 (finite) and 0 <= beta < 1."""
     if not 0 < min_lr < max_lr or not math.isfinite(max_lr):
         raise ConfigError(f"the range test needs 0 < min_lr < max_lr, got min_lr={min_lr:g}, max_lr={max_lr:g}")
     if not math.isfinite(max_lr / min_lr):  # the rates grow by (max/min)^(1/steps): beyond floats, they become inf
         raise ConfigError(f"max_lr / min_lr is too large to compute ({max_lr:g} / {min_lr:g}); "
                           "a range such as 1e-7 to 10 covers every useful rate")
+    if min_lr > FLOAT32_MAX:  # no step could run (see _RangeCallback)
+        raise ConfigError(f"min_lr must be at most {FLOAT32_MAX:.3g} (float32's largest number: the step cannot "
+                          f"apply a larger rate to the weights), got {min_lr:g}; a range such as 1e-7 to 10 covers "
+                          "every useful rate")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):  # 50.0 failed in range() as a TypeError
+        raise ConfigError(f"the range test's steps must be a whole number, got {steps!r}")
     if not 2 <= steps <= MAX_STEPS:
         raise ConfigError(f"the range test needs 2 to {MAX_STEPS:,} steps, got {steps}")
     if not 1 < diverge < math.inf:  # NaN or inf would never stop the test
