@@ -428,7 +428,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     check_settings(args.min_lr, args.max_lr, args.steps)
-    check_plot_path(args.plot)
+    args.plot = check_plot_path(args.plot)
     device = resolve_device(cfg.train.device)
     slow = emulated_precision(resolve_precision(cfg.train.precision, device), device)
     if slow:  # before the test, which it slows down
@@ -644,7 +644,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     for run in args.runs:  # (it compared the runs found in the current folder)
         _needs("RUN", run, "a run folder or a folder holding run folders, got an empty name")
-    check_plot_path(args.plot)
+    args.plot = check_plot_path(args.plot)
     rows = compare_runs(args.runs)
     plot = write_compare_plot(rows, args.plot)
     if args.json:

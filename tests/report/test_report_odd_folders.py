@@ -38,9 +38,9 @@ def test_compare_will_not_replace_a_runs_own_plot(copy_run, capsys):
     before = curves.read_bytes()
     assert before.startswith(PNG)
     assert main(["compare", str(run.parent), "--plot", str(curves)]) == 2  # the run found in a folder of runs
-    assert f"is a figure of the report of the run in {run}" in capsys.readouterr().err
+    assert f"is in the plots folder of the run in {run}" in capsys.readouterr().err
     assert main(["lr-find", "--plot", str(curves)]) == 2  # every --plot: before the range test
-    assert f"is a figure of the report of the run in {run}" in capsys.readouterr().err
+    assert f"is in the plots folder of the run in {run}" in capsys.readouterr().err
     assert curves.read_bytes() == before
     old = run / "compare.png"  # compare's own earlier plot is replaced, as before, in a run's folder too
     old.write_bytes(PNG + b"old")

@@ -363,22 +363,25 @@ def check_plot_path(path: str | Path) -> Path:
     later leaves nothing behind, and :func:`save_png` makes them when the plot is written.
     """
     from ..errors import MnistlabError
-    from ..folders import missing_folders, remove_empty
+    from ..folders import expand_home, missing_folders, remove_empty
     from .runfolder import is_run_folder
 
+    if not os.fspath(path).strip():  # Path("") is ".": "cannot write the plot .: it is a folder"
+        raise MnistlabError("--plot needs a file name (a PNG image), got an empty one")
     if os.fspath(path) == "-":  # stdout on most command lines; Path("./-") is "-" too, so asked before Path()
         raise MnistlabError("- is not a file name here: a plot is a PNG image and is not written to standard output; "
                             "give the file's name, e.g. plot.png (./- for a file named -)")
-    path = Path(path)
+    path = expand_home(Path(path), "--plot", MnistlabError)  # --plot=~/x.png arrives unexpanded
+    if path.parent.name == "plots" and is_run_folder(path.parent.parent):
+        # the report's figure, or the one a later `mnistlab report` writes there (a --no-report run has none yet)
+        raise MnistlabError(f"{path} is in the plots folder of the run in {path.parent.parent}, where its report "
+                            "writes its figures: choose a file outside it with --plot FILE")
     if path.is_file():  # `--plot runs/a/summary.json` replaced the run's summary with a PNG
         if not _is_png(path):
             raise MnistlabError(f"{path} exists and is not a PNG image: a plot would replace it; choose another "
                                 "file with --plot FILE")
-        # A run writes no PNG of its own but its report's figures (a compare.png or lr_find.png beside its files
-        # is the user's, as when the command runs inside the run folder).
-        if path.parent.name == "plots" and is_run_folder(path.parent.parent):
-            raise MnistlabError(f"{path} is a figure of the report of the run in {path.parent.parent}: a plot would "
-                                "replace it; choose a file outside the run's plots folder with --plot FILE")
+        # A run writes no PNG of its own but its report's figures (refused above; a compare.png or lr_find.png
+        # beside its files is the user's, as when the command runs inside the run folder).
     if path.suffix and path.suffix.lower() != ".png":  # `--plot curve.jpg` wrote PNG bytes under a JPEG's name
         raise MnistlabError(f"{path}: a plot is written as a PNG image; give a file name ending in .png")
     missing = missing_folders(path.parent)
