@@ -647,6 +647,16 @@ def check_resume(payload: dict[str, Any], cfg: Config) -> Config:
             f"data.dataset was {stored.data.dataset}, now {cfg.data.dataset}: a run trains on one dataset; "
             "start a new run from this one's weights with --init-from (finetune.init_from)"
         )
+    # The resumed run loads last.ckpt, never init_from: train(cfg, resume=...) with another one trained on from
+    # the run's weights and wrote the new start point into config.toml, which then named weights never used (the
+    # CLI refuses the change itself).
+    given, was = (os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) else v
+                  for v in (cfg.finetune.init_from, stored.finetune.init_from))
+    if given != was:
+        raise ConfigError(f"finetune.init_from was {stored.finetune.init_from or 'unset (new weights)'}, now "
+                          f"{cfg.finetune.init_from or 'unset'}: a resumed run continues from its own last.ckpt, "
+                          "not from another start point; resume with the run's finetune.init_from, or start a new "
+                          "run from those weights")
     return stored
 
 
@@ -839,6 +849,7 @@ class Trainer:
                     self._interrupted(epoch, 0, None, signum)
                 if self.stop_reason is not None:
                     break
+        self._pending_signal()
         if self.stop_reason is None:
             self.stop_reason, self.stopped_by = f"max epochs reached ({self.cfg.train.epochs})", "max_epochs"
         last = dict(self.history[-1]) if self.history else {}
@@ -1125,6 +1136,19 @@ class Trainer:
         flags = distributed.all_reduce_sum(
             torch.tensor([signum == signal.SIGINT, signum == signal.SIGTERM], dtype=torch.int32))
         return signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
+
+    def _pending_signal(self) -> None:
+        """Act on a signal the guard caught where the loop took no step after it: a resumed run with nothing left
+        to train (finished, stopped early, at its max_steps) caught a Ctrl-C in the callbacks' start, then left
+        the guard and ran its whole final test as if none had come. Raised as outside the guard (KeyboardInterrupt,
+        Signalled), the run stops where it is, its last.ckpt unchanged. A diverged run ends anyway: its summary
+        is kept. Under torchrun the ranks would have to agree first: left as it was."""
+        signum = self._signals.signum
+        if signum is None or self.stopped_by == "non_finite_loss" or self._world > 1:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise_signalled(signum, None)
 
     def _interrupted(self, epoch: int, batches_done: int, sums: torch.Tensor | None, signum: int,
                      seconds: float = 0.0) -> None:

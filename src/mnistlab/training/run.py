@@ -391,8 +391,8 @@ def train(
     (seconds of plotting), for sweeps and runs whose folder is thrown away, like the benchmarks';
     ``mnistlab report`` can write it later.
 
-    ``resume`` is a run folder (or its last.ckpt) to continue; ``cfg`` must
-    then be the stored config with the user's changes applied (see the CLI).
+    ``resume`` is a run folder (or its last.ckpt) to continue, in that folder (``out`` is then left out, or
+    names the same folder); ``cfg`` must then be the stored config with the user's changes applied (see the CLI).
 
     The result's ``fit.model`` is the final weights, in eval mode as ``fit`` gives it back; ``test`` and
     ``summary`` are of the model the run tested (best.ckpt where there is one).
@@ -634,8 +634,13 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
     if resume is not None:
         resume = Path(resume)
         ckpt = resume_file(resume)
-        payload = read_checkpoint(ckpt)
         run_dir = ckpt.parent
+        # A resumed run writes into its own folder: train(cfg, out=new, resume=old) went on in old, and new, the
+        # folder the caller then read, never existed (the CLI refuses --out with --resume).
+        if out is not None and Path(out).expanduser().resolve() != run_dir.resolve():
+            raise RunDirError(f"train(): out={str(out)!r} cannot be combined with resume={str(resume)!r}: a resumed "
+                              f"run continues in its own folder ({run_dir}); leave out `out`, or pass the same folder")
+        payload = read_checkpoint(ckpt)
         _check_kept_models(run_dir, cfg.ema.enabled)
     elif out is not None:
         run_dir = Path(out)
