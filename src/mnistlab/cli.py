@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         "then the flags, then --set, later ones winning.",
     )
     _add_config_args(t)
-    t.add_argument("--epochs", type=int, help="number of epochs (with --resume: the total to reach, not that many more)")
+    t.add_argument("--epochs", type=int,
+                   help="number of epochs (with --resume: the total to reach, not that many more)")
     t.add_argument("--max-minutes", type=float, metavar="MIN",
                    help="stop before an epoch that could take the training time past MIN minutes (judged by the "
                    "longest epoch so far; validation and checkpoints not counted); the schedule still spans --epochs "

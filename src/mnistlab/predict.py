@@ -464,8 +464,8 @@ def predict_files(
     outputs are not finite (NaN: weights that diverged), gets ``error`` set, the rest are classified.
 
     ``model`` is one from :func:`~mnistlab.training.checkpoint.load_model` or ``train()`` (it has ``classes``
-    and ``dataset``; without ``dataset``, MNIST's preprocessing is used). With ``save_preprocessed``, the 28x28 input of each file is written there
-    as a PNG (light digit on black, as the model sees it).
+    and ``dataset``; without ``dataset``, MNIST's preprocessing is used). With ``save_preprocessed``, the 28x28
+    input of each file is written there as a PNG (light digit on black, as the model sees it).
     """
     paths = _path_list(paths)
     if isinstance(top_k, bool) or not hasattr(top_k, "__index__"):  # 2.0 failed in torch's topk with a TypeError
