@@ -86,21 +86,22 @@ class RangeTest:
                     f"{SKIP_BEGIN} are skipped while the average settles); raise --steps")
         if len(self.lrs) < MIN_STEPS:
             return f"only {len(self.lrs)} steps ran (it needs {MIN_STEPS}); lower --min-lr or raise --steps"
+        # A curve that did not fall: the rates were too small, where the test reached --max-lr; where a rate broke
+        # the step first (a loss not finite, one past float32), a larger --max-lr would break it sooner.
+        advice = (f"up to {self.lrs[-1]:.1e} the rates are too small to train in these steps; raise --max-lr"
+                  if self.stop_reason.startswith("reached max_lr") else "no rate before those that broke it "
+                  "trained it; raise --steps, so that the rates rise more slowly (weights that start trained, "
+                  "from --init-from, may have nothing left to learn at any rate)")
         if min(s) > 0.99 * s[0] and max(s) < 1.05 * s[0]:
-            # Neither fell nor rose: the rates up to --max-lr were too small to move the weights in these steps
-            # (the lowest average then lands on an early step by noise, and "lower --max-lr" would be wrong advice).
+            # Neither fell nor rose: the rates were too small to move the weights in these steps (the lowest
+            # average then lands on an early step by noise, and "lower --max-lr" would be wrong advice).
             return (f"the average loss hardly changed ({s[0]:.4f} at the start, {min(s):.4f} at its lowest, "
-                    f"{s[-1]:.4f} at the end): up to {self.lrs[-1]:.1e} the rates are too small to train in these "
-                    "steps; raise --max-lr")
+                    f"{s[-1]:.4f} at the end): {advice}")
         lowest_step = int(np.argmin(s)) + 1
         if lowest_step > SKIP_BEGIN + 2:
             # Late enough for a slope (steepest_descent's 3 points), but the fall to it was the batches' noise:
             # a flat curve's chance wander.
             fall, noise = descent(s, self.losses)
-            advice = (f"up to {self.lrs[-1]:.1e} the rates are too small to train in these steps; raise --max-lr"
-                      if self.stop_reason.startswith("reached max_lr") else "no rate before those that broke it "
-                      "trained it; raise --steps, so that the rates rise more slowly (weights that start trained, "
-                      "from --init-from, may have nothing left to learn at any rate)")
             return (f"the average loss fell by {fall:.4f} to its lowest ({min(s):.4f}, at lr {self.lowest:.1e}), "
                     f"no more than {NOISE_FALLS:g}x the noise of the batches' losses ({noise:.4f}): {advice}")
         # The one way left: the lowest average came so early that under 3 steps lie between the skipped ones and
