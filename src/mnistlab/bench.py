@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .callbacks.base import Callback
-from .config import Config, apply_overrides
+from .config import Config, apply_overrides, parse_overrides
 from .data.datasets import DataBundle, Split
 from .errors import ConfigError
 from .machine import cpu_name, native_bf16, native_fp16, usable_cores
@@ -293,6 +293,12 @@ def training_rate(
 def _rate_trainer(model_name: str, batch_size: int, images: int, overrides: Sequence[str], device: str,
                   config: Config | None, callbacks: Sequence[Callback] = ()) -> Trainer:
     """The Trainer of a training-rate run, on ``images`` synthetic images."""
+    # Coming after them, these overrides replaced the run's own settings: roofline(overrides=["train.batch_size=64"])
+    # trained at 64 under its batch_size's row, and "train.epochs=1" timed the warm-up epoch.
+    own = [key for key in parse_overrides(list(overrides)) if key in ("model.name", "train.batch_size", "train.epochs")]
+    if own:
+        raise ConfigError(f"overrides: {own[0]} is set by the training-rate run itself (the model and batch size are "
+                          "its arguments; it trains two epochs and times the second)")
     cfg = apply_overrides(config or Config(), [
         f"model.name={model_name}", f"train.batch_size={batch_size}", "train.epochs=2", "train.progress=false",
         "schedule.name=constant", f"train.device={device}", *overrides,
