@@ -380,6 +380,16 @@ def _found_elsewhere(spec: DatasetSpec, raw_dir: Path, names: list[str]) -> str:
             if found:
                 return (f"; {place} holds {', '.join(found)}, but mnistlab (as torchvision) reads {spec.name} "
                         f"from {raw_dir} alone: if they are {spec.name}'s files, move them there")
+    # The same files under other spellings (Kaggle's copies are train-images.idx3-ubyte, a dot for a dash)
+    wanted = {simple(name): name for name in names}
+    for place in [raw_dir, *places]:
+        with contextlib.suppress(OSError):
+            spelled = [(entry.name, wanted[simple(entry.name)]) for entry in sorted(place.iterdir())
+                       if entry.is_file() and simple(entry.name) in wanted and entry.name not in names]
+            if spelled:
+                where = "rename them" if place == raw_dir else f"put them in {raw_dir} under those names"
+                return (f"; {place} holds {', '.join(f'{have} (for {want})' for have, want in spelled)}, names "
+                        f"mnistlab (as torchvision) does not read: if they are {spec.name}'s files, {where}")
     return ""
 
 
