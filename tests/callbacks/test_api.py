@@ -65,7 +65,7 @@ def test_a_callback_state_that_checkpoints_cannot_hold_is_named_at_once():
 
     # Plain data and tensors load with weights_only=True: accepted.
     ok = CallbackList([History(), Stamped([1, "a", {"b": 2.5}, torch.ones(2), None, (3, 4)])])
-    assert ok.state_dict()["Stamped"]["value"][1] == "a"
+    assert ok.state_dict()["user:Stamped"]["value"][1] == "a"
     # A datetime or a NumPy number would have made every checkpoint of the run unreadable (found at the final test).
     for value, kind in ((datetime.datetime(2026, 11, 30), "datetime"), (np.float64(0.5), "numpy")):
         with pytest.raises(ConfigError, match=rf"callback Stamped: its state_dict\(\) holds objects that checkpoints "

@@ -179,7 +179,7 @@ def test_a_new_monitor_on_resume_starts_afresh_instead_of_comparing_with_the_old
     assert (cb2.best_value, cb2.best_epoch) == (0.03, 6)
     # The same monitor continues: the stored best and the epochs waited carry over.
     cb3 = EarlyStopping(monitor="val_error", patience=2)
-    cb3.load_state_dict(state["EarlyStopping"])
+    cb3.load_state_dict(state["user:EarlyStopping"])
     assert (cb3.best_value, cb3.best_epoch, cb3.wait) == (0.01, 2, 1)
 
 

@@ -104,7 +104,7 @@ def test_a_new_monitor_on_resume_keeps_the_rate_changes_but_not_the_old_best():
     assert cb.changes and cb.best == 0.99
     state = roundtrip(CallbackList([cb]).state_dict())
     cb2 = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
-    cb2.load_state_dict(state["ReduceLROnPlateau"])
+    cb2.load_state_dict(state["user:ReduceLROnPlateau"])
     assert cb2.changes == cb.changes
     assert (cb2.best, cb2.wait) == (None, 0)  # a val_loss of 0.5 is not compared with an accuracy of 0.99
 

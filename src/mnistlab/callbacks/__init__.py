@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config, config_to_dict
-from .base import EPOCH_METRICS, Callback, CallbackList, MonitorMixin, TrainerHandle
+from .base import BUILT_IN, EPOCH_METRICS, Callback, CallbackList, MonitorMixin, TrainerHandle
 from .checkpoint import ModelCheckpoint
 from .early_stopping import (
     GL,
@@ -64,6 +64,8 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
         callbacks.append(TimeLimit(cfg.train.max_minutes, schedule=cfg.schedule.name))
     if run_dir is not None and cfg.tensorboard.enabled:
         callbacks.append(TensorBoard.from_config(cfg.tensorboard, hparams=flat_config(cfg)))
+    for cb in callbacks:  # their states keep class-name keys in checkpoints; the caller's own get "user:" keys
+        setattr(cb, BUILT_IN, True)
     return callbacks
 
 

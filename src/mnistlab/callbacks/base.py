@@ -30,7 +30,8 @@ reads back: numbers, strings, lists, dicts, tensors) is stored in every checkpoi
 resumed run makes exactly the decisions an uninterrupted one would, while the
 settings given when resuming (say a new patience) win over the stored ones.
 ``on_train_begin`` resets the state; on resume the trainer loads the stored
-state right after ``on_train_begin``.
+state right after ``on_train_begin``. A state is found again by its class name and place among the
+callbacks of its class (``user:EarlyStopping_1``); those the config makes are apart from the caller's own.
 
 The order in which the trainer calls the hooks::
 
@@ -289,20 +290,40 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
     return callbacks
 
 
+# Set (True) on the callbacks ``build_callbacks`` makes from the config; their states are stored by class name.
+BUILT_IN = "_mnistlab_from_config"
+# An empty entry among the stored states: written with the ``user:`` keys (no class name holds a space).
+USER_KEYS_MARK = "user keys"
+
+
 class CallbackList:
     """Calls each hook on every callback in order, and gathers their states."""
 
     def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        from .checkpoint import check_apart  # here: checkpoint.py imports this module
+
         self.callbacks = check_callbacks(callbacks)
+        check_apart(self.callbacks)
 
     def __iter__(self):
         return iter(self.callbacks)
 
-    def _keys(self) -> list[str]:
+    def _keys(self, states: dict[str, Any] | None = None) -> list[str]:
+        """The key of each callback's state: the class name for those the config made (``build_callbacks``),
+        ``user:`` and the class name for the caller's own, with ``_1``, ``_2``, ... for repeats of a class.
+
+        With class names alone, a user's EarlyStopping stored under "EarlyStopping" by a run without
+        ``[early_stopping]`` was loaded into the built-in one when the run was resumed with it turned on (the
+        user's own then started afresh), and the built-in's state into a user's added where the config's was
+        turned off. ``states`` from a checkpoint written before the prefix (no ``USER_KEYS_MARK``) gets the keys
+        it was written with."""
+        legacy = states is not None and USER_KEYS_MARK not in states
         seen: dict[str, int] = {}
         keys = []
         for cb in self.callbacks:
             name = type(cb).__name__
+            if not legacy and not getattr(cb, BUILT_IN, False):
+                name = f"user:{name}"
             keys.append(f"{name}" if name not in seen else f"{name}_{seen[name]}")
             seen[name] = seen.get(name, 0) + 1
         return keys
@@ -315,18 +336,18 @@ class CallbackList:
         from ..training.checkpoint import weights_only_refusal  # here: training imports this module
 
         states = {key: cb.state_dict() for key, cb in zip(self._keys(), self.callbacks)}
-        for key, state in states.items():
+        for cb, state in zip(self.callbacks, states.values()):
             refusal = weights_only_refusal(state)  # small: counters, best values, a history
             if refusal is not None:
                 raise ConfigError(
-                    f"callback {key}: its state_dict() holds objects that checkpoints cannot hold ({refusal}); "
-                    "checkpoints load with weights_only=True, so keep the state to numbers, strings, lists, dicts "
-                    "and tensors (float(x) for a NumPy number)"
+                    f"callback {type(cb).__name__}: its state_dict() holds objects that checkpoints cannot hold "
+                    f"({refusal}); checkpoints load with weights_only=True, so keep the state to numbers, strings, "
+                    "lists, dicts and tensors (float(x) for a NumPy number)"
                 )
-        return states
+        return {**states, USER_KEYS_MARK: {}}
 
     def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
-        for key, cb in zip(self._keys(), self.callbacks):
+        for key, cb in zip(self._keys(states), self.callbacks):
             if key in states:
                 cb.load_state_dict(states[key])
 

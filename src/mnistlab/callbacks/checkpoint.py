@@ -101,6 +101,20 @@ class ModelCheckpoint(MonitorMixin, Callback):
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ConfigError(f"ModelCheckpoint cannot make its folder {folder}: {e.strerror or e}") from None
+            self._remove_killed_writes(folder)
+
+    def _remove_killed_writes(self, folder: Path) -> None:
+        """Delete the temporary files (``.NAME.tmp-PID``, see ``atomic_write``) that a run killed while writing one
+        of our files left in ``folder``. The run folder's are removed when its lock is taken over; a dirpath
+        outside it kept them for good, each as big as a checkpoint. Those of a live process (another run sharing
+        the folder) stay."""
+        from ..training.run import process_alive  # here: training imports this module
+
+        ours = {Path(self.filename).suffix} | ({Path(self.save_best_as).suffix} if self.save_best_as else set())
+        for tmp in folder.glob(".*.tmp-*"):
+            name, _, pid = tmp.name[1:].rpartition(".tmp-")
+            if pid.isdigit() and Path(name).suffix in ours and not process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def _path(self, name: str) -> Path:
         # A relative path is taken under the run folder by trainer.save_checkpoint.
@@ -219,6 +233,36 @@ class ModelCheckpoint(MonitorMixin, Callback):
             every_n_epochs=cfg.every_n_epochs,
             filename=cfg.filename,
         )
+
+
+def check_apart(callbacks: list[Callback]) -> None:
+    """A ConfigError where two ModelCheckpoints would write the same files: the same best file, or the same
+    filename template, in the same ``dirpath``. A user's ``ModelCheckpoint(monitor="val_loss")`` given to
+    ``train`` wrote best.ckpt beside the run's own (by ``checkpoint.monitor``), each replacing the other's, and
+    deleted the run's top-k files as they left its own top k (each counts only the files it wrote)."""
+    from .base import BUILT_IN  # the callbacks build_callbacks made from the config
+
+    def files(cb: ModelCheckpoint) -> set[str]:
+        names = {f"the best file {cb.save_best_as!r}"} if cb.save_best_as else set()
+        if cb.save_top_k or cb.every_n_epochs:
+            names.add(f"the files named by {cb.filename!r}")
+        return names
+
+    def which(cb: ModelCheckpoint) -> str:
+        if getattr(cb, BUILT_IN, False):
+            return f"the run's own ModelCheckpoint ([checkpoint], monitor {cb.monitor})"
+        return f"a ModelCheckpoint (monitor {cb.monitor})"
+
+    checkpoints = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    for i, first in enumerate(checkpoints):
+        for second in checkpoints[i + 1 :]:
+            both = sorted(files(first) & files(second))
+            if first.dirpath == second.dirpath and both:
+                where = "the run folder" if first.dirpath is None else str(first.dirpath)
+                raise ConfigError(
+                    f"{which(first)} and {which(second)} would both write {' and '.join(both)} in {where}, "
+                    "replacing each other's files (and deleting those the other keeps): give one of them another "
+                    "dirpath, filename or save_best_as (None writes no best file)")
 
 
 __all__ = ["ModelCheckpoint"]
