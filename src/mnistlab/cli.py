@@ -585,6 +585,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import format_prediction, predict_files, printable
     from .training.checkpoint import load_model
 
+    for image in args.images:  # `predict RUN "$UNSET"` said ". is a folder, not an image file", with exit status 1
+        _needs("IMAGE", image, "an image file, got an empty name")
     try:
         model = load_model(args.checkpoint)
     except CheckpointError as e:
@@ -749,9 +751,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="mnistlab_escape")
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # the command's own error: "mnistlab: ... (see mnistlab --help)" led to a list of the commands
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` passes on to torchrun
+    words = list(sys.argv[1:] if argv is None else argv)
+    if unknown:
+        command = parser.commands[args.command]
+        if words[:1] == [args.command] and any(not word.startswith("-") for word in unknown):
+            # `predict RUN a.png --top-k 1 b.png`, `compare runs/a --json runs/b`: argparse gives a list argument
+            # only the words before the first flag, and said "unrecognized arguments: b.png". Parsed again with
+            # the flags and the words in any order; what is still left over is the command's error.
+            args = command.parse_intermixed_args(words[1:], argparse.Namespace(command=args.command))
+        else:  # the command's own error: "mnistlab: ... (see mnistlab --help)" led to a list of the commands
+            command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.argv = words  # what `train --nproc N` passes on to torchrun
     handler = {
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
