@@ -722,7 +722,23 @@ def _typed(section: Any, name: str) -> None:
 
 
 def _type_name(tp: Any) -> str:
-    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    """A field's type in the words of its messages: Python's spelling was "tuple[Union[int, str], ...] | None".
+
+    >>> _type_name(float | None), _type_name(tuple[int | str, ...] | None), _type_name(tuple[float, float])
+    ('float or none', 'a list of int or str, or none', 'a list of 2 values (float, float)')
+    """
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        text = " or ".join(_type_name(a) for a in kinds)
+        if type(None) not in args:
+            return text
+        return f"{text}{',' if any(typing.get_origin(a) is tuple for a in kinds) else ''} or none"
+    if typing.get_origin(tp) is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _wrong_type(key: str, value: Any, expected: str, list_expected: bool = False) -> ConfigError:
@@ -778,7 +794,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                           list_expected=any(typing.get_origin(a) is tuple for a in args))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise _wrong_type(key, value, f"a list ({_type_name(tp)})", list_expected=True)
+            raise _wrong_type(key, value, _type_name(tp), list_expected=True)
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)

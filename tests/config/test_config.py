@@ -130,7 +130,8 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         # what the shell makes of model.channels=[8,"M"] without single quotes around it
         ("model.channels=[8,M]", "words in a list need double quotes, which the shell removes unless the argument "
                                  "is in single quotes: --set 'model.channels=[8,\"M\"]'"),
-        ("model.channels=[8,M,@]", "has the wrong type; expected tuple[Union[int, str], ...] | None; it was read "
+        # the type in words: it was Python's "tuple[Union[int, str], ...] | None"
+        ("model.channels=[8,M,@]", "has the wrong type; expected a list of int or str, or none; it was read "
                                    "as text, not a list"),
         # a list without its brackets (Hydra's and many tools' way): said how to write it
         ("model.channels=16,32", "a list is written in brackets: --set 'model.channels=[16, 32]'"),
