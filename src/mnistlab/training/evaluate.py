@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
@@ -187,7 +188,9 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     images = _pixels(images)
     if isinstance(getattr(model, "in_channels", None), int):  # split into batches below: one image needs its axes
         images = image_batch(images, model.in_channels)
-    device = next(model.parameters()).device
+    # A model of buffers alone (a nearest-mean baseline), or of none, was a bare StopIteration from
+    # next(model.parameters()); evaluate() scores such models
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), images.device)
     with eval_mode(model):
         _check_image_size(model, images)
         forward = _inference(model)
@@ -218,6 +221,21 @@ def _check_batch_size(batch_size: Any, caller: str) -> None:
     ("'<=' not supported"), 2.5 another, and predict_logits' 0 "range() arg 3 must not be zero"."""
     if isinstance(batch_size, (bool, float)) or not hasattr(batch_size, "__index__") or batch_size < 1:
         raise ConfigError(f"{caller}(): batch_size must be a whole number of images, 1 or more, got {batch_size!r}")
+
+
+def _check_scoring(num_classes: Any, label_smoothing: Any) -> None:
+    """A ConfigError for a ``num_classes`` or ``label_smoothing`` evaluate() cannot score with, before any image
+    is scored. num_classes 10.0 was a TypeError from the confusion matrix once the whole split had been scored,
+    and 0 was taken for "not given". A label smoothing outside [0, 1) (train.label_smoothing's range) was a
+    RuntimeError from the first batch's loss where above 1, and where negative or NaN silently no smoothing."""
+    if num_classes is not None and (isinstance(num_classes, (bool, float)) or not hasattr(num_classes, "__index__")
+                                    or num_classes < 1):
+        raise ConfigError(f"evaluate(): num_classes must be a whole number of classes, 1 or more (or None: the "
+                          f"model's output count), got {num_classes!r}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+            or not 0.0 <= label_smoothing < 1.0:  # (NaN fails the comparison)
+        raise ConfigError(f"evaluate(): label_smoothing must be a number in [0, 1), as train.label_smoothing, got "
+                          f"{label_smoothing!r}")
 
 
 def _check_image_size(model: nn.Module, images: torch.Tensor) -> None:
@@ -255,7 +273,8 @@ def evaluate(
     averaged over 1 + 4 * ``tta_shift`` views of each image: itself, and shifted
     by every distance from 1 to ``tta_shift`` pixels left, right, up and down
     (1: five views; 2: nine). The loss is that of the average.
-    ``label_smoothing`` is that of the loss; a run passes its training's, so its
+    ``label_smoothing`` (in [0, 1), as ``train.label_smoothing``; ``num_classes``, a whole number or None,
+    refused otherwise before any image is scored) is that of the loss; a run passes its training's, so its
     val_loss and test_loss are the loss it trains on, as in Keras. (Plain
     cross-entropy would rise for a label-smoothed model as it grows more
     accurate, and be a poor criterion for choosing or stopping.)
@@ -270,6 +289,7 @@ def evaluate(
         raise TypeError(f"evaluate() takes a split with images and labels, such as data.test, got "
                         f"{type(split).__name__}{whole}")
     _check_batch_size(batch_size, "evaluate")
+    _check_scoring(num_classes, label_smoothing)
     if isinstance(tta_shift, float) or not hasattr(tta_shift, "__index__"):  # range() raised a bare TypeError
         raise ConfigError(f"a test-time shift must be a whole number of pixels, got {tta_shift!r}")
     if tta_shift < 0:
