@@ -14,11 +14,28 @@ def test_epoch_permutation_is_the_same_on_cuda():
     assert cuda.device.type == "cuda" and torch.equal(cuda.cpu(), epoch_permutation(1000, 0, 1, "cpu"))
 
 
+def _conv_after_the_first(model):
+    """A conv with more than one input channel: a one-channel weight, (out, 1, k, k), is contiguous in both
+    layouts, so the first conv of an MNIST model says nothing about channels-last."""
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+
+
 class _Look(Callback):
-    """What the first training step ran on, and dynamo's count of compiled frames there and at the end."""
+    """What the first training step ran on (the data, the weights, and a conv's output in the step: its dtype
+    under autocast and its layout), and dynamo's count of compiled frames there and at the end."""
 
     def __init__(self):
-        self.seen, self.frames = {}, []
+        self.seen, self.frames, self.output, self._hook = {}, [], {}, None
+
+    def on_train_begin(self, trainer):
+        if not trainer.cfg.train.compile:  # a hook added after compiling would make dynamo compile again
+            self._hook = _conv_after_the_first(trainer.model).register_forward_hook(self._record)
+
+    def _record(self, module, inputs, output):
+        if module.training and torch.is_grad_enabled() and not self.output:  # a training step, not validation
+            self.output = {"dtype": output.dtype, "device": output.device.type,
+                           "channels_last": output.is_contiguous(memory_format=torch.channels_last)
+                           and not output.is_contiguous()}
 
     def on_batch_begin(self, step, trainer):
         if step == 0:
@@ -26,13 +43,16 @@ class _Look(Callback):
 
     def on_batch_end(self, step, metrics, trainer):
         if step == 1:
+            conv = _conv_after_the_first(trainer.model)
             self.seen = {"images": trainer.data.train.images.device.type,
-                         "weights": trainer.model.features[0].weight.device.type,
-                         "channels_last": trainer.model.features[0].weight.is_contiguous(
-                             memory_format=torch.channels_last)}
+                         "weights": conv.weight.device.type,
+                         "channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last)
+                         and not conv.weight.is_contiguous()}
 
     def on_train_end(self, metrics, trainer):
         self.frames.append(counters["frames"]["total"])
+        if self._hook is not None:
+            self._hook.remove()
 
 
 def _cuda_run(mnist_root, out, *overrides):
@@ -49,6 +69,9 @@ def test_the_cuda_path_keeps_the_data_on_the_gpu_in_channels_last_and_bf16(mnist
 
     native = cuda_native_bf16(torch.device("cuda"))  # bf16 from Ampere on; an older GPU emulates it, slower than fp32
     assert run.summary["precision"] == ("bf16" if native else "fp32")
+    # in the step itself: the conv ran on the GPU, in bf16 autocast, and wrote its output channels-last
+    assert look.output == {"dtype": torch.bfloat16 if native else torch.float32, "device": "cuda",
+                           "channels_last": True}
     assert run.summary["device"].startswith("cuda") and "gpu" in run.summary
     assert run.summary["test_accuracy"] > 0.9  # the default recipe, two epochs of 3,000 images
     assert "compile_seconds" not in run.summary

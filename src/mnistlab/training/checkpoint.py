@@ -705,11 +705,18 @@ def _finite_as_loaded(value: torch.Tensor, like: torch.Tensor) -> bool:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a complete model from a checkpoint (or a run folder) in eval mode.
+    """Load a complete model from a checkpoint (or a run folder) in eval mode, on ``device`` ("cpu", a
+    torch.device, or train.device's "auto", "cuda", "mps": one that is not here is a ConfigError).
 
     >>> model = load_model("runs/my-run/best.ckpt")       # doctest: +SKIP
     >>> model.classes[model(images).argmax(1)[0]]          # doctest: +SKIP
     """
+    from .fit import resolve_device  # here: fit imports this module
+
+    if isinstance(device, str) and device in ("auto", "cuda", "mps"):
+        # train.device's names, as load_data takes them: "auto" was torch's "Expected one of cpu, cuda, ..."
+        # and "cuda" on a machine without one a traceback from torch's CUDA init, after the file was read
+        device = resolve_device(device)
     file = checkpoint_file(path)
     model = model_from_checkpoint(read_checkpoint(file), file)
     return model.to(device).eval()

@@ -107,7 +107,10 @@ def _check_progress(payload: dict[str, Any]) -> None:
     rng = payload["rng"]
     size = torch.get_rng_state().shape
     if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
-            and rng["torch"].shape == size and isinstance(rng.get("cuda"), (list, type(None)))):
+            and rng["torch"].shape == size and isinstance(rng.get("cuda"), (list, type(None)))
+            # each GPU's state, as torch.cuda.get_rng_state gives it (a wrong one raised in set_rng_state_all)
+            and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.dim() == 1
+                    for s in rng.get("cuda") or [])):
         problems.append("rng (not the random state torch saves)")
     if problems:
         raise CheckpointError(f"the checkpoint's training state is damaged: {'; '.join(problems)}; it was not written "
@@ -440,6 +443,22 @@ def deterministic_errors(on: bool):
             raise
         raise ConfigError(f"train.deterministic = true: {refusal} (PyTorch {torch.__version__}); set "
                           "train.deterministic = false to train with it") from e
+
+
+@contextlib.contextmanager
+def device_memory_errors(train: TrainConfig):
+    """A GPU that runs out of memory in the block (torch.OutOfMemoryError) as a ConfigError naming the batch and
+    the way out. On the CPU ``check_training_memory`` refuses such a batch before training; on a GPU nothing
+    did, and the allocator's traceback came mid-epoch (or, under train.compile, as "could not compile")."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        # the allocator's message is one long line: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has ..."
+        first = ". ".join((str(e).strip().splitlines() or ["out of memory"])[0].split(". ")[:2]).rstrip(".")
+        micro = "" if train.micro_batch_size is None else f" in parts of {train.micro_batch_size}"
+        raise ConfigError(f"the device ran out of memory training on batches of {train.batch_size}{micro} ({first}); "
+                          "lower train.batch_size, set train.micro_batch_size to train each batch in smaller parts "
+                          "(the same updates), or lower model.width") from e
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
@@ -786,8 +805,8 @@ class Trainer:
 
     def fit(self) -> FitResult:
         on = self.cfg.train.deterministic
-        with deterministic_mode(on), deterministic_errors(on):  # the callbacks' begin and end too
-            return self._fit()
+        with deterministic_mode(on), deterministic_errors(on), device_memory_errors(self.cfg.train):
+            return self._fit()  # (the callbacks' begin and end in both too)
 
     def _fit(self) -> FitResult:
         cb = self.callbacks
@@ -1110,9 +1129,11 @@ class Trainer:
                                             min_last=self._min_last))
                 x, mix = self._prepare(x, y)
                 try:
-                    self._backward_batch(x, y, self._batch_rows(start), mix)  # the parts' shapes, with micro-batches
+                    with device_memory_errors(self.cfg.train):  # train() calls this outside fit()
+                        self._backward_batch(x, y, self._batch_rows(start), mix)  # the parts' shapes (micro-batches)
                 except Exception as e:  # inductor's errors run to pages: their start, and the way out
-                    if deterministic_refusal(e):  # not the compiler's fault: deterministic_errors says whose
+                    # not the compiler's fault: deterministic_errors says whose, or the batch did not fit
+                    if deterministic_refusal(e) or isinstance(e, ConfigError):
                         raise
                     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
                     cause = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "backend='inductor' raised:"
@@ -1407,7 +1428,9 @@ class Trainer:
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                # One state per GPU the writing process saw: a run from a machine with more GPUs (or resumed
+                # under CUDA_VISIBLE_DEVICES) raised IndexError for a GPU not here. Those here get theirs back.
+                torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
         self._resume = payload
 
     def _check_callback_states(self, states: Any) -> None:
