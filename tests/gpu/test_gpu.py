@@ -101,3 +101,18 @@ def test_deterministic_gpu_runs_repeat_bit_for_bit(mnist_root, tmp_path):
         _cuda_run(mnist_root, tmp_path / name, "train.deterministic=true", "data.train_limit=1000", "train.epochs=1")
     a, b = (read_checkpoint(tmp_path / name / "last.ckpt")["model"] for name in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_python_apis_cpu_data_trains_and_scores_a_model_on_cuda(mnist_root):
+    """The README's Python API: load_data(cfg.data) keeps the images on the CPU, fit() puts the model on the GPU
+    (train.device auto); evaluate() then scores the CUDA model on the CPU split."""
+    from mnistlab import build_model, evaluate, fit, load_data
+
+    cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=1000", "data.val_size=200",
+                                     "train.epochs=1", "train.device=cuda"])
+    data = load_data(cfg.data)
+    assert data.train.images.device.type == "cpu"
+    model = build_model("cnn", mean=data.mean, std=data.std)
+    result = fit(model, data, cfg)
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert evaluate(result.model, data.test).accuracy > 0.8

@@ -303,11 +303,15 @@ def evaluate(
     low, top = (int(split.labels.min()), int(split.labels.max())) if split.labels.numel() else (0, -1)
     if low < 0:
         raise DataError(f"evaluate(): the labels must be class indices from 0, got {low}")
+    # The batches go where the model is, as predict_logits sends them: a model on a GPU scoring load_data's CPU
+    # split met CPU images (a device mismatch from the first layer)
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), split.images.device)
     with eval_mode(model):
         _check_image_size(model, split.images)
         forward = _inference(model)
-        batch_size = rows_per_pass(model, split.images[:1], batch_size)
+        batch_size = rows_per_pass(model, split.images[:1].to(device), batch_size)
         for x, y in iterate_batches(split, batch_size):
+            x, y = x.to(device), y.to(device)
             if tta_shift:
                 p = torch.stack([forward(v).float().softmax(1) for v in tta_views(x, tta_shift)]).mean(0)
                 _check_labels(top, p.shape[1], num_classes)

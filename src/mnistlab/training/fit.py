@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -43,6 +43,7 @@ from ..callbacks.base import Callback, CallbackList, MonitorMixin
 from ..config import FLOAT32_MAX, Config, TrainConfig, config_from_dict, config_to_dict, stored_before_own_defaults
 from ..data.augment import augment
 from ..data.batching import epoch_permutation, iterate_batches, num_batches
+from ..data.datasets import DataBundle, Split
 from ..errors import CheckpointError, ConfigError, MnistlabError, deterministic_refusal, raise_signalled
 from ..machine import native_bf16, native_fp16
 from ..models.base import has_forward_hooks, too_large
@@ -445,6 +446,18 @@ def deterministic_errors(on: bool):
                           "train.deterministic = false to train with it") from e
 
 
+def data_on(data: DataBundle, device: torch.device) -> DataBundle:
+    """``data`` with each split on ``device`` (the same bundle where they are there already; MNIST's 70,000
+    images are 55 MB as uint8)."""
+    def there(split: Split) -> bool:
+        have = split.images.device
+        return have.type == device.type and (device.index is None or have.index == device.index)
+
+    if all(there(s) for s in (data.train, data.val, data.test)):
+        return data
+    return replace(data, train=data.train.to(device), val=data.val.to(device), test=data.test.to(device))
+
+
 @contextlib.contextmanager
 def device_memory_errors(train: TrainConfig):
     """A GPU that runs out of memory in the block (torch.OutOfMemoryError) as a ConfigError naming the batch and
@@ -696,8 +709,10 @@ class Trainer:
         if len(data.val) == 0:
             raise ConfigError(VAL_SIZE_NEEDED)
         self.cfg = cfg
-        self.data = data
         self.device = device or resolve_device(cfg.train.device)
+        # The data goes where the model trains, as train() loads it: the Python API's load_data(cfg.data) keeps
+        # it on the CPU while train.device "auto" puts the model on a GPU, where CPU batches met CUDA weights.
+        self.data = data_on(data, self.device)
         # Under torchrun: this process's share of every batch (train.batch_size is the global batch).
         self._world, self._rank = distributed.world_size(), distributed.rank()
         self._part = (self._rank, self._world) if self._world > 1 else None
