@@ -45,6 +45,7 @@ def test_train_then_evaluate(mnist_root, tmp_path, capsys):
     proc = run_cli("evaluate", str(out / "best.ckpt"), "--json", "--data-dir", str(mnist_root))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    assert (report["model"], report["dataset"]) == ("fast", "mnist")
     assert report["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=0)
     assert report["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     assert len(report["confusion_matrix"]) == 10 and len(report["first_predictions"]) == 10

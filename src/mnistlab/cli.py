@@ -495,6 +495,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     epoch, batch = payload.get("epoch"), payload.get("batch")
     inside = isinstance(epoch, int) and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0
     report = {"checkpoint": str(file), "model": payload["model_name"],
+              "dataset": data.dataset,  # the text says "on fashion-mnist test"; the JSON said nothing of it
               "epoch": epoch,  # a file from the save_checkpoint API may not record one
               # a last.ckpt saved inside an epoch (Ctrl-C): the batches of the next one it had done; "epoch": 0
               # alone misled as the text once did
