@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
                        "F1, confusion matrix and the first ten predictions.")
     e.add_argument("checkpoint", help="a .ckpt file or a run folder")
     _add_data_dir(e, stored=True)
+    e.add_argument("--device", default="cpu", choices=("cpu", "auto", "cuda", "mps"),
+                   help="where the model runs: cpu (default), auto, cuda or mps (a GPU scores the big models in "
+                   "seconds, where a CPU takes minutes)")
     e.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     m = sub.add_parser("models", help="list the model zoo", description="List every registered model with its "
@@ -478,7 +481,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from .training.display import Display
     from .training.evaluate import evaluate, stored_data
+    from .training.fit import resolve_device
 
+    device = resolve_device(args.device, "--device")  # before the file is read: a missing "cuda" is one line
     file = checkpoint_file(args.checkpoint)
     payload = read_checkpoint(file)
     cfg = stored_config(payload, file)
@@ -486,7 +491,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         reuse_freed_memory()
     data = load_test(stored_data(cfg.data, args.data_dir))  # the test files alone: the model holds its normalization
     check_fits_data(payload, data, file)
-    model = model_from_checkpoint(payload)
+    model = model_from_checkpoint(payload).to(device)  # evaluate() sends the batches where the model is
     display = Display()  # a progress bar on a terminal: the big models take minutes on a CPU
     result = evaluate(model, data.test, cfg.train.eval_batch_size, data.num_classes,
                       label_smoothing=cfg.train.label_smoothing,

@@ -65,7 +65,7 @@ def _checked(cfg: DataConfig, device: str | torch.device, caller: str) -> str | 
         # cuda, ... device type at start of device string: auto" once the splits were loaded
         from ..training.fit import resolve_device
 
-        device = resolve_device(device) if device in ("auto", "cuda", "mps") else device
+        device = resolve_device(device, f"{caller}(device)") if device in ("auto", "cuda", "mps") else device
     return device
 
 

@@ -716,7 +716,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     if isinstance(device, str) and device in ("auto", "cuda", "mps"):
         # train.device's names, as load_data takes them: "auto" was torch's "Expected one of cpu, cuda, ..."
         # and "cuda" on a machine without one a traceback from torch's CUDA init, after the file was read
-        device = resolve_device(device)
+        device = resolve_device(device, "load_model(device)")
     file = checkpoint_file(path)
     model = model_from_checkpoint(read_checkpoint(file), file)
     return model.to(device).eval()

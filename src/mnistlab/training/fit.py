@@ -479,8 +479,8 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; ``setting`` is what the errors call the choice."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -488,9 +488,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError(f"{setting} = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("train.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
+        raise ConfigError(f"{setting} = 'mps' but MPS is not available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
