@@ -1,5 +1,8 @@
 """`--early-stopping pq` without a number is Prechelt's PQ_0.5, as PQ() is; GL keeps 5. One shared default of 5
-made it PQ_5, outside the thresholds Prechelt tried (0.5 to 3) and ten times the class's."""
+made it PQ_5, outside the thresholds Prechelt tried (0.5 to 3) and ten times the class's. And PQ with a 1-epoch
+strip, whose training progress is always 0, is said to stop at any rise."""
+
+from dataclasses import replace
 
 from mnistlab.callbacks import PQ, early_stopping_from_config, parse_early_stopping
 from mnistlab.callbacks.early_stopping import early_stopping_warnings
@@ -31,3 +34,14 @@ def test_a_run_folders_config_keeps_an_unset_alpha_unset(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(apply_overrides(Config(), ["early_stopping.criterion=pq"])))
     assert load_config(path).early_stopping.alpha is None
+
+
+def test_pq_with_a_one_epoch_strip_says_it_stops_at_any_rise():
+    cfg = apply_overrides(Config(), ["early_stopping.criterion=pq", "early_stopping.strip=1"]).early_stopping
+    assert early_stopping_warnings(cfg, epochs=10) == [
+        "PQ_0.5 with early_stopping.strip = 1 stops at the first epoch whose validation error is above its best "
+        "(GL > 0): the training progress over a 1-epoch strip is always 0; Prechelt's strip is 5"]
+    pq = PQ(strip=1)
+    pq.e_tr = {1: 0.5, 2: 0.4}
+    assert pq.training_progress(2) == 0.0  # what the warning says
+    assert early_stopping_warnings(replace(cfg, strip=2), epochs=10) == []

@@ -540,6 +540,11 @@ def early_stopping_warnings(cfg: EarlyStoppingConfig, epochs: int) -> list[str]:
     if first > epochs:
         out.append(f"{name} cannot stop a run of {_epochs(epochs)}{how}, so its first possible stop is after "
                    f"epoch {first}")
+    if cfg.criterion == "pq" and k == 1:
+        # P_1(t) = 1000 * (E_tr(t) / E_tr(t) - 1) = 0, so GL / P_k is infinite at any GL above 0
+        out.append(f"{name} with early_stopping.strip = 1 stops at the first epoch whose validation error is above "
+                   "its best (GL > 0): the training progress over a 1-epoch strip is always 0; Prechelt's strip "
+                   "is 5")
     return out
 
 
