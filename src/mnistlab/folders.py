@@ -27,8 +27,23 @@ def expand_home(path: Path, what: str, error: type[Exception]) -> Path:
 
 
 def missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those of its parents that do not exist yet, the deepest first."""
-    return [p for p in (folder, *folder.parents) if not p.exists()]
+    """The folders that ``folder.mkdir(parents=True)`` would make, the deepest first.
+
+    >>> [str(p) for p in missing_folders(Path("/nonexistent-mnistlab/new/../run"))]
+    ['/nonexistent-mnistlab/run', '/nonexistent-mnistlab/new', '/nonexistent-mnistlab']
+    """
+    # Walked from the top, not up through folder.parents: in "new/../run", "new/.." is no folder to make (mkdir
+    # makes new/ to reach it), so remove_empty stopped there and left new/ behind. The ".." of a folder made here
+    # (no link) is its lexical parent; that of one that exists is left to the kernel (it may be a link).
+    path, made = Path(folder.anchor), []
+    for part in folder.parts[1 if folder.anchor else 0:]:
+        if part == "..":
+            path = path.parent if path in made else path / ".."
+            continue
+        path = path / part
+        if path.parent in made or not path.exists():
+            made.append(path)
+    return made[::-1]
 
 
 def remove_empty(folders: Iterable[Path]) -> None:

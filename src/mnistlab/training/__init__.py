@@ -17,8 +17,8 @@ from ..callbacks import ModelCheckpoint, build_callbacks
 from ..callbacks.base import Callback, check_callbacks
 from ..config import Config
 from ..data import DataBundle
-from ..errors import CheckpointError, ConfigError
-from ..folders import missing_folders, remove_empty
+from ..errors import CheckpointError, ConfigError, RunDirError
+from ..folders import expand_home, missing_folders, remove_empty
 from . import distributed
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
@@ -70,6 +70,8 @@ def fit(
     if not isinstance(data, DataBundle):
         raise TypeError(f"fit(): the data must be a DataBundle, from load_data(cfg.data), got {type(data).__name__}")
     check_folder_given(run_dir, "fit", "run_dir", "leave it out to train without writing files")
+    if run_dir is not None:  # "~/runs/a" was a folder named ~ in the current one
+        run_dir = expand_home(Path(run_dir), "run_dir", RunDirError)
     if distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         # Each process would train alone on all the data, and all of them would write run_dir.
         raise ConfigError(f"fit() trains in this process alone, and torchrun started {os.environ['WORLD_SIZE']}: "

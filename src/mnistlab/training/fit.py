@@ -522,11 +522,12 @@ def signals_raise() -> Iterator[None]:
 class _SignalGuard:
     """First SIGINT/SIGTERM/SIGHUP asks the loop to stop at the next step; a second one ends the run at once.
 
-    A second Ctrl-C raises ``KeyboardInterrupt``, Python's own answer to it: the run unwinds through
-    its ``finally`` blocks (the run lock, temporary files) and a notebook's kernel lives on; the CLI
-    exits 130. A second SIGTERM, and any second signal in a torchrun worker (whose peers may hold it
-    in a collective while it unwinds), ends the process (``os._exit``, 130 / 143). Either is safe:
-    every file but TensorBoard's appended event files is written atomically (temp file, then rename).
+    A second Ctrl-C raises ``KeyboardInterrupt``, Python's own answer to it, and a second SIGTERM
+    :class:`~mnistlab.errors.Signalled`: the run unwinds through its ``finally`` blocks (the run lock,
+    temporary files) and a notebook's kernel lives on; the CLI exits 130 / 143 with the resume line. A
+    second SIGHUP (the terminal is gone: nothing to print to), and any second signal in a torchrun worker
+    (whose peers may hold it in a collective while it unwinds), ends the process (``os._exit``). Either is
+    safe: every file but TensorBoard's appended event files is written atomically (temp file, then rename).
     """
 
     def __init__(self) -> None:
@@ -543,8 +544,11 @@ class _SignalGuard:
         if self.signum is None:
             self.signum = signum
             return
-        if signum == signal.SIGINT and not distributed.launched_by_torchrun():
-            raise KeyboardInterrupt
+        if not distributed.launched_by_torchrun():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if signum == signal.SIGTERM:  # it ended the process without a word (the README's resume line)
+                raise_signalled(signum, frame)
         os._exit(128 + signum)
 
     def __exit__(self, *exc) -> None:

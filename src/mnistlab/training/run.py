@@ -30,7 +30,7 @@ from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, SEED_LI
 from ..data import DataBundle, load_data
 from ..data.datasets import quiet_downloads
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
-from ..folders import missing_folders, probe_write, remove_empty
+from ..folders import expand_home, missing_folders, probe_write, remove_empty
 from .. import machine
 from ..machine import cpu_name
 from ..models import build_model, model_options
@@ -637,13 +637,13 @@ def _train(cfg: Config, out, resume, callbacks: Iterable[Callback], quiet: bool,
         run_dir = ckpt.parent
         # A resumed run writes into its own folder: train(cfg, out=new, resume=old) went on in old, and new, the
         # folder the caller then read, never existed (the CLI refuses --out with --resume).
-        if out is not None and Path(out).expanduser().resolve() != run_dir.resolve():
+        if out is not None and expand_home(Path(out), "the run folder", RunDirError).resolve() != run_dir.resolve():
             raise RunDirError(f"train(): out={str(out)!r} cannot be combined with resume={str(resume)!r}: a resumed "
                               f"run continues in its own folder ({run_dir}); leave out `out`, or pass the same folder")
         payload = read_checkpoint(ckpt)
         _check_kept_models(run_dir, cfg.ema.enabled)
     elif out is not None:
-        run_dir = Path(out)
+        run_dir = expand_home(Path(out), "the run folder", RunDirError)  # --out=~/runs/a made a folder named ~
         made = missing_folders(run_dir)
     else:
         made = missing_folders(Path("runs"))  # default_run_dir's root: a first run makes it
