@@ -2,8 +2,8 @@
 
 Runs the real `mnistlab.train` on full MNIST (55,000 train / 5,000 validation
 images, test set once at the end) and prints test accuracy and training time
-per seed, then mean and spread. The README quotes its kept output,
-benchmarks/default_recipe.txt.
+per seed, then mean and spread. The README quotes its kept outputs,
+benchmarks/default_recipe*.txt (the headline: default_recipe_epyc-avx512.txt and its 12-03 rerun).
 
     .venv/bin/python benchmarks/default_recipe.py --data-dir ../shared/data --seeds 3
 """

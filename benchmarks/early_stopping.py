@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mnistlab import Config, apply_overrides, build_model, fit, load_data  # noqa: E402
+from mnistlab.bench import machine_description  # noqa: E402
 from mnistlab.callbacks import GL, PQ, UP, EarlyStopping  # noqa: E402
 
 
@@ -77,6 +78,7 @@ def main() -> None:
         "UP_2 (k=5)": UP(strips=2, strip=5),
         "UP_3 (k=5)": UP(strips=3, strip=5),
     }
+    print(f"machine: {machine_description()}")  # the kept output's first line was written by hand
     print(f"lenet, 2,000 training images, {args.epochs} epochs, Adam 1e-3 constant; "
           f"lowest val_loss {best['val_loss']:.4f} at epoch {int(best['epoch'])}")
     print(f"{'criterion':<24} {'stop':>5} {'val_loss':>9} {'val_acc':>8}  reason")

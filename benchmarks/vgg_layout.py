@@ -2,7 +2,7 @@
 
 ``train.channels_last = none`` (auto) picks NHWC on a CPU for the models whose
 builders mark it (``channels_last_on_cpu``). The built-in vgg11-19 trained
-1.02-1.05x faster in NHWC on the first AMD EPYC (benchmarks/roofline.txt); this
+0.95-1.05x as fast in NHWC on the first AMD EPYC (vgg19 slower; benchmarks/roofline.txt); this
 script measures the small layouts people write for MNIST with ``model.name =
 "vgg"``: training images/s of the real Trainer (synthetic images, second epoch
 of two), each layout in both memory formats, interleaved, in two rounds.
