@@ -9,6 +9,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -85,7 +86,13 @@ def _torch_version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line, as mnistlab's own are (argparse printed its usage block first)."""
+    """argparse with its errors on one line, as mnistlab's own are (argparse printed its usage block first), and
+    negative numbers in exponent form taken as values: argparse's own pattern (-1, -0.5) read `--lr -1e-3` as a
+    flag, "--lr: expected one argument", where -0.001 reached the config's "must be greater than zero"."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
