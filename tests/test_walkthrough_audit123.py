@@ -72,3 +72,13 @@ def test_predict_refuses_an_empty_image_name(run, digits, capsys):
     captured = capsys.readouterr()
     assert captured.err.strip() == "mnistlab predict: error: IMAGE needs an image file, got an empty name"
     assert captured.out == ""
+
+
+def test_models_details_names_the_dataset_of_its_config(tmp_path, capsys):
+    # `models --details --config F` said "(mnist)" for a config of KMNIST: the label came from --dataset alone
+    config = tmp_path / "km.toml"
+    config.write_text('[data]\ndataset = "kmnist"\n[model]\nname = "cnn"\n')
+    assert main(["models", "--details", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("model cnn: input 1x28x28 (kmnist), 10 classes")
+    assert main(["models", "--details", "--config", str(config), "--dataset", "fashion-mnist"]) == 0
+    assert capsys.readouterr().out.startswith("model cnn: input 1x28x28 (fashion-mnist)")  # the flag wins

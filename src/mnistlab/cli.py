@@ -179,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the model zoo", description="List every registered model with its "
                        "parameters, multiply-accumulates per image, input size and the [model] options it takes; "
                        "--details prints one model's layer table.")
-    m.add_argument("--dataset", default="mnist", help="size the models for this dataset's images (default mnist)")
+    m.add_argument("--dataset", help="size the models for this dataset's images (default: that of --config, else "
+                   "mnist)")
     m.add_argument("--details", metavar="NAME", nargs="?", const=True,  # True: no NAME; "" is refused
                    help="print the layer table of one model (no NAME: the config's model, else fast, the default of "
                    "`mnistlab train`)")
@@ -559,7 +560,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .models import build_model, list_models, model_options
     from .models.summary import count_macs, count_parameters, format_layer_table, layer_table
 
-    if args.dataset not in DATASETS:
+    if args.dataset is not None and args.dataset not in DATASETS:
         raise MnistlabError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
     size = (1, 28, 28)  # every dataset of the family has 28x28 grayscale images
     kwargs = dict(num_classes=10, in_channels=size[0], image_size=size[1:])
@@ -578,7 +579,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             raise MnistlabError(f"--set {others[0]}: --details shows the model, which only [model] options change "
                                 "(use --dataset for the dataset)")
         model = build_model(cfg.model.name, **kwargs, **cfg.model.options())
-        shape = f"{'x'.join(map(str, size))} ({args.dataset})"
+        shape = f"{'x'.join(map(str, size))} ({args.dataset or cfg.data.dataset})"  # the config's: it said mnist
         if model.crop:
             shape += f", cropped to {size[0]}x{size[1] - 2 * model.crop}x{size[2] - 2 * model.crop} by crop = {model.crop}"
         print(f"model {cfg.model.name}: input {shape}, {kwargs['num_classes']} classes")
