@@ -892,7 +892,10 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors add one) is skipped
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, ValueError) as e:  # ValueError: UnicodeDecodeError, and a NUL in the name (Python API)
+    except UnicodeDecodeError as e:  # `--config seven.png`: Python's "'utf-8' codec can't decode byte 0x89 ..."
+        raise ConfigError(f"config file {path} is not a text file (byte {e.start} is not UTF-8): a config is TOML "
+                          "text, such as configs/fast.toml") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name (Python API)
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
         data = tomllib.loads(text)

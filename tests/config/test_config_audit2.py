@@ -74,3 +74,12 @@ def test_overrides_that_are_not_a_list_of_strings_are_config_errors():
         with pytest.raises(ConfigError, match=r"must be a string like 'section.key=value'.*or give a dict"):
             apply_overrides(Config(), [bad])
     assert apply_overrides(Config(), ("train.epochs=3",)).train.epochs == 3  # any sequence of strings
+
+
+def test_a_file_that_is_not_text_is_said_to_be_so(tmp_path):
+    # `--config seven.png` printed Python's "'utf-8' codec can't decode byte 0x89 in position 0: ..."
+    image = tmp_path / "seven.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ConfigError, match=r"config file \S+seven.png is not a text file \(byte 0 is not UTF-8\): a "
+                                          r"config is TOML text"):
+        load_config(image)
