@@ -35,7 +35,7 @@ from .. import machine
 from ..machine import cpu_name
 from ..models import build_model, model_options
 from ..models.summary import count_parameters
-from ..report.runfolder import PREDICTIONS_FILE
+from ..report.runfolder import PREDICTIONS_FILE, is_run_folder
 from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoint, read_checkpoint, resume_file
 from . import distributed
 from .display import Display, clear_progress_line, divert_to_devnull, progress_safe_warnings
@@ -261,6 +261,15 @@ def prepare_run_dir(path: Path, resume: bool, other: str = "choose another --out
             "to continue from (it stopped before finishing its first epoch, or before last.ckpt was written; or "
             f"they are a report, written there by `mnistlab report --out`); delete them or {other}"
         )
+    # `--out runs` (for "into runs/"): the run's files lay beside the runs there, and `compare runs` then took
+    # the folder for this one run and left the others out
+    with contextlib.suppress(OSError):
+        runs = sorted(p.name for p in path.iterdir() if is_run_folder(p))
+        if runs:
+            shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+            raise RunDirError(f"{path} holds run folders ({shown}): this run's files would lie among them, and "
+                              f"compare and report would take the folder for this one run; {other} (a folder of "
+                              f"its own, such as {path / 'NAME'})")
 
 
 def check_free_space(path: Path, model: torch.nn.Module, cfg: Config) -> None:
