@@ -16,7 +16,8 @@ user's file needs first:
    also on dim grey paper): the background is the median of the border
    pixels, and the ink the extreme, darkest or lightest, furthest from it;
 3. even out the lighting where the border shows a trend (a photo lit from one side, darker corners; see
-   ``_even_lighting``), subtract the background level and stretch so the strongest ink is 1;
+   ``_even_lighting``), subtract the background level and stretch so the strongest ink is 1 (for
+   Fashion-MNIST: so that black is 1, see below);
 4. crop to the ink: on a clean background every pixel that is not background,
    on a noisy one (a photo) the clear ink plus its faint edge (see ``_ink_box``);
 5. resize so the longer side is ``box`` pixels (20 for MNIST), bilinear with
@@ -35,9 +36,10 @@ ink is only 19 pixels tall, are enlarged to 20. The tests check that the
 model's predictions from such PNGs match those from the tensors.
 
 Fashion-MNIST was made differently (Xiao et al. 2017: trim, resize the longer
-side to 28, centre the box), so for a Fashion-MNIST model the box is 28 and
-the bounding box, not the centre of mass, is centred. KMNIST follows MNIST's
-format.
+side to 28, centre the box, negate the grey levels), so for a Fashion-MNIST model
+the box is 28, the bounding box, not the centre of mass, is centred, and the
+contrast is not stretched: each pixel is its darkness relative to the paper (a
+light-grey shirt stays dim, as in the dataset). KMNIST follows MNIST's format.
 
 >>> model = load_model("runs/my-run")                            # doctest: +SKIP
 >>> [p.name for p in predict_files(model, ["seven.png"])]        # doctest: +SKIP
@@ -77,16 +79,21 @@ class ImageFileError(MnistlabError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one dataset's images were made: the box the object is scaled into, and how it is centred."""
+    """How one dataset's images were made: the box the object is scaled into, how it is centred, and whether its
+    strongest ink is stretched to white."""
 
     box: int  # longer side of the object, in pixels
     centre: str  # "mass": centre of mass on the field's centre; "box": bounding box centred
+    # True: the strongest ink is 1 (255), as in MNIST's anti-aliased digits. False: each pixel keeps its darkness
+    # relative to the paper (Fashion-MNIST negated the photo's grey levels: a light-grey shirt is dim there).
+    stretch: bool = True
 
 
 RECIPES = {
     "mnist": Recipe(box=20, centre="mass"),
     "kmnist": Recipe(box=20, centre="mass"),  # Clanuwat et al. 2018 made KMNIST in MNIST's format
-    "fashion-mnist": Recipe(box=28, centre="box"),  # Xiao et al. 2017: longer side to 28, centred
+    # Xiao et al. 2017: trim, longer side to 28, centred, negated, 8-bit grayscale (no contrast stretch)
+    "fashion-mnist": Recipe(box=28, centre="box", stretch=False),
 }
 
 
@@ -310,6 +317,10 @@ def preprocess(gray: np.ndarray, dataset: str = "mnist") -> np.ndarray:
     edge = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
     y0, y1, x0, x1 = _ink_box(ink, noise=min(float(np.percentile(edge, 90)), INK_THRESHOLD))
     ink = ink[y0:y1, x0:x1]
+    if not recipe.stretch:  # (the crop above is found on the stretched ink, whose thresholds assume it)
+        # Stretched, a light-grey garment on white came out as bright as a black one, and a Fashion-MNIST image
+        # written out as PNG and read back was not the image the model was tested on.
+        ink = ink * ((peak - background) / (1.0 - background))
 
     h, w = ink.shape
     scale = recipe.box / max(h, w)
