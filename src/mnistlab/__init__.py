@@ -48,8 +48,15 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
+# The subpackages, imported on first use too: `import mnistlab; mnistlab.callbacks.EarlyStopping(...)` (as
+# `keras.callbacks.EarlyStopping`) was "module 'mnistlab' has no attribute 'callbacks'" unless something had
+# imported it before, and so was `mnistlab.config.DataConfig`, which mnistlab's own error messages suggest.
+_SUBMODULES = ("callbacks", "config", "data", "errors", "export", "models", "predict", "report", "sweep", "training")
+
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # importing it sets it as an attribute here
     if name not in _HOMES:
         raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")
     value = getattr(importlib.import_module(_HOMES[name], __name__), name)
@@ -58,7 +65,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    return sorted({*globals(), *_HOMES, *_SUBMODULES})
 
 
 if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__

@@ -644,6 +644,14 @@ class TtaConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting of a run, one section per ``[table]`` of a config file (``Config()``: the defaults, the
+    recipe ``mnistlab train`` runs). Frozen: change it with :func:`apply_overrides` (``"section.key=value"``
+    strings, as ``--set`` takes them) or ``dataclasses.replace``; read one with :func:`load_config`.
+
+    >>> apply_overrides(Config(), ["train.epochs=3"]).train.epochs
+    3
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

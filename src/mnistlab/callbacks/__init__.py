@@ -35,6 +35,7 @@ from .time_limit import TimeLimit
 
 def flat_config(cfg: Config) -> dict[str, object]:
     """``{"section.key": value}`` for every key of the config (the hyperparameters of a run)."""
+    _check_config(cfg, "flat_config")
     return {f"{s}.{k}": v for s, keys in config_to_dict(cfg).items() for k, v in keys.items()}
 
 
@@ -51,6 +52,7 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
     >>> [type(cb).__name__ for cb in build_callbacks(Config(), None)]
     []
     """
+    _check_config(cfg, "build_callbacks")
     callbacks: list[Callback] = []
     if run_dir is not None:
         callbacks.append(History())
@@ -67,6 +69,15 @@ def build_callbacks(cfg: Config, run_dir: str | Path | None) -> list[Callback]:
     for cb in callbacks:  # their states keep class-name keys in checkpoints; the caller's own get "user:" keys
         setattr(cb, BUILT_IN, True)
     return callbacks
+
+
+def _check_config(cfg: object, caller: str) -> None:
+    # A section (cfg.train, cfg.early_stopping) in place of the whole config failed inside, with
+    # "AttributeError: 'TrainConfig' object has no attribute 'early_stopping'" or dataclasses' "must be called with
+    # a dataclass type or instance"; early_stopping_from_config is the one that takes a section.
+    if not isinstance(cfg, Config):
+        raise TypeError(f"{caller}() takes the whole mnistlab.Config (Config(), load_config(path)), got "
+                        f"{type(cfg).__name__}")
 
 
 __all__ = [

@@ -47,6 +47,10 @@ def _duration(seconds: float) -> str:
 
 
 class TimeLimit(Callback):
+    """Stop after the epoch whose successor could take the training time past ``max_minutes`` (see the module
+    docstring); ``schedule``, the run's schedule name, makes it warn when a one-cycle or cosine schedule will
+    be cut short."""
+
     def __init__(self, max_minutes: float, *, schedule: str | None = None) -> None:
         if not (isinstance(max_minutes, (int, float)) and math.isfinite(max_minutes) and max_minutes > 0):
             raise ConfigError(f"TimeLimit: max_minutes must be a positive number, got {max_minutes!r}")

@@ -9,6 +9,7 @@
 import torch
 
 from ..config import Config, DataConfig
+from ..errors import ConfigError
 from . import datasets
 from .batching import epoch_permutation, iterate_batches, num_batches, to_float
 from .datasets import (
@@ -27,7 +28,8 @@ from .datasets import (
 
 def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle:
     """Load, verify and split a dataset as ``cfg`` (a config's ``[data]`` section, ``cfg.data``) says; the splits
-    are uint8 tensors on ``device``. See :func:`mnistlab.data.datasets.load_data`.
+    are uint8 tensors on ``device`` ("cpu", "auto", "cuda", "cuda:N", "mps" or a torch.device; one this machine
+    does not have is a ConfigError, before any file is read). See :func:`mnistlab.data.datasets.load_data`.
 
     >>> load_data(Config())
     Traceback (most recent call last):
@@ -65,7 +67,18 @@ def _checked(cfg: DataConfig, device: str | torch.device, caller: str) -> str | 
         # cuda, ... device type at start of device string: auto" once the splits were loaded
         from ..training.fit import resolve_device
 
-        device = resolve_device(device, f"{caller}(device)") if device in ("auto", "cuda", "mps") else device
+        try:
+            device = resolve_device(device, f"{caller}(device)")
+        except RuntimeError:  # "gpu" was that same torch RuntimeError, raised from inside Split.to
+            raise ConfigError(f"{caller}(device) = {device!r} is not a device; use 'auto', 'cpu', 'cuda', "
+                              "'cuda:N' or 'mps'") from None
+    # A CUDA device that is not here ("cuda:0" or torch.device("cuda") without CUDA, "cuda:3" with one GPU) failed
+    # in torch, after the whole dataset was read and verified.
+    if isinstance(device, torch.device) and device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"{caller}(device) = {str(device)!r} but this machine has "
+                              f"{count} CUDA device(s); use 'auto' or 'cpu'")
     return device
 
 
@@ -74,6 +87,7 @@ __all__ = [
     "DatasetSpec",
     "Split",
     "DataBundle",
+    "ScoringSet",
     "resolve_data_dir",
     "read_idx",
     "load_raw",

@@ -308,6 +308,9 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class FitResult:
+    """What :func:`~mnistlab.fit` (and a run's ``fit``) gives back: the trained model, in eval mode, one metrics
+    dict per epoch, why and by what it stopped, the epochs and steps done and the seconds of training."""
+
     model: nn.Module
     history: list[dict[str, float]]  # one metrics dict per epoch
     stop_reason: str
