@@ -891,6 +891,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> Config:
     """Read a TOML config file; missing sections and keys keep their defaults."""
+    if not isinstance(path, (str, os.PathLike)):  # load_config(Config()) was a TypeError from inside pathlib
+        raise TypeError(f"load_config() takes a TOML file's path, got {type(path).__name__}")
     path = expand_home(Path(path), "config file", ConfigError)  # as data.dir's ~ is the home folder
     if path.is_dir():  # `--config runs/NAME`: "[Errno 21] Is a directory" said nothing of what was wanted
         inside = path / "config.toml"
@@ -937,6 +939,11 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     ``finetune.unfreeze_at``) may come in any order. A key given twice keeps
     its last value.
     """
+    if not isinstance(cfg, Config):  # cfg.train, or a file's path: "'TrainConfig' object has no attribute 'train'"
+        raise TypeError(f"apply_overrides() takes the whole Config (Config(), load_config(path)), got "
+                        f"{type(cfg).__name__}")
+    if overrides is None:  # "'NoneType' object is not iterable"
+        raise ConfigError("overrides must be a list of 'section.key=value' strings (or a dict), got None")
     if not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
     items, texts = list(overrides.items()), getattr(overrides, "texts", {})

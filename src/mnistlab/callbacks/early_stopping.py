@@ -464,6 +464,9 @@ class UP(PrecheltStopping):
 
 def early_stopping_from_config(cfg: EarlyStoppingConfig) -> Callback | None:
     """The stopping rule the ``[early_stopping]`` section asks for (None for criterion "none")."""
+    if not isinstance(cfg, EarlyStoppingConfig):  # the whole Config: "object has no attribute 'start_epoch'"
+        raise TypeError(f"early_stopping_from_config() takes the [early_stopping] section (cfg.early_stopping), got "
+                        f"{type(cfg).__name__}")
     common = dict(
         start_epoch=cfg.start_epoch,
         stop_on_nonfinite=cfg.stop_on_nonfinite,

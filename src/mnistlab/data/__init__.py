@@ -9,7 +9,6 @@
 import torch
 
 from ..config import Config, DataConfig
-from ..errors import ConfigError
 from . import datasets
 from .batching import epoch_permutation, iterate_batches, num_batches, to_float
 from .datasets import (
@@ -62,24 +61,14 @@ def _checked(cfg: DataConfig, device: str | torch.device, caller: str) -> str | 
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"{caller}() takes a DataConfig (cfg.data, or mnistlab.config.DataConfig(dataset=...)), got "
                         f"{type(cfg).__name__}")
-    if isinstance(device, str):
-        # cfg.train.device's names, checked before any file is read: "auto" was torch's "Expected one of cpu,
-        # cuda, ... device type at start of device string: auto" once the splits were loaded
-        from ..training.fit import resolve_device
+    # cfg.train.device's names, checked before any file is read: "auto" and "gpu" were torch's "Expected one of
+    # cpu, cuda, ... device type at start of device string" once the splits were loaded, and a CUDA device that
+    # is not here failed in torch after the whole dataset was read and verified
+    from ..training.fit import checked_device, resolve_device
 
-        try:
-            device = resolve_device(device, f"{caller}(device)")
-        except RuntimeError:  # "gpu" was that same torch RuntimeError, raised from inside Split.to
-            raise ConfigError(f"{caller}(device) = {device!r} is not a device; use 'auto', 'cpu', 'cuda', "
-                              "'cuda:N' or 'mps'") from None
-    # A CUDA device that is not here ("cuda:0" or torch.device("cuda") without CUDA, "cuda:3" with one GPU) failed
-    # in torch, after the whole dataset was read and verified.
-    if isinstance(device, torch.device) and device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise ConfigError(f"{caller}(device) = {str(device)!r} but this machine has "
-                              f"{count} CUDA device(s); use 'auto' or 'cpu'")
-    return device
+    if isinstance(device, str):
+        return resolve_device(device, f"{caller}(device)")
+    return checked_device(device, f"{caller}(device)") if isinstance(device, torch.device) else device
 
 
 __all__ = [

@@ -69,6 +69,9 @@ def model_options(name: str) -> list[str]:
 
 
 def _get(name: str) -> Builder:
+    if not isinstance(name, str):  # build_model(cfg.model) was "unknown model ModelConfig(name='cnn', ...)"
+        raise TypeError(f"build_model() takes a model name such as 'cnn', got {type(name).__name__}; for a config's "
+                        "[model] section: build_model(cfg.model.name, **cfg.model.options())")
     try:
         return _REGISTRY[name]
     except KeyError:

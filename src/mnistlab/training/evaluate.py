@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
@@ -283,6 +284,10 @@ def evaluate(
     >>> round(ev.accuracy, 4)                              # doctest: +SKIP
     0.9912
     """
+    if not isinstance(model, nn.Module):  # a checkpoint's path was "'str' object has no attribute 'parameters'"
+        path = isinstance(model, (str, os.PathLike))
+        raise TypeError(f"evaluate() takes a model (a torch.nn.Module), got {type(model).__name__}"
+                        + ("; for a checkpoint, evaluate(load_model(path), ...)" if path else ""))
     if not (isinstance(getattr(split, "images", None), torch.Tensor)
             and isinstance(getattr(split, "labels", None), torch.Tensor)):
         whole = " (a whole DataBundle: pass one of its splits, data.test or data.val)" if hasattr(split, "test") else ""

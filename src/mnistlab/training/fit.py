@@ -494,7 +494,23 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
         raise ConfigError(f"{setting} = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"{setting} = 'mps' but MPS is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # "gpu": torch's "Expected one of cpu, cuda, ipu, xpu, ..."
+        raise ConfigError(f"{setting} = {name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                          "'mps'") from None
+    return checked_device(device, setting)
+
+
+def checked_device(device: torch.device, setting: str = "train.device") -> torch.device:
+    """``device``, or a ConfigError where it is a CUDA device this machine has not ("cuda:0" without CUDA,
+    "cuda:3" with one GPU: torch failed at the first tensor moved, after the data was read)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"{setting} = {str(device)!r} but this machine has {count} CUDA device(s); use "
+                              "'auto' or 'cpu'")
+    return device
 
 
 def stopping_signals() -> list[int]:
