@@ -538,11 +538,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     avg = report["macro_average"]
     print(f"  {'mean':>{name}}  {pct(avg['recall']):>7}  {pct(avg['precision']):>9}  {pct(avg['f1']):>7}  "
           f"{report['examples']:>6,}")
-    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    # Rows named where the names are not the indices (Fashion-MNIST's, KMNIST's): the reader matched 0-9
+    # against the table above; the columns keep the indices, which the row names begin with.
+    named = [str(n) for n in data.classes] != [str(i) for i in range(len(data.classes))]
+    rows = [f"{i} {n}" if named else str(i) for i, n in enumerate(data.classes)]
+    lead = max(4, *(len(r) + 1 for r in rows))
+    print("\nconfusion matrix (rows: true class, columns: predicted" + (", by number" if named else "") + "):")
     width = max(5, len(str(int(result.confusion.max()))) + 1)
-    print(" " * 4 + "".join(f"{i:>{width}}" for i in range(len(data.classes))))
-    for i, row in enumerate(result.confusion.tolist()):
-        print(f"{i:>4}" + "".join(f"{v:>{width}}" for v in row))
+    print(" " * lead + "".join(f"{i:>{width}}" for i in range(len(data.classes))))
+    for label, row in zip(rows, result.confusion.tolist()):
+        print(f"{label:>{lead}}" if not named else f"{label:<{lead}}", end="")
+        print("".join(f"{v:>{width}}" for v in row))
     print("\nfirst predictions:")
     first = report["first_predictions"]
     # as wide as the longest name printed: a digit, or Fashion-MNIST's "T-shirt/top"

@@ -50,6 +50,13 @@ def test_first_predictions_line_up_for_fashion_mnist_class_names(tmp_path, capsy
         assert row.strip().startswith(name)
     assert [m["images"] for m in report["per_class"].values()] == [2, 1, 1, 1, 1, 1, 0, 0, 1, 2]
     assert table[-1].split()[0] == "mean" and table[-1].split()[-1] == "10"
+    # the confusion matrix's rows are named (they were 0-9 alone), its columns numbered as the names begin
+    matrix = out.split("confusion matrix (rows: true class, columns: predicted, by number):\n")[1].split("\n\n")[0]
+    rows = matrix.splitlines()
+    assert rows[0].split() == [str(i) for i in range(10)] and len(rows) == 11
+    assert rows[1].startswith("0 T-shirt/top ") and rows[10].startswith("9 Ankle boot ")
+    assert [sum(map(int, row.split()[-10:])) for row in rows[1:]] == [2, 1, 1, 1, 1, 1, 0, 0, 1, 2]
+    assert len({len(row) for row in rows}) == 1  # the columns line up
 
 
 def test_precision_recall_and_f1_are_counted_from_the_confusion_matrix_as_scikit_learn_does():
