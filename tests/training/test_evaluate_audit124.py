@@ -119,3 +119,15 @@ def test_evaluate_json_matches_plain_pytorch_on_the_checkpoint(mnist_root, mnist
         assert got["per_class_accuracy"][str(c)] == pytest.approx(hit / images_c)
     assert run.summary["test_accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert run.summary["test_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_boolean_tta_shift_is_refused_not_taken_for_one_pixel():
+    import torch
+
+    from mnistlab.data import Split
+    from mnistlab.models import build_model
+    from mnistlab.training.evaluate import evaluate
+
+    split = Split(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ConfigError, match="a test-time shift must be a whole number of pixels, got True"):
+        evaluate(build_model("cnn", width=0.25), split, tta_shift=True)

@@ -295,7 +295,8 @@ def evaluate(
                         f"{type(split).__name__}{whole}")
     _check_batch_size(batch_size, "evaluate")
     _check_scoring(num_classes, label_smoothing)
-    if isinstance(tta_shift, float) or not hasattr(tta_shift, "__index__"):  # range() raised a bare TypeError
+    # 1.5 was range()'s bare TypeError; True a shift of 1 pixel
+    if isinstance(tta_shift, (bool, float)) or not hasattr(tta_shift, "__index__"):
         raise ConfigError(f"a test-time shift must be a whole number of pixels, got {tta_shift!r}")
     if tta_shift < 0:
         raise ConfigError(f"a test-time shift must be zero or more pixels, got {tta_shift}")
