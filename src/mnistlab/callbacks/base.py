@@ -174,19 +174,34 @@ class TrainerHandle(Protocol):
 
 
 class Callback:
-    """Base class with no-op hooks; see the module docstring."""
+    """Base class with no-op hooks: override those you need. Each gets the epoch (1-based) or the global step,
+    a plain ``metrics`` dict, and ``trainer`` (a :class:`TrainerHandle`: ``request_stop(reason)``, ``set_lr``,
+    ``save_checkpoint``, ``model``, ``history``, ...). The order, per run::
+
+        on_train_begin                    # then load_state_dict(stored) on resume
+        for each epoch:
+            on_epoch_begin
+            for each batch: on_batch_begin, forward, backward, step, on_batch_end
+            on_validation_end
+            on_epoch_end                  # then last.ckpt is written, then the stop check
+        on_train_end                      # also after an early stop or a non-finite loss
+
+    A callback with state (counters, best values) returns it from ``state_dict`` (numbers, strings, lists, dicts,
+    tensors) and takes it back in ``load_state_dict``: it is stored in every checkpoint, so a resumed run decides
+    as an uninterrupted one would. See the module ``mnistlab.callbacks.base`` for an example.
+    """
 
     def on_train_begin(self, trainer: TrainerHandle) -> None:
-        pass
+        """Before the first epoch (of this call: a resumed run's stored state is loaded right after it)."""
 
     def on_train_end(self, metrics: dict[str, Any], trainer: TrainerHandle) -> None:
         """``metrics`` holds the last epoch's metrics and ``stop_reason``."""
 
     def on_epoch_begin(self, epoch: int, trainer: TrainerHandle) -> None:
-        pass
+        """Before the epoch's first batch (``epoch``: 1-based)."""
 
     def on_batch_begin(self, step: int, trainer: TrainerHandle) -> None:
-        pass
+        """Before an optimizer step (``step``: the steps done so far in the run, from 0)."""
 
     def on_batch_end(self, step: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
         """``metrics`` holds ``loss`` (of this batch) and ``lr``."""
@@ -196,13 +211,16 @@ class Callback:
         and ``ema_val_accuracy``)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], trainer: TrainerHandle) -> None:
-        pass
+        """After validation: ``metrics`` holds ``epoch``, ``train_loss``, ``train_accuracy``, ``train_error``,
+        ``val_loss``, ``val_accuracy``, ``val_error``, ``lr``, ``seconds`` (and the ``[ema]`` ones); numbers a
+        callback adds to it are recorded with the epoch. ``trainer.request_stop(reason)`` ends the run here."""
 
     def state_dict(self) -> dict[str, Any]:
+        """The callback's state to store in checkpoints (plain data: see the class docstring); none by default."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Take back a state :meth:`state_dict` gave, on resume (after ``on_train_begin``)."""
 
 
 class MonitorMixin:
