@@ -60,8 +60,8 @@ def check_options(
 
 def check_padding(model: str, padding: int, kernel_size: int) -> None:
     """A ConfigError for a conv padding of ``kernel_size`` or more: the outputs beyond ``kernel_size - 1`` see
-    only the zeros of the padding (padding 40 on a 5x5 cnn: 76x76 maps for a 28x28 image, 215 M MACs where 3 M
-    were; padding 5000 took 13 GB for the dry run of two images)."""
+    only the zeros of the padding (padding 40 on a 5x5 cnn: 104x104 and 128x128 maps for a 28x28 image, 215 M
+    MACs where 3 M were; padding 5000 took 13 GB for the dry run of two images)."""
     if 1 <= kernel_size <= padding:  # (a kernel below 1 is check_options' to refuse)
         raise ConfigError(f"model {model!r}: padding = {padding} is more than kernel_size - 1 = {kernel_size - 1}: "
                           f"the outputs beyond that see only the padding's zeros; use 0 to {kernel_size - 1} "

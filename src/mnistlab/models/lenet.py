@@ -66,8 +66,9 @@ def lenet5(
 
     The paper fed 32x32 images (28x28 MNIST digits padded by 2), so by default the
     first conv pads smaller images up to 32x32: padding 2 on 28x28, 0 on 32x32,
-    6 on 20x20 (per side, per axis). That keeps the paper's 28x28 -> 14 -> 10 -> 5
-    feature maps. ``padding`` overrides this for the first conv; later convs are unpadded.
+    6 on 20x20 (per side, per axis; an odd side is padded to 33). That keeps the
+    paper's 28x28 -> 14 -> 10 -> 5 feature maps. ``padding`` overrides this for
+    the first conv; later convs are unpadded.
     """
     if padding is not None:  # (its own rule pads images below 24x24 by more: to the paper's 32x32)
         check_padding("lenet5", padding, kernel_size)

@@ -84,8 +84,10 @@ class Bottleneck(nn.Module):
 def _init_weights(features: nn.Module) -> None:
     """He init for convs; BN at scale 1, except the last BN of each block at 0.
 
-    Zeroing the last BN makes every residual block start as the identity, which
-    lets deep ResNets train stably from the first steps (Goyal et al. 2017).
+    Zeroing the last BN makes every residual branch start at zero, so each block
+    starts as its shortcut (the identity, except where a 1x1 projection changes
+    the shape), which lets deep ResNets train stably from the first steps
+    (Goyal et al. 2017).
     """
     for m in features.modules():
         if isinstance(m, nn.Conv2d):
