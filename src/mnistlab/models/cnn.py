@@ -123,8 +123,8 @@ def cnn(
 ) -> Net:
     """Two 5x5 convs (16, 32 kernels, "same" padding), each followed by a 2x2 max-pool and ReLU, one linear layer.
 
-    ``padding`` defaults to ``kernel_size // 2``, so convs with an odd kernel keep the image size
-    (an even kernel makes it one pixel larger).
+    ``padding`` defaults to ``kernel_size // 2``, so at ``stride`` 1 convs with an odd kernel keep the image
+    size (an even kernel makes it one pixel larger); a larger stride divides it.
     """
     if padding is not None:
         check_padding("cnn", padding, kernel_size)
