@@ -28,6 +28,7 @@ import math
 import torch
 
 from ..config import MixupConfig
+from ..errors import ConfigError
 
 __all__ = ["mix_batch"]
 
@@ -47,9 +48,15 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: MixupConfig, crop: int = 0
     inside what a model with ``crop`` pixels cut from each side sees, and the share is 1 minus the box's
     part of that area, as it came out in whole pixels (the box is clipped at the edges, as in the paper).
     With both alphas 0 (``[mixup]`` off, as the config has it) the batch comes back as it is, with share 1.
+    Integer images are a ConfigError where mixup is on (its blends are fractions of pixels); CutMix alone takes them.
     """
     if not cfg.enabled:  # Beta(0, 0) raised torch's "Expected parameter concentration ... to satisfy" here
         return x, y, 1.0
+    # Checked before any draw: with both alphas on, uint8 images (augment keeps them uint8) failed with torch's
+    # "lerp_kernel_scalar not implemented for 'Byte'" only in the batches the coin gave to mixup.
+    if cfg.alpha > 0 and not x.is_floating_point():
+        raise ConfigError(f"mix_batch(): mixup blends pixels into fractions, which {x.dtype} images cannot hold; "
+                          "pass float images in [0, 1] (mnistlab.data.batching.to_float converts uint8 ones)")
     n = x.shape[0]
     perm = torch.randperm(n, device=x.device)
     cutmix = cfg.cutmix_alpha > 0 and (cfg.alpha == 0 or float(torch.rand(())) < 0.5)
