@@ -234,3 +234,25 @@ def test_tta_views_are_the_image_and_its_shifts_with_black_filling_in(shift):
     assert len(views) == 1 + 4 * shift
     for got, ref in zip(views, want):
         assert got.dtype == torch.uint8 and torch.equal(got, ref)
+
+
+def test_the_tta_loss_of_a_confidently_wrong_model_is_not_capped():
+    # The mean of the views' float32 probabilities underflowed to 0 for the true class, and its log was clamped
+    # at 1e-12: the loss came out 27.63 where every view's own is 200. Averaged in log space it is 200.
+    from torch import nn
+
+    from mnistlab.data import Split
+    from mnistlab.training.evaluate import evaluate
+
+    class Sure(nn.Module):  # logits [0, 200] whatever the image: class 1 at probability 1 - e^-200
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([0.0, 200.0]))
+
+        def forward(self, x):
+            return self.bias.expand(x.shape[0], 2)
+
+    split = Split(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64))
+    plain, tta = evaluate(Sure(), split), evaluate(Sure(), split, tta_shift=1)
+    assert plain.loss == pytest.approx(200.0) and tta.loss == pytest.approx(200.0)
+    assert tta.accuracy == plain.accuracy == 0.0
