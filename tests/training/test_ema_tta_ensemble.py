@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -280,3 +281,31 @@ def test_ensemble_errors_are_one_clear_line(two_runs, tmp_path, capsys):
         assert main(["ensemble", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_the_ensemble_loss_is_exact_for_confident_members(two_runs, mnist_root, monkeypatch):
+    # The members' probabilities were averaged in float32 and the log clamped at 1e-12: an image all members got
+    # confidently wrong counted 27.6 at most. Members made 1000x as sure (their logits scaled) show it.
+    import mnistlab.training.ensemble as ensemble
+
+    real = ensemble.model_from_checkpoint
+
+    def sure(payload, *args):
+        model = real(payload, *args)
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            head.weight.mul_(1000.0)
+            head.bias.mul_(1000.0)
+        return model
+
+    monkeypatch.setattr(ensemble, "model_from_checkpoint", sure)
+    result = evaluate_ensemble(two_runs)
+    test = load_data(small_cfg(mnist_root).data).test
+    from mnistlab.training.evaluate import predict_logits
+
+    logs = [predict_logits(sure(read_checkpoint(r / "best.ckpt")), test.images).double().log_softmax(1)
+            for r in two_runs]
+    mean = torch.stack(logs).logsumexp(0) - math.log(2)
+    expected = float(-mean.gather(1, test.labels.view(-1, 1)).mean())
+    assert expected > 30  # some images are wrong with log-probabilities of hundreds below 0
+    assert result.loss == pytest.approx(expected, rel=1e-5)

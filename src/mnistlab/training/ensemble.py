@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def evaluate_ensemble(
     data = load_test(stored_data(stored_config(first, paths[0]).data, data_dir))  # the members hold their normalization
     for path, payload in zip(paths, payloads):  # before any member is tested
         check_fits_data(payload, data, path)
-    members, total = [], None
+    members, total, logs = [], None, []
     for i, (path, payload) in enumerate(zip(paths, payloads), 1):
         what = f"testing member {i} of {len(paths)}"
         shown = (lambda done, n, what=what: progress(what, done, n)) if progress is not None else None
@@ -98,12 +99,16 @@ def evaluate_ensemble(
                       progress=shown)
         members.append(Member(path, ev.accuracy if ev.finite else None))
         total = ev.probabilities if total is None else total + ev.probabilities
+        logs.append(ev.log_probabilities)
     probs = total / len(paths)
     labels = data.test.labels.cpu()
     if any(m.accuracy is None for m in members):
         return EnsembleResult(members, None, None, data.dataset, int(labels.numel()), tta_shift)
     accuracy = float((probs.argmax(1) == labels).double().mean())
-    loss = float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels))
+    # The members' mean in log space (logsumexp - log n): the log of float32 means that underflowed to 0 was
+    # clamped at 1e-12, which capped a confidently wrong image's loss at 27.6
+    log_mean = torch.stack(logs).logsumexp(0) - math.log(len(logs))
+    loss = float(torch.nn.functional.nll_loss(log_mean, labels))
     return EnsembleResult(members, accuracy, loss, data.dataset, int(labels.numel()), tta_shift)
 
 

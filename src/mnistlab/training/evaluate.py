@@ -108,6 +108,9 @@ class Evaluation:
     # False when some output was not finite (weights that diverged): the accuracies are then NaN, since the
     # argmax of a row of NaNs is class 0 and would score as a made-up accuracy
     finite: bool = True
+    # their logs (log_softmax, N x classes, CPU), kept where probabilities underflow to 0: an ensemble's loss
+    # averages its members in log space from these (None where an Evaluation was made without them)
+    log_probabilities: torch.Tensor | None = None
 
     def class_metrics(self) -> list[dict[str, float | int | None]]:
         """Each class's precision, recall, F1 and image count (:func:`class_metrics`); the three metrics None
@@ -306,7 +309,7 @@ def evaluate(
         raise ConfigError(f"a test-time shift of {tta_shift} pixels moves the {side} images out of view; "
                           "shifts of 1-3 pixels are the useful ones")
     total_loss = torch.zeros((), dtype=torch.float64)
-    preds, probs, done = [], [], 0
+    preds, probs, log_probs, done = [], [], [], 0
     low, top = (int(split.labels.min()), int(split.labels.max())) if split.labels.numel() else (0, -1)
     if low < 0:
         raise DataError(f"evaluate(): the labels must be class indices from 0, got {low}")
@@ -334,8 +337,9 @@ def evaluate(
                 _check_labels(top, logits.shape[1], num_classes)
                 total_loss += F.cross_entropy(logits, y, reduction="sum",
                                               label_smoothing=label_smoothing).double().cpu()
-                p = logits.softmax(1)
+                p, log_p = logits.softmax(1), logits.log_softmax(1)
             probs.append(p.cpu())
+            log_probs.append(log_p.cpu())
             preds.append(p.argmax(1).cpu())
             if progress is not None:
                 done += len(y)
@@ -359,4 +363,5 @@ def evaluate(
         labels=labels,
         probabilities=probabilities,
         finite=finite,
+        log_probabilities=torch.cat(log_probs) if log_probs else torch.empty(0, k),
     )
