@@ -256,6 +256,15 @@ class TensorBoard(Callback):
             self._add_misclassified(trainer, epoch)
         self._added = (epoch, metrics)
 
+    def state_dict(self) -> dict[str, Any]:
+        """No state; but the trainer asks for it as it writes last.ckpt, after every callback's ``on_epoch_end``:
+        the epoch's added numbers are written now. A run interrupted after the epoch (a signal during its
+        validation or saves) reaches neither the next epoch's start nor ``on_train_end``, and its resume purges
+        only the epochs after this checkpoint's: the epoch kept its scalars but lost these (metrics.csv has them).
+        """
+        self._log_added()
+        return {}
+
     def _log_added(self) -> None:
         """The numbers callbacks added to the last epoch's metrics (metrics.csv has them), under their own names.
         Written at the next epoch's start or the run's end, not in on_epoch_end: the callbacks after this one (a
@@ -274,11 +283,16 @@ class TensorBoard(Callback):
         if self._log_dir is None:
             return
         self._log_added()
+        # A resume that wrote no epoch made no epochs writer, so no purge marker: the epochs an interrupted part
+        # wrote after its checkpoint (killed between on_epoch_end and last.ckpt, resumed with nothing left to
+        # train) stayed, though metrics.csv has them not. The summary's file carries the marker then.
+        purge = self._epochs_purge if self.writer is None else None
         self._close_writers()
         self._end = {
             "step": int(metrics.get("epoch", trainer.epoch)) + 1,  # after the last epoch's step
             "final": _final(metrics, _FINAL),
             "stop_reason": metrics.get("stop_reason"),
+            "purge": purge,
         }
         self._write_end()
 
@@ -339,7 +353,7 @@ class TensorBoard(Callback):
         if self._end_file is not None:
             self._end_file.unlink(missing_ok=True)
             self._end_file = None
-        writer = _summary_writer(self._log_dir, filename_suffix=_END_SUFFIX)
+        writer = _summary_writer(self._log_dir, self._end["purge"], filename_suffix=_END_SUFFIX)
         path = writer.file_writer.event_writer.path
         step, final = self._end["step"], self._end["final"]
         # What SummaryWriter.add_hparams does, but into this writer's own folder: one run, one event stream.
