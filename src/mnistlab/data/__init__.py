@@ -64,11 +64,9 @@ def _checked(cfg: DataConfig, device: str | torch.device, caller: str) -> str | 
     # cfg.train.device's names, checked before any file is read: "auto" and "gpu" were torch's "Expected one of
     # cpu, cuda, ... device type at start of device string" once the splits were loaded, and a CUDA device that
     # is not here failed in torch after the whole dataset was read and verified
-    from ..training.fit import checked_device, resolve_device
+    from ..training.fit import resolve_device
 
-    if isinstance(device, str):
-        return resolve_device(device, f"{caller}(device)")
-    return checked_device(device, f"{caller}(device)") if isinstance(device, torch.device) else device
+    return resolve_device(device, f"{caller}(device)") if isinstance(device, (str, torch.device)) else device
 
 
 __all__ = [

@@ -711,14 +711,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     >>> model = load_model("runs/my-run/best.ckpt")       # doctest: +SKIP
     >>> model.classes[model(images).argmax(1)[0]]          # doctest: +SKIP
     """
-    from .fit import checked_device, resolve_device  # here: fit imports this module
+    from .fit import resolve_device  # here: fit imports this module
 
     # train.device's names, as load_data takes them: "auto" and "gpu" were torch's "Expected one of cpu, cuda,
     # ...", and "cuda" on a machine without one a traceback from torch's CUDA init, after the file was read
-    if isinstance(device, str):
+    if isinstance(device, (str, torch.device)):
         device = resolve_device(device, "load_model(device)")
-    elif isinstance(device, torch.device):
-        device = checked_device(device, "load_model(device)")
     if isinstance(path, torch.nn.Module):  # load_model(model): a TypeError from inside pathlib
         raise TypeError("load_model() takes a checkpoint's path or a run folder, got a model (it is loaded already)")
     file = checkpoint_file(path)

@@ -482,8 +482,11 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type)
 
 
-def resolve_device(name: str, setting: str = "train.device") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; ``setting`` is what the errors call the choice."""
+def resolve_device(name: str | torch.device, setting: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; ``setting`` is what the errors call the choice. A
+    torch.device is taken as it is, where this machine has it."""
+    if isinstance(name, torch.device):
+        return _checked_device(name, setting)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -499,10 +502,10 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
     except (RuntimeError, TypeError):  # "gpu": torch's "Expected one of cpu, cuda, ipu, xpu, ..."
         raise ConfigError(f"{setting} = {name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or "
                           "'mps'") from None
-    return checked_device(device, setting)
+    return _checked_device(device, setting)
 
 
-def checked_device(device: torch.device, setting: str = "train.device") -> torch.device:
+def _checked_device(device: torch.device, setting: str) -> torch.device:
     """``device``, or a ConfigError where it is a CUDA device this machine has not ("cuda:0" without CUDA,
     "cuda:3" with one GPU: torch failed at the first tensor moved, after the data was read)."""
     if device.type == "cuda":
