@@ -193,9 +193,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500
     images = _pixels(images)
     if isinstance(getattr(model, "in_channels", None), int):  # split into batches below: one image needs its axes
         images = image_batch(images, model.in_channels)
-    # A model of buffers alone (a nearest-mean baseline), or of none, was a bare StopIteration from
-    # next(model.parameters()); evaluate() scores such models
-    device = next((t.device for t in (*model.parameters(), *model.buffers())), images.device)
+    device = _model_device(model, images.device)
     with eval_mode(model):
         _check_image_size(model, images)
         forward = _inference(model)
@@ -219,6 +217,12 @@ def _check_labels(top: int, outputs: int, num_classes: int | None) -> None:
     if top >= outputs:
         raise DataError(f"evaluate(): the labels go up to {top}, but the model has {outputs} outputs (classes 0 to "
                         f"{outputs - 1}): the split is of another dataset than the model was made for")
+
+
+def _model_device(model: nn.Module, otherwise: torch.device) -> torch.device:
+    """Where ``model``'s tensors are; ``otherwise`` for a model without any. One of buffers alone (a nearest-mean
+    baseline) was a bare StopIteration from next(model.parameters())."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), otherwise)
 
 
 def _check_batch_size(batch_size: Any, caller: str) -> None:
@@ -315,7 +319,7 @@ def evaluate(
         raise DataError(f"evaluate(): the labels must be class indices from 0, got {low}")
     # The batches go where the model is, as predict_logits sends them: a model on a GPU scoring load_data's CPU
     # split met CPU images (a device mismatch from the first layer)
-    device = next((t.device for t in (*model.parameters(), *model.buffers())), split.images.device)
+    device = _model_device(model, split.images.device)
     with eval_mode(model):
         _check_image_size(model, split.images)
         forward = _inference(model)
