@@ -33,16 +33,7 @@ settings given when resuming (say a new patience) win over the stored ones.
 state right after ``on_train_begin``. A state is found again by its class name and place among the
 callbacks of its class (``user:EarlyStopping_1``); those the config makes are apart from the caller's own.
 
-The order in which the trainer calls the hooks::
-
-    on_train_begin                    # then load_state_dict(stored) on resume
-    for each epoch:
-        on_epoch_begin
-        for each batch: on_batch_begin, forward, backward, step, on_batch_end
-        on_validation_end
-        on_epoch_end                  # then last.ckpt is written, then the stop check
-    on_train_end                      # also after an early stop or a non-finite loss
-
+The order in which the trainer calls the hooks is in :class:`Callback`'s docstring (which ``help()`` shows).
 No callback may rely on running before or after another one.
 
 Under torchrun every process runs the callbacks, each with the same metrics (rank 0's),
