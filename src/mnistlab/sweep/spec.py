@@ -196,7 +196,8 @@ def sweep_from_dict(
     if data_dir is not None:
         base = apply_overrides(base, {"data.dir": data_dir})
     # [sweep] is the sweep file's, not a config section: apply_overrides said "unknown section 'sweep'" only
-    own = [key for key in parse_overrides(list(overrides)) if key.split(".")[0] == "sweep"]
+    given = parse_overrides(list(overrides))  # the keys --set names (checked against [sweep.params] below too)
+    own = [key for key in given if key.split(".")[0] == "sweep"]
     if own:
         raise ConfigError(f"--set {own[0]}: --set changes the base config, not [sweep]; give --trials, --workers or "
                           "--storage for those, or edit the sweep file's [sweep] table")
@@ -252,7 +253,7 @@ def sweep_from_dict(
     params = tuple(_param(key, value, sampler, base) for key, value in raw.items())
     # A --set of a searched key was silently replaced by each trial's own value (--set optimizer.lr=0.01 trained
     # every lr but 0.01).
-    searched = [key for key in parse_overrides(list(overrides)) if key in raw]
+    searched = [key for key in given if key in raw]
     if searched:
         raise ConfigError(f"--set {searched[0]} sets a key that [sweep.params] searches, so each trial would "
                           f"replace its value; leave the --set out, or take \"{searched[0]}\" out of [sweep.params]")
