@@ -154,7 +154,8 @@ def use_channels_last(setting: bool | None, model: nn.Module, device: torch.devi
     if setting is True and crash is not None:
         raise ConfigError(
             f"train.channels_last = true: on the CPU, PyTorch {torch.__version__}'s backward pass of layer {crash} "
-            "(a 1x1 conv with stride 2 and 2 to 7 input channels) in channels-last memory aborts the process; "
+            "(a 1x1 conv with a stride above 1 and 2 to 15 input channels) in channels-last memory aborts the "
+            "process; "
             "leave train.channels_last unset, or widen the model"
         )
     if setting is not None:
@@ -237,13 +238,15 @@ def available_memory() -> int | None:
 
 
 def nhwc_crash_layer(model: nn.Module) -> str | None:
-    """The first conv whose CPU backward in channels-last kills the process (PyTorch 2.14, one thread:
-    "double free or corruption"), or None: a 1x1 conv with a stride above 1 and 2 to 7 input channels,
-    as a narrow ResNet's projection shortcut (resnet18 at width 0.0625: 4 -> 8). Measured on an AVX2
-    CPU; 8 or more input channels, stride 1 or a wider kernel ran."""
+    """The first conv whose CPU backward in channels-last kills the process (PyTorch 2.14: "double free
+    or corruption", or a segfault), or None: a 1x1 conv with a stride above 1 and 2 to 15 input channels,
+    as a narrow ResNet's projection shortcut (resnet18 at width 0.125: 8 -> 16). Which counts crash
+    depends on the CPU: 2 to 7 on an AVX2 one (one thread); 2 to 15 on an AVX-512 one, in fp32 and bf16,
+    at odd batch sizes (a last partial batch) and two threads. 1 or 16 and more input channels, stride 1,
+    a wider kernel, or NCHW memory ran (benchmarks/nhwc_crash.py scans it; its output is kept beside it)."""
     for name, m in model.named_modules():
         if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
-                and 2 <= m.in_channels < 8):
+                and 2 <= m.in_channels < 16):
             return name
     return None
 
