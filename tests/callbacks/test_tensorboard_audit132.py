@@ -75,3 +75,24 @@ def test_a_resume_that_trains_nothing_purges_the_epochs_after_its_checkpoint(tmp
     assert [e.step for e in acc.Images("inputs/samples")] == [0]
     # and still no events file but the summary's (the marker goes into it)
     assert len([p for p in (tmp_path / "tensorboard").glob("events.*") if not p.name.endswith(".end")]) == 1
+
+
+def test_a_resume_that_trains_nothing_purges_the_steps_after_its_checkpoint(tmp_path):
+    # The same gap in steps/: the resume made no steps writer, so steps 3 and 4 (epoch 2's, after the checkpoint)
+    # stayed beside a metrics.csv without epoch 2. Both readers, TensorBoard's dashboard one too.
+    from test_tensorboard import _scalars, _ui_reader, fake_run
+
+    def steps_files():
+        return sorted((tmp_path / "tensorboard" / "steps").glob("events.*"))
+
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False, log_every_n_steps=1)], last_epoch=2,
+             interrupted=True)
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False, log_every_n_steps=1)], first_epoch=2,
+             last_epoch=1)
+    for reader in (accumulate(tmp_path / "tensorboard" / "steps"), _ui_reader(tmp_path / "tensorboard" / "steps")):
+        assert [e.step for e in _scalars(reader, "loss/train_step")] == [1, 2]
+    assert len(steps_files()) == 2  # the interrupted part's and the marker's
+    # Resumed again with nothing to train, nothing after the checkpoint is left to drop: no file is added.
+    fake_run(tmp_path, [TensorBoard(graph=False, histograms=False, log_every_n_steps=1)], first_epoch=2,
+             last_epoch=1)
+    assert len(steps_files()) == 2

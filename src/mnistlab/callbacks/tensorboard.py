@@ -287,6 +287,11 @@ class TensorBoard(Callback):
         # wrote after its checkpoint (killed between on_epoch_end and last.ckpt, resumed with nothing left to
         # train) stayed, though metrics.csv has them not. The summary's file carries the marker then.
         purge = self._epochs_purge if self.writer is None else None
+        if self._steps_writer is None and _logged_from(self._log_dir / _STEPS_DIR, self._steps_purge):
+            # The same gap in steps/, which has no summary file to carry the marker: one with the marker alone,
+            # made only where a step at or after it is there to drop (else the resume adds a file of nothing).
+            self._open_steps_writer()
+            self._steps_writer._get_file_writer()  # writes the purge marker, which waits for a first event
         self._close_writers()
         self._end = {
             "step": int(metrics.get("epoch", trainer.epoch)) + 1,  # after the last epoch's step
@@ -515,6 +520,24 @@ def _purge_step(folder: Path, resumed_at: int | None) -> int | None:
         _wait_for_a_later_second(folder)
         return resumed_at
     return None if _event_stamps(folder) else 0
+
+
+def _logged_from(folder: Path, step: int | None) -> bool:
+    """Whether ``folder``'s events, read as readers do (files in name order, a purge marker at step p
+    dropping what came before it from p on), keep a summary at ``step`` or later (``step`` None: False)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    if step is None or not folder.is_dir():
+        return False
+    kept: list[int] = []
+    for f in sorted(folder.glob(_PREFIX + "*")):
+        for e in EventFileLoader(str(f)).Load():
+            if e.HasField("session_log") and e.session_log.status == SessionLog.START:
+                kept = [s for s in kept if s < e.step]
+            elif e.HasField("summary"):
+                kept.append(e.step)
+    return any(s >= step for s in kept)
 
 
 def _event_stamps(folder: Path) -> list[int]:
