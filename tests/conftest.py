@@ -92,6 +92,25 @@ def mnist_small(mnist_root):
 
 
 @pytest.fixture
+def export_extra():
+    """onnx and ONNX Runtime, as ``export_extra.onnx`` and ``export_extra.onnxruntime`` (with onnxscript, which
+    torch's exporter needs: the export extra, which ``.[test]`` installs). Missing, the test is skipped with the
+    install command, except on CI (``CI=true``), where it fails: a job without the extra must not look green."""
+    import types
+
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        message = f"the test needs the export extra ({e}): pip install -e '.[export]'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return types.SimpleNamespace(onnx=onnx, onnxruntime=onnxruntime)
+
+
+@pytest.fixture
 def no_report(monkeypatch):
     """In-process runs skip report.html: its plots cost seconds a run (4 s on a slow CPU); tests/report tests it.
 

@@ -4,7 +4,6 @@ as written, the subpackages reachable from a bare ``import mnistlab``, and clear
 from __future__ import annotations
 
 import inspect
-import os
 import re
 import subprocess
 import sys
@@ -105,13 +104,8 @@ def _substitute(code: str, old: str, new: str) -> str:
     return code.replace(old, new)
 
 
-def test_the_readmes_python_api_example_runs_as_written(mnist_root, tmp_path, monkeypatch, no_report):
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as e:  # the export extra: CI installs it, and a job without it must not look green
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the README's example exports to ONNX and needs the export extra ({e})", pytrace=False)
-        pytest.skip(f"the export extra is not installed ({e})")
+def test_the_readmes_python_api_example_runs_as_written(mnist_root, tmp_path, monkeypatch, no_report,
+                                                        export_extra):  # the example exports to ONNX
     monkeypatch.chdir(tmp_path)
     small = ["data.train_limit=1000", "data.val_size=500", "train.epochs=1", f"data.dir={mnist_root}",
              "data.download=false", "tensorboard.enabled=false"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,17 +13,6 @@ from PIL import Image
 from mnistlab.errors import MnistlabError
 from mnistlab.predict import predict_files, preprocess
 from mnistlab.training.checkpoint import read_checkpoint, save_checkpoint
-
-
-def _needs_export_extra():
-    """The export extra; missing, a skip, except on CI (``CI=true``), where a job without it must not look green."""
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the export tests need the export extra ({e}): pip install -e '.[export]'", pytrace=False)
-        pytest.skip(f"the export extra is not installed ({e})")
 
 
 @pytest.fixture
@@ -91,8 +79,7 @@ def test_a_tilde_in_save_preprocessed_is_the_home_folder(digit_model, bar, tmp_p
     assert list(here.iterdir()) == []
 
 
-def test_a_tilde_in_the_onnx_file_name_is_the_home_folder(digit_run, tmp_path, monkeypatch):
-    _needs_export_extra()
+def test_a_tilde_in_the_onnx_file_name_is_the_home_folder(digit_run, tmp_path, monkeypatch, export_extra):
     from mnistlab.export import export_checkpoint
 
     home, here = tmp_path / "home", tmp_path / "here"
@@ -104,10 +91,7 @@ def test_a_tilde_in_the_onnx_file_name_is_the_home_folder(digit_run, tmp_path, m
     assert list(here.iterdir()) == []  # there was a ./~/models/digits.onnx
 
 
-def test_the_metadata_of_a_checkpoint_saved_inside_an_epoch_says_so(digit_run, tmp_path):
-    _needs_export_extra()
-    import onnx
-
+def test_the_metadata_of_a_checkpoint_saved_inside_an_epoch_says_so(digit_run, tmp_path, export_extra):
     from mnistlab.export import export_checkpoint
 
     # "mnistlab.epoch": "0" alone said nothing had been trained, of a last.ckpt saved by Ctrl-C after 3 batches
@@ -117,7 +101,7 @@ def test_the_metadata_of_a_checkpoint_saved_inside_an_epoch_says_so(digit_run, t
     for ckpt, epoch, batch in ((inside, "0", "3"), (digit_run / "best.ckpt", str(read_checkpoint(digit_run)["epoch"]),
                                                      None)):
         result = export_checkpoint(ckpt, tmp_path / "out.onnx", check=False)
-        props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+        props = {p.key: p.value for p in export_extra.onnx.load(str(result.path)).metadata_props}
         assert (props["mnistlab.epoch"], props.get("mnistlab.batch")) == (epoch, batch)
         assert json.loads(json.dumps(result.to_dict()))["metadata"].get("mnistlab.batch") == batch
 

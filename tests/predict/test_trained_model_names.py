@@ -12,8 +12,6 @@ from mnistlab.predict import predict_files
 from mnistlab.training import train
 from mnistlab.training.checkpoint import load_model
 
-from test_predict_audit117 import _needs_export_extra
-
 
 def test_build_model_keeps_the_zoo_name():
     assert build_model("cnn", width=0.25).model_name == "cnn"
@@ -34,15 +32,12 @@ def test_trains_model_is_named_as_the_loaded_one_and_predicts_as_it(mnist_root, 
     assert ours.error is None and ours.top_k == theirs.top_k
 
 
-def test_export_names_a_built_model_and_the_dataset_train_gave_it(mnist_root, tmp_path):
-    _needs_export_extra()
-    import onnx
-
+def test_export_names_a_built_model_and_the_dataset_train_gave_it(mnist_root, tmp_path, export_extra):
     from mnistlab.export import export_onnx
 
     cfg = apply_overrides(Config(), [f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100",
                                      "model.name=cnn", "model.width=0.25", "train.epochs=1"])
     model = train(cfg, out=tmp_path / "run", quiet=True, report=False).fit.model
     export_onnx(model, tmp_path / "m.onnx", check=False)
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    props = {p.key: p.value for p in export_extra.onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert (props["mnistlab.model"], props["mnistlab.dataset"]) == ("cnn", "mnist")  # were "Net" and ""

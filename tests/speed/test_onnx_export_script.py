@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from benchmark_scripts import load_benchmark
 
 
-
-def test_a_row_compares_onnx_runtime_with_pytorch_on_the_same_images(tmp_path):
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        import os
-
-        message = f"the export benchmark needs the export extra ({e}): pip install -e '.[export]'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+def test_a_row_compares_onnx_runtime_with_pytorch_on_the_same_images(tmp_path, export_extra):
     script = load_benchmark("onnx_export")
     row = script.row("lenet5", tmp_path, images=30, batch_size=8, repeats=1)  # 8: batches of 8, 8, 8 and 6
     assert row["model"] == "lenet5" and row["same class"] == "30/30"
