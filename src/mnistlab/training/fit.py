@@ -278,6 +278,17 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
+def _set_rng_state(rng: dict[str, Any] | None) -> None:
+    """Put back a random state :func:`_rng_state` took (None: leave this process's as it is)."""
+    if rng is None:
+        return
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        # One state per GPU the writing process saw: a run from a machine with more GPUs (or resumed
+        # under CUDA_VISIBLE_DEVICES) raised IndexError for a GPU not here. Those here get theirs back.
+        torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
+
+
 def _hide_cuda_home_note(record: logging.LogRecord) -> bool:
     """A logging filter: inductor's first compile imports torch.utils.cpp_extension, which warns "No CUDA runtime
     is found, using CUDA_HOME=..." on a machine without a GPU; a CPU run compiles for the CPU and has no use for it."""
@@ -825,6 +836,7 @@ class Trainer:
         self.stopped_by: str | None = None
         self.restored_epoch: int | None = None  # the epoch whose weights restore_weights made the final ones
         self._resume: dict[str, Any] | None = None
+        self._resume_rng: dict[str, Any] | None = None  # the random state restore() set (None: this process's own)
         self._signals = _SignalGuard()
         self._rng_ranks: list[dict[str, Any]] = []  # every rank's RNG state at the last epoch end (multi-process)
         self._cut_short = False  # the last epoch was ended by train.max_steps before its last batch
@@ -861,6 +873,10 @@ class Trainer:
             cb.on_train_begin(self)
             if self._resume is not None:
                 cb.load_state_dict(self._resume.get("callbacks", {}))
+                # Again, after the callbacks' start: one that draws there (a random sample of images to show) took
+                # the numbers of the first resumed steps' dropout, augmentation and mixup, and the run diverged
+                # from the uninterrupted one, whose callbacks drew before its first step.
+                _set_rng_state(self._resume_rng)
             self.compile_ahead()  # a no-op if train.run did it already
             for epoch in range(self._epoch + 1, self.cfg.train.epochs + 1):
                 if self.stop_reason is not None:  # resumed from the last.ckpt of a run that had stopped early
@@ -1469,13 +1485,8 @@ class Trainer:
             # Resumed with another process count (or from a one-process run), ranks other than 0 keep the
             # streams they were seeded with: the run goes on correctly, though its dropout is not the same.
             rng = ranks[self._rank] if len(ranks) == self._world else rng if self._rank == 0 else None
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                # One state per GPU the writing process saw: a run from a machine with more GPUs (or resumed
-                # under CUDA_VISIBLE_DEVICES) raised IndexError for a GPU not here. Those here get theirs back.
-                torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
-        self._resume = payload
+        _set_rng_state(rng)
+        self._resume, self._resume_rng = payload, rng
 
     def _check_callback_states(self, states: Any) -> None:
         """Load the stored callback states into copies of mnistlab's own callbacks, so that one that does not
