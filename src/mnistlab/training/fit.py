@@ -257,6 +257,9 @@ _NOT_TRAINING_SECTIONS = {"checkpoint", "tensorboard", "tta"}
 _NOT_TRAINING = {
     "data": {"dir", "download"},
     "train": {"progress", "report", "threads", "eval_batch_size", "reuse_memory", "device", "compile", "channels_last"},
+    # which weights end the run, not how it trains: turned on at the resume of a stopped run, the run trained one
+    # more epoch, stopped again, and then had no best weights to restore (they are kept only while it is on)
+    "early_stopping": {"restore_best_weights"},
 }
 
 # What places a batch in its epoch: a run interrupted inside an epoch resumes there only if these are unchanged.
