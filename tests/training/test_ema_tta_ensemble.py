@@ -309,3 +309,26 @@ def test_the_ensemble_loss_is_exact_for_confident_members(two_runs, mnist_root, 
     expected = float(-mean.gather(1, test.labels.view(-1, 1)).mean())
     assert expected > 30  # some images are wrong with log-probabilities of hundreds below 0
     assert result.loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_model_that_cannot_be_copied_for_the_average_is_refused_with_the_fix():
+    # torch's old weight_norm keeps `weight` as a tensor computed from weight_g and weight_v, which deepcopy
+    # refuses: torch's RuntimeError only guessed at the cause. The parametrized weight_norm is copied and averaged.
+    import warnings
+
+    from mnistlab.errors import ConfigError
+    from mnistlab.training.ema import WeightAverage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # its deprecation
+        old = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 3)))
+    with pytest.raises(ConfigError, match=r"^the weight average \(\[ema\]\) keeps a copy of the model, .*"
+                                          r"torch.nn.utils.parametrizations.weight_norm, or turn \[ema\] off$"):
+        WeightAverage(old, 0.9)
+    new = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)))
+    ema = WeightAverage(new, 0.5, warmup=False)
+    with torch.no_grad():
+        new[0].parametrizations.weight.original1.add_(1.0)
+    ema.update(new)
+    assert torch.allclose(ema.module[0].parametrizations.weight.original1,
+                          new[0].parametrizations.weight.original1 - 0.5)

@@ -44,7 +44,15 @@ class WeightAverage:
         # Any real number: numpy's float32 (a value read from an array) was refused as "not a number in (0, 1)".
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 < decay < 1.0:
             raise ConfigError(f"the weight average's decay must be a number in (0, 1), got {decay!r}")
-        self.module = copy.deepcopy(model).eval()
+        try:
+            self.module = copy.deepcopy(model).eval()
+        except RuntimeError as e:  # torch's own message only guessed at the cause and named no fix
+            if "deepcopy protocol" not in str(e):
+                raise
+            raise ConfigError(
+                "the weight average ([ema]) keeps a copy of the model, and this one cannot be copied: it holds a "
+                "tensor computed from its weights (as torch.nn.utils.weight_norm, deprecated, does); build it with "
+                "torch.nn.utils.parametrizations.weight_norm, or turn [ema] off") from None
         self.module.requires_grad_(False)
         self.decay, self.warmup = float(decay), warmup
         self.updates = 0
