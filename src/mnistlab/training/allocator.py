@@ -44,8 +44,9 @@ def reuse_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; True if they are (now or already) raised.
 
     Process-wide and permanent: the settings stay after training (they only make
-    the process keep up to ``TRIM_THRESHOLD`` of freed memory). Does nothing and
-    returns False where malloc is not glibc's (macOS, Windows, musl).
+    the process keep up to ``TRIM_THRESHOLD`` of freed memory; glibc cannot be asked for
+    its own dynamic thresholds back, and fixed ones would be another setting again, not the
+    caller's). Does nothing and returns False where malloc is not glibc's (macOS, Windows, musl).
     """
     global _done
     if _done is None:
@@ -55,3 +56,14 @@ def reuse_freed_memory() -> bool:
             libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         )
     return _done
+
+
+def kept_warning(reuse_memory: bool) -> str | None:
+    """A warning for a run with ``train.reuse_memory = false`` in a process where an earlier one raised the
+    thresholds: that lasts as long as the process, so this run trains under it all the same (a notebook's
+    comparison of the two settings measured nothing)."""
+    if reuse_memory or not _done:
+        return None
+    return ("train.reuse_memory = false, but an earlier run in this process set glibc's malloc to keep freed memory "
+            "(train.reuse_memory = true), which lasts as long as the process: this run trains with it all the same; "
+            "run it in a fresh process to train without")

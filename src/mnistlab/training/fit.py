@@ -864,7 +864,11 @@ class Trainer:
 
     def fit(self) -> FitResult:
         on = self.cfg.train.deterministic
-        with deterministic_mode(on), deterministic_errors(on), device_memory_errors(self.cfg.train):
+        # Gradients on, as train() has them, for fit() called in the caller's `with torch.no_grad():` (or
+        # inference_mode), where the first step failed with "element 0 of tensors does not require grad"; the
+        # caller's mode (the thread's) comes back with the block.
+        with (deterministic_mode(on), deterministic_errors(on), device_memory_errors(self.cfg.train),
+              torch.inference_mode(False), torch.enable_grad()):
             return self._fit()  # (the callbacks' begin and end in both too)
 
     def _fit(self) -> FitResult:

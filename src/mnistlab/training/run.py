@@ -38,6 +38,7 @@ from ..models.summary import count_parameters
 from ..report.runfolder import PREDICTIONS_FILE, is_run_folder
 from .checkpoint import CheckpointWriteError, atomic_write, model_from_checkpoint, read_checkpoint, resume_file
 from . import distributed
+from .allocator import kept_warning
 from .display import Display, clear_progress_line, divert_to_devnull, progress_safe_warnings
 from .evaluate import Evaluation, evaluate
 from .finetune import check_frozen_head, init_from_checkpoint, read_init_checkpoint, trainable_line
@@ -406,6 +407,11 @@ def train(
     The result's ``fit.model`` is the final weights, in eval mode as ``fit`` gives it back; ``test`` and
     ``summary`` are of the model the run tested (best.ckpt where there is one).
 
+    The caller's torch thread count, global random state, grad mode and deterministic settings are put back
+    when it returns or raises. What stays for the rest of the process: on a CPU under Linux,
+    ``train.reuse_memory`` (on by default) sets glibc's malloc to keep freed memory (up to 1 GiB), which
+    cannot be undone.
+
     Under torchrun every process calls this: rank 0 makes and writes the run
     folder, reads the checkpoints and sends them to the other ranks, which train
     and write nothing (``run_dir`` is then None in their result).
@@ -456,10 +462,14 @@ def process_state_kept():
     A run seeds the global RNG (its initial weights, dropout) and may set ``train.threads``;
     a caller of the Python API then gets its own random stream and thread count back, and
     a second run with ``train.threads`` unset gets PyTorch's default, not the first run's.
+    In the block gradients are on and inference mode off, whatever the caller's block around it
+    (``with torch.no_grad(): train(cfg)`` failed in the first step with PyTorch's "element 0 of
+    tensors does not require grad"); both are the calling thread's and come back with the block.
     """
     threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
     try:
-        yield
+        with torch.inference_mode(False), torch.enable_grad():  # (inference mode off: weights made in it cannot train)
+            yield
     finally:
         torch.set_num_threads(threads)
         torch.random.set_rng_state(rng)
@@ -831,6 +841,7 @@ def _run(
         _warn(f"train.max_steps = {cfg.train.max_steps} is more than the {epoch_steps} "
               f"steps of train.epochs = {cfg.train.epochs}: the run ends after its epochs")
     extra = [emulated_precision(trainer.precision, device), thread_warning(cfg.train.threads, device),
+             kept_warning(cfg.train.reuse_memory) if device.type == "cpu" else None,
              *max_steps_warnings(cfg.schedule, cfg.train.epochs, cfg.train.max_steps, trainer.steps_per_epoch)]
     for warning in [*settings_warnings(cfg), *filter(None, extra)]:
         _warn(warning)
