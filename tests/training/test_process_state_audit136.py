@@ -93,3 +93,16 @@ def test_reuse_memory_off_after_a_run_with_it_on_is_warned(mnist_root, tmp_path,
     train(_cfg(mnist_root, "train.reuse_memory=false"), out=tmp_path / "off", quiet=True)
     err = capsys.readouterr().err
     assert "train.reuse_memory = false, but an earlier run in this process" in err
+
+
+def test_fit_with_reuse_memory_off_after_a_run_with_it_on_is_warned(mnist_small):
+    # as train() says it (above); fit() trained under the kept setting without a word
+    from mnistlab.training import allocator
+
+    cfg = apply_overrides(Config(), ["train.epochs=1", "train.threads=1", "train.progress=false",
+                                     "train.max_steps=2"])
+    fit(build_model("cnn", width=0.25), mnist_small, apply_overrides(cfg, ["train.reuse_memory=true"]))
+    if not allocator.reuse_freed_memory():
+        pytest.skip("malloc here is not glibc's: nothing is kept")
+    with pytest.warns(UserWarning, match=r"^train.reuse_memory = false, but an earlier run in this process"):
+        fit(build_model("cnn", width=0.25), mnist_small, apply_overrides(cfg, ["train.reuse_memory=false"]))

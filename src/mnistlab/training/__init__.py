@@ -20,6 +20,7 @@ from ..data import DataBundle
 from ..errors import CheckpointError, ConfigError, RunDirError
 from ..folders import expand_home, missing_folders, remove_empty
 from . import distributed
+from .allocator import kept_warning
 from .checkpoint import load_model, load_weights, read_checkpoint, save_checkpoint
 from .evaluate import Evaluation, evaluate, predict_logits
 from .fit import FitResult, Trainer, TrainingInterrupted
@@ -111,6 +112,8 @@ def fit(
         for warning in max_steps_warnings(cfg.schedule, cfg.train.epochs, cfg.train.max_steps,
                                           trainer.steps_per_epoch):  # the steps of an epoch are known now
             warnings.warn(warning, stacklevel=2)
+        if trainer.device.type == "cpu" and (kept := kept_warning(cfg.train.reuse_memory)) is not None:
+            warnings.warn(kept, stacklevel=2)  # as train() says it
         if not writes:  # checked only if a callback saves one: building cfg's model costs time
             trainer.model_differs = functools.cache(lambda: _config_differs(model, data, cfg))
         # As train() does: a second run into the folder (fit or train, here or in another process) would mix its
