@@ -106,3 +106,23 @@ def test_fit_with_reuse_memory_off_after_a_run_with_it_on_is_warned(mnist_small)
         pytest.skip("malloc here is not glibc's: nothing is kept")
     with pytest.warns(UserWarning, match=r"^train.reuse_memory = false, but an earlier run in this process"):
         fit(build_model("cnn", width=0.25), mnist_small, apply_overrides(cfg, ["train.reuse_memory=false"]))
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["cuda-started-before", "cuda-started-in-the-run"])
+def test_the_gpus_random_states_come_back_too(monkeypatch, started):
+    # A run's torch.manual_seed(train.seed) seeds the GPUs' generators as well: after train() on a GPU the caller's
+    # torch.randn(3, device="cuda") followed the run's seed, not the caller's. (No GPU here: torch.cuda is faked.)
+    from mnistlab.training.run import process_state_kept
+
+    calls, cuda = [], {"started": started}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda["started"])
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["the caller's state"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append(("set", states)))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(("seed", seed)))
+    torch.manual_seed(1234)  # (torch.manual_seed calls torch.cuda.manual_seed_all)
+    calls.clear()
+    with process_state_kept():
+        torch.manual_seed(0)  # as the run seeds
+        cuda["started"] = True  # by its first CUDA tensor
+    assert calls == [("seed", 0), ("set", ["the caller's state"]) if started else ("seed", 1234)]
+    assert torch.initial_seed() == 1234

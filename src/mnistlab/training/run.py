@@ -457,7 +457,7 @@ def check_folder_given(path: Any, caller: str, name: str, otherwise: str) -> Non
 
 @contextlib.contextmanager
 def process_state_kept():
-    """Put back what a run sets for the whole process: torch's thread count and global (CPU) RNG.
+    """Put back what a run sets for the whole process: torch's thread count and global RNGs (CPU, CUDA).
 
     A run seeds the global RNG (its initial weights, dropout) and may set ``train.threads``;
     a caller of the Python API then gets its own random stream and thread count back, and
@@ -467,12 +467,21 @@ def process_state_kept():
     tensors does not require grad"); both are the calling thread's and come back with the block.
     """
     threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    # torch.manual_seed seeds the GPUs' generators too. Those already started get their states back; started
+    # during the run (CUDA starts lazily), they are seeded as the caller's torch.manual_seed would have seeded
+    # them at their start (torch.initial_seed(): the last seed it set, or torch's default).
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    seed = torch.initial_seed()
     try:
         with torch.inference_mode(False), torch.enable_grad():  # (inference mode off: weights made in it cannot train)
             yield
     finally:
         torch.set_num_threads(threads)
         torch.random.set_rng_state(rng)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        elif torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(seed)
 
 
 class _PipeSafeHandler(logging.StreamHandler):
