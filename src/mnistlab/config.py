@@ -914,10 +914,23 @@ def load_config(path: str | Path) -> Config:
     if "sweep" in data:  # a sweep file's base would silently train one trial's worth of nothing in particular
         raise ConfigError(f"{path} is a sweep file (it has a [sweep] table); run it with `mnistlab sweep {path}`, "
                           "or train its result, the best.toml the sweep writes")
+    optimizer = data.get("optimizer")
+    if (isinstance(optimizer, dict) and _OLD_WRITTEN_OPTIMIZER <= set(optimizer)
+            and optimizer.get("name") in ("sgd", "adam", "adamw")):
+        # A run's config.toml (or a sweep's best.toml) that an older mnistlab wrote, with every key of its
+        # [optimizer]: read as --resume reads the same config from the checkpoint, so that training it again does
+        # not warn that Adam does not read the momentum 0.9 that mnistlab itself stored. For these optimizers
+        # (those of that time) unset momentum and eps train with the same values; RMSprop's unset momentum is 0.
+        data = stored_before_own_defaults(data)
     try:
         return config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+# The [optimizer] table mnistlab wrote into each run's config.toml before unset keys meant each optimizer's own
+# default (see stored_before_own_defaults): every key, momentum and eps included.
+_OLD_WRITTEN_OPTIMIZER = {"name", "lr", "momentum", "nesterov", "betas", "eps"}
 
 
 def _parse_value(text: str) -> Any:

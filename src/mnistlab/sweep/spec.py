@@ -582,6 +582,7 @@ def _differences(mine: dict[str, Any], stored: dict[str, Any]) -> list[tuple[str
         # A study stored before a key joined _NOT_THE_SEARCH holds it: it is not compared either.
         old = {section: {key: value for key, value in keys.items() if (section, key) not in _NOT_THE_SEARCH}
                if isinstance(keys, dict) else keys for section, keys in old.items()}
+        old = _unset_old_defaults(old, base, mine["params"])
         base = {section: {key: value for key, value in keys.items()
                           if key in (old.get(section) or {}) or value != defaults.get(section, {}).get(key)}
                 for section, keys in base.items()}
@@ -612,6 +613,46 @@ def _differences(mine: dict[str, Any], stored: dict[str, Any]) -> list[tuple[str
 
 
 _MISSING = object()  # a key one side of a comparison does not hold
+
+
+# Keys whose default was a number and is now unset (None), with that number: a study begun before the change
+# stored the number. Unset now means the optimizer's or the criterion's own default (OPTIMIZER_DEFAULTS, GL_ALPHA,
+# PQ_ALPHA), which for most of them is that same number.
+_WAS_DEFAULT = {("optimizer", "momentum"): 0.9, ("optimizer", "eps"): 1e-8, ("optimizer", "weight_decay"): 0.0,
+                ("early_stopping", "alpha"): 5.0}
+
+
+def _unset_old_defaults(old: dict[str, Any], base: dict[str, Any], params: Any) -> dict[str, Any]:
+    """A study's stored base with each of _WAS_DEFAULT's keys that holds its old default, where this sweep leaves
+    the key unset and unset trains with that same value in every trial, unset as well: continuing a sweep begun
+    with early_stopping.alpha = 5.0 (the default then) under GL, the same search, was refused as another.
+    Where a trial would train otherwise (PQ's unset alpha is 0.5, AdamW's weight_decay 0.01) it still differs.
+
+    >>> _unset_old_defaults({"early_stopping": {"criterion": "gl", "alpha": 5.0}},
+    ...                     {"early_stopping": {"criterion": "gl", "alpha": None}}, [])["early_stopping"]
+    {'criterion': 'gl', 'alpha': None}
+    """
+    from ..callbacks.early_stopping import GL_ALPHA, PQ_ALPHA
+    from ..config import OPTIMIZER_DEFAULTS
+
+    searched = _by_key(params) or {}
+    unset_means = {"optimizer": lambda name, key: OPTIMIZER_DEFAULTS.get(name, {}).get(key, _MISSING),
+                   "early_stopping": lambda name, key: {"gl": GL_ALPHA, "pq": PQ_ALPHA}.get(name, _MISSING)}
+    chooser = {"optimizer": "name", "early_stopping": "criterion"}
+    fixed = {section: dict(keys) if isinstance(keys, dict) else keys for section, keys in old.items()}
+    for (section, key), was in _WAS_DEFAULT.items():
+        then, now = fixed.get(section), base.get(section)
+        if not isinstance(then, dict) or not isinstance(now, dict) or f"{section}.{key}" in searched:
+            continue
+        if now.get(key, _MISSING) is not None or then.get(key) != was:
+            continue
+        # Every optimizer (criterion) a trial may take, from the base or its searched choices, must either not
+        # read the key (_MISSING) or take the old default when it is unset.
+        which = f"{section}.{chooser[section]}"
+        names = (searched[which].get("choices") or []) if which in searched else [now.get(chooser[section])]
+        if names and all(unset_means[section](n, key) in (_MISSING, was) for n in names):
+            then[key] = None
+    return fixed
 
 
 def _by_key(params: Any) -> dict[str, Any] | None:
