@@ -232,10 +232,10 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare runs: accuracy against training time",
                        description="Print a table of runs (model, parameters, epochs, training seconds, best "
-                       "validation accuracy (the tested epoch's; for an unfinished run, the highest in metrics.csv), "
-                       "test accuracy, stop reason; the machine, the precision or the dataset too when the runs differ "
-                       "in it), best test accuracy first (within each dataset), and plot test accuracy against "
-                       "training time. Reads only the run folders.")
+                       "validation accuracy (the tested epoch's; for an unfinished run, that of the epoch best.ckpt "
+                       "holds so far), test accuracy, stop reason; the machine, the precision or the dataset too "
+                       "when the runs differ in it), best test accuracy first (within each dataset), and plot test "
+                       "accuracy against training time. Reads only the run folders.")
     c.add_argument("runs", metavar="RUN", nargs="+", help="run folders, or folders holding run folders")
     c.add_argument("--plot", metavar="FILE", default="compare.png",
                    help="where to write the plot (default compare.png)")

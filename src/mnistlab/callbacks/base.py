@@ -214,6 +214,17 @@ class Callback:
         """Take back a state :meth:`state_dict` gave, on resume (after ``on_train_begin``)."""
 
 
+def resolve_mode(monitor: str, mode: str) -> str:
+    """``mode`` with auto resolved for ``monitor``: max for an accuracy (or an F-measure), min for the rest.
+
+    >>> resolve_mode("val_accuracy", "auto"), resolve_mode("val_loss", "auto"), resolve_mode("val_loss", "max")
+    ('max', 'min', 'max')
+    """
+    if mode == "auto":
+        return "max" if ("acc" in monitor or monitor.startswith("fmeasure")) else "min"
+    return mode
+
+
 class MonitorMixin:
     """monitor / mode / min_delta logic shared by the callbacks that watch one metric.
 
@@ -226,8 +237,7 @@ class MonitorMixin:
     def _init_monitor(
         self, monitor: str, mode: str = "auto", min_delta: float = 0.0, threshold_mode: str = "abs"
     ) -> None:
-        if mode == "auto":
-            mode = "max" if ("acc" in monitor or monitor.startswith("fmeasure")) else "min"
+        mode = resolve_mode(monitor, mode)
         if mode not in ("min", "max"):
             raise ConfigError(f"mode must be min, max or auto, got {mode!r}")
         if threshold_mode not in ("abs", "rel"):

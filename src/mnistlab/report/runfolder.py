@@ -50,6 +50,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from ..callbacks.base import resolve_mode
 from ..errors import MnistlabError
 
 PREDICTIONS_FILE = "test_predictions.npz"
@@ -128,10 +129,27 @@ class RunFolder:
 
     @property
     def best_val_accuracy(self) -> float | None:
-        """summary.json's, else the best of metrics.csv's (a run that has not finished has only these)."""
+        """summary.json's (the validation accuracy of the tested checkpoint's epoch), else, for a run that has
+        not finished, that of the epoch best.ckpt holds so far: the one metrics.csv ranks best by the run's
+        ``checkpoint.monitor`` (the highest validation accuracy where nothing says which)."""
         best = finite(self.summary.get("best_val_accuracy"))
-        vals = [v for v in (finite(r.get("val_accuracy")) for r in self.metrics) if v is not None]
-        return best if best is not None else max(vals, default=None)
+        if best is not None:
+            return best
+        # With checkpoint.monitor = val_loss, the highest accuracy was shown while the run was unfinished, and
+        # the best.ckpt epoch's (often lower) once it finished, for the same epochs and the same best.ckpt.
+        ckpt = self.config.get("checkpoint") if isinstance(self.config.get("checkpoint"), dict) else {}
+        monitor, mode = ckpt.get("monitor", "val_accuracy"), ckpt.get("mode", "auto")
+        if not isinstance(monitor, str) or mode not in ("min", "max", "auto"):
+            monitor, mode = "val_accuracy", "max"
+        mode = resolve_mode(monitor, mode)
+        rows = [r for r in self.metrics
+                if finite(r.get(monitor)) is not None and finite(r.get("val_accuracy")) is not None]
+        if not rows:
+            vals = [v for v in (finite(r.get("val_accuracy")) for r in self.metrics) if v is not None]
+            return max(vals, default=None)
+        sign = 1.0 if mode == "max" else -1.0
+        # max() keeps the first of equal values, as ModelCheckpoint does (a later equal epoch does not replace it)
+        return finite(max(rows, key=lambda r: sign * r[monitor])["val_accuracy"])
 
     @property
     def train_seconds(self) -> float | None:
