@@ -23,9 +23,10 @@ user's file needs first:
 5. resize so the longer side is ``box`` pixels (20 for MNIST), bilinear with
    anti-aliasing;
 6. paste into the 28x28 field, shifted by whole pixels so the centre of mass
-   lands on pixel (14, 14) -- measured on the MNIST test set, whose centres of
-   mass have mean (13.99, 14.01) and the spread (0.29) of a rounding to whole
-   pixels -- and moved back inside when a lopsided digit would stick out;
+   lands on pixel (14, 14) -- measured on the MNIST training set, whose centres
+   of mass have mean (14.00, 14.01) and the spread (0.29) of a rounding to whole
+   pixels (the test set's alike) -- and moved back inside when a lopsided digit
+   would stick out;
 7. round to 8 bits (as MNIST is stored) and scale to [0, 1]; the model applies
    its own mean/std normalization in ``forward``.
 
