@@ -8,7 +8,8 @@ centre of mass is at the centre. :func:`preprocess` does that, plus what a
 user's file needs first:
 
 1. read it (PNG, JPEG, BMP, a GIF's first frame, ... up to ``MAX_PIXELS``;
-   RGB, RGBA, palette, 16- or 32-bit or grayscale; the EXIF orientation of a
+   RGB, RGBA, palette, 16- or 32-bit or grayscale (a 16-bit file's depth read
+   from its maximum: a 12-bit scan's 4095 is white); the EXIF orientation of a
    phone photo is applied), flatten any transparency (onto the paper's own
    colour where the image is mostly opaque, else onto a background that
    contrasts with the ink), convert to grayscale in [0, 1];
@@ -235,8 +236,11 @@ def _to_gray(img: Image.Image, path: Path) -> np.ndarray:
         top = float(a.max())
         if a.min() < 0:  # signed values have no fixed range: their own span is black to white (0 is not black)
             return _span(a)
-        # 8-bit values in a wider type, 16-bit ones, or 32-bit ones with no fixed range (their maximum is white)
-        return np.clip(a / (255.0 if top <= 255 else 65535.0 if top <= 65535 else top), 0, 1).astype(np.float32)
+        # White is the largest value of the fewest bits that hold the maximum, 8 at least: 8-bit values in a
+        # wider type, and the 10, 12 or 14 of a camera's or scanner's 16-bit file (a 12-bit image over 65535 was
+        # at most 6% grey, and called blank); 32-bit ones have no fixed range (their maximum is white).
+        white = 2.0 ** max(8, int(top).bit_length()) - 1 if top <= 65535 else top
+        return np.clip(a / white, 0, 1).astype(np.float32)
     if img.mode == "F":  # float grayscale: no fixed range, so its own span is black to white
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():

@@ -385,3 +385,15 @@ def test_class_names_come_from_the_checkpoint(digit_model, drawn_digits):
     assert [t["name"] for t in r.top_k] == [DATASETS["fashion-mnist"].classes[t["class"]] for t in r.top_k]
     assert max(ink_box(r.image[0].numpy() > 0)) == 28
     assert f"{r.name} (class {r.index})" in format_prediction(r)
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
+def test_a_16_bit_file_of_fewer_bits_is_read_at_its_own_depth(tmp_path, bits):
+    # A 12-bit scan (white 4095) in a 16-bit PNG was divided by 65535: at most 6% grey, and called blank.
+    a = np.zeros((30, 30), dtype=np.uint16)
+    a[5:25, 12:18] = 2**bits - 1
+    a[5:8, 12:14] = 2 ** (bits - 1)  # a mid grey stays a mid grey
+    Image.fromarray(a).save(tmp_path / "scan.png")
+    g = read_grayscale(tmp_path / "scan.png")
+    assert g.max() == 1.0 and g.min() == 0.0 and abs(g[6, 12] - 0.5) < 1e-3
+    assert max(ink_box(preprocess(g))) == 20  # a digit, not "blank"
