@@ -159,8 +159,11 @@ def machine_description(device: torch.device | None = None) -> str:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels: a GPU's product returns before it is computed."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":  # without it, matmul_rates(device="mps") timed the launch, not the product
+        torch.mps.synchronize()
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu",

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="train in N processes on this machine with DistributedDataParallel (gloo on the CPU, one "
                    "GPU each with NCCL): runs `torchrun --standalone --nproc_per_node N -m mnistlab train ...`. "
                    "--batch-size stays the global batch (a multiple of N); on the CPU, N is at most the cores. "
-                   "1: a plain single process")
+                   "1: a plain single process. Linux or macOS only")
 
     lf = sub.add_parser(
         "lr-find", help="suggest a learning rate (range test)",

@@ -71,6 +71,12 @@ def local_device(device: torch.device) -> torch.device:
 def check_processes(nproc: int, device: torch.device, batch_size: int | None = None) -> None:
     """What a run in ``nproc`` processes needs of the device and the batch: checked by every process,
     and by ``mnistlab train --nproc`` before it starts them (one error line rather than one per process)."""
+    # On Windows the launcher's Ctrl-C, passed on with Popen.send_signal(SIGINT), raised ValueError ("Unsupported
+    # signal") in the handler, and each process's wait to join (_ended_by_a_signal) needs os.set_blocking on a
+    # pipe, which Windows' Python before 3.12 lacks: tracebacks, and workers left training on.
+    if nproc > 1 and sys.platform == "win32":
+        raise ConfigError(f"--nproc {nproc}: multi-process training runs on Linux or macOS, not Windows; "
+                          "train in one process (leave out --nproc)")
     if nproc > 1 and device.type == "mps":
         raise ConfigError("multi-process training runs on CUDA (NCCL) or the CPU (gloo), not MPS; "
                           "use --device cpu or a single process")

@@ -111,7 +111,8 @@ def _check_progress(payload: dict[str, Any]) -> None:
             and rng["torch"].shape == size and isinstance(rng.get("cuda"), (list, type(None)))
             # each GPU's state, as torch.cuda.get_rng_state gives it (a wrong one raised in set_rng_state_all)
             and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.dim() == 1
-                    for s in rng.get("cuda") or [])):
+                    for s in rng.get("cuda") or [])
+            and (rng.get("mps") is None or isinstance(rng["mps"], torch.Tensor) and rng["mps"].dtype == torch.uint8)):
         problems.append("rng (not the random state torch saves)")
     if problems:
         raise CheckpointError(f"the checkpoint's training state is damaged: {'; '.join(problems)}; it was not written "
@@ -278,7 +279,14 @@ def _rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Apple's GPU has a generator of its own, which augmentation and dropout draw from on "mps": without it
+        # a run resumed on a Mac trained on other random draws than the one not interrupted
+        **({"mps": torch.mps.get_rng_state()} if _mps_available() else {}),
     }
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def _set_rng_state(rng: dict[str, Any] | None) -> None:
@@ -290,6 +298,8 @@ def _set_rng_state(rng: dict[str, Any] | None) -> None:
         # One state per GPU the writing process saw: a run from a machine with more GPUs (or resumed
         # under CUDA_VISIBLE_DEVICES) raised IndexError for a GPU not here. Those here get theirs back.
         torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
+    if rng.get("mps") is not None and _mps_available():  # (none in a checkpoint written without MPS)
+        torch.mps.set_rng_state(rng["mps"])
 
 
 def _hide_cuda_home_note(record: logging.LogRecord) -> bool:

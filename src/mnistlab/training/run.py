@@ -223,6 +223,8 @@ def _parse_lock(text: str) -> tuple[int, str | None] | None:
 
 def process_alive(pid: int) -> bool:
     """Whether a process with this id exists on this machine (one we may not signal counts as alive)."""
+    if sys.platform == "win32":
+        return _windows_process_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -230,6 +232,30 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_ERROR_ACCESS_DENIED = 5
+_STILL_ACTIVE = 259
+
+
+def _windows_process_alive(pid: int) -> bool:
+    """:func:`process_alive` on Windows, asked of the kernel without touching the process. There
+    ``os.kill(pid, 0)`` is TerminateProcess with exit code 0: it ended the live run whose lock or temporary
+    file was being judged (or whatever process had the pid now), and for a pid that is gone it raised
+    OSError [WinError 87] rather than ProcessLookupError, a traceback."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:  # no such process, or one of another user that we may not ask (which exists)
+        return ctypes.get_last_error() == _ERROR_ACCESS_DENIED
+    try:
+        code = ctypes.c_ulong()
+        # a process that has ended but whose handle another process keeps open still opens: its exit code says
+        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == _STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 # Files and folders a run writes besides last.ckpt and its lock: a folder holding any of them holds (part of)
