@@ -343,6 +343,7 @@ def roofline(
     if precision not in ("fp32", "bf16"):
         raise ValueError(f'roofline precision must be "fp32" or "bf16", got {precision!r}')
     _at_least_one(rounds=rounds)
+    device = resolve_device(device, "roofline(device)").type  # "auto" was torch.device's RuntimeError
     rows = []
     for name in models:
         b = batch_size[name] if isinstance(batch_size, dict) else batch_size

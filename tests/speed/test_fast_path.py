@@ -75,7 +75,8 @@ def test_channels_last_auto_follows_the_model_and_device_and_an_explicit_setting
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_channels_last(None, small, cpu) and not use_channels_last(None, big, cpu)
     assert use_channels_last(None, big, cuda)  # NHWC is what tensor cores want
-    assert all(use_channels_last(None, build_model(name, width=0.125), cpu) for name in ("resnet18", "resnet50", "vgg11"))
+    # (width 0.25: resnet18 at 0.125 has an 8-channel 1x1 strided shortcut, which nhwc_crash_layer keeps in NCHW)
+    assert all(use_channels_last(None, build_model(name, width=0.25), cpu) for name in ("resnet18", "resnet50", "vgg11"))
     assert use_channels_last(None, build_model("vgg", channels=[8, "M", 16, "M"]), cpu)  # benchmarks/vgg_layout.py
     assert not use_channels_last(False, small, cpu) and use_channels_last(True, big, cpu)
     assert Config().train.channels_last is None  # auto is the default
@@ -315,6 +316,19 @@ def test_roofline_counts_the_macs_of_the_model_its_overrides_train(monkeypatch):
     half = count_macs(build_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28), width=0.5))
     row = bench.roofline(["cnn"], overrides=["model.width=0.5"])[0]
     assert row["MMACs/image"] == round(half / 1e6, 2) != round(count_macs(build_model("cnn")) / 1e6, 2)
+
+
+def test_roofline_takes_device_auto_as_training_does(monkeypatch):
+    # torch.device("auto") raised RuntimeError ("Expected one of cpu, cuda, ... device type"): a traceback
+    from mnistlab import bench
+
+    devices = []
+    monkeypatch.setattr(bench, "matmul_rates", lambda *a, device="cpu", **k: (devices.append(device), {"mm": 1.0})[1])
+    monkeypatch.setattr(bench, "training_rate", lambda name, device="cpu", **k: (devices.append(device), 1e4)[1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert bench.roofline(["cnn"], device="auto")[0]["layout"] == "NHWC"  # cnn's CPU layout
+    assert devices == ["cpu", "cpu"]
 
 
 def test_roofline_rounds_give_the_median_fraction_each_against_its_own_matmul_rate(monkeypatch):
