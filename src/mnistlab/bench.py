@@ -155,6 +155,8 @@ def machine_description(device: torch.device | None = None) -> str:
             pass
     if device is not None and device.type == "cuda":
         text += f"; GPU {torch.cuda.get_device_name(device)}"
+    elif device is not None and device.type == "mps":  # (torch names no Apple GPU: the chip is the CPU's)
+        text += "; GPU: the chip's own, through MPS"
     return text
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnistlab import bench
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, RunDirError
 from mnistlab.training import distributed, run
 
 fit = importlib.import_module("mnistlab.training.fit")  # the package's `fit` is the function
@@ -74,6 +74,17 @@ def test_a_stale_lock_on_windows_is_taken_over_without_a_traceback(monkeypatch, 
     assert not (tmp_path / "run.lock").exists()
 
 
+def test_a_stale_lock_another_process_holds_open_on_windows_is_one_error(monkeypatch, tmp_path):
+    # Windows refuses to rename a file another process has open (one judging the same stale lock): the
+    # PermissionError came out of RunLock as a traceback.
+    (tmp_path / "run.lock").write_text("999999")  # a run killed long ago
+    monkeypatch.setattr(run, "process_alive", lambda pid: False)
+    monkeypatch.setattr(os, "rename", lambda *a: (_ for _ in ()).throw(PermissionError(13, "Access is denied")))
+    with pytest.raises(RunDirError, match=r"could not take the lock .*; if no mnistlab run uses .*, delete the lock"):
+        with run.RunLock(tmp_path):
+            pass
+
+
 def test_nproc_on_windows_is_refused_in_one_line(monkeypatch):
     # The launcher passed Ctrl-C on with Popen.send_signal(SIGINT), which on Windows raises ValueError
     # ("Unsupported signal") inside the signal handler; each worker's join needs os.set_blocking on a pipe.
@@ -105,3 +116,9 @@ def test_the_mps_random_state_is_saved_and_put_back(monkeypatch):
     assert torch.equal(state["mps"], torch.arange(8, dtype=torch.uint8))
     fit._set_rng_state({k: v for k, v in saved.items() if k != "mps"})  # a checkpoint written without MPS
     assert torch.equal(state["mps"], torch.arange(8, dtype=torch.uint8))
+
+
+def test_the_machine_line_of_a_run_on_mps_says_so():
+    # bench's tables headed a run on a Mac's GPU with the CPU alone, as if the numbers were the CPU's
+    assert bench.machine_description(torch.device("mps")).endswith("; GPU: the chip's own, through MPS")
+    assert "GPU" not in bench.machine_description(torch.device("cpu"))

@@ -149,6 +149,8 @@ class RunLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return  # another process removed it first
+        except PermissionError:  # Windows: another process has it open (judging it too); __enter__ tries again
+            return
         if aside.read_text() != judged:  # another process took the lock since we looked: give it back
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
