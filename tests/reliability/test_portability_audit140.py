@@ -122,3 +122,28 @@ def test_the_machine_line_of_a_run_on_mps_says_so():
     # bench's tables headed a run on a Mac's GPU with the CPU alone, as if the numbers were the CPU's
     assert bench.machine_description(torch.device("mps")).endswith("; GPU: the chip's own, through MPS")
     assert "GPU" not in bench.machine_description(torch.device("cpu"))
+
+
+def test_a_checkpoint_is_written_over_one_another_process_has_open_on_windows(monkeypatch, tmp_path):
+    # Windows refuses to replace a file another process has open (a reader, an antivirus scan): the run stopped
+    # with "cannot write checkpoint" over a moment's scan. It is tried again; elsewhere the error stands at once.
+    from mnistlab.training import checkpoint
+
+    real, refused = os.replace, []
+
+    def busy_twice(src, dst):
+        if len(refused) < 2:
+            refused.append(dst)
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", busy_twice)
+    monkeypatch.setattr(sys, "platform", "win32")
+    checkpoint.atomic_write(tmp_path / "last.ckpt", lambda f: f.write(b"new"))
+    assert (tmp_path / "last.ckpt").read_bytes() == b"new" and len(refused) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+    monkeypatch.setattr(sys, "platform", "linux")
+    refused.clear()
+    with pytest.raises(PermissionError):
+        checkpoint.atomic_write(tmp_path / "best.ckpt", lambda f: f.write(b"x"))
+    assert len(refused) == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -15,7 +15,9 @@ import io
 import os
 import pickle
 import shlex
+import sys
 import threading
+import time
 import tomllib
 import warnings
 import zipfile
@@ -109,7 +111,7 @@ def atomic_write(path: Path, write) -> None:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -121,6 +123,19 @@ def atomic_write(path: Path, write) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """``os.replace``, retried for about a second on Windows, where a file another process has open (a reader
+    such as `mnistlab evaluate`, an antivirus scan of the new file) cannot be replaced: PermissionError."""
+    for wait in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, None):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if sys.platform != "win32" or wait is None:
+                raise
+            time.sleep(wait)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
