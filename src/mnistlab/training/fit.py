@@ -156,8 +156,7 @@ def use_channels_last(setting: bool | None, model: nn.Module, device: torch.devi
         raise ConfigError(
             f"train.channels_last = true: on the CPU, PyTorch {torch.__version__}'s backward pass of layer {crash} "
             "(a 1x1 conv with a stride above 1 and 2 to 15 input channels) in channels-last memory aborts the "
-            "process; "
-            "leave train.channels_last unset, or widen the model"
+            "process; leave train.channels_last unset, or widen the model"
         )
     if setting is not None:
         return setting
@@ -517,12 +516,12 @@ def resolve_device(name: str | torch.device, setting: str = "train.device") -> t
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{setting} = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not _mps_available():
         raise ConfigError(f"{setting} = 'mps' but MPS is not available; use 'auto' or 'cpu'")
     try:
         device = torch.device(name)
