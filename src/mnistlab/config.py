@@ -44,9 +44,10 @@ MODES = ("auto", "min", "max")
 MAX_THREADS = 1024
 MAX_ELASTIC_ALPHA = 1000.0  # pixels; Simard et al. used 34 (with sigma 4)
 MIN_ELASTIC_SIGMA = 0.01  # pixels; Simard et al. used 4
-MIN_MIX_ALPHA = 0.001  # mixup.alpha, mixup.cutmix_alpha: below about 1e-10 Beta(a, a) draws 0.5 every time, not 0 or 1
-# and above: Beta(a, a) draws 0.5 give or take 0.00035 (one standard deviation) at 1e6; from about 9e307 its two
-# gamma draws overflow their sum, and every share came out 0 (each image replaced by its partner)
+MIN_MIX_ALPHA = 0.001  # mixup.alpha, mixup.cutmix_alpha: torch's Beta(a, a) draws 0.5 (its gammas underflow) for a
+# quarter of the draws at 0.001, so below 0.01 training/mixing.py draws it in log space, checked down to here.
+# Above the most, Beta(a, a) draws 0.5 give or take 0.00035 (one standard deviation) at 1e6 already; from about
+# 9e307 its two gamma draws overflow their sum, and every share came out 0 (each image replaced by its partner)
 MAX_MIX_ALPHA = 1e6
 MAX_WARMUP_EPOCHS = 1e6  # past any run; 1e308 overflowed the count of warm-up steps
 # bytes of a checkpoint file name filled in from checkpoint.filename: file systems allow 255, and the run adds

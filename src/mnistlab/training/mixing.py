@@ -36,7 +36,15 @@ __all__ = ["mix_batch"]
 def _beta(alpha: float) -> float:
     # float64: in float32 the two gamma draws of a small alpha underflow to 0 more often
     a = torch.tensor(alpha, dtype=torch.float64)
-    return float(torch.distributions.Beta(a, a).sample())
+    if alpha >= 0.01:  # the draws runs (and their checkpoints) have always made
+        return float(torch.distributions.Beta(a, a).sample())
+    # Below, torch's Beta underflows both gammas to 0 and then draws exactly 0.5: a quarter of the batches at
+    # alpha 0.001 (the config's least), which should mix almost none, were half-and-half blends. So Beta(a, a)
+    # as G1 / (G1 + G2) with the gammas in log space: Gamma(a) = Gamma(a + 1) * U**(1/a).
+    a = a.expand(2)
+    gamma = torch.distributions.Gamma(a + 1, torch.ones_like(a)).sample()
+    log_g = torch.log(gamma) + torch.log(torch.rand(2, dtype=torch.float64)) / a
+    return float(torch.sigmoid(log_g[0] - log_g[1]))
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: MixupConfig, crop: int = 0
