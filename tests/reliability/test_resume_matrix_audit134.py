@@ -15,6 +15,7 @@ import signal
 import pytest
 import torch
 
+from mnistlab.callbacks import Callback
 from mnistlab.config import Config, apply_overrides
 from mnistlab.training import TrainingInterrupted, read_checkpoint, train
 
@@ -27,16 +28,11 @@ def small_cfg(root, *overrides):
         "train.precision=fp32", "train.epochs=3", "train.report=false", "optimizer.lr=0.003", *overrides))
 
 
-class InterruptAt:
+class InterruptAt(Callback):
     """Sends this process SIGINT after global step ``at`` (``at`` > 0), or as epoch ``-at`` is validated."""
 
     def __init__(self, at):
         self.at = at
-
-    def __getattr__(self, hook):  # every other hook is a no-op
-        if hook.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(hook)
 
     def on_batch_end(self, step, metrics, trainer):
         if step == self.at:
@@ -45,12 +41,6 @@ class InterruptAt:
     def on_validation_end(self, epoch, metrics, trainer):
         if -epoch == self.at:
             os.kill(os.getpid(), signal.SIGINT)
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
 
 class DrawsAtBegin(InterruptAt):
