@@ -586,10 +586,15 @@ def _differences(mine: dict[str, Any], stored: dict[str, Any]) -> list[tuple[str
         base = {section: {key: value for key, value in keys.items()
                           if key in (old.get(section) or {}) or value != defaults.get(section, {}).get(key)}
                 for section, keys in base.items()}
+        # A key both searched is set by every trial, so the base's value of it is never trained with: a sweep of
+        # optimizer.lr whose base lr changed (or whose base held momentum's old default, 0.9) is the same search.
+        searched = set(_by_key(mine["params"]) or {}) & set(_by_key(stored.get("params")) or {})
         for section in sorted(set(base) | set(old), key=str):
             now, then = base.get(section) or {}, old.get(section)
             then = then if isinstance(then, dict) else {}
             for key in sorted(set(now) | set(then), key=str):
+                if f"{section}.{key}" in searched:
+                    continue
                 if now.get(key, _MISSING) != then.get(key, _MISSING):
                     found.append(("base", f"{section}.{key} = {_shown(now.get(key, _MISSING))} "
                                           f"(the study's: {_shown(then.get(key, _MISSING))})"))
