@@ -18,12 +18,16 @@ and a note says so.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .runfolder import RunFolderError, finite, machine_of, read_run
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (supported): `mnistlab.report` failed to import
+    import tomli as tomllib  # type: ignore[no-redef]
 
 
 @dataclass
