@@ -7,7 +7,6 @@ import atexit
 import codecs
 import dataclasses
 import io
-import logging
 import os
 import re
 import signal
@@ -410,14 +409,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--nproc {args.nproc} but torchrun started {here} processes on this machine; "
                               "give one of --nproc and torchrun's --nproc_per_node")
     quiet = args.quiet or not distributed.is_main()  # the other ranks print nothing
-    # Callbacks report learning-rate changes and restored weights on the "mnistlab" logger: on stdout,
-    # whatever logging is set up. The other ranks print not even warnings: with no handler at all,
-    # logging's last resort would print them on stderr, each rank its own copy, with its own numbers.
-    log = logging.getLogger("mnistlab")
-    silence = logging.NullHandler() if quiet and not distributed.is_main() else None
-    if silence is not None:
-        log.addHandler(silence)
     try:
+        # Callbacks report learning-rate changes and restored weights on the "mnistlab" logger: on stdout,
+        # whatever logging is set up (on rank 0 alone: see callback_messages).
         with callback_messages(not quiet, always=True):
             train(cfg, out=args.out, resume=args.resume, quiet=quiet)
     except TrainingInterrupted as e:
@@ -427,9 +421,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             bar = not quiet and cfg.train.progress and sys.stdout is not None and sys.stdout.isatty()
             print(("\n" if bar else "") + e.advice, file=sys.stderr, flush=True)
         return e.exit_code
-    finally:
-        if silence is not None:
-            log.removeHandler(silence)
     return 0
 
 

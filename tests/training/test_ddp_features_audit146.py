@@ -162,3 +162,22 @@ def test_the_readme_says_mixup_and_cutmix_draw_per_process():
     section = readme.split("## Multi-process training", 1)[1].split("\n## ", 1)[0]
     does_not_match = " ".join(section.split("What does not", 1)[1].split())
     assert "mixup and CutMix draw different random numbers on each process" in does_not_match
+
+
+def test_a_users_torchrun_script_prints_the_callbacks_messages_on_rank_0_alone(monkeypatch, capsys):
+    # train(cfg) in a script under torchrun printed "epoch 2: reducing learning rate ..." once per process, and
+    # with no handler set, logging's last resort printed the other ranks' warnings on stderr too.
+    import logging
+
+    from mnistlab.training.run import callback_messages
+
+    log = logging.getLogger("mnistlab")
+    monkeypatch.setattr(log, "propagate", False)  # as in a script: no handler above it (pytest sets its own)
+    for rank, shown in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)  # torchrun's, read before the process group is set up
+        with callback_messages(True):
+            log.info("epoch 2: reducing learning rate")
+            log.warning("set_lr changes nothing")
+        out, err = capsys.readouterr()
+        assert (out, err) == (("epoch 2: reducing learning rate\nset_lr changes nothing\n", "") if shown else ("", ""))
+    assert not log.handlers  # each block takes its handler away again

@@ -532,10 +532,21 @@ def callback_messages(show: bool, *, always: bool = False):
     """Print the callbacks' messages (learning-rate changes, restored weights) on stdout in the block.
 
     Only where nothing else would, unless ``always`` (the CLI): a user's ``logging`` setup keeps
-    them otherwise. The handler goes again afterwards, so repeated runs print each line once.
+    them otherwise. The handler goes again afterwards, so repeated runs print each line once. On the other
+    ranks of a multi-process run nothing prints: rank 0 prints for them all.
     """
     log = logging.getLogger("mnistlab")
-    if not show or (log.hasHandlers() and not always):
+    if not distributed.is_main() and not log.hasHandlers():
+        # With no handler at all, logging's last resort would print the warnings on stderr, each rank its own
+        # copy with its own numbers; and a script of one's own under torchrun printed every line once per rank.
+        silence = logging.NullHandler()
+        log.addHandler(silence)
+        try:
+            yield
+        finally:
+            log.removeHandler(silence)
+        return
+    if not show or not distributed.is_main() or (log.hasHandlers() and not always):
         yield
         return
     handler, level = _PipeSafeHandler(sys.stdout), log.level
