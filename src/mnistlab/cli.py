@@ -401,7 +401,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not distributed.launched_by_torchrun() and args.nproc > 1:
             from .training.fit import resolve_device
 
-            distributed.check_processes(args.nproc, resolve_device(cfg.train.device), cfg.train.batch_size)
+            device = resolve_device(cfg.train.device)
+            distributed.check_processes(args.nproc, device, cfg.train.batch_size)
+            distributed.check_sync_batchnorm(cfg.train.sync_batchnorm, device)
             return distributed.launch(args.nproc, _without_nproc(args.argv), run=args.resume or args.out)
         # Given to torchrun by hand, it must agree with torchrun.
         here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))

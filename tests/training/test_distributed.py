@@ -438,6 +438,19 @@ def test_a_bad_setting_is_one_error_line_before_any_process_starts(mnist_root, t
     assert not (tmp_path / "run").exists()
 
 
+def test_sync_batchnorm_on_the_cpu_is_refused_before_any_process_starts(mnist_root, tmp_path, monkeypatch, capfd):
+    from mnistlab.cli import main
+    from mnistlab.training import distributed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("the processes were started"))
+    assert main(train_args(mnist_root, "--out", "run", "--nproc", "2", "--set", "train.sync_batchnorm=true")) == 2
+    assert capfd.readouterr().err.splitlines() == [
+        "mnistlab train: error: train.sync_batchnorm needs CUDA, but this run is on cpu: PyTorch's SyncBatchNorm has "
+        "no CPU implementation; set train.sync_batchnorm=false (each process then normalizes with the statistics "
+        "of its share of the batch)"]
+
+
 def test_an_error_found_by_the_processes_is_printed_once_and_exits_2(mnist_root, tmp_path, capfd):
     # Found by rank 0 alone, after the launch: rank 1, waiting for it, loses its peer; that report and
     # torchrun's are not shown, the error is, once, with the exit status of a 1-process run.

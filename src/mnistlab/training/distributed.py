@@ -99,6 +99,15 @@ def check_processes(nproc: int, device: torch.device, batch_size: int | None = N
                           + " or ".join(map(str, near)))
 
 
+def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
+    """train.sync_batchnorm needs CUDA: checked by the trainer, and by ``mnistlab train --nproc`` before it starts
+    the processes (after torchrun had started them, they spent seconds loading torch to refuse it)."""
+    if sync_batchnorm and device.type != "cuda":
+        raise ConfigError(f"train.sync_batchnorm needs CUDA, but this run is on {device.type}: PyTorch's "
+                          "SyncBatchNorm has no CPU implementation; set train.sync_batchnorm=false "
+                          "(each process then normalizes with the statistics of its share of the batch)")
+
+
 def init(device: torch.device) -> bool:
     """Join torchrun's process group (NCCL for CUDA, gloo for the CPU); False (and nothing done) outside torchrun."""
     if not launched_by_torchrun() or active():

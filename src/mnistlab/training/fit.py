@@ -769,13 +769,9 @@ class Trainer:
         self._world, self._rank = distributed.world_size(), distributed.rank()
         self._part = (self._rank, self._world) if self._world > 1 else None
         distributed.check_processes(self._world, self.device, cfg.train.batch_size)
-        if cfg.train.sync_batchnorm:
-            if self.device.type != "cuda":
-                raise ConfigError(f"train.sync_batchnorm needs CUDA, but this run is on {self.device.type}: PyTorch's "
-                                  "SyncBatchNorm has no CPU implementation; set train.sync_batchnorm=false "
-                                  "(each process then normalizes with the statistics of its share of the batch)")
-            if self._world > 1:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        distributed.check_sync_batchnorm(cfg.train.sync_batchnorm, self.device)
+        if cfg.train.sync_batchnorm and self._world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self._model = model.to(self.device)
         if cfg.train.reuse_memory and self.device.type == "cpu":
             reuse_freed_memory()
