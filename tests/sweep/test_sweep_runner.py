@@ -377,6 +377,12 @@ def test_ctrl_c_after_a_trial_trained_and_tested_keeps_it(fake_train, tmp_path, 
 def test_a_sweep_folder_with_url_characters_keeps_its_database(fake_train, tmp_path):
     # "?" began SQLAlchemy's options and "%41" was decoded: the database went to tmp_path / "q", outside the folder.
     out = tmp_path / "q?x%41"
+    import sqlalchemy.engine
+
+    if sqlalchemy.engine.make_url("sqlite:////q%3F").database != "/q?":  # before 2.1: no URL names that folder
+        with pytest.raises(MnistlabError, match=r"q\?x%41 has characters \(such as \? or %\)"):
+            run_sweep(spec({"optimizer.lr": [0.01]}, sampler="grid"), out=out, quiet=True)
+        return
     run_sweep(spec({"optimizer.lr": [0.01]}, sampler="grid"), out=out, quiet=True)
     assert (out / "study.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["q?x%41"]
 
@@ -577,3 +583,26 @@ def test_a_stepped_float_range_is_finite_despite_float_error(fake_train, tmp_pat
                             sampler="random", trials=5), out=tmp_path, quiet=True)
     assert sorted(round(c.optimizer.lr, 9) for c in fake_train) == [0.001, 0.002, 0.003, 0.004, 0.005]
     assert len(result.rows) == 5
+
+
+def _sqlalchemy_2_0_make_url(url):
+    """make_url's database as SQLAlchemy 2.0 and 1.4 read it: no decoding, the options after "?"."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(database=url.split("///", 1)[1].split("?", 1)[0])
+
+
+def test_a_sweep_folder_with_a_space_keeps_its_database_under_sqlalchemy_2_0(monkeypatch, tmp_path):
+    # SQLAlchemy 2.0 (pip's pick on Python 3.10) decodes nothing: the quoted "my%20sweeps" was another folder,
+    # one that did not exist, and every sweep in a folder with a space failed.
+    import sqlalchemy.engine
+
+    from mnistlab.sweep.runner import storage_url
+
+    s = spec({"optimizer.lr": [0.01]}, sampler="grid")
+    out = tmp_path / "my sweeps"
+    assert sqlalchemy.engine.make_url(storage_url(s, out)).database == str(out / "study.db")  # this SQLAlchemy
+    monkeypatch.setattr(sqlalchemy.engine, "make_url", _sqlalchemy_2_0_make_url)
+    assert storage_url(s, out) == f"sqlite:///{out / 'study.db'}"
+    with pytest.raises(MnistlabError, match=r"the sweep folder .*q\?x has characters \(such as \? or %\)"):
+        storage_url(s, tmp_path / "q?x")

@@ -97,17 +97,32 @@ def default_out(name: str, root: str | Path = "sweeps") -> Path:
 
 
 def storage_url(spec: SweepSpec, out: Path) -> str:
-    # Quoted: SQLAlchemy reads "?" in a URL as the start of its options and decodes "%41", so an
-    # unquoted "sweeps/q?x" put the database at "sweeps/q", outside the sweep folder and its lock.
-    return spec.storage or f"sqlite:///{urllib.parse.quote(str(out.resolve() / 'study.db'), safe='/')}"
+    """``[sweep] storage``, or the URL of ``out``/study.db: the one of two spellings that the installed SQLAlchemy
+    reads back as that file, or a MnistlabError where neither does.
+
+    Quoted for SQLAlchemy 2.1, which reads "?" in a URL as the start of its options and decodes "%41": an unquoted
+    "sweeps/q?x" put the database at "sweeps/q", outside the sweep folder and its lock. SQLAlchemy 2.0 and 1.4
+    (Optuna takes them too; pip installed 2.0 on Python 3.10 here) decode nothing, so there the quoted URL of
+    "my sweeps" named a folder "my%20sweeps" that did not exist, and every sweep in a folder with a space failed.
+    """
+    if spec.storage:
+        return spec.storage
+    from sqlalchemy.engine import make_url  # optuna's dependency: there whenever a sweep runs
+
+    path = str(out.resolve() / "study.db")
+    for url in (f"sqlite:///{urllib.parse.quote(path, safe='/')}", f"sqlite:///{path}"):
+        if make_url(url).database == path:
+            return url
+    raise MnistlabError(f"the sweep folder {out} has characters (such as ? or %) that this SQLAlchemy cannot take "
+                        "in a SQLite path; choose a folder without them with --out")
 
 
 def _sqlite_path(url: str) -> str:
     """The database file of a ``sqlite:///`` URL, as SQLAlchemy reads it; "" for other databases and
     in-memory SQLite.
 
-    >>> _sqlite_path("sqlite:////tmp/q%3Fx/study.db"), _sqlite_path("postgresql://h/db")
-    ('/tmp/q?x/study.db', '')
+    >>> _sqlite_path("sqlite:////tmp/sweep/study.db"), _sqlite_path("postgresql://h/db")
+    ('/tmp/sweep/study.db', '')
     >>> _sqlite_path("sqlite+pysqlite:////tmp/study.db")  # a driver named: SQLite all the same, and as shared
     '/tmp/study.db'
     """
