@@ -4,11 +4,10 @@ running them from the project's history); nothing reads the git history at test 
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 
 from mnistlab.config import config_from_dict, load_config, stored_before_own_defaults
+from mnistlab.config import tomllib  # tomli on Python 3.10
 from mnistlab.sweep import sweep_from_dict
 from mnistlab.sweep.spec import describe_changes, fingerprint, fingerprint_changes
 

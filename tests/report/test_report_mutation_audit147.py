@@ -324,7 +324,8 @@ def test_compare_imports_on_python_3_10_where_tomllib_is_tomli(tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys, tomllib\nsys.modules['tomli'] = tomllib\nsys.modules['tomllib'] = None  # as on 3.10\n"
+    script = ("import sys\ntry:\n    import tomllib\nexcept ModuleNotFoundError:\n    pass  # on 3.10 itself\n"
+              "else:\n    sys.modules['tomli'] = tomllib\n    sys.modules['tomllib'] = None  # as on 3.10\n"
               "from mnistlab.report.compare import compare_runs\n"
               f"print(compare_runs([{str(tmp_path)!r}])[0].model)\n")
     make_run(tmp_path / "run", summary={"model": "cnn", "test_accuracy": 0.9}, config='[model]\nname = "cnn"\n')

@@ -18,7 +18,6 @@ import shlex
 import sys
 import threading
 import time
-import tomllib
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -29,6 +28,11 @@ import torch
 
 from ..errors import CheckpointError
 from ..folders import expand_home
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (supported): tomli is the same parser
+    import tomli as tomllib  # type: ignore[no-redef]
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_name", "config", "model", "weights_sha256")
