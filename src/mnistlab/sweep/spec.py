@@ -586,8 +586,9 @@ def _differences(mine: dict[str, Any], stored: dict[str, Any]) -> list[tuple[str
         base = {section: {key: value for key, value in keys.items()
                           if key in (old.get(section) or {}) or value != defaults.get(section, {}).get(key)}
                 for section, keys in base.items()}
-        # A key both searched is set by every trial, so the base's value of it is never trained with: a sweep of
-        # optimizer.lr whose base lr changed (or whose base held momentum's old default, 0.9) is the same search.
+        # A key that the study and this sweep both search is set by every trial, so the base's value of it is never
+        # trained with: a sweep of optimizer.lr whose base lr changed (or whose base held momentum's old default,
+        # 0.9) is the same search.
         searched = set(_by_key(mine["params"]) or {}) & set(_by_key(stored.get("params")) or {})
         for section in sorted(set(base) | set(old), key=str):
             now, then = base.get(section) or {}, old.get(section)

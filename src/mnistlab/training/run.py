@@ -533,7 +533,8 @@ def callback_messages(show: bool, *, always: bool = False):
 
     Only where nothing else would, unless ``always`` (the CLI): a user's ``logging`` setup keeps
     them otherwise. The handler goes again afterwards, so repeated runs print each line once. On the other
-    ranks of a multi-process run nothing prints: rank 0 prints for them all.
+    ranks of a multi-process run it prints nothing (rank 0 prints for them all) and, where no logging is set up,
+    keeps logging's last resort from printing their warnings.
     """
     log = logging.getLogger("mnistlab")
     if not distributed.is_main() and not log.hasHandlers():
