@@ -136,3 +136,13 @@ def test_a_loss_objective_keeps_the_lowest_loss_over_the_epochs(fake_train, tmp_
     # fake_train's loss is 1 - accuracy, which rises every epoch: the lowest loss is the last epoch's
     assert by_lr == {lr: pytest.approx(1 - fake_accuracy(c, 3)) for lr, c in zip((0.01, 0.001), fake_train)}
     assert result.rows[0].params["optimizer.lr"] == 0.01  # the lowest loss ranks first
+
+
+def test_an_epoch_whose_objective_is_not_finite_is_passed_over():
+    # r13: a NaN or infinite epoch among finite ones made the trial's value NaN, which Optuna marks failed.
+    from mnistlab.sweep.runner import best_value
+
+    nan, inf = float("nan"), float("inf")
+    assert best_value([0.5, nan, 0.7, -inf], "maximize") == 0.7
+    assert best_value([0.5, nan, 0.3, inf], "minimize") == 0.3
+    assert best_value([nan, inf], "minimize") is None
