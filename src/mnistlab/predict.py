@@ -258,7 +258,8 @@ def _span(a: np.ndarray) -> np.ndarray:
 
 def _composited(img: Image.Image, path: Path) -> np.ndarray:
     """A colour or grayscale image as gray in [0, 1]; transparent parts filled as the image suggests."""
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    # "transparency": a palette's transparent index, or the colour key (PNG's tRNS) of a grayscale or RGB file
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
     try:
         if not has_alpha:
             return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
