@@ -679,7 +679,11 @@ class Config:
             raise ConfigError(f"schedule.min_lr = {self.schedule.min_lr:g} is above optimizer.lr = "
                               f"{self.optimizer.lr:g}: the cosine schedule would rise to it, not decay")
         if not self.ema.enabled:
-            for section in ("checkpoint", "early_stopping", "reduce_lr"):
+            # Only the monitors a run reads: a config that keeps an EMA monitor in an [early_stopping] of another
+            # criterion, or in a [reduce_lr] turned off, trains as it would without it.
+            read = ("checkpoint", *(("early_stopping",) if self.early_stopping.criterion == "patience" else ()),
+                    *(("reduce_lr",) if self.reduce_lr.enabled else ()))
+            for section in read:
                 monitor = getattr(self, section).monitor
                 if monitor in EMA_METRICS:
                     raise ConfigError(f"{section}.monitor = {monitor!r} needs [ema] enabled = true "

@@ -77,7 +77,7 @@ def test_overrides_apply_together_in_any_order_and_a_later_key_wins():
         ("epochs", "must look like section.key=value"),
         ("checkpoint.monitor=\"val_acc\"", "checkpoint.monitor = 'val_acc' is not valid; choose one of: val_loss"),
         ("reduce_lr.monitor=\"foo\"", "reduce_lr.monitor = 'foo' is not valid"),
-        ("early_stopping.monitor=\"ema_val_loss\"", "early_stopping.monitor = 'ema_val_loss' needs [ema] enabled"),
+        ("checkpoint.monitor=\"ema_val_loss\"", "checkpoint.monitor = 'ema_val_loss' needs [ema] enabled"),
         ("checkpoint.filename=\"sub/e{epoch}.ckpt\"", "must be a plain file name"),
         ("checkpoint.filename=\"../e{epoch}.ckpt\"", "must be a plain file name"),
         ("checkpoint.filename=\"{val_accuracy:d}.ckpt\"", "cannot be filled with an epoch's metrics (Unknown format"),

@@ -133,7 +133,7 @@ def test_a_checkpoint_name_of_the_longest_length_is_accepted():
     (["tta.shift=28"], "tta.shift must be below 28 pixels"),
     (["ema.decay=0"], "ema.decay must be in (0, 1), got 0.0"),
     (["ema.decay=1"], "ema.decay must be in (0, 1), got 1.0"),
-    (['reduce_lr.monitor="ema_val_accuracy"'], "reduce_lr.monitor = 'ema_val_accuracy' needs [ema] enabled = true"),
+    (["reduce_lr.enabled=true", 'reduce_lr.monitor="ema_val_accuracy"'], "reduce_lr.monitor = 'ema_val_accuracy' needs [ema] enabled = true"),
     (["schedule.name=cosine", "optimizer.lr=0.01", "schedule.min_lr=0.02"], "schedule.min_lr = 0.02 is above"),
     (["train.epochs=true"], "train.epochs = True has the wrong type; expected int"),
     (["optimizer.lr=true"], "optimizer.lr = True has the wrong type; expected float"),
