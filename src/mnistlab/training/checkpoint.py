@@ -662,8 +662,12 @@ def _refuse_a_larger_model(name: str, state: dict[str, torch.Tensor], num_classe
 def stored_crop(state: dict[str, torch.Tensor]) -> int:
     """The ``model.crop`` a state dict was made with: its ``crop_pixels`` buffer, else 0 (no crop)."""
     value = state.get("crop_pixels")
-    ok = isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
-    return int(value) if ok else 0
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.is_complex():
+        return 0
+    # A state dict converted as a whole ({k: v.double() for ...}) holds a crop of 2 as 2.0: it was read as no crop,
+    # and loading it into its own crop=2 model was refused with the advice "set model.crop = 0".
+    number = float(value)
+    return int(number) if number.is_integer() else 0
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
