@@ -91,6 +91,23 @@ def mnist_small(mnist_root):
     return load_data(DataConfig(dataset="mnist", dir=str(mnist_root), val_size=500, train_limit=2000, download=False))
 
 
+@pytest.fixture(scope="session")
+def one_step_run(mnist_root, tmp_path_factory):
+    """A finished run folder of one training step of ``cnn``, without report or TensorBoard (read-only: copy
+    before changing it)."""
+    from mnistlab import train
+    from mnistlab.config import Config, apply_overrides
+
+    out = tmp_path_factory.mktemp("one_step") / "run"
+    cfg = apply_overrides(Config(), [
+        f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100", "model.name=cnn",
+        "train.batch_size=100", "train.threads=1", "train.epochs=1", "train.max_steps=1", "train.progress=false",
+        "train.report=false", "tensorboard.enabled=false",
+    ])
+    train(cfg, out=out, quiet=True)
+    return out
+
+
 @pytest.fixture
 def export_extra():
     """onnx and ONNX Runtime, as ``export_extra.onnx`` and ``export_extra.onnxruntime`` (with onnxscript, which

@@ -7,22 +7,12 @@ import json
 import pytest
 
 from mnistlab.cli import main
-from mnistlab.config import Config, apply_overrides
 
 
-@pytest.fixture(scope="module")
-def run(mnist_root, tmp_path_factory):
-    """A finished run of one training step, without report or TensorBoard (module-scoped: read-only)."""
-    from mnistlab import train
-
-    out = tmp_path_factory.mktemp("walkthrough") / "run"
-    cfg = apply_overrides(Config(), [
-        f"data.dir={mnist_root}", "data.train_limit=300", "data.val_size=100", "model.name=cnn",
-        "train.batch_size=100", "train.threads=1", "train.epochs=1", "train.max_steps=1", "train.progress=false",
-        "train.report=false", "tensorboard.enabled=false",
-    ])
-    train(cfg, out=out, quiet=True)
-    return out
+@pytest.fixture
+def run(one_step_run):
+    """A finished run of one training step (read-only)."""
+    return one_step_run
 
 
 @pytest.fixture
