@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +25,18 @@ def expand_home(path: Path, what: str, error: type[Exception]) -> Path:
         user = path.parts[0][1:]  # "~name/...": that user's home, which fails the same way for an unknown name
         why = f"this machine has no user {user!r}" if user else NO_HOME
         raise error(f"{what} {path} starts with {path.parts[0]}, but {why}; give it as a full path") from None
+
+
+def shell_path(path: str | Path) -> str:
+    """``path`` as one shell word for a command a message tells the user to run (the argument, not a flag).
+
+    >>> shell_path("my runs/a"), shell_path("-x")
+    ("'my runs/a'", './-x')
+    """
+    text = str(path)
+    if text.startswith("-"):  # `--resume -x` reads as a flag, not the folder -x
+        text = f"./{text}"
+    return shlex.quote(text)
 
 
 def missing_folders(folder: Path) -> list[Path]:

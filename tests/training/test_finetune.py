@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
 
@@ -14,6 +11,7 @@ from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.models import build_model
 from mnistlab.training import TrainingInterrupted, read_checkpoint, save_checkpoint, train
 from mnistlab.training.finetune import init_from_checkpoint, match_parameters, read_init_checkpoint
+from test_resume import InterruptAt
 
 FEATURES = "features"
 
@@ -141,28 +139,6 @@ def test_unfreeze_at_releases_them_at_that_epoch(mnist_root, source_run, tmp_pat
     with pytest.raises(CheckpointError, match=r"does not fit this config \(.*\); finetune.unfreeze_at was 2, now 4, "
                                               r"which changes whether the frozen parameters have their own optimizer"):
         train(apply_overrides(cfg, ["finetune.unfreeze_at=4", "train.epochs=4"]), resume=tmp_path / "ft", quiet=True)
-
-
-class InterruptAt:
-    """Sends this process SIGINT when the global step reaches ``step`` (as Ctrl-C would)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def __getattr__(self, hook):
-        if hook.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(hook)
-
-    def on_batch_end(self, step, metrics, trainer):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
 
 @pytest.mark.parametrize("cut", ["epoch 1", "epoch 2", "mid-epoch 2"])

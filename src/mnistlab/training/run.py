@@ -30,7 +30,7 @@ from ..config import (OPTIMIZER_READS, RUN_FILE_NAMES, RUN_FOLDER_NAMES, SEED_LI
 from ..data import DataBundle, load_data
 from ..data.datasets import quiet_downloads
 from ..errors import CheckpointError, ConfigError, MnistlabError, RunDirError, leave_error
-from ..folders import expand_home, missing_folders, probe_write, remove_empty
+from ..folders import expand_home, missing_folders, probe_write, remove_empty, shell_path
 from .. import machine
 from ..machine import cpu_name
 from ..models import build_model, model_options
@@ -349,10 +349,7 @@ def resume_command(run_dir: str | Path, nproc: int = 1) -> str:
     >>> resume_command("-x")  # not a flag
     'mnistlab train --resume ./-x'
     """
-    text = str(run_dir)
-    if text.startswith("-"):  # `--resume -x` reads as a flag, not the folder -x
-        text = f"./{text}"
-    return f"mnistlab train --resume {shlex.quote(text)}" + (f" --nproc {nproc}" if nproc > 1 else "")
+    return f"mnistlab train --resume {shell_path(run_dir)}" + (f" --nproc {nproc}" if nproc > 1 else "")
 
 
 def _processes_here() -> int:
@@ -626,7 +623,7 @@ def _how_to_go_on(run_dir: Path) -> str:
         return ("the checkpoints written before are intact: once the folder can be written again (room on the disk, "
                 f"write access), continue with `{resume_command(run_dir, _processes_here())}`")
     return ("no epoch had been saved to resume from: once the folder can be written again (room on the disk, write "
-            f"access), delete {shlex.quote(str(run_dir))} and start the run anew")
+            f"access), delete {shell_path(run_dir)} and start the run anew")
 
 
 def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Display, report: bool) -> None:
@@ -652,10 +649,10 @@ def _write_report(run_dir: Path, test: Evaluation, data: DataBundle, display: Di
             save_test_predictions(run_dir, test, data.test.images, data.classes)
         if not report and (run_dir / "report.html").is_file():  # written by the part of the run before a resume
             display.log(f"report.html is not brought up to date (train.report = false); `mnistlab report "
-                        f"{shlex.quote(str(run_dir))}` does it")
+                        f"{shell_path(run_dir)}` does it")
     except Exception as e:  # noqa: BLE001
         _warn(f"could not write the report ({type(e).__name__}: {e}); the run is complete; retry with "
-              f"`mnistlab report {run_dir}`")
+              f"`mnistlab report {shell_path(run_dir)}`")  # pasted into a shell: one word
 
 
 def rank_seed(seed: int, rank: int) -> int:
