@@ -117,10 +117,13 @@ def _percent(accuracy: float | None) -> str:
 
 
 def format_ensemble(result: EnsembleResult) -> str:
-    width = max(len(str(m.checkpoint)) for m in result.members)
+    total = f"ensemble of {len(result.members)}"
+    # as wide as the last row's name too: members' paths shorter than it (`ensemble a b` reads a/best.ckpt)
+    # pushed the ensemble's accuracy out of its column
+    width = max(len(total), *(len(str(m.checkpoint)) for m in result.members))
     lines = [f"{'member':<{width}}  test accuracy", f"{'-' * width}  -------------"]
     lines += [f"{str(m.checkpoint):<{width}}  {_percent(m.accuracy)}" for m in result.members]
-    lines.append(f"{'ensemble of ' + str(len(result.members)):<{width}}  {_percent(result.accuracy)}")
+    lines.append(f"{total:<{width}}  {_percent(result.accuracy)}")
     if result.accuracy is None:
         lines.append("no ensemble accuracy: the outputs of the members marked - are not finite (NaN or infinite "
                      "logits), and so is their average")
