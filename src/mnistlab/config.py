@@ -917,8 +917,8 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     if "sweep" in data:  # a sweep file's base would silently train one trial's worth of nothing in particular
-        raise ConfigError(f"{path} is a sweep file (it has a [sweep] table); run it with `mnistlab sweep {shell_path(path)}`, "
-                          "or train its result, the best.toml the sweep writes")
+        raise ConfigError(f"{path} is a sweep file (it has a [sweep] table); run it with "
+                          f"`mnistlab sweep {shell_path(path)}`, or train its result, the best.toml the sweep writes")
     optimizer = data.get("optimizer")
     if (isinstance(optimizer, dict) and _OLD_WRITTEN_OPTIMIZER <= set(optimizer)
             and optimizer.get("name") in ("sgd", "adam", "adamw")):
