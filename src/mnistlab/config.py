@@ -145,6 +145,9 @@ class DataConfig:
     split_seed: int = 0  # fixed seed of the train/validation split (independent of train.seed)
     # train on N of the training images only, a seeded random subset (quick runs; above the split's size: all)
     train_limit: int | None = None
+    # test the run on the first N test images only (a quick check, as Lightning's limit_test_batches; the final
+    # line and summary.json say how many); `mnistlab evaluate` and `ensemble` test on all of them
+    test_limit: int | None = None
     download: bool = True  # download (with checksum checks) when files are missing
 
     def __post_init__(self) -> None:
@@ -156,7 +159,7 @@ class DataConfig:
                               "($MNISTLAB_DATA, else the cache folder)")
         _choice("data", "dataset", self.dataset, DATASETS)
         _positive("data", self, "val_size", "split_seed", allow_zero=True)
-        _positive("data", self, "train_limit")
+        _positive("data", self, "train_limit", "test_limit")
         _seed("data", "split_seed", self.split_seed)
 
 

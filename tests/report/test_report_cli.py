@@ -67,7 +67,8 @@ def test_compare_sorts_by_test_accuracy_and_plots(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["vgg11", "lenet5"]  # a run given twice counts once
     assert set(rows[0]) == {"run", "model", "dataset", "parameters", "epochs", "train_seconds", "best_val_accuracy",
-                            "test_accuracy", "stop_reason", "device", "machine", "precision"}
+                            "test_accuracy", "stop_reason", "device", "machine", "precision", "test_limit_images"}
+    assert rows[0]["test_limit_images"] is None  # tested on the whole test set
     assert rows[0]["machine"] is None  # these summaries predate the cpu field
     assert "machine" not in lines[0]  # one machine (here: none recorded), no column
 

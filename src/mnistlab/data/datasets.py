@@ -906,13 +906,21 @@ def _test_split(spec: DatasetSpec, root: Path, download: bool, training: bool) -
     return Split(images, labels, torch.arange(labels.shape[0]))
 
 
+def _first(split: Split, limit: int | None) -> Split:
+    """The first ``limit`` images of ``split`` (all of them when ``limit`` is None or above its size)."""
+    if limit is None or limit >= len(split):
+        return split
+    return Split(split.images[:limit], split.labels[:limit], split.indices[:limit])
+
+
 def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle:
     """Load, verify and split a dataset as ``cfg`` says.
 
     The training file is split into train and validation by :func:`split_indices`
     (seeded by ``cfg.split_seed``, independent of the training seed), then
     ``cfg.train_limit`` applies. Mean and std come from the resulting training
-    split only. All splits are moved to ``device`` once, as uint8.
+    split only. ``cfg.test_limit`` keeps the first images of the test split. All splits are moved to ``device``
+    once, as uint8.
 
     With ``val_size = 0`` the validation split is empty; code that evaluates on it
     must check ``len(data.val)``.
@@ -951,7 +959,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
     return DataBundle(
         train=train.to(device),
         val=val.to(device),
-        test=test.to(device),
+        test=_first(test, cfg.test_limit).to(device),
         dataset=spec.name,
         classes=list(spec.classes),
         num_classes=spec.num_classes,
@@ -973,13 +981,15 @@ class ScoringSet:
 
 
 def load_test(cfg: DataConfig, device: str | torch.device = "cpu") -> ScoringSet:
-    """The test split of ``cfg.dataset`` only: what scoring a trained model needs (its normalization is in the
-    model), so the training files need not be there, nor be downloaded.
+    """The test split of ``cfg.dataset`` only (its first ``cfg.test_limit`` images, where set): what scoring a
+    trained model needs (its normalization is in the model), so the training files need not be there, nor be
+    downloaded.
 
     >>> ts = load_test(DataConfig(dir="/work/shared/data"))          # doctest: +SKIP
     >>> len(ts.test), ts.num_classes                                 # doctest: +SKIP
     (10000, 10)
     """
     spec = _spec(cfg.dataset)
-    test = _test_split(spec, resolve_data_dir(cfg.dir), cfg.download, training=False).to(device)
+    test = _first(_test_split(spec, resolve_data_dir(cfg.dir), cfg.download, training=False), cfg.test_limit)
+    test = test.to(device)
     return ScoringSet(test=test, dataset=spec.name, classes=list(spec.classes), num_classes=spec.num_classes)

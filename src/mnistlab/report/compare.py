@@ -44,6 +44,8 @@ class RunRow:
     device: str
     machine: str | None  # the CPU (or on CUDA the GPU) it trained on; None for runs from before summaries named it
     precision: str | None = None  # fp32, bf16 or fp16 (autocast); None for runs from before summaries named it
+    # the images of a test on part of the test set (data.test_limit); None for a test on all of it
+    test_limit_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +145,7 @@ def run_row(path: Path) -> RunRow:
         device=str(s.get("device") or "?"),
         machine=machine_of(s),
         precision=str(s["precision"]) if s.get("precision") else None,
+        test_limit_images=s.get("test_images") if s.get("test_limit") is not None else None,
     )
 
 
@@ -180,7 +183,8 @@ def format_table(rows: Sequence[RunRow]) -> str:
     header = ("run", "model", "parameters", "epochs", "train s", "best val acc", "test acc", "stop reason")
     body = [
         (r.run, r.model, "-" if r.parameters is None else f"{r.parameters:,}", "-" if r.epochs is None else str(r.epochs),
-         "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", _pct(r.best_val_accuracy), _pct(r.test_accuracy),
+         "-" if r.train_seconds is None else f"{r.train_seconds:.1f}", _pct(r.best_val_accuracy),
+         _pct(r.test_accuracy) + ("*" if r.test_limit_images is not None and r.test_accuracy is not None else ""),
          r.stop_reason)
         for r in rows
     ]
@@ -208,6 +212,11 @@ def format_table(rows: Sequence[RunRow]) -> str:
     elif len(machines) > 1:
         lines.append(f"note: the runs come from different machines ({', '.join(machines)}); "
                      "their training times are not comparable")
+    partial = [r for r in rows if r.test_limit_images is not None and r.test_accuracy is not None]
+    if partial:
+        lines.append("note: * tested on the first images of the test set only (data.test_limit): "
+                     + ", ".join(f"{r.run} on {r.test_limit_images:,}" for r in partial)
+                     + "; an accuracy on other images is not comparable")
     if len(precisions) > 1:
         lines.append(f"note: the runs trained in different precisions ({', '.join(precisions)}); bf16 and fp16 "
                      "autocast train faster where the processor computes in them, and their results differ from fp32's")

@@ -175,7 +175,9 @@ def render_html(run: RunFolder, figures: list[tuple[str, str, str, bytes]]) -> s
     e = html.escape
     title = f"{s.get('model', '?')} on {s.get('dataset', '?')}" if s else run.name
     cards = [
-        ("test accuracy", _percent(s.get("test_accuracy"))),
+        # a quick check on part of the test set (data.test_limit) says so: its accuracy is of those images only
+        ("test accuracy" + (f" (first {s['test_images']:,} images)" if s.get("test_limit") is not None
+                            and isinstance(s.get("test_images"), int) else ""), _percent(s.get("test_accuracy"))),
         ("test loss", f"{finite(s.get('test_loss')):.4f}" if finite(s.get("test_loss")) is not None else "-"),
         ("best val accuracy", _percent(run.best_val_accuracy)),
         ("parameters", f"{s['parameters']:,}" if isinstance(s.get("parameters"), int) else "-"),

@@ -24,14 +24,17 @@ from .allocator import MMAP_THRESHOLD
 
 def stored_data(data: DataConfig, data_dir: str | None) -> DataConfig:
     """The data config a stored model is tested under (``evaluate``, ``ensemble``): its run's, with the folder
-    ``data_dir`` where one is given.
+    ``data_dir`` where one is given, and the whole test set (a run's ``data.test_limit`` was its quick check).
 
     An empty ``data_dir`` (``--data-dir ""``, a shell variable that was not set) is a ConfigError: it was taken
     for the flag left out, and the run's own folder was read without a word.
 
     >>> stored_data(DataConfig(dir="/data"), "/elsewhere").dir
     '/elsewhere'
+    >>> stored_data(DataConfig(test_limit=500), None).test_limit is None
+    True
     """
+    data = replace(data, test_limit=None)
     if data_dir is None:
         return data
     if not str(data_dir).strip():

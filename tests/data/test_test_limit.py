@@ -1,0 +1,103 @@
+"""data.test_limit: a run tested on the first N test images only, and saying so everywhere its accuracy shows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mnistlab import Config, apply_overrides, train
+from mnistlab.cli import main
+from mnistlab.config import DataConfig
+from mnistlab.data import load_data, load_test
+from mnistlab.errors import ConfigError
+from mnistlab.report.compare import compare_runs, format_table
+from mnistlab.training.checkpoint import load_model
+from mnistlab.training.evaluate import evaluate
+
+
+def test_the_first_n_test_images_and_labels_in_file_order(mnist_root):
+    whole = load_test(DataConfig(dir=str(mnist_root), download=False)).test
+    assert len(whole) == 10000
+    for loader in (lambda cfg: load_data(cfg).test, lambda cfg: load_test(cfg).test):
+        part = loader(DataConfig(dir=str(mnist_root), download=False, val_size=500, test_limit=1234))
+        assert len(part) == 1234
+        assert torch.equal(part.images, whole.images[:1234]) and torch.equal(part.labels, whole.labels[:1234])
+        assert torch.equal(part.indices, torch.arange(1234))  # the positions in the test file, as the report shows
+        # above the test set's size: all of it, as train_limit keeps all of the training set
+        assert len(loader(DataConfig(dir=str(mnist_root), download=False, val_size=500, test_limit=10**6))) == 10000
+
+
+def test_the_training_and_validation_splits_do_not_change(mnist_root):
+    a = load_data(DataConfig(dir=str(mnist_root), download=False, val_size=500, train_limit=700))
+    b = load_data(DataConfig(dir=str(mnist_root), download=False, val_size=500, train_limit=700, test_limit=10))
+    assert torch.equal(a.train.indices, b.train.indices) and torch.equal(a.val.indices, b.val.indices)
+    assert (a.mean, a.std) == (b.mean, b.std)
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "data.test_limit must be greater than zero, got 0"),
+    (-5, "data.test_limit must be greater than zero, got -5"),
+])
+def test_a_limit_of_no_images_is_refused(value, message):
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(test_limit=value)
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [f"data.test_limit={value}"])
+
+
+@pytest.fixture(scope="module")
+def limited_run(mnist_root, tmp_path_factory):
+    cfg = apply_overrides(Config(), [
+        f"data.dir={mnist_root}", "data.download=false", "data.train_limit=600", "data.val_size=300",
+        "data.test_limit=700", "model.name=cnn", "model.width=0.25", "train.epochs=1", "train.batch_size=100",
+        "train.threads=1", "tensorboard.enabled=false", "train.progress=false",
+    ])
+    out = tmp_path_factory.mktemp("limited") / "run"
+    return out, train(cfg, out=out)
+
+
+def test_the_run_is_tested_on_those_images_and_says_so(limited_run, mnist_root, capsys):
+    out, result = limited_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["test_images"], summary["test_limit"]) == (700, 700)
+    first = load_test(DataConfig(dir=str(mnist_root), download=False, test_limit=700)).test
+    again = evaluate(load_model(out / "best.ckpt"), first)
+    assert summary["test_accuracy"] == again.accuracy == result.test.accuracy
+    assert len(result.test.labels) == 700 and int(result.test.confusion.sum()) == 700
+
+
+def test_the_final_line_names_the_images(mnist_root, tmp_path, capsys):
+    assert main(["train", "--data-dir", str(mnist_root), "--model", "cnn", "--epochs", "1", "--threads", "1",
+                 "--out", str(tmp_path / "run"), "--set", "data.train_limit=300", "--set", "data.val_size=200",
+                 "--set", "data.test_limit=250", "--set", "model.width=0.25", "--set", "tensorboard.enabled=false",
+                 "--set", "train.report=false", "--set", "data.download=false"]) == 0
+    final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test accuracy")]
+    assert len(final) == 1 and " on the first 250 test images (data.test_limit) with best.ckpt" in final[0], final
+
+
+def test_evaluate_and_ensemble_test_a_limited_run_on_the_whole_test_set(limited_run, one_step_run, mnist_root,
+                                                                         capsys):
+    out, _ = limited_run
+    whole = evaluate(load_model(out / "best.ckpt"), load_test(DataConfig(dir=str(mnist_root), download=False)).test)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sum(map(sum, report["confusion_matrix"])) == 10000 and report["test_accuracy"] == whole.accuracy
+    assert main(["ensemble", str(out), str(one_step_run), "--json"]) == 0
+    members = json.loads(capsys.readouterr().out)["members"]
+    assert members[0]["test_accuracy"] == whole.accuracy
+
+
+def test_compare_and_the_report_mark_the_accuracy_of_a_partial_test(limited_run, one_step_run):
+    out, _ = limited_run
+    rows = compare_runs([out, one_step_run])
+    table = format_table(rows)
+    limited = next(line for line in table.splitlines() if line.startswith(str(out)))
+    whole = next(line for line in table.splitlines() if line.startswith(str(one_step_run)))
+    assert "%*" in limited and "%*" not in whole
+    assert (f"note: * tested on the first images of the test set only (data.test_limit): {out} on 700; an "
+            "accuracy on other images is not comparable") in table
+    assert [r.test_limit_images for r in rows if r.run == str(out)] == [700]
+    assert "test accuracy (first 700 images)" in (out / "report.html").read_text()
