@@ -505,6 +505,10 @@ def _check_training(config: Config, data: DataBundle, device: torch.device, init
 
 def _run_bench(config: Config, seeds: int, models: Sequence[str], steps: int, rounds: int, train_limit: int | None,
                out, warn: Callable[[str], None]) -> None:
+    if config.data.test_limit is not None:  # the accuracy to reach is the whole test set's, the public recipe's too
+        warn(f"data.test_limit = {config.data.test_limit} is not used by bench: time to accuracy is measured on "
+             "the whole test set")
+        config = apply_overrides(config, ["data.test_limit=none"])
     device = resolve_device(config.train.device)
     setting = config.train.channels_last
     cl = [f"train.channels_last={'none' if setting is None else str(setting).lower()}"]  # the training-rate runs'

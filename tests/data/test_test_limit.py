@@ -101,3 +101,29 @@ def test_compare_and_the_report_mark_the_accuracy_of_a_partial_test(limited_run,
             "accuracy on other images is not comparable") in table
     assert [r.test_limit_images for r in rows if r.run == str(out)] == [700]
     assert "test accuracy (first 700 images)" in (out / "report.html").read_text()
+
+
+def test_bench_measures_time_to_accuracy_on_the_whole_test_set(mnist_root, monkeypatch, capsys):
+    from mnistlab import bench
+
+    seen = {}
+
+    def recipe(data, seed, reuse_memory):
+        seen["recipe"] = len(data.test)
+        return {"test_accuracy": 0.9, "train_seconds": 0.2, "precision": "fp32"}
+
+    def mine(overrides, seeds, config):
+        seen["config"] = config.data.test_limit
+        return [{"test_accuracy": 0.9, "train_seconds": 0.1, "precision": "fp32", "compile_seconds": 0.0}]
+
+    monkeypatch.setattr(bench, "public_recipe", recipe)
+    monkeypatch.setattr(bench, "time_to_accuracy", mine)
+    monkeypatch.setattr(bench, "roofline", lambda *a, **k: [])
+    monkeypatch.setattr(bench, "thread_scaling", lambda: "")
+    monkeypatch.setattr(bench, "eval_seconds", lambda model, split, *a, **k: (seen.setdefault("eval", len(split)), 0))
+    cfg = apply_overrides(Config(), {"data.dir": str(mnist_root), "data.test_limit": 300, "train.threads": 1})
+    bench.run_bench(cfg, models=["cnn"], steps=1, train_limit=256, out=lambda line: None)
+    assert seen == {"recipe": 10000, "config": None, "eval": 10000}
+    err = capsys.readouterr().err
+    assert err.count("mnistlab bench: warning: data.test_limit = 300 is not used by bench: time to accuracy is "
+                     "measured on the whole test set") == 1, err
