@@ -24,6 +24,7 @@ from mnistlab.training.evaluate import evaluate
 def small_cfg(root, *overrides):
     return apply_overrides(Config(), [
         f"data.dir={root}", "data.train_limit=1000", "data.val_size=500", "model.name=cnn", "model.channels=[4, 8]",
+        "data.test_limit=2000",  # the final test on 2,000 images: a fifth of its time
         "model.batch_norm=true", "train.batch_size=100", "train.threads=1", "train.progress=false",
         "tensorboard.enabled=false", "ema.enabled=true", "ema.decay=0.9", *overrides,
     ])
@@ -240,7 +241,7 @@ def test_the_ensemble_averages_its_members_softmax(two_runs, mnist_root):
     result = evaluate_ensemble(two_runs, progress=lambda what, done, total: shown.append((what, done, total)))
     assert shown[0] == ("testing member 1 of 2", 500, 10_000) and shown[-1] == ("testing member 2 of 2", 10_000, 10_000)
     assert len(shown) == 2 * 20 and ("testing member 1 of 2", 10_000, 10_000) in shown
-    test = load_data(small_cfg(mnist_root).data).test
+    test = load_data(small_cfg(mnist_root, "data.test_limit=none").data).test  # an ensemble tests on all
     members = [evaluate(load_model(r / "best.ckpt"), test) for r in two_runs]
     assert [m.accuracy for m in result.members] == [m.accuracy for m in members]
     avg = (members[0].probabilities + members[1].probabilities) / 2
@@ -300,7 +301,7 @@ def test_the_ensemble_loss_is_exact_for_confident_members(two_runs, mnist_root, 
 
     monkeypatch.setattr(ensemble, "model_from_checkpoint", sure)
     result = evaluate_ensemble(two_runs)
-    test = load_data(small_cfg(mnist_root).data).test
+    test = load_data(small_cfg(mnist_root, "data.test_limit=none").data).test  # an ensemble tests on all
     from mnistlab.training.evaluate import predict_logits
 
     logs = [predict_logits(sure(read_checkpoint(r / "best.ckpt")), test.images).double().log_softmax(1)

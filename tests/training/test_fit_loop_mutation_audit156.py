@@ -203,6 +203,7 @@ def test_a_run_resumed_inside_an_epoch_keeps_its_schedule_and_its_seconds(mnist_
     from mnistlab.training import TrainingInterrupted
 
     run_cfg = cfg(f"data.dir={mnist_root}", "data.val_size=100", "data.train_limit=301", "train.epochs=3",
+                  "data.test_limit=2000",  # the final test on 2,000 images: a fifth of its time
                   "schedule.name=cosine", "schedule.warmup_epochs=0")
     whole = Rates(clock)
     full = train(run_cfg, out=tmp_path / "full", quiet=True, callbacks=[whole])

@@ -16,7 +16,7 @@ def small_cfg(root, *overrides):
         Config(),
         [
             f"data.dir={root}",
-            "data.train_limit=1500",
+            "data.train_limit=1500", "data.test_limit=2000",
             "data.val_size=500",
             "model.name=cnn",
             "model.dropout=0.25",  # dropout draws from the global RNG, which must be restored too
