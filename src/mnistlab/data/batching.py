@@ -30,6 +30,7 @@ __all__ = ["epoch_permutation", "to_float", "iterate_batches", "num_batches"]
 def _epoch_seed(seed: int, epoch: int) -> int:
     # A hash rather than e.g. seed * 1000 + epoch: no two (seed, epoch) pairs collide in
     # practice, and the stream differs from torch.manual_seed(seed) used for the weights.
+    # (The CPU generator's Mersenne Twister keeps the low 32 bits of the seed: 2**32 orders.)
     digest = hashlib.sha256(f"mnistlab.epoch_permutation:{seed}:{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
