@@ -14,6 +14,18 @@ def test_epoch_permutation_is_the_same_on_cuda():
     assert cuda.device.type == "cuda" and torch.equal(cuda.cpu(), epoch_permutation(1000, 0, 1, "cpu"))
 
 
+def test_batches_of_a_cuda_split_follow_an_order_made_on_the_cpu():
+    # iterate_batches moves the order to the images' device: index_select on CUDA images with a CPU index fails
+    from mnistlab.data.batching import iterate_batches
+    from mnistlab.data.datasets import Split
+
+    split = Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    order = epoch_permutation(10, 3, 1)  # on the CPU
+    on_cpu = [y.tolist() for _, y in iterate_batches(split, 4, order=order)]
+    on_cuda = [y.cpu().tolist() for _, y in iterate_batches(split.to("cuda"), 4, order=order)]
+    assert on_cuda == on_cpu and len(on_cpu) == 3
+
+
 def _conv_after_the_first(model):
     """A conv with more than one input channel: a one-channel weight, (out, 1, k, k), is contiguous in both
     layouts, so the first conv of an MNIST model says nothing about channels-last."""
