@@ -77,6 +77,19 @@ def test_the_final_line_names_the_images(mnist_root, tmp_path, capsys):
     assert len(final) == 1 and " on the first 250 test images (data.test_limit) with best.ckpt" in final[0], final
 
 
+def test_a_limit_above_the_test_sets_size_is_a_whole_test(mnist_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(mnist_root), "--model", "cnn", "--epochs", "1", "--threads", "1",
+                 "--out", str(out), "--set", "data.train_limit=300", "--set", "data.val_size=200",
+                 "--set", "data.test_limit=20000", "--set", "model.width=0.25", "--set", "tensorboard.enabled=false",
+                 "--set", "train.report=false", "--set", "data.download=false"]) == 0
+    final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test accuracy")]
+    assert len(final) == 1 and "test images" not in final[0], final
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_images"] == 10000 and "test_limit" not in summary
+    assert "*" not in format_table(compare_runs([out]))
+
+
 def test_evaluate_and_ensemble_test_a_limited_run_on_the_whole_test_set(limited_run, one_step_run, mnist_root,
                                                                          capsys):
     out, _ = limited_run

@@ -951,12 +951,14 @@ def _run(
                     label_smoothing=cfg.train.label_smoothing,
                     progress=display.evaluation_progress(f"testing {evaluated}"))
     best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
+    # data.test_limit cut the test set short (a limit above its size keeps all of it: a whole test)
+    partial_test = cfg.data.test_limit is not None and len(data.test) == cfg.data.test_limit
     summary.update(
         test_accuracy=test.accuracy,
         test_loss=test.loss,
         test_images=len(data.test),
         # set only for a quick check on part of the test set: its accuracy is not comparable with a whole test's
-        **({"test_limit": cfg.data.test_limit} if cfg.data.test_limit is not None else {}),
+        **({"test_limit": cfg.data.test_limit} if partial_test else {}),
         evaluated=evaluated,
         # The checkpoint to use for predictions; None when no epoch ended with finite validation metrics.
         use_checkpoint="best.ckpt" if best_path.exists() else None,
@@ -991,8 +993,7 @@ def _run(
         display.log(f"no test accuracy: the outputs of {tested} are not finite")
     display.log(
         (f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f})" if test.finite else "tested")
-        + (f" on the first {len(data.test):,} test images (data.test_limit)" if cfg.data.test_limit is not None
-           else "")
+        + (f" on the first {len(data.test):,} test images (data.test_limit)" if partial_test else "")
         + f" with {tested}"
         f"{' (restored by early stopping)' if trainer.restored_epoch is not None else ''}; "
         f"{result.train_seconds:.1f} s of training"
