@@ -293,7 +293,8 @@ def _set_rng_state(rng: dict[str, Any] | None) -> None:
     if rng is None:
         return
     torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
+    # .get: _check_progress lets a state without GPU states through (None or absent, as "mps" below)
+    if rng.get("cuda") and torch.cuda.is_available():
         # One state per GPU the writing process saw: a run from a machine with more GPUs (or resumed
         # under CUDA_VISIBLE_DEVICES) raised IndexError for a GPU not here. Those here get theirs back.
         torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
