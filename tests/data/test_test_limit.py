@@ -27,6 +27,10 @@ def test_the_first_n_test_images_and_labels_in_file_order(mnist_root):
         assert torch.equal(part.indices, torch.arange(1234))  # the positions in the test file, as the report shows
         # above the test set's size: all of it, as train_limit keeps all of the training set
         assert len(loader(DataConfig(dir=str(mnist_root), download=False, val_size=500, test_limit=10**6))) == 10000
+    # what the run's summary reads: whether the limit cut anything (the test set's own size cuts nothing)
+    cut = {limit: load_data(DataConfig(dir=str(mnist_root), download=False, val_size=500, test_limit=limit)).test_partial
+           for limit in (None, 9999, 10000)}
+    assert cut == {None: False, 9999: True, 10000: False}
 
 
 def test_the_training_and_validation_splits_do_not_change(mnist_root):
@@ -77,11 +81,12 @@ def test_the_final_line_names_the_images(mnist_root, tmp_path, capsys):
     assert len(final) == 1 and " on the first 250 test images (data.test_limit) with best.ckpt" in final[0], final
 
 
-def test_a_limit_above_the_test_sets_size_is_a_whole_test(mnist_root, tmp_path, capsys):
+@pytest.mark.parametrize("limit", [20000, 10000])  # above the test set's size, and its size (nothing cut)
+def test_a_limit_above_the_test_sets_size_is_a_whole_test(limit, mnist_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(mnist_root), "--model", "cnn", "--epochs", "1", "--threads", "1",
                  "--out", str(out), "--set", "data.train_limit=300", "--set", "data.val_size=200",
-                 "--set", "data.test_limit=20000", "--set", "model.width=0.25", "--set", "tensorboard.enabled=false",
+                 "--set", f"data.test_limit={limit}", "--set", "model.width=0.25", "--set", "tensorboard.enabled=false",
                  "--set", "train.report=false", "--set", "data.download=false"]) == 0
     final = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test accuracy")]
     assert len(final) == 1 and "test images" not in final[0], final

@@ -844,6 +844,8 @@ class DataBundle:
     image_size: tuple[int, int]  # (H, W)
     mean: tuple[float, ...]  # per channel, of images / 255, from this bundle's training split
     std: tuple[float, ...]  # per channel (population std), likewise
+    # data.test_limit cut the test split short: a limit of the split's size or above keeps all of it, a whole test
+    test_partial: bool = False
 
 
 def split_indices(
@@ -960,6 +962,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> DataBundle
         train=train.to(device),
         val=val.to(device),
         test=_first(test, cfg.test_limit).to(device),
+        test_partial=cfg.test_limit is not None and cfg.test_limit < len(test),
         dataset=spec.name,
         classes=list(spec.classes),
         num_classes=spec.num_classes,

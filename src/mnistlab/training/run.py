@@ -951,8 +951,7 @@ def _run(
                     label_smoothing=cfg.train.label_smoothing,
                     progress=display.evaluation_progress(f"testing {evaluated}"))
     best_row = next((h for h in result.history if h["epoch"] == best_epoch), None)
-    # data.test_limit cut the test set short (a limit above its size keeps all of it: a whole test)
-    partial_test = cfg.data.test_limit is not None and len(data.test) == cfg.data.test_limit
+    partial_test = data.test_partial  # data.test_limit cut the test set short (not: a limit of its size or above)
     summary.update(
         test_accuracy=test.accuracy,
         test_loss=test.loss,
