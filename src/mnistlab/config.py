@@ -766,7 +766,7 @@ def _wrong_type(key: str, value: Any, expected: str, list_expected: bool = False
         # `--set model.channels=16,32` or `--set finetune.freeze=features` (as --freeze takes it): the values
         # without the brackets that make a TOML list, separated by commas or spaces
         items = [v for v in re.split(r"[,\s]+", inner) if v]
-        shown = ", ".join(v if _toml_scalar(v) else json.dumps(v) for v in items)
+        shown = ", ".join(_list_item(v) for v in items)
         return ConfigError(f"{message}; a list is written in brackets: --set '{key}=[{shown}]'")
     if isinstance(value, str) and value.lstrip().startswith("["):
         # `--set model.channels=[8,"M"]` reaches us as [8,M]: the shell took the quotes, the list did not parse
@@ -780,14 +780,21 @@ def _wrong_type(key: str, value: Any, expected: str, list_expected: bool = False
     return ConfigError(message)
 
 
-def _toml_scalar(text: str) -> bool:
-    """Whether TOML reads ``text`` as a number or true/false (else a list item needs quotes): a pattern of
-    digits and e's took the parameter name "e" for a number."""
+def _list_item(text: str) -> str:
+    """One item of a list typed without its brackets, as a TOML list holds it: a number or true/false as typed
+    (a pattern of digits and e's took the parameter name "e" for a number), text in double quotes, once: the
+    quoted "M" of `--set 'model.channels=32,"M",64'` was shown as "\\"M\\"", which the config refused.
+
+    >>> [_list_item(t) for t in ("32", "e", '"M"', "'features'", "2024-01-01")]
+    ['32', '"e"', '"M"', '"features"', '"2024-01-01"']
+    """
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return False
-    return isinstance(value, (int, float, bool))
+        return json.dumps(text)
+    if isinstance(value, (int, float, bool)):
+        return text
+    return json.dumps(value if isinstance(value, str) else text)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
