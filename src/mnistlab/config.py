@@ -951,11 +951,14 @@ _OLD_WRITTEN_OPTIMIZER = {"name", "lr", "momentum", "nesterov", "betas", "eps"}
 def _parse_value(text: str) -> Any:
     """A --set value is read as a TOML value (3, 0.1, true, [32, "M"]); anything else is a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         if text.lower() in ("none", "null"):
             return None
         return text
+    # A value with a line break can hold more TOML: "3\nx = 4" was read as 3, the rest dropped unseen. As text,
+    # it is refused by any key that is not text.
+    return parsed["v"] if parsed.keys() == {"v"} else text
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
@@ -995,6 +998,11 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
             raise ConfigError(f"unknown key {dotted!r}; valid keys in [{section}]: {', '.join(types_)}")
         if value is None and types_[key] is str:  # the bare word none, for a string key that has it as a choice
             value = "none"  # (early_stopping.criterion); any other string key refuses it as a choice
+        if dotted in texts and value == texts[dotted] and _holds_list(types_[key]):
+            # A list TOML refused for a float written .5, read here before a key that takes text as well took
+            # the brackets as its text (train.class_weights=[1,.5] was "got '[1,.5]'")
+            loose = _loose_list(value)
+            value = value if loose is None else loose
         try:
             value = _coerce(value, types_[key], dotted)
         except ConfigError:
@@ -1015,23 +1023,49 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     return replace(cfg, **{section: replace(getattr(cfg, section), **kv) for section, kv in changes.items()})
 
 
-def _loose_value(text: str, tp: Any) -> bool | float | None:
+def _loose_value(text: str, tp: Any) -> Any:
     """A ``--set`` value that TOML refuses but that is one value of ``tp`` beyond doubt, else None: a float as
-    Python and the flags read it (``--lr .5`` worked, ``--set optimizer.lr=.5`` was "the wrong type"), a bool
-    in any case (``True``, Python's). Words such as yes or 1 stay errors: true or false is asked for.
+    Python and the flags read it (``--lr .5`` worked, ``--set optimizer.lr=.5`` was "the wrong type"), also in
+    a list (see _loose_list), an integer with leading zeros as the flags read it (``--epochs 03``), a bool in
+    any case (``True``, Python's). Words such as yes or 1 stay errors: true or false is asked for.
 
     >>> [_loose_value(text, tp) for text, tp in ((".5", float), ("-5.", float | None), ("True", bool), ("yes", bool))]
     [0.5, -5.0, True, None]
+    >>> _loose_value("03", int), _loose_value("[.9, -.99]", tuple[float, float])
+    (3, [0.9, -0.99])
     """
+    if _holds_list(tp):
+        return _loose_list(text)
     kinds = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
     if bool in kinds and text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if int in kinds and re.fullmatch(r"[+-]?\d+", text):  # TOML refuses leading zeros; the flags take them
+        return int(text)
     if float in kinds:
         try:
             return float(text)
         except ValueError:
             pass
     return None
+
+
+def _loose_list(text: str) -> list[Any] | None:
+    """A list TOML refuses for a float written as Python and the flags take it (``[.9, .99]``, read as text,
+    not a list), with each such float given its leading 0; else None. Not where quotes hold text items, whose
+    dots would change too."""
+    if not text.startswith("[") or any(q in text for q in "\"'"):
+        return None
+    try:
+        value = tomllib.loads("v = " + re.sub(r"(?<![\w.])([+-]?)\.(?=\d)", r"\g<1>0.", text))["v"]
+    except tomllib.TOMLDecodeError:
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _holds_list(tp: Any) -> bool:
+    """Whether ``tp`` (a config key's type) takes a list: a tuple, alone or in a union."""
+    kinds = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return any(typing.get_origin(k) in (tuple, list) for k in kinds)
 
 
 def _takes_text(tp: Any) -> bool:

@@ -141,3 +141,30 @@ def test_diff_from_default_lists_only_the_keys_that_differ():
     assert diff_from_default(Config()) == {}
     cfg = apply_overrides(Config(), ["train.epochs=5", 'model.channels=[8, "M"]', "data.train_limit=none"])
     assert diff_from_default(cfg) == {"train.epochs": 5, "model.channels": [8, "M"]}
+
+
+# --- what the audit found the overrides read wrongly ---------------------------------------------------------
+
+
+def test_a_value_with_a_line_break_is_not_read_as_its_first_line():
+    # "3\nx = 4" was read as TOML, 3 kept and the rest dropped unseen; it is refused as what it is
+    assert "train.epochs = '3\\nx = 4' has the wrong type; expected int" in _error(["train.epochs=3\nx = 4"])
+    # a list may still span lines, as TOML writes one
+    assert apply_overrides(Config(), ["model.channels=[8,\n16]"]).model.channels == (8, 16)
+
+
+def test_a_list_with_floats_written_as_python_writes_them_is_read():
+    # --lr .5 and --set optimizer.lr=.5 worked; in a list .9 was "read as text, not a list", and class_weights,
+    # which also takes the word "balanced", said "got '[1,.5]'" as if no list had been typed
+    cfg = apply_overrides(Config(), ["optimizer.betas=[.9, .99]", "train.class_weights=[1,.5,1,1,1,1,1,1,1,-.0]"])
+    assert cfg.optimizer.betas == (0.9, 0.99)
+    assert cfg.train.class_weights == (1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0)
+    # a text key keeps its brackets as typed (a folder may be named so); a broken list is still refused
+    assert apply_overrides(Config(), ["data.dir=[.5]"]).data.dir == "[.5]"
+    assert "read as text, not a list" in _error(["optimizer.betas=[.9, .x]"])
+
+
+def test_an_integer_with_leading_zeros_is_read_as_the_flags_read_it():
+    # --epochs 03 trained 3 epochs; --set train.epochs=03 was "the wrong type; expected int" (TOML refuses 03)
+    assert apply_overrides(Config(), ["train.epochs=03"]).train.epochs == 3
+    assert "has the wrong type; expected int" in _error(["train.epochs=3.0"])
