@@ -362,3 +362,16 @@ def test_epoch_metrics_become_plain_numbers_or_a_clear_error():
     assert all(type(v) in (float, str, int) for v in metrics.values())
     with pytest.raises(ConfigError, match="what checkpoints cannot hold .*keep them to numbers and strings"):
         _plain_metrics({"f": object()})
+
+
+def test_an_epoch_counting_schedule_resumed_after_a_cut_short_epoch_counts_that_epoch_from_the_first_step(
+        mnist_small):
+    # mutant: "step >= start" as "step > start" in _scheduled_lr: the resumed run's first step fell back to
+    # step // steps_per_epoch, which an epoch that train.max_steps cut short (here after 5 steps) puts behind
+    t = trainer(mnist_small, "schedule.name=step", "schedule.step_epochs=1", "schedule.gamma=0.1",
+                "optimizer.lr=1.0")
+    spe = t.steps_per_epoch
+    assert spe > 5
+    t._plan_from = (1, 5)  # as restore() sets it: 1 epoch done, the run resumed at step 5
+    rates = [t._scheduled_lr(s) for s in (5, 4 + spe, 5 + spe)]
+    assert rates == pytest.approx([0.1, 0.1, 0.01])
