@@ -73,9 +73,10 @@ def tta_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
 
 def class_metrics(confusion: torch.Tensor) -> list[dict[str, float | int | None]]:
     """Each class's precision, recall (its accuracy), F1 and image count from a [true, predicted] confusion
-    matrix, as scikit-learn's classification_report has them with zero_division=0: a class with images that is
-    never predicted has precision 0 and F1 0. None where nothing defines a value: recall for a class with no
-    images, precision for a class neither present nor predicted, F1 for a class neither present nor predicted.
+    matrix, as scikit-learn's classification_report has them with zero_division=0 where every class has images:
+    a class with images that is never predicted has precision 0 and F1 0. None where nothing defines a value:
+    recall for a class with no images (scikit-learn's 0, which lowers its macro recall), precision and F1 for a
+    class neither present nor predicted.
 
     >>> [(m["precision"], m["recall"], m["f1"], m["images"]) for m in class_metrics(torch.tensor([[3, 1], [0, 0]]))]
     [(1.0, 0.75, 0.8571428571428571, 4), (0.0, None, 0.0, 0)]
