@@ -9,6 +9,7 @@ silently skipped every real-data test would look green while testing nothing.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,13 @@ import pytest
 # threads in each worker spun in OpenMP's waits on the shared cores (3 to 6 times the CPU for the same work,
 # measured on the 2-core machine). Set before torch is imported; the CLI processes the tests start inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A suite started as a shell's background job (`make test &` in a script) inherits SIGINT ignored, and a run keeps
+# an ignored signal ignored (training/fit.py's stopping_signals): the tests that press Ctrl-C, in this process or
+# in the processes they start, then failed. Python's own handler, as in a terminal; the started processes then
+# begin with the default action again, and install Python's handler too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
