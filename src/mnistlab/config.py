@@ -1026,17 +1026,16 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
 def _loose_value(text: str, tp: Any) -> Any:
     """A ``--set`` value that TOML refuses but that is one value of ``tp`` beyond doubt, else None: a float as
     Python and the flags read it (``--lr .5`` worked, ``--set optimizer.lr=.5`` was "the wrong type"), also in
-    a list (see _loose_list), an integer with leading zeros as the flags read it (``--epochs 03``), a bool in
-    any case (``True``, Python's). Words such as yes or 1 stay errors: true or false is asked for.
+    a list (_loose_list, which apply_overrides tries first), an integer with leading zeros as the flags read it
+    (``--epochs 03``), a bool in any case (``True``, Python's). Words such as yes or 1 stay errors: true or false
+    is asked for.
 
     >>> [_loose_value(text, tp) for text, tp in ((".5", float), ("-5.", float | None), ("True", bool), ("yes", bool))]
     [0.5, -5.0, True, None]
-    >>> _loose_value("03", int), _loose_value("[.9, -.99]", tuple[float, float])
-    (3, [0.9, -0.99])
+    >>> _loose_value("03", int)
+    3
     """
-    if _holds_list(tp):
-        return _loose_list(text)
-    kinds = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    kinds = _kinds(tp)
     if bool in kinds and text.lower() in ("true", "false"):
         return text.lower() == "true"
     if int in kinds and re.fullmatch(r"[+-]?\d+", text):  # TOML refuses leading zeros; the flags take them
@@ -1052,7 +1051,11 @@ def _loose_value(text: str, tp: Any) -> Any:
 def _loose_list(text: str) -> list[Any] | None:
     """A list TOML refuses for a float written as Python and the flags take it (``[.9, .99]``, read as text,
     not a list), with each such float given its leading 0; else None. Not where quotes hold text items, whose
-    dots would change too."""
+    dots would change too.
+
+    >>> _loose_list("[.9, -.99]"), _loose_list('[.5, "M"]')
+    ([0.9, -0.99], None)
+    """
     if not text.startswith("[") or any(q in text for q in "\"'"):
         return None
     try:
@@ -1064,12 +1067,16 @@ def _loose_list(text: str) -> list[Any] | None:
 
 def _holds_list(tp: Any) -> bool:
     """Whether ``tp`` (a config key's type) takes a list: a tuple, alone or in a union."""
-    kinds = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
-    return any(typing.get_origin(k) in (tuple, list) for k in kinds)
+    return any(typing.get_origin(k) in (tuple, list) for k in _kinds(tp))
 
 
 def _takes_text(tp: Any) -> bool:
-    return tp is str or (typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp))
+    return str in _kinds(tp)
+
+
+def _kinds(tp: Any) -> tuple[Any, ...]:
+    """The types a config key's type admits: a union's members, else the type alone."""
+    return typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
 
 
 class Overrides(dict):
